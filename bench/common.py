@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Result:
+    name: str
+    result: str
+    baseline: str
+    ratio: float
+    target: str
+    ok: bool

@@ -1,0 +1,1 @@
+"""The nexus-otel server side: OTLP ingest, normalization, pricing, storage, metrics, API, CLI."""

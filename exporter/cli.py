@@ -1,0 +1,132 @@
+"""`nexus-otel`: the command line of the server side."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from exporter.settings import Settings
+
+console = Console(stderr=True)
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named like its environment variable (`--otlp-port`)."""
+    group = parser.add_argument_group("settings (flags override the environment)")
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, dest=f"setting_{name}", metavar="VALUE", help=info.description)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    given = {
+        key.removeprefix("setting_"): value
+        for key, value in vars(args).items()
+        if key.startswith("setting_") and value is not None
+    }
+    return Settings(**given)
+
+
+def _settings_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "setting"
+        flag = "--" + name.replace("_", "-")
+        lines.append(f"{flag} = {error.get('input')!r}: {error['msg']}")
+    return "invalid setting: " + "; ".join(lines)
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from exporter.db import migrate, resolve_database
+
+    url, embedded = resolve_database(settings.database_url, settings.data_dir)
+    try:
+        applied = migrate(url)
+    finally:
+        if embedded:
+            embedded.stop()
+    names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied) or "none (up to date)"
+    console.print(f"[green]migrations applied:[/] {names}")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from exporter.service import open_database, serve
+
+    database = open_database(settings)
+    where = (
+        "embedded PostgreSQL in " + str(settings.data_dir) if database.embedded else "PostgreSQL"
+    )
+    base = f"http://{settings.host}:{settings.otlp_port}"
+    console.print(f"[bold]nexus-otel[/] storing calls in {where}")
+    console.print(f"  OTLP/HTTP ingest  {base}/v1/traces")
+    console.print(f"  metrics           {base}/metrics")
+    console.print(f"  health            {base}/health")
+    try:
+        serve(settings, database)
+    finally:
+        database.close()
+    return 0
+
+
+def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
+    from exporter.pricing import PriceBook, PriceOverridesError, render_price_table
+
+    try:
+        book = PriceBook(settings.prices_file)
+        info = book.describe(args.model, provider=args.provider)
+    except (LookupError, PriceOverridesError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    Console().print(render_price_table(info))
+    return 0
+
+
+COMMANDS: dict[str, tuple[Command, str]] = {
+    "serve": (cmd_serve, "run the OTLP ingest, metrics and API servers"),
+    "migrate": (cmd_migrate, "apply database migrations (idempotent)"),
+    "prices": (cmd_prices, "show what a model costs and where the price comes from"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus-otel", description="LLM token and cost monitor")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "prices":
+            command.add_argument("model", help="model name, e.g. claude-sonnet-4-5")
+            command.add_argument("--provider", help="provider, e.g. anthropic, gcp.gemini, groq")
+        _add_settings_flags(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        console.print(f"[red]error:[/] {_settings_error(exc)}")
+        return 2
+    handler: Any = COMMANDS[args.command][0]
+    try:
+        return int(handler(settings, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

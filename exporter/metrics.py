@@ -1,0 +1,126 @@
+"""Prometheus metrics derived from stored calls: declared once, moved only for new rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from exporter.model import LLMCall
+
+# The label set every LLM metric carries (DESIGN.md). No per-call values in labels.
+LLM_LABELS = (
+    "service_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_operation_name",
+    "nexus_operation",
+)
+# OpenTelemetry GenAI semantic-convention bucket boundaries.
+TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+# 0.5 is a boundary on purpose: the "single call over $0.50" alert reads le="0.5".
+COST_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+class ExporterMetrics:
+    """All metrics of one exporter, in their own registry (several may live in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage", "Tokens used per LLM call (input and output).",
+            [*LLM_LABELS, "gen_ai_token_type"], buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds", "Duration of LLM calls in seconds.",
+            [*LLM_LABELS, "error_type"], buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "nexus_llm_tokens", "Tokens of LLM calls by type; cache and reasoning are subsets "
+            "of input and output.", [*LLM_LABELS, "gen_ai_token_type"], registry=r,
+        )  # fmt: skip
+        self.calls = Counter(
+            "nexus_llm_calls", "LLM calls stored, by outcome.", [*LLM_LABELS, "outcome"], registry=r
+        )
+        self.cost = Counter(
+            "nexus_llm_cost_usd", "Cost of priced LLM calls in US dollars.", LLM_LABELS, registry=r
+        )
+        self.call_cost = Histogram(
+            "nexus_llm_call_cost_usd", "Cost of single priced LLM calls in US dollars.",
+            LLM_LABELS, buckets=COST_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.unpriced = Counter(
+            "nexus_llm_unpriced_calls", "LLM calls of models with no known price.", LLM_LABELS,
+            registry=r,
+        )  # fmt: skip
+        self._declare_health(r)
+
+    def _declare_health(self, r: CollectorRegistry) -> None:
+        self.spans_received = Counter(
+            "nexus_exporter_spans_received", "Spans received over OTLP.", registry=r
+        )
+        self.spans_ignored = Counter(
+            "nexus_exporter_spans_ignored", "Spans received that describe no LLM call.", registry=r
+        )
+        self.spans_rejected = Counter(
+            "nexus_exporter_spans_rejected", "Spans refused, by reason.", ["reason"], registry=r
+        )
+        self.spans_duplicate = Counter(
+            "nexus_exporter_spans_duplicate", "LLM spans already stored (replays).", registry=r
+        )
+        self.rows_written = Counter(
+            "nexus_exporter_rows_written", "Rows newly stored in api_calls.", registry=r
+        )
+        self.requests = Counter(
+            "nexus_exporter_requests", "OTLP requests answered, by HTTP status.", ["code"],
+            registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "nexus_exporter_queue_depth_rows", "Rows waiting to be written.", registry=r
+        )
+        self.write_duration = Histogram(
+            "nexus_exporter_write_duration_seconds", "Time to store one batch durably.",
+            buckets=WRITE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.storage_up = Gauge(
+            "nexus_exporter_storage_up", "1 when the last database write succeeded.", registry=r
+        )
+
+    def observe_stored(self, calls: Iterable[LLMCall]) -> None:
+        """Moves the LLM metrics for calls that were just stored for the first time."""
+        for call in calls:
+            labels = (
+                call.service_name, call.provider, call.model, call.gen_ai_operation, call.operation
+            )  # fmt: skip
+            self.token_usage.labels(*labels, "input").observe(call.input_tokens)
+            self.token_usage.labels(*labels, "output").observe(call.output_tokens)
+            for token_type, count in zip(TOKEN_TYPES, _token_counts(call), strict=True):
+                if count:
+                    self.tokens.labels(*labels, token_type).inc(count)
+            self.operation_duration.labels(*labels, call.error_type or "").observe(
+                call.duration_ms / 1000
+            )
+            self.calls.labels(*labels, "success" if call.success else "error").inc()
+            if call.cost_usd is None:
+                self.unpriced.labels(*labels).inc()
+            else:
+                self.cost.labels(*labels).inc(float(call.cost_usd))
+                self.call_cost.labels(*labels).observe(float(call.cost_usd))
+
+
+def _token_counts(call: LLMCall) -> tuple[int, int, int, int, int]:
+    return (
+        call.input_tokens,
+        call.output_tokens,
+        call.cache_read_tokens,
+        call.cache_write_tokens,
+        call.reasoning_tokens,
+    )

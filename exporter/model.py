@@ -1,0 +1,70 @@
+"""The records that move through the ingest path, from decoded span to stored row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+AttributeValue = str | bool | int | float | list[Any] | None
+
+
+@dataclass(slots=True)
+class RawSpan:
+    """One OTLP span, decoded from protobuf or JSON, before any GenAI interpretation."""
+
+    trace_id: str  # 32 lowercase hex characters
+    span_id: str  # 16 lowercase hex characters
+    parent_span_id: str | None
+    name: str
+    kind: int  # OTLP SpanKind enum value (3 = CLIENT)
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    status_code: int  # OTLP StatusCode: 0 unset, 1 ok, 2 error
+    status_message: str
+    attributes: dict[str, AttributeValue]
+    resource_attributes: dict[str, AttributeValue]
+    scope_name: str = ""
+    exception_type: str | None = None  # from an "exception" event, when present
+    exception_message: str | None = None
+
+
+@dataclass(slots=True)
+class LLMCall:
+    """One LLM call, normalized to a single schema: one row of `api_calls`."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    timestamp: datetime  # span start, UTC
+    service_name: str
+    provider: str  # normalized: anthropic, gcp.gemini, groq, openai, ...
+    model: str  # request model, falling back to the response model
+    response_model: str | None
+    gen_ai_operation: str  # chat, text_completion, embeddings, generate_content, ...
+    operation: str  # business operation (nexus.operation); "" when the app named none
+    correlation_id: str | None
+    input_tokens: int  # inclusive of cache reads and writes
+    output_tokens: int  # inclusive of reasoning
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    duration_ms: float
+    success: bool
+    error_type: str | None
+    error_message: str | None
+    usage_source: str  # response | tiktoken | chars
+    server_address: str | None
+    span_name: str
+    time_to_first_chunk_ms: float | None
+    reported_cost_usd: Decimal | None  # a cost the span itself carried, if any
+    attributes: dict[str, Any] = field(default_factory=dict)  # extra, content-free attributes
+    cost_usd: Decimal | None = None  # filled by pricing; None = unpriced, never a fake 0
+    cost_source: str | None = None  # genai-prices | override | span
+
+    @property
+    def key(self) -> tuple[str, str, datetime]:
+        """The idempotency key: the same span always maps to the same row."""
+        return (self.trace_id, self.span_id, self.timestamp)

@@ -1,0 +1,318 @@
+"""From a decoded span to one normalized LLM call, whatever spelling of the conventions it used."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from exporter.model import AttributeValue, LLMCall, RawSpan
+from nexus_otel import attributes as a
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_TOKENS = 2**53
+_NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
+_OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
+_MAX_KEPT = 64
+_MAX_STRING = 1024
+_MAX_LIST = 64
+_MAX_ERROR_MESSAGE = 1000
+
+PROVIDER_ALIASES: dict[str, str] = {
+    "claude": "anthropic",
+    "gemini": "gcp.gemini", "google": "gcp.gemini", "google_genai": "gcp.gemini",
+    "google.genai": "gcp.gemini", "gcp.gen_ai": "gcp.gemini", "google_ai_studio": "gcp.gemini",
+    "vertex_ai": "gcp.vertex_ai", "vertexai": "gcp.vertex_ai", "google_vertexai": "gcp.vertex_ai",
+    "azure": "azure.ai.openai", "az.ai.openai": "azure.ai.openai",
+    "azure_openai": "azure.ai.openai", "az.ai.inference": "azure.ai.inference",
+    "bedrock": "aws.bedrock", "mistral": "mistral_ai", "mistralai": "mistral_ai",
+    "xai": "x_ai", "grok": "x_ai", "together": "together_ai",
+}  # fmt: skip
+PROVIDER_HOSTS: dict[str, str] = {
+    "api.groq.com": "groq",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gcp.gemini",
+    "api.openai.com": "openai",
+}
+# Each token count, with its spellings in order of preference.
+_INPUT = (a.GEN_AI_USAGE_INPUT_TOKENS, a.GEN_AI_USAGE_PROMPT_TOKENS, a.LLM_TOKEN_COUNT_PROMPT)
+_OUTPUT = (
+    a.GEN_AI_USAGE_OUTPUT_TOKENS,
+    a.GEN_AI_USAGE_COMPLETION_TOKENS,
+    a.LLM_TOKEN_COUNT_COMPLETION,
+)
+_CACHE_READ = (
+    a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS_OLD,
+    a.LLM_TOKEN_COUNT_CACHE_READ,
+)
+_CACHE_WRITE = (
+    a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    a.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
+    a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS_OLD,
+    a.LLM_TOKEN_COUNT_CACHE_WRITE,
+)
+_REASONING = (
+    a.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    a.GEN_AI_USAGE_REASONING_TOKENS_OLD,
+    a.LLM_TOKEN_COUNT_REASONING,
+)
+_TOTAL = (a.GEN_AI_USAGE_TOTAL_TOKENS, a.LLM_USAGE_TOTAL_TOKENS, a.LLM_TOKEN_COUNT_TOTAL)
+_TOKEN_KEYS = frozenset((*_INPUT, *_OUTPUT, *_CACHE_READ, *_CACHE_WRITE, *_REASONING, *_TOTAL))
+_PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM, a.LLM_PROVIDER, a.LLM_SYSTEM)
+_TTFC_KEYS = (
+    a.NEXUS_TIME_TO_FIRST_CHUNK,
+    "gen_ai.response.time_to_first_chunk",
+    "gen_ai.server.time_to_first_token",
+)
+_MAPPED = frozenset(
+    (
+        *_TOKEN_KEYS, *_PROVIDER_KEYS, *_TTFC_KEYS, *a.COST_ATTRIBUTES,
+        a.GEN_AI_REQUEST_MODEL, a.GEN_AI_RESPONSE_MODEL, a.LLM_MODEL_NAME,
+        a.GEN_AI_OPERATION_NAME, a.NEXUS_OPERATION, a.NEXUS_CORRELATION_ID,
+        a.NEXUS_USAGE_SOURCE, a.SERVER_ADDRESS, a.ERROR_TYPE,
+    )
+)  # fmt: skip
+_SECRET_WORDS = ("authorization", "api_key", "api-key", "apikey", "secret", "password", "cookie")
+_SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig"})
+
+
+class InvalidSpan(ValueError):
+    """An LLM span whose data cannot be stored; the message names the span and the value."""
+
+
+def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None:
+    """The call a span describes, or None when it describes no LLM call."""
+    attrs = span.attributes
+    provider = _provider(attrs)
+    if provider is None or not _is_model_call(attrs):
+        return None
+    request_model = _str(attrs.get(a.GEN_AI_REQUEST_MODEL))
+    response_model = _str(attrs.get(a.GEN_AI_RESPONSE_MODEL))
+    model = request_model or response_model or _str(attrs.get(a.LLM_MODEL_NAME))
+    if model is None and not any(k in attrs for k in _TOKEN_KEYS):
+        return None
+    _check_ids(span)
+    tokens = _tokens(span, provider)
+    error_type, error_message = _error(span)
+    return LLMCall(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_span_id=span.parent_span_id,
+        timestamp=_timestamp(span.start_time_unix_nano),
+        service_name=_str(span.resource_attributes.get(a.SERVICE_NAME)) or "unknown_service",
+        provider=provider,
+        model=model or "unknown",
+        response_model=response_model,
+        gen_ai_operation=_gen_ai_operation(attrs),
+        operation=_tag(span, a.NEXUS_OPERATION) or "",
+        correlation_id=_tag(span, a.NEXUS_CORRELATION_ID),
+        **tokens,
+        duration_ms=max(0, span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
+        success=error_type is None,
+        error_type=error_type,
+        error_message=error_message,
+        usage_source=_usage_source(attrs),
+        server_address=_str(attrs.get(a.SERVER_ADDRESS)),
+        span_name=span.name,
+        time_to_first_chunk_ms=_ttfc_ms(attrs),
+        reported_cost_usd=_reported_cost(attrs),
+        attributes=_kept_attributes(attrs, store_content),
+    )
+
+
+def normalize_provider(value: str) -> str:
+    name = value.strip().lower()
+    return PROVIDER_ALIASES.get(name, name)
+
+
+def _provider(attrs: dict[str, AttributeValue]) -> str | None:
+    for key in _PROVIDER_KEYS:
+        value = _str(attrs.get(key))
+        if value:
+            return normalize_provider(value)
+    if _str(attrs.get(a.OPENINFERENCE_SPAN_KIND)) in _OPENINFERENCE_LLM_KINDS:
+        host = _str(attrs.get(a.SERVER_ADDRESS)) or ""
+        return _provider_from_host(host) or "unknown"
+    return None
+
+
+def _provider_from_host(host: str) -> str | None:
+    host = host.lower()
+    if host.endswith("-aiplatform.googleapis.com"):
+        return "gcp.vertex_ai"
+    return PROVIDER_HOSTS.get(host)
+
+
+def _is_model_call(attrs: dict[str, AttributeValue]) -> bool:
+    if _str(attrs.get(a.GEN_AI_OPERATION_NAME)) in _NOT_MODEL_CALLS:
+        return False
+    kind = _str(attrs.get(a.OPENINFERENCE_SPAN_KIND))
+    return kind is None or kind.upper() in _OPENINFERENCE_LLM_KINDS
+
+
+def _check_ids(span: RawSpan) -> None:
+    for name, value, length in (("trace id", span.trace_id, 32), ("span id", span.span_id, 16)):
+        if len(value) != length or value.strip("0") == "":
+            raise InvalidSpan(f"span {span.span_id or '?'} ({span.name}): invalid {name} {value!r}")
+
+
+def _count(span: RawSpan, keys: tuple[str, ...]) -> int:
+    for key in keys:
+        if key in span.attributes:
+            return _token_value(span, key, span.attributes[key])
+    return 0
+
+
+def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            number = None
+    valid = (
+        isinstance(number, int | float)
+        and not isinstance(number, bool)
+        and math.isfinite(number)
+        and number == int(number)
+        and 0 <= number <= _MAX_TOKENS
+    )
+    if not valid:
+        raise InvalidSpan(
+            f"span {span.span_id} ({span.name}): {key} = {value!r} is not a token count"
+        )
+    return int(number)
+
+
+def _tokens(span: RawSpan, provider: str) -> dict[str, Any]:
+    cache_read = _count(span, _CACHE_READ)
+    cache_write = _count(span, _CACHE_WRITE)
+    reasoning = _count(span, _REASONING)
+    input_tokens = _count(span, _INPUT)
+    output_tokens = _count(span, _OUTPUT)
+    # Some instrumentations report input exclusive of cache (Anthropic's raw numbers) or output
+    # exclusive of reasoning (Gemini's candidates): make both inclusive, as the conventions say.
+    if input_tokens < cache_read + cache_write:
+        input_tokens += cache_read + cache_write
+    if output_tokens < reasoning:
+        output_tokens += reasoning
+    total = max(_count(span, _TOTAL), input_tokens + output_tokens)
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "reasoning_tokens": reasoning,
+        "total_tokens": total,
+    }
+
+
+def _timestamp(unix_nano: int) -> datetime:
+    # Microseconds, truncated: the same span must always give the same key.
+    return _EPOCH + timedelta(microseconds=unix_nano // 1000)
+
+
+def _gen_ai_operation(attrs: dict[str, AttributeValue]) -> str:
+    name = _str(attrs.get(a.GEN_AI_OPERATION_NAME))
+    if name:
+        return name
+    request_type = _str(attrs.get("llm.request.type"))
+    return {"completion": "text_completion", "embedding": "embeddings"}.get(
+        request_type or "", request_type or "chat"
+    )
+
+
+def _tag(span: RawSpan, key: str) -> str | None:
+    return _str(span.attributes.get(key)) or _str(span.resource_attributes.get(key))
+
+
+def _error(span: RawSpan) -> tuple[str | None, str | None]:
+    error_type = _str(span.attributes.get(a.ERROR_TYPE))
+    if span.status_code == 2 and not error_type:
+        error_type = span.exception_type or "_OTHER"
+    if error_type is None:
+        return None, None
+    message = span.status_message or span.exception_message
+    return error_type, message[:_MAX_ERROR_MESSAGE] if message else None
+
+
+def _usage_source(attrs: dict[str, AttributeValue]) -> str:
+    source = _str(attrs.get(a.NEXUS_USAGE_SOURCE))
+    return source if source in a.USAGE_SOURCES else "response"
+
+
+def _ttfc_ms(attrs: dict[str, AttributeValue]) -> float | None:
+    for key in _TTFC_KEYS:
+        value = attrs.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return max(0.0, float(value) * 1000)
+    return None
+
+
+def _reported_cost(attrs: dict[str, AttributeValue]) -> Decimal | None:
+    for key in a.COST_ATTRIBUTES:
+        value = attrs.get(key)
+        if value is None or isinstance(value, bool | list):
+            continue
+        try:
+            cost = Decimal(str(value))
+        except InvalidOperation:
+            continue
+        if cost.is_finite() and cost >= 0:
+            return cost
+    return None
+
+
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    if lowered.startswith(("http.request.header.", "http.response.header.")):
+        return True
+    if any(word in lowered for word in _SECRET_WORDS):
+        return True
+    counts = ("tokens", "token_count", "token.type")
+    return "token" in lowered and not any(s in lowered for s in counts)
+
+
+def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if len(kept) >= _MAX_KEPT:
+            break
+        if key in _MAPPED or _is_secret_key(key):
+            continue
+        if not store_content and key.startswith(a.CONTENT_ATTRIBUTE_PREFIXES):
+            continue
+        if key in ("url.full", "http.url") and isinstance(value, str):
+            value = scrub_url(value)
+        kept[key] = _bounded(value)
+    return kept
+
+
+def scrub_url(url: str) -> str:
+    """The URL without any credential in its query string (Gemini's `?key=`)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k.lower() not in _SECRET_QUERY_KEYS]  # fmt: skip
+    return urlunsplit(
+        parts._replace(query=urlencode(query), netloc=parts.netloc.rpartition("@")[2])
+    )
+
+
+def _bounded(value: AttributeValue) -> Any:
+    if isinstance(value, str):
+        return value[:_MAX_STRING]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_bounded(v) for v in value[:_MAX_LIST]]
+    return value
+
+
+def _str(value: AttributeValue) -> str | None:
+    if value is None or isinstance(value, list):
+        return None
+    text = str(value).strip()
+    return text or None

@@ -1,0 +1,458 @@
+"""What one LLM call costs, and where that price comes from.
+
+Order: a matching user override (NEXUS_PRICES_FILE), then genai-prices for the response model
+(more specific, e.g. a dated version) and then the request model, then a cost the span itself
+reported. Otherwise the call is unpriced: `Price(None, None)`, never a fake $0.
+
+genai-prices costs are exactly `genai_prices.calc_price(...).total_price` for the same usage and
+timestamp. The library spends 30-150 µs a call resolving and validating a price set, so each
+price set is compiled once into the few terms our usage can touch (input, output, cache read,
+cache write, per-request fees), checked against the library on probe usages (falling back to the
+library's own arithmetic on any difference), and evaluated with the same Decimal operations.
+
+Providers: semconv names map to genai-prices ids (PROVIDER_IDS). When genai-prices knows the
+provider but not the model, the call is unpriced: a model served by Groq is not billed at
+OpenAI's prices. When it does not know the provider at all (a gateway, a self-hosted proxy), the
+model alone picks the maker (claude → anthropic, gpt- → openai, gemini → google...) and the
+maker's list price is used: the best available estimate, and no worse than dropping the cost.
+
+Usage whose cache counts exceed the input (input_tokens is inclusive of both) cannot be priced
+from tokens; genai-prices rejects it too. Such a call falls through to a span-reported cost.
+
+Overrides (YAML, USD per million tokens) are tried in file order and the first match wins, so
+list specific entries (a provider, an exact name, a later valid_from) before general ones.
+valid_from is a UTC date; before it, the entry is skipped and the next source is tried.
+A model pattern (fnmatch, case-insensitive) matches the request or the response model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import yaml
+from genai_prices import data_snapshot
+from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, TimeOfDateConstraint
+from rich.table import Table
+
+# Semconv gen_ai.provider.name values (and deprecated gen_ai.system spellings) → genai-prices ids.
+# Names not listed go through genai-prices' own provider matching (exact id, then its fuzzy
+# rules). Azure must be listed: the fuzzy rules would read "azure.ai.openai" as "openai".
+# fmt: off
+PROVIDER_IDS: dict[str, str] = {
+    "anthropic": "anthropic", "openai": "openai", "groq": "groq", "deepseek": "deepseek",
+    "cohere": "cohere", "perplexity": "perplexity", "aws.bedrock": "aws",
+    "azure.ai.openai": "azure", "az.ai.openai": "azure",
+    "azure.ai.inference": "azure", "az.ai.inference": "azure",
+    # genai-prices has one "google" provider, priced for both AI Studio and Vertex AI
+    "gcp.gemini": "google", "gcp.vertex_ai": "google", "gcp.gen_ai": "google",
+    "gemini": "google", "vertex_ai": "google",
+    "mistral_ai": "mistral", "x_ai": "x-ai", "xai": "x-ai",
+}
+# price key → (slot in (input leaf, output, cache read, cache write, one request), unit size)
+_SLOTS = {
+    "input_mtok": (0, 1_000_000), "output_mtok": (1, 1_000_000), "cache_read_mtok": (2, 1_000_000),
+    "cache_write_mtok": (3, 1_000_000), "requests_kcount": (4, 1_000),
+}
+# fmt: on
+
+_MTOK = Decimal(1_000_000)
+_TOKEN_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+_PROBES = ((0, 0, 0, 0), (1_234, 567, 89, 10), (10_000_001, 54_321, 1_000_000, 300_000))
+_CACHE_MAX = 50_000  # entries per cache; span attributes are untrusted, so bound what they key
+_ENTRY_KEYS = {"model", "provider", "valid_from", *_TOKEN_PRICE_KEYS}
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """The result of pricing one call."""
+
+    cost_usd: Decimal | None  # None = unpriced (never a fake 0)
+    source: str | None  # "override" | "genai-prices" | "span" | None
+
+
+UNPRICED = Price(None, None)
+
+
+@dataclass(frozen=True)
+class ModelPriceInfo:
+    """What a model costs, for people: per-million-token prices and where they come from."""
+
+    model_id: str
+    model_name: str | None
+    provider: str | None
+    source: str
+    at: datetime
+    input_mtok: Decimal | None
+    output_mtok: Decimal | None
+    cache_read_mtok: Decimal | None
+    cache_write_mtok: Decimal | None
+    tiers: tuple[tuple[str, int, Decimal], ...] = ()  # (price key, above N input tokens, price)
+
+    @property
+    def tiered(self) -> bool:
+        """Whether the price depends on the size of the call (tiers on total input tokens)."""
+        return bool(self.tiers)
+
+
+class PriceOverridesError(ValueError):
+    """The overrides file is unreadable or invalid; the message names file, entry and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Override:
+    index: int
+    pattern: str  # lowercased fnmatch pattern
+    provider: str | None  # lowercased semconv name or pattern; None = any provider
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    valid_from: date | None
+
+    def matches(self, provider: str | None, models: tuple[str, ...]) -> bool:
+        """Models and provider are lowercased; provider None matches any entry."""
+        if (
+            provider is not None
+            and self.provider is not None
+            and not fnmatch.fnmatchcase(provider, self.provider)
+        ):
+            return False
+        return any(fnmatch.fnmatchcase(m, self.pattern) for m in models)
+
+    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> Decimal:
+        return (
+            Decimal(inp - cache_read - cache_write) * self.input
+            + Decimal(cache_read) * self.cache_read
+            + Decimal(cache_write) * self.cache_write
+            + Decimal(out) * self.output
+        ) / _MTOK
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One genai-prices price set, reduced to the terms token usage can touch."""
+
+    model_price: ModelPrice
+    terms: tuple[tuple[int, Decimal | TieredPrices, int], ...]
+    subtract_read: bool
+    subtract_write: bool
+    priceable: bool = True
+    use_library: bool = False
+
+    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> Decimal | None:
+        if not self.priceable:
+            return None
+        if self.use_library:
+            try:
+                result = self.model_price.calc_price(_usage(inp, out, cache_read, cache_write))
+            except ValueError:
+                return None
+            return result["total_price"]
+        leaf = inp - (cache_read if self.subtract_read else 0)
+        leaf -= cache_write if self.subtract_write else 0
+        if leaf < 0:
+            return None  # genai-prices raises: cache counts exceed the input
+        counts = (leaf, out, cache_read, cache_write, 1)
+        total = Decimal(0)
+        for slot, price, per in self.terms:
+            if not (count := counts[slot]):
+                continue  # adds an exact zero
+            if isinstance(price, TieredPrices):
+                unit_price = price.base
+                for tier in reversed(price.tiers):  # the library's cliff rule, on total input
+                    if inp > tier.start:
+                        unit_price = tier.price
+                        break
+            else:
+                unit_price = price
+            total += unit_price * count / per  # as the library: (price * count) / per
+        return total
+
+
+def _compile(model_price: ModelPrice) -> _Plan:
+    items = [
+        (k, v) for k, v in vars(model_price).items() if not k.startswith("_") and v is not None
+    ]
+    keys = {k for k, _ in items}
+    terms = tuple((_SLOTS[k][0], v, _SLOTS[k][1]) for k, v in items if k in _SLOTS)
+    plan = _Plan(model_price, terms, "cache_read_mtok" in keys, "cache_write_mtok" in keys)
+    if items and not keys & {"input_mtok", "output_mtok"}:
+        # Priced per audio hour, page or character: token counts cannot price it.
+        return _Plan(model_price, (), False, False, priceable=False)
+    try:
+        for probe in _PROBES:
+            if plan.cost(*probe) != model_price.calc_price(_usage(*probe))["total_price"]:
+                return _Plan(model_price, (), False, False, use_library=True)
+    except ValueError:  # the library rejects this price set: it prices nothing with it
+        return _Plan(model_price, (), False, False, priceable=False)
+    return plan
+
+
+def _usage(*counts: int) -> genai_prices.Usage:
+    keys = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+    return genai_prices.Usage(**dict(zip(keys, counts, strict=True)))
+
+
+def _utc_day(ts: datetime) -> date:
+    return ts.date() if ts.tzinfo is None or ts.tzinfo is UTC else ts.astimezone(UTC).date()
+
+
+def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
+class PriceBook:
+    """Prices calls. Build one per process; it caches lookups and compiled price sets."""
+
+    def __init__(self, overrides_path: Path | None = None) -> None:
+        self.overrides_path = overrides_path
+        self.overrides = _load_overrides(overrides_path) if overrides_path else ()
+        self._override_hits: dict[tuple[str, str, str | None], tuple[_Override, ...]] = {}
+        self._snapshot: data_snapshot.DataSnapshot | None = None
+        self._models: dict[tuple[str, str], tuple[Provider, ModelInfo, bool] | None] = {}
+        self._day_plans: dict[tuple[int, date], _Plan] = {}
+        self._plans: dict[int, _Plan] = {}
+
+    def price(
+        self,
+        *,
+        provider: str,
+        model: str,
+        response_model: str | None,
+        timestamp: datetime,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int,
+        cache_write_tokens: int,
+        reported_cost_usd: Decimal | None = None,
+    ) -> Price:
+        usage = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+        if min(usage) >= 0 and cache_read_tokens + cache_write_tokens <= input_tokens:
+            if self.overrides:
+                entry = self._override(provider, model, response_model, _utc_day(timestamp))
+                if entry is not None:
+                    return Price(entry.cost(*usage), "override")
+            self._check_snapshot()
+            refs = (model,) if response_model in (None, model) else (response_model, model)
+            for ref in refs:
+                if ref and (found := self._lookup(provider, ref)) is not None:
+                    cost = self._plan_at(found[1], found[2], timestamp).cost(*usage)
+                    if cost is not None:
+                        return Price(cost, "genai-prices")
+        reported = reported_cost_usd
+        if reported is not None and reported.is_finite() and reported >= 0:
+            return Price(reported, "span")
+        return UNPRICED
+
+    def describe(
+        self, model: str, provider: str | None = None, at: datetime | None = None
+    ) -> ModelPriceInfo:
+        at = at or datetime.now(UTC)
+        for entry in self.overrides:
+            if entry.valid_from is not None and entry.valid_from > _utc_day(at):
+                continue
+            if entry.matches(provider.lower() if provider else None, (model.lower(),)):
+                source = f"override: {self.overrides_path} (models[{entry.index}])"
+                costs = (entry.input, entry.output, entry.cache_read, entry.cache_write)
+                return ModelPriceInfo(model, None, provider or entry.provider, source, at, *costs)
+        snapshot = self._check_snapshot()
+        found = self._lookup(provider, model) if provider else self._lookup_anywhere(model)
+        if found is None:
+            raise LookupError(self._unknown_message(model, provider))
+        prov, info = found[0], found[1]
+        model_price = info.get_prices(at)
+        tiers: list[tuple[str, int, Decimal]] = []
+
+        def base(key: str) -> Decimal | None:
+            value = getattr(model_price, key, None)
+            if isinstance(value, TieredPrices):
+                tiers.extend((key, tier.start, tier.price) for tier in value.tiers)
+                return value.base
+            return value
+
+        data = "bundled data"
+        if snapshot.from_auto_update:
+            data = f"data of {snapshot.timestamp.isoformat(timespec='seconds')}"
+        source = f"genai-prices {genai_prices.__version__} ({data})"
+        inp, out, read, write = (base(key) for key in _TOKEN_PRICE_KEYS)
+        return ModelPriceInfo(
+            info.id, info.name, prov.id, source, at, inp, out, read, write, tuple(tiers)
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_snapshot(self) -> data_snapshot.DataSnapshot:
+        """Follows the library's data (bundled, or refreshed when an app enabled updates)."""
+        snapshot = data_snapshot.get_snapshot()
+        if snapshot is not self._snapshot:
+            self._snapshot = snapshot
+            for cache in (self._models, self._day_plans, self._plans):
+                cache.clear()
+        return snapshot
+
+    def _override(
+        self, provider: str, model: str, response: str | None, day: date
+    ) -> _Override | None:
+        key = (provider, model, response)
+        hits = self._override_hits.get(key)
+        if hits is None:
+            names = (model.lower(),) if not response else (response.lower(), model.lower())
+            hits = tuple(e for e in self.overrides if e.matches(provider.lower(), names))
+            _put(self._override_hits, key, hits)
+        for entry in hits:
+            if entry.valid_from is None or entry.valid_from <= day:
+                return entry
+        return None
+
+    def _lookup(self, provider: str, model: str) -> tuple[Provider, ModelInfo, bool] | None:
+        key = (provider, model)
+        if key in self._models:
+            return self._models[key]
+        assert self._snapshot is not None
+        wanted = PROVIDER_IDS.get(provider.lower(), provider)
+        try:  # the snapshot caches provider hits and misses
+            provider_id = self._snapshot.find_provider(None, wanted, None).id if wanted else None
+        except LookupError:
+            provider_id = None  # unknown to genai-prices: the model alone picks its maker
+        try:
+            prov, info = self._snapshot.find_provider_model(model, None, provider_id, None)
+        except LookupError:
+            found = None
+        else:
+            prices = info.prices if isinstance(info.prices, list) else []
+            by_hour = any(isinstance(p.constraint, TimeOfDateConstraint) for p in prices)
+            found = (prov, info, by_hour)
+        _put(self._models, key, found)
+        return found
+
+    def _plan_at(self, info: ModelInfo, by_hour: bool, ts: datetime) -> _Plan:
+        """Prices change by UTC day (price history), or by hour for off-peak pricing."""
+        key = (id(info), _utc_day(ts))
+        if by_hour or (plan := self._day_plans.get(key)) is None:
+            model_price = info.get_prices(ts)
+            # By identity: the plan holds its price set, and the snapshot holds the models.
+            plan = self._plans.get(id(model_price))
+            if plan is None or plan.model_price is not model_price:
+                plan = _compile(model_price)
+                _put(self._plans, id(model_price), plan)
+            if not by_hour:
+                _put(self._day_plans, key, plan)
+        return plan
+
+    def _lookup_anywhere(self, model: str) -> tuple[Provider, ModelInfo, bool] | None:
+        """For people asking without a provider: the maker, else the first provider listing it."""
+        if (found := self._lookup("", model)) is not None:
+            return found
+        assert self._snapshot is not None
+        direct = set(PROVIDER_IDS.values())
+        ordered = sorted(self._snapshot.providers, key=lambda p: p.id not in direct)
+        return next((r for p in ordered if (r := self._lookup(p.id, model)) is not None), None)
+
+    def _unknown_message(self, model: str, provider: str | None) -> str:
+        assert self._snapshot is not None
+        ids = sorted({m.id for p in self._snapshot.providers for m in p.models})
+        close = difflib.get_close_matches(model.lower(), ids, n=5, cutoff=0.6)
+        where = f" for provider {provider!r}" if provider else ""
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        if provider and (others := [p.id for p in self._snapshot.providers if p.find_model(model)]):
+            hint += f" It is priced for: {', '.join(others)}."
+        return (
+            f"No price known for model {model!r}{where}.{hint} "
+            "Add it to the price overrides file (NEXUS_PRICES_FILE) to price it."
+        )
+
+
+def _load_overrides(path: Path) -> tuple[_Override, ...]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PriceOverridesError(f"{path}: cannot read price overrides: {exc}") from exc
+    if data is None:
+        return ()
+    entries = data.get("models") if isinstance(data, dict) and set(data) == {"models"} else 0
+    if not isinstance(entries, list | None):
+        raise PriceOverridesError(f"{path}: expected one key, 'models', holding a list")
+    return tuple(_parse_entry(path, i, raw) for i, raw in enumerate(entries or []))
+
+
+def _parse_entry(path: Path, index: int, raw: object) -> _Override:
+    def bad(what: str, value: object) -> PriceOverridesError:
+        return PriceOverridesError(f"{path}: models[{index}]: {what}, got {value!r}")
+
+    if not isinstance(raw, dict):
+        raise bad("expected a mapping", raw)
+    for key in raw:
+        if key not in _ENTRY_KEYS:
+            raise bad(f"unknown key (allowed: {', '.join(sorted(_ENTRY_KEYS))})", key)
+    model, provider, valid_from = raw.get("model"), raw.get("provider"), raw.get("valid_from")
+    if not isinstance(model, str) or not model.strip():
+        raise bad("'model' must be a model name or pattern", model)
+    if provider is not None and (not isinstance(provider, str) or not provider.strip()):
+        raise bad("'provider' must be a provider name", provider)
+    if isinstance(valid_from, str):
+        with contextlib.suppress(ValueError):
+            valid_from = date.fromisoformat(valid_from.strip())
+    if isinstance(valid_from, datetime):
+        valid_from = _utc_day(valid_from)
+    if valid_from is not None and not isinstance(valid_from, date):
+        raise bad("'valid_from' must be a date (YYYY-MM-DD)", valid_from)
+
+    def price(key: str, default: Decimal | None = None) -> Decimal:
+        value = raw.get(key)
+        if value is None and default is not None:
+            return default
+        parsed = Decimal("NaN")
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            with contextlib.suppress(InvalidOperation):
+                parsed = Decimal(str(value).strip())  # via str: 0.1 stays exactly 0.1
+        if not parsed.is_finite() or parsed < 0:
+            raise bad(f"'{key}' must be a non-negative number of USD per million tokens", value)
+        return parsed
+
+    inp = price("input_mtok")
+    return _Override(
+        index=index,
+        pattern=model.strip().lower(),
+        provider=provider.strip().lower() if provider else None,
+        input=inp,
+        output=price("output_mtok"),
+        cache_read=price("cache_read_mtok", inp),
+        cache_write=price("cache_write_mtok", inp),
+        valid_from=valid_from,
+    )
+
+
+def render_price_table(info: ModelPriceInfo) -> Table:
+    """The `nexus-otel prices MODEL` table."""
+    table = Table(title=f"Prices for {info.model_id}", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+
+    def usd(value: Decimal | None, absent: str = "—") -> str:
+        return absent if value is None else f"${value.normalize():f}"
+
+    table.add_row("Model", info.model_id + (f" ({info.model_name})" if info.model_name else ""))
+    table.add_row("Provider", info.provider or "any")
+    table.add_row("Source", info.source)
+    table.add_row("Prices at", info.at.isoformat(timespec="seconds"))
+    table.add_row("Input / MTok", usd(info.input_mtok))
+    table.add_row("Output / MTok", usd(info.output_mtok))
+    # genai-prices bills cache tokens without a price of their own as plain input
+    table.add_row("Cache read / MTok", usd(info.cache_read_mtok, "— (billed as input)"))
+    table.add_row("Cache write / MTok", usd(info.cache_write_mtok, "— (billed as input)"))
+    for key, start, value in info.tiers:
+        name = key.removesuffix("_mtok").replace("_", " ").capitalize()
+        table.add_row(f"{name} / MTok, input > {start:,}", usd(value))
+    if info.tiered:
+        table.add_row("Tiers", "a call's input size sets the rate for all its tokens")
+    return table

@@ -1,0 +1,94 @@
+"""Running the server side: database set-up, then the ingest (and API) servers in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+import uvicorn
+from starlette.types import ASGIApp
+
+from exporter.db import EmbeddedPostgres, ensure_partitions_around, migrate, resolve_database
+from exporter.ingest import create_ingest_app
+from exporter.settings import Settings
+
+log = logging.getLogger(__name__)
+PARTITION_CHECK_SECONDS = 6 * 3600
+
+
+@dataclass
+class Database:
+    url: str
+    embedded: EmbeddedPostgres | None
+
+    def close(self) -> None:
+        if self.embedded:
+            self.embedded.stop()
+
+
+def open_database(settings: Settings) -> Database:
+    """Resolves (starting the embedded server if needed) and migrates the database."""
+    url, embedded = resolve_database(settings.database_url, settings.data_dir)
+    migrate(url)
+    return Database(url, embedded)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to `run_servers`, so several can share it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class Served:
+    name: str
+    app: ASGIApp
+    port: int
+
+
+async def run_servers(host: str, served: Sequence[Served], database_url: str) -> None:
+    servers = [
+        _Server(uvicorn.Config(s.app, host=host, port=s.port, log_level="warning", lifespan="on"))
+        for s in served
+    ]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _stop_all, servers)
+    maintenance = asyncio.create_task(_maintain_partitions(database_url))
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        maintenance.cancel()
+
+
+def _stop_all(servers: list[_Server]) -> None:
+    for server in servers:
+        server.should_exit = True
+
+
+async def _maintain_partitions(url: str) -> None:
+    """Keeps next months' partitions created ahead of time while the service runs."""
+    while True:
+        await asyncio.sleep(PARTITION_CHECK_SECONDS)
+        try:
+            await asyncio.to_thread(_create_partitions_ahead, url)
+        except psycopg.Error as exc:
+            log.warning("creating partitions ahead failed: %s", exc)
+
+
+def _create_partitions_ahead(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_partitions_around(conn, datetime.now(UTC).date())
+
+
+def serve(settings: Settings, database: Database) -> None:
+    served = [Served("ingest", create_ingest_app(settings, database.url), settings.otlp_port)]
+    asyncio.run(run_servers(settings.host, served, database.url))

@@ -1,0 +1,83 @@
+"""One settings class for the whole server side, read from the environment (and CLI flags)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import platformdirs
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("nexus-otel", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every setting has an environment name (NEXUS_*, or the original design's names) and a
+    CLI flag of the same name (`--database-url` for NEXUS_DATABASE_URL)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEXUS_", populate_by_name=True, extra="ignore", validate_default=True
+    )
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset = an embedded server under data_dir"
+    )
+    data_dir: Path = Field(default_factory=default_data_dir, description="embedded PostgreSQL home")
+    host: str = Field(default="127.0.0.1", description="address the OTLP and API ports bind to")
+    otlp_port: int = Field(
+        default=4318, ge=0, le=65535, description="OTLP/HTTP ingest and /metrics"
+    )
+    api_port: int = Field(default=8000, ge=0, le=65535, description="the FastAPI service")
+    prices_file: Path | None = Field(default=None, description="YAML of price overrides")
+    store_content: bool = Field(default=False, description="keep prompt/completion attributes")
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="largest OTLP body accepted, after gunzip"
+    )
+    batch_max_rows: int = Field(default=5000, gt=0, description="rows per database transaction")
+    queue_max_rows: int = Field(
+        default=50_000, gt=0, description="rows waiting for the database before ingest says 503"
+    )
+    write_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="how long a request waits for its rows to be stored"
+    )
+    retry_after_seconds: int = Field(default=5, gt=0, description="Retry-After on a 503")
+    ingest_token: str | None = Field(default=None, description="bearer token for /v1/traces")
+    api_token: str | None = Field(default=None, description="bearer token for the API")
+    daily_budget_usd: Decimal | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=AliasChoices("DAILY_BUDGET_USD", "daily_budget_usd"),
+        description="creates a default daily budget",
+    )
+    budget_warning_threshold: Decimal = Field(
+        default=Decimal(80),
+        gt=0,
+        le=100,
+        validation_alias=AliasChoices("BUDGET_WARNING_THRESHOLD", "budget_warning_threshold"),
+        description="percent of a budget at which to warn",
+    )
+    telegram_bot_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token")
+    )
+    telegram_chat_id: int | None = Field(
+        default=None, validation_alias=AliasChoices("TELEGRAM_CHAT_ID", "telegram_chat_id")
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _is_postgres_conninfo(cls, value: str | None) -> str | None:
+        """A postgresql:// URL or a libpq `key=value` string."""
+        if not value:
+            return None
+        if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"not a valid PostgreSQL connection string: {exc}") from None
+        return value

@@ -1,0 +1,301 @@
+"""Durable, idempotent, batched writes of LLM calls to PostgreSQL.
+
+Requests hand their calls to one `CallWriter`, which groups whatever is queued into one
+transaction (group commit) and answers each request only once its rows are committed. Rows go in
+with a binary COPY straight into `api_calls`; only when that hits the unique key (a replay) does
+the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO NOTHING path. Daily
+summaries are updated in the same transaction from the rows that were actually new, so a replay
+never counts twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import errors
+from psycopg.types.json import Jsonb
+
+from exporter.metrics import ExporterMetrics
+from exporter.model import LLMCall
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "trace_id", "span_id", "parent_span_id", "timestamp", "service_name", "provider", "model",
+    "response_model", "gen_ai_operation", "operation", "correlation_id", "input_tokens",
+    "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "total_tokens", "cost_usd", "cost_source", "duration_ms", "time_to_first_chunk_ms", "success",
+    "error_type", "error_message", "usage_source", "server_address", "span_name", "attributes",
+)  # fmt: skip
+COLUMN_TYPES = (
+    "text", "text", "text", "timestamptz", "text", "text", "text", "text", "text", "text", "text",
+    "int8", "int8", "int8", "int8", "int8", "int8", "numeric", "text", "float8", "float8", "bool",
+    "text", "text", "text", "text", "text", "jsonb",
+)  # fmt: skip
+_COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
+_COPY_DIRECT = f"COPY api_calls ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY nexus_stage ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_CREATE_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS nexus_stage (LIKE api_calls INCLUDING DEFAULTS) "
+    "ON COMMIT DELETE ROWS"
+)
+_INSERT_NEW = (
+    f"INSERT INTO api_calls ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM nexus_stage "
+    'ON CONFLICT DO NOTHING RETURNING trace_id, span_id, "timestamp"'
+)
+_SUMMARY_UPSERT = """
+INSERT INTO daily_usage_summary AS s (day, service_name, provider, model, operation, calls,
+    failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
+    cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
+SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[],
+    %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
+    %s::int8[], %s::numeric[], %s::float8[])
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (day, service_name, provider, model, operation) DO UPDATE SET
+    calls = s.calls + EXCLUDED.calls,
+    failed_calls = s.failed_calls + EXCLUDED.failed_calls,
+    unpriced_calls = s.unpriced_calls + EXCLUDED.unpriced_calls,
+    input_tokens = s.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = s.output_tokens + EXCLUDED.output_tokens,
+    cache_read_tokens = s.cache_read_tokens + EXCLUDED.cache_read_tokens,
+    cache_write_tokens = s.cache_write_tokens + EXCLUDED.cache_write_tokens,
+    reasoning_tokens = s.reasoning_tokens + EXCLUDED.reasoning_tokens,
+    total_tokens = s.total_tokens + EXCLUDED.total_tokens,
+    cost_usd = s.cost_usd + EXCLUDED.cost_usd,
+    duration_ms_sum = s.duration_ms_sum + EXCLUDED.duration_ms_sum,
+    updated_at = now()
+"""
+
+
+class StorageUnavailable(RuntimeError):
+    """The database cannot take writes now; the sender should retry later."""
+
+
+class QueueFull(StorageUnavailable):
+    """More rows are waiting than the queue allows: backpressure, not growth."""
+
+
+@dataclass
+class WriteResult:
+    stored: list[LLMCall]  # newly stored
+    duplicates: int  # already there before
+
+
+@dataclass
+class _Pending:
+    calls: list[LLMCall]
+    future: asyncio.Future[WriteResult] = field(repr=False)
+
+
+def call_row(call: LLMCall) -> tuple[Any, ...]:
+    return (
+        call.trace_id, call.span_id, call.parent_span_id, call.timestamp, call.service_name,
+        call.provider, call.model, call.response_model, call.gen_ai_operation, call.operation,
+        call.correlation_id, call.input_tokens, call.output_tokens, call.cache_read_tokens,
+        call.cache_write_tokens, call.reasoning_tokens, call.total_tokens, call.cost_usd,
+        call.cost_source, call.duration_ms, call.time_to_first_chunk_ms, call.success,
+        call.error_type, call.error_message, call.usage_source, call.server_address,
+        call.span_name, Jsonb(call.attributes),
+    )  # fmt: skip
+
+
+def unique_calls(calls: Iterable[LLMCall]) -> list[LLMCall]:
+    """Drops repeats of the same span within one batch (first one wins)."""
+    seen: dict[tuple[str, str, datetime], LLMCall] = {}
+    for call in calls:
+        seen.setdefault(call.key, call)
+    return list(seen.values())
+
+
+def summary_columns(calls: Sequence[LLMCall]) -> list[list[Any]]:
+    """Aggregates calls per UTC day and dimension into the column arrays of _SUMMARY_UPSERT."""
+    totals: dict[tuple[date, str, str, str, str], list[Any]] = defaultdict(
+        lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0]
+    )
+    for c in calls:
+        t = totals[(c.timestamp.date(), c.service_name, c.provider, c.model, c.operation)]
+        t[0] += 1
+        t[1] += not c.success
+        t[2] += c.cost_usd is None
+        t[3] += c.input_tokens
+        t[4] += c.output_tokens
+        t[5] += c.cache_read_tokens
+        t[6] += c.cache_write_tokens
+        t[7] += c.reasoning_tokens
+        t[8] += c.total_tokens
+        t[9] += c.cost_usd or 0
+        t[10] += c.duration_ms
+    columns: list[list[Any]] = [[] for _ in range(16)]
+    for key, values in totals.items():
+        for i, v in enumerate((*key, *values)):
+            columns[i].append(v)
+    return columns
+
+
+async def write_batch(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) -> WriteResult:
+    """Stores calls in one transaction; returns which ones were new. Idempotent."""
+    calls = unique_calls(calls)
+    async with conn.transaction():
+        try:
+            async with conn.transaction():
+                await _copy(conn, _COPY_DIRECT, calls)
+            new = calls
+        except errors.UniqueViolation:
+            new = await _insert_new_only(conn, calls)
+        if new:
+            await conn.execute(_SUMMARY_UPSERT, summary_columns(new))
+    return WriteResult(stored=new, duplicates=len(calls) - len(new))
+
+
+async def _copy(conn: psycopg.AsyncConnection[Any], statement: str, calls: list[LLMCall]) -> None:
+    async with conn.cursor().copy(statement) as copy:
+        copy.set_types(list(COLUMN_TYPES))
+        for call in calls:
+            await copy.write_row(call_row(call))
+
+
+async def _insert_new_only(
+    conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]
+) -> list[LLMCall]:
+    await conn.execute(_CREATE_STAGE)
+    await _copy(conn, _COPY_STAGE, calls)
+    cursor = await conn.execute(_INSERT_NEW)
+    inserted = {(t, s, ts) for t, s, ts in await cursor.fetchall()}
+    await conn.execute("TRUNCATE nexus_stage")
+    return [c for c in calls if c.key in inserted]
+
+
+class CallWriter:
+    """One database connection, one queue, group commit. Answers only after commit."""
+
+    def __init__(
+        self,
+        database_url: str,
+        metrics: ExporterMetrics,
+        *,
+        batch_max_rows: int = 5000,
+        queue_max_rows: int = 50_000,
+    ) -> None:
+        self._url = database_url
+        self._metrics = metrics
+        self._batch_max_rows = batch_max_rows
+        self._queue_max_rows = queue_max_rows
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queued_rows = 0
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._months: set[date] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="nexus-call-writer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            self._queue.get_nowait().future.set_exception(StorageUnavailable("shutting down"))
+        if self._conn:
+            await self._conn.close()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def submit(self, calls: list[LLMCall]) -> asyncio.Future[WriteResult]:
+        """Queues calls; the future resolves once they are committed. Raises QueueFull."""
+        if self._queued_rows + len(calls) > self._queue_max_rows and self._queued_rows:
+            raise QueueFull(f"{self._queued_rows} rows are already waiting for the database")
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(calls, future))
+        self._set_queued(self._queued_rows + len(calls))
+        return future
+
+    def _set_queued(self, rows: int) -> None:
+        self._queued_rows = rows
+        self._metrics.queue_depth.set(rows)
+
+    async def _run(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            rows = len(group[0].calls)
+            while rows < self._batch_max_rows and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+                rows += len(group[-1].calls)
+            await self._write_group(group)
+            self._set_queued(self._queued_rows - rows)
+
+    async def _write_group(self, group: list[_Pending]) -> None:
+        live = [p for p in group if not p.future.done()]  # a timed-out request gave up
+        calls = [c for p in live for c in p.calls]
+        started = time.perf_counter()
+        try:
+            conn = await self._connection()
+            await self._ensure_partitions(conn, calls)
+            result = await write_batch(conn, calls)
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            await self._drop_connection()
+            self._metrics.storage_up.set(0)
+            log.warning("database unavailable: %s", exc)
+            _fail(live, StorageUnavailable(f"database unavailable: {exc}"))
+            return
+        except Exception as exc:
+            log.exception("writing %d calls failed", len(calls))
+            await self._drop_connection()
+            self._months.clear()  # a partition may have been dropped under us
+            _fail(live, StorageUnavailable(f"write failed: {exc}"))
+            return
+        self._metrics.storage_up.set(1)
+        self._metrics.write_duration.observe(time.perf_counter() - started)
+        self._metrics.rows_written.inc(len(result.stored))
+        self._metrics.spans_duplicate.inc(result.duplicates)
+        self._metrics.observe_stored(result.stored)
+        _resolve(live, result)
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=5
+            )
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None
+
+    async def _ensure_partitions(
+        self, conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]
+    ) -> None:
+        months = {c.timestamp.date().replace(day=1) for c in calls} - self._months
+        for month in sorted(months):
+            await conn.execute("SELECT nexus_ensure_partition(%s)", (month,))
+            self._months.add(month)
+
+
+def _fail(pending: list[_Pending], error: Exception) -> None:
+    for p in pending:
+        if not p.future.done():
+            p.future.set_exception(error)
+
+
+def _resolve(pending: list[_Pending], result: WriteResult) -> None:
+    stored = {c.key for c in result.stored}
+    for p in pending:
+        if p.future.done():
+            continue
+        mine = [c for c in p.calls if c.key in stored]
+        stored.difference_update(c.key for c in mine)  # a span in two requests counts once
+        p.future.set_result(WriteResult(stored=mine, duplicates=len(p.calls) - len(mine)))

@@ -1,0 +1,3 @@
+"""nexus_otel: exact LLM token and cost telemetry on OpenTelemetry."""
+
+__all__: list[str] = []

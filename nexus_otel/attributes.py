@@ -1,0 +1,88 @@
+"""Span attribute names: the one place both the instrumentation and the exporter read them from.
+
+Standard names follow the OpenTelemetry GenAI semantic conventions (v1.41); older, newer and
+third-party spellings that the exporter also accepts are listed next to them.
+"""
+
+from typing import Final
+
+# --- OpenTelemetry GenAI semantic conventions (v1.41) ---------------------------------------
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_SYSTEM: Final = "gen_ai.system"  # deprecated spelling of the provider
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"  # inclusive of cached input
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"  # inclusive of reasoning
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"  # newer
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+# Older spellings still sent by some instrumentations (OpenLLMetry, early semconv).
+GEN_AI_USAGE_PROMPT_TOKENS: Final = "gen_ai.usage.prompt_tokens"
+GEN_AI_USAGE_COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"
+GEN_AI_USAGE_TOTAL_TOKENS: Final = "gen_ai.usage.total_tokens"
+LLM_USAGE_TOTAL_TOKENS: Final = "llm.usage.total_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS_OLD: Final = "gen_ai.usage.cache_read_input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS_OLD: Final = "gen_ai.usage.cache_creation_input_tokens"
+GEN_AI_USAGE_REASONING_TOKENS_OLD: Final = "gen_ai.usage.reasoning_tokens"
+# OpenInference (Arize, Phoenix) spellings.
+LLM_PROVIDER: Final = "llm.provider"
+LLM_SYSTEM: Final = "llm.system"
+LLM_MODEL_NAME: Final = "llm.model_name"
+LLM_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"
+LLM_TOKEN_COUNT_COMPLETION: Final = "llm.token_count.completion"
+LLM_TOKEN_COUNT_TOTAL: Final = "llm.token_count.total"
+LLM_TOKEN_COUNT_CACHE_READ: Final = "llm.token_count.prompt_details.cache_read"
+LLM_TOKEN_COUNT_CACHE_WRITE: Final = "llm.token_count.prompt_details.cache_write"
+LLM_TOKEN_COUNT_REASONING: Final = "llm.token_count.completion_details.reasoning"
+OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+ERROR_TYPE: Final = "error.type"
+SERVICE_NAME: Final = "service.name"  # resource attribute
+
+# --- Cost: no standard attribute yet; these are the spellings in use ------------------------
+GEN_AI_USAGE_COST: Final = "gen_ai.usage.cost"  # OpenLIT, Langfuse
+GEN_AI_USAGE_COST_AMOUNT: Final = "gen_ai.usage.cost.amount"  # proposed (semconv-genai #443)
+OPERATION_COST: Final = "operation.cost"  # Logfire
+LLM_COST_TOTAL: Final = "llm.cost.total"  # OpenInference
+NEXUS_COST_USD: Final = "nexus.cost.usd"  # ours
+COST_ATTRIBUTES: Final = (
+    NEXUS_COST_USD,
+    GEN_AI_USAGE_COST_AMOUNT,
+    GEN_AI_USAGE_COST,
+    OPERATION_COST,
+    LLM_COST_TOTAL,
+)
+
+# --- Ours, namespaced ------------------------------------------------------------------------
+NEXUS_OPERATION: Final = "nexus.operation"  # business operation, e.g. fact_generation
+NEXUS_CORRELATION_ID: Final = "nexus.correlation_id"  # e.g. carousel-123
+NEXUS_USAGE_SOURCE: Final = "nexus.usage.source"  # response | tiktoken | chars
+NEXUS_TIME_TO_FIRST_CHUNK: Final = "nexus.response.time_to_first_chunk"  # seconds, streams
+USAGE_SOURCES: Final = ("response", "tiktoken", "chars")
+
+# Attributes that carry prompt or completion text: never stored unless a user opts in.
+CONTENT_ATTRIBUTE_PREFIXES: Final = (
+    "gen_ai.prompt",
+    "gen_ai.completion",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.system_instructions",
+    "gen_ai.tool.definitions",
+    "gen_ai.tool.call.arguments",
+    "gen_ai.tool.call.result",
+    "llm.input_messages",
+    "llm.output_messages",
+    "llm.prompts",
+    "llm.completions",
+    "input.value",
+    "output.value",
+)

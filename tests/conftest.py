@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ExporterProcess, fresh_database, start_exporter
+
+os.environ.setdefault("NEXUS_OTEL_RAISE_INTERNAL_ERRORS", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server: NEXUS_DATABASE_URL if set, else an embedded one."""
+    configured = os.environ.get("NEXUS_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    from exporter.db import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="nexus-pg-") as data_dir:
+        server = EmbeddedPostgres(Path(data_dir))
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def database_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, migrated database per test module."""
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def exporter(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ExporterProcess]:
+    """A running `nexus-otel serve` on the module's database."""
+    process = start_exporter(database_url, tmp_path_factory.mktemp("exporter"))
+    try:
+        yield process
+    finally:
+        process.stop()

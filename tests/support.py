@@ -1,0 +1,114 @@
+"""Shared test machinery: real PostgreSQL databases and a real `nexus-otel serve` process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from exporter.db import migrate
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def with_database(server_url: str, name: str) -> str:
+    """The URL of database `name` on the server that `server_url` points at."""
+    info = psycopg.conninfo.conninfo_to_dict(server_url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, migrated database for one test module; dropped afterwards."""
+    name = f"nexus_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_database(server_url, name)
+    migrate(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+
+@dataclass
+class ExporterProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_exporter(
+    database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None, *args: str
+) -> ExporterProcess:
+    """Starts `nexus-otel serve` as its own process and waits until /health answers."""
+    port = free_port()
+    env = {**os.environ, **(extra_env or {})}
+    log_path = log_dir / f"exporter-{port}.log"
+    command = [
+        sys.executable, "-m", "exporter.cli", "serve",
+        "--database-url", database_url, "--otlp-port", str(port), "--api-port", str(free_port()),
+        *args,
+    ]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    exporter = ExporterProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nexus-otel serve exited early:\n{exporter.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{exporter.base_url}/health", timeout=1).status_code == 200:
+                return exporter
+        time.sleep(0.1)
+    exporter.stop()
+    raise RuntimeError(f"nexus-otel serve did not become healthy:\n{exporter.log()}")
+
+
+def metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
