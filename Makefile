@@ -18,6 +18,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nexus-otel demo $(ARGS)
 
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

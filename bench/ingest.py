@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import psycopg
-from exporter.normalize import to_llm_call
 from rich.console import Console
 from rich.progress import Progress
 
 from bench.common import Result
 from exporter import otlp
 from exporter.db import EmbeddedPostgres, ensure_partitions_around
+from exporter.normalize import to_llm_call
 from exporter.pricing import PriceBook
 from exporter.storage import _COPY_DIRECT, COLUMN_TYPES, call_row
 from tests.exporter.otlp_helpers import make_spans, protobuf_body

@@ -89,9 +89,51 @@ def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Serves the stack in a child process and drives a workload into it."""
+    import subprocess
+
+    from exporter.demo import run_demo
+    from exporter.service import open_database
+
+    database = open_database(settings)
+    command = [sys.executable, "-m", "exporter.cli", "--log-level", "WARNING", "serve",
+               "--database-url", database.url, "--otlp-port", str(settings.otlp_port),
+               "--host", settings.host]  # fmt: skip
+    server = subprocess.Popen(command)
+    endpoint = f"http://{settings.host}:{settings.otlp_port}"
+    try:
+        _wait_healthy(endpoint, server)
+        console.print(f"exporter at {endpoint} (metrics: {endpoint}/metrics)")
+        budget = float(settings.daily_budget_usd or 5)
+        return run_demo(database.url, endpoint, args.duration, budget)
+    finally:
+        server.terminate()
+        server.wait(15)
+        database.close()
+
+
+def _wait_healthy(endpoint: str, server: Any) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the exporter exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{endpoint}/health", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the exporter at {endpoint} did not become healthy")
+
+
 COMMANDS: dict[str, tuple[Command, str]] = {
     "serve": (cmd_serve, "run the OTLP ingest, metrics and API servers"),
     "migrate": (cmd_migrate, "apply database migrations (idempotent)"),
+    "demo": (cmd_demo, "run the stack on the embedded PostgreSQL with a live demo workload"),
     "prices": (cmd_prices, "show what a model costs and where the price comes from"),
 }
 
@@ -107,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "prices":
             command.add_argument("model", help="model name, e.g. claude-sonnet-4-5")
             command.add_argument("--provider", help="provider, e.g. anthropic, gcp.gemini, groq")
+        if name == "demo":
+            command.add_argument(
+                "--duration", type=float, help="seconds to run unattended (default: until Ctrl-C)"
+            )
         _add_settings_flags(command)
     return parser
 
@@ -116,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its start/stop chatter
     try:
         settings = load_settings(args)
     except ValidationError as exc:
