@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -62,6 +64,7 @@ class ExporterMetrics:
             registry=r,
         )  # fmt: skip
         self._declare_health(r)
+        self._series: dict[tuple[str, ...], _Series] = {}
 
     def _declare_health(self, r: CollectorRegistry) -> None:
         self.spans_received = Counter(
@@ -100,20 +103,50 @@ class ExporterMetrics:
             labels = (
                 call.service_name, call.provider, call.model, call.gen_ai_operation, call.operation
             )  # fmt: skip
-            self.token_usage.labels(*labels, "input").observe(call.input_tokens)
-            self.token_usage.labels(*labels, "output").observe(call.output_tokens)
-            for token_type, count in zip(TOKEN_TYPES, _token_counts(call), strict=True):
+            series = self._series.get(labels) or self._make_series(labels)
+            series.input_usage.observe(call.input_tokens)
+            series.output_usage.observe(call.output_tokens)
+            for counter, count in zip(series.tokens, _token_counts(call), strict=True):
                 if count:
-                    self.tokens.labels(*labels, token_type).inc(count)
+                    counter.inc(count)
             self.operation_duration.labels(*labels, call.error_type or "").observe(
                 call.duration_ms / 1000
             )
-            self.calls.labels(*labels, "success" if call.success else "error").inc()
+            (series.successes if call.success else series.errors).inc()
             if call.cost_usd is None:
-                self.unpriced.labels(*labels).inc()
+                series.unpriced.inc()
             else:
-                self.cost.labels(*labels).inc(float(call.cost_usd))
-                self.call_cost.labels(*labels).observe(float(call.cost_usd))
+                series.cost.inc(float(call.cost_usd))
+                series.call_cost.observe(float(call.cost_usd))
+
+    def _make_series(self, labels: tuple[str, ...]) -> _Series:
+        # Looking up label children costs more than observing: do it once per label set.
+        series = _Series(
+            input_usage=self.token_usage.labels(*labels, "input"),
+            output_usage=self.token_usage.labels(*labels, "output"),
+            tokens=tuple(self.tokens.labels(*labels, t) for t in TOKEN_TYPES),
+            successes=self.calls.labels(*labels, "success"),
+            errors=self.calls.labels(*labels, "error"),
+            cost=self.cost.labels(*labels),
+            call_cost=self.call_cost.labels(*labels),
+            unpriced=self.unpriced.labels(*labels),
+        )
+        self._series[labels] = series
+        return series
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """The metric children of one label set."""
+
+    input_usage: Any
+    output_usage: Any
+    tokens: tuple[Any, ...]
+    successes: Any
+    errors: Any
+    cost: Any
+    call_cost: Any
+    unpriced: Any
 
 
 def _token_counts(call: LLMCall) -> tuple[int, int, int, int, int]:
