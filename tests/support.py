@@ -76,12 +76,17 @@ class ExporterProcess:
 
 
 def start_exporter(
-    database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None, *args: str
+    database_url: str,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    *args: str,
+    port: int | None = None,
 ) -> ExporterProcess:
-    """Starts `nexus-otel serve` as its own process and waits until /health answers."""
-    port = free_port()
+    """Starts `nexus-otel serve` as its own process and waits until /health answers.
+    `port` restarts an exporter where its senders already point."""
+    port = port or free_port()
     env = {**os.environ, **(extra_env or {})}
-    log_path = log_dir / f"exporter-{port}.log"
+    log_path = log_dir / f"exporter-{port}-{time.monotonic_ns()}.log"
     command = [
         sys.executable, "-m", "exporter.cli", "serve",
         "--database-url", database_url, "--otlp-port", str(port), "--api-port", str(free_port()),
