@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import psycopg
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -24,7 +25,7 @@ from exporter.model import LLMCall
 from exporter.normalize import InvalidSpan, to_llm_call
 from exporter.pricing import PriceBook
 from exporter.settings import Settings
-from exporter.storage import CallWriter, StorageUnavailable
+from exporter.storage import CallWriter, StorageUnavailable, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ _RPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _FUTURE_SKEW = timedelta(days=1)
 _MAX_REJECTION_MESSAGES = 5
+# numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
+_MAX_CALL_COST_USD = Decimal(1_000_000)
 
 
 @dataclass
@@ -78,7 +81,12 @@ class Ingestor:
                 )
             else:
                 self._price(call)
-                result.calls.append(call)
+                if call.cost_usd is not None and call.cost_usd >= _MAX_CALL_COST_USD:
+                    result.rejections.append(
+                        f"span {call.span_id}: cost {call.cost_usd:.2f} USD is out of range"
+                    )
+                else:
+                    result.calls.append(call)
         return result
 
     def _price(self, call: LLMCall) -> None:
@@ -100,11 +108,11 @@ class Ingestor:
             return
         call.cost_usd, call.cost_source = price.cost_usd, price.source
 
-    async def store(self, calls: list[LLMCall]) -> None:
+    async def store(self, calls: list[LLMCall]) -> WriteResult:
         """Returns once the calls are durable; raises StorageUnavailable otherwise."""
         future = self.writer.submit(calls)
         try:
-            await asyncio.wait_for(future, self.settings.write_timeout_seconds)
+            return await asyncio.wait_for(future, self.settings.write_timeout_seconds)
         except TimeoutError:
             raise StorageUnavailable("the database did not confirm the write in time") from None
 
@@ -176,10 +184,14 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
     _count(ingestor.metrics, conversion)
     if conversion.calls:
         try:
-            await ingestor.store(conversion.calls)
+            written = await ingestor.store(conversion.calls)
         except StorageUnavailable as exc:
             retry = str(ingestor.settings.retry_after_seconds)
             return _error(503, str(exc), media, headers={"Retry-After": retry})
+        conversion.rejections.extend(
+            f"span {call.span_id}: the database refused it: {reason}"
+            for call, reason in written.refused
+        )
     rejected = len(conversion.rejections)
     message = "; ".join(conversion.rejections[:_MAX_REJECTION_MESSAGES])
     if rejected > _MAX_REJECTION_MESSAGES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,8 @@ JSON = "application/json"
 CONTENT_TYPES = (PROTOBUF, JSON)
 _EXCEPTION_EVENT = "exception"
 _MAX_VALUE_DEPTH = 8
+_REPLACEMENT = "\ufffd"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class PayloadError(ValueError):
@@ -83,11 +86,30 @@ def _parse_json(body: bytes) -> ExportTraceServiceRequest:
         raise PayloadError("malformed OTLP JSON: the body must be an object")
     try:
         _hex_ids_to_base64(document)
-        return json_format.ParseDict(
-            document, ExportTraceServiceRequest(), ignore_unknown_fields=True
-        )
+        try:
+            return _parse_dict(document)
+        except json_format.ParseError as exc:
+            if "surrogate" not in str(exc):
+                raise
+            # JSON escapes can spell lone surrogates, which protobuf strings refuse: keep the
+            # batch, with U+FFFD in their place, as a UTF-8 decoder would.
+            return _parse_dict(_replace_surrogates(document))
     except (json_format.ParseError, RecursionError, TypeError, AttributeError) as exc:
         raise PayloadError(f"malformed OTLP JSON: {exc}") from None
+
+
+def _parse_dict(document: dict[str, Any]) -> ExportTraceServiceRequest:
+    return json_format.ParseDict(document, ExportTraceServiceRequest(), ignore_unknown_fields=True)
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub(_REPLACEMENT, value)
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _hex_ids_to_base64(document: dict[str, Any]) -> None:
@@ -132,15 +154,15 @@ def _raw_span(span: Any, resource: dict[str, AttributeValue], scope_name: str) -
         trace_id=span.trace_id.hex(),
         span_id=span.span_id.hex(),
         parent_span_id=span.parent_span_id.hex() or None,
-        name=span.name,
+        name=storable(span.name),
         kind=span.kind,
         start_time_unix_nano=span.start_time_unix_nano,
         end_time_unix_nano=span.end_time_unix_nano,
         status_code=span.status.code,
-        status_message=span.status.message,
+        status_message=storable(span.status.message),
         attributes=attributes_dict(span.attributes),
         resource_attributes=resource,
-        scope_name=scope_name,
+        scope_name=storable(scope_name),
     )
     for event in span.events:
         if event.name == _EXCEPTION_EVENT:
@@ -154,14 +176,19 @@ def _str_or_none(value: AttributeValue) -> str | None:
     return None if value is None else str(value)
 
 
+def storable(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL, valid as it is in UTF-8: replace it."""
+    return text.replace("\x00", _REPLACEMENT) if "\x00" in text else text
+
+
 def attributes_dict(key_values: Any) -> dict[str, AttributeValue]:
-    return {kv.key: any_value(kv.value) for kv in key_values}
+    return {storable(kv.key): any_value(kv.value) for kv in key_values}
 
 
 def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
     kind = value.WhichOneof("value")
     if kind == "string_value":
-        return value.string_value
+        return storable(value.string_value)
     if kind == "int_value":
         return value.int_value
     if kind == "double_value":
@@ -173,7 +200,9 @@ def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
     if kind == "array_value":
         return [any_value(item, depth + 1) for item in value.array_value.values]
     if kind == "kvlist_value":
-        return [[kv.key, any_value(kv.value, depth + 1)] for kv in value.kvlist_value.values]
+        return [
+            [storable(kv.key), any_value(kv.value, depth + 1)] for kv in value.kvlist_value.values
+        ]
     if kind == "bytes_value":
         return binascii.hexlify(value.bytes_value).decode()
     return None

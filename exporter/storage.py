@@ -85,10 +85,16 @@ class QueueFull(StorageUnavailable):
     """More rows are waiting than the queue allows: backpressure, not growth."""
 
 
+# Errors about the rows themselves (a value out of a column's range, text PostgreSQL refuses),
+# not about the database being reachable: retrying the same rows would fail the same way.
+ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, UnicodeError)
+
+
 @dataclass
 class WriteResult:
     stored: list[LLMCall]  # newly stored
     duplicates: int  # already there before
+    refused: list[tuple[LLMCall, str]] = field(default_factory=list)  # rows the database refused
 
 
 @dataclass
@@ -155,6 +161,25 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) 
         if new:
             await conn.execute(_SUMMARY_UPSERT, summary_columns(new))
     return WriteResult(stored=new, duplicates=len(calls) - len(new))
+
+
+async def write_isolating(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) -> WriteResult:
+    """Like write_batch, but a row the database refuses is split off (by bisection) and
+    reported, so it cannot take the rest of its batch, or other requests' rows, down with it."""
+    try:
+        return await write_batch(conn, calls)
+    except ROW_ERRORS as exc:
+        if len(calls) == 1:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return WriteResult(stored=[], duplicates=0, refused=[(calls[0], reason)])
+    middle = len(calls) // 2
+    first = await write_isolating(conn, calls[:middle])
+    second = await write_isolating(conn, calls[middle:])
+    return WriteResult(
+        stored=first.stored + second.stored,
+        duplicates=first.duplicates + second.duplicates,
+        refused=first.refused + second.refused,
+    )
 
 
 async def _copy(conn: psycopg.AsyncConnection[Any], statement: str, calls: list[LLMCall]) -> None:
@@ -243,7 +268,7 @@ class CallWriter:
         try:
             conn = await self._connection()
             await self._ensure_partitions(conn, calls)
-            result = await write_batch(conn, calls)
+            result = await write_isolating(conn, calls)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             await self._drop_connection()
             self._metrics.storage_up.set(0)
@@ -260,6 +285,11 @@ class CallWriter:
         self._metrics.write_duration.observe(time.perf_counter() - started)
         self._metrics.rows_written.inc(len(result.stored))
         self._metrics.spans_duplicate.inc(result.duplicates)
+        if result.refused:
+            log.warning(
+                "the database refused %d rows: %s", len(result.refused), result.refused[0][1]
+            )
+            self._metrics.spans_rejected.labels("refused_by_database").inc(len(result.refused))
         self._metrics.observe_stored(result.stored)
         _resolve(live, result)
 
@@ -293,9 +323,12 @@ def _fail(pending: list[_Pending], error: Exception) -> None:
 
 def _resolve(pending: list[_Pending], result: WriteResult) -> None:
     stored = {c.key for c in result.stored}
+    refused = {call.key: reason for call, reason in result.refused}
     for p in pending:
         if p.future.done():
             continue
         mine = [c for c in p.calls if c.key in stored]
         stored.difference_update(c.key for c in mine)  # a span in two requests counts once
-        p.future.set_result(WriteResult(stored=mine, duplicates=len(p.calls) - len(mine)))
+        not_mine = [(c, refused[c.key]) for c in p.calls if c.key in refused]
+        duplicates = len(p.calls) - len(mine) - len(not_mine)
+        p.future.set_result(WriteResult(stored=mine, duplicates=duplicates, refused=not_mine))
