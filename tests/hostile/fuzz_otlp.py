@@ -1,0 +1,55 @@
+"""Coverage-guided fuzzing (atheris/libFuzzer) of the OTLP decode and normalize path, in
+process: any bytes either raise the two errors that become a 400 or a partial success, or turn
+into rows PostgreSQL can hold. Run by test_atheris.py; also by hand:
+`python tests/hostile/fuzz_otlp.py -runs=100000 [corpus dir]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from exporter import otlp
+    from exporter.normalize import InvalidSpan, to_llm_call
+    from exporter.storage import call_row
+
+_LIMIT = 1 << 20
+_ENCODINGS = ("identity", "gzip", "deflate")
+
+
+def one_input(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    media = otlp.PROTOBUF if data[0] & 1 else otlp.JSON
+    encoding = _ENCODINGS[data[1] % len(_ENCODINGS)]
+    try:
+        request = otlp.parse_request(otlp.decompress(data[2:], encoding, _LIMIT), media)
+    except otlp.PayloadError as exc:
+        assert 400 <= exc.status < 500
+        return
+    for raw in otlp.iter_raw_spans(request):
+        try:
+            call = to_llm_call(raw)
+        except InvalidSpan:
+            continue
+        if call is not None:
+            _check_storable(call_row(call))
+
+
+def _check_storable(row: tuple) -> None:
+    for value in row:
+        if isinstance(value, str):
+            assert "\x00" not in value, row
+            value.encode()  # no lone surrogates
+        elif isinstance(value, int) and not isinstance(value, bool):
+            assert 0 <= value < 2**63, row
+    attributes = row[-1].obj
+    text = json.dumps(attributes, allow_nan=False)  # jsonb takes no NaN, no Infinity
+    assert "\\u0000" not in text
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
