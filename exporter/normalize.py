@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -77,6 +78,12 @@ _MAPPED = frozenset(
 )  # fmt: skip
 _SECRET_WORDS = ("authorization", "api_key", "api-key", "apikey", "secret", "password", "cookie")
 _SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig"})
+# Credentials inside free text, such as an HTTP error message quoting the URL it called.
+_SECRETS_IN_TEXT = re.compile(
+    r"(?i)(?P<keep>[?&](?:" + "|".join(sorted(_SECRET_QUERY_KEYS)) + r")=)[^&\s'\"]+"
+    r"|(?P<scheme>bearer\s+)[^\s'\",]+"
+    r"|(?<=://)[^/@\s'\"]+@"
+)
 
 
 class InvalidSpan(ValueError):
@@ -236,7 +243,17 @@ def _error(span: RawSpan) -> tuple[str | None, str | None]:
     if error_type is None:
         return None, None
     message = span.status_message or span.exception_message
-    return error_type, message[:_MAX_ERROR_MESSAGE] if message else None
+    return error_type, scrub_text(message)[:_MAX_ERROR_MESSAGE] if message else None
+
+
+def scrub_text(text: str) -> str:
+    """Free text without credentials: `?key=` values, bearer tokens, user:password@ in URLs."""
+    return _SECRETS_IN_TEXT.sub(_redact, text)
+
+
+def _redact(match: re.Match[str]) -> str:
+    prefix = match.group("keep") or match.group("scheme")
+    return f"{prefix}[REDACTED]" if prefix else ""
 
 
 def _usage_source(attrs: dict[str, AttributeValue]) -> str:
@@ -269,6 +286,8 @@ def _reported_cost(attrs: dict[str, AttributeValue]) -> Decimal | None:
 def _is_secret_key(key: str) -> bool:
     lowered = key.lower()
     if lowered.startswith(("http.request.header.", "http.response.header.")):
+        return True
+    if lowered.endswith(("headers", ".header")):  # e.g. OpenLLMetry's llm.headers
         return True
     if any(word in lowered for word in _SECRET_WORDS):
         return True

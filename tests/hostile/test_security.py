@@ -1,0 +1,106 @@
+"""Secrets never land in the database or the logs; the ingest token is compared in constant
+time; the embedded PostgreSQL is reachable only through a local socket."""
+
+from __future__ import annotations
+
+import hmac
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+from starlette.testclient import TestClient
+
+from exporter.ingest import create_ingest_app
+from exporter.settings import Settings
+from tests.hostile.payloads import llm_attributes, new_span, post, rejected_spans, request
+from tests.support import ExporterProcess, query
+
+pytestmark = pytest.mark.e2e
+
+SECRETS = [f"sk-live-SECRET{i}x" for i in range(10)]
+
+
+def test_secrets_in_headers_urls_and_errors_are_never_stored_or_logged(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    s = SECRETS
+    span = new_span(
+        llm_attributes(**{
+            "http.request.header.authorization": [f"Bearer {s[0]}"],
+            "http.request.header.x-api-key": [s[1]],
+            "http.request.header.x-goog-api-key": [s[2]],
+            "url.full": f"https://generativelanguage.googleapis.com/v1beta/models/m:x?key={s[3]}",
+            "http.url": f"https://user:{s[4]}@api.groq.com/openai/v1/chat/completions",
+            "gen_ai.request.api_key": s[5],
+            "llm.headers": f"{{'Authorization': 'Bearer {s[6]}'}}",
+            "error.type": "HTTPStatusError",
+        })
+    )  # fmt: skip
+    span.status.code = 2
+    span.status.message = (
+        f"Client error '429' for url 'https://generativelanguage.googleapis.com/v1beta/"
+        f"models/m:generateContent?key={s[7]}&alt=sse'"
+    )
+    response = post(exporter.base_url, request([span]).SerializeToString(), **{
+        "X-Api-Key": s[8], "Authorization": f"Bearer {s[9]}",
+    })  # fmt: skip
+    assert response.status_code == 200 and rejected_spans(response) == 0
+    [(row,)] = query(
+        database_url, "SELECT a::text FROM api_calls a WHERE span_id = %s", (span.span_id.hex(),)
+    )
+    assert "generativelanguage.googleapis.com" in row  # the URL itself is kept, scrubbed
+    leaked = [secret for secret in SECRETS if secret in row or secret in exporter.log()]
+    assert leaked == []
+
+
+def test_the_ingest_token_is_checked_in_constant_time(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    settings = Settings(ingest_token="the-right-token")
+    app = create_ingest_app(settings, database_url)
+    body = request([new_span(llm_attributes())]).SerializeToString()
+    headers = {"Content-Type": "application/x-protobuf"}
+    with TestClient(app) as client:
+        for supplied, status in [
+            ("Bearer the-wrong-token", 401),
+            ("Bearer the-right-tokeN", 401),
+            ("Basic the-right-token", 401),
+            ("", 401),
+            ("Bearer the-right-token", 200),
+        ]:
+            answer = client.post(
+                "/v1/traces", content=body, headers={**headers, "Authorization": supplied}
+            )
+            assert answer.status_code == status, supplied
+    assert (b"the-wrong-token", b"the-right-token") in compared
+    assert (b"the-right-tokeN", b"the-right-token") in compared
+    assert (b"the-right-token", b"the-right-token") in compared
+
+
+def test_the_embedded_postgres_listens_only_on_a_local_socket() -> None:
+    from exporter.db import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="nexus-pg-listen-") as data_dir:
+        server = EmbeddedPostgres(Path(data_dir))
+        try:
+            [(addresses,)] = query(server.url, "SHOW listen_addresses")
+            [(sockets,)] = query(server.url, "SHOW unix_socket_directories")
+            [(pid,)] = query(server.url, "SELECT pg_backend_pid()")
+            postmaster = psutil.Process(pid).parent()
+            listening = [
+                c for c in postmaster.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+            ]
+        finally:
+            server.stop()
+    assert addresses == ""  # no TCP at all
+    assert sockets.startswith(data_dir) or Path(sockets).is_relative_to("/tmp")
+    assert listening == []
