@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench setup clean
+.PHONY: demo test lint typecheck unit bench setup clean dashboards
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ unit: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck unit
+
+dashboards: $(STAMP)
+	$(BIN)/nexus-otel dashboards --out grafana/dashboards
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

@@ -89,6 +89,26 @@ def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
+    """Regenerates the Grafana dashboards JSON from code, or checks it is up to date."""
+    from pathlib import Path
+
+    try:
+        from exporter.dashboards import stale, write_all
+    except ImportError as exc:
+        console.print(f"[red]error:[/] {exc}: pip install 'nexus-otel[dashboards]'")
+        return 2
+    directory = Path(args.out)
+    if args.check:
+        outdated = stale(directory)
+        for path in outdated:
+            console.print(f"[red]out of date:[/] {path}")
+        return 1 if outdated else 0
+    for path, changed in write_all(directory).items():
+        console.print(f"{'[green]written[/]  ' if changed else 'unchanged'} {path}")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Serves the stack in a child process and drives a workload into it."""
     import subprocess
@@ -135,6 +155,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "migrate": (cmd_migrate, "apply database migrations (idempotent)"),
     "demo": (cmd_demo, "run the stack on the embedded PostgreSQL with a live demo workload"),
     "prices": (cmd_prices, "show what a model costs and where the price comes from"),
+    "dashboards": (cmd_dashboards, "regenerate the Grafana dashboards JSON from code"),
 }
 
 
@@ -149,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "prices":
             command.add_argument("model", help="model name, e.g. claude-sonnet-4-5")
             command.add_argument("--provider", help="provider, e.g. anthropic, gcp.gemini, groq")
+        if name == "dashboards":
+            command.add_argument("--out", default="grafana/dashboards", help="output directory")
+            command.add_argument(
+                "--check", action="store_true", help="exit 1 if the files are out of date"
+            )
         if name == "demo":
             command.add_argument(
                 "--duration", type=float, help="seconds to run unattended (default: until Ctrl-C)"

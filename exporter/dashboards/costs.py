@@ -1,0 +1,179 @@
+"""Cost and budgets: where the money goes, how fast budgets burn, what is not priced."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard
+
+from exporter.dashboards.common import (
+    PROVIDER_COLORS,
+    bar_panel,
+    gauge_panel,
+    llm_variables,
+    new_dashboard,
+    place,
+    prom_filter,
+    promql,
+    sql,
+    sql_filter,
+    stat_panel,
+    table_panel,
+    timeseries_panel,
+)
+
+UID = "nexus-costs"
+IN_RANGE = f'$__timeFilter("timestamp") AND {sql_filter()}'
+# A budget's scope columns are NULL when it covers everything.
+BUDGET_SCOPE = " AND ".join(
+    f"(b.{column} IS NULL OR a.{column} = b.{column})"
+    for column in ("service_name", "provider", "model", "operation")
+)
+# Linear forecast: the spend so far, stretched over the whole period.
+FORECAST = (
+    "spend_usd * extract(epoch FROM period_end - period_start) "
+    "/ NULLIF(extract(epoch FROM now() - period_start), 0)"
+)
+
+
+def _spend_by(column: str, label: str) -> object:
+    return bar_panel(
+        f"Spend by {label}", "currencyUSD",
+        [sql(f"""
+            SELECT coalesce(nullif({column}, ''), '(none)') AS "{label}",
+                   sum(cost_usd) AS "Spend"
+            FROM api_calls WHERE {IN_RANGE}
+            GROUP BY 1 ORDER BY 2 DESC NULLS LAST LIMIT 15
+        """)],
+        f"Spend of priced calls in the time range, by {label}.", w=6,
+    )  # fmt: skip
+
+
+def _totals() -> list[object]:
+    return [
+        stat_panel(
+            "Spend", "currencyUSD",
+            [sql(f'SELECT sum(cost_usd) AS "Spend" FROM api_calls WHERE {IN_RANGE}')],
+            "Spend of priced calls in the time range.",
+        ),
+        stat_panel(
+            "Average cost per priced call", "currencyUSD",
+            [sql(f'SELECT avg(cost_usd) AS "Average" FROM api_calls WHERE {IN_RANGE}')],
+            "Unpriced calls are left out, never counted as $0.",
+        ),
+        stat_panel(
+            "Priced calls", "short",
+            [sql(f'SELECT count(cost_usd) AS "Priced" FROM api_calls WHERE {IN_RANGE}')],
+            "Calls with a known price in the time range.",
+        ),
+        stat_panel(
+            "Unpriced calls", "short",
+            [sql(f"""SELECT count(*) AS "Unpriced" FROM api_calls
+                     WHERE cost_usd IS NULL AND {IN_RANGE}""")],
+            "Calls of models with no known price: add them to the price overrides.",
+        ),
+    ]  # fmt: skip
+
+
+def _budgets() -> list[object]:
+    burn = sql(
+        f"""
+        SELECT time, metric, sum(spend) OVER (PARTITION BY metric ORDER BY time) / budget AS used
+        FROM (SELECT $__timeGroupAlias(a."timestamp", $__interval), b.name AS metric,
+                     b.budget_usd AS budget, sum(a.cost_usd) AS spend
+              FROM v_budget_status b
+              JOIN api_calls a ON a."timestamp" >= b.period_start AND {BUDGET_SCOPE}
+              GROUP BY 1, 2, 3) per_interval
+        ORDER BY 1
+        """,
+        "time_series",
+    )
+    status = sql(f"""
+        SELECT name AS "Budget", period_type AS "Period", budget_usd AS "Limit",
+               spend_usd AS "Spent", spend_usd / budget_usd AS "Used",
+               {FORECAST} AS "Forecast", status AS "Status", period_end AS "Period ends"
+        FROM v_budget_status ORDER BY spend_usd / budget_usd DESC
+    """)
+    forecast = sql(f"""
+        SELECT name AS "Budget", {FORECAST} / budget_usd AS "Forecast"
+        FROM v_budget_status ORDER BY name
+    """)
+    return [
+        timeseries_panel(
+            "Budget burn (current period)", "percentunit", [burn],
+            "Cumulative spend of each budget since its period began, as a share of its limit.",
+        ),
+        gauge_panel(
+            "Forecast at period end", "percentunit", [forecast],
+            "Spend so far, stretched linearly over the whole period, as a share of the limit.",
+            w=12, h=8,
+        ),
+        table_panel(
+            "Budgets", "currencyUSD", [status], "Every enabled budget in its current period.",
+            h=6, units={"Used": "percentunit", "Period": "none", "Status": "none"},
+        ),
+    ]  # fmt: skip
+
+
+def _breakdowns() -> list[object]:
+    over_time = sql(
+        f"""
+        SELECT $__timeGroupAlias("timestamp", $__interval), provider AS metric,
+               sum(cost_usd) AS spend
+        FROM api_calls WHERE {IN_RANGE} GROUP BY 1, 2 ORDER BY 1
+        """,
+        "time_series",
+    )
+    per_call = (
+        "sum by (gen_ai_provider_name, gen_ai_request_model) "
+        f"(rate(nexus_llm_call_cost_usd_sum{prom_filter()}[$__rate_interval])) / "
+        "sum by (gen_ai_provider_name, gen_ai_request_model) "
+        f"(rate(nexus_llm_call_cost_usd_count{prom_filter()}[$__rate_interval]))"
+    )
+    return [
+        _spend_by("provider", "provider"),
+        _spend_by("model", "model"),
+        _spend_by("operation", "operation"),
+        _spend_by("service_name", "service"),
+        timeseries_panel(
+            "Spend per provider", "currencyUSD", [over_time],
+            "Spend per interval, stacked by provider.", stacked=True, colors=PROVIDER_COLORS,
+        ),
+        timeseries_panel(
+            "Average cost per call by model", "currencyUSD",
+            [promql(per_call, "{{gen_ai_provider_name}} {{gen_ai_request_model}}")],
+            "From the exporter's per-call cost histogram (priced calls).",
+        ),
+    ]  # fmt: skip
+
+
+def _calls() -> list[object]:
+    expensive = sql(f"""
+        SELECT "timestamp" AS "Time", provider AS "Provider", model AS "Model",
+               nullif(operation, '') AS "Operation", service_name AS "Service",
+               total_tokens AS "Tokens", cost_usd AS "Cost", correlation_id AS "Correlation"
+        FROM api_calls WHERE cost_usd IS NOT NULL AND {IN_RANGE}
+        ORDER BY cost_usd DESC LIMIT 20
+    """)
+    unpriced = sql(f"""
+        SELECT provider AS "Provider", model AS "Model", count(*) AS "Calls",
+               sum(total_tokens) AS "Tokens", max("timestamp") AS "Last seen"
+        FROM api_calls WHERE cost_usd IS NULL AND {IN_RANGE}
+        GROUP BY 1, 2 ORDER BY 3 DESC
+    """)
+    return [
+        table_panel(
+            "Most expensive calls", "short", [expensive], "The 20 costliest calls in the range.",
+            w=14, units={"Cost": "currencyUSD"},
+        ),
+        table_panel(
+            "Unpriced models", "short", [unpriced],
+            "Models with no known price (stored with a NULL cost, never $0).", w=10,
+        ),
+    ]  # fmt: skip
+
+
+def build() -> dashboard.Dashboard:
+    board = new_dashboard(UID, "LLM cost and budgets", "Spend by every dimension, budgets.")
+    for variable in llm_variables():
+        board.with_variable(variable)
+    place(board, [*_totals(), *_budgets(), *_breakdowns(), *_calls()])  # type: ignore[list-item]
+    return board

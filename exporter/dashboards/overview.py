@@ -1,0 +1,176 @@
+"""Overview: what the original dashboard showed (today's numbers with their trend, budgets,
+tokens per provider, recent calls) and more (spend rate, success rate, alerts)."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard
+from grafana_foundation_sdk.models import dashboard as dm
+
+from exporter.dashboards.common import (
+    BAD,
+    OK,
+    PROVIDER_COLORS,
+    gauge_panel,
+    llm_variables,
+    new_dashboard,
+    place,
+    prom_filter,
+    promql,
+    sql,
+    sql_filter,
+    stat_panel,
+    table_panel,
+    timeseries_panel,
+    trend_stat,
+)
+
+UID = "nexus-overview"
+TODAY = "date_trunc('day', now())"
+
+
+def today_vs_yesterday(aggregate: str, label: str) -> str:
+    """`aggregate` since midnight, and its change against yesterday up to the same time."""
+    today = f'coalesce({aggregate} FILTER (WHERE "timestamp" >= {TODAY}), 0)'
+    yesterday = f"{aggregate} FILTER (WHERE \"timestamp\" < now() - interval '1 day')"
+    return f"""
+        SELECT {today} AS "{label}",
+               100.0 * ({today} - {yesterday}) / NULLIF({yesterday}, 0) AS "vs yesterday"
+        FROM api_calls
+        WHERE "timestamp" >= {TODAY} - interval '1 day' AND {sql_filter()}
+    """
+
+
+def _headline() -> list[object]:
+    return [
+        trend_stat(
+            "Tokens today", "short", sql(today_vs_yesterday("sum(total_tokens)", "Tokens today")),
+            "Input + output tokens since midnight (UTC), and the change vs yesterday at this time.",
+        ),
+        trend_stat(
+            "Cost today", "currencyUSD", sql(today_vs_yesterday("sum(cost_usd)", "Cost today")),
+            "Spend of priced calls since midnight (UTC); unpriced calls are not counted as $0.",
+        ),
+        trend_stat(
+            "Calls today", "short", sql(today_vs_yesterday("count(*)", "Calls today")),
+            "LLM calls since midnight (UTC), and the change vs yesterday at this time.",
+        ),
+        stat_panel(
+            "Success rate", "percentunit",
+            [sql(f"""
+                SELECT avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS "Success rate"
+                FROM api_calls WHERE $__timeFilter("timestamp") AND {sql_filter()}
+            """)],
+            "Share of calls in the time range that succeeded.",
+        ).thresholds(
+            dashboard.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
+                [dm.Threshold(value=None, color=BAD), dm.Threshold(value=0.95, color=OK)]
+            )
+        ),
+    ]  # fmt: skip
+
+
+def _charts() -> list[object]:
+    budgets = sql("""
+        SELECT name AS "Budget", spend_usd / budget_usd AS "Used"
+        FROM v_budget_status ORDER BY name
+    """)
+    tokens = sql(
+        f"""
+        SELECT $__timeGroupAlias("timestamp", $__interval), provider AS metric,
+               sum(input_tokens + output_tokens) AS tokens
+        FROM api_calls WHERE $__timeFilter("timestamp") AND {sql_filter()}
+        GROUP BY 1, 2 ORDER BY 1
+        """,
+        "time_series",
+    )
+    success = prom_filter('outcome="success"')
+    return [
+        gauge_panel(
+            "Budgets", "percentunit", [budgets],
+            "Spend of each budget in its current period: amber from 80 %, red when exceeded.",
+            w=8, h=8,
+        ),
+        timeseries_panel(
+            "Token usage per provider (24 h)", "short", [tokens],
+            "Input + output tokens per interval, by provider.", w=16, h=8,
+            colors=PROVIDER_COLORS,
+        ).time_from("24h"),
+        timeseries_panel(
+            "Spend rate per provider", "currencyUSD",
+            [promql(
+                "sum by (gen_ai_provider_name) "
+                f"(rate(nexus_llm_cost_usd_total{prom_filter()}[$__rate_interval])) * 3600",
+                "{{gen_ai_provider_name}}",
+            )],
+            "US dollars per hour at the current pace, from the exporter's cost counter.",
+            colors=PROVIDER_COLORS,
+        ),
+        timeseries_panel(
+            "Success rate per provider", "percentunit",
+            [promql(
+                "sum by (gen_ai_provider_name) (rate(nexus_llm_calls_total"
+                f"{success}[$__rate_interval])) / "
+                "sum by (gen_ai_provider_name) "
+                f"(rate(nexus_llm_calls_total{prom_filter()}[$__rate_interval]))",
+                "{{gen_ai_provider_name}}",
+            )],
+            "Share of calls that succeeded, per provider.", colors=PROVIDER_COLORS,
+        ).min(0).max(1),
+    ]  # fmt: skip
+
+
+def _tables() -> list[object]:
+    recent = sql(f"""
+        SELECT "timestamp" AS "Time", provider AS "Provider", model AS "Model",
+               nullif(operation, '') AS "Operation", total_tokens AS "Tokens",
+               cost_usd AS "Cost", duration_ms AS "Duration",
+               CASE WHEN success THEN 'ok' ELSE coalesce(error_type, 'error') END AS "Status"
+        FROM api_calls WHERE $__timeFilter("timestamp") AND {sql_filter()}
+        ORDER BY "timestamp" DESC LIMIT 50
+    """)
+    history = sql("""
+        SELECT received_at AS "Time", alertname AS "Alert", status AS "Status",
+               severity AS "Severity", summary AS "Summary"
+        FROM alert_history WHERE $__timeFilter(received_at)
+        ORDER BY received_at DESC LIMIT 50
+    """)
+    return [
+        table_panel(
+            "Recent calls", "short", [recent], "The latest LLM calls, newest first.", h=10,
+            units={"Tokens": "short", "Cost": "currencyUSD", "Duration": "ms"},
+        ).override_by_name("Status", _status_colors()),
+        table_panel(
+            "Active alerts", "short",
+            [promql('ALERTS{alertstate="firing"}', instant=True)],
+            "Alerts Prometheus is firing now (routed by Alertmanager).", w=12, h=8,
+        ),
+        table_panel(
+            "Alert history", "short", [history],
+            "Notifications Alertmanager delivered, as stored by the alert-history webhook.",
+            w=12, h=8,
+        ),
+    ]  # fmt: skip
+
+
+def _status_colors() -> list[dm.DynamicConfigValue]:
+    return [
+        dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+        dm.DynamicConfigValue(
+            id_val="mappings",
+            value=[
+                {"type": "value", "options": {"ok": {"color": OK, "index": 0}}},
+                {"type": "regex",
+                 "options": {"pattern": ".+", "result": {"color": BAD, "index": 1}}},
+            ],
+        ),
+    ]  # fmt: skip
+
+
+def build() -> dashboard.Dashboard:
+    board = new_dashboard(
+        UID, "LLM overview", "Tokens, cost and calls of every LLM call, live."
+    ).live_now(True)
+    for variable in llm_variables():
+        board.with_variable(variable)
+    place(board, [*_headline(), *_charts(), *_tables()])  # type: ignore[list-item]
+    return board

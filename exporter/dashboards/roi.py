@@ -1,0 +1,131 @@
+"""Content ROI: what each generated carousel cost and the engagement it earned."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard
+from grafana_foundation_sdk.models import dashboard as dm
+
+from exporter.dashboards.common import (
+    bar_panel,
+    llm_variables,
+    new_dashboard,
+    place,
+    sql,
+    sql_filter,
+    stat_panel,
+    table_panel,
+    timeseries_panel,
+)
+
+UID = "nexus-roi"
+ENGAGEMENT = "likes + comments + shares + saves"
+# Generation cost per correlation id, honouring the dashboard's filters.
+CONTENT_COST = f"""
+    SELECT correlation_id, sum(cost_usd) AS cost
+    FROM api_calls WHERE correlation_id IS NOT NULL AND {sql_filter()}
+    GROUP BY correlation_id
+"""
+
+
+def _totals() -> list[object]:
+    totals = f"""
+        FROM carousel_performance c JOIN ({CONTENT_COST}) k USING (correlation_id)
+        WHERE $__timeFilter(c.published_at)
+    """
+    return [
+        stat_panel(
+            "Content generation spend", "currencyUSD",
+            [sql(f'SELECT sum(k.cost) AS "Spend" {totals}')],
+            "LLM spend of content published in the time range.",
+        ),
+        stat_panel(
+            "Engagement", "short", [sql(f'SELECT sum({ENGAGEMENT}) AS "Engagement" {totals}')],
+            "Likes, comments, shares and saves of that content.",
+        ),
+        stat_panel(
+            "Cost per engagement", "currencyUSD",
+            [sql(f"""SELECT sum(k.cost) / NULLIF(sum({ENGAGEMENT}), 0) AS "Cost per engagement"
+                     {totals}""")],
+            "Generation spend divided by engagement.",
+        ),
+        stat_panel(
+            "Published items", "short", [sql(f'SELECT count(*) AS "Items" {totals}')],
+            "Content items with both LLM calls and engagement in the time range.",
+        ),
+    ]  # fmt: skip
+
+
+def _rankings() -> list[object]:
+    ranked = sql("""
+        SELECT correlation_id AS "Correlation id", title AS "Title", platform AS "Platform",
+               published_at AS "Published", engagement AS "Engagement", reach AS "Reach",
+               llm_calls AS "LLM calls", generation_cost_usd AS "Cost",
+               engagement_per_dollar AS "Engagement per $",
+               cost_per_engagement_usd AS "Cost per engagement"
+        FROM v_carousel_roi ORDER BY engagement_per_dollar DESC NULLS LAST LIMIT 50
+    """)
+    per_dollar = sql("""
+        SELECT coalesce(title, correlation_id) AS "Item",
+               engagement_per_dollar AS "Engagement per $"
+        FROM v_carousel_roi WHERE engagement_per_dollar IS NOT NULL
+        ORDER BY engagement_per_dollar DESC LIMIT 15
+    """)
+    per_engagement = sql("""
+        SELECT coalesce(title, correlation_id) AS "Item",
+               cost_per_engagement_usd AS "Cost per engagement"
+        FROM v_carousel_roi WHERE cost_per_engagement_usd IS NOT NULL
+        ORDER BY cost_per_engagement_usd ASC LIMIT 15
+    """)
+    return [
+        table_panel(
+            "Content ranked by engagement per dollar", "short", [ranked],
+            "Every item with its LLM cost (calls sharing its correlation id) and engagement.",
+            units={"Cost": "currencyUSD", "Cost per engagement": "currencyUSD"},
+        ),
+        bar_panel(
+            "Engagement per dollar by item", "short", [per_dollar], "Best value first."
+        ),
+        bar_panel(
+            "Cost per engagement by item", "currencyUSD", [per_engagement],
+            "Cheapest engagement first.",
+        ),
+    ]  # fmt: skip
+
+
+def _over_time() -> list[object]:
+    spend = sql(
+        f"""
+        SELECT $__timeGroupAlias("timestamp", $__interval), sum(cost_usd) AS "Content spend"
+        FROM api_calls WHERE correlation_id IS NOT NULL
+          AND $__timeFilter("timestamp") AND {sql_filter()}
+        GROUP BY 1 ORDER BY 1
+        """,
+        "time_series",
+    )
+    engagement = sql(
+        f"""
+        SELECT $__timeGroupAlias(published_at, $__interval), sum({ENGAGEMENT}) AS "Engagement"
+        FROM carousel_performance WHERE $__timeFilter(published_at)
+        GROUP BY 1 ORDER BY 1
+        """,
+        "time_series",
+    )
+    right_axis = [
+        dm.DynamicConfigValue(id_val="unit", value="short"),
+        dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+        dm.DynamicConfigValue(id_val="custom.drawStyle", value="bars"),
+    ]
+    return [
+        timeseries_panel(
+            "Spend vs engagement", "currencyUSD", [spend, engagement],
+            "LLM spend on content (left) and engagement of content published (right).", w=24,
+        ).override_by_name("Engagement", right_axis),
+    ]  # fmt: skip
+
+
+def build() -> dashboard.Dashboard:
+    board = new_dashboard(UID, "Content ROI", "Engagement per dollar of generated content.")
+    for variable in llm_variables():
+        board.with_variable(variable)
+    place(board, [*_totals(), *_rankings(), *_over_time()])  # type: ignore[list-item]
+    return board

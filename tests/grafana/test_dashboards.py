@@ -1,0 +1,127 @@
+"""The committed dashboards are exactly what the code generates, parse as the foundation SDK's
+models, and every panel has a title, a unit and a query on a provisioned datasource."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from grafana_foundation_sdk.cog.runtime import UnknownDataquery
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+
+from exporter.dashboards import DASHBOARDS, build_all, load, render, stale, write_all
+from exporter.dashboards.sql import SQLQuery
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD_DIR = ROOT / "grafana" / "dashboards"
+DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yaml"
+UIDS = {
+    "overview": "nexus-overview",
+    "costs": "nexus-costs",
+    "performance": "nexus-performance",
+    "roi": "nexus-roi",
+    "exporter-health": "nexus-exporter-health",
+}
+LLM_VARIABLES = ["service", "provider", "model", "operation"]
+
+
+def _committed() -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(DASHBOARD_DIR.glob("*.json"))}
+
+
+def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def test_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None:
+    assert stale(DASHBOARD_DIR) == [], "run `make dashboards` and commit grafana/dashboards"
+    assert sorted(_committed()) == sorted(DASHBOARDS)
+    written = write_all(tmp_path)
+    assert all(written.values())  # a fresh directory: every file is new
+    for path in written:
+        assert path.read_text() == (DASHBOARD_DIR / path.name).read_text()
+    assert write_all(tmp_path) == dict.fromkeys(written, False)  # regenerating changes nothing
+
+
+def test_the_generator_notices_an_edited_file(tmp_path: Path) -> None:
+    write_all(tmp_path)
+    path = tmp_path / "overview.json"
+    path.write_text(path.read_text().replace('"5s"', '"1m"'))
+    assert stale(tmp_path) == [path]
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_dashboard_round_trips_through_the_sdk_models(name: str) -> None:
+    text = (DASHBOARD_DIR / f"{name}.json").read_text()
+    board = load(text)
+    assert isinstance(board, dm.Dashboard)
+    assert render(board) == text
+    for panel in board.panels or []:
+        assert isinstance(panel, dm.Panel)
+        for target in panel.targets or []:
+            # Decoded as a known query type, never as the SDK's catch-all.
+            assert not isinstance(target, UnknownDataquery), panel.title
+            assert isinstance(target, pm.Dataquery | SQLQuery), panel.title
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_panel_has_a_title_a_unit_and_a_query(name: str) -> None:
+    board = _committed()[name]
+    provisioned = {
+        d["uid"]: d["type"] for d in yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    }
+    panels = _panels(board)
+    assert len(panels) >= 6
+    assert len({p["id"] for p in panels}) == len(panels)
+    titles = [p["title"] for p in panels]
+    assert len(set(titles)) == len(titles), "titles identify panels: keep them unique"
+    for panel in panels:
+        assert panel["title"].strip()
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        assert panel["targets"], panel["title"]
+        assert panel["gridPos"]["x"] >= 0 and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        for target in panel["targets"]:
+            query = target.get("expr") or target.get("rawSql")
+            assert query and query.strip(), panel["title"]
+            source = target["datasource"]
+            assert provisioned.get(source["uid"]) == source["type"], panel["title"]
+
+
+def test_dashboards_share_uids_tags_refresh_variables_and_links() -> None:
+    boards = _committed()
+    assert {name: b["uid"] for name, b in boards.items()} == UIDS
+    for name, board in boards.items():
+        assert "nexus-otel" in board["tags"]
+        assert board["refresh"] == "5s"
+        assert board["schemaVersion"] >= 39
+        links = board["links"]
+        assert links and links[0]["type"] == "dashboards" and links[0]["tags"] == ["nexus-otel"]
+        names = [v["name"] for v in board.get("templating", {}).get("list", [])]
+        if name == "exporter-health":
+            assert names == ["instance"]
+            continue
+        assert names == LLM_VARIABLES
+        for variable in board["templating"]["list"]:
+            assert variable["multi"] and variable["includeAll"], variable["name"]
+            assert variable["current"]["value"] == ["$__all"]
+
+
+def test_provider_colours_follow_the_original_dashboard() -> None:
+    overview = {p["title"]: p for p in _panels(_committed()["overview"])}
+    overrides = overview["Token usage per provider (24 h)"]["fieldConfig"]["overrides"]
+    colours = {
+        o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"] for o in overrides
+    }
+    assert colours["groq"] == "#8b5cf6"  # purple
+    assert colours["gcp.gemini"] == "#10b981"  # green
+    assert colours["anthropic"] == "#3b82f6"  # blue
+
+
+def test_builders_are_deterministic() -> None:
+    first = {name: render(board) for name, board in build_all().items()}
+    second = {name: render(board) for name, board in build_all().items()}
+    assert first == second
