@@ -1,0 +1,238 @@
+"""compose.yaml, the collector config, Grafana provisioning and the Dockerfile: they parse, refer
+only to files, services, variables and components that exist, and what they run is runnable.
+(No Docker engine here: each part is checked directly, the database role against PostgreSQL.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+
+from exporter.cli import build_parser
+from exporter.db import migrate
+from tests.collector_contrib import has_component
+from tests.support import with_database
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+COLLECTOR = yaml.safe_load((ROOT / "otel-collector" / "config.yaml").read_text())
+PROVISIONING = ROOT / "grafana" / "provisioning"
+NEXUS_IMAGE = "nexus-otel:local"
+# What the alerting work adds (prometheus/, `nexus-otel alertmanager-config`), checked once there.
+ALERTING_PENDING = not (ROOT / "prometheus" / "prometheus.yml").exists()
+_COMPOSE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:[:?-][^}]*)?\}")
+
+
+def _env_example() -> dict[str, str]:
+    pairs = (
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    return {key: value for key, value in pairs}
+
+
+def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts.append((source, target))
+    return mounts
+
+
+def test_the_stack_has_every_service_with_pinned_images() -> None:
+    assert set(SERVICES) == {
+        "postgres", "exporter", "otel-collector", "alertmanager-config", "alertmanager",
+        "prometheus", "grafana",
+    }  # fmt: skip
+    for name, service in SERVICES.items():
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), name
+    assert SERVICES["otel-collector"]["image"].startswith("otel/opentelemetry-collector-contrib:")
+    assert SERVICES["grafana"]["environment"]["GF_USERS_DEFAULT_THEME"] == "dark"
+
+
+def test_dependencies_name_services_and_wait_for_health() -> None:
+    for name, service in SERVICES.items():
+        for dependency, spec in service.get("depends_on", {}).items():
+            assert dependency in SERVICES, f"{name} depends on unknown {dependency}"
+            target = SERVICES[dependency]
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in target, f"{dependency} has no health check"
+            else:
+                assert spec["condition"] == "service_completed_successfully", name
+                assert target.get("restart") == "no", f"{dependency} must be a one-shot job"
+    long_running = {n for n, s in SERVICES.items() if s.get("restart") != "no"}
+    # The collector image has no shell to probe itself with; nothing waits on it.
+    assert {n for n in long_running if "healthcheck" not in SERVICES[n]} == {"otel-collector"}
+    assert not any("otel-collector" in s.get("depends_on", {}) for s in SERVICES.values())
+
+
+def test_mounted_files_and_volumes_exist() -> None:
+    declared = set(COMPOSE["volumes"])
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                pending = ALERTING_PENDING and name == "prometheus"
+                assert pending or (ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in declared, f"{name} uses undeclared volume {source}"
+    assert (ROOT / "Dockerfile").is_file()
+
+
+def test_every_variable_comes_from_env_example_and_is_used() -> None:
+    text = (ROOT / "compose.yaml").read_text()
+    used = set(_COMPOSE_VAR.findall(text))
+    example = _env_example()
+    assert used - set(example) == set(), "add these to .env.example"
+    assert set(example) - used == set(), "unused settings in .env.example"
+    # Required secrets fail loudly instead of starting with an empty password.
+    for secret in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "GRAFANA_DB_PASSWORD"):
+        assert re.search(r"\$\{" + secret + r":\?", text), secret
+
+
+def test_nexus_commands_are_valid_cli_invocations() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M)
+    assert entrypoint and yaml.safe_load(entrypoint[1]) == ["nexus-otel"]
+    default = yaml.safe_load(re.search(r"^CMD (\[.*\])$", dockerfile, re.M)[1])  # type: ignore[index]
+    commands = [default] + [s["command"] for s in SERVICES.values() if s["image"] == NEXUS_IMAGE]
+    for command in commands:
+        if ALERTING_PENDING and command[0] == "alertmanager-config":
+            continue
+        args = build_parser().parse_args(command)
+        assert args.command == command[0]
+
+
+def test_dockerfile_copies_what_exists_and_exposes_the_ports() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        for source in shlex.split(line)[:-1]:
+            assert (ROOT / source).exists(), source
+    assert "EXPOSE 4318 8000" in dockerfile
+    assert ".venv" in (ROOT / ".dockerignore").read_text()
+
+
+def test_grafana_provisioning_parses_and_points_at_mounted_dashboards() -> None:
+    grafana = SERVICES["grafana"]
+    mounts = dict(_bind_mounts(grafana))
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "nexus-otel.yaml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == mounts["./grafana/dashboards"]
+    assert list((ROOT / "grafana" / "dashboards").glob("*.json"))
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "grafana" / "dashboards" / Path(home).name).is_file()
+    text = (PROVISIONING / "datasources" / "datasources.yaml").read_text()
+    sources = {d["uid"]: d for d in yaml.safe_load(text)["datasources"]}
+    assert sources["nexus-prometheus"]["type"] == "prometheus"
+    assert sources["nexus-postgres"]["type"] == "grafana-postgresql-datasource"
+    assert sources["nexus-alertmanager"]["type"] == "alertmanager"
+    for source in sources.values():  # Grafana reaches services by their compose names
+        host = re.sub(r"^https?://", "", source["url"]).split(":")[0]
+        assert host in SERVICES, source["url"]
+    for variable in re.findall(r"\$\{(\w+)\}", text):
+        assert variable in grafana["environment"], f"Grafana needs {variable} to provision"
+
+
+def test_collector_config_names_only_contrib_components() -> None:
+    defined = {
+        kind: set(COLLECTOR.get(kind) or {})
+        for kind in ("receivers", "processors", "exporters", "extensions", "connectors")
+    }
+    for kind, names in defined.items():
+        for name in names:
+            assert has_component(kind, name), f"otelcol-contrib has no {kind[:-1]} {name}"
+    assert not has_component("processors", "made_up")  # the check can fail
+    service = COLLECTOR["service"]
+    assert set(service["extensions"]) == defined["extensions"]
+    pipeline = service["pipelines"]["traces"]
+    for kind in ("receivers", "processors", "exporters"):
+        assert set(pipeline[kind]) == defined[kind], kind
+    # memory_limiter must run first, batch after it (the collector's documented order).
+    assert pipeline["processors"] == ["memory_limiter", "batch"]
+
+
+def test_collector_forwards_to_the_exporter_with_its_token() -> None:
+    (exporter,) = COLLECTOR["exporters"].values()
+    assert exporter["endpoint"] == "http://exporter:4318"
+    assert SERVICES["exporter"]["environment"]["NEXUS_HOST"] == "0.0.0.0"
+    token = re.findall(r"\$\{env:(\w+)\}", exporter["headers"]["Authorization"])
+    assert token == ["NEXUS_INGEST_TOKEN"]
+    assert "NEXUS_INGEST_TOKEN" in SERVICES["otel-collector"]["environment"]
+    assert "NEXUS_INGEST_TOKEN" in SERVICES["exporter"]["environment"]
+    config_mount = dict(_bind_mounts(SERVICES["otel-collector"]))["./otel-collector/config.yaml"]
+    assert f"--config={config_mount}" in SERVICES["otel-collector"]["command"]
+
+
+@pytest.mark.skipif(ALERTING_PENDING, reason="prometheus/prometheus.yml is not there yet")
+def test_prometheus_scrapes_compose_services() -> None:
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    targets = [
+        target
+        for job in config.get("scrape_configs", [])
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    ]
+    assert "exporter:4318" in targets
+    for target in targets:
+        assert target.split(":")[0] in {*SERVICES, "localhost"}, target
+
+
+def _psql() -> str:
+    found = shutil.which("psql")
+    if found:
+        return found
+    import pgserver
+
+    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+    assert bundled.exists(), "no psql binary"
+    return str(bundled)
+
+
+@pytest.mark.e2e
+def test_grafana_database_role_reads_everything_and_writes_nothing(postgres_server: str) -> None:
+    """Runs the init script the postgres container runs, then the migrations (the exporter's
+    first start), then queries as Grafana would."""
+    info = psycopg.conninfo.conninfo_to_dict(postgres_server)
+    database, reader = f"nexus_compose_{uuid.uuid4().hex[:8]}", f"grafana_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    url = with_database(postgres_server, database)
+    env = {
+        **os.environ, "PATH": f"{Path(_psql()).parent}:{os.environ['PATH']}",
+        "PGHOST": str(info.get("host", "")), "PGPORT": str(info.get("port") or 5432),
+        "PGPASSWORD": str(info.get("password") or ""),
+        "POSTGRES_USER": str(info.get("user") or "postgres"), "POSTGRES_DB": database,
+        "GRAFANA_DB_USER": reader, "GRAFANA_DB_PASSWORD": "s3cret'quote",
+    }  # fmt: skip
+    try:
+        script = ROOT / "grafana" / "postgres" / "10-grafana-reader.sh"
+        subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
+        migrate(url)
+        as_reader = psycopg.conninfo.make_conninfo(url, user=reader, password="s3cret'quote")
+        with psycopg.connect(as_reader) as conn:
+            for relation in ("api_calls", "v_budget_status", "v_carousel_roi", "alert_history"):
+                conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(relation)))
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("INSERT INTO alert_history (fingerprint, alertname, status, "
+                             "starts_at) VALUES ('x', 'x', 'firing', now())")  # fmt: skip
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(database)))  # fmt: skip
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(reader)))
