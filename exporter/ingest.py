@@ -172,22 +172,21 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
         return _error(415, "Content-Type must be application/x-protobuf or application/json", None)
     if settings.ingest_token and not _authorized(request, settings.ingest_token):
         return _error(401, "missing or wrong bearer token", media)
+    if ingestor.writer.full:
+        # Shed load before reading the body: under overload a refusal must cost next to nothing,
+        # or decoding refused requests starves the writer that would drain the queue.
+        rows = ingestor.writer.queued_rows
+        return _unavailable(ingestor, f"{rows} rows are already waiting for the database", media)
     try:
-        body = await _read_limited(request, settings.max_body_bytes)
-        data = otlp.decompress(
-            body, request.headers.get("content-encoding"), settings.max_body_bytes
-        )
-        payload = otlp.parse_request(data, media)
+        conversion = await _decode(ingestor, request, media)
     except otlp.PayloadError as exc:
         return _error(exc.status, str(exc), media)
-    conversion = ingestor.convert(payload)
     _count(ingestor.metrics, conversion)
     if conversion.calls:
         try:
             written = await ingestor.store(conversion.calls)
         except StorageUnavailable as exc:
-            retry = str(ingestor.settings.retry_after_seconds)
-            return _error(503, str(exc), media, headers={"Retry-After": retry})
+            return _unavailable(ingestor, str(exc), media)
         conversion.rejections.extend(
             f"span {call.span_id}: the database refused it: {reason}"
             for call, reason in written.refused
@@ -197,6 +196,20 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
     if rejected > _MAX_REJECTION_MESSAGES:
         message += f"; and {rejected - _MAX_REJECTION_MESSAGES} more"
     return Response(otlp.encode_response(media, rejected, message), media_type=media)
+
+
+async def _decode(ingestor: Ingestor, request: Request, media: str) -> Conversion:
+    """Body to calls. Kept apart so the body and the decoded message are freed before the
+    request waits for its rows to commit: a waiting request holds only its calls."""
+    limit = ingestor.settings.max_body_bytes
+    body = await _read_limited(request, limit)
+    data = otlp.decompress(body, request.headers.get("content-encoding"), limit)
+    return ingestor.convert(otlp.parse_request(data, media))
+
+
+def _unavailable(ingestor: Ingestor, message: str, media: str) -> Response:
+    retry = str(ingestor.settings.retry_after_seconds)
+    return _error(503, message, media, headers={"Retry-After": retry})
 
 
 def _count(metrics: ExporterMetrics, conversion: Conversion) -> None:

@@ -238,6 +238,10 @@ class CallWriter:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def full(self) -> bool:
+        return self._queued_rows >= self._queue_max_rows
+
     def submit(self, calls: list[LLMCall]) -> asyncio.Future[WriteResult]:
         """Queues calls; the future resolves once they are committed. Raises QueueFull."""
         if self._queued_rows + len(calls) > self._queue_max_rows and self._queued_rows:
@@ -284,7 +288,9 @@ class CallWriter:
         self._metrics.storage_up.set(1)
         self._metrics.write_duration.observe(time.perf_counter() - started)
         self._metrics.rows_written.inc(len(result.stored))
-        self._metrics.spans_duplicate.inc(result.duplicates)
+        # Counted over the whole group: a span repeated by two requests of one group is a
+        # duplicate too, though write_batch folds it away before the database sees it.
+        self._metrics.spans_duplicate.inc(len(calls) - len(result.stored) - len(result.refused))
         if result.refused:
             log.warning(
                 "the database refused %d rows: %s", len(result.refused), result.refused[0][1]
