@@ -13,6 +13,7 @@ from grafana_foundation_sdk.cog.runtime import UnknownDataquery
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
+from exporter.cli import main
 from exporter.dashboards import DASHBOARDS, build_all, load, render, stale, write_all
 from exporter.dashboards.sql import SQLQuery
 
@@ -125,3 +126,13 @@ def test_builders_are_deterministic() -> None:
     first = {name: render(board) for name, board in build_all().items()}
     second = {name: render(board) for name, board in build_all().items()}
     assert first == second
+
+
+def test_dashboards_command_writes_and_checks(tmp_path: Path) -> None:
+    out = str(tmp_path / "dashboards")
+    assert main(["dashboards", "--check", "--out", out]) == 1  # nothing there yet
+    assert main(["dashboards", "--out", out]) == 0
+    assert sorted(p.name for p in Path(out).iterdir()) == sorted(f"{n}.json" for n in UIDS)
+    assert main(["dashboards", "--check", "--out", out]) == 0
+    (Path(out) / "roi.json").write_text("{}")
+    assert main(["dashboards", "--check", "--out", out]) == 1
