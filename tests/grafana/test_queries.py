@@ -25,7 +25,7 @@ from tests.grafana.grafana_expand import (
     parse_interval,
     prometheus_step,
 )
-from tests.grafana.prom import api, running_prometheus
+from tests.promstack import RULES_DIR, Prometheus, prometheus_config, running_prometheus
 from tests.support import ExporterProcess, fresh_database
 
 pytestmark = pytest.mark.e2e
@@ -106,7 +106,7 @@ def _seed(database_url: str, now: datetime) -> None:
 
 @dataclass
 class Stack:
-    prometheus: str
+    prometheus: Prometheus
     database_url: str
 
 
@@ -116,8 +116,11 @@ def stack(
 ) -> Iterator[Stack]:
     now = datetime.now(UTC)
     _seed(database_url, now)
-    target = exporter.base_url.removeprefix("http://")
-    with running_prometheus(target, tmp_path_factory.mktemp("prometheus")) as prometheus:
+    # The project's rule files are loaded, so panels may use recorded series.
+    config = prometheus_config(
+        [exporter.base_url.removeprefix("http://")], rule_files=sorted(RULES_DIR.glob("*.y*ml"))
+    )
+    with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as prometheus:
         _wait_for(prometheus, "up", lambda v: v == 1)
         _send(exporter, now - timedelta(days=1, minutes=1))  # yesterday, for the trends
         for _ in range(WAVES):  # several scrapes apart, so rates have increases to show
@@ -135,16 +138,12 @@ def stack(
         yield Stack(prometheus, database_url)
 
 
-def _wait_for(prometheus: str, expr: str, ok: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        result = api(prometheus, "/api/v1/query", query=expr)["result"]
-        value = float(result[0]["value"][1]) if result else None
-        if value is not None and ok(value):
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"{expr} = {value} after {timeout} s")
+def _wait_for(prometheus: Prometheus, expr: str, ok: Any) -> None:
+    def check() -> bool:
+        value = prometheus.value(expr)
+        return value is not None and ok(value)
+
+    prometheus.wait_for(check, timeout=20, what=expr)
 
 
 # --- running panels ---------------------------------------------------------------------------
@@ -166,7 +165,7 @@ def _variables(
             options = []
         elif spec["datasource"]["type"] == "prometheus":
             metric, label = query.removeprefix("label_values(").removesuffix(")").split(", ")
-            options = api(stack.prometheus, f"/api/v1/label/{label}/values", **{"match[]": metric})
+            options = stack.prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": metric})
         else:
             rows = _sql_rows(stack, expand_sql(query, [], time_range))
             options = [row[-1] for row in rows]
@@ -221,12 +220,12 @@ def _run_promql(
     expr = expand_promql(target["expr"], variables, tr, SCRAPE)
     try:
         if target.get("instant"):
-            data = api(stack.prometheus, "/api/v1/query", query=expr, time=tr.end.timestamp())
+            data = stack.prometheus.get("/api/v1/query", query=expr, time=tr.end.timestamp())
             points = [float(r["value"][1]) for r in data["result"]]
         else:
             step = prometheus_step(tr, SCRAPE)
-            data = api(
-                stack.prometheus, "/api/v1/query_range", query=expr, step=step,
+            data = stack.prometheus.get(
+                "/api/v1/query_range", query=expr, step=step,
                 start=math.floor(tr.start.timestamp() / step) * step,
                 end=math.floor(tr.end.timestamp() / step) * step,
             )  # fmt: skip
