@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -295,16 +296,27 @@ def _is_secret_key(key: str) -> bool:
     return "token" in lowered and not any(s in lowered for s in counts)
 
 
+_KEEP, _DROP, _CONTENT, _URL = range(4)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few keys arrive on every span
+def _key_kind(key: str) -> int:
+    if key in _MAPPED or _is_secret_key(key):
+        return _DROP
+    if key.startswith(a.CONTENT_ATTRIBUTE_PREFIXES):
+        return _CONTENT
+    return _URL if key in ("url.full", "http.url") else _KEEP
+
+
 def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     for key, value in attrs.items():
         if len(kept) >= _MAX_KEPT:
             break
-        if key in _MAPPED or _is_secret_key(key):
+        kind = _key_kind(key)
+        if kind == _DROP or (kind == _CONTENT and not store_content):
             continue
-        if not store_content and key.startswith(a.CONTENT_ATTRIBUTE_PREFIXES):
-            continue
-        if key in ("url.full", "http.url") and isinstance(value, str):
+        if kind == _URL and isinstance(value, str):
             value = scrub_url(value)
         kept[key] = _bounded(value)
     return kept

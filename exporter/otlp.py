@@ -28,6 +28,7 @@ _EXCEPTION_EVENT = "exception"
 _MAX_VALUE_DEPTH = 8
 _REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SCALAR_KINDS = frozenset({"int_value", "double_value", "bool_value"})
 
 
 class PayloadError(ValueError):
@@ -182,7 +183,21 @@ def storable(text: str) -> str:
 
 
 def attributes_dict(key_values: Any) -> dict[str, AttributeValue]:
-    return {storable(kv.key): any_value(kv.value) for kv in key_values}
+    # The hot loop of ingest: scalar values, by far the most common, are read inline.
+    result: dict[str, AttributeValue] = {}
+    for kv in key_values:
+        key, value = kv.key, kv.value
+        if "\x00" in key:
+            key = storable(key)
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            text = value.string_value
+            result[key] = storable(text) if "\x00" in text else text
+        elif kind in _SCALAR_KINDS:
+            result[key] = getattr(value, kind)
+        else:
+            result[key] = any_value(value)
+    return result
 
 
 def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
