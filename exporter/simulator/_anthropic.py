@@ -9,7 +9,7 @@ from typing import Any
 from exporter.simulator._model import BadRequest, Generator, Reply, Request, Usage, split_text
 
 WIRE_FORMAT = "anthropic"
-_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 def parse(body: dict[str, Any], headers: dict[str, str]) -> Request:
@@ -54,8 +54,7 @@ def _block_text(block: dict[str, Any]) -> str:
 
 
 def new_reply_ids(gen: Generator, reply: Reply) -> None:
-    reply.id = "msg_01" + gen.token_id(22, _BASE58)
-    reply.extra["request_id"] = "req_011C" + gen.token_id(20, _BASE58)
+    reply.id = "msg_01" + gen.token_id(22, BASE58)
     if reply.thoughts:
         reply.extra["signature"] = gen.token_id(48) + "=="
 
@@ -154,7 +153,7 @@ _ERRORS = {
 }
 
 
-def error_body(status: int, message: str, request_id: str) -> dict[str, Any]:
+def error_body(status: int, message: str, model: str, request_id: str) -> dict[str, Any]:
     kind, default = _ERRORS.get(status, ("api_error", "Internal server error"))
     error = {"type": kind, "message": message or default}
     return {"type": "error", "error": error, "request_id": request_id}

@@ -56,9 +56,15 @@ class _Wire:
     ids: Callable[[Generator, Reply], None]
     body: Callable[[Reply], dict[str, Any]]
     frames: Callable[[Reply, bool], list[bytes]]
-    error: Callable[[int, str, str], dict[str, Any]]
+    error: Callable[[int, str, str, str], dict[str, Any]]
     reported: Callable[[Usage], Usage]
     stream_type: str = "text/event-stream; charset=utf-8"
+    request_id_header: str = ""  # the header each provider names its request id in
+
+    def new_request_id(self, gen: Generator) -> str:
+        if self.name == "anthropic":
+            return "req_011C" + gen.token_id(20, _anthropic.BASE58)
+        return "req_" + gen.token_id(26, "0123456789abcdefghjkmnpqrstvwxyz")
 
 
 def _openai_wire(groq: bool) -> _Wire:
@@ -67,8 +73,9 @@ def _openai_wire(groq: bool) -> _Wire:
         lambda gen, reply: _openai.new_reply_ids(gen, reply, groq),
         lambda reply: _openai.json_body(reply, groq),
         lambda reply, cut: _openai.sse_frames(reply, groq, cut),
-        lambda status, message, model: _openai.error_body(status, message, model, groq),
+        lambda status, message, model, _: _openai.error_body(status, message, model, groq),
         lambda usage: _openai.reported_usage(usage, groq),
+        request_id_header="x-request-id",
     )
 
 
@@ -77,15 +84,16 @@ _ANTHROPIC = _Wire(
     _anthropic.new_reply_ids,
     _anthropic.json_body,
     _anthropic.sse_frames,
-    lambda status, message, model: _anthropic.error_body(status, message, "req_011CSimulated"),
+    _anthropic.error_body,
     lambda usage: usage,
+    request_id_header="request-id",
 )
 _GEMINI = _Wire(
     "gemini",
     _gemini.new_reply_ids,
     _gemini.json_body,
     _gemini.sse_frames,
-    lambda status, message, model: _gemini.error_body(status, message),
+    lambda status, message, model, _: _gemini.error_body(status, message),
     _gemini.reported_usage,
     "text/event-stream",
 )
@@ -94,11 +102,15 @@ _GEMINI = _Wire(
 class _RawResponse:
     """Writes frames one by one (with a delay between them); cuts the connection if told to."""
 
-    def __init__(self, frames: list[bytes], media_type: str, delay: float, cut: bool) -> None:
+    def __init__(
+        self, frames: list[bytes], media_type: str, delay: float, cut: bool, headers: dict[str, str]
+    ) -> None:
         self.frames, self.media_type, self.delay, self.cut = frames, media_type, delay, cut
+        self.headers = [(k.encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", self.media_type.encode()), (b"cache-control", b"no-cache")]
+        headers += self.headers
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for index, frame in enumerate(self.frames):
             if index and self.delay:
@@ -211,6 +223,9 @@ class ProviderSimulator:
     ) -> Any:
         headers = _headers(http)
         record = _Recorder(self, wire.name, http, headers)
+        with self._lock:
+            request_id = wire.new_request_id(self._generator)
+        sent = {wire.request_id_header: request_id} if wire.request_id_header else {}
         try:
             body = json.loads(await http.body())
             if not isinstance(body, dict):
@@ -219,7 +234,8 @@ class ProviderSimulator:
             controls = Controls.from_headers(headers)
         except (BadRequest, ValueError) as exc:
             record(400, "", False, None)
-            return JSONResponse(wire.error(400, str(exc), ""), status_code=400)
+            body = wire.error(400, str(exc), "", request_id)
+            return JSONResponse(body, status_code=400, headers=sent)
         latency = self.latency_seconds if controls.latency is None else controls.latency
         await asyncio.sleep(latency)
         if controls.error == "timeout":
@@ -227,8 +243,10 @@ class ProviderSimulator:
         if controls.error in ("429", "500", "503"):
             status = int(controls.error)
             record(status, request.model, request.stream, None)
-            extra = {"retry-after": "1"} if status in (429, 503) else {}
-            return JSONResponse(wire.error(status, "", request.model), status, headers=extra)
+            if status in (429, 503):
+                sent["retry-after"] = "1"
+            body = wire.error(status, "", request.model, request_id)
+            return JSONResponse(body, status, headers=sent)
         with self._lock:
             reply = realistic_or_given(self._generator, request, controls.usage)
             wire.ids(self._generator, reply)
@@ -237,11 +255,11 @@ class ProviderSimulator:
         record(200, request.model, request.stream, usage, interrupted=cut)
         if request.stream:
             frames = wire.frames(reply, cut)
-            return _RawResponse(frames, wire.stream_type, self.chunk_delay_seconds, cut)
+            return _RawResponse(frames, wire.stream_type, self.chunk_delay_seconds, cut, sent)
         content = json.dumps(wire.body(reply), separators=(",", ":")).encode()
         if cut:
-            return _RawResponse([content[: len(content) // 2]], "application/json", 0, cut)
-        return _RawResponse([content], "application/json", 0, cut)
+            content = content[: len(content) // 2]
+        return _RawResponse([content], "application/json", 0, cut, sent)
 
 
 @dataclass

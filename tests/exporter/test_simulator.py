@@ -328,6 +328,10 @@ def test_errors_use_each_provider_error_body(sim: ProviderSimulator, status: int
         call_sync(sim, "anthropic", True, headers)
     expected = {429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}[status]
     assert claude_error.value.body["error"]["type"] == expected  # type: ignore[index]
+    request_id = claude_error.value.request_id
+    assert request_id and request_id.startswith("req_011C")
+    assert claude_error.value.body["request_id"] == request_id  # type: ignore[index]
+    assert groq_error.value.response.headers["x-request-id"].startswith("req_")
     with pytest.raises(genai_errors.APIError) as gemini_error:
         call_sync(sim, "gemini", False, headers)
     assert gemini_error.value.code == status
