@@ -34,7 +34,12 @@ test: lint typecheck unit
 dashboards: $(STAMP)
 	$(BIN)/nexus-otel dashboards --out grafana/dashboards
 
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+# make bench ARGS="--quick"  (or --only ingest memory, --soak-seconds 60, ...)
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
