@@ -69,10 +69,73 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     console.print(f"  OTLP/HTTP ingest  {base}/v1/traces")
     console.print(f"  metrics           {base}/metrics")
     console.print(f"  health            {base}/health")
+    console.print(f"  API               http://{settings.host}:{settings.api_port}/docs")
     try:
         serve(settings, database)
     finally:
         database.close()
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    """The API alone, for a deployment that runs ingest elsewhere."""
+    from exporter.service import open_database, serve_api
+
+    database = open_database(settings)
+    console.print(f"[bold]nexus-otel API[/] http://{settings.host}:{settings.api_port}/docs")
+    try:
+        serve_api(settings, database)
+    finally:
+        database.close()
+    return 0
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, date, datetime
+
+    import psycopg
+    from fastapi.encoders import jsonable_encoder
+
+    from exporter.reports import build_report, last_complete_day, print_report
+    from exporter.service import open_database
+
+    now = datetime.now(UTC)
+    try:
+        day = date.fromisoformat(args.date) if args.date else None
+    except ValueError:
+        console.print(f"[red]error:[/] --date {args.date!r} is not a date (YYYY-MM-DD)")
+        return 2
+    database = open_database(settings)
+    try:
+        with psycopg.connect(database.url, autocommit=True) as conn:
+            day = day or last_complete_day(args.period, settings.timezone, now)
+            report = build_report(conn, args.period, settings.timezone, day, now)
+    finally:
+        database.close()
+    if args.json:
+        print(json.dumps(jsonable_encoder(report), indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from exporter.retention import apply_retention
+    from exporter.service import open_database
+
+    database = open_database(settings)
+    try:
+        with console.status(f"dropping raw calls older than {settings.retention_days} days"):
+            result = apply_retention(database.url, settings.retention_days, datetime.now(UTC))
+    finally:
+        database.close()
+    console.print(f"cutoff {result.cutoff:%Y-%m-%d %H:%M} UTC; summaries are kept")
+    for name in result.dropped:
+        console.print(f"[yellow]dropped[/] {name}")
+    console.print(f"[green]{len(result.dropped)} dropped[/], {len(result.kept)} kept")
     return 0
 
 
@@ -152,6 +215,9 @@ def _wait_healthy(endpoint: str, server: Any) -> None:
 
 COMMANDS: dict[str, tuple[Command, str]] = {
     "serve": (cmd_serve, "run the OTLP ingest, metrics and API servers"),
+    "api": (cmd_api, "run only the API server"),
+    "report": (cmd_report, "print a daily, weekly or monthly spend report"),
+    "retention": (cmd_retention, "drop raw calls older than --retention-days (keeps summaries)"),
     "migrate": (cmd_migrate, "apply database migrations (idempotent)"),
     "demo": (cmd_demo, "run the stack on the embedded PostgreSQL with a live demo workload"),
     "prices": (cmd_prices, "show what a model costs and where the price comes from"),
@@ -175,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--check", action="store_true", help="exit 1 if the files are out of date"
             )
+        if name == "report":
+            command.add_argument(
+                "--period", choices=["daily", "weekly", "monthly"], default="daily"
+            )
+            command.add_argument(
+                "--date", help="a local date in the period (default: the last complete one)"
+            )
+            command.add_argument("--json", action="store_true", help="print JSON, not tables")
         if name == "demo":
             command.add_argument(
                 "--duration", type=float, help="seconds to run unattended (default: until Ctrl-C)"

@@ -16,10 +16,13 @@ from starlette.types import ASGIApp
 
 from exporter.db import EmbeddedPostgres, ensure_partitions_around, migrate, resolve_database
 from exporter.ingest import create_ingest_app
+from exporter.metrics import ExporterMetrics
 from exporter.settings import Settings
 
 log = logging.getLogger(__name__)
 PARTITION_CHECK_SECONDS = 6 * 3600
+RETENTION_CHECK_SECONDS = 24 * 3600
+RETENTION_FIRST_DELAY_SECONDS = 600
 
 
 @dataclass
@@ -54,7 +57,10 @@ class Served:
     port: int
 
 
-async def run_servers(host: str, served: Sequence[Served], database_url: str) -> None:
+async def run_servers(
+    host: str, served: Sequence[Served], database_url: str, retention_days: int = 0
+) -> None:
+    """Runs the servers until SIGINT/SIGTERM; with `retention_days`, applies retention daily."""
     servers = [
         _Server(uvicorn.Config(s.app, host=host, port=s.port, log_level="warning", lifespan="on"))
         for s in served
@@ -62,11 +68,16 @@ async def run_servers(host: str, served: Sequence[Served], database_url: str) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop_all, servers)
-    maintenance = asyncio.create_task(_maintain_partitions(database_url))
+    maintenance = [asyncio.create_task(_maintain_partitions(database_url))]
+    if retention_days:
+        maintenance.append(
+            asyncio.create_task(_apply_retention_daily(database_url, retention_days))
+        )
     try:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
-        maintenance.cancel()
+        for task in maintenance:
+            task.cancel()
 
 
 def _stop_all(servers: list[_Server]) -> None:
@@ -84,11 +95,42 @@ async def _maintain_partitions(url: str) -> None:
             log.warning("creating partitions ahead failed: %s", exc)
 
 
+async def _apply_retention_daily(url: str, retention_days: int) -> None:
+    """Drops partitions past retention once a day, the first time a while after start-up (a
+    restart loop must not turn into a drop loop)."""
+    from exporter.retention import apply_retention
+
+    await asyncio.sleep(RETENTION_FIRST_DELAY_SECONDS)
+    while True:
+        try:
+            await asyncio.to_thread(apply_retention, url, retention_days, datetime.now(UTC))
+        except psycopg.Error as exc:
+            log.warning("applying retention failed: %s", exc)
+        await asyncio.sleep(RETENTION_CHECK_SECONDS)
+
+
 def _create_partitions_ahead(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         ensure_partitions_around(conn, datetime.now(UTC).date())
 
 
 def serve(settings: Settings, database: Database) -> None:
-    served = [Served("ingest", create_ingest_app(settings, database.url), settings.otlp_port)]
+    """The ingest port (with /metrics, budget gauges included) and the API port."""
+    from exporter.api import create_api_app
+    from exporter.budgets import BudgetCollector
+
+    metrics = ExporterMetrics()
+    metrics.registry.register(BudgetCollector(database.url))
+    served = [
+        Served("ingest", create_ingest_app(settings, database.url, metrics), settings.otlp_port),
+        Served("api", create_api_app(settings, database.url), settings.api_port),
+    ]
+    asyncio.run(run_servers(settings.host, served, database.url, settings.retention_days))
+
+
+def serve_api(settings: Settings, database: Database) -> None:
+    """The API alone (its live feed listens to the database, wherever ingest runs)."""
+    from exporter.api import create_api_app
+
+    served = [Served("api", create_api_app(settings, database.url), settings.api_port)]
     asyncio.run(run_servers(settings.host, served, database.url))

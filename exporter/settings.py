@@ -61,12 +61,32 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("BUDGET_WARNING_THRESHOLD", "budget_warning_threshold"),
         description="percent of a budget at which to warn",
     )
+    timezone: str = Field(
+        default="UTC", description="IANA zone of 'today', reports and default budget periods"
+    )
+    retention_days: int = Field(
+        default=90, gt=0, description="days raw calls are kept (summaries are kept forever)"
+    )
+    cors_origins: str = Field(
+        default="", description="comma-separated origins allowed to call the API from a browser"
+    )
     telegram_bot_token: str | None = Field(
         default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token")
     )
     telegram_chat_id: int | None = Field(
         default=None, validation_alias=AliasChoices("TELEGRAM_CHAT_ID", "telegram_chat_id")
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _is_iana_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
 
     @field_validator("database_url")
     @classmethod

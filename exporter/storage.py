@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -75,6 +76,16 @@ ON CONFLICT (day, service_name, provider, model, operation) DO UPDATE SET
     duration_ms_sum = s.duration_ms_sum + EXCLUDED.duration_ms_sum,
     updated_at = now()
 """
+# The same totals per UTC hour: the API answers "today", budgets and dashboards from these.
+_HOURLY_UPSERT = (
+    _SUMMARY_UPSERT.replace("daily_usage_summary", "hourly_usage_summary")
+    .replace("(day,", "(hour,")
+    .replace("%s::date[]", "%s::timestamptz[]")
+)
+# New calls are announced on this channel (LISTEN/NOTIFY) once committed: the API's live feed.
+NOTIFY_CHANNEL = "nexus_calls"
+_NOTIFY = "SELECT pg_notify('nexus_calls', payload) FROM unnest(%s::text[]) AS payload"
+_NOTIFY_MAX_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
 
 
 class StorageUnavailable(RuntimeError):
@@ -123,13 +134,20 @@ def unique_calls(calls: Iterable[LLMCall]) -> list[LLMCall]:
     return list(seen.values())
 
 
-def summary_columns(calls: Sequence[LLMCall]) -> list[list[Any]]:
-    """Aggregates calls per UTC day and dimension into the column arrays of _SUMMARY_UPSERT."""
+def utc_hour(call: LLMCall) -> datetime:
+    return call.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def summary_columns(
+    calls: Sequence[LLMCall], bucket: Callable[[LLMCall], date] = lambda c: c.timestamp.date()
+) -> list[list[Any]]:
+    """Aggregates calls per bucket (UTC day, or hour) and dimension into the column arrays of
+    _SUMMARY_UPSERT."""
     totals: dict[tuple[date, str, str, str, str], list[Any]] = defaultdict(
         lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0]
     )
     for c in calls:
-        t = totals[(c.timestamp.date(), c.service_name, c.provider, c.model, c.operation)]
+        t = totals[(bucket(c), c.service_name, c.provider, c.model, c.operation)]
         t[0] += 1
         t[1] += not c.success
         t[2] += c.cost_usd is None
@@ -160,7 +178,47 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) 
             new = await _insert_new_only(conn, calls)
         if new:
             await conn.execute(_SUMMARY_UPSERT, summary_columns(new))
+            await conn.execute(_HOURLY_UPSERT, summary_columns(new, utc_hour))
+            await conn.execute(_NOTIFY, (notification_payloads(new),))
     return WriteResult(stored=new, duplicates=len(calls) - len(new))
+
+
+def notification_payloads(calls: Sequence[LLMCall]) -> list[str]:
+    """The new calls as JSON arrays, each small enough for one NOTIFY."""
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = 2
+    for call in calls:
+        item = json.dumps(call_summary(call), separators=(",", ":"))
+        if chunk and size + len(item) + 1 > _NOTIFY_MAX_BYTES:
+            payloads.append("[" + ",".join(chunk) + "]")
+            chunk, size = [], 2
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        payloads.append("[" + ",".join(chunk) + "]")
+    return payloads
+
+
+def call_summary(call: LLMCall) -> dict[str, Any]:
+    """What the live feed shows of a call: no prompt, no error text, no attributes."""
+    return {
+        "trace_id": call.trace_id,
+        "span_id": call.span_id,
+        "timestamp": call.timestamp.isoformat(),
+        "service_name": call.service_name[:200],
+        "provider": call.provider[:200],
+        "model": call.model[:200],
+        "operation": call.operation[:200],
+        "correlation_id": (call.correlation_id or "")[:200] or None,
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "total_tokens": call.total_tokens,
+        "cost_usd": None if call.cost_usd is None else str(call.cost_usd),
+        "duration_ms": call.duration_ms,
+        "success": call.success,
+        "error_type": (call.error_type or "")[:200] or None,
+    }
 
 
 async def write_isolating(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) -> WriteResult:

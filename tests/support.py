@@ -61,6 +61,7 @@ class ExporterProcess:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    api_url: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -85,16 +86,19 @@ def start_exporter(
     """Starts `nexus-otel serve` as its own process and waits until /health answers.
     `port` restarts an exporter where its senders already point."""
     port = port or free_port()
+    api_port = free_port()
     env = {**os.environ, **(extra_env or {})}
     log_path = log_dir / f"exporter-{port}-{time.monotonic_ns()}.log"
     command = [
         sys.executable, "-m", "exporter.cli", "serve",
-        "--database-url", database_url, "--otlp-port", str(port), "--api-port", str(free_port()),
+        "--database-url", database_url, "--otlp-port", str(port), "--api-port", str(api_port),
         *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    exporter = ExporterProcess(process, f"http://127.0.0.1:{port}", log_path)
+    exporter = ExporterProcess(
+        process, f"http://127.0.0.1:{port}", log_path, f"http://127.0.0.1:{api_port}"
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

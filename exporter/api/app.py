@@ -1,0 +1,139 @@
+"""The API application: routers, database pool, live feed, auth, CORS, error handling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request, status
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
+
+from exporter.api import (
+    routes_alerts,
+    routes_analytics,
+    routes_budgets,
+    routes_content,
+    routes_dashboard,
+    routes_reports,
+)
+from exporter.api.auth import BearerAuth
+from exporter.api.live import Broadcaster
+from exporter.api.live import router as live_router
+from exporter.budgets import ensure_default_budget
+from exporter.settings import Settings
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class HealthPublic(BaseModel):
+    status: str
+    database: str
+
+
+def create_api_app(settings: Settings, database_url: str, clock: Clock = utc_now) -> FastAPI:
+    """The FastAPI service. `clock` says what "now" is (tests pin it)."""
+    pool: ConnectionPool[Any] = ConnectionPool(
+        database_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+    )
+    broadcaster = Broadcaster(database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
+        _create_default_budget(pool, settings)
+        await broadcaster.start()
+        try:
+            yield
+        finally:
+            await broadcaster.stop()
+            pool.close()
+
+    app = FastAPI(
+        title="nexus-otel API",
+        summary="LLM spend: budgets, analytics, content ROI, alert history, reports, live calls",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.pool, app.state.clock = settings, pool, clock
+    app.state.broadcaster = broadcaster
+    for module in (
+        routes_dashboard,
+        routes_budgets,
+        routes_analytics,
+        routes_content,
+        routes_alerts,
+        routes_reports,
+    ):
+        app.include_router(module.router)
+    app.include_router(live_router)
+    _add_health(app, pool)
+    _add_error_handlers(app)
+    if settings.api_token:
+        app.add_middleware(BearerAuth, token=settings.api_token)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    return app
+
+
+def _create_default_budget(pool: ConnectionPool[Any], settings: Settings) -> None:
+    if settings.daily_budget_usd is None:
+        return
+    try:
+        with pool.connection(timeout=10) as conn:
+            ensure_default_budget(
+                conn,
+                settings.daily_budget_usd,
+                settings.budget_warning_threshold,
+                settings.timezone,
+            )
+    except psycopg.Error as exc:
+        log.warning("creating the default daily budget failed: %s", exc)
+
+
+def _add_health(app: FastAPI, pool: ConnectionPool[Any]) -> None:
+    @app.get("/health", tags=["health"], response_model=HealthPublic)
+    def health() -> JSONResponse:
+        """Unauthenticated: 200 when the database answers, else 503."""
+        try:
+            with pool.connection(timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("health check: %s", exc)
+            return JSONResponse({"status": "degraded", "database": "down"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "up"})
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(psycopg.DataError)
+    async def bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        message = str(exc).splitlines()[0] if str(exc) else "invalid value"
+        return JSONResponse(
+            {"detail": f"the database refused a value: {message}"},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "database unavailable"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )

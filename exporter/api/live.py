@@ -1,0 +1,118 @@
+"""WS /ws/metrics: each newly stored call, pushed as the ingest transaction commits.
+
+The writer announces new calls with NOTIFY in its write transaction; one LISTEN connection per
+API process fans them out to the connected clients. This works whether the API runs in the
+exporter's process (`serve`) or alone (`api`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+
+from exporter.api.deps import get_scope
+from exporter.api.usage import Scope
+from exporter.storage import NOTIFY_CHANNEL
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["live"])
+QUEUE_MAX = 10_000  # calls waiting for one slow client before it is disconnected
+RECONNECT_SECONDS = 2.0
+READY_TIMEOUT_SECONDS = 5.0
+
+
+class Broadcaster:
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="nexus-live-feed")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_MAX)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._subscribers.discard(queue)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=5
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.listening.set()
+                    async for note in conn.notifies():
+                        self._publish(json.loads(note.payload))
+            except (psycopg.Error, OSError) as exc:
+                self.listening.clear()
+                log.warning("live feed lost its database connection: %s", exc)
+                await asyncio.sleep(RECONNECT_SECONDS)
+
+    def _publish(self, calls: list[dict[str, Any]]) -> None:
+        for queue in list(self._subscribers):
+            try:
+                for call in calls:
+                    queue.put_nowait(call)
+            except asyncio.QueueFull:
+                self._subscribers.discard(queue)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(None)  # tells the client's sender to give up
+
+
+def _matches(call: dict[str, Any], scope: Scope) -> bool:
+    return all(value is None or call.get(key) == value for key, value in scope.__dict__.items())
+
+
+@router.websocket("/ws/metrics")
+async def live_calls(websocket: WebSocket, scope: Annotated[Scope, Depends(get_scope)]) -> None:
+    """Sends `{"type": "call", "call": {...}}` for each new call (filters: service_name,
+    provider, model, operation)."""
+    broadcaster: Broadcaster = websocket.app.state.broadcaster
+    queue = broadcaster.subscribe()
+    await websocket.accept()
+    # Say "ready" only once the feed listens, so a client knows what it will not miss.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(broadcaster.listening.wait(), READY_TIMEOUT_SECONDS)
+    await websocket.send_json({"type": "hello", "listening": broadcaster.listening.is_set()})
+    sender = asyncio.create_task(_send_calls(websocket, queue, scope))
+    receiver = asyncio.create_task(_until_closed(websocket))
+    try:
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        broadcaster.unsubscribe(queue)
+        for task in (sender, receiver):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def _send_calls(
+    websocket: WebSocket, queue: asyncio.Queue[dict[str, Any] | None], scope: Scope
+) -> None:
+    while (call := await queue.get()) is not None:
+        if _matches(call, scope):
+            await websocket.send_json({"type": "call", "call": call})
+
+
+async def _until_closed(websocket: WebSocket) -> None:
+    with contextlib.suppress(WebSocketDisconnect):
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass

@@ -1,0 +1,190 @@
+"""Budgets: calendar periods in a time zone, spend and forecast, and their Prometheus gauges."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import psycopg
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from psycopg.rows import dict_row
+
+from exporter.api.usage import Scope, usage
+
+log = logging.getLogger(__name__)
+
+Period = Literal["daily", "weekly", "monthly"]
+State = Literal["ok", "warning", "exceeded"]
+DEFAULT_BUDGET_NAME = "default-daily"
+BUDGET_COLUMNS = (
+    "id, name, period_type, budget_usd, warning_threshold_pct, timezone, service_name, provider, "
+    "model, operation, enabled, created_at, updated_at"
+)
+SCOPE_LABELS = {
+    "service_name": "service_name",
+    "provider": "gen_ai_provider_name",
+    "model": "gen_ai_request_model",
+    "operation": "nexus_operation",
+}
+
+
+def period_bounds(period: str, zone: str, now: datetime) -> tuple[datetime, datetime]:
+    """The calendar period (local midnight to local midnight, weeks from Monday) holding `now`."""
+    tz = ZoneInfo(zone)
+    local = now.astimezone(tz).date()
+    if period == "daily":
+        first, after = local, local + timedelta(days=1)
+    elif period == "weekly":
+        first = local - timedelta(days=local.weekday())
+        after = first + timedelta(days=7)
+    else:
+        first = local.replace(day=1)
+        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return _midnight(first, tz), _midnight(after, tz)
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    spend_at_end: Decimal
+    exhausted_at: datetime | None
+
+
+def forecast(
+    spend: Decimal, limit: Decimal, start: datetime, end: datetime, now: datetime
+) -> Forecast:
+    """Linear in the spend so far: spend at period end at the same rate, and when spend reaches
+    the limit (in the past once exceeded; None if it will not within the period)."""
+    elapsed = (min(now, end) - start).total_seconds()
+    length = (end - start).total_seconds()
+    if elapsed <= 0 or spend <= 0:
+        return Forecast(spend, None)
+    at_end = spend * Decimal(length) / Decimal(elapsed)
+    reaches = start + timedelta(seconds=float(Decimal(elapsed) * limit / spend))
+    return Forecast(at_end, reaches if reaches <= end else None)
+
+
+def state_of(spend: Decimal, limit: Decimal, warning_pct: Decimal) -> State:
+    if spend >= limit:
+        return "exceeded"
+    if spend * 100 >= warning_pct * limit:
+        return "warning"
+    return "ok"
+
+
+def scope_of(budget: dict[str, Any]) -> Scope:
+    return Scope(budget["service_name"], budget["provider"], budget["model"], budget["operation"])
+
+
+def status(conn: psycopg.Connection[Any], budget: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Spend, remaining, usage, state and forecast of one budget row in its current period."""
+    start, end = period_bounds(budget["period_type"], budget["timezone"], now)
+    totals = usage(conn, start, min(now, end), scope_of(budget))[0]
+    spend, limit = totals["cost_usd"], Decimal(budget["budget_usd"])
+    threshold = Decimal(budget["warning_threshold_pct"])
+    outlook = forecast(spend, limit, start, end, now)
+    return {
+        **budget,
+        "period_start": start,
+        "period_end": end,
+        "spend_usd": spend,
+        "calls": totals["calls"],
+        "unpriced_calls": totals["unpriced_calls"],
+        "remaining_usd": limit - spend,
+        "usage_pct": spend * 100 / limit,
+        "state": state_of(spend, limit, threshold),
+        "forecast_usd": outlook.spend_at_end,
+        "projected_exhaustion_at": outlook.exhausted_at,
+    }
+
+
+def list_budgets(conn: psycopg.Connection[Any], enabled_only: bool = False) -> list[dict[str, Any]]:
+    where = " WHERE enabled" if enabled_only else ""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(
+            f"SELECT {BUDGET_COLUMNS} FROM cost_budgets{where} ORDER BY id"  # type: ignore[arg-type]
+        ).fetchall()
+
+
+def ensure_default_budget(
+    conn: psycopg.Connection[Any], amount: Decimal | None, warning_pct: Decimal, zone: str
+) -> None:
+    """DAILY_BUDGET_USD owns the budget named `default-daily`: created, or updated to match."""
+    if amount is None:
+        return
+    conn.execute(
+        "INSERT INTO cost_budgets (name, period_type, budget_usd, warning_threshold_pct, timezone)"
+        " VALUES (%s, 'daily', %s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
+        " budget_usd = EXCLUDED.budget_usd,"
+        " warning_threshold_pct = EXCLUDED.warning_threshold_pct,"
+        " timezone = EXCLUDED.timezone, updated_at = now()",
+        (DEFAULT_BUDGET_NAME, amount, warning_pct, zone),
+    )
+
+
+class BudgetCollector(Collector):
+    """The budget gauges, read from the database at scrape time (cached for `ttl` seconds)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        ttl: float = 2.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._url = database_url
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: list[dict[str, Any]] = []
+        self._read_at = float("-inf")
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # values come from the database: never read at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families(self._statuses()))
+
+    def _statuses(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if time.monotonic() - self._read_at > self._ttl:
+                try:
+                    with psycopg.connect(self._url, connect_timeout=2) as conn:
+                        now = self._clock()
+                        self._cached = [status(conn, b, now) for b in list_budgets(conn, True)]
+                except psycopg.Error as exc:
+                    log.warning("reading budgets for /metrics failed: %s", exc)
+                self._read_at = time.monotonic()
+            return self._cached
+
+    def _families(self, statuses: list[dict[str, Any]]) -> list[GaugeMetricFamily]:
+        labels = ["budget", "period", *SCOPE_LABELS.values()]
+        gauges = {
+            "limit": ("nexus_budget_limit_usd", "Budget amount in US dollars."),
+            "spend": ("nexus_budget_spend_usd", "Spend in the budget's current period."),
+            "usage": ("nexus_budget_usage_ratio", "Spend divided by the budget amount."),
+            "warning": ("nexus_budget_warning_ratio", "Warning threshold as a ratio."),
+            "forecast": ("nexus_budget_forecast_usd", "Projected spend at period end."),
+            "end": ("nexus_budget_period_end_timestamp_seconds", "End of the current period."),
+        }
+        families = {k: GaugeMetricFamily(n, h, labels=labels) for k, (n, h) in gauges.items()}
+        for s in statuses:
+            values = [s["name"], s["period_type"], *(s[c] or "" for c in SCOPE_LABELS)]
+            limit = float(s["budget_usd"])
+            families["limit"].add_metric(values, limit)
+            families["spend"].add_metric(values, float(s["spend_usd"]))
+            families["usage"].add_metric(values, float(s["spend_usd"]) / limit)
+            families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
+            families["forecast"].add_metric(values, float(s["forecast_usd"]))
+            families["end"].add_metric(values, s["period_end"].timestamp())
+        return list(families.values())

@@ -1,0 +1,195 @@
+"""Budgets against the real database: CRUD, spend per calendar period in non-UTC zones,
+forecasts, state transitions at the warning threshold and at 100%, and the budget gauges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from starlette.testclient import TestClient
+
+from exporter.budgets import BudgetCollector, period_bounds
+from tests.api.conftest import MODEL_B, call_spec
+from tests.support import metric_value
+
+# Friday 2026-11-20, 15:00 in Sao Paulo (UTC-3), 23:30 in Kolkata (UTC+5:30).
+NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
+SVC = "carousel-bot"
+
+
+def at(day: int, hour: int, minute: int = 0, month: int = 11) -> datetime:
+    return datetime(2026, month, day, hour, minute, tzinfo=UTC)
+
+
+KNOWN_CALLS = [
+    call_spec(at(20, 2, 30), "1.00"),  # Sao Paulo: Nov 19, 23:30
+    call_spec(at(20, 3, 0), "2.00"),  # Sao Paulo: Nov 20, 00:00 sharp
+    call_spec(at(20, 12, 0), "3.00", provider="anthropic", model=MODEL_B),
+    call_spec(at(20, 13, 0), None),  # unpriced: counted, never as $0
+    call_spec(at(17, 10, 0), "4.00"),  # Tuesday of this week
+    call_spec(at(15, 12, 0), "5.00"),  # Sunday: the week before, same month
+    call_spec(at(1, 2, 0), "7.00"),  # Sao Paulo: October 31, 23:00
+    call_spec(at(19, 18, 15), "0.25"),  # Kolkata: Nov 19, 23:45
+    call_spec(at(19, 18, 45), "0.50"),  # Kolkata: Nov 20, 00:15
+]
+
+
+@pytest.fixture(scope="module")
+def api(ingest: Callable[..., None], api_client: Callable[..., TestClient]) -> TestClient:
+    ingest(KNOWN_CALLS, SVC)
+    return api_client(NOW, timezone="America/Sao_Paulo")
+
+
+def create(api: TestClient, **body: Any) -> dict[str, Any]:
+    response = api.post("/api/budgets", json={"service_name": SVC, **body})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def status_of(api: TestClient, budget_id: int) -> dict[str, Any]:
+    response = api.get(f"/api/budgets/{budget_id}/status")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_period_bounds_follow_the_local_calendar() -> None:
+    assert period_bounds("daily", "America/Sao_Paulo", NOW) == (at(20, 3), at(21, 3))
+    assert period_bounds("weekly", "America/Sao_Paulo", NOW) == (at(16, 3), at(23, 3))
+    assert period_bounds("monthly", "America/Sao_Paulo", NOW) == (at(1, 3), at(1, 3, month=12))
+    assert period_bounds("daily", "Asia/Kolkata", NOW) == (at(19, 18, 30), at(20, 18, 30))
+
+
+@pytest.mark.parametrize(
+    ("period", "zone", "spend", "calls"),
+    [
+        ("daily", "America/Sao_Paulo", 5.00, 3),  # 00:00 local is in, 23:30 yesterday is out
+        ("daily", "UTC", 6.00, 4),
+        ("daily", "Asia/Kolkata", 6.50, 5),  # partial hours at :30 read from raw rows
+        ("weekly", "America/Sao_Paulo", 10.75, 7),  # from Monday 00:00 local
+        ("monthly", "America/Sao_Paulo", 15.75, 8),  # October 31 local is out
+        ("monthly", "UTC", 22.75, 9),
+    ],
+)
+def test_spend_per_calendar_period(
+    api: TestClient, period: str, zone: str, spend: float, calls: int
+) -> None:
+    budget = create(api, name=f"{period}-{zone}", period=period, amount_usd=100, timezone=zone)
+    status = status_of(api, budget["id"])
+    assert status["spend_usd"] == pytest.approx(spend, abs=1e-9)
+    assert status["calls"] == calls
+    assert status["unpriced_calls"] == 1
+    assert status["remaining_usd"] == pytest.approx(100 - spend, abs=1e-9)
+    assert status["usage_pct"] == pytest.approx(spend, abs=1e-9)
+    assert status["state"] == "ok"
+
+
+def test_forecast_is_linear_in_spend_so_far(api: TestClient) -> None:
+    # 15 of 24 hours gone with $5.00 spent: $8.00 at the end of the day.
+    roomy = status_of(api, create(api, name="roomy", period="daily", amount_usd=10)["id"])
+    assert roomy["timezone"] == "America/Sao_Paulo"  # the NEXUS_TIMEZONE default
+    assert roomy["forecast_usd"] == pytest.approx(8.00, abs=1e-9)
+    assert roomy["projected_exhaustion_at"] is None  # $10 is not reached today
+    tight = status_of(api, create(api, name="tight", period="daily", amount_usd=6)["id"])
+    assert tight["forecast_usd"] == pytest.approx(8.00, abs=1e-9)
+    # $6 at $5 per 15 h is reached after 18 h: 21:00 UTC.
+    assert datetime.fromisoformat(tight["projected_exhaustion_at"]) == at(20, 21)
+    assert tight["state"] == "warning"  # 83.3 %
+
+
+@pytest.mark.parametrize(
+    ("amount", "state"),
+    [("6.26", "ok"), ("6.25", "warning"), ("5.01", "warning"), ("5.00", "exceeded")],
+)
+def test_state_at_threshold_and_at_100_percent(api: TestClient, amount: str, state: str) -> None:
+    # $5.00 spent: 80 % of 6.25 exactly, 100 % of 5.00 exactly.
+    budget = create(api, name=f"edge-{amount}", period="daily", amount_usd=amount)
+    assert status_of(api, budget["id"])["state"] == state
+
+
+def test_state_transitions_as_calls_arrive(
+    api: TestClient, ingest: Callable[..., None], database_url: str
+) -> None:
+    """One scoped budget of $1.00; calls arrive; state and gauges follow at 80 % and 100 %."""
+    budget = create(
+        api, name="transitions", period="daily", amount_usd="1.00", service_name="transition-svc"
+    )
+    registry = CollectorRegistry()
+    registry.register(BudgetCollector(database_url, ttl=0, clock=lambda: NOW))
+    seen = []
+    for minute, cost in enumerate(["0.50", "0.30", "0.19", "0.01", "0.20"]):
+        ingest([call_spec(NOW - timedelta(hours=1, minutes=minute), cost)], "transition-svc")
+        status = status_of(api, budget["id"])
+        text = generate_latest(registry).decode()
+        labels = {"budget": "transitions", "period": "daily", "service_name": "transition-svc"}
+        usage = metric_value(text, "nexus_budget_usage_ratio", **labels)
+        seen.append((status["state"], round(status["spend_usd"], 2), round(usage, 2)))
+    assert seen == [
+        ("ok", 0.50, 0.50),
+        ("warning", 0.80, 0.80),  # exactly at the threshold
+        ("warning", 0.99, 0.99),
+        ("exceeded", 1.00, 1.00),  # exactly at the amount
+        ("exceeded", 1.20, 1.20),
+    ]
+    assert metric_value(text, "nexus_budget_limit_usd", **labels) == 1.0
+    assert metric_value(text, "nexus_budget_warning_ratio", **labels) == 0.8
+    assert metric_value(text, "nexus_budget_spend_usd", **labels) == pytest.approx(1.2)
+    assert metric_value(text, "nexus_budget_forecast_usd", **labels) == pytest.approx(1.92)
+    end = metric_value(text, "nexus_budget_period_end_timestamp_seconds", **labels)
+    assert end == at(21, 3).timestamp()
+    assert 'gen_ai_provider_name=""' in text  # unscoped labels are empty strings
+
+
+def test_crud(api: TestClient) -> None:
+    budget = create(
+        api, name="crud", period="weekly", amount_usd="12.5", provider="anthropic", model=MODEL_B
+    )
+    assert budget["warning_threshold_pct"] == 80
+    assert budget["amount_usd"] == 12.5
+    listed = api.get("/api/budgets").json()
+    assert budget["id"] in [b["id"] for b in listed]
+    patched = api.patch(
+        f"/api/budgets/{budget['id']}", json={"amount_usd": 3, "warning_threshold_pct": 50}
+    )
+    assert patched.status_code == 200, patched.text
+    assert (patched.json()["amount_usd"], patched.json()["warning_threshold_pct"]) == (3, 50)
+    status = status_of(api, budget["id"])  # anthropic/beta this week: the $3.00 call
+    assert (status["spend_usd"], status["state"]) == (3.0, "exceeded")
+    duplicate = api.post("/api/budgets", json={"name": "crud", "period": "daily", "amount_usd": 1})
+    assert duplicate.status_code == 409
+    assert api.delete(f"/api/budgets/{budget['id']}").status_code == 204
+    assert api.get(f"/api/budgets/{budget['id']}").status_code == 404
+    assert api.delete(f"/api/budgets/{budget['id']}").status_code == 404
+    statuses = api.get("/api/budget/status").json()
+    assert budget["id"] not in [s["id"] for s in statuses]
+    assert {"roomy", "tight"} <= {s["name"] for s in statuses}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "x", "period": "yearly", "amount_usd": 1}, "period"),
+        ({"name": "x", "period": "daily", "amount_usd": 0}, "amount_usd"),
+        ({"name": "x", "period": "daily", "amount_usd": 1, "timezone": "Mars/Olympus"}, "zone"),
+        ({"name": "x", "period": "daily", "amount_usd": 1, "warning_threshold_pct": 101}, "100"),
+        ({"period": "daily", "amount_usd": 1}, "name"),
+    ],
+)
+def test_bad_budgets_get_422_with_a_message(
+    api: TestClient, body: dict[str, Any], message: str
+) -> None:
+    response = api.post("/api/budgets", json=body)
+    assert response.status_code == 422
+    assert message in response.text
+
+
+def test_default_budget_from_settings(api_client: Callable[..., TestClient]) -> None:
+    client = api_client(NOW, daily_budget_usd="2.5", budget_warning_threshold="60")
+    default = [b for b in client.get("/api/budgets").json() if b["name"] == "default-daily"]
+    assert len(default) == 1
+    assert (default[0]["period"], default[0]["amount_usd"]) == ("daily", 2.5)
+    assert default[0]["warning_threshold_pct"] == 60
+    status = status_of(client, default[0]["id"])
+    assert status["spend_usd"] == pytest.approx(6.00 + 0.50 + 0.30 + 0.19 + 0.01 + 0.20)
