@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, Runner] = {
     "instrumentation": _optional("bench.instrumentation"),
     "api": _optional("bench.api"),
     "memory": _memory,
+    "faults": _optional("bench.faults"),
 }
 
 

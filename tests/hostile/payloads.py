@@ -117,3 +117,22 @@ def rejected_spans(response: httpx.Response) -> int:
     decoded = otlp.ExportTraceServiceResponse()
     decoded.ParseFromString(response.content)
     return decoded.partial_success.rejected_spans
+
+
+# Classic and PostgreSQL-specific injection attempts. Each is just an odd value when the query
+# is parameterized or properly quoted; pg_sleep ones would show up as a slow answer.
+SQL_INJECTIONS = (
+    "' OR '1'='1",
+    "' OR 1=1 --",
+    "x') OR ('1'='1",
+    "'; DROP TABLE injection_canary; --",
+    "1; DROP TABLE injection_canary",
+    "$$; DROP TABLE injection_canary; $$",
+    "\\'; DROP TABLE injection_canary; --",
+    "' UNION SELECT usename, passwd FROM pg_shadow --",
+    "'||(SELECT pg_sleep(3))||'",
+    "1) OR pg_sleep(3) IS NULL --",
+    "%' OR '%'='",
+    '" OR ""="',
+    "groq' AND 1=0 UNION ALL SELECT NULL --",
+)
