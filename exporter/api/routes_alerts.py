@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from exporter.api.deps import Conn
 
 router = APIRouter(tags=["alerts"])
-# Alertmanager writes "0001-01-01T00:00:00Z" for an alert that has not ended yet.
-_NEVER = 1
 
 
 class WebhookAlert(BaseModel):
@@ -84,7 +82,7 @@ def alertmanager_webhook(body: AlertmanagerWebhookCreate, conn: Conn) -> dict[st
     recorded = 0
     with conn.transaction():
         for alert in body.alerts:
-            ends_at = alert.endsAt if alert.endsAt and alert.endsAt.year > _NEVER else None
+            ends_at = alert.endsAt if alert.status == "resolved" else None
             row = conn.execute(
                 _INSERT,
                 (
