@@ -11,6 +11,8 @@ COPY pyproject.toml README.md ./
 COPY nexus_otel ./nexus_otel
 COPY exporter ./exporter
 COPY migrations ./migrations
+COPY prometheus/rules ./prometheus/rules
+COPY alertmanager/templates ./alertmanager/templates
 RUN pip install '.[server]' && rm -rf /src
 
 # An unprivileged user; /config is where init jobs (alertmanager-config) write generated files.

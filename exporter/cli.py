@@ -213,6 +213,69 @@ def _wait_healthy(endpoint: str, server: Any) -> None:
     raise SystemExit(f"the exporter at {endpoint} did not become healthy")
 
 
+def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Writes alertmanager.yml (and its templates) from settings: Alertmanager reads no env."""
+    from pathlib import Path
+
+    from exporter.alerting import AlertingConfigError, write_alertmanager_config
+
+    try:
+        path = write_alertmanager_config(settings, Path(args.output))
+    except (AlertingConfigError, OSError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    telegram = "Telegram and " if settings.telegram_bot_token else "no Telegram (unset), only "
+    console.print(f"[green]written[/] {path}: {telegram}the alert-history webhook")
+    return 0
+
+
+def cmd_prometheus_rules(settings: Settings, args: argparse.Namespace) -> int:
+    """Writes the rule files with another single-call threshold or runbook base URL."""
+    from pathlib import Path
+
+    from exporter.alerting import AlertingConfigError, write_rules
+
+    try:
+        paths = write_rules(Path(args.out), args.single_call_usd, args.runbook_base_url)
+    except (AlertingConfigError, OSError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    for path in paths:
+        console.print(f"[green]written[/] {path}")
+    return 0
+
+
+def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
+    """Prints yesterday's digest (or --date's) and with --send sends it to Telegram."""
+    import re
+    from datetime import date
+
+    from exporter.alerting import TelegramError, send_telegram
+    from exporter.db import resolve_database
+    from exporter.digest import build_digest, render_digest, yesterday
+
+    try:
+        day = date.fromisoformat(args.date) if args.date else yesterday(settings.timezone)
+    except ValueError:
+        console.print(f"[red]error:[/] --date {args.date!r} is not a YYYY-MM-DD date")
+        return 2
+    url, embedded = resolve_database(settings.database_url, settings.data_dir)
+    try:
+        text = render_digest(build_digest(url, day, settings.timezone))
+    finally:
+        if embedded:
+            embedded.stop()
+    Console().print(re.sub(r"<[^>]+>", "", text), markup=False, highlight=False)
+    if args.send:
+        try:
+            send_telegram(settings, text)
+        except TelegramError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 1
+        console.print("[green]sent to Telegram[/]")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Command, str]] = {
     "serve": (cmd_serve, "run the OTLP ingest, metrics and API servers"),
     "api": (cmd_api, "run only the API server"),
@@ -222,6 +285,37 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "demo": (cmd_demo, "run the stack on the embedded PostgreSQL with a live demo workload"),
     "prices": (cmd_prices, "show what a model costs and where the price comes from"),
     "dashboards": (cmd_dashboards, "regenerate the Grafana dashboards JSON from code"),
+    "alertmanager-config": (cmd_alertmanager_config, "write alertmanager.yml from settings"),
+    "prometheus-rules": (cmd_prometheus_rules, "write the rule files with other thresholds"),
+    "digest": (cmd_digest, "print (--send: send to Telegram) yesterday's spend digest"),
+}
+
+
+def _alertmanager_config_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--output", default="alertmanager/alertmanager.yml", help="file to write")
+
+
+def _prometheus_rules_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--out", default="prometheus/rules", help="directory to write")
+    command.add_argument(
+        "--single-call-usd", type=float, default=0.5,
+        help="alert on one call costing more (a bucket boundary of nexus_llm_call_cost_usd)",
+    )  # fmt: skip
+    command.add_argument(
+        "--runbook-base-url", default="https://github.com/nexus-otel/nexus-otel/blob/main",
+        help="runbook_url = <this>/docs/RUNBOOK.md#<alert>",
+    )  # fmt: skip
+
+
+def _digest_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--date", help="the local day to report (default: yesterday)")
+    command.add_argument("--send", action="store_true", help="send it to Telegram")
+
+
+ALERTING_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "alertmanager-config": _alertmanager_config_arguments,
+    "prometheus-rules": _prometheus_rules_arguments,
+    "digest": _digest_arguments,
 }
 
 
@@ -253,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--duration", type=float, help="seconds to run unattended (default: until Ctrl-C)"
             )
+        if name in ALERTING_ARGUMENTS:
+            ALERTING_ARGUMENTS[name](command)
         _add_settings_flags(command)
     return parser
 

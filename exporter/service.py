@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Generator, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import uvicorn
@@ -58,9 +59,14 @@ class Served:
 
 
 async def run_servers(
-    host: str, served: Sequence[Served], database_url: str, retention_days: int = 0
+    host: str,
+    served: Sequence[Served],
+    database_url: str,
+    retention_days: int = 0,
+    background: Sequence[Coroutine[Any, Any, None]] = (),
 ) -> None:
-    """Runs the servers until SIGINT/SIGTERM; with `retention_days`, applies retention daily."""
+    """Runs the servers until SIGINT/SIGTERM; with `retention_days`, applies retention daily;
+    `background` jobs (the daily digest) run alongside."""
     servers = [
         _Server(uvicorn.Config(s.app, host=host, port=s.port, log_level="warning", lifespan="on"))
         for s in served
@@ -69,6 +75,7 @@ async def run_servers(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop_all, servers)
     maintenance = [asyncio.create_task(_maintain_partitions(database_url))]
+    maintenance += [asyncio.create_task(job) for job in background]
     if retention_days:
         maintenance.append(
             asyncio.create_task(_apply_retention_daily(database_url, retention_days))
@@ -125,7 +132,14 @@ def serve(settings: Settings, database: Database) -> None:
         Served("ingest", create_ingest_app(settings, database.url, metrics), settings.otlp_port),
         Served("api", create_api_app(settings, database.url), settings.api_port),
     ]
-    asyncio.run(run_servers(settings.host, served, database.url, settings.retention_days))
+    background = []
+    if settings.telegram_bot_token and settings.telegram_chat_id is not None:
+        from exporter.digest import run_daily_digest
+
+        background.append(run_daily_digest(settings, database.url))
+    asyncio.run(
+        run_servers(settings.host, served, database.url, settings.retention_days, background)
+    )
 
 
 def serve_api(settings: Settings, database: Database) -> None:

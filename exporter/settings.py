@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,7 +22,11 @@ class Settings(BaseSettings):
     CLI flag of the same name (`--database-url` for NEXUS_DATABASE_URL)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="NEXUS_", populate_by_name=True, extra="ignore", validate_default=True
+        env_prefix="NEXUS_",
+        populate_by_name=True,
+        extra="ignore",
+        validate_default=True,
+        env_ignore_empty=True,  # `VAR=` (compose's `${VAR:-}`) means unset
     )
 
     database_url: str | None = Field(
@@ -75,6 +80,22 @@ class Settings(BaseSettings):
     )
     telegram_chat_id: int | None = Field(
         default=None, validation_alias=AliasChoices("TELEGRAM_CHAT_ID", "telegram_chat_id")
+    )
+    telegram_api_url: str = Field(
+        default="https://api.telegram.org", description="Telegram Bot API server"
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="where Alertmanager posts alerts for the history; unset = this host's API",
+    )
+    alert_link_url: str | None = Field(
+        default=None, description="Grafana URL that alert messages link to"
+    )
+    watchdog_url: str | None = Field(
+        default=None, description="dead man's switch URL that receives the Watchdog alert"
+    )
+    digest_time: time = Field(
+        default=time(9, 0), description="local time (in --timezone) of the daily Telegram digest"
     )
 
     @field_validator("timezone")

@@ -1,0 +1,256 @@
+"""Alerting files generated from settings, and the Telegram Bot API client.
+
+Alertmanager never expands environment variables, so its config is written from settings
+(`nexus-otel alertmanager-config`); the alert rules are rewritten for another single-call
+threshold or runbook location (`nexus-otel prometheus-rules`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.utils import floatToGoString
+
+from exporter.metrics import COST_BUCKETS
+from exporter.settings import Settings
+
+SOURCE_TREE = Path(__file__).resolve().parent.parent
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/nexus-otel/nexus-otel/blob/main"
+DEFAULT_SINGLE_CALL_USD = 0.5
+TEMPLATE_GLOB = "templates/*.tmpl"
+MESSAGE = '{{ template "nexus.telegram.message" . }}'
+# Placeholders of the shipped alertmanager/alertmanager.yml (mountable, but sends nowhere real).
+EXAMPLE_BOT_TOKEN = "123456789:replace-with-your-bot-token"  # noqa: S105
+EXAMPLE_CHAT_ID = -1001234567890
+
+
+class AlertingConfigError(ValueError):
+    """A setting or option that cannot produce a working alerting file."""
+
+
+def bundled_dir(kind: str) -> Path:
+    """`prometheus/rules` or `alertmanager/templates`: from the source tree, else the wheel."""
+    source = SOURCE_TREE / kind
+    if source.is_dir():
+        return source
+    return Path(str(resources.files("exporter") / ("_" + kind.replace("/", "_"))))
+
+
+# --- Prometheus rules ------------------------------------------------------------------------
+
+
+def render_alert_rules(
+    single_call_usd: float = DEFAULT_SINGLE_CALL_USD,
+    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
+) -> str:
+    """alerts.yml with another single-call threshold and runbook base URL."""
+    if single_call_usd not in COST_BUCKETS:
+        boundaries = ", ".join(floatToGoString(b) for b in COST_BUCKETS)
+        raise AlertingConfigError(
+            f"--single-call-usd {single_call_usd:g} is not a bucket boundary of "
+            f"nexus_llm_call_cost_usd; choose one of {boundaries}"
+        )
+    text = (bundled_dir("prometheus/rules") / "alerts.yml").read_text()
+    default_le = f'le="{floatToGoString(DEFAULT_SINGLE_CALL_USD)}"'
+    text = text.replace(default_le, f'le="{floatToGoString(single_call_usd)}"')
+    text = text.replace(f"${DEFAULT_SINGLE_CALL_USD:.2f}", f"${single_call_usd:.2f}")
+    base = runbook_base_url.rstrip("/")
+    return text.replace(f"{DEFAULT_RUNBOOK_BASE_URL}/docs/RUNBOOK.md", f"{base}/docs/RUNBOOK.md")
+
+
+def write_rules(directory: Path, single_call_usd: float, runbook_base_url: str) -> list[Path]:
+    """Writes alerts.yml (rendered) and recording.yml (as shipped) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    alerts = directory / "alerts.yml"
+    alerts.write_text(render_alert_rules(single_call_usd, runbook_base_url))
+    recording = directory / "recording.yml"
+    shutil.copyfile(bundled_dir("prometheus/rules") / "recording.yml", recording)
+    return [alerts, recording]
+
+
+# --- Alertmanager ----------------------------------------------------------------------------
+
+
+def webhook_url(settings: Settings) -> str:
+    return settings.alert_webhook_url or (
+        f"http://127.0.0.1:{settings.api_port}/api/alerts/webhook"
+    )
+
+
+def alertmanager_config(settings: Settings, *, fast: bool = False) -> dict[str, Any]:
+    """The Alertmanager config: Telegram (when configured) and the alert-history webhook for
+    warning and critical alerts, grouping, and critical-inhibits-warning. `fast` shortens the
+    waits to seconds, for tests."""
+    telegram = _telegram(settings)
+    receivers = [
+        _receiver("critical", settings, telegram),
+        _receiver("warning", settings, telegram),
+        _receiver("history", settings, None),
+        _watchdog_receiver(settings),
+    ]
+    return {
+        "global": {"resolve_timeout": "5m"},
+        "templates": [TEMPLATE_GLOB],
+        "route": _route(fast),
+        "receivers": receivers,
+        "inhibit_rules": [
+            {   # an exceeded budget makes its warning (and forecast) noise
+                "source_matchers": ['severity="critical"', 'budget=~".+"'],
+                "target_matchers": ['severity="warning"', 'budget=~".+"'],
+                "equal": ["budget"],
+            },
+            {   # no calls stored is a consequence while the exporter is down or cannot write
+                "source_matchers": ['alertname=~"NexusExporterDown|NexusStorageUnavailable"'],
+                "target_matchers": ['alertname="LLMNoCallsIngested"'],
+            },
+        ],
+    }  # fmt: skip
+
+
+def _route(fast: bool) -> dict[str, Any]:
+    waits = {
+        "critical": ("1s", "1s", "1m") if fast else ("10s", "1m", "1h"),
+        "warning": ("1s", "1s", "1m") if fast else ("30s", "5m", "4h"),
+    }
+    routes: list[dict[str, Any]] = [
+        {"receiver": "watchdog", "matchers": ['alertname="Watchdog"'],
+         "group_wait": "0s", "repeat_interval": "1m" if fast else "5m"},
+    ]  # fmt: skip
+    for severity, (wait, interval, repeat) in waits.items():
+        routes.append(
+            {"receiver": severity, "matchers": [f'severity="{severity}"'], "group_wait": wait,
+             "group_interval": interval, "repeat_interval": repeat}
+        )  # fmt: skip
+    return {
+        "receiver": "history",
+        "group_by": ["alertname", "budget", "gen_ai_request_model", "service_name"],
+        "group_wait": "1s" if fast else "30s",
+        "group_interval": "1s" if fast else "5m",
+        "repeat_interval": "1m" if fast else "12h",
+        "routes": routes,
+    }
+
+
+def _telegram(settings: Settings) -> dict[str, Any] | None:
+    token, chat = settings.telegram_bot_token, settings.telegram_chat_id
+    if not token and chat is None:
+        return None
+    if not token or chat is None:
+        missing = "TELEGRAM_CHAT_ID" if token else "TELEGRAM_BOT_TOKEN"
+        raise AlertingConfigError(f"{missing} is not set: Telegram needs both token and chat id")
+    message = MESSAGE
+    if settings.alert_link_url:
+        link = settings.alert_link_url.rstrip("/") + "/d/nexus-overview"
+        message += f'\n<a href="{link}">Open the dashboards</a>'
+    return {
+        "bot_token": token,
+        "chat_id": chat,
+        "api_url": settings.telegram_api_url,
+        "parse_mode": "HTML",
+        "message": message,
+        "send_resolved": True,
+    }
+
+
+def _webhook(url: str, settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {"url": url, "send_resolved": True, "max_alerts": 100}
+    if settings.api_token:
+        config["http_config"] = {
+            "authorization": {"type": "Bearer", "credentials": settings.api_token}
+        }
+    return config
+
+
+def _receiver(name: str, settings: Settings, telegram: dict[str, Any] | None) -> dict[str, Any]:
+    receiver: dict[str, Any] = {
+        "name": name, "webhook_configs": [_webhook(webhook_url(settings), settings)]
+    }  # fmt: skip
+    if telegram:
+        receiver["telegram_configs"] = [telegram]
+    return receiver
+
+
+def _watchdog_receiver(settings: Settings) -> dict[str, Any]:
+    hooks = [_webhook(webhook_url(settings), settings)]
+    if settings.watchdog_url:  # a dead man's switch expects the heartbeat, without our token
+        hooks.append({"url": settings.watchdog_url, "send_resolved": False})
+    return {"name": "watchdog", "webhook_configs": hooks}
+
+
+def render_alertmanager_config(settings: Settings, *, fast: bool = False) -> str:
+    header = (
+        "# Generated by `nexus-otel alertmanager-config` from TELEGRAM_BOT_TOKEN, "
+        "TELEGRAM_CHAT_ID,\n# NEXUS_ALERT_WEBHOOK_URL and NEXUS_API_TOKEN: edit those, "
+        "not this file.\n"
+    )
+    config = alertmanager_config(settings, fast=fast)
+    body = yaml.dump(config, Dumper=_PlainDumper, sort_keys=False, width=100)
+    return header + body
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated values out again: no YAML anchors in a file people read."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def write_alertmanager_config(settings: Settings, output: Path, *, fast: bool = False) -> Path:
+    """Writes the config and, beside it, the message templates it loads."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    templates = output.parent / "templates"
+    templates.mkdir(exist_ok=True)
+    for template in bundled_dir("alertmanager/templates").glob("*.tmpl"):
+        shutil.copyfile(template, templates / template.name)
+    output.write_text(render_alertmanager_config(settings, fast=fast))
+    if settings.telegram_bot_token:
+        output.chmod(0o600)  # it holds the bot token
+    return output
+
+
+def example_settings() -> Settings:
+    """The settings the shipped alertmanager/alertmanager.yml is generated from."""
+    return Settings(
+        telegram_bot_token=EXAMPLE_BOT_TOKEN,
+        telegram_chat_id=EXAMPLE_CHAT_ID,
+        telegram_api_url="https://api.telegram.org",
+        alert_webhook_url="http://api:8000/api/alerts/webhook",
+        alert_link_url=None,
+        watchdog_url=None,
+        api_token=None,
+    )
+
+
+# --- Telegram Bot API ------------------------------------------------------------------------
+
+
+class TelegramError(RuntimeError):
+    """Telegram refused or could not be reached. Never carries the bot token."""
+
+
+def send_telegram(settings: Settings, text: str, *, timeout: float = 10) -> int:
+    """Sends an HTML message to the configured chat; returns Telegram's message id."""
+    token, chat = settings.telegram_bot_token, settings.telegram_chat_id
+    if not token or chat is None:
+        raise TelegramError(
+            "Telegram is not configured: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"
+        )
+    url = f"{settings.telegram_api_url.rstrip('/')}/bot{token}/sendMessage"
+    payload = {"chat_id": chat, "text": text, "parse_mode": "HTML",
+               "disable_web_page_preview": True}  # fmt: skip
+    try:
+        response = httpx.post(url, json=payload, timeout=timeout)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        # httpx messages include the URL, and the URL holds the token.
+        raise TelegramError(f"Telegram unreachable: {type(exc).__name__}") from None
+    if not body.get("ok"):
+        raise TelegramError(
+            f"Telegram refused the message ({response.status_code}): {body.get('description')}"
+        )
+    return int(body["result"]["message_id"])
