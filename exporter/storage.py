@@ -84,7 +84,7 @@ _HOURLY_UPSERT = (
 )
 # New calls are announced on this channel (LISTEN/NOTIFY) once committed: the API's live feed.
 NOTIFY_CHANNEL = "nexus_calls"
-_NOTIFY = "SELECT pg_notify('nexus_calls', payload) FROM unnest(%s::text[]) AS payload"
+_NOTIFY = "SELECT pg_notify('nexus_calls', payload) FROM unnest(%b::text[]) AS payload"
 _NOTIFY_MAX_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
 
 
