@@ -125,10 +125,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(psycopg.DataError)
     async def bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
         message = str(exc).splitlines()[0] if str(exc) else "invalid value"
-        return JSONResponse(
-            {"detail": f"the database refused a value: {message}"},
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-        )
+        error = {"loc": ["request"], "msg": f"invalid value: {message}", "type": "value_error"}
+        return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:

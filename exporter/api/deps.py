@@ -8,12 +8,18 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from psycopg_pool import ConnectionPool
 
 from exporter.api.usage import Scope
 from exporter.settings import Settings
 
 MAX_RANGE = timedelta(days=3660)
+
+
+def unprocessable(location: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 in FastAPI's own validation-error shape, as the OpenAPI schema promises."""
+    return RequestValidationError([{"loc": location, "msg": message, "type": "value_error"}])
 
 
 def _pool(request: Request) -> ConnectionPool[Any]:
@@ -71,17 +77,19 @@ def get_range(
     end = _aware(end, "end") if end else now
     start = _aware(start, "start") if start else end - timedelta(days=30)
     if start >= end:
-        raise HTTPException(422, "start must be before end")
+        raise unprocessable(("query", "start"), "start must be before end")
     if end - start > MAX_RANGE:
-        raise HTTPException(422, "the range may span at most ten years")
+        raise unprocessable(("query", "start"), "the range may span at most ten years")
     return TimeRange(start, end)
 
 
 def _aware(moment: datetime, name: str) -> datetime:
     if moment.tzinfo is None:
-        raise HTTPException(422, f"{name} needs a time zone offset (e.g. 2026-01-01T00:00:00Z)")
+        raise unprocessable(
+            ("query", name), f"{name} needs a time zone offset (e.g. 2026-01-01T00:00:00Z)"
+        )
     if not 1970 <= moment.year <= 2200:
-        raise HTTPException(422, f"{name} must lie between the years 1970 and 2200")
+        raise unprocessable(("query", name), f"{name} must lie between the years 1970 and 2200")
     return moment
 
 

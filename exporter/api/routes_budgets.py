@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from exporter import budgets
-from exporter.api.deps import Conn, Now, SettingsDep
+from exporter.api.deps import Conn, Now, SettingsDep, unprocessable
 
 router = APIRouter(tags=["budgets"])
 BudgetId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -155,7 +155,7 @@ def update_budget(budget_id: BudgetId, body: BudgetUpdate, conn: Conn) -> dict[s
     values = body.model_dump(exclude_unset=True)
     for required in ("name", "period", "amount_usd", "warning_threshold_pct", "timezone"):
         if required in values and values[required] is None:
-            raise HTTPException(422, f"{required} cannot be null")
+            raise unprocessable(("body", required), f"{required} cannot be null")
     if not values:
         return _public(_fetch(conn, budget_id))
     assignments = ", ".join(f"{_COLUMNS.get(k, k)} = %s" for k in values)
