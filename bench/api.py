@@ -1,0 +1,180 @@
+"""GET /api/dashboard/stats at 1 and 10 million rows in api_calls, against the same question
+answered by plain aggregates over the raw rows, measured in the same run on the same data.
+
+Rows are generated inside PostgreSQL (INSERT ... SELECT over generate_series, in chunks shown
+as progress), spread over the last 30 days; the summaries are then built from them as the writer
+would have, and the table is analyzed."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from starlette.testclient import TestClient
+
+from bench.common import Result
+from exporter.api.app import create_api_app
+from exporter.budgets import period_bounds
+from exporter.db import EmbeddedPostgres, ensure_partitions_around
+from exporter.settings import Settings
+from tests.support import fresh_database
+
+DAYS = 30
+CHUNK = 250_000
+REPEATS = 25
+TARGET_MS = 50.0
+TARGET_RATIO = 20.0
+ZONE = "UTC"
+
+_GENERATE = """
+INSERT INTO api_calls (trace_id, span_id, "timestamp", service_name, provider, model,
+    gen_ai_operation, operation, correlation_id, input_tokens, output_tokens, total_tokens,
+    cost_usd, duration_ms, success, usage_source)
+SELECT md5(g::text), lpad(to_hex(g), 16, '0'),
+       %(now)s::timestamptz - (%(span)s::interval * random()),
+       'svc-' || (g %% 3),
+       (ARRAY['groq', 'anthropic', 'gcp.gemini', 'openai'])[1 + g %% 4],
+       (ARRAY['llama-3.3-70b', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'gpt-4o-mini'])[1 + g %% 4],
+       'chat',
+       (ARRAY['fact_generation', 'caption', 'hashtags'])[1 + g %% 3],
+       'carousel-' || (g %% 5000),
+       tokens.i, tokens.o, tokens.i + tokens.o,
+       CASE WHEN g %% 50 = 0 THEN NULL ELSE (tokens.i * 3 + tokens.o * 15) / 1e6 END,
+       100 + random() * 2000, g %% 40 <> 0, 'response'
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
+     LATERAL (SELECT (50 + random() * 4000)::int AS i, (10 + random() * 1500)::int AS o) tokens
+"""
+_SUMMARIES = """
+TRUNCATE hourly_usage_summary, daily_usage_summary;
+INSERT INTO hourly_usage_summary (hour, service_name, provider, model, operation, calls,
+    failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
+    cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
+SELECT date_trunc('hour', "timestamp", 'UTC'), service_name, provider, model, operation,
+       count(*), count(*) FILTER (WHERE NOT success), count(*) FILTER (WHERE cost_usd IS NULL),
+       sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
+       sum(reasoning_tokens), sum(total_tokens), coalesce(sum(cost_usd), 0), sum(duration_ms)
+FROM api_calls GROUP BY 1, 2, 3, 4, 5;
+INSERT INTO daily_usage_summary (day, service_name, provider, model, operation, calls,
+    failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
+    cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
+SELECT (hour AT TIME ZONE 'UTC')::date, service_name, provider, model, operation, sum(calls),
+       sum(failed_calls), sum(unpriced_calls), sum(input_tokens), sum(output_tokens),
+       sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
+       sum(total_tokens), sum(cost_usd), sum(duration_ms_sum)
+FROM hourly_usage_summary GROUP BY 1, 2, 3, 4, 5;
+ANALYZE api_calls, hourly_usage_summary, daily_usage_summary;
+"""
+# The dashboard's question over raw rows: today, yesterday to the same time, all of yesterday,
+# today's hourly series per provider, and the latest calls.
+_TOTALS = (
+    "SELECT count(*), count(*) FILTER (WHERE NOT success), count(*) FILTER (WHERE cost_usd IS"
+    " NULL), sum(input_tokens), sum(output_tokens), sum(total_tokens), sum(cost_usd),"
+    ' sum(duration_ms) FROM api_calls WHERE "timestamp" >= %s AND "timestamp" < %s'
+)
+_HOURLY = (
+    "SELECT date_trunc('hour', \"timestamp\", 'UTC') AS hour, provider, count(*),"
+    " sum(total_tokens), sum(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL) FROM api_calls"
+    ' WHERE "timestamp" >= %s AND "timestamp" < %s GROUP BY 1, 2 ORDER BY 1, 2'
+)
+_RECENT = 'SELECT * FROM api_calls ORDER BY "timestamp" DESC LIMIT 10'
+
+
+def run(console: Console, args: argparse.Namespace) -> list[Result]:
+    sizes = sorted(args.rows or ([200_000] if args.quick else [1_000_000, 10_000_000]))
+    now = datetime.now(UTC)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-api-") as tmp:
+        server = EmbeddedPostgres(Path(tmp))
+        try:
+            with fresh_database(server.url) as url:
+                _prepare_partitions(url, now)
+                present = 0
+                for size in sizes:
+                    _generate(console, url, now, present, size)
+                    present = size
+                    results.append(_measure(console, url, now, size))
+        finally:
+            server.stop()
+    return results
+
+
+def _prepare_partitions(url: str, now: datetime) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_partitions_around(conn, now.date())
+        ensure_partitions_around(conn, (now - timedelta(days=DAYS)).date())
+
+
+def _generate(console: Console, url: str, now: datetime, present: int, size: int) -> None:
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}")]
+    with (
+        Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as progress,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        task = progress.add_task(f"api_calls to {size:,} rows", total=size, completed=present)
+        for first in range(present + 1, size + 1, CHUNK):
+            last = min(first + CHUNK - 1, size)
+            params = {"now": now, "span": f"{DAYS} days", "first": first, "last": last}
+            conn.execute(_GENERATE, params)
+            progress.update(task, completed=last)
+        progress.add_task("summaries and ANALYZE", total=None)
+        conn.execute(_SUMMARIES)
+
+
+def _median_ms(call: Callable[[], Any], repeats: int = REPEATS) -> float:
+    call()  # warm caches and plans
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def _measure(console: Console, url: str, now: datetime, size: int) -> Result:
+    app = create_api_app(Settings(timezone=ZONE), url, clock=lambda: now)
+    with TestClient(app) as client:
+
+        def api_call() -> None:
+            response = client.get("/api/dashboard/stats")
+            response.raise_for_status()
+
+        api_ms = _median_ms(api_call)
+        answer = client.get("/api/dashboard/stats").json()
+    start, end = period_bounds("daily", ZONE, now)
+    yesterday = start - timedelta(days=1)
+    with psycopg.connect(url) as conn:
+
+        def raw_call() -> None:
+            conn.execute(_TOTALS, (start, end)).fetchall()
+            conn.execute(_TOTALS, (yesterday, yesterday + (now - start))).fetchall()
+            conn.execute(_TOTALS, (yesterday, start)).fetchall()
+            conn.execute(_HOURLY, (start, end)).fetchall()
+            conn.execute(_RECENT).fetchall()
+
+        raw_ms = _median_ms(raw_call, repeats=max(5, REPEATS // 5))
+        raw_today = conn.execute(_TOTALS, (start, end)).fetchone()
+    assert raw_today is not None and answer["today"]["calls"] == raw_today[0], "answers differ"
+    ratio = raw_ms / api_ms
+    console.print(
+        f"dashboard stats at {size:,} rows: {api_ms:.1f} ms (raw aggregates {raw_ms:.1f} ms,"
+        f" today {raw_today[0]:,} calls)"
+    )
+    target = f"< {TARGET_MS:.0f} ms, >= {TARGET_RATIO:.0f}x" if size >= 10_000_000 else "report"
+    ok = size < 10_000_000 or (api_ms < TARGET_MS and ratio >= TARGET_RATIO)
+    return Result(
+        name=f"GET /api/dashboard/stats, {size:,} rows",
+        result=f"{api_ms:.1f} ms median",
+        baseline=f"{raw_ms:.1f} ms raw aggregates",
+        ratio=ratio,
+        target=target,
+        ok=ok,
+    )
