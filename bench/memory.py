@@ -36,6 +36,7 @@ class Soak:
     answers: dict[int, int] = field(default_factory=dict)
     retry_after_missing: int = 0
     max_queue_rows: float = 0.0
+    unavailable: dict[str, int] = field(default_factory=dict)  # 503s by reason
 
 
 class UniqueBatches:
@@ -79,6 +80,8 @@ async def _sender(
             soak.spans_accepted += BATCH
             body = batches.next()
         elif code == 503:
+            reason = "queue full" if b"already waiting" in response.content else "write timeout"
+            soak.unavailable[reason] = soak.unavailable.get(reason, 0) + 1
             retry_after = response.headers.get("retry-after")
             if retry_after is None:
                 soak.retry_after_missing += 1
@@ -148,7 +151,8 @@ def run(console: Console, seconds: float, senders: int, queue_max_rows: int) -> 
     rejected = soak.answers.get(503, 0)
     console.print(
         f"  RSS peak {peak:.0f} MB, median {median:.0f} MB; {rate:,.0f} spans/s accepted; "
-        f"answers {dict(sorted(soak.answers.items()))}; queue peak {soak.max_queue_rows:,.0f} rows"
+        f"answers {dict(sorted(soak.answers.items()))} {soak.unavailable}; "
+        f"queue peak {soak.max_queue_rows:,.0f} rows"
     )
     bounded = soak.max_queue_rows <= queue_max_rows and soak.retry_after_missing == 0
     return [
