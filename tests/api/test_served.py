@@ -4,6 +4,9 @@ real webhook round trip, 401s, and the budget gauges on the ingest port's /metri
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +22,7 @@ from websockets.sync.client import connect
 from tests.api.conftest import call_spec
 from tests.exporter.otlp_helpers import export_with_sdk, make_spans
 from tests.promstack import running_alertmanager
-from tests.support import ExporterProcess, metric_value, start_exporter
+from tests.support import ExporterProcess, free_port, metric_value, start_exporter
 
 TOKEN = "s3cret-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -169,3 +172,39 @@ def test_alertmanager_webhook_round_trip(served: ExporterProcess, tmp_path: Path
     assert resolved[0]["ends_at"] is not None
     everything = httpx.get(served.api_url + "/api/alerts", headers=AUTH).json()
     assert [a["status"] for a in everything[:2]] == ["resolved", "firing"]  # newest first
+
+
+def test_api_alone_hears_calls_stored_by_another_process(
+    served: ExporterProcess, database_url: str, tmp_path: Path
+) -> None:
+    """`nexus-otel api` in its own process: its feed hears the exporter's writes too."""
+    port = free_port()
+    command = [sys.executable, "-m", "exporter.cli", "api", "--database-url", database_url,
+               "--api-port", str(port)]  # fmt: skip
+    env = {**os.environ, "NEXUS_API_TOKEN": TOKEN}
+    log = (tmp_path / "api.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(base))
+        with connect(f"ws://127.0.0.1:{port}/ws/metrics?operation=elsewhere",
+                     additional_headers=AUTH, open_timeout=10) as websocket:  # fmt: skip
+            assert json.loads(websocket.recv(timeout=10))["listening"] is True
+            specs = [
+                call_spec(datetime.now(UTC), "0.01", operation="not_this_one"),
+                call_spec(datetime.now(UTC), "0.02", operation="elsewhere"),
+            ]
+            assert export_with_sdk(served.base_url, make_spans(specs, "other-svc"))
+            message = json.loads(websocket.recv(timeout=10))
+        assert (message["call"]["operation"], message["call"]["cost_usd"]) == ("elsewhere", "0.02")
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
