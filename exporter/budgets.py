@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 Period = Literal["daily", "weekly", "monthly"]
 State = Literal["ok", "warning", "exceeded"]
 DEFAULT_BUDGET_NAME = "default-daily"
+FAILURE_PAUSE_SECONDS = 30.0
 BUDGET_COLUMNS = (
     "id, name, period_type, budget_usd, warning_threshold_pct, timezone, service_name, provider, "
     "model, operation, enabled, created_at, updated_at"
@@ -156,15 +157,18 @@ class BudgetCollector(Collector):
         return iter(self._families(self._statuses()))
 
     def _statuses(self) -> list[dict[str, Any]]:
+        # A scrape runs on the ingest server's event loop: with the database down, try again
+        # only after a pause (serving the last values meanwhile), so ingest never stalls on it.
         with self._lock:
             if time.monotonic() - self._read_at > self._ttl:
                 try:
-                    with psycopg.connect(self._url, connect_timeout=2) as conn:
+                    with psycopg.connect(self._url, connect_timeout=1) as conn:
                         now = self._clock()
                         self._cached = [status(conn, b, now) for b in list_budgets(conn, True)]
+                    self._read_at = time.monotonic()
                 except psycopg.Error as exc:
                     log.warning("reading budgets for /metrics failed: %s", exc)
-                self._read_at = time.monotonic()
+                    self._read_at = time.monotonic() + FAILURE_PAUSE_SECONDS
             return self._cached
 
     def _families(self, statuses: list[dict[str, Any]]) -> list[GaugeMetricFamily]:

@@ -251,6 +251,14 @@ def test_retention_drops_only_old_partitions_and_keeps_summaries(
                   (datetime(2026, 7, 15).date(),))  # fmt: skip
     assert [(c, float(v)) for c, v in daily] == [(1, 1.0)]
     assert apply_retention(database_url, 90, NOW).dropped == []  # idempotent
+    command = [sys.executable, "-m", "exporter.cli", "retention", "--database-url", database_url,
+               "--retention-days", "36500"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "0 dropped" in done.stderr
+    bad = subprocess.run([*command[:-1], "-5"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "--retention-days = '-5'" in bad.stderr
 
 
 def partitions_of(url: str) -> list[tuple[str, datetime]]:
