@@ -132,8 +132,11 @@ class Alertmanager(Server):
 
 
 @contextlib.contextmanager
-def running_prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
-    """Starts Prometheus on a free port with `config`, waits for /-/ready."""
+def running_prometheus(
+    config: dict[str, Any], workdir: Path, extra_args: Sequence[str] = ()
+) -> Iterator[Prometheus]:
+    """Starts Prometheus on a free port with `config` (and `extra_args` flags), waits for
+    /-/ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -141,7 +144,7 @@ def running_prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Promet
     command = [
         binary("prometheus", "prometheus"), f"--config.file={config_path}",
         f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
+        f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", *extra_args,
     ]  # fmt: skip
     with _started(command, workdir / "prometheus.log", f"http://127.0.0.1:{port}") as server:
         yield Prometheus(server.url, server.process, server.log_path)

@@ -52,7 +52,7 @@ def fake_telegram(token: str = "4242:test-token") -> Iterator[FakeTelegram]:
                 fake.messages.append(message)
                 message_id = len(fake.messages)
             # Alertmanager 0.25 needs this exact shape back, or it fails the notification.
-            result = {"message_id": message_id, "chat": {"id": message["chat_id"]}}
+            result = {"message_id": message_id, "chat": {"id": int(message["chat_id"])}}
             self._answer(200, {"ok": True, "result": result})
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
