@@ -1,3 +1,27 @@
-"""nexus_otel: exact LLM token and cost telemetry on OpenTelemetry."""
+"""nexus_otel: exact LLM token and cost telemetry on OpenTelemetry.
 
-__all__: list[str] = []
+import nexus_otel
+nexus_otel.instrument(service_name="carousel-bot")
+with nexus_otel.operation("fact_generation", correlation_id="carousel-123") as op:
+    ...  # groq / openai / anthropic / google-genai calls, or raw httpx REST calls
+print(op.total_tokens, op.cost_usd)
+"""
+
+from nexus_otel._estimate import estimate_cost, estimate_tokens
+from nexus_otel._operation import CallRecord, Operation, current_operation, operation
+from nexus_otel._setup import force_flush, instrument, shutdown, uninstrument
+from nexus_otel._usage import TokenUsage
+
+__all__ = [
+    "CallRecord",
+    "Operation",
+    "TokenUsage",
+    "current_operation",
+    "estimate_cost",
+    "estimate_tokens",
+    "force_flush",
+    "instrument",
+    "operation",
+    "shutdown",
+    "uninstrument",
+]

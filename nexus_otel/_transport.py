@@ -1,0 +1,160 @@
+"""Wrapping httpx and httpx2 transports: one LLMCall per LLM request, its body read on the side.
+
+`HTTPTransport.handle_request` and `AsyncHTTPTransport.handle_async_request` are wrapped (wrapt,
+as opentelemetry-instrumentation-httpx does). The response's byte stream is replaced by one that
+yields every chunk unchanged, as soon as it arrives, and copies it to the call's parser; the call
+ends when the SDK has read the body to the end, closed it, or the read failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import wrapt
+
+from nexus_otel._call import CallSettings, LLMCall
+from nexus_otel._detect import detect
+from nexus_otel._internal import guarded
+
+
+class Interceptor:
+    """What the wrappers consult on each request; `enabled` turns them into pass-throughs."""
+
+    def __init__(self, settings: CallSettings, providers: dict[str, str]) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.enabled = True
+
+    def begin(self, request: Any) -> LLMCall | None:
+        if not self.enabled:
+            return None
+        target = detect(request, self.providers)
+        if target is None:
+            return None
+        return LLMCall(
+            target, target.wire.request_info(request.url.path, _json_body(request)), self.settings
+        )
+
+
+def _json_body(request: Any) -> dict[str, Any]:
+    try:
+        body = json.loads(request.content or b"{}")
+    except Exception:  # a streamed or non-JSON request body: nothing to read from it
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs["request"]
+
+
+def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any, str]]:
+    """Wraps the module's transports; returns what was wrapped, for `unwrap_all`."""
+    sync_stream, async_stream = _stream_classes(module)
+
+    def handle_request(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        call = guarded(interceptor.begin, _request_of(args, kwargs))
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            with call.activated():
+                response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            guarded(call.finish, exc)
+            raise
+        guarded(call.on_response, response.status_code, response.headers)
+        response.stream = sync_stream(response.stream, call)
+        return response
+
+    async def handle_async_request(
+        wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        call = guarded(interceptor.begin, _request_of(args, kwargs))
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            with call.activated():
+                response = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            guarded(call.finish, exc)
+            raise
+        guarded(call.on_response, response.status_code, response.headers)
+        response.stream = async_stream(response.stream, call)
+        return response
+
+    wrapt.wrap_function_wrapper(module, "HTTPTransport.handle_request", handle_request)
+    wrapt.wrap_function_wrapper(
+        module, "AsyncHTTPTransport.handle_async_request", handle_async_request
+    )
+    return [
+        (module.HTTPTransport, "handle_request"),
+        (module.AsyncHTTPTransport, "handle_async_request"),
+    ]
+
+
+def unwrap_all(wrapped: list[tuple[Any, str]]) -> bool:
+    """Removes our wrappers where they are outermost; False when another wrapper sits on top."""
+    clean = True
+    for owner, name in wrapped:
+        current = owner.__dict__.get(name)
+        wrapper = getattr(current, "_self_wrapper", None)
+        if isinstance(current, wrapt.FunctionWrapper) and wrapper.__module__ == __name__:
+            setattr(owner, name, current.__wrapped__)
+        else:
+            clean = False
+    return clean
+
+
+def _stream_classes(module: ModuleType) -> tuple[type, type]:
+    """Byte streams subclassing the module's own bases (httpx checks them with isinstance)."""
+
+    class TapStream(module.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, call: LLMCall) -> None:
+            self._inner, self._call = inner, call
+
+        def __iter__(self) -> Iterator[bytes]:
+            try:
+                for chunk in self._inner:
+                    guarded(self._call.on_chunk, chunk)
+                    yield chunk
+            except GeneratorExit:  # the reader stopped early: a partial body, not a failure
+                guarded(self._call.finish)
+                raise
+            except BaseException as exc:
+                guarded(self._call.finish, exc)
+                raise
+            guarded(self._call.finish)
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                guarded(self._call.finish)
+
+    class AsyncTapStream(module.AsyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, call: LLMCall) -> None:
+            self._inner, self._call = inner, call
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in self._inner:
+                    guarded(self._call.on_chunk, chunk)
+                    yield chunk
+            except GeneratorExit:
+                guarded(self._call.finish)
+                raise
+            except BaseException as exc:
+                guarded(self._call.finish, exc)
+                raise
+            guarded(self._call.finish)
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                guarded(self._call.finish)
+
+    return TapStream, AsyncTapStream

@@ -1,0 +1,79 @@
+"""Token usage in OpenTelemetry semantics, and what one response told us about itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Input includes cache reads and writes; output includes reasoning (the GenAI conventions)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the request body says; the same shape for every wire format."""
+
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+    prompt_text: str = ""  # for estimation when the provider reports no usage
+    messages: object = None  # for opt-in content capture only
+
+
+@dataclass(slots=True)
+class ResponseInfo:
+    """What the response said, filled in as its body (or stream) is read."""
+
+    usage: TokenUsage | None = None
+    model: str | None = None
+    response_id: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    output_parts: list[str] = field(default_factory=list)
+    complete: bool = False  # a JSON body fully read, or a stream's terminal event seen
+    error_message: str | None = None
+
+    @property
+    def output_text(self) -> str:
+        return "".join(self.output_parts)
+
+
+def as_int(value: object) -> int:
+    """A token count from a JSON field: non-integers and negatives count as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return max(0, int(value))
+
+
+def dig(data: object, *path: str) -> object:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def text_of(value: object) -> str:
+    """All the text inside a JSON message structure (strings, `text`/`content` fields, lists)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(text_of(v) for v in value)
+    if isinstance(value, dict):
+        return "\n".join(text_of(v) for k, v in value.items() if k in _TEXT_KEYS)
+    return ""
+
+
+_TEXT_KEYS = frozenset({"content", "text", "parts", "contents", "system", "messages",
+                        "systemInstruction", "system_instruction"})  # fmt: skip
