@@ -7,7 +7,7 @@ import asyncio
 import html
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -109,12 +109,16 @@ def usd(amount: Decimal) -> str:
     return f"${amount:,.4f}"
 
 
+def _calls(count: int) -> str:
+    return f"{count:,} call" if count == 1 else f"{count:,} calls"
+
+
 def render_digest(digest: Digest) -> str:
     """The digest as a Telegram HTML message."""
     e = html.escape
     lines = [
         f"📊 <b>LLM digest for {digest.day:%a %d %b %Y}</b> ({e(digest.timezone)})",
-        f"Spend: <b>{usd(digest.cost_usd)}</b> · {digest.calls:,} calls "
+        f"Spend: <b>{usd(digest.cost_usd)}</b> · {_calls(digest.calls)} "
         f"({digest.failed_calls:,} failed, {digest.unpriced_calls:,} unpriced)",
         f"Tokens: {digest.input_tokens:,} in · {digest.output_tokens:,} out",
     ]
@@ -123,7 +127,7 @@ def render_digest(digest: Digest) -> str:
         if ranked:
             lines += ["", f"<b>{title}</b>"]
             lines += [
-                f"{i}. {e(r.name)} — {usd(r.cost_usd)} · {r.calls:,} calls"
+                f"{i}. {e(r.name)} — {usd(r.cost_usd)} · {_calls(r.calls)}"
                 for i, r in enumerate(ranked, 1)
             ]
     if digest.budgets:
@@ -152,14 +156,15 @@ def seconds_until(at: datetime, zone: str, now: datetime) -> float:
     target = local.replace(hour=at.hour, minute=at.minute, second=at.second, microsecond=0)
     if target <= local:
         target = datetime.combine(local.date() + timedelta(days=1), at.time(), local.tzinfo)
-    return (target - local).total_seconds()
+    # Same-zone subtraction is wall-clock time: compare in UTC to count a DST hour right.
+    return (target.astimezone(UTC) - local.astimezone(UTC)).total_seconds()
 
 
 async def run_daily_digest(settings: Settings, database_url: str) -> None:
     """Sends the digest every day at settings.digest_time (local time in settings.timezone)."""
     at = datetime.combine(date.today(), settings.digest_time)
     while True:
-        await asyncio.sleep(seconds_until(at, settings.timezone, datetime.now(ZoneInfo("UTC"))))
+        await asyncio.sleep(seconds_until(at, settings.timezone, datetime.now(UTC)))
         try:
             await asyncio.to_thread(send_digest, settings, database_url)
             log.info("daily digest sent to Telegram")
