@@ -89,12 +89,12 @@ def _parse_json(body: bytes) -> ExportTraceServiceRequest:
         _hex_ids_to_base64(document)
         try:
             return _parse_dict(document)
-        except json_format.ParseError as exc:
-            if "surrogate" not in str(exc):
-                raise
-            # JSON escapes can spell lone surrogates, which protobuf strings refuse: keep the
-            # batch, with U+FFFD in their place, as a UTF-8 decoder would.
-            return _parse_dict(_replace_surrogates(document))
+        except json_format.ParseError:
+            # Keep the batch when one value spoils it: a lone surrogate (JSON escapes can spell
+            # one; protobuf strings refuse it) becomes U+FFFD, as a UTF-8 decoder would make
+            # it, and an intValue beyond int64 becomes a string, which the span's own checks
+            # then reject alone. Anything else is still a 400.
+            return _parse_dict(_repair(document))
     except (json_format.ParseError, RecursionError, TypeError, AttributeError) as exc:
         raise PayloadError(f"malformed OTLP JSON: {exc}") from None
 
@@ -103,14 +103,27 @@ def _parse_dict(document: dict[str, Any]) -> ExportTraceServiceRequest:
     return json_format.ParseDict(document, ExportTraceServiceRequest(), ignore_unknown_fields=True)
 
 
-def _replace_surrogates(value: Any) -> Any:
+def _repair(value: Any) -> Any:
     if isinstance(value, str):
         return _SURROGATE.sub(_REPLACEMENT, value)
     if isinstance(value, list):
-        return [_replace_surrogates(v) for v in value]
+        return [_repair(v) for v in value]
     if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+        fixed = {_repair(k): _repair(v) for k, v in value.items()}
+        if "intValue" in fixed and not _is_int64(fixed["intValue"]):
+            fixed["stringValue"] = str(fixed.pop("intValue"))
+        return fixed
     return value
+
+
+def _is_int64(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return False
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (ValueError, OverflowError):
+        return False
+    return number is not None and -(2**63) <= number < 2**63
 
 
 def _hex_ids_to_base64(document: dict[str, Any]) -> None:

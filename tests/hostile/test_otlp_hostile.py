@@ -123,10 +123,25 @@ async def test_a_row_the_database_refuses_is_split_off_from_its_batch(database_u
     assert stored_span_ids(database_url, spans) == {c.span_id for c in result.stored}
 
 
-def test_two_to_the_63_in_json_is_a_clear_400(exporter: ExporterProcess) -> None:
-    document = to_json(request([new_span(llm_attributes(input_tokens=7))]))
-    text = json.dumps(document).replace('"intValue": "7"', '"intValue": "9223372036854775808"')
+@pytest.mark.parametrize("value", ['"9223372036854775808"', '"-9223372036854775809"', "1e400"])
+def test_an_intvalue_beyond_int64_in_json_is_rejected_alone(
+    exporter: ExporterProcess, database_url: str, value: str
+) -> None:
+    hostile = new_span(llm_attributes(input_tokens=7))
+    valid = _valid()
+    text = json.dumps(to_json(request([hostile, *valid])))
+    text = text.replace('"intValue": "7"', f'"intValue": {value}')
     response = post(exporter.base_url, text.encode(), JSON)
+    assert response.status_code == 200, response.text
+    assert rejected_spans(response) == 1
+    assert "is not a token count" in response.json()["partialSuccess"]["errorMessage"]
+    assert stored_span_ids(database_url, [hostile, *valid]) == {s.span_id.hex() for s in valid}
+
+
+def test_json_that_no_repair_saves_is_a_clear_400(exporter: ExporterProcess) -> None:
+    document = to_json(request([new_span(llm_attributes())]))
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = {"not": "a kind"}
+    response = post(exporter.base_url, json.dumps(document).encode(), JSON)
     assert response.status_code == 400
     assert "malformed OTLP JSON" in response.json()["message"]
 
