@@ -15,9 +15,10 @@ COPY prometheus/rules ./prometheus/rules
 COPY alertmanager/templates ./alertmanager/templates
 RUN pip install '.[server]' && rm -rf /src
 
-# An unprivileged user; /config is where init jobs (alertmanager-config) write generated files.
+# An unprivileged user. /config is where init jobs write generated files, as the user of the
+# service that reads them (alertmanager-config runs as nobody): writable by all, sticky like /tmp.
 RUN useradd --system --uid 10001 --home-dir /var/lib/nexus-otel --create-home nexus \
-    && mkdir /config && chown nexus /config
+    && mkdir /config && chmod 1777 /config
 USER nexus
 WORKDIR /var/lib/nexus-otel
 

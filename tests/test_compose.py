@@ -117,6 +117,19 @@ def test_nexus_commands_are_valid_cli_invocations() -> None:
         assert args.command == command[0]
 
 
+def test_alertmanager_can_read_its_generated_config() -> None:
+    """The config holding the bot token is written 0600: the job writing it runs as the user
+    the Alertmanager image runs as (nobody), into a volume Alertmanager mounts as its config."""
+    job, alertmanager = SERVICES["alertmanager-config"], SERVICES["alertmanager"]
+    assert job["user"] == "65534:65534"
+    output = job["command"][job["command"].index("--output") + 1]
+    (volume,) = [v for v in job["volumes"] if v.endswith(":" + str(Path(output).parent))]
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in alertmanager["volumes"]}
+    directory = mounted[volume.split(":")[0]]
+    assert f"--config.file={directory}/{Path(output).name}" in alertmanager["command"]
+    assert "chmod 1777 /config" in (ROOT / "Dockerfile").read_text()
+
+
 def test_dockerfile_copies_what_exists_and_exposes_the_ports() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):

@@ -92,10 +92,12 @@ def _budgets() -> list[object]:
                {FORECAST} AS "Forecast", status AS "Status", period_end AS "Period ends"
         FROM v_budget_status ORDER BY spend_usd / budget_usd DESC
     """)
-    forecast = sql(f"""
-        SELECT name AS "Budget", {FORECAST} / budget_usd AS "Forecast"
-        FROM v_budget_status ORDER BY name
-    """)
+    # The exporter's budget gauges: the same numbers the budget alerts evaluate.
+    forecast = promql(
+        "max by (budget) (nexus_budget_forecast_usd) / max by (budget) (nexus_budget_limit_usd)",
+        "{{budget}}",
+    )
+    usage = promql("max by (budget) (nexus_budget_usage_ratio)", "{{budget}}")
     return [
         timeseries_panel(
             "Budget burn (current period)", "percentunit", [burn],
@@ -106,9 +108,14 @@ def _budgets() -> list[object]:
             "Spend so far, stretched linearly over the whole period, as a share of the limit.",
             w=12, h=8,
         ),
+        timeseries_panel(
+            "Budget usage", "percentunit", [usage],
+            "Each budget's spend in its current period over its limit, as Prometheus records it.",
+            w=12,
+        ),
         table_panel(
             "Budgets", "currencyUSD", [status], "Every enabled budget in its current period.",
-            h=6, units={"Used": "percentunit", "Period": "none", "Status": "none"},
+            w=12, h=8, units={"Used": "percentunit", "Period": "none", "Status": "none"},
         ),
     ]  # fmt: skip
 

@@ -109,6 +109,13 @@ def _errors() -> list[object]:
         f"(rate(nexus_llm_tokens_total{inputs}[$__rate_interval]))",
         "{{gen_ai_provider_name}}",
     )
+    # The recording rule the error-rate alert reads (it has no service label).
+    as_alerted = promql(
+        "provider_model_operation:nexus_llm_calls_errors:ratio_rate5m"
+        '{gen_ai_provider_name=~"$provider", gen_ai_request_model=~"$model", '
+        'nexus_operation=~"$operation"}',
+        "{{gen_ai_provider_name}} {{gen_ai_request_model}} {{nexus_operation}}",
+    )
     by_type = sql(f"""
         SELECT provider AS "Provider", model AS "Model", coalesce(error_type, 'error') AS "Error",
                count(*) AS "Calls", max("timestamp") AS "Last seen"
@@ -126,6 +133,11 @@ def _errors() -> list[object]:
             colors=PROVIDER_COLORS,
         ),
         table_panel("Errors by type", "short", [by_type], "Failed calls in the range.", w=12),
+        timeseries_panel(
+            "Error ratio over 5 m, as alerts see it", "percentunit", [as_alerted],
+            "The recorded series the error-rate alert evaluates, per provider, model, operation.",
+            w=24,
+        ),
     ]  # fmt: skip
 
 
