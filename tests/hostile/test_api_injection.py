@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 HARMLESS = "zz-no-such-value"
-SLOW_SECONDS = 2.5  # the pg_sleep(3) payloads would take longer
+SLOW_SECONDS = 8.0  # the pg_sleep(10) payloads would take longer
 
 
 @pytest.fixture(scope="module")

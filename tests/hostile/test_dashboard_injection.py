@@ -45,7 +45,7 @@ def _variables(board: str, chosen: str) -> list[Variable]:
 
 def _rows(database_url: str, statement: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(database_url) as conn:
-        conn.execute("SET statement_timeout = '2s'")  # a pg_sleep that got through fails
+        conn.execute("SET statement_timeout = '8s'")  # a pg_sleep that got through fails
         try:
             rows = conn.execute(statement).fetchall()  # type: ignore[call-overload]
         finally:
