@@ -132,7 +132,8 @@ class LLMCall:
         reported = reported or TokenUsage()
         model = self._model()
         return TokenUsage(
-            input_tokens=reported.input_tokens or estimate_tokens(self.request.prompt_text, model),
+            input_tokens=reported.input_tokens
+            or self.request.estimated_input_tokens(lambda text: estimate_tokens(text, model)),
             output_tokens=estimate_tokens(self.response.output_text, model),
             cache_read_tokens=reported.cache_read_tokens,
             cache_write_tokens=reported.cache_write_tokens,

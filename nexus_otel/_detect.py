@@ -1,9 +1,9 @@
 """Which provider and wire format an HTTP request speaks, and what of it is safe to record.
 
 Provider, in order: the provider's own host; what the official SDK says about itself (User-Agent
-`Groq/Python`, `OpenAI/Python`, an `anthropic-version` header, `x-goog-api-client:
-google-genai-sdk/...`); the `instrument(providers={"host:port": "groq"})` mapping; and last the
-wire format's own provider. The wire format comes from the path.
+`Groq/Python` or `AsyncGroq/Python`, `OpenAI/Python`, an `anthropic-version` header,
+`x-goog-api-client: google-genai-sdk/...`); the `instrument(providers={"host:port": "groq"})`
+mapping; and last the wire format's own provider. The wire format comes from the path.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ KNOWN_HOSTS = {
     "generativelanguage.googleapis.com": "gcp.gemini",
 }
 _WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
+_SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai"}
 _SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig"})
 
 
@@ -59,11 +60,9 @@ def detect(request: Any, providers: dict[str, str]) -> Target | None:
 
 
 def _from_sdk_headers(headers: Any) -> str | None:
-    agent = headers.get("user-agent", "")
-    if agent.startswith("Groq/"):
-        return "groq"
-    if agent.startswith("OpenAI/"):
-        return "openai"
+    sdk = headers.get("user-agent", "").partition("/")[0].removeprefix("Async")  # AsyncGroq/Python
+    if sdk in _SDK_AGENTS:
+        return _SDK_AGENTS[sdk]
     if "anthropic-version" in headers:
         return "anthropic"
     if "google-genai-sdk/" in headers.get("x-goog-api-client", ""):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, dig, text_of
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
 
 OPERATION = "generate_content"
 _PATH = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
@@ -32,6 +32,7 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
             {"contents": body.get("contents"), "systemInstruction": body.get("systemInstruction")}
         ),
         messages=body.get("contents"),
+        message_count=count(body.get("contents")) + (1 if body.get("systemInstruction") else 0),
     )
 
 

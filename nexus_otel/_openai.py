@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, dig, text_of
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
 
 OPERATION = "chat"
 
@@ -21,6 +21,7 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
         temperature=float(temperature) if isinstance(temperature, int | float) else None,
         prompt_text=text_of(body.get("messages")),
         messages=body.get("messages"),
+        message_count=count(body.get("messages")),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -30,6 +31,12 @@ class RequestInfo:
     temperature: float | None = None
     prompt_text: str = ""  # for estimation when the provider reports no usage
     messages: object = None  # for opt-in content capture only
+    message_count: int = 0
+
+    def estimated_input_tokens(self, estimate: Callable[[str], int]) -> int:
+        """The prompt's tokens plus the chat format's overhead (3 a message, 3 to prime the reply,
+        as OpenAI's cookbook counts it)."""
+        return estimate(self.prompt_text) + 3 * self.message_count + 3
 
 
 @dataclass(slots=True)
@@ -62,6 +69,10 @@ def dig(data: object, *path: str) -> object:
             return None
         data = data.get(key)
     return data
+
+
+def count(value: object) -> int:
+    return len(value) if isinstance(value, list) else 0
 
 
 def text_of(value: object) -> str:
