@@ -173,44 +173,13 @@ def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """Serves the stack in a child process and drives a workload into it."""
-    import subprocess
-
-    from exporter.demo import run_demo
-    from exporter.service import open_database
-
-    database = open_database(settings)
-    command = [sys.executable, "-m", "exporter.cli", "--log-level", "WARNING", "serve",
-               "--database-url", database.url, "--otlp-port", str(settings.otlp_port),
-               "--host", settings.host]  # fmt: skip
-    server = subprocess.Popen(command)
-    endpoint = f"http://{settings.host}:{settings.otlp_port}"
+    """The stack, provider simulators and a carousel workload through the official SDKs."""
     try:
-        _wait_healthy(endpoint, server)
-        console.print(f"exporter at {endpoint} (metrics: {endpoint}/metrics)")
-        budget = float(settings.daily_budget_usd or 5)
-        return run_demo(database.url, endpoint, args.duration, budget)
-    finally:
-        server.terminate()
-        server.wait(15)
-        database.close()
-
-
-def _wait_healthy(endpoint: str, server: Any) -> None:
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the exporter exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/health", timeout=1) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the exporter at {endpoint} did not become healthy")
+        from exporter.demo import run_demo
+    except ImportError as exc:  # the provider SDKs come with the `demo` extra
+        console.print(f"[red]error:[/] {exc}; install them with: pip install 'nexus-otel[demo]'")
+        return 2
+    return run_demo(settings, args.duration)
 
 
 def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 
 from tests.exporter.otlp_helpers import make_spans, protobuf_body
-from tests.support import free_port, query, start_exporter
+from tests.support import start_exporter
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -34,17 +34,6 @@ def test_prices_shows_source_and_suggests_close_matches() -> None:
     unknown = _cli("prices", "claude-sonet-4-5")
     assert unknown.returncode == 2
     assert "claude-sonnet-4-5" in unknown.stderr
-
-
-def test_demo_runs_unattended_and_stores_rows(database_url: str) -> None:
-    result = _cli(
-        "demo", "--duration", "4", "--database-url", database_url,
-        "--otlp-port", str(free_port()),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "summary" in result.stdout
-    rows = query(database_url, "SELECT count(*), count(DISTINCT provider) FROM api_calls")[0]
-    assert rows[0] >= 9 and rows[1] == 3
 
 
 def test_unavailable_database_gets_503_with_retry_after_and_loses_nothing(tmp_path: Path) -> None:
