@@ -114,8 +114,8 @@ def alertmanager_config(settings: Settings, *, fast: bool = False) -> dict[str, 
 
 def _route(fast: bool) -> dict[str, Any]:
     waits = {
-        "critical": ("1s", "1s", "1m") if fast else ("10s", "1m", "1h"),
-        "warning": ("1s", "1s", "1m") if fast else ("30s", "5m", "4h"),
+        "critical": ("1s", "1s", "2s") if fast else ("10s", "1m", "1h"),
+        "warning": ("1s", "1s", "2s") if fast else ("30s", "5m", "4h"),
     }
     routes: list[dict[str, Any]] = [
         {"receiver": "watchdog", "matchers": ['alertname="Watchdog"'],
