@@ -1,0 +1,218 @@
+"""What the spans say, read from an in-memory exporter: attributes, nesting, content, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gzip
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+import nexus_otel
+from exporter.simulator import ProviderSimulator
+from nexus_otel import _openai
+from tests.nexus_otel.clients import MESSAGES, Call, run
+from tests.nexus_otel.scripted_server import ScriptedServer
+
+Spans = Callable[..., InMemorySpanExporter]
+USAGE = {"x-sim-usage": "input=900,output=250,cache_read=400,cache_write=0,reasoning=50"}
+
+
+def gen_ai_spans(memory: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in memory.get_finished_spans()
+            if s.attributes and "gen_ai.provider.name" in s.attributes]  # fmt: skip
+
+
+def test_span_shape_and_http_child(spans: Spans, simulator: ProviderSimulator) -> None:
+    memory = spans()
+    with nexus_otel.operation("fact_generation", correlation_id="carousel-1"):
+        run(simulator, Call("groq", False, True, USAGE))
+    [span] = gen_ai_spans(memory)
+    [http_span] = [s for s in memory.get_finished_spans() if s is not span]
+    assert span.name == "chat llama-3.3-70b-versatile" and span.kind is SpanKind.CLIENT
+    assert http_span.parent is not None and http_span.parent.span_id == span.context.span_id
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.provider.name"] == "groq" and attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["nexus.operation"] == "fact_generation"
+    assert attrs["nexus.correlation_id"] == "carousel-1"
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (900, 250)
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == 400
+    assert attrs["gen_ai.usage.reasoning.output_tokens"] == 50
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["nexus.usage.source"] == "response" and attrs["gen_ai.request.stream"] is True
+    assert 0 < float(attrs["nexus.response.time_to_first_chunk"]) < span_seconds(span)  # type: ignore[arg-type]
+    # The span ends only once the stream has been read: after the HTTP span.
+    assert span.end_time and http_span.end_time and span.end_time >= http_span.end_time
+
+
+def span_seconds(span: ReadableSpan) -> float:
+    assert span.end_time is not None and span.start_time is not None
+    return (span.end_time - span.start_time) / 1e9
+
+
+def test_error_span(spans: Spans, simulator: ProviderSimulator) -> None:
+    memory = spans()
+    with pytest.raises(Exception, match=r"429|rate"):
+        run(simulator, Call("openai", False, False, {"x-sim-error": "429"}))
+    [span] = gen_ai_spans(memory)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes and span.attributes["error.type"] == "429"
+
+
+def test_content_is_off_by_default_and_opt_in(spans: Spans, simulator: ProviderSimulator) -> None:
+    memory = spans()
+    text = run(simulator, Call("anthropic", False, False, USAGE))
+    [span] = gen_ai_spans(memory)
+    assert not any(k.startswith(("gen_ai.input", "gen_ai.output")) for k in span.attributes or {})
+    nexus_otel.uninstrument()
+    memory = spans(capture_content=True)
+    text = run(simulator, Call("anthropic", False, False, USAGE))
+    [span] = gen_ai_spans(memory)
+    attrs = dict(span.attributes or {})
+    assert json.loads(str(attrs["gen_ai.input.messages"])) == MESSAGES[1:]
+    assert json.loads(str(attrs["gen_ai.output.messages"]))[0]["parts"][0]["content"] == text
+
+
+def test_stream_passes_through_as_it_arrives(spans: Spans) -> None:
+    """The server holds back the rest of the stream until the app has read the first chunk:
+    any buffering in the instrumentation would hang here."""
+    memory = spans()
+    first = (
+        b'data: {"id":"c1","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    )
+    rest = [b'data: {"id":"c1","model":"gpt-4o","choices":[{"index":0,"delta":{},'
+            b'"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":2}}\n\n',
+            b"data: [DONE]\n\n"]  # fmt: skip
+    with ScriptedServer() as server:
+        server.parts = [first, *rest]
+        server.headers = {"content-type": "text/event-stream"}
+        received: list[bytes] = []
+        body = {"model": "gpt-4o", "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body) as response:
+            for chunk in response.iter_raw():
+                if not received:
+                    assert not server.release.is_set()  # the first chunk came on its own
+                    server.release.set()
+                received.append(chunk)
+    assert b"".join(received) == first + b"".join(rest)  # unchanged, byte for byte
+    [span] = gen_ai_spans(memory)
+    attrs = dict(span.attributes or {})
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (7, 2)
+    assert attrs["gen_ai.provider.name"] == "openai"  # the wire format's own provider
+
+
+def test_gzip_json_body_is_read(spans: Spans) -> None:
+    memory = spans()
+    answer = {"id": "msg_1", "type": "message", "model": "claude-sonnet-4-5",
+              "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+              "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 30,
+                        "cache_creation_input_tokens": 20}}  # fmt: skip
+    compressed = gzip.compress(json.dumps(answer).encode())
+    with ScriptedServer() as server:
+        server.parts = [compressed[:7], compressed[7:]]
+        server.headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        server.release.set()
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": MESSAGES[1:]}
+        response = httpx2.post(server.base_url + "/v1/messages", json=body)
+    assert response.json() == answer
+    [span] = gen_ai_spans(memory)
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.provider.name"] == "anthropic"
+    assert attrs["gen_ai.usage.input_tokens"] == 60  # 10 + cache read 30 + cache write 20
+    assert attrs["gen_ai.usage.cache_creation.input_tokens"] == 20
+
+
+@pytest.mark.usefixtures("spans")
+def test_other_instrumentations_gen_ai_span_is_enriched_not_doubled(
+    simulator: ProviderSimulator,
+) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    nexus_otel.instrument(tracer_provider=provider)  # the `spans` fixture undoes it
+    tracer = trace.get_tracer("some.genai.instrumentation", tracer_provider=provider)
+    with (
+        nexus_otel.operation("expand"),
+        tracer.start_as_current_span(
+            "chat gpt-4o-mini", attributes={"gen_ai.provider.name": "openai"}
+        ),
+    ):
+        run(simulator, Call("openai", False, False, USAGE))
+    [span] = gen_ai_spans(memory)
+    assert (
+        span.instrumentation_scope
+        and span.instrumentation_scope.name == "some.genai.instrumentation"
+    )
+    attrs = dict(span.attributes or {})
+    assert attrs["nexus.operation"] == "expand"
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == 400
+
+
+def test_internal_errors_are_logged_not_raised(
+    spans: Spans, simulator: ProviderSimulator, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    memory = spans()
+    monkeypatch.setenv("NEXUS_OTEL_RAISE_INTERNAL_ERRORS", "0")
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(_openai, "read_json", broken)
+    with caplog.at_level(logging.ERROR, logger="nexus_otel"):
+        text = run(simulator, Call("groq", False, False, USAGE))
+    assert text  # the app got its answer
+    assert "parser bug" in caplog.text
+    [span] = gen_ai_spans(memory)  # and the call still has its span, with estimated usage
+    assert span.attributes and span.attributes["nexus.usage.source"] == "tiktoken"
+
+
+def test_operations_nest_decorate_and_follow_tasks_and_threads(
+    spans: Spans, simulator: ProviderSimulator
+) -> None:
+    spans()
+
+    @nexus_otel.operation("decorated_sync", correlation_id="c-sync")
+    def sync_step() -> nexus_otel.Operation | None:
+        run(simulator, Call("groq", False, False, USAGE))
+        return nexus_otel.current_operation()
+
+    @nexus_otel.operation("decorated_async")
+    async def async_step() -> None:
+        child = asyncio.create_task(asyncio.to_thread(lambda: None))
+        await child
+        await asyncio.gather(*(asyncio.create_task(_openai_call(simulator)) for _ in range(2)))
+
+    with nexus_otel.operation("carousel", correlation_id="carousel-9") as outer:
+        inner = sync_step()
+        asyncio.run(async_step())
+        context = contextvars.copy_context()
+        gemini = Call("gcp.gemini", False, False, USAGE)
+        thread = threading.Thread(target=context.run, args=(run, simulator, gemini))
+        thread.start()
+        thread.join()
+    assert inner is not None and [c.operation for c in inner.calls] == ["decorated_sync"]
+    assert inner.calls[0].correlation_id == "c-sync"
+    calls = outer.calls
+    assert len(calls) == 4 and outer.total_tokens == 4 * 1150 and outer.success
+    assert sorted(c.operation or "" for c in calls) == [
+        "carousel", "decorated_async", "decorated_async", "decorated_sync"]  # fmt: skip
+    assert {c.correlation_id for c in calls if c.operation == "decorated_async"} == {"carousel-9"}
+    assert outer.cost_usd is not None and outer.cost_usd == sum(c.cost_usd or 0 for c in calls)
+    assert outer.metrics["calls"] == 4
+
+
+async def _openai_call(simulator: ProviderSimulator) -> None:
+    await asyncio.to_thread(run, simulator, Call("openai", False, False, USAGE))
