@@ -1,0 +1,210 @@
+"""instrument()/uninstrument(): the SDK set-up, joining an app's provider, standard OTEL_*
+variables, idempotence, and estimates that never touch the network. Each case runs in its own
+interpreter: the global tracer provider is process-wide."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from exporter.simulator import ProviderSimulator
+
+
+def python(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+class OTLPReceiver:
+    """Records the OTLP/HTTP protobuf requests it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.paths: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.paths.append(self.path)
+                receiver.requests.append(ExportTraceServiceRequest.FromString(body))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+        """(resource attributes, span attributes, span name) of every span received."""
+        found = []
+        for request in self.requests:
+            for resource_spans in request.resource_spans:
+                resource = {
+                    kv.key: kv.value.string_value for kv in resource_spans.resource.attributes
+                }
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        attrs = {kv.key: kv.value for kv in span.attributes}
+                        found.append((resource, attrs, span.name))
+        return found
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    receiver = OTLPReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+CALL = """
+import groq
+client = groq.Groq(api_key="gsk-x", base_url="{sim}", max_retries=0)
+client.chat.completions.create(model="llama-3.3-70b-versatile", max_tokens=50,
+    messages=[{{"role": "user", "content": "hi"}}],
+    extra_headers={{"x-sim-usage": "input=11,output=7"}})
+"""
+
+
+def test_standard_otel_variables_and_idempotence(
+    receiver: OTLPReceiver, simulator: ProviderSimulator
+) -> None:
+    python(
+        f"""
+        import nexus_otel
+        nexus_otel.instrument()
+        nexus_otel.instrument()  # harmless
+        {textwrap.indent(CALL.format(sim=simulator.groq_base_url), "        ").strip()}
+        nexus_otel.shutdown()
+        """,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_SERVICE_NAME="from-env",
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test",
+    )  # fmt: skip
+    assert set(receiver.paths) == {"/v1/traces"}
+    gen_ai = [s for s in receiver.spans() if "gen_ai.provider.name" in s[1]]
+    [(resource, attrs, name)] = gen_ai  # one span, though instrument() ran twice
+    assert resource["service.name"] == "from-env"
+    assert resource["deployment.environment"] == "test"
+    assert name == "chat llama-3.3-70b-versatile"
+    assert attrs["gen_ai.usage.input_tokens"].int_value == 11
+
+
+def test_joins_the_apps_provider_and_uninstrument_restores(
+    receiver: OTLPReceiver, simulator: ProviderSimulator
+) -> None:
+    out = python(
+        f"""
+        import httpx, httpx2
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import nexus_otel
+
+        originals = (httpx.HTTPTransport.handle_request, httpx2.HTTPTransport.handle_request,
+                     httpx2.AsyncHTTPTransport.handle_async_request)
+        app_provider = TracerProvider()
+        memory = InMemorySpanExporter()
+        app_provider.add_span_processor(SimpleSpanProcessor(memory))
+        trace.set_tracer_provider(app_provider)
+
+        nexus_otel.instrument("joined", endpoint="{receiver.url}")
+        assert trace.get_tracer_provider() is app_provider  # joined, not replaced
+        {textwrap.indent(CALL.format(sim=simulator.groq_base_url), "        ").strip()}
+        nexus_otel.force_flush()
+        print("app saw", len(memory.get_finished_spans()))
+        nexus_otel.uninstrument()
+        assert (httpx.HTTPTransport.handle_request, httpx2.HTTPTransport.handle_request,
+                httpx2.AsyncHTTPTransport.handle_async_request) == originals
+        assert trace.get_tracer_provider() is app_provider
+        assert len(app_provider._active_span_processor._span_processors) == 1
+        memory.clear()
+        {textwrap.indent(CALL.format(sim=simulator.groq_base_url), "        ").strip()}
+        print("after", len(memory.get_finished_spans()))
+        """
+    )  # fmt: skip
+    assert "app saw 2" in out  # our GenAI span and the HTTP span, in the app's own exporter
+    assert "after 0" in out  # nothing is instrumented any more
+    assert len([s for s in receiver.spans() if "gen_ai.provider.name" in s[1]]) == 1
+
+
+def test_uninstrument_restores_the_global_provider() -> None:
+    python(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        import nexus_otel
+        before = trace.get_tracer_provider()
+        nexus_otel.instrument("x", endpoint="http://127.0.0.1:9")
+        assert isinstance(trace.get_tracer_provider(), TracerProvider)
+        nexus_otel.uninstrument()
+        assert not isinstance(trace.get_tracer_provider(), TracerProvider)
+        nexus_otel.instrument("y", endpoint="http://127.0.0.1:9")  # and again, cleanly
+        assert trace.get_tracer_provider().resource.attributes["service.name"] == "y"
+        nexus_otel.uninstrument()
+        """
+    )
+
+
+def test_estimates_never_download(tmp_path: Any) -> None:
+    out = python(
+        """
+        import socket
+        def refuse(*args, **kwargs):
+            raise OSError("network access attempted")
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+        socket.getaddrinfo = refuse
+        import nexus_otel
+        from nexus_otel._estimate import estimate_source
+        print(nexus_otel.estimate_tokens("The quick brown fox jumps over the lazy dog."),
+              estimate_source())
+        """,
+        TIKTOKEN_CACHE_DIR=str(tmp_path), DATA_GYM_CACHE_DIR=str(tmp_path),
+    )  # fmt: skip
+    assert out.split() == ["10", "tiktoken"]  # cl100k_base: exact, from the wheel's own file
+
+
+def test_estimates_fall_back_to_characters_without_tiktoken() -> None:
+    out = python(
+        """
+        import sys
+        sys.modules["tiktoken"] = None  # not installed
+        import nexus_otel
+        from nexus_otel._estimate import estimate_source
+        print(nexus_otel.estimate_tokens("x" * 41), estimate_source())
+        """
+    )
+    assert out.split() == ["11", "chars"]
+
+
+def test_estimate_cost_is_genai_prices_and_none_when_unpriced() -> None:
+    import genai_prices
+
+    import nexus_otel
+
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=2000, output_tokens=500, cache_read_tokens=1500),
+        "claude-sonnet-4-5", provider_id="anthropic",
+    ).total_price  # fmt: skip
+    assert nexus_otel.estimate_cost("claude-sonnet-4-5", 2000, 500, provider="anthropic",
+                                    cache_read_tokens=1500) == expected  # fmt: skip
+    assert nexus_otel.estimate_cost("no-such-model-xyz", 2000, 500) is None
