@@ -200,16 +200,20 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def write_alertmanager_config(settings: Settings, output: Path, *, fast: bool = False) -> Path:
-    """Writes the config and, beside it, the message templates it loads."""
+def write_alertmanager_config(
+    settings: Settings, output: Path, *, fast: bool = False, mode: int = 0o600
+) -> Path:
+    """Writes the config (`mode`: it may hold the bot token) and, beside it, the message
+    templates it loads."""
+    text = render_alertmanager_config(settings, fast=fast)  # fails before writing anything
     output.parent.mkdir(parents=True, exist_ok=True)
     templates = output.parent / "templates"
     templates.mkdir(exist_ok=True)
     for template in bundled_dir("alertmanager/templates").glob("*.tmpl"):
         shutil.copyfile(template, templates / template.name)
-    output.write_text(render_alertmanager_config(settings, fast=fast))
-    if settings.telegram_bot_token:
-        output.chmod(0o600)  # it holds the bot token
+    output.touch(mode=mode)
+    output.chmod(mode)  # before the token is written
+    output.write_text(text)
     return output
 
 

@@ -189,7 +189,12 @@ def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int
     from exporter.alerting import AlertingConfigError, write_alertmanager_config
 
     try:
-        path = write_alertmanager_config(settings, Path(args.output))
+        mode = int(args.file_mode, 8)
+    except ValueError:
+        console.print(f"[red]error:[/] --file-mode {args.file_mode!r} is not an octal mode")
+        return 2
+    try:
+        path = write_alertmanager_config(settings, Path(args.output), mode=mode)
     except (AlertingConfigError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -262,6 +267,11 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 
 def _alertmanager_config_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--output", default="alertmanager/alertmanager.yml", help="file to write")
+    command.add_argument(
+        "--file-mode", default="600",
+        help="octal permissions of the file, which holds the bot token (644 when Alertmanager "
+        "runs as another user, as in compose)",
+    )  # fmt: skip
 
 
 def _prometheus_rules_arguments(command: argparse.ArgumentParser) -> None:

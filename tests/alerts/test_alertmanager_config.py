@@ -138,7 +138,9 @@ def test_single_call_threshold_and_runbook_base_are_configurable(tmp_path: Path)
     assert "https://git.example.com/ops/nexus/docs/RUNBOOK.md#llmexpensivecall" in text
     run_tool("promtool", "prometheus", "check", "rules", *map(str, sorted(rules.glob("*.yml"))))
     # A $0.70 call (bucket le="1.0") stays quiet at a $1.00 threshold; a $2 call fires.
-    labels = 'gen_ai_request_model="m",gen_ai_provider_name="p",service_name="s",nexus_operation="o"'
+    labels = (
+        'gen_ai_request_model="m",gen_ai_provider_name="p",service_name="s",nexus_operation="o"'
+    )
     test = {
         "rule_files": ["rules/alerts.yml"],
         "tests": [{
@@ -177,3 +179,13 @@ def test_a_threshold_off_the_histogram_buckets_is_refused(
     err = capsys.readouterr().err
     assert "--single-call-usd 0.3 is not a bucket boundary" in err and "0.25, 0.5" in err
     assert not (tmp_path / "alerts.yml").exists()
+
+
+def test_file_mode_can_open_the_file_to_an_alertmanager_running_as_another_user(
+    telegram_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output), "--file-mode", "644"]) == 0
+    assert output.stat().st_mode & 0o777 == 0o644
+    assert main(["alertmanager-config", "--output", str(output), "--file-mode", "rw-r--r--"]) == 2
+    assert "--file-mode 'rw-r--r--' is not an octal mode" in capsys.readouterr().err
