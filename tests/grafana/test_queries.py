@@ -33,8 +33,10 @@ pytestmark = pytest.mark.e2e
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
 SCRAPE = timedelta(seconds=1)
 WAVES = 3
-# Panels allowed to be empty with this data: nothing fires during the test.
-MAY_BE_EMPTY = {("nexus-overview", "Active alerts")}
+# Panels allowed to be empty with this data: none.
+MAY_BE_EMPTY: set[tuple[str, str]] = set()
+# Firing alerts concern the whole stack (an exporter down has no provider): never filtered.
+UNFILTERED = {"Active alerts/A"}
 
 
 def _call(provider: str, model: str, operation: str, tokens: tuple[int, int], **extra: Any) -> Any:
@@ -69,6 +71,10 @@ CALLS: list[tuple[str, dict[str, Any], str | None]] = [
                           **{"error.type": "RateLimitError"}), "rate limited"),
     ("research-bot", _call("openai", "gpt-4o", "", (100, 50)), None),
 ]  # fmt: skip
+
+# One call above $0.50 (150k input + 10k output tokens of Claude Sonnet 4.5 = $0.60): it fires
+# LLMExpensiveCall, which "Active alerts" must show.
+EXPENSIVE = _call("anthropic", "claude-sonnet-4-5", "caption_writing", (150_000, 10_000))
 
 
 def _send(exporter: ExporterProcess, start: datetime) -> None:
@@ -131,9 +137,13 @@ def stack(
         replay = make_spans([{"attributes": CALLS[0][1], "start": now}])
         assert export_with_sdk(exporter.base_url, replay)
         assert export_with_sdk(exporter.base_url, replay)  # a duplicate
-        stored = len(CALLS) * (WAVES + 1) + 1
+        expensive = make_spans([{"attributes": EXPENSIVE, "start": now}], "content-bot")
+        assert export_with_sdk(exporter.base_url, expensive)
+        stored = len(CALLS) * (WAVES + 1) + 2
         _wait_for(prometheus, "sum(nexus_exporter_rows_written_total)", lambda v: v == stored)
         _wait_for(prometheus, "sum(nexus_exporter_spans_duplicate_total)", lambda v: v >= 1)
+        firing = 'count(ALERTS{alertname="LLMExpensiveCall", alertstate="firing"})'
+        _wait_for(prometheus, firing, lambda v: v == 1)
         time.sleep(2 * SCRAPE.total_seconds())  # one more scrape and rule evaluation
         yield Stack(prometheus, database_url)
 
@@ -282,25 +292,36 @@ def test_a_provider_selection_filters_every_panel(stack: Stack, name: str) -> No
     `(groq|gcp\\\\.gemini)` in PromQL; no panel may show another provider."""
     chosen = ["groq", "gcp.gemini"]
     results = _run_board(name, stack, {"provider": chosen})
-    leaked = {k: r.providers for k, r in results.items() if r.providers - set(chosen)}
+    leaked = {
+        k: r.providers
+        for k, r in results.items()
+        if r.providers - set(chosen) and k not in UNFILTERED
+    }
     assert not leaked
     if name not in ("exporter-health", "roi"):  # these show no provider
         assert any(r.providers == set(chosen) for r in results.values())
 
 
 def test_headline_numbers_are_exact(stack: Stack) -> None:
-    """Today's numbers are the sums of what was sent: three waves plus one replayed call."""
+    """Today's numbers are the sums of what was sent: three waves, one replayed call (stored
+    once) and the expensive call; yesterday had one wave."""
     results = _run_board("overview", stack, {})
-    tokens = sum(a["gen_ai.usage.input_tokens"] + a["gen_ai.usage.output_tokens"]
-                 for _, a, _ in CALLS)  # fmt: skip
-    first = CALLS[0][1]
-    today_tokens = (
-        WAVES * tokens + first["gen_ai.usage.input_tokens"] + first["gen_ai.usage.output_tokens"]
-    )
+
+    def tokens(attributes: dict[str, Any]) -> int:
+        return int(
+            attributes["gen_ai.usage.input_tokens"] + attributes["gen_ai.usage.output_tokens"]
+        )
+
+    today_calls = WAVES * len(CALLS) + 2
     calls = results["Calls today/A"].rows[0]
-    assert calls["Calls today"] == WAVES * len(CALLS) + 1
-    assert float(calls["vs yesterday"]) == pytest.approx(100 * (WAVES * len(CALLS) + 1 - 6) / 6)
-    assert results["Tokens today/A"].rows[0]["Tokens today"] == today_tokens
+    assert calls["Calls today"] == today_calls
+    assert float(calls["vs yesterday"]) == pytest.approx(100 * (today_calls - 6) / 6)
+    assert results["Tokens today/A"].rows[0]["Tokens today"] == (
+        WAVES * sum(tokens(a) for _, a, _ in CALLS) + tokens(CALLS[0][1]) + tokens(EXPENSIVE)
+    )
+    (alert,) = results["Active alerts/A"].rows  # the Watchdog heartbeat is left out
+    assert alert["metric"]["alertname"] == "LLMExpensiveCall"
+    assert alert["metric"]["gen_ai_request_model"] == "claude-sonnet-4-5"
     unpriced = _run_board("costs", stack, {})["Unpriced models/A"].rows
     assert unpriced == [
         {"Provider": "groq", "Model": "my-private-model", "Calls": WAVES, "Tokens": WAVES * 600,
@@ -311,11 +332,17 @@ def test_headline_numbers_are_exact(stack: Stack) -> None:
     assert roi[0]["Engagement"] == 143 and roi[0]["LLM calls"] == 2 * (WAVES + 1) + 1
 
 
+@pytest.fixture(scope="module")
+def empty_database(postgres_server: str) -> Iterator[str]:
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
 @pytest.mark.parametrize("name", sorted(_dashboards()))
-def test_a_fresh_stack_shows_no_errors(stack: Stack, postgres_server: str, name: str) -> None:
+def test_a_fresh_stack_shows_no_errors(stack: Stack, empty_database: str, name: str) -> None:
     """Before the first call: empty tables, variables without a single value ("All" expands to
     nothing). Every query must still run; an error would greet every new installation."""
-    with fresh_database(postgres_server) as empty_database:
-        results = _run_board(name, Stack(stack.prometheus, empty_database), {}, empty=True)
+    results = _run_board(name, Stack(stack.prometheus, empty_database), {}, empty=True)
     assert len(results) >= 8
-    assert not any(r.providers for r in results.values())  # no call, no provider anywhere
+    # No call stored, no provider in any panel (alerts come from the live Prometheus).
+    assert not any(r.providers for k, r in results.items() if k not in UNFILTERED)
