@@ -105,3 +105,16 @@ def _duration(text: str) -> int:
     parts = re.findall(r"(\d+)([dhms])", str(text))
     assert parts or str(text) == "0", text
     return sum(int(n) * units[u] for n, u in parts)
+
+
+def test_shipped_config_scrapes_the_compose_exporter_and_alerts_its_alertmanager() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # NexusExporterDown watches up{job="nexus-exporter"}: the job name is part of the contract.
+    assert jobs["nexus-exporter"]["static_configs"] == [{"targets": ["exporter:4318"]}]
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    assert config["rule_files"] == ["rules/*.yml"]  # relative to the mounted folder
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    assert {"exporter", "alertmanager", "prometheus"} <= set(services)
+    assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
