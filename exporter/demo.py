@@ -110,22 +110,28 @@ def _run_workload(console: Console, stack: Stack, duration: float | None, budget
     view = View(SERVICE_NAME, started, midnight, budget)
     stop = threading.Event()
     deadline = None if duration is None else time.monotonic() + duration
-    with psycopg.connect(stack.database.url, autocommit=True) as conn:
+    with (
+        psycopg.connect(stack.database.url, autocommit=True) as conn,
+        Live(console=console, refresh_per_second=2) as live,
+    ):
         workload.start(stop)
         try:
-            with Live(console=console, refresh_per_second=2) as live:
-                while deadline is None or time.monotonic() < deadline:
-                    left = "Ctrl-C to stop" if deadline is None else _left(deadline)
-                    view.status = left
-                    live.update(view.render(conn, workload.stats))
-                    time.sleep(REFRESH_SECONDS)
+            while deadline is None or time.monotonic() < deadline:
+                view.status = "Ctrl-C to stop" if deadline is None else _left(deadline)
+                live.update(view.render(conn, workload.stats))
+                time.sleep(REFRESH_SECONDS)
         except KeyboardInterrupt:
-            console.print("stopping: finishing the calls in flight")
+            pass
         finally:
             stop.set()
+        view.status = "stopping: finishing the calls in flight, flushing spans"
+        live.update(view.render(conn, workload.stats))
         workload.join(timeout=15)
         nexus_otel.force_flush()
         _wait_for_rows(conn, started, workload.stats.calls)
+        view.status = "done"
+        live.update(view.render(conn, workload.stats))
+    with psycopg.connect(stack.database.url, autocommit=True) as conn:
         return _summarize(console, conn, stack, started, workload)
 
 

@@ -31,6 +31,7 @@ _RECENT = """
 SELECT "timestamp", provider, operation, correlation_id, total_tokens, cost_usd, duration_ms,
        success, error_type
 FROM api_calls WHERE "timestamp" >= %s AND service_name = %s ORDER BY "timestamp" DESC LIMIT 8"""
+SHORT_NAMES = {"gcp.gemini": "gemini", "anthropic": "claude"}
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
@@ -126,14 +127,15 @@ class View:
         return table
 
     def _recent(self, conn: psycopg.Connection[Any]) -> Table:
-        table = Table("time", "provider", "operation", "carousel", "tokens", "cost", "ms",
-                      "outcome", title="recent calls", box=box.SIMPLE_HEAD)  # fmt: skip
+        headers = ("time", "provider", "operation", "carousel", "tokens", "cost", "ms", "outcome")
+        table = Table(*headers, title="recent calls", box=box.SIMPLE_HEAD, pad_edge=False)
         rows = conn.execute(_RECENT, (self.run_started, self.service)).fetchall()
         for ts, provider, operation, correlation, tokens, cost, ms, ok, error in rows:
-            price = f"${cost:.5f}" if cost is not None else "unpriced"
+            price = f"${cost:.4f}" if cost is not None else "unpriced"
             outcome = "[green]ok[/]" if ok else f"[red]{error or 'error'}[/]"
-            table.add_row(f"{ts:%H:%M:%S}", provider, operation, correlation or "",
-                          f"{tokens:,}", price, f"{ms:.0f}", outcome)  # fmt: skip
+            name = SHORT_NAMES.get(provider, provider)
+            table.add_row(f"{ts:%H:%M:%S}", name, operation, correlation or "", f"{tokens:,}",
+                          price, f"{ms:.0f}", outcome)  # fmt: skip
         return table
 
 
