@@ -47,7 +47,7 @@ class Stack:
         response = httpx.request(method, f"{self.api_url}{path}", headers=headers, timeout=10,
                                  **kwargs)  # fmt: skip
         assert response.status_code < 300, response.text
-        return response.json()
+        return response.json() if response.content else None
 
     def send_call(self, model: str, cost_usd: float) -> None:
         spans = make_spans(
@@ -110,7 +110,7 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_budget_and_expensive_call_alerts_reach_telegram_and_the_history(stack: Stack) -> None:
-    stack.api("POST", "/api/budgets", json={
+    budget = stack.api("POST", "/api/budgets", json={
         "name": "daily-llm", "period": "daily", "amount_usd": 1.0, "warning_threshold_pct": 50,
         "timezone": "UTC", "service_name": SERVICE,
     })  # fmt: skip
@@ -180,3 +180,14 @@ def test_budget_and_expensive_call_alerts_reach_telegram_and_the_history(stack: 
     assert by_name["LLMBudgetWarning"]["summary"] == "Budget daily-llm passed its warning threshold"
     assert by_name["LLMExpensiveCall"]["labels"]["gen_ai_request_model"] == "nexus-e2e-large"
     assert by_name["Watchdog"]["receiver"] == "watchdog"
+
+    # Without the budget the alert resolves: Telegram hears it, the history records it.
+    stack.api("DELETE", f"/api/budgets/{budget['id']}")
+    resolved = telegram.wait_for(lambda t: "✅ RESOLVED · <b>LLMBudgetExceeded</b>" in t,
+                                 what="resolved")  # fmt: skip
+    assert "Budget daily-llm is exceeded" in resolved
+    stack.prometheus.wait_for(
+        lambda: stack.api("GET", "/api/alerts", params={"status": "resolved",
+                                                        "alertname": "LLMBudgetExceeded"}),
+        what="the resolved alert in the history",
+    )  # fmt: skip
