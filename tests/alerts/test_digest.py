@@ -17,7 +17,7 @@ from tests.exporter.otlp_helpers import export_with_sdk, make_spans
 from tests.support import free_port, start_exporter
 
 SERVE_CHAT, CLI_CHAT = 111, 222
-DIGEST_DELAY = timedelta(seconds=10)  # exporter start-up and ingest happen before it
+DIGEST_DELAY = timedelta(seconds=12)  # exporter start-up and ingest happen before it
 
 
 def call(
@@ -71,6 +71,8 @@ def day(
         budget = {"name": "daily-all", "period": "daily", "amount_usd": 10, "timezone": "UTC"}
         response = httpx.post(f"http://127.0.0.1:{api_port}/api/budgets", json=budget)
         assert response.status_code == 201, response.text
+        # Otherwise the digest went out before its data arrived: a slow start, not a bug.
+        assert datetime.now(UTC) < now + DIGEST_DELAY, "start-up outlasted DIGEST_DELAY"
         yield yesterday
     finally:
         exporter.stop()
