@@ -59,6 +59,9 @@ def serve() -> None:
 # ---- one configuration's process ------------------------------------------------------------
 
 
+SPANS = [0]  # spans the no-op exporter received: proof the instrumentation was on
+
+
 def _tracing(mode: str) -> None:
     if mode == "none":
         return
@@ -68,6 +71,7 @@ def _tracing(mode: str) -> None:
 
     class Discard(SpanExporter):
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            SPANS[0] += len(spans)
             return SpanExportResult.SUCCESS
 
     provider = TracerProvider()
@@ -76,7 +80,7 @@ def _tracing(mode: str) -> None:
     if mode == "nexus":
         import nexus_otel
 
-        nexus_otel.instrument()
+        nexus_otel.instrument(service_name="bench", tracer_provider=provider)
     else:
         from opentelemetry.instrumentation.groq import GroqInstrumentor
 
@@ -132,7 +136,7 @@ def worker(mode: str, sim: str, stream: str, calls: int, stream_calls: int) -> N
             started = time.perf_counter_ns()
             operations[name]()
             timings[name].append(time.perf_counter_ns() - started)
-    print(json.dumps(timings))
+    print(json.dumps({"timings": timings, "spans": SPANS[0]}))
 
 
 # ---- the benchmark --------------------------------------------------------------------------
@@ -150,7 +154,10 @@ def _start_servers() -> tuple[subprocess.Popen[str], str, str]:
     return process, urls["sim"], urls["stream"]
 
 
-def _run_worker(mode: str, sim: str, stream: str, calls: int, stream_calls: int) -> dict:
+def _run_worker(
+    mode: str, sim: str, stream: str, calls: int, stream_calls: int
+) -> tuple[dict[str, list[int]], int]:
+    """Per-call nanoseconds by operation, and how many spans the configuration recorded."""
     env = {**os.environ, "ANTHROPIC_OPEN_TELEMETRY": "true" if mode == "vendor" else "false"}
     command = [
         sys.executable, "-m", "bench.instrumentation", "worker", "--mode", mode,
@@ -158,7 +165,8 @@ def _run_worker(mode: str, sim: str, stream: str, calls: int, stream_calls: int)
         "--stream-calls", str(stream_calls),
     ]  # fmt: skip
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    return dict(json.loads(output.stdout.strip().splitlines()[-1]))
+    result = json.loads(output.stdout.strip().splitlines()[-1])
+    return result["timings"], result["spans"]
 
 
 def measure(
@@ -166,6 +174,8 @@ def measure(
 ) -> dict[str, dict[str, float]]:
     """Median nanoseconds per call, by mode and operation."""
     samples: dict[str, dict[str, list[int]]] = {m: {} for m in MODES}
+    calls_made = {m: 0 for m in MODES}
+    spans = {m: 0 for m in MODES}
     server, sim, stream = _start_servers()
     try:
         with Progress(console=console, transient=True) as progress:
@@ -173,13 +183,19 @@ def measure(
             for r in range(rounds):
                 order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
                 for mode in order:
-                    for name, values in _run_worker(mode, sim, stream, calls, stream_calls).items():
+                    timings, recorded = _run_worker(mode, sim, stream, calls, stream_calls)
+                    for name, values in timings.items():
                         samples[mode].setdefault(name, []).extend(values)
+                    calls_made[mode] += sum(len(v) for v in timings.values())
+                    spans[mode] += recorded
                     progress.advance(task)
     finally:
         if server.stdin:
             server.stdin.close()
         server.wait(10)
+    for mode in ("nexus", "vendor"):  # measured calls alone; warm-up calls add spans too
+        if spans[mode] < calls_made[mode]:
+            raise RuntimeError(f"{mode}: {spans[mode]} spans for {calls_made[mode]} calls")
     return {m: {n: statistics.median(v) for n, v in ops.items()} for m, ops in samples.items()}
 
 
