@@ -21,7 +21,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from nexus_otel import _anthropic
 from nexus_otel import attributes as a
-from nexus_otel._detect import Target
+from nexus_otel._detect import Target, scrub_text
 from nexus_otel._estimate import estimate_source, estimate_tokens, price
 from nexus_otel._internal import guarded
 from nexus_otel._operation import CallRecord, current_operation, record_call
@@ -212,7 +212,7 @@ class LLMCall:
             message = response.error_message or (
                 str(error) if error else f"HTTP {self.status_code}"
             )
-            span.set_status(Status(StatusCode.ERROR, message[:500]))
+            span.set_status(Status(StatusCode.ERROR, scrub_text(message)[:500]))
 
     def _content(self) -> dict[str, str]:
         text = {"type": "text", "content": self.response.output_text}

@@ -8,6 +8,7 @@ mapping; and last the wire format's own provider. The wire format comes from the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,9 @@ KNOWN_HOSTS = {
 _WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
 _SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai"}
 _SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig"})
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)([?&](?:" + "|".join(sorted(_SECRET_QUERY_KEYS)) + r")=)[^&\s'\"]+"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,11 @@ def _from_sdk_headers(headers: Any) -> str | None:
     if "google-genai-sdk/" in headers.get("x-goog-api-client", ""):
         return "gcp.gemini"
     return None
+
+
+def scrub_text(text: str) -> str:
+    """Free text (an error message quoting a URL) without `key=` and similar query values."""
+    return _SECRET_IN_TEXT.sub(r"\g<1>[REDACTED]", text)
 
 
 def scrub_url(url: str) -> str:

@@ -9,10 +9,12 @@ decoded as JSON once complete.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Callable
 
 MAX_JSON_BODY = 16 * 1024 * 1024  # larger bodies are passed through unread
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 EventHandler = Callable[[str | None, object], None]
 
 
@@ -24,13 +26,12 @@ class SSEParser:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        while True:
-            end = _line_end(self._buffer)
-            if end is None:
-                return
-            line, self._buffer = self._buffer[: end[0]], self._buffer[end[1] :]
-            self._line(line.decode("utf-8", errors="replace"))
+        buffer = self._buffer + chunk if self._buffer else chunk
+        start = 0
+        while (end := _line_end(buffer, start)) is not None:
+            self._line(buffer[start : end[0]].decode("utf-8", errors="replace"))
+            start = end[1]
+        self._buffer = buffer[start:]  # one copy per chunk, not per line
 
     def close(self) -> None:
         if self._buffer:
@@ -62,14 +63,14 @@ class SSEParser:
         self._on_event(event, data)
 
 
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
-    """Where the first line ends and the next begins (\\n, \\r\\n or \\r)."""
-    newline, carriage = buffer.find(b"\n"), buffer.find(b"\r")
-    if carriage != -1 and (newline == -1 or carriage < newline):
-        if carriage == len(buffer) - 1:
-            return None  # a \n may follow in the next chunk
-        return carriage, carriage + (2 if buffer[carriage + 1 : carriage + 2] == b"\n" else 1)
-    return None if newline == -1 else (newline, newline + 1)
+def _line_end(buffer: bytes, start: int) -> tuple[int, int] | None:
+    """Where the line at `start` ends and the next begins (\\n, \\r\\n or \\r)."""
+    found = _LINE_BREAK.search(buffer, start)
+    if found is None:
+        return None
+    if found.group() == b"\r" and found.end() == len(buffer):
+        return None  # a \n may follow in the next chunk
+    return found.start(), found.end()
 
 
 class JSONAccumulator:

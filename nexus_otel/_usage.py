@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -80,10 +80,14 @@ def text_of(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(text_of(v) for v in value)
+        return _joined(text_of(v) for v in value)
     if isinstance(value, dict):
-        return "\n".join(text_of(v) for k, v in value.items() if k in _TEXT_KEYS)
+        return _joined(text_of(v) for k, v in value.items() if k in _TEXT_KEYS)
     return ""
+
+
+def _joined(texts: Iterable[str]) -> str:
+    return "\n".join(t for t in texts if t)
 
 
 _TEXT_KEYS = frozenset({"content", "text", "parts", "contents", "system", "messages",

@@ -1,0 +1,120 @@
+"""Usage extraction per wire format, in OpenTelemetry semantics, fed as the SDK reads bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nexus_otel import _anthropic, _gemini, _openai
+from nexus_otel._detect import scrub_text, scrub_url
+from nexus_otel._sse import SSEParser
+from nexus_otel._usage import ResponseInfo, TokenUsage
+
+ANTHROPIC_STREAM = b"".join(
+    f"event: {e}\r\ndata: {json.dumps(d)}\r\n\r\n".encode()
+    for e, d in [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "model": "claude-sonnet-4-5", "usage": {
+                "input_tokens": 25, "cache_read_input_tokens": 1000,
+                "cache_creation_input_tokens": 300, "output_tokens": 1}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "Hel"}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": None},
+                           "usage": {"output_tokens": 40}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "lo"}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 95,
+                                     "output_tokens_details": {"thinking_tokens": 30}}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+)  # fmt: skip
+GEMINI_STREAM = b"".join(
+    b"data: " + json.dumps(d).encode() + b"\n\n"
+    for d in [
+        {"candidates": [{"content": {"parts": [{"text": "think", "thought": True}]}}],
+         "usageMetadata": {"promptTokenCount": 500, "cachedContentTokenCount": 200,
+                           "candidatesTokenCount": 0, "thoughtsTokenCount": 64}},
+        {"candidates": [{"content": {"parts": [{"text": "Hi"}]}, "finishReason": "STOP"}],
+         "modelVersion": "gemini-2.5-flash",
+         "usageMetadata": {"promptTokenCount": 500, "cachedContentTokenCount": 200,
+                           "candidatesTokenCount": 80, "thoughtsTokenCount": 64}},
+    ]
+)  # fmt: skip
+
+
+def feed(stream: bytes, wire: object, step: int) -> ResponseInfo:
+    info = ResponseInfo()
+    state = _anthropic.new_stream_state()
+
+    def on_event(event: str | None, data: object) -> None:
+        if wire is _anthropic:
+            _anthropic.read_event(event, data, info, state)
+        else:
+            wire.read_event(event, data, info)  # type: ignore[attr-defined]
+
+    parser = SSEParser(on_event)
+    for start in range(0, len(stream), step):
+        parser.feed(stream[start : start + step])
+    parser.close()
+    return info
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 10_000])
+def test_anthropic_stream_usage_is_cumulative_and_inclusive(step: int) -> None:
+    info = feed(ANTHROPIC_STREAM, _anthropic, step)  # every chunk boundary, even inside \r\n
+    assert info.usage == TokenUsage(input_tokens=1325, output_tokens=95, cache_read_tokens=1000,
+                                    cache_write_tokens=300, reasoning_tokens=30)  # fmt: skip
+    assert info.complete and info.output_text == "Hello" and info.finish_reasons == ["end_turn"]
+
+
+@pytest.mark.parametrize("step", [1, 13, 10_000])
+def test_gemini_stream_last_running_total_wins_and_thoughts_are_output(step: int) -> None:
+    info = feed(GEMINI_STREAM, _gemini, step)
+    assert info.usage == TokenUsage(input_tokens=500, output_tokens=144, cache_read_tokens=200,
+                                    reasoning_tokens=64)  # fmt: skip
+    assert info.complete and info.output_text == "Hi" and info.model == "gemini-2.5-flash"
+
+
+def test_openai_json_and_groq_stream_usage() -> None:
+    info = ResponseInfo()
+    _openai.read_json({"model": "o4-mini", "choices": [{"message": {"content": "x"},
+                       "finish_reason": "stop"}], "usage": {
+        "prompt_tokens": 1200, "completion_tokens": 300,
+        "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 50},
+        "completion_tokens_details": {"reasoning_tokens": 120}}}, info)  # fmt: skip
+    assert info.usage == TokenUsage(1200, 300, 1000, 50, 120)
+    groq = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {"choices":[{"delta":{},' \
+        b'"finish_reason":"stop"}],"x_groq":{"usage":{"prompt_tokens":9,"completion_tokens":4}}}' \
+        b"\n\ndata: [DONE]\n\n"  # fmt: skip
+    streamed = feed(groq, _openai, 5)
+    assert streamed.usage == TokenUsage(9, 4) and streamed.complete
+
+
+def test_openai_stream_without_usage_reports_none() -> None:
+    info = feed(b'data: {"choices":[{"delta":{"content":"abc"}}]}\n\ndata: [DONE]\n\n', _openai, 3)
+    assert info.usage is None and info.complete and info.output_text == "abc"
+
+
+def test_request_fields() -> None:
+    gemini = _gemini.request_info(
+        "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+        {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 9}},
+    )
+    assert (gemini.model, gemini.stream, gemini.max_tokens, gemini.prompt_text) == (
+        "gemini-2.5-pro", True, 9, "hi")  # fmt: skip
+    claude = _anthropic.request_info("/v1/messages", {"model": "claude-haiku-4-5", "stream": True,
+                                     "system": "be brief", "messages": [{"role": "user",
+                                     "content": [{"type": "text", "text": "yo"}]}]})  # fmt: skip
+    assert claude.model == "claude-haiku-4-5" and claude.stream and claude.message_count == 2
+    assert "be brief" in claude.prompt_text and "yo" in claude.prompt_text
+
+
+def test_secrets_are_scrubbed_from_urls_and_messages() -> None:
+    url = "https://u:p@generativelanguage.googleapis.com/v1beta/models/x:generateContent?alt=sse&key=AIzaS3cret"
+    assert (
+        scrub_url(url)
+        == "https://generativelanguage.googleapis.com/v1beta/models/x:generateContent?alt=sse"
+    )
+    assert scrub_text(f"Client error for url '{url}'").count("AIzaS3cret") == 0
