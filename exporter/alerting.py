@@ -210,7 +210,10 @@ def write_alertmanager_config(
     templates = output.parent / "templates"
     templates.mkdir(exist_ok=True)
     for template in bundled_dir("alertmanager/templates").glob("*.tmpl"):
-        shutil.copyfile(template, templates / template.name)
+        if not (templates / template.name).exists() or not template.samefile(
+            templates / template.name
+        ):
+            shutil.copyfile(template, templates / template.name)
     output.touch(mode=mode)
     output.chmod(mode)  # before the token is written
     output.write_text(text)

@@ -186,8 +186,10 @@ def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int
     """Writes alertmanager.yml (and its templates) from settings: Alertmanager reads no env."""
     from pathlib import Path
 
-    from exporter.alerting import AlertingConfigError, write_alertmanager_config
+    from exporter.alerting import AlertingConfigError, example_settings, write_alertmanager_config
 
+    if args.example:
+        settings = example_settings()
     try:
         mode = int(args.file_mode, 8)
     except ValueError:
@@ -271,6 +273,10 @@ def _alertmanager_config_arguments(command: argparse.ArgumentParser) -> None:
         "--file-mode", default="600",
         help="octal permissions of the file, which holds the bot token (644 when Alertmanager "
         "runs as another user, as in compose)",
+    )  # fmt: skip
+    command.add_argument(
+        "--example", action="store_true",
+        help="placeholder credentials: the shipped alertmanager/alertmanager.yml",
     )  # fmt: skip
 
 

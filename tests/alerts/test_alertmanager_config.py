@@ -119,7 +119,7 @@ def test_a_non_numeric_chat_id_names_the_bad_value(
 def test_shipped_alertmanager_yml_is_the_generated_example_and_valid() -> None:
     shipped = ROOT / "alertmanager" / "alertmanager.yml"
     assert shipped.read_text() == render_alertmanager_config(example_settings()), (
-        "regenerate alertmanager/alertmanager.yml from exporter.alerting.example_settings()"
+        "regenerate it: nexus-otel alertmanager-config --example --file-mode 644"
     )
     run_tool("amtool", "prometheus-alertmanager", "check-config", str(shipped))
 
@@ -189,3 +189,10 @@ def test_file_mode_can_open_the_file_to_an_alertmanager_running_as_another_user(
     assert output.stat().st_mode & 0o777 == 0o644
     assert main(["alertmanager-config", "--output", str(output), "--file-mode", "rw-r--r--"]) == 2
     assert "--file-mode 'rw-r--r--' is not an octal mode" in capsys.readouterr().err
+
+
+def test_example_flag_writes_the_shipped_file(telegram_env: None, tmp_path: Path) -> None:
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--example", "--output", str(output)]) == 0
+    assert output.read_text() == (ROOT / "alertmanager" / "alertmanager.yml").read_text()
+    assert TOKEN not in output.read_text()  # the environment's token stays out
