@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -82,10 +81,14 @@ _HOURLY_UPSERT = (
     .replace("(day,", "(hour,")
     .replace("%s::date[]", "%s::timestamptz[]")
 )
-# New calls are announced on this channel (LISTEN/NOTIFY) once committed: the API's live feed.
+# Each batch of new calls is announced on this channel (LISTEN/NOTIFY) once committed: the
+# API's live feed. The message only says where the rows are (their time span and the batch's
+# ingested_at, which is the transaction's now()), so announcing costs the writer nothing per row.
 NOTIFY_CHANNEL = "nexus_calls"
-_NOTIFY = "SELECT pg_notify('nexus_calls', payload) FROM unnest(%b::text[]) AS payload"
-_NOTIFY_MAX_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
+_NOTIFY = (
+    "SELECT pg_notify('nexus_calls', json_build_object('ingested_at', now(), 'first', %s::text,"
+    " 'last', %s::text, 'rows', %s::int)::text)"
+)
 
 
 class StorageUnavailable(RuntimeError):
@@ -134,20 +137,19 @@ def unique_calls(calls: Iterable[LLMCall]) -> list[LLMCall]:
     return list(seen.values())
 
 
-def utc_hour(call: LLMCall) -> datetime:
-    return call.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+_Totals = dict[tuple[Any, str, str, str, str], list[Any]]
 
 
-def summary_columns(
-    calls: Sequence[LLMCall], bucket: Callable[[LLMCall], date] = lambda c: c.timestamp.date()
-) -> list[list[Any]]:
-    """Aggregates calls per bucket (UTC day, or hour) and dimension into the column arrays of
-    _SUMMARY_UPSERT."""
-    totals: dict[tuple[date, str, str, str, str], list[Any]] = defaultdict(
-        lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0]
-    )
+def _new_totals() -> _Totals:
+    return defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0])
+
+
+def hourly_totals(calls: Sequence[LLMCall]) -> _Totals:
+    """Totals per UTC hour and dimension, in one pass over the calls."""
+    totals = _new_totals()
     for c in calls:
-        t = totals[(bucket(c), c.service_name, c.provider, c.model, c.operation)]
+        hour = c.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        t = totals[(hour, c.service_name, c.provider, c.model, c.operation)]
         t[0] += 1
         t[1] += not c.success
         t[2] += c.cost_usd is None
@@ -159,6 +161,21 @@ def summary_columns(
         t[8] += c.total_tokens
         t[9] += c.cost_usd or 0
         t[10] += c.duration_ms
+    return totals
+
+
+def daily_totals(hourly: _Totals) -> _Totals:
+    """The hourly totals rolled up to UTC days (few keys: cheap)."""
+    totals = _new_totals()
+    for (hour, *dimensions), values in hourly.items():
+        t = totals[(hour.date(), *dimensions)]
+        for i, value in enumerate(values):
+            t[i] += value
+    return totals
+
+
+def summary_columns(totals: _Totals) -> list[list[Any]]:
+    """The column arrays of _SUMMARY_UPSERT (and _HOURLY_UPSERT)."""
     columns: list[list[Any]] = [[] for _ in range(16)]
     for key, values in totals.items():
         for i, v in enumerate((*key, *values)):
@@ -177,48 +194,13 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) 
         except errors.UniqueViolation:
             new = await _insert_new_only(conn, calls)
         if new:
-            await conn.execute(_SUMMARY_UPSERT, summary_columns(new))
-            await conn.execute(_HOURLY_UPSERT, summary_columns(new, utc_hour))
-            await conn.execute(_NOTIFY, (notification_payloads(new),))
+            hourly = hourly_totals(new)
+            await conn.execute(_SUMMARY_UPSERT, summary_columns(daily_totals(hourly)))
+            await conn.execute(_HOURLY_UPSERT, summary_columns(hourly))
+            first = min(c.timestamp for c in new)
+            last = max(c.timestamp for c in new)
+            await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), len(new)))
     return WriteResult(stored=new, duplicates=len(calls) - len(new))
-
-
-def notification_payloads(calls: Sequence[LLMCall]) -> list[str]:
-    """The new calls as JSON arrays, each small enough for one NOTIFY."""
-    payloads: list[str] = []
-    chunk: list[str] = []
-    size = 2
-    for call in calls:
-        item = json.dumps(call_summary(call), separators=(",", ":"))
-        if chunk and size + len(item) + 1 > _NOTIFY_MAX_BYTES:
-            payloads.append("[" + ",".join(chunk) + "]")
-            chunk, size = [], 2
-        chunk.append(item)
-        size += len(item) + 1
-    if chunk:
-        payloads.append("[" + ",".join(chunk) + "]")
-    return payloads
-
-
-def call_summary(call: LLMCall) -> dict[str, Any]:
-    """What the live feed shows of a call: no prompt, no error text, no attributes."""
-    return {
-        "trace_id": call.trace_id,
-        "span_id": call.span_id,
-        "timestamp": call.timestamp.isoformat(),
-        "service_name": call.service_name[:200],
-        "provider": call.provider[:200],
-        "model": call.model[:200],
-        "operation": call.operation[:200],
-        "correlation_id": (call.correlation_id or "")[:200] or None,
-        "input_tokens": call.input_tokens,
-        "output_tokens": call.output_tokens,
-        "total_tokens": call.total_tokens,
-        "cost_usd": None if call.cost_usd is None else str(call.cost_usd),
-        "duration_ms": call.duration_ms,
-        "success": call.success,
-        "error_type": (call.error_type or "")[:200] or None,
-    }
 
 
 async def write_isolating(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) -> WriteResult:

@@ -1,7 +1,8 @@
 """WS /ws/metrics: each newly stored call, pushed as the ingest transaction commits.
 
-The writer announces new calls with NOTIFY in its write transaction; one LISTEN connection per
-API process fans them out to the connected clients. This works whether the API runs in the
+The writer announces each batch of new calls with NOTIFY in its write transaction (where the
+rows are, not the rows); one LISTEN connection per API process reads those rows through the time
+index and fans them out to the connected clients. This works whether the API runs in the
 exporter's process (`serve`) or alone (`api`)."""
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+from psycopg.rows import dict_row
 
 from exporter.api.deps import get_scope
+from exporter.api.schemas import CALL_COLUMNS
 from exporter.api.usage import Scope
 from exporter.storage import NOTIFY_CHANNEL
 
@@ -53,14 +56,20 @@ class Broadcaster:
     async def _listen(self) -> None:
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=5
-                ) as conn:
+                async with (
+                    await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, connect_timeout=5
+                    ) as conn,
+                    await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, connect_timeout=5
+                    ) as reader,
+                ):
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.listening.set()
                     async for note in conn.notifies():
-                        self._publish(json.loads(note.payload))
-            except (psycopg.Error, OSError) as exc:
+                        if self._subscribers:  # nobody watching: nothing to read
+                            self._publish(await _stored_calls(reader, json.loads(note.payload)))
+            except (psycopg.Error, OSError, ValueError) as exc:
                 self.listening.clear()
                 log.warning("live feed lost its database connection: %s", exc)
                 await asyncio.sleep(RECONNECT_SECONDS)
@@ -75,6 +84,25 @@ class Broadcaster:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
                 queue.put_nowait(None)  # tells the client's sender to give up
+
+
+async def _stored_calls(
+    reader: psycopg.AsyncConnection[Any], batch: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The rows one write transaction stored, found by their time span and ingested_at."""
+    async with reader.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            f'SELECT {CALL_COLUMNS} FROM api_calls WHERE "timestamp" BETWEEN %s AND %s'
+            ' AND ingested_at = %s ORDER BY "timestamp" LIMIT %s',
+            (
+                batch["first"],
+                batch["last"],
+                batch["ingested_at"],
+                min(int(batch["rows"]), QUEUE_MAX),
+            ),
+        )
+        rows = await cursor.fetchall()
+    return [{**row, "timestamp": row["timestamp"].isoformat()} for row in rows]
 
 
 def _matches(call: dict[str, Any], scope: Scope) -> bool:

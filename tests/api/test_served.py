@@ -66,7 +66,7 @@ def test_websocket_receives_a_call_sent_after_connecting(served: ExporterProcess
         "live-svc", "live_feed", "carousel-ws",
     )  # fmt: skip
     assert (call["input_tokens"], call["output_tokens"], call["total_tokens"]) == (100, 50, 150)
-    assert call["cost_usd"] == "0.125"
+    assert call["cost_usd"] == 0.125
     assert datetime.fromisoformat(call["timestamp"]) == start
 
 
@@ -196,7 +196,7 @@ def test_api_alone_hears_calls_stored_by_another_process(
             ]
             assert export_with_sdk(served.base_url, make_spans(specs, "other-svc"))
             message = json.loads(websocket.recv(timeout=10))
-        assert (message["call"]["operation"], message["call"]["cost_usd"]) == ("elsewhere", "0.02")
+        assert (message["call"]["operation"], message["call"]["cost_usd"]) == ("elsewhere", 0.02)
     finally:
         process.terminate()
         process.wait(10)
