@@ -25,33 +25,51 @@ from exporter.dashboards.common import (
 )
 
 UID = "nexus-overview"
-TODAY = "date_trunc('day', now())"
 
 
-def today_vs_yesterday(aggregate: str, label: str) -> str:
-    """`aggregate` since midnight, and its change against yesterday up to the same time."""
-    today = f'coalesce({aggregate} FILTER (WHERE "timestamp" >= {TODAY}), 0)'
-    yesterday = f"{aggregate} FILTER (WHERE \"timestamp\" < now() - interval '1 day')"
+def today_vs_yesterday(label: str, summed: str, raw: str | None = None) -> str:
+    """A total since midnight and its change against yesterday up to the same time. Whole hours
+    come from hourly_usage_summary (`summed`, over its columns), only the current hour and the
+    same hour yesterday from raw rows (`raw`, over api_calls): these panels refresh every 5 s."""
+    raw = raw or summed
     return f"""
-        SELECT {today} AS "{label}",
-               100.0 * ({today} - {yesterday}) / NULLIF({yesterday}, 0) AS "vs yesterday"
-        FROM api_calls
-        WHERE "timestamp" >= {TODAY} - interval '1 day' AND {sql_filter()}
+        WITH b AS (SELECT date_trunc('day', now()) AS today, date_trunc('hour', now()) AS hour_now,
+                          now() - interval '1 day' AS same_time,
+                          date_trunc('hour', now() - interval '1 day') AS hour_then),
+        parts AS (
+            SELECT {summed} FILTER (WHERE s.hour >= b.today) AS today,
+                   {summed} FILTER (WHERE s.hour < b.hour_then) AS yesterday
+            FROM hourly_usage_summary s, b
+            WHERE s.hour >= b.today - interval '1 day' AND s.hour < b.hour_now
+              AND {sql_filter("s")}
+            UNION ALL
+            SELECT {raw} FILTER (WHERE a."timestamp" >= b.hour_now),
+                   {raw} FILTER (WHERE a."timestamp" < b.same_time)
+            FROM api_calls a, b
+            WHERE (a."timestamp" >= b.hour_now
+                   OR a."timestamp" >= b.hour_then AND a."timestamp" < b.same_time)
+              AND {sql_filter("a")}
+        )
+        SELECT coalesce(sum(today), 0) AS "{label}",
+               100.0 * (coalesce(sum(today), 0) - sum(yesterday)) / NULLIF(sum(yesterday), 0)
+                   AS "vs yesterday"
+        FROM parts
     """
 
 
 def _headline() -> list[object]:
     return [
         trend_stat(
-            "Tokens today", "short", sql(today_vs_yesterday("sum(total_tokens)", "Tokens today")),
+            "Tokens today", "short", sql(today_vs_yesterday("Tokens today", "sum(total_tokens)")),
             "Input + output tokens since midnight (UTC), and the change vs yesterday at this time.",
         ),
         trend_stat(
-            "Cost today", "currencyUSD", sql(today_vs_yesterday("sum(cost_usd)", "Cost today")),
+            "Cost today", "currencyUSD", sql(today_vs_yesterday("Cost today", "sum(cost_usd)")),
             "Spend of priced calls since midnight (UTC); unpriced calls are not counted as $0.",
         ),
         trend_stat(
-            "Calls today", "short", sql(today_vs_yesterday("count(*)", "Calls today")),
+            "Calls today", "short",
+            sql(today_vs_yesterday("Calls today", "sum(calls)", "count(*)")),
             "LLM calls since midnight (UTC), and the change vs yesterday at this time.",
         ),
         stat_panel(

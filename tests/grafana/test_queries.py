@@ -128,7 +128,13 @@ def stack(
     )
     with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as prometheus:
         _wait_for(prometheus, "up", lambda v: v == 1)
-        _send(exporter, now - timedelta(days=1, minutes=1))  # yesterday, for the trends
+        # Earlier hours (stored in the hourly summaries) and yesterday, for the trends.
+        for earlier in (
+            timedelta(minutes=70),
+            timedelta(days=1, minutes=1),
+            timedelta(days=1, minutes=70),
+        ):
+            _send(exporter, now - earlier)
         for _ in range(WAVES):  # several scrapes apart, so rates have increases to show
             _send(exporter, datetime.now(UTC) - timedelta(seconds=2))
             time.sleep(1.5)
@@ -139,7 +145,7 @@ def stack(
         assert export_with_sdk(exporter.base_url, replay)  # a duplicate
         expensive = make_spans([{"attributes": EXPENSIVE, "start": now}], "content-bot")
         assert export_with_sdk(exporter.base_url, expensive)
-        stored = len(CALLS) * (WAVES + 1) + 2
+        stored = len(CALLS) * (WAVES + 3) + 2
         _wait_for(prometheus, "sum(nexus_exporter_rows_written_total)", lambda v: v == stored)
         _wait_for(prometheus, "sum(nexus_exporter_spans_duplicate_total)", lambda v: v >= 1)
         firing = 'count(ALERTS{alertname="LLMExpensiveCall", alertstate="firing"})'
@@ -303,22 +309,33 @@ def test_a_provider_selection_filters_every_panel(stack: Stack, name: str) -> No
 
 
 def test_headline_numbers_are_exact(stack: Stack) -> None:
-    """Today's numbers are the sums of what was sent: three waves, one replayed call (stored
-    once) and the expensive call; yesterday had one wave."""
+    """Today's numbers (whole hours from the hourly summaries, the current hour from raw rows)
+    equal plain counts over the raw rows; the replayed call counts once."""
     results = _run_board("overview", stack, {})
+    truth = _sql_rows(stack, """
+        SELECT count(*) FILTER (WHERE "timestamp" >= date_trunc('day', now())),
+               count(*) FILTER (WHERE "timestamp" >= date_trunc('day', now()) - interval '1 day'
+                                  AND "timestamp" < now() - interval '1 day'),
+               sum(total_tokens) FILTER (WHERE "timestamp" >= date_trunc('day', now())),
+               count(*), sum(total_tokens)
+        FROM api_calls
+    """)[0]  # fmt: skip
+    today, yesterday, today_tokens, stored, tokens = truth
 
-    def tokens(attributes: dict[str, Any]) -> int:
+    def sent(attributes: dict[str, Any]) -> int:
         return int(
             attributes["gen_ai.usage.input_tokens"] + attributes["gen_ai.usage.output_tokens"]
         )
 
-    today_calls = WAVES * len(CALLS) + 2
-    calls = results["Calls today/A"].rows[0]
-    assert calls["Calls today"] == today_calls
-    assert float(calls["vs yesterday"]) == pytest.approx(100 * (today_calls - 6) / 6)
-    assert results["Tokens today/A"].rows[0]["Tokens today"] == (
-        WAVES * sum(tokens(a) for _, a, _ in CALLS) + tokens(CALLS[0][1]) + tokens(EXPENSIVE)
+    assert stored == len(CALLS) * (WAVES + 3) + 2
+    assert tokens == (WAVES + 3) * sum(sent(a) for _, a, _ in CALLS) + sent(CALLS[0][1]) + sent(
+        EXPENSIVE
     )
+    assert today >= WAVES * len(CALLS) + 2  # the waves of the last minute at least
+    calls = results["Calls today/A"].rows[0]
+    assert calls["Calls today"] == today
+    assert float(calls["vs yesterday"]) == pytest.approx(100 * (today - yesterday) / yesterday)
+    assert results["Tokens today/A"].rows[0]["Tokens today"] == today_tokens
     (alert,) = results["Active alerts/A"].rows  # the Watchdog heartbeat is left out
     assert alert["metric"]["alertname"] == "LLMExpensiveCall"
     assert alert["metric"]["gen_ai_request_model"] == "claude-sonnet-4-5"
@@ -329,7 +346,7 @@ def test_headline_numbers_are_exact(stack: Stack) -> None:
     ]  # fmt: skip
     roi = _run_board("roi", stack, {})["Content ranked by engagement per dollar/A"].rows
     assert [r["Correlation id"] for r in roi] == ["carousel-1", "carousel-2", "carousel-3"]
-    assert roi[0]["Engagement"] == 143 and roi[0]["LLM calls"] == 2 * (WAVES + 1) + 1
+    assert roi[0]["Engagement"] == 143 and roi[0]["LLM calls"] == 2 * (WAVES + 3) + 1
 
 
 @pytest.fixture(scope="module")
