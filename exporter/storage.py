@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -138,6 +138,7 @@ def unique_calls(calls: Iterable[LLMCall]) -> list[LLMCall]:
 
 
 _Totals = dict[tuple[Any, str, str, str, str], list[Any]]
+_HOUR = timedelta(hours=1)
 
 
 def _new_totals() -> _Totals:
@@ -147,8 +148,11 @@ def _new_totals() -> _Totals:
 def hourly_totals(calls: Sequence[LLMCall]) -> _Totals:
     """Totals per UTC hour and dimension, in one pass over the calls."""
     totals = _new_totals()
+    hour = end = datetime.max.replace(tzinfo=UTC)
     for c in calls:
-        hour = c.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if not hour <= c.timestamp < end:  # calls come mostly in time order: reuse the hour
+            hour = c.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            end = hour + _HOUR
         t = totals[(hour, c.service_name, c.provider, c.model, c.operation)]
         t[0] += 1
         t[1] += not c.success
