@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, Runner] = {
     "ingest": _ingest,
     "instrumentation": _optional("bench.instrumentation"),
     "api": _optional("bench.api"),
+    "dashboards": _optional("bench.dashboards"),
     "memory": _memory,
     "faults": _optional("bench.faults"),
 }

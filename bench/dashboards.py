@@ -1,0 +1,131 @@
+"""One refresh of each Grafana dashboard's SQL panels at 1 and 10 million rows in api_calls,
+against one plain scan of the last 24 hours of rows (the range the dashboards open on), measured
+in the same run on the same data.
+
+Every panel query is expanded as Grafana expands it (macros, `$__interval`, variables on "All")
+and run against the real PostgreSQL; a refresh is all SQL panels of a dashboard, one after the
+other (Grafana runs them in parallel, so this is the pessimistic figure)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+
+from bench.api import _generate, _prepare_partitions
+from bench.common import Result
+from exporter.db import EmbeddedPostgres
+from tests.grafana.grafana_expand import TimeRange, Variable, expand_sql, parse_interval
+from tests.support import fresh_database
+
+DASHBOARDS = Path(__file__).resolve().parents[1] / "grafana" / "dashboards"
+REPEATS = 5
+# A refresh may cost this many one-day scans (it runs a dozen queries, most over that day).
+TARGET_RATIO = 15.0
+_DAY_SCAN = (
+    'SELECT count(*), sum(total_tokens), sum(cost_usd) FROM api_calls WHERE "timestamp" >= %s'
+)
+
+
+def run(console: Console, args: argparse.Namespace) -> list[Result]:
+    sizes = sorted(args.rows or ([200_000] if args.quick else [1_000_000, 10_000_000]))
+    now = datetime.now(UTC)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-dashboards-") as tmp:
+        server = EmbeddedPostgres(Path(tmp))
+        try:
+            with fresh_database(server.url) as url:
+                _prepare_partitions(url, now)
+                present = 0
+                for size in sizes:
+                    _generate(console, url, now, present, size)
+                    present = size
+                    results.extend(_measure(console, url, size))
+        finally:
+            server.stop()
+    return results
+
+
+def _boards() -> dict[str, list[tuple[str | None, str]]]:
+    """Each dashboard with SQL panels: its variables' queries are run for options; panels as
+    (time override, raw SQL)."""
+    boards = {}
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        queries = [
+            (panel.get("timeFrom"), target["rawSql"])
+            for panel in board["panels"]
+            for target in panel.get("targets", [])
+            if "rawSql" in target
+        ]
+        if queries:
+            boards[board["title"]] = queries
+    return boards
+
+
+def _variables(conn: psycopg.Connection[Any], board_path: str) -> list[Variable]:
+    board = json.loads((DASHBOARDS / board_path).read_text())
+    variables = []
+    for spec in board.get("templating", {}).get("list", []):
+        rows = conn.execute(spec["query"]).fetchall()
+        variables.append(Variable(spec["name"], [r[-1] for r in rows]))
+    return variables
+
+
+def _refresh_ms(conn: psycopg.Connection[Any], queries: list[tuple[str | None, str]],
+                variables: list[Variable]) -> float:  # fmt: skip
+    now = datetime.now(UTC)
+    minimum = timedelta(seconds=15)  # the provisioned Prometheus scrape interval
+    started = time.perf_counter()
+    for override, raw in queries:
+        span = parse_interval(override) if override else timedelta(hours=24)
+        conn.execute(expand_sql(raw, variables, TimeRange.last(span, now, minimum))).fetchall()
+    return (time.perf_counter() - started) * 1000
+
+
+def _measure(console: Console, url: str, size: int) -> list[Result]:
+    results = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        since = datetime.now(UTC) - timedelta(hours=24)
+        scan_ms = statistics.median(_timed(lambda: conn.execute(_DAY_SCAN, (since,)).fetchall()))
+        titles = {json.loads(p.read_text())["title"]: p.name for p in DASHBOARDS.glob("*.json")}
+        for title, queries in _boards().items():
+            variables = _variables(conn, titles[title])
+            _refresh_ms(conn, queries, variables)  # warm caches and plans
+            refresh = statistics.median(
+                _refresh_ms(conn, queries, variables) for _ in range(REPEATS)
+            )
+            ratio = refresh / scan_ms
+            console.print(
+                f"{title} at {size:,} rows: {len(queries)} SQL queries in {refresh:.0f} ms"
+                f" (one 24 h scan {scan_ms:.0f} ms)"
+            )
+            results.append(
+                Result(
+                    name=f"dashboard refresh, {title}, {size:,} rows",
+                    result=f"{refresh:.0f} ms ({len(queries)} queries)",
+                    baseline=f"24 h scan {scan_ms:.0f} ms",
+                    ratio=ratio,
+                    target=f"<= {TARGET_RATIO:.0f}x",
+                    ok=ratio <= TARGET_RATIO,
+                )
+            )
+    return results
+
+
+def _timed(call: Any, repeats: int = REPEATS) -> list[float]:
+    call()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
