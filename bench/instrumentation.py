@@ -237,7 +237,7 @@ def _versus(name: str, ours: float, theirs: float, unit: str, vendor: str) -> Re
         f"  vs {vendor}, {name}",
         f"ours +{ours:.1f} {unit}",
         f"{vendor} +{theirs:.1f} {unit}",
-        ours / theirs if theirs > 0 else float("inf"),
+        ours / theirs if theirs > 0 else float("nan"),  # no ratio to an overhead within noise
         f"less than {vendor}",
         ours < theirs,
     )
