@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--senders", type=int, default=64, help="concurrent senders in the soak")
     parser.add_argument("--queue-rows", type=int, default=50_000, help="exporter queue bound")
     parser.add_argument("--calls", type=int, default=None, help="calls per instrumentation run")
-    parser.add_argument("--rows", type=int, nargs="+", default=None, help="api_calls sizes (api, dashboards)")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=None, help="table sizes (api, dashboards)"
+    )
     args = parser.parse_args(argv)
     if args.spans is None:
         args.spans = 20_000 if args.quick else 100_000
