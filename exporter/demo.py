@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -64,7 +64,6 @@ class Stack:
 def run_demo(settings: Settings, duration: float | None) -> int:
     console = Console()
     _quiet_libraries()
-    signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: flush, summary, children down
     with contextlib.ExitStack() as cleanup:
         try:
             stack = _start_stack(settings, console, cleanup)
@@ -115,22 +114,19 @@ def _run_workload(console: Console, stack: Stack, duration: float | None, budget
         Live(console=console, refresh_per_second=2) as live,
     ):
         workload.start(stop)
-        try:
-            while deadline is None or time.monotonic() < deadline:
+        with _stop_on_signals(stop):
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 view.status = "Ctrl-C to stop" if deadline is None else _left(deadline)
                 live.update(view.render(conn, workload.stats))
-                time.sleep(REFRESH_SECONDS)
-        except KeyboardInterrupt:
-            pass
-        finally:
+                stop.wait(REFRESH_SECONDS)
             stop.set()
-        view.status = "stopping: finishing the calls in flight, flushing spans"
-        live.update(view.render(conn, workload.stats))
-        workload.join(timeout=15)
-        nexus_otel.force_flush()
-        _wait_for_rows(conn, started, workload.stats.calls)
-        view.status = "done"
-        live.update(view.render(conn, workload.stats))
+            view.status = "stopping: finishing the calls in flight, flushing spans"
+            live.update(view.render(conn, workload.stats))
+            workload.join(timeout=15)
+            nexus_otel.force_flush()
+            _wait_for_rows(conn, started, workload.stats.calls)
+            view.status = "done"
+            live.update(view.render(conn, workload.stats))
     with psycopg.connect(stack.database.url, autocommit=True) as conn:
         return _summarize(console, conn, stack, started, workload)
 
@@ -306,8 +302,23 @@ def _stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C or SIGTERM asks the workload to stop (the demo then flushes, summarises and stops
+    its children); a second one interrupts at once. A flag, not an exception, so the first never
+    lands in the middle of a database query."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _quiet_libraries() -> None:
