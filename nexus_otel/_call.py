@@ -21,11 +21,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from nexus_otel import _anthropic
 from nexus_otel import attributes as a
+from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target, scrub_text
 from nexus_otel._estimate import estimate_source, estimate_tokens, price
 from nexus_otel._internal import guarded
 from nexus_otel._operation import CallRecord, current_operation, record_call
-from nexus_otel._sse import Decompressor, JSONAccumulator, SSEParser
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
 
 _GEN_AI_PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM)
@@ -45,8 +45,7 @@ class LLMCall:
         self.status_code: int | None = None
         self._started = time.monotonic()
         self._first_chunk: float | None = None
-        self._reader: SSEParser | JSONAccumulator | None = None
-        self._decompress: Decompressor | None = None
+        self._body: BodyCopy | None = None
         self._stream_state = _anthropic.new_stream_state()
         self._finished = False
         self._lock = threading.Lock()
@@ -69,19 +68,13 @@ class LLMCall:
 
     def on_response(self, status_code: int, headers: Any) -> None:
         self.status_code = status_code
-        self._decompress = Decompressor.for_encoding(headers.get("content-encoding", ""))
-        if self._decompress is None:
-            return  # an encoding we cannot read: the body passes unread, usage is estimated
-        if "text/event-stream" in headers.get("content-type", ""):
-            self._reader = SSEParser(self._on_event)
-        else:
-            self._reader = JSONAccumulator(self._on_json)
+        self._body = BodyCopy(headers.get("content-type", ""), headers.get("content-encoding", ""))
 
     def on_chunk(self, chunk: bytes) -> None:
         if self._first_chunk is None and chunk:
             self._first_chunk = time.monotonic()
-        if self._reader is not None and self._decompress is not None:
-            self._reader.feed(self._decompress(chunk))
+        if self._body is not None:
+            self._body.add(chunk)
 
     def finish(self, error: BaseException | None = None) -> None:
         """Ends the call once: usage (from the body, or estimated), the span, the record."""
@@ -90,8 +83,8 @@ class LLMCall:
                 return
             self._finished = True
         duration_ms = (time.monotonic() - self._started) * 1000
-        if self._reader is not None and error is None:
-            guarded(self._reader.close)
+        if self._body is not None:
+            guarded(self._read_body)
         error_type = self._error_type(error)
         usage, source = self._usage(error_type)
         cost = (
@@ -105,6 +98,18 @@ class LLMCall:
         record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
 
     # --- reading the body -------------------------------------------------------------------
+    def _read_body(self) -> None:
+        body = self._body
+        assert body is not None
+        if not body.is_stream:
+            body.read_json(self._on_json)
+            return
+        body.read_stream(self._on_event, full=self.settings.capture_content)
+        if not (self.response.usage and self.response.complete):
+            # Usage to estimate: that needs all the text, so read every event from the start.
+            self.response, self._stream_state = ResponseInfo(), _anthropic.new_stream_state()
+            body.read_stream(self._on_event, full=True)
+
     def _on_event(self, event: str | None, data: object) -> None:
         if self.target.wire is _anthropic:
             _anthropic.read_event(event, data, self.response, self._stream_state)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nexus_otel import _anthropic, _gemini, _openai
+from nexus_otel import _anthropic, _body, _gemini, _openai
 from nexus_otel._detect import scrub_text, scrub_url
 from nexus_otel._sse import SSEParser
 from nexus_otel._usage import ResponseInfo, TokenUsage
@@ -118,3 +118,41 @@ def test_secrets_are_scrubbed_from_urls_and_messages() -> None:
         == "https://generativelanguage.googleapis.com/v1beta/models/x:generateContent?alt=sse"
     )
     assert scrub_text(f"Client error for url '{url}'").count("AIzaS3cret") == 0
+
+
+def big_anthropic_stream(deltas: int, *, finished: bool = True) -> bytes:
+    events = ANTHROPIC_STREAM.split(b"\r\n\r\n")
+    delta = events[1] + b"\r\n\r\n"
+    body = events[0] + b"\r\n\r\n" + delta * deltas
+    return body + (b"\r\n\r\n".join(events[2:]) if finished else b"")
+
+
+@pytest.mark.parametrize("limit", [_body.MAX_BODY, 100_000])
+def test_large_streams_are_read_from_head_and_tail(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_body, "MAX_BODY", limit)  # 100 kB: only head and tail are kept
+    stream = big_anthropic_stream(5_000)  # about 500 kB
+    seen: list[str | None] = []
+    copy = _body.BodyCopy("text/event-stream", "")
+    for start in range(0, len(stream), 4096):
+        copy.add(stream[start : start + 4096])
+    info, state = ResponseInfo(), _anthropic.new_stream_state()
+
+    def on_event(event: str | None, data: object) -> None:
+        seen.append(event)
+        _anthropic.read_event(event, data, info, state)
+
+    copy.read_stream(on_event, full=False)
+    assert info.usage == TokenUsage(1325, 95, 1000, 300, 30) and info.complete
+    assert len(seen) < 400  # the middle's deltas were not parsed
+    assert copy.truncated == (limit < len(stream))
+
+
+def test_a_cut_stream_is_read_in_full_for_its_text() -> None:
+    stream = big_anthropic_stream(2_000, finished=False)
+    copy = _body.BodyCopy("text/event-stream", "")
+    copy.add(stream)
+    info, state = ResponseInfo(), _anthropic.new_stream_state()
+    copy.read_stream(lambda e, d: _anthropic.read_event(e, d, info, state), full=True)
+    assert not info.complete and info.output_text == "Hel" * 2_000
