@@ -70,7 +70,7 @@ def _status() -> list[object]:
 def _flow() -> list[object]:
     return [
         timeseries_panel(
-            "Spans per second", "reqps",
+            "Spans per second", "cps",
             [
                 promql(_rate("nexus_exporter_spans_received_total"), "received"),
                 promql(_rate("nexus_exporter_spans_ignored_total"), "not LLM calls"),
@@ -79,7 +79,7 @@ def _flow() -> list[object]:
             "Spans in, spans that describe no LLM call, and rows newly stored.",
         ),
         timeseries_panel(
-            "Rejected and duplicate spans", "reqps",
+            "Rejected and duplicate spans", "cps",
             [
                 promql(_rate("nexus_exporter_spans_rejected_total", "reason"),
                        "rejected: {{reason}}"),
