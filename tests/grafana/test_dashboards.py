@@ -12,6 +12,7 @@ import yaml
 from grafana_foundation_sdk.cog.runtime import UnknownDataquery
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
+from grafana_foundation_sdk.models import units
 
 from exporter.cli import main
 from exporter.dashboards import DASHBOARDS, build_all, load, render, stale, write_all
@@ -28,6 +29,12 @@ UIDS = {
     "exporter-health": "nexus-exporter-health",
 }
 LLM_VARIABLES = ["service", "provider", "model", "operation"]
+# Grafana's unit ids, as the foundation SDK lists them; `suffix:` is Grafana's custom unit.
+UNITS = {v for k, v in vars(units).items() if not k.startswith("_") and isinstance(v, str)}
+
+
+def _known_unit(unit: str) -> bool:
+    return unit in UNITS or unit.startswith("suffix:")
 
 
 def _committed() -> dict[str, dict[str, Any]]:
@@ -82,7 +89,10 @@ def test_every_panel_has_a_title_a_unit_and_a_query(name: str) -> None:
     assert len(set(titles)) == len(titles), "titles identify panels: keep them unique"
     for panel in panels:
         assert panel["title"].strip()
-        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        assert _known_unit(panel["fieldConfig"]["defaults"].get("unit", "")), panel["title"]
+        for override in panel["fieldConfig"]["overrides"]:
+            for item in override["properties"]:
+                assert item["id"] != "unit" or _known_unit(item["value"]), panel["title"]
         assert panel["targets"], panel["title"]
         assert panel["gridPos"]["x"] >= 0 and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
         for target in panel["targets"]:
