@@ -202,6 +202,10 @@ def test_prometheus_scrapes_compose_services() -> None:
         for target in static["targets"]
     ]
     assert "exporter:4318" in targets
+    # Grafana's floor for $__interval and $__rate_interval must be the real scrape interval.
+    text = (PROVISIONING / "datasources" / "datasources.yaml").read_text()
+    (prometheus,) = [d for d in yaml.safe_load(text)["datasources"] if d["type"] == "prometheus"]
+    assert prometheus["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
     for target in targets:
         assert target.split(":")[0] in {*SERVICES, "localhost"}, target
 
