@@ -6,6 +6,7 @@ import random
 import string
 from dataclasses import dataclass, field
 
+MIN_CACHEABLE_TOKENS = 1024  # shorter prefixes are not cached (Anthropic's minimum for Sonnet)
 ERRORS = ("429", "500", "503", "timeout", "interrupt")
 _USAGE_KEYS = {
     "input": "input_tokens",
@@ -164,7 +165,7 @@ class Generator:
         if request.cached_content_tokens:
             input_tokens += request.cached_content_tokens
             cache_read = request.cached_content_tokens
-        elif request.cache_prefix_chars:
+        elif request.cache_prefix_chars // 4 >= MIN_CACHEABLE_TOKENS:
             cached = min(input_tokens, request.cache_prefix_chars // 4)
             if request.cache_key in self._cached:
                 cache_read = cached
