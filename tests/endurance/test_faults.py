@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -25,7 +26,7 @@ from tests.endurance.conftest import StoppablePostgres
 from tests.endurance.spool import SpoolingExporter
 from tests.endurance.workload import MICRO_DOLLAR, Workload
 from tests.exporter.otlp_helpers import make_spans, protobuf_body
-from tests.support import ExporterProcess, fresh_database, query, start_exporter
+from tests.support import ExporterProcess, fresh_database, metric_value, query, start_exporter
 
 pytestmark = pytest.mark.e2e
 
@@ -65,6 +66,22 @@ def _post(exporter: ExporterProcess, body: bytes) -> httpx.Response:
     )
 
 
+def _kill_with_rows_in_flight(exporter: ExporterProcess, database_url: str) -> float:
+    """SIGKILL while requests wait for a commit: the table is locked for a moment so that rows
+    are surely queued, uncommitted and unanswered when the process dies. Returns their count."""
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE api_calls IN ACCESS EXCLUSIVE MODE")
+        deadline, waiting = time.monotonic() + 10, 0.0
+        while not waiting and time.monotonic() < deadline:
+            time.sleep(0.2)
+            scrape = httpx.get(f"{exporter.base_url}/metrics", timeout=5).text
+            waiting = metric_value(scrape, "nexus_exporter_queue_depth_rows")
+        exporter.process.kill()  # no shutdown: the waiting requests are cut
+        exporter.process.wait(10)
+        blocker.rollback()
+    return waiting
+
+
 def test_every_span_stored_once_through_kill_outage_and_duplicates(
     own_postgres: StoppablePostgres, own_database: str, tmp_path: Path
 ) -> None:
@@ -76,12 +93,12 @@ def test_every_span_stored_once_through_kill_outage_and_duplicates(
     workload.provider.add_span_processor(processor)
     stop = threading.Event()
     generator = workload.run(RATE, stop)
-    outages_failed_sends = []
+    outages_failed_sends: list[int] = []
+    cut_rows: list[float] = []
     try:
         for _ in range(CYCLES):
             time.sleep(STEADY_SECONDS)
-            exporter.process.kill()  # SIGKILL: no shutdown, requests in flight are cut
-            exporter.process.wait(10)
+            cut_rows.append(_kill_with_rows_in_flight(exporter, own_database))
             time.sleep(1)
             exporter = start_exporter(own_database, tmp_path, EXPORTER_ENV, port=port)
             time.sleep(STEADY_SECONDS)
@@ -109,6 +126,7 @@ def test_every_span_stored_once_through_kill_outage_and_duplicates(
     # The app layer dropped nothing: every span it made reached the spool.
     assert spool.spans_accepted == len(expected.keys)
     assert spool.spans_acknowledged == len(expected.keys)
+    assert all(rows > 0 for rows in cut_rows), cut_rows  # each kill cut unacknowledged rows
     # Each outage made sends fail (the SDK's own retries may absorb the short kill).
     assert all(failed > 0 for failed in outages_failed_sends), outages_failed_sends
     assert spool.sends >= 2 * len(expected.keys) // 512
