@@ -251,7 +251,7 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
         return [Result("instrumentation overhead", "not measured", "-", 0.0, "-", False)]
     calls = args.calls or (300 if args.quick else 2000)
     rounds = 2 if args.quick else 5
-    stream_calls = max(3, calls // 40)
+    stream_calls = max(3, calls // 200)  # a 1 MB Groq stream alone takes about a second
     console.print(
         f"[bold]instrumentation[/]: {rounds} rounds x {len(MODES)} configurations, "
         f"{calls} calls of each plain kind and {stream_calls} streams per process"
