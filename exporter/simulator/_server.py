@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -240,6 +240,8 @@ class ProviderSimulator:
         await asyncio.sleep(latency)
         if controls.error == "timeout":
             await asyncio.sleep(TIMEOUT_SLEEP_SECONDS)
+        if await http.is_disconnected():  # the client gave up waiting: nothing is answered
+            return Response(status_code=499)
         if controls.error in ("429", "500", "503"):
             status = int(controls.error)
             record(status, request.model, request.stream, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -371,14 +372,17 @@ def test_timeout_makes_the_sdk_time_out(sim: ProviderSimulator) -> None:
 
 def test_latency_header_delays_the_first_byte(sim: ProviderSimulator) -> None:
     client = openai.OpenAI(api_key="k", base_url=sim.openai_base_url, max_retries=0, timeout=0.3)
+    answered = len(sim.responses)
     with pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=PROMPT, extra_headers={"x-sim-latency": "2"}
+            model="gpt-4o-mini", messages=PROMPT, extra_headers={"x-sim-latency": "1.5"}
         )
     fast = client.chat.completions.create(
         model="gpt-4o-mini", messages=PROMPT, extra_headers={"x-sim-latency": "0"}
     )
     assert fast.choices[0].finish_reason in ("stop", "length")
+    time.sleep(2)  # the abandoned request is not answered, so it never lands in `responses`
+    assert sim.responses[-1].stream is False and len(sim.responses) == answered + 1
 
 
 @pytest.mark.parametrize(
