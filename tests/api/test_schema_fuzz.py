@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from exporter.api.app import create_api_app
 from exporter.settings import Settings
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 40
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
