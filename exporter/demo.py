@@ -31,6 +31,7 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 import nexus_otel
 from exporter.demo_view import View, simulator_totals, stored_totals, summary_table
@@ -78,7 +79,10 @@ def run_demo(settings: Settings, duration: float | None) -> int:
 
 def _start_stack(settings: Settings, console: Console, cleanup: contextlib.ExitStack) -> Stack:
     with console.status("starting PostgreSQL (embedded unless --database-url is given)"):
-        database = open_database(settings)
+        try:
+            database = open_database(settings)
+        except psycopg.Error as exc:
+            raise DemoError(f"cannot use the database: {exc}") from exc
         cleanup.callback(database.close)
     otlp_port = _usable_port(settings.host, settings.otlp_port, "--otlp-port", console)
     api_port = _usable_port(settings.host, settings.api_port, "--api-port", console)
@@ -117,18 +121,27 @@ def _run_workload(console: Console, stack: Stack, duration: float | None, budget
         with _stop_on_signals(stop):
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 view.status = "Ctrl-C to stop" if deadline is None else _left(deadline)
-                live.update(view.render(conn, workload.stats))
+                _redraw(live, view, conn, workload)
                 stop.wait(REFRESH_SECONDS)
             stop.set()
             view.status = "stopping: finishing the calls in flight, flushing spans"
-            live.update(view.render(conn, workload.stats))
+            _redraw(live, view, conn, workload)
             workload.join(timeout=15)
             nexus_otel.force_flush()
             _wait_for_rows(conn, started, workload.stats.calls)
             view.status = "done"
-            live.update(view.render(conn, workload.stats))
+            _redraw(live, view, conn, workload)
     with psycopg.connect(stack.database.url, autocommit=True) as conn:
         return _summarize(console, conn, stack, started, workload)
+
+
+def _redraw(
+    live: Live, view: View, conn: psycopg.Connection[object], workload: CarouselWorkload
+) -> None:
+    try:
+        live.update(view.render(conn, workload.stats))  # type: ignore[arg-type]
+    except psycopg.Error as exc:  # shown, and the demo carries on: the database may come back
+        live.update(Text(f"reading the database failed: {exc}", style="red"))
 
 
 def _summarize(
