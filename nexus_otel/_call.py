@@ -87,15 +87,12 @@ class LLMCall:
             guarded(self._read_body)
         error_type = self._error_type(error)
         usage, source = self._usage(error_type)
-        cost = (
-            guarded(price, usage, self._model(), self.target.provider)
-            if error_type is None
-            else None
-        )
-        guarded(self._record_on_span, usage, source, cost, error_type, error)
+        guarded(self._record_on_span, usage, source, error_type, error)
         if self.owns_span:
             self.span.end()
-        record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
+        if self.operation is not None:  # priced here only for the handle: the exporter prices rows
+            cost = guarded(price, usage, self._model(), self.target.provider)
+            record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
 
     # --- reading the body -------------------------------------------------------------------
     def _read_body(self) -> None:
@@ -190,7 +187,6 @@ class LLMCall:
         self,
         usage: TokenUsage,
         source: str,
-        cost: Any,
         error_type: str | None,
         error: BaseException | None,
     ) -> None:
@@ -205,7 +201,6 @@ class LLMCall:
             a.GEN_AI_RESPONSE_MODEL: response.model,
             a.GEN_AI_RESPONSE_ID: response.response_id,
             a.GEN_AI_RESPONSE_FINISH_REASONS: tuple(response.finish_reasons) or None,
-            a.NEXUS_COST_USD: float(cost) if cost is not None else None,
         }
         if self.request.stream and self._first_chunk is not None:
             values[a.NEXUS_TIME_TO_FIRST_CHUNK] = self._first_chunk - self._started

@@ -179,7 +179,7 @@ def _scrub_http_span(span: Any, request: Any) -> None:
     attributes = getattr(span, "attributes", None) or {}
     for key in _URL_ATTRIBUTES:
         value = attributes.get(key)
-        if isinstance(value, str):
+        if isinstance(value, str) and ("?" in value or "@" in value):
             span.set_attribute(key, scrub_url(value))
 
 
