@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rows", type=int, nargs="+", default=None, help="table sizes (api, dashboards)"
     )
+    parser.add_argument(
+        "--api-rows", type=int, nargs="+", default=None, help="api_calls sizes for the API only"
+    )
     args = parser.parse_args(argv)
     if args.spans is None:
         args.spans = 20_000 if args.quick else 100_000

@@ -89,7 +89,8 @@ _RECENT = 'SELECT * FROM api_calls ORDER BY "timestamp" DESC LIMIT 10'
 
 
 def run(console: Console, args: argparse.Namespace) -> list[Result]:
-    sizes = sorted(args.rows or ([200_000] if args.quick else [1_000_000, 10_000_000]))
+    chosen = getattr(args, "api_rows", None) or args.rows
+    sizes = sorted(chosen or ([200_000] if args.quick else [1_000_000, 10_000_000]))
     now = datetime.now(UTC)
     results = []
     with tempfile.TemporaryDirectory(prefix="nexus-bench-api-") as tmp:
