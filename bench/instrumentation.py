@@ -3,16 +3,15 @@ provider wire formats), uninstrumented, with nexus-otel, and with the Anthropic 
 and OpenLLMetry's Groq instrumentation. Spans go to a no-op exporter, so only the instrumentation
 is measured.
 
-Each configuration runs in its own process (instrumentation patches globally); configurations
-are interleaved in rounds, with calls of every kind interleaved inside each process, and the
-medians of all calls are compared. The servers run in a separate process.
+One process switches the configurations on and off in turn, 50 calls at a time, so a
+busy machine slows every configuration alike; it runs again in a few rounds, and the medians of
+all calls are compared. The server runs in a process of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -50,21 +49,18 @@ def serve() -> None:
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    print(json.dumps({"sim": url, "stream": url}), flush=True)
+    print(json.dumps({"url": f"http://127.0.0.1:{port}"}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
     server.should_exit = True
 
 
-# ---- one configuration's process ------------------------------------------------------------
+# ---- the measuring process ------------------------------------------------------------------
 
 
-SPANS = [0]  # spans the no-op exporter received: proof the instrumentation was on
+SPANS = [0]  # spans the no-op exporter received: proof an instrumentation was on
 
 
-def _tracing(mode: str) -> None:
-    if mode == "none":
-        return
+def _tracer_provider() -> Any:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -76,25 +72,34 @@ def _tracing(mode: str) -> None:
 
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(Discard()))
-    trace.set_tracer_provider(provider)
-    if mode == "nexus":
-        import nexus_otel
+    trace.set_tracer_provider(provider)  # where the Anthropic SDK's own tracing goes
+    return provider
 
+
+def _switch(mode: str, provider: Any, groq_instrumentor: Any) -> None:
+    """Turns on the instrumentation of `mode` and every other one off."""
+    import nexus_otel
+
+    if mode == "nexus":
         nexus_otel.instrument(service_name="bench", tracer_provider=provider)
     else:
-        from opentelemetry.instrumentation.groq import GroqInstrumentor
+        nexus_otel.uninstrument()
+    if mode == "vendor" and not groq_instrumentor.is_instrumented_by_opentelemetry:
+        groq_instrumentor.instrument(tracer_provider=provider)
+    elif mode != "vendor" and groq_instrumentor.is_instrumented_by_opentelemetry:
+        groq_instrumentor.uninstrument()
 
-        GroqInstrumentor().instrument(tracer_provider=provider)
 
-
-def _operations(sim: str, stream: str) -> dict[str, Callable[[], Any]]:
+def _operations(url: str, anthropic_tracing: bool) -> dict[str, Callable[[], Any]]:
+    """Fresh clients, so an instrumentation that hooks client construction sees them."""
     import anthropic
     import groq
 
-    groq_sim = groq.Groq(api_key="gsk-bench", base_url=sim, max_retries=0)
-    groq_long = groq.Groq(api_key="gsk-bench", base_url=stream, max_retries=0)
-    claude_sim = anthropic.Anthropic(api_key="sk-ant-bench", base_url=sim, max_retries=0)
-    claude_long = anthropic.Anthropic(api_key="sk-ant-bench", base_url=stream, max_retries=0)
+    groq_client = groq.Groq(api_key="gsk-bench", base_url=url, max_retries=0)
+    claude = anthropic.Anthropic(
+        api_key="sk-ant-bench", base_url=url, max_retries=0,
+        open_telemetry={} if anthropic_tracing else False,
+    )  # fmt: skip
     groq_model, claude_model = "llama-3.3-70b-versatile", "claude-sonnet-4-5"
 
     def drain(chunks: Iterable[Any]) -> None:
@@ -102,14 +107,14 @@ def _operations(sim: str, stream: str) -> dict[str, Callable[[], Any]]:
             pass
 
     return {
-        "groq": lambda: groq_sim.chat.completions.create(
+        "groq": lambda: groq_client.chat.completions.create(
             model=groq_model, messages=_PROMPT, max_tokens=64
         ),
-        "anthropic": lambda: claude_sim.messages.create(
+        "anthropic": lambda: claude.messages.create(
             model=claude_model, messages=_PROMPT, max_tokens=64
         ),
         "groq 1 MB stream": lambda: drain(
-            groq_long.chat.completions.create(
+            groq_client.chat.completions.create(
                 model=groq_model,
                 messages=_PROMPT,
                 stream=True,
@@ -117,32 +122,45 @@ def _operations(sim: str, stream: str) -> dict[str, Callable[[], Any]]:
             )
         ),
         "anthropic 1 MB stream": lambda: drain(
-            claude_long.messages.create(
+            claude.messages.create(
                 model=claude_model, messages=_PROMPT, max_tokens=300_000, stream=True
             )
         ),
     }
 
 
-def worker(mode: str, sim: str, stream: str, calls: int, stream_calls: int) -> None:
-    _tracing(mode)
-    operations = _operations(sim, stream)
-    timings: dict[str, list[int]] = {name: [] for name in operations}
-    for call in operations.values():  # warm-up: connections, imports, caches
-        for _ in range(5):
-            call()
-    for i in range(calls):
-        for name in PLAIN if i % max(1, calls // stream_calls) else tuple(operations):
-            started = time.perf_counter_ns()
-            operations[name]()
-            timings[name].append(time.perf_counter_ns() - started)
-    print(json.dumps({"timings": timings, "spans": SPANS[0]}))
+def worker(url: str, calls: int, stream_calls: int, block: int = 50) -> None:
+    """Every configuration in turn, `block` calls at a time, in one process: a busy machine
+    slows all of them alike. Prints nanoseconds per call and spans recorded, by configuration."""
+    from opentelemetry.instrumentation.groq import GroqInstrumentor
+
+    provider = _tracer_provider()
+    groq_instrumentor = GroqInstrumentor()
+    every = max(1, calls // stream_calls)
+    timings: dict[str, dict[str, list[int]]] = {m: {} for m in MODES}
+    spans = dict.fromkeys(MODES, 0)
+    for index, first in enumerate(range(0, calls, block)):
+        for mode in MODES[index % len(MODES) :] + MODES[: index % len(MODES)]:
+            _switch(mode, provider, groq_instrumentor)
+            operations = _operations(url, anthropic_tracing=mode == "vendor")
+            for name in PLAIN:  # connect, and warm whatever the instrumentation caches
+                operations[name]()
+            before = SPANS[0]
+            for i in range(first, min(first + block, calls)):
+                for name in PLAIN if i % every else tuple(operations):
+                    started = time.perf_counter_ns()
+                    operations[name]()
+                    elapsed = time.perf_counter_ns() - started
+                    timings[mode].setdefault(name, []).append(elapsed)
+            spans[mode] += SPANS[0] - before
+    _switch("none", provider, groq_instrumentor)
+    print(json.dumps({"timings": timings, "spans": spans}))
 
 
 # ---- the benchmark --------------------------------------------------------------------------
 
 
-def _start_servers() -> tuple[subprocess.Popen[str], str, str]:
+def _start_server() -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.instrumentation", "serve"],
         stdin=subprocess.PIPE,
@@ -150,52 +168,43 @@ def _start_servers() -> tuple[subprocess.Popen[str], str, str]:
         text=True,
     )
     assert process.stdout is not None
-    urls = json.loads(process.stdout.readline())
-    return process, urls["sim"], urls["stream"]
+    return process, json.loads(process.stdout.readline())["url"]
 
 
-def _run_worker(
-    mode: str, sim: str, stream: str, calls: int, stream_calls: int
-) -> tuple[dict[str, list[int]], int]:
-    """Per-call nanoseconds by operation, and how many spans the configuration recorded."""
-    env = {**os.environ, "ANTHROPIC_OPEN_TELEMETRY": "true" if mode == "vendor" else "false"}
+def _run_worker(url: str, calls: int, stream_calls: int) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "bench.instrumentation", "worker", "--mode", mode,
-        "--sim", sim, "--stream", stream, "--calls", str(calls),
-        "--stream-calls", str(stream_calls),
+        sys.executable, "-m", "bench.instrumentation", "worker", "--url", url,
+        "--calls", str(calls), "--stream-calls", str(stream_calls),
     ]  # fmt: skip
-    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    result = json.loads(output.stdout.strip().splitlines()[-1])
-    return result["timings"], result["spans"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True)
+    return dict(json.loads(output.stdout.strip().splitlines()[-1]))
 
 
 def measure(
     console: Console, rounds: int, calls: int, stream_calls: int
 ) -> dict[str, dict[str, float]]:
-    """Median nanoseconds per call, by mode and operation."""
+    """Median nanoseconds per call, by configuration and operation."""
     samples: dict[str, dict[str, list[int]]] = {m: {} for m in MODES}
-    calls_made = {m: 0 for m in MODES}
-    spans = {m: 0 for m in MODES}
-    server, sim, stream = _start_servers()
+    spans = dict.fromkeys(MODES, 0)
+    server, url = _start_server()
     try:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("instrumentation overhead", total=rounds * len(MODES))
-            for r in range(rounds):
-                order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
-                for mode in order:
-                    timings, recorded = _run_worker(mode, sim, stream, calls, stream_calls)
-                    for name, values in timings.items():
+            task = progress.add_task("instrumentation overhead", total=rounds)
+            for _ in range(rounds):
+                result = _run_worker(url, calls, stream_calls)
+                for mode, operations in result["timings"].items():
+                    for name, values in operations.items():
                         samples[mode].setdefault(name, []).extend(values)
-                    calls_made[mode] += sum(len(v) for v in timings.values())
-                    spans[mode] += recorded
-                    progress.advance(task)
+                    spans[mode] += result["spans"][mode]
+                progress.advance(task)
     finally:
         if server.stdin:
             server.stdin.close()
         server.wait(10)
-    for mode in ("nexus", "vendor"):  # measured calls alone; warm-up calls add spans too
-        if spans[mode] < calls_made[mode]:
-            raise RuntimeError(f"{mode}: {spans[mode]} spans for {calls_made[mode]} calls")
+    for mode in ("nexus", "vendor"):  # at least one span per measured call, or it was off
+        made = sum(len(v) for v in samples[mode].values())
+        if spans[mode] < made:
+            raise RuntimeError(f"{mode}: {spans[mode]} spans for {made} calls")
     return {m: {n: statistics.median(v) for n, v in ops.items()} for m, ops in samples.items()}
 
 
@@ -250,11 +259,12 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
         console.print("[yellow]instrumentation: nexus_otel.instrument() does not exist yet[/]")
         return [Result("instrumentation overhead", "not measured", "-", 0.0, "-", False)]
     calls = args.calls or (300 if args.quick else 2000)
-    rounds = 2 if args.quick else 5
+    rounds = 1 if args.quick else 3
     stream_calls = max(3, calls // 200)  # a 1 MB Groq stream alone takes about a second
     console.print(
         f"[bold]instrumentation[/]: {rounds} rounds x {len(MODES)} configurations, "
-        f"{calls} calls of each plain kind and {stream_calls} streams per process"
+        f"{calls} calls of each plain kind and {stream_calls} 1 MB streams per configuration "
+        "and round"
     )
     medians = measure(console, rounds, calls, stream_calls)
     for mode, ops in medians.items():
@@ -266,16 +276,14 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instrumentation")
     parser.add_argument("role", choices=["serve", "worker"])
-    parser.add_argument("--mode", choices=MODES)
-    parser.add_argument("--sim")
-    parser.add_argument("--stream")
+    parser.add_argument("--url")
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--stream-calls", type=int, default=20)
+    parser.add_argument("--stream-calls", type=int, default=10)
     args = parser.parse_args()
     if args.role == "serve":
         serve()
     else:
-        worker(args.mode, args.sim, args.stream, args.calls, args.stream_calls)
+        worker(args.url, args.calls, args.stream_calls)
 
 
 if __name__ == "__main__":
