@@ -216,3 +216,34 @@ def test_operations_nest_decorate_and_follow_tasks_and_threads(
 
 async def _openai_call(simulator: ProviderSimulator) -> None:
     await asyncio.to_thread(run, simulator, Call("openai", False, False, USAGE))
+
+
+def test_content_capture_from_the_environment(
+    spans: Spans, simulator: ProviderSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_OTEL_CAPTURE_CONTENT", "true")
+    memory = spans()
+    run(simulator, Call("groq", False, False, USAGE))
+    [span] = gen_ai_spans(memory)
+    assert "gen_ai.input.messages" in (span.attributes or {})
+
+
+def test_a_stream_closed_early_ends_its_span_with_estimated_usage(
+    spans: Spans, simulator: ProviderSimulator
+) -> None:
+    import groq
+
+    memory = spans()
+    client = groq.Groq(api_key="gsk-x", base_url=simulator.groq_base_url, max_retries=0)
+    with nexus_otel.operation("early") as op:
+        stream = client.chat.completions.create(
+            model="llama-3.3-70b-versatile", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+            extra_headers={"x-sim-latency": "0"},
+        )  # fmt: skip
+        next(iter(stream))
+        stream.close()
+    [span] = gen_ai_spans(memory)
+    attrs = dict(span.attributes or {})
+    assert attrs["nexus.usage.source"] == "tiktoken" and span.status.status_code is StatusCode.UNSET
+    [record] = op.calls
+    assert record.success and record.input_tokens > 0
