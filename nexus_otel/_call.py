@@ -219,8 +219,8 @@ class LLMCall:
         reasons = ",".join(self.response.finish_reasons)
         output = [{"role": "assistant", "parts": [text], "finish_reason": reasons}]
         return {
-            "gen_ai.input.messages": json.dumps(self.request.messages, default=str),
-            "gen_ai.output.messages": json.dumps(output),
+            a.GEN_AI_INPUT_MESSAGES: json.dumps(self.request.messages, default=str),
+            a.GEN_AI_OUTPUT_MESSAGES: json.dumps(output),
         }
 
 
