@@ -71,3 +71,27 @@ def test_health_and_docs(api: TestClient) -> None:
                  "/api/analytics/token-efficiency", "/api/budgets", "/api/alerts/webhook",
                  "/api/alerts", "/health"):  # fmt: skip
         assert path in paths
+
+
+def test_a_repeated_notification_is_recorded_once(api: TestClient) -> None:
+    """Alertmanager repeats notifications (repeat_interval, retries): one event, one row."""
+    payload = {
+        "version": "4", "receiver": "history", "status": "firing", "groupKey": "{}:{}",
+        "groupLabels": {"alertname": "NexusErrorRate"}, "commonLabels": {},
+        "commonAnnotations": {}, "externalURL": "http://am", "truncatedAlerts": 0,
+        "alerts": [{
+            "status": "firing", "labels": {"alertname": "NexusErrorRate", "severity": "warning"},
+            "annotations": {"summary": "errors"}, "startsAt": "2026-11-20T10:00:00.123Z",
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": "abc123",
+        }],
+    }  # fmt: skip
+    first = api.post("/api/alerts/webhook", json=payload)
+    again = api.post("/api/alerts/webhook", json=payload)
+    assert (first.json(), again.json()) == (
+        {"received": 1, "recorded": 1}, {"received": 1, "recorded": 0},
+    )  # fmt: skip
+    rows = api.get("/api/alerts", params={"alertname": "NexusErrorRate"}).json()
+    assert [(r["fingerprint"], r["status"], r["ends_at"]) for r in rows] == [
+        ("abc123", "firing", None)
+    ]
+    assert api.get("/api/alerts", params={"since": "2100-01-01T00:00:00Z"}).json() == []
