@@ -72,8 +72,10 @@ def forecast(
     if elapsed <= 0 or spend <= 0:
         return Forecast(spend, None)
     at_end = spend * Decimal(length) / Decimal(elapsed)
-    reaches = start + timedelta(seconds=float(Decimal(elapsed) * limit / spend))
-    return Forecast(at_end, reaches if reaches <= end else None)
+    seconds_to_limit = Decimal(elapsed) * limit / spend
+    if seconds_to_limit > Decimal(length):  # also keeps a tiny spend from overflowing timedelta
+        return Forecast(at_end, None)
+    return Forecast(at_end, start + timedelta(seconds=float(seconds_to_limit)))
 
 
 def state_of(spend: Decimal, limit: Decimal, warning_pct: Decimal) -> State:

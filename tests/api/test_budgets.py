@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.testclient import TestClient
 
-from exporter.budgets import BudgetCollector, period_bounds
+from exporter.budgets import BudgetCollector, Forecast, forecast, period_bounds
 from tests.api.conftest import MODEL_B, call_spec
 from tests.support import metric_value
 
@@ -193,3 +194,14 @@ def test_default_budget_from_settings(api_client: Callable[..., TestClient]) -> 
     assert default[0]["warning_threshold_pct"] == 60
     status = status_of(client, default[0]["id"])
     assert status["spend_usd"] == pytest.approx(6.00 + 0.50 + 0.30 + 0.19 + 0.01 + 0.20)
+
+
+def test_forecast_edges() -> None:
+    start, end = at(20, 3), at(21, 3)
+    assert forecast(Decimal(0), Decimal(1), start, end, at(20, 15)) == Forecast(Decimal(0), None)
+    assert forecast(Decimal(1), Decimal(1), start, end, start) == Forecast(Decimal(1), None)
+    tiny = forecast(Decimal("1e-12"), Decimal("1e12"), start, end, at(20, 15))
+    assert tiny.exhausted_at is None and tiny.spend_at_end == Decimal("2e-12")
+    # 12 of 24 hours gone with $4 spent: $8 at the end; $2 was reached after 6 hours.
+    done = forecast(Decimal(4), Decimal(2), start, end, at(20, 15))
+    assert (done.spend_at_end, done.exhausted_at) == (Decimal(8), at(20, 9))
