@@ -12,6 +12,7 @@ import contextlib
 import json
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,10 @@ from nexus_otel._operation import CallRecord, current_operation, record_call
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
 
 _GEN_AI_PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM)
+_NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
+# Other instrumentations' spans that already describe one completed call: a further request
+# inside one is another call (an app's own span around several), not a retry, so it gets ours.
+_DESCRIBED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,8 @@ class LLMCall:
         guarded(self._record_on_span, usage, source, error_type, error)
         if self.owns_span:
             self.span.end()
+        elif error_type is None:
+            _DESCRIBED.add(self.span)
         if self.operation is not None:  # priced here only for the handle: the exporter prices rows
             cost = guarded(price, usage, self._model(), self.target.provider)
             record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
@@ -225,11 +232,13 @@ class LLMCall:
 
 
 def _open_gen_ai_span() -> Span | None:
-    """Another instrumentation's GenAI span, open around this request, or None."""
+    """Another instrumentation's model-call span, open around this request and not yet used."""
     span = trace.get_current_span()
-    if not span.is_recording():
+    if not span.is_recording() or getattr(span, "kind", None) is not SpanKind.CLIENT:
         return None
     attributes = getattr(span, "attributes", None) or {}
-    if any(key in attributes for key in _GEN_AI_PROVIDER_KEYS):
-        return span
-    return None
+    if not any(key in attributes for key in _GEN_AI_PROVIDER_KEYS):
+        return None
+    if attributes.get(a.GEN_AI_OPERATION_NAME) in _NOT_MODEL_CALLS or span in _DESCRIBED:
+        return None
+    return span

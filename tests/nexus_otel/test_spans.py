@@ -146,7 +146,7 @@ def test_other_instrumentations_gen_ai_span_is_enriched_not_doubled(
     with (
         nexus_otel.operation("expand"),
         tracer.start_as_current_span(
-            "chat gpt-4o-mini", attributes={"gen_ai.provider.name": "openai"}
+            "chat gpt-4o-mini", kind=SpanKind.CLIENT, attributes={"gen_ai.provider.name": "openai"}
         ),
     ):
         run(simulator, Call("openai", False, False, USAGE))
@@ -247,3 +247,23 @@ def test_a_stream_closed_early_ends_its_span_with_estimated_usage(
     assert attrs["nexus.usage.source"] == "tiktoken" and span.status.status_code is StatusCode.UNSET
     [record] = op.calls
     assert record.success and record.input_tokens > 0
+
+
+@pytest.mark.usefixtures("spans")
+def test_spans_that_are_not_one_model_call_are_not_enriched(simulator: ProviderSimulator) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    nexus_otel.instrument(tracer_provider=provider)
+    tracer = trace.get_tracer("app", tracer_provider=provider)
+    agent = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "invoke_agent"}
+    with tracer.start_as_current_span("invoke_agent planner", attributes=agent):
+        run(simulator, Call("openai", False, False, USAGE))
+    chat = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat"}
+    with tracer.start_as_current_span("chat twice", kind=SpanKind.CLIENT, attributes=chat):
+        run(simulator, Call("openai", False, False, USAGE))
+        run(simulator, Call("openai", False, False, USAGE))  # a second call: its own span
+    calls = [s for s in memory.get_finished_spans()
+             if (s.attributes or {}).get("gen_ai.usage.input_tokens") == 900]  # fmt: skip
+    scopes = sorted(s.instrumentation_scope.name for s in calls if s.instrumentation_scope)
+    assert scopes == ["app", "nexus_otel", "nexus_otel"]  # three calls, three spans with usage
