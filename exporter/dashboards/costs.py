@@ -22,6 +22,15 @@ from exporter.dashboards.common import (
 
 UID = "nexus-costs"
 IN_RANGE = f'$__timeFilter("timestamp") AND {sql_filter()}'
+# Totals come from hourly_usage_summary (kept in the same transaction as the raw rows), so these
+# panels never scan raw calls on a 5 s refresh; the hour holding the range's start counts whole.
+HOURS = (
+    "hourly_usage_summary WHERE hour >= date_trunc('hour', $__timeFrom()::timestamptz) "
+    f"AND hour <= $__timeTo()::timestamptz AND {sql_filter()}"
+)
+PRICED = "sum(calls - unpriced_calls)"
+# The summaries hold 0 for calls without a price: no priced call means no spend figure, not $0.
+SPEND = f"CASE WHEN {PRICED} > 0 THEN sum(cost_usd) END"
 # A budget's scope columns are NULL when it covers everything.
 BUDGET_SCOPE = " AND ".join(
     f"(b.{column} IS NULL OR a.{column} = b.{column})"
@@ -38,12 +47,11 @@ def _spend_by(column: str, label: str) -> object:
     return bar_panel(
         f"Spend by {label}", "currencyUSD",
         [sql(f"""
-            SELECT coalesce(nullif({column}, ''), '(none)') AS "{label}",
-                   sum(cost_usd) AS "Spend"
-            FROM api_calls WHERE {IN_RANGE}
+            SELECT coalesce(nullif({column}, ''), '(none)') AS "{label}", {SPEND} AS "Spend"
+            FROM {HOURS}
             GROUP BY 1 ORDER BY 2 DESC NULLS LAST LIMIT 15
         """)],
-        f"Spend of priced calls in the time range, by {label}.", w=6,
+        f"Spend of priced calls in the time range (whole hours), by {label}.", w=6,
     )  # fmt: skip
 
 
@@ -51,23 +59,22 @@ def _totals() -> list[object]:
     return [
         stat_panel(
             "Spend", "currencyUSD",
-            [sql(f'SELECT sum(cost_usd) AS "Spend" FROM api_calls WHERE {IN_RANGE}')],
-            "Spend of priced calls in the time range.",
+            [sql(f'SELECT {SPEND} AS "Spend" FROM {HOURS}')],
+            "Spend of priced calls in the time range (whole hours).",
         ),
         stat_panel(
             "Average cost per priced call", "currencyUSD",
-            [sql(f'SELECT avg(cost_usd) AS "Average" FROM api_calls WHERE {IN_RANGE}')],
+            [sql(f'SELECT sum(cost_usd) / NULLIF({PRICED}, 0) AS "Average" FROM {HOURS}')],
             "Unpriced calls are left out, never counted as $0.",
         ),
         stat_panel(
             "Priced calls", "short",
-            [sql(f'SELECT count(cost_usd) AS "Priced" FROM api_calls WHERE {IN_RANGE}')],
-            "Calls with a known price in the time range.",
+            [sql(f'SELECT {PRICED} AS "Priced" FROM {HOURS}')],
+            "Calls with a known price in the time range (whole hours).",
         ),
         stat_panel(
             "Unpriced calls", "short",
-            [sql(f"""SELECT count(*) AS "Unpriced" FROM api_calls
-                     WHERE cost_usd IS NULL AND {IN_RANGE}""")],
+            [sql(f'SELECT sum(unpriced_calls) AS "Unpriced" FROM {HOURS}')],
             "Calls of models with no known price: add them to the price overrides.",
         ),
     ]  # fmt: skip
@@ -123,9 +130,8 @@ def _budgets() -> list[object]:
 def _breakdowns() -> list[object]:
     over_time = sql(
         f"""
-        SELECT $__timeGroupAlias("timestamp", $__interval), provider AS metric,
-               sum(cost_usd) AS spend
-        FROM api_calls WHERE {IN_RANGE} GROUP BY 1, 2 ORDER BY 1
+        SELECT $__timeGroupAlias(hour, $__interval), provider AS metric, {SPEND} AS spend
+        FROM {HOURS} GROUP BY 1, 2 ORDER BY 1
         """,
         "time_series",
     )
@@ -142,7 +148,7 @@ def _breakdowns() -> list[object]:
         _spend_by("service_name", "service"),
         timeseries_panel(
             "Spend per provider", "currencyUSD", [over_time],
-            "Spend per interval, stacked by provider.", stacked=True, colors=PROVIDER_COLORS,
+            "Spend per hour, stacked by provider.", stacked=True, colors=PROVIDER_COLORS,
         ),
         timeseries_panel(
             "Average cost per call by model", "currencyUSD",

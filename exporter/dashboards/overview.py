@@ -32,28 +32,26 @@ def today_vs_yesterday(label: str, summed: str, raw: str | None = None) -> str:
     come from hourly_usage_summary (`summed`, over its columns), only the current hour and the
     same hour yesterday from raw rows (`raw`, over api_calls): these panels refresh every 5 s."""
     raw = raw or summed
+    # Plain range conditions on now(): each raw part is one index range scan of one partition.
     return f"""
-        WITH b AS (SELECT date_trunc('day', now()) AS today, date_trunc('hour', now()) AS hour_now,
-                          now() - interval '1 day' AS same_time,
-                          date_trunc('hour', now() - interval '1 day') AS hour_then),
-        parts AS (
-            SELECT {summed} FILTER (WHERE s.hour >= b.today) AS today,
-                   {summed} FILTER (WHERE s.hour < b.hour_then) AS yesterday
-            FROM hourly_usage_summary s, b
-            WHERE s.hour >= b.today - interval '1 day' AND s.hour < b.hour_now
-              AND {sql_filter("s")}
-            UNION ALL
-            SELECT {raw} FILTER (WHERE a."timestamp" >= b.hour_now),
-                   {raw} FILTER (WHERE a."timestamp" < b.same_time)
-            FROM api_calls a, b
-            WHERE (a."timestamp" >= b.hour_now
-                   OR a."timestamp" >= b.hour_then AND a."timestamp" < b.same_time)
-              AND {sql_filter("a")}
-        )
         SELECT coalesce(sum(today), 0) AS "{label}",
                100.0 * (coalesce(sum(today), 0) - sum(yesterday)) / NULLIF(sum(yesterday), 0)
                    AS "vs yesterday"
-        FROM parts
+        FROM (
+            SELECT {summed} FILTER (WHERE hour >= date_trunc('day', now())) AS today,
+                   {summed} FILTER (WHERE hour < date_trunc('hour', now() - interval '1 day'))
+                       AS yesterday
+            FROM hourly_usage_summary
+            WHERE hour >= date_trunc('day', now()) - interval '1 day'
+              AND hour < date_trunc('hour', now()) AND {sql_filter()}
+            UNION ALL
+            SELECT {raw}, NULL FROM api_calls
+            WHERE "timestamp" >= date_trunc('hour', now()) AND {sql_filter()}
+            UNION ALL
+            SELECT NULL, {raw} FROM api_calls
+            WHERE "timestamp" >= date_trunc('hour', now() - interval '1 day')
+              AND "timestamp" < now() - interval '1 day' AND {sql_filter()}
+        ) parts
     """
 
 
@@ -75,10 +73,12 @@ def _headline() -> list[object]:
         stat_panel(
             "Success rate", "percentunit",
             [sql(f"""
-                SELECT avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS "Success rate"
-                FROM api_calls WHERE $__timeFilter("timestamp") AND {sql_filter()}
+                SELECT sum(calls - failed_calls)::numeric / NULLIF(sum(calls), 0) AS "Success rate"
+                FROM hourly_usage_summary
+                WHERE hour >= date_trunc('hour', $__timeFrom()::timestamptz)
+                  AND hour <= $__timeTo()::timestamptz AND {sql_filter()}
             """)],
-            "Share of calls in the time range that succeeded.",
+            "Share of calls in the time range (whole hours) that succeeded.",
         ).thresholds(
             dashboard.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
                 [dm.Threshold(value=None, color=BAD), dm.Threshold(value=0.95, color=OK)]
@@ -94,9 +94,11 @@ def _charts() -> list[object]:
     """)
     tokens = sql(
         f"""
-        SELECT $__timeGroupAlias("timestamp", $__interval), provider AS metric,
+        SELECT $__timeGroupAlias(hour, $__interval), provider AS metric,
                sum(input_tokens + output_tokens) AS tokens
-        FROM api_calls WHERE $__timeFilter("timestamp") AND {sql_filter()}
+        FROM hourly_usage_summary
+        WHERE hour >= date_trunc('hour', $__timeFrom()::timestamptz)
+          AND hour <= $__timeTo()::timestamptz AND {sql_filter()}
         GROUP BY 1, 2 ORDER BY 1
         """,
         "time_series",
@@ -110,7 +112,7 @@ def _charts() -> list[object]:
         ),
         timeseries_panel(
             "Token usage per provider (24 h)", "short", [tokens],
-            "Input + output tokens per interval, by provider.", w=16, h=8,
+            "Input + output tokens per hour, by provider (the current hour so far).", w=16, h=8,
             colors=PROVIDER_COLORS,
         ).time_from("24h"),
         timeseries_panel(
