@@ -208,3 +208,28 @@ def test_estimate_cost_is_genai_prices_and_none_when_unpriced() -> None:
     assert nexus_otel.estimate_cost("claude-sonnet-4-5", 2000, 500, provider="anthropic",
                                     cache_read_tokens=1500) == expected  # fmt: skip
     assert nexus_otel.estimate_cost("no-such-model-xyz", 2000, 500) is None
+
+
+def test_an_app_that_already_exports_otlp_is_reused(
+    receiver: OTLPReceiver, simulator: ProviderSimulator
+) -> None:
+    out = python(
+        f"""
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        import nexus_otel
+
+        app_provider = TracerProvider()
+        app_provider.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint="{receiver.url}/v1/traces")))
+        trace.set_tracer_provider(app_provider)
+        nexus_otel.instrument()
+        print("processors", len(app_provider._active_span_processor._span_processors))
+        {textwrap.indent(CALL.format(sim=simulator.groq_base_url), "        ").strip()}
+        app_provider.force_flush()
+        """
+    )  # fmt: skip
+    assert "processors 1" in out  # no second exporter: each span is sent once
+    assert len([s for s in receiver.spans() if "gen_ai.provider.name" in s[1]]) == 1
