@@ -96,7 +96,7 @@ class LLMCall:
         if self.owns_span:
             self.span.end()
         elif error_type is None:
-            _DESCRIBED.add(self.span)
+            guarded(_DESCRIBED.add, self.span)
         if self.operation is not None:  # priced here only for the handle: the exporter prices rows
             cost = guarded(price, usage, self._model(), self.target.provider)
             record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
