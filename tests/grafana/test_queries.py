@@ -258,13 +258,19 @@ def _panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", []) if panel["type"] == "row" else [panel]
 
 
+DASHBOARD_SPAN = timedelta(minutes=15)
+
+
 def _run_board(
-    name: str, stack: Stack, selection: dict[str, list[str]], empty: bool = False
+    name: str,
+    stack: Stack,
+    selection: dict[str, list[str]],
+    empty: bool = False,
+    now: datetime | None = None,
 ) -> dict[str, Result]:
     board = _dashboards()[name]
-    now = datetime.now(UTC)
-    span = timedelta(minutes=15)
-    dashboard_range = TimeRange.last(span, now, SCRAPE)
+    now = now or datetime.now(UTC)
+    dashboard_range = TimeRange.last(DASHBOARD_SPAN, now, SCRAPE)
     variables = [
         Variable(v.name, v.options, selection.get(v.name, v.selected), v.multi, v.include_all,
                  v.all_value)
@@ -347,6 +353,28 @@ def test_headline_numbers_are_exact(stack: Stack) -> None:
     roi = _run_board("roi", stack, {})["Content ranked by engagement per dollar/A"].rows
     assert [r["Correlation id"] for r in roi] == ["carousel-1", "carousel-2", "carousel-3"]
     assert roi[0]["Engagement"] == 143 and roi[0]["LLM calls"] == 2 * (WAVES + 3) + 1
+
+
+def test_cost_totals_from_hourly_summaries_equal_the_raw_calls(stack: Stack) -> None:
+    """The cost panels read hourly_usage_summary over the whole hours of the range: the same
+    numbers as counting the raw calls of those hours."""
+    now = datetime.now(UTC)
+    results = _run_board("costs", stack, {}, now=now)
+    raw_sql = """
+        SELECT sum(cost_usd), count(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL),
+               sum(cost_usd) FILTER (WHERE provider = 'anthropic')
+        FROM api_calls WHERE "timestamp" >= date_trunc('hour', $__timeFrom()::timestamptz)
+                         AND "timestamp" <= $__timeTo()::timestamptz
+    """
+    window = TimeRange.last(DASHBOARD_SPAN, now, SCRAPE)
+    spend, priced, unpriced, anthropic = _sql_rows(stack, expand_sql(raw_sql, [], window))[0]
+    assert unpriced >= WAVES and priced >= WAVES * (len(CALLS) - 1)
+    assert results["Spend/A"].rows == [{"Spend": spend}]
+    assert results["Priced calls/A"].rows == [{"Priced": priced}]
+    assert results["Unpriced calls/A"].rows == [{"Unpriced": unpriced}]
+    by_provider = {r["provider"]: r["Spend"] for r in results["Spend by provider/A"].rows}
+    assert by_provider["anthropic"] == anthropic
+    assert by_provider["groq"] is not None  # groq has priced and unpriced models
 
 
 @pytest.fixture(scope="module")
