@@ -36,6 +36,9 @@ _FUTURE_SKEW = timedelta(days=1)
 _MAX_REJECTION_MESSAGES = 5
 # numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
 _MAX_CALL_COST_USD = Decimal(1_000_000)
+# Request bodies being received and decoded at once, in multiples of the largest body allowed:
+# bounded like the write queue, so a burst of huge batches meets a 503, not memory growth.
+_BODIES_IN_FLIGHT = 2
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Ingestor:
             batch_max_rows=settings.batch_max_rows,
             queue_max_rows=settings.queue_max_rows,
         )
+        self.body_bytes_limit = _BODIES_IN_FLIGHT * settings.max_body_bytes
+        self.body_bytes_in_flight = 0
 
     def convert(self, request: ExportTraceServiceRequest) -> Conversion:
         result = Conversion()
@@ -177,10 +182,20 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
         # or decoding refused requests starves the writer that would drain the queue.
         rows = ingestor.writer.queued_rows
         return _unavailable(ingestor, f"{rows} rows are already waiting for the database", media)
+    declared = _declared_length(request)
+    if declared > settings.max_body_bytes:
+        limit = settings.max_body_bytes
+        return _error(413, f"body of {declared} bytes exceeds the {limit}-byte limit", media)
+    in_flight = ingestor.body_bytes_in_flight
+    if in_flight and in_flight + declared > ingestor.body_bytes_limit:
+        return _unavailable(ingestor, f"{in_flight} bytes of requests are being received", media)
+    ingestor.body_bytes_in_flight += declared
     try:
         conversion = await _decode(ingestor, request, media)
     except otlp.PayloadError as exc:
         return _error(exc.status, str(exc), media)
+    finally:
+        ingestor.body_bytes_in_flight -= declared
     _count(ingestor.metrics, conversion)
     if conversion.calls:
         try:
@@ -225,10 +240,13 @@ def _authorized(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(credential.encode(), token.encode())
 
 
+def _declared_length(request: Request) -> int:
+    """Content-Length, or 0 (a chunked body is bounded only by the body limit)."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else 0
+
+
 async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise otlp.PayloadError(f"body of {declared} bytes exceeds the {limit}-byte limit", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -3,6 +3,7 @@ Retry-After at once, without reading the body, instead of queueing more."""
 
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,3 +73,34 @@ def test_a_full_queue_answers_503_with_retry_after_and_does_not_grow(
         )
     )
     assert counts == {"queued-0": 1000, "queued-1": 1000, "queued-2": 1000}
+
+
+def test_bodies_being_received_are_bounded_too(database_url: str, tmp_path: Path) -> None:
+    """Huge batches arriving at once meet a 503 + Retry-After instead of piling up in memory."""
+    env = {"NEXUS_MAX_BODY_BYTES": "10000000", "NEXUS_RETRY_AFTER_SECONDS": "2"}
+    exporter = start_exporter(database_url, tmp_path, env)  # 2 x 10 MB may be in flight
+    host, port = exporter.base_url.removeprefix("http://").split(":")
+    slow = []
+    try:
+        for _ in range(2):  # two 9 MB bodies that arrive slowly
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: 9000000\r\n\r\n\x0a\x00"
+            )
+            slow.append(sock)
+        time.sleep(1)
+        big = b"\x00" * 5_000_000
+        refused = _post(exporter.base_url, big)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "2"
+        assert b"bytes of requests are being received" in refused.content
+        for sock in slow:
+            sock.close()
+        time.sleep(1)
+        assert _post(exporter.base_url, big).status_code == 400  # admitted, and malformed
+        assert _post(exporter.base_url, _batch("after-burst")).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+        exporter.stop()
