@@ -245,6 +245,7 @@ def test_no_secret_in_any_exported_span(stack: Stack) -> None:
 
 
 def _span_text(span: ReadableSpan) -> str:
-    items = [span.name, repr(dict(span.attributes or {})), repr(dict(span.resource.attributes))]
+    items = [span.name, repr(dict(span.attributes or {})), repr(dict(span.resource.attributes)),
+             span.status.description or ""]  # fmt: skip
     items += [repr(dict(e.attributes or {})) + e.name for e in span.events]
     return "\n".join(items)
