@@ -36,9 +36,14 @@ _FUTURE_SKEW = timedelta(days=1)
 _MAX_REJECTION_MESSAGES = 5
 # numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
 _MAX_CALL_COST_USD = Decimal(1_000_000)
-# Request bodies being received and decoded at once, in multiples of the largest body allowed:
-# bounded like the write queue, so a burst of huge batches meets a 503, not memory growth.
+# Bytes of request bodies received and not yet decoded, in multiples of the largest body: bounded
+# like the write queue, so a burst of huge batches meets a 503, not memory growth. Counted as
+# they arrive, so a slow sender that announces a large body and sends nothing holds nothing.
 _BODIES_IN_FLIGHT = 2
+
+
+class BodiesBusy(RuntimeError):
+    """Other requests' bodies already fill the bytes the exporter holds at once."""
 
 
 @dataclass
@@ -67,6 +72,13 @@ class Ingestor:
         )
         self.body_bytes_limit = _BODIES_IN_FLIGHT * settings.max_body_bytes
         self.body_bytes_in_flight = 0
+
+    def admit_body(self, size: int, already_mine: int) -> None:
+        """Counts `size` more bytes of one request's body; a request alone is always admitted."""
+        others = self.body_bytes_in_flight - already_mine
+        if others and self.body_bytes_in_flight + size > self.body_bytes_limit:
+            raise BodiesBusy(f"{others} bytes of other requests are being received")
+        self.body_bytes_in_flight += size
 
     def convert(self, request: ExportTraceServiceRequest) -> Conversion:
         result = Conversion()
@@ -186,16 +198,14 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
     if declared > settings.max_body_bytes:
         limit = settings.max_body_bytes
         return _error(413, f"body of {declared} bytes exceeds the {limit}-byte limit", media)
-    in_flight = ingestor.body_bytes_in_flight
-    if in_flight and in_flight + declared > ingestor.body_bytes_limit:
-        return _unavailable(ingestor, f"{in_flight} bytes of requests are being received", media)
-    ingestor.body_bytes_in_flight += declared
     try:
+        ingestor.admit_body(declared, 0)  # refused before reading, when the length is known
+        ingestor.body_bytes_in_flight -= declared
         conversion = await _decode(ingestor, request, media)
     except otlp.PayloadError as exc:
         return _error(exc.status, str(exc), media)
-    finally:
-        ingestor.body_bytes_in_flight -= declared
+    except BodiesBusy as exc:
+        return _unavailable(ingestor, str(exc), media)
     _count(ingestor.metrics, conversion)
     if conversion.calls:
         try:
@@ -217,9 +227,21 @@ async def _decode(ingestor: Ingestor, request: Request, media: str) -> Conversio
     """Body to calls. Kept apart so the body and the decoded message are freed before the
     request waits for its rows to commit: a waiting request holds only its calls."""
     limit = ingestor.settings.max_body_bytes
-    body = await _read_limited(request, limit)
-    data = otlp.decompress(body, request.headers.get("content-encoding"), limit)
-    return ingestor.convert(otlp.parse_request(data, media))
+    chunks: list[bytes] = []
+    counted = 0
+    try:
+        async for chunk in request.stream():
+            if counted + len(chunk) > limit:
+                raise otlp.PayloadError(f"body exceeds the {limit}-byte limit", 413)
+            ingestor.admit_body(len(chunk), counted)
+            counted += len(chunk)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        chunks.clear()
+        data = otlp.decompress(body, request.headers.get("content-encoding"), limit)
+        return ingestor.convert(otlp.parse_request(data, media))
+    finally:
+        ingestor.body_bytes_in_flight -= counted
 
 
 def _unavailable(ingestor: Ingestor, message: str, media: str) -> Response:
@@ -244,16 +266,6 @@ def _declared_length(request: Request) -> int:
     """Content-Length, or 0 (a chunked body is bounded only by the body limit)."""
     declared = request.headers.get("content-length", "")
     return int(declared) if declared.isdigit() else 0
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise otlp.PayloadError(f"body exceeds the {limit}-byte limit", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(

@@ -75,32 +75,42 @@ def test_a_full_queue_answers_503_with_retry_after_and_does_not_grow(
     assert counts == {"queued-0": 1000, "queued-1": 1000, "queued-2": 1000}
 
 
+def _slow_upload(base_url: str, declared: int, sent: int) -> socket.socket:
+    """A request that announces `declared` bytes of body, sends `sent` of them, and stalls."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = (
+        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"\x00" * sent)
+    return sock
+
+
 def test_bodies_being_received_are_bounded_too(database_url: str, tmp_path: Path) -> None:
-    """Huge batches arriving at once meet a 503 + Retry-After instead of piling up in memory."""
+    """Huge batches arriving at once meet a 503 + Retry-After instead of piling up in memory;
+    senders that announce a large body and send nothing hold nothing."""
     env = {"NEXUS_MAX_BODY_BYTES": "10000000", "NEXUS_RETRY_AFTER_SECONDS": "2"}
     exporter = start_exporter(database_url, tmp_path, env)  # 2 x 10 MB may be in flight
-    host, port = exporter.base_url.removeprefix("http://").split(":")
-    slow = []
+    big = b"\x00" * 5_000_000
+    stalled: list[socket.socket] = []
     try:
-        for _ in range(2):  # two 9 MB bodies that arrive slowly
-            sock = socket.create_connection((host, int(port)))
-            sock.sendall(
-                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                b"Content-Length: 9000000\r\n\r\n\x0a\x00"
-            )
-            slow.append(sock)
+        stalled += [_slow_upload(exporter.base_url, 9_000_000, 2) for _ in range(4)]
         time.sleep(1)
-        big = b"\x00" * 5_000_000
+        assert _post(exporter.base_url, big).status_code == 400  # admitted (and malformed)
+
+        stalled += [_slow_upload(exporter.base_url, 9_000_000, 8_900_000) for _ in range(2)]
+        time.sleep(1)
         refused = _post(exporter.base_url, big)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "2"
-        assert b"bytes of requests are being received" in refused.content
-        for sock in slow:
+        assert b"bytes of other requests are being received" in refused.content
+        for sock in stalled:
             sock.close()
         time.sleep(1)
-        assert _post(exporter.base_url, big).status_code == 400  # admitted, and malformed
+        assert _post(exporter.base_url, big).status_code == 400
         assert _post(exporter.base_url, _batch("after-burst")).status_code == 200
     finally:
-        for sock in slow:
+        for sock in stalled:
             sock.close()
         exporter.stop()
