@@ -31,7 +31,7 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
     started = time.monotonic()
     with console.status("fault-injection soak running"):
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=1200",
              "tests/endurance/test_faults.py"],
             env=env, capture_output=True, text=True,
         )  # fmt: skip
