@@ -45,6 +45,7 @@ alerting-tools:
 rules: alerting-tools
 	@if command -v promtool >/dev/null || [ "$$CI" = true ]; then \
 	  set -e; promtool check config prometheus/prometheus.yml; \
+  promtool check rules prometheus/rules/*.yml; \
 	  promtool test rules prometheus/tests/*.yml; \
 	  amtool check-config alertmanager/alertmanager.yml; \
 	else echo "skipping promtool/amtool checks: not installed"; fi
