@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -99,25 +100,44 @@ class ExporterMetrics:
 
     def observe_stored(self, calls: Iterable[LLMCall]) -> None:
         """Moves the LLM metrics for calls that were just stored for the first time."""
+        # Counters move once per label set and batch: their totals are sums, so adding a
+        # batch's sum is the same as adding each call, at a fraction of the cost.
+        batch: dict[tuple[str, ...], _BatchTotals] = {}
         for call in calls:
             labels = (
                 call.service_name, call.provider, call.model, call.gen_ai_operation, call.operation
             )  # fmt: skip
-            series = self._series.get(labels) or self._make_series(labels)
+            totals = batch.get(labels)
+            if totals is None:
+                totals = batch[labels] = _BatchTotals(
+                    self._series.get(labels) or self._make_series(labels)
+                )
+            series = totals.series
             series.input_usage.observe(call.input_tokens)
             series.output_usage.observe(call.output_tokens)
-            for counter, count in zip(series.tokens, _token_counts(call), strict=True):
-                if count:
-                    counter.inc(count)
-            self.operation_duration.labels(*labels, call.error_type or "").observe(
-                call.duration_ms / 1000
-            )
-            (series.successes if call.success else series.errors).inc()
-            if call.cost_usd is None:
-                series.unpriced.inc()
+            totals.tokens[0] += call.input_tokens
+            totals.tokens[1] += call.output_tokens
+            totals.tokens[2] += call.cache_read_tokens
+            totals.tokens[3] += call.cache_write_tokens
+            totals.tokens[4] += call.reasoning_tokens
+            error_type = call.error_type or ""
+            duration = series.durations.get(error_type)
+            if duration is None:
+                duration = series.durations[error_type] = self.operation_duration.labels(
+                    *labels, error_type
+                )
+            duration.observe(call.duration_ms / 1000)
+            if call.success:
+                totals.successes += 1
             else:
-                series.cost.inc(float(call.cost_usd))
+                totals.errors += 1
+            if call.cost_usd is None:
+                totals.unpriced += 1
+            else:
+                totals.cost += call.cost_usd
                 series.call_cost.observe(float(call.cost_usd))
+        for totals in batch.values():
+            totals.apply()
 
     def _make_series(self, labels: tuple[str, ...]) -> _Series:
         # Looking up label children costs more than observing: do it once per label set.
@@ -130,6 +150,7 @@ class ExporterMetrics:
             cost=self.cost.labels(*labels),
             call_cost=self.call_cost.labels(*labels),
             unpriced=self.unpriced.labels(*labels),
+            durations={},
         )
         self._series[labels] = series
         return series
@@ -147,13 +168,30 @@ class _Series:
     cost: Any
     call_cost: Any
     unpriced: Any
+    durations: dict[str, Any]  # operation_duration children, by error type
 
 
-def _token_counts(call: LLMCall) -> tuple[int, int, int, int, int]:
-    return (
-        call.input_tokens,
-        call.output_tokens,
-        call.cache_read_tokens,
-        call.cache_write_tokens,
-        call.reasoning_tokens,
-    )
+@dataclass(slots=True)
+class _BatchTotals:
+    """What one batch adds to the counters of one label set."""
+
+    series: _Series
+    tokens: list[int] = field(default_factory=lambda: [0] * len(TOKEN_TYPES))
+    successes: int = 0
+    errors: int = 0
+    unpriced: int = 0
+    cost: Decimal = Decimal(0)
+
+    def apply(self) -> None:
+        series = self.series
+        for counter, count in zip(series.tokens, self.tokens, strict=True):
+            if count:
+                counter.inc(count)
+        if self.successes:
+            series.successes.inc(self.successes)
+        if self.errors:
+            series.errors.inc(self.errors)
+        if self.unpriced:
+            series.unpriced.inc(self.unpriced)
+        if self.cost:
+            series.cost.inc(float(self.cost))

@@ -343,6 +343,8 @@ def _bounded(value: AttributeValue) -> Any:
 
 
 def _str(value: AttributeValue) -> str | None:
+    if value.__class__ is str:  # the common case, first: called a dozen times per span
+        return value.strip() or None  # type: ignore[union-attr]
     if value is None or isinstance(value, list):
         return None
     text = str(value).strip()

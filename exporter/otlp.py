@@ -208,9 +208,24 @@ def attributes_dict(key_values: Any) -> dict[str, AttributeValue]:
             result[key] = storable(text) if "\x00" in text else text
         elif kind in _SCALAR_KINDS:
             result[key] = getattr(value, kind)
+        elif kind == "array_value":
+            result[key] = _array(value.array_value.values, 0)
         else:
             result[key] = any_value(value)
     return result
+
+
+def _array(values: Any, depth: int) -> list[AttributeValue]:
+    # Arrays of strings (finish reasons, stop sequences) come on most spans: read them inline.
+    items: list[AttributeValue] = []
+    for item in values:
+        kind = item.WhichOneof("value")
+        if kind == "string_value":
+            text = item.string_value
+            items.append(storable(text) if "\x00" in text else text)
+        else:
+            items.append(any_value(item, depth + 1))
+    return items
 
 
 def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
@@ -226,7 +241,7 @@ def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
     if depth >= _MAX_VALUE_DEPTH:
         return None
     if kind == "array_value":
-        return [any_value(item, depth + 1) for item in value.array_value.values]
+        return _array(value.array_value.values, depth)
     if kind == "kvlist_value":
         return [
             [storable(kv.key), any_value(kv.value, depth + 1)] for kv in value.kvlist_value.values
