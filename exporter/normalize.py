@@ -175,6 +175,8 @@ def _count(span: RawSpan, keys: tuple[str, ...]) -> int:
 
 
 def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
+    if value.__class__ is int and 0 <= value <= _MAX_TOKENS:  # type: ignore[operator]
+        return value  # type: ignore[return-value]
     number: Any = value
     if isinstance(value, str):
         try:
@@ -309,17 +311,32 @@ def _key_kind(key: str) -> int:
 
 
 def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> dict[str, Any]:
+    keys = tuple(attrs)
+    # Spans of one instrumentation carry the same keys: decide which to keep once per key set.
+    plan = _kept_plan(keys, store_content) if len(keys) <= _MAX_KEPT else _plan(keys, store_content)
     kept: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if len(kept) >= _MAX_KEPT:
-            break
-        kind = _key_kind(key)
-        if kind == _DROP or (kind == _CONTENT and not store_content):
-            continue
+    for key, kind in plan:
+        value = attrs[key]
         if kind == _URL and isinstance(value, str):
             value = scrub_url(value)
         kept[key] = _bounded(value)
     return kept
+
+
+def _plan(keys: tuple[str, ...], store_content: bool) -> tuple[tuple[str, int], ...]:
+    """The keys to keep, with their kind: at most _MAX_KEPT, in the span's order."""
+    plan: list[tuple[str, int]] = []
+    for key in keys:
+        if len(plan) >= _MAX_KEPT:
+            break
+        kind = _key_kind(key)
+        if kind == _DROP or (kind == _CONTENT and not store_content):
+            continue
+        plan.append((key, kind))
+    return tuple(plan)
+
+
+_kept_plan = functools.lru_cache(maxsize=1024)(_plan)  # only for key sets of bounded size
 
 
 def scrub_url(url: str) -> str:
@@ -333,8 +350,10 @@ def scrub_url(url: str) -> str:
 
 
 def _bounded(value: AttributeValue) -> Any:
+    if value.__class__ is int:
+        return value
     if isinstance(value, str):
-        return value[:_MAX_STRING]
+        return value[:_MAX_STRING] if len(value) > _MAX_STRING else value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, list):
