@@ -7,7 +7,7 @@ the last value of each field wins and nothing is summed.
 
 from __future__ import annotations
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
 
 OPERATION = "chat"
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
@@ -29,7 +29,7 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
         stream=body.get("stream") is True,
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         temperature=float(temperature) if isinstance(temperature, int | float) else None,
-        prompt_text=text_of({"system": body.get("system"), "messages": body.get("messages")}),
+        prompt={"system": body.get("system"), "messages": body.get("messages")},
         messages=body.get("messages"),
         message_count=count(body.get("messages")) + (1 if body.get("system") else 0),
     )

@@ -8,16 +8,14 @@ instrumentations), that span is enriched instead, so each call is still one span
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from nexus_otel import _anthropic
@@ -61,15 +59,17 @@ class LLMCall:
         )
         self._tag(self.span)
 
-    @contextlib.contextmanager
-    def activated(self) -> Iterator[None]:
-        """Our span as the current one while the request is sent, so the HTTP span is its child."""
+    def activate(self) -> object | None:
+        """Makes our span the current one while the request is sent, so the HTTP span is its
+        child; returns the token for `deactivate`."""
         if not self.owns_span:
-            yield
-            return
-        with trace.use_span(self.span, end_on_exit=False, record_exception=False,
-                            set_status_on_exception=False):  # fmt: skip
-            yield
+            return None
+        return context.attach(trace.set_span_in_context(self.span))
+
+    @staticmethod
+    def deactivate(token: object | None) -> None:
+        if token is not None:
+            context.detach(token)  # type: ignore[arg-type]
 
     def on_response(self, status_code: int, headers: Any) -> None:
         self.status_code = status_code

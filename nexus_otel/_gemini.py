@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
 
 OPERATION = "generate_content"
 _PATH = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
@@ -23,16 +23,15 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
     config = body.get("generationConfig") or body.get("generation_config") or {}
     max_tokens = dig(config, "maxOutputTokens")
     temperature = dig(config, "temperature")
+    contents, system = body.get("contents"), body.get("systemInstruction")
     return RequestInfo(
         model=found.group("model") if found else None,
         stream=bool(found and found.group("method") == "streamGenerateContent"),
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         temperature=float(temperature) if isinstance(temperature, int | float) else None,
-        prompt_text=text_of(
-            {"contents": body.get("contents"), "systemInstruction": body.get("systemInstruction")}
-        ),
-        messages=body.get("contents"),
-        message_count=count(body.get("contents")) + (1 if body.get("systemInstruction") else 0),
+        prompt={"contents": contents, "systemInstruction": system},
+        messages=contents,
+        message_count=count(contents) + (1 if system else 0),
     )
 
 

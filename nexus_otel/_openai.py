@@ -19,7 +19,7 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
         stream=body.get("stream") is True,
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         temperature=float(temperature) if isinstance(temperature, int | float) else None,
-        prompt_text=text_of(body.get("messages")),
+        prompt=body.get("messages"),
         messages=body.get("messages"),
         message_count=count(body.get("messages")),
     )

@@ -59,9 +59,12 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         call = guarded(interceptor.begin, _request_of(args, kwargs))
         if call is None:
             return wrapped(*args, **kwargs)
+        token = call.activate()
         try:
-            with call.activated():
+            try:
                 response = wrapped(*args, **kwargs)
+            finally:
+                call.deactivate(token)
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
@@ -75,9 +78,12 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         call = guarded(interceptor.begin, _request_of(args, kwargs))
         if call is None:
             return await wrapped(*args, **kwargs)
+        token = call.activate()
         try:
-            with call.activated():
+            try:
                 response = await wrapped(*args, **kwargs)
+            finally:
+                call.deactivate(token)
         except BaseException as exc:
             guarded(call.finish, exc)
             raise

@@ -29,9 +29,13 @@ class RequestInfo:
     stream: bool = False
     max_tokens: int | None = None
     temperature: float | None = None
-    prompt_text: str = ""  # for estimation when the provider reports no usage
+    prompt: object = None  # the prompt's JSON; its text is only needed to estimate usage
     messages: object = None  # for opt-in content capture only
     message_count: int = 0
+
+    @property
+    def prompt_text(self) -> str:
+        return text_of(self.prompt)
 
     def estimated_input_tokens(self, estimate: Callable[[str], int]) -> int:
         """The prompt's tokens plus the chat format's overhead (3 a message, 3 to prime the reply,
