@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -113,20 +114,23 @@ class ExporterMetrics:
                     self._series.get(labels) or self._make_series(labels)
                 )
             series = totals.series
-            series.input_usage.observe(call.input_tokens)
-            series.output_usage.observe(call.output_tokens)
+            totals.input_usage.add(call.input_tokens)
+            totals.output_usage.add(call.output_tokens)
             totals.tokens[0] += call.input_tokens
             totals.tokens[1] += call.output_tokens
             totals.tokens[2] += call.cache_read_tokens
             totals.tokens[3] += call.cache_write_tokens
             totals.tokens[4] += call.reasoning_tokens
             error_type = call.error_type or ""
-            duration = series.durations.get(error_type)
+            duration = totals.durations.get(error_type)
             if duration is None:
-                duration = series.durations[error_type] = self.operation_duration.labels(
-                    *labels, error_type
-                )
-            duration.observe(call.duration_ms / 1000)
+                child = series.durations.get(error_type)
+                if child is None:
+                    child = series.durations[error_type] = self.operation_duration.labels(
+                        *labels, error_type
+                    )
+                duration = totals.durations[error_type] = _Observations(child)
+            duration.add(call.duration_ms / 1000)
             if call.success:
                 totals.successes += 1
             else:
@@ -135,7 +139,7 @@ class ExporterMetrics:
                 totals.unpriced += 1
             else:
                 totals.cost += call.cost_usd
-                series.call_cost.observe(float(call.cost_usd))
+                totals.call_cost.add(float(call.cost_usd))
         for totals in batch.values():
             totals.apply()
 
@@ -171,19 +175,57 @@ class _Series:
     durations: dict[str, Any]  # operation_duration children, by error type
 
 
+class _Observations:
+    """One batch's observations of one histogram child, added to it in one go: the bucket and
+    sum values `observe` would have moved one call at a time (it scans the buckets in Python)."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = child._upper_bounds
+        self.counts = [0] * len(self.bounds)
+        self.total: float = 0
+
+    def add(self, amount: float) -> None:
+        self.total += amount
+        index = bisect_left(self.bounds, amount)  # the first bucket with amount <= bound
+        if index < len(self.counts):
+            self.counts[index] += 1
+
+    def apply(self) -> None:
+        self.child._sum.inc(self.total)
+        for bucket, count in zip(self.child._buckets, self.counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
 @dataclass(slots=True)
 class _BatchTotals:
-    """What one batch adds to the counters of one label set."""
+    """What one batch adds to the metrics of one label set."""
 
     series: _Series
+    input_usage: _Observations = field(init=False)
+    output_usage: _Observations = field(init=False)
+    call_cost: _Observations = field(init=False)
+    durations: dict[str, _Observations] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=lambda: [0] * len(TOKEN_TYPES))
     successes: int = 0
     errors: int = 0
     unpriced: int = 0
     cost: Decimal = Decimal(0)
 
+    def __post_init__(self) -> None:
+        self.input_usage = _Observations(self.series.input_usage)
+        self.output_usage = _Observations(self.series.output_usage)
+        self.call_cost = _Observations(self.series.call_cost)
+
     def apply(self) -> None:
         series = self.series
+        for observations in (self.input_usage, self.output_usage, self.call_cost):
+            observations.apply()
+        for observations in self.durations.values():
+            observations.apply()
         for counter, count in zip(series.tokens, self.tokens, strict=True):
             if count:
                 counter.inc(count)
