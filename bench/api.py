@@ -11,7 +11,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -88,12 +88,13 @@ _HOURLY = (
 _RECENT = 'SELECT * FROM api_calls ORDER BY "timestamp" DESC LIMIT 10'
 
 
-def run(console: Console, args: argparse.Namespace) -> list[Result]:
-    chosen = getattr(args, "api_rows", None) or args.rows
-    sizes = sorted(chosen or ([200_000] if args.quick else [1_000_000, 10_000_000]))
-    now = datetime.now(UTC)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="nexus-bench-api-") as tmp:
+def table_sizes(args: argparse.Namespace, chosen: list[int] | None) -> list[int]:
+    return sorted(chosen or ([200_000] if args.quick else [1_000_000, 10_000_000]))
+
+
+def grown_tables(console: Console, sizes: list[int], now: datetime) -> Iterator[tuple[str, int]]:
+    """A fresh embedded database whose api_calls grows to each size in turn: (url, size)."""
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-rows-") as tmp:
         server = EmbeddedPostgres(Path(tmp))
         try:
             with fresh_database(server.url) as url:
@@ -102,10 +103,15 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
                 for size in sizes:
                     _generate(console, url, now, present, size)
                     present = size
-                    results.append(_measure(console, url, now, size))
+                    yield url, size
         finally:
             server.stop()
-    return results
+
+
+def run(console: Console, args: argparse.Namespace) -> list[Result]:
+    now = datetime.now(UTC)
+    sizes = table_sizes(args, getattr(args, "api_rows", None) or args.rows)
+    return [_measure(console, url, now, size) for url, size in grown_tables(console, sizes, now)]
 
 
 def _prepare_partitions(url: str, now: datetime) -> None:

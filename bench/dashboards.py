@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,11 +19,9 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
-from bench.api import _generate, _prepare_partitions
+from bench.api import grown_tables, table_sizes
 from bench.common import Result
-from exporter.db import EmbeddedPostgres
 from tests.grafana.grafana_expand import TimeRange, Variable, expand_sql, parse_interval
-from tests.support import fresh_database
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "grafana" / "dashboards"
 REPEATS = 5
@@ -37,21 +34,10 @@ _DAY_SCAN = (
 
 
 def run(console: Console, args: argparse.Namespace) -> list[Result]:
-    sizes = sorted(args.rows or ([200_000] if args.quick else [1_000_000, 10_000_000]))
     now = datetime.now(UTC)
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="nexus-bench-dashboards-") as tmp:
-        server = EmbeddedPostgres(Path(tmp))
-        try:
-            with fresh_database(server.url) as url:
-                _prepare_partitions(url, now)
-                present = 0
-                for size in sizes:
-                    _generate(console, url, now, present, size)
-                    present = size
-                    results.extend(_measure(console, url, size))
-        finally:
-            server.stop()
+    for url, size in grown_tables(console, table_sizes(args, args.rows), now):
+        results.extend(_measure(console, url, size))
     return results
 
 
