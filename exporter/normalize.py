@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from exporter.model import AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
+from nexus_otel._secrets import scrub_text, scrub_url
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TOKENS = 2**53
@@ -78,13 +77,6 @@ _MAPPED = frozenset(
     )
 )  # fmt: skip
 _SECRET_WORDS = ("authorization", "api_key", "api-key", "apikey", "secret", "password", "cookie")
-_SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig"})
-# Credentials inside free text, such as an HTTP error message quoting the URL it called.
-_SECRETS_IN_TEXT = re.compile(
-    r"(?i)(?P<keep>[?&](?:" + "|".join(sorted(_SECRET_QUERY_KEYS)) + r")=)[^&\s'\"]+"
-    r"|(?P<scheme>bearer\s+)[^\s'\",]+"
-    r"|(?<=://)[^/@\s'\"]+@"
-)
 
 
 class InvalidSpan(ValueError):
@@ -249,16 +241,6 @@ def _error(span: RawSpan) -> tuple[str | None, str | None]:
     return error_type, scrub_text(message)[:_MAX_ERROR_MESSAGE] if message else None
 
 
-def scrub_text(text: str) -> str:
-    """Free text without credentials: `?key=` values, bearer tokens, user:password@ in URLs."""
-    return _SECRETS_IN_TEXT.sub(_redact, text)
-
-
-def _redact(match: re.Match[str]) -> str:
-    prefix = match.group("keep") or match.group("scheme")
-    return f"{prefix}[REDACTED]" if prefix else ""
-
-
 def _usage_source(attrs: dict[str, AttributeValue]) -> str:
     source = _str(attrs.get(a.NEXUS_USAGE_SOURCE))
     return source if source in a.USAGE_SOURCES else "response"
@@ -337,16 +319,6 @@ def _plan(keys: tuple[str, ...], store_content: bool) -> tuple[tuple[str, int], 
 
 
 _kept_plan = functools.lru_cache(maxsize=1024)(_plan)  # only for key sets of bounded size
-
-
-def scrub_url(url: str) -> str:
-    """The URL without any credential in its query string (Gemini's `?key=`)."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if k.lower() not in _SECRET_QUERY_KEYS]  # fmt: skip
-    return urlunsplit(
-        parts._replace(query=urlencode(query), netloc=parts.netloc.rpartition("@")[2])
-    )
 
 
 def _bounded(value: AttributeValue) -> Any:

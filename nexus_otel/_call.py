@@ -21,10 +21,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from nexus_otel import _anthropic
 from nexus_otel import attributes as a
 from nexus_otel._body import BodyCopy
-from nexus_otel._detect import Target, scrub_text
+from nexus_otel._detect import Target
 from nexus_otel._estimate import estimate_source, estimate_tokens, price
 from nexus_otel._internal import guarded
 from nexus_otel._operation import CallRecord, current_operation, record_call
+from nexus_otel._secrets import scrub_text
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
 
 _GEN_AI_PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM)

@@ -8,11 +8,9 @@ mapping; and last the wire format's own provider. The wire format comes from the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from nexus_otel import _anthropic, _gemini, _openai
 
@@ -24,10 +22,6 @@ KNOWN_HOSTS = {
 }
 _WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
 _SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai"}
-_SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig"})
-_SECRET_IN_TEXT = re.compile(
-    r"(?i)([?&](?:" + "|".join(sorted(_SECRET_QUERY_KEYS)) + r")=)[^&\s'\"]+"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +66,3 @@ def _from_sdk_headers(headers: Any) -> str | None:
     if "google-genai-sdk/" in headers.get("x-goog-api-client", ""):
         return "gcp.gemini"
     return None
-
-
-def scrub_text(text: str) -> str:
-    """Free text (an error message quoting a URL) without `key=` and similar query values."""
-    return _SECRET_IN_TEXT.sub(r"\g<1>[REDACTED]", text)
-
-
-def scrub_url(url: str) -> str:
-    """The URL without credentials: no `?key=` (Gemini) or similar, no user:password@."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if k.lower() not in _SECRET_QUERY_KEYS]  # fmt: skip
-    return urlunsplit(
-        parts._replace(query=urlencode(query), netloc=parts.netloc.rpartition("@")[2])
-    )

@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from nexus_otel._call import CallSettings
-from nexus_otel._detect import scrub_url
 from nexus_otel._internal import log
+from nexus_otel._secrets import scrub_url
 from nexus_otel._transport import Interceptor, unwrap_all, wrap_module
 
 _SCOPE = "nexus_otel"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nexus_otel import _anthropic, _body, _gemini, _openai
-from nexus_otel._detect import scrub_text, scrub_url
+from nexus_otel._secrets import scrub_text, scrub_url
 from nexus_otel._sse import SSEParser
 from nexus_otel._usage import ResponseInfo, TokenUsage
 
