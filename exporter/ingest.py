@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exporter import otlp
+from exporter.api.auth import bearer_matches
 from exporter.metrics import ExporterMetrics
 from exporter.model import LLMCall
 from exporter.normalize import InvalidSpan, to_llm_call
@@ -187,7 +187,9 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
     media = otlp.media_type(request.headers.get("content-type"))
     if media is None:
         return _error(415, "Content-Type must be application/x-protobuf or application/json", None)
-    if settings.ingest_token and not _authorized(request, settings.ingest_token):
+    if settings.ingest_token and not bearer_matches(
+        request.headers.get("authorization"), settings.ingest_token
+    ):
         return _error(401, "missing or wrong bearer token", media)
     if ingestor.writer.full:
         # Shed load before reading the body: under overload a refusal must cost next to nothing,
@@ -254,12 +256,6 @@ def _count(metrics: ExporterMetrics, conversion: Conversion) -> None:
     metrics.spans_ignored.inc(conversion.ignored)
     if conversion.rejections:
         metrics.spans_rejected.labels("invalid_span").inc(len(conversion.rejections))
-
-
-def _authorized(request: Request, token: str) -> bool:
-    supplied = request.headers.get("authorization", "")
-    scheme, _, credential = supplied.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credential.encode(), token.encode())
 
 
 def _declared_length(request: Request) -> int:
