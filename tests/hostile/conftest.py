@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator, Sequence
 
 import httpx
@@ -18,6 +19,20 @@ def service_stays_up(request: pytest.FixtureRequest) -> Iterator[None]:
     exporter: ExporterProcess = request.getfixturevalue("exporter")
     assert exporter.process.poll() is None, exporter.log()
     assert httpx.get(f"{exporter.base_url}/health", timeout=10).status_code == 200
+
+
+@pytest.fixture
+def compared_digests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every pair hmac.compare_digest is asked to compare, so a test sees a token check used it."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    return compared
 
 
 def stored_span_ids(database_url: str, spans: Sequence[Span]) -> set[str]:

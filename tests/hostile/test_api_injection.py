@@ -5,7 +5,6 @@ comes back verbatim, and no table is harmed. Also: the API token is compared in 
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -170,16 +169,9 @@ def _inject_body(
 
 
 def test_the_api_token_is_checked_in_constant_time(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, compared_digests: list[tuple[bytes, bytes]]
 ) -> None:
-    compared: list[tuple[bytes, bytes]] = []
-    real = hmac.compare_digest
-
-    def spy(a: bytes, b: bytes) -> bool:
-        compared.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(hmac, "compare_digest", spy)
+    compared = compared_digests
     app = create_api_app(Settings(api_token="api-secret"), database_url)
     with TestClient(app) as client:
         assert client.get("/api/budgets").status_code == 401

@@ -3,7 +3,6 @@ time; the embedded PostgreSQL is reachable only through a local socket."""
 
 from __future__ import annotations
 
-import hmac
 import tempfile
 from pathlib import Path
 
@@ -55,16 +54,9 @@ def test_secrets_in_headers_urls_and_errors_are_never_stored_or_logged(
 
 
 def test_the_ingest_token_is_checked_in_constant_time(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, compared_digests: list[tuple[bytes, bytes]]
 ) -> None:
-    compared: list[tuple[bytes, bytes]] = []
-    real = hmac.compare_digest
-
-    def spy(a: bytes, b: bytes) -> bool:
-        compared.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(hmac, "compare_digest", spy)
+    compared = compared_digests
     settings = Settings(ingest_token="the-right-token")
     app = create_ingest_app(settings, database_url)
     body = request([new_span(llm_attributes())]).SerializeToString()
