@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
+from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from nexus_otel import _anthropic
@@ -39,6 +40,7 @@ _DESCRIBED: weakref.WeakSet[Any] = weakref.WeakSet()
 class CallSettings:
     tracer: trace.Tracer
     capture_content: bool
+    http_spans: bool = False  # keep the httpx instrumentation's span under each call
 
 
 class LLMCall:
@@ -61,11 +63,18 @@ class LLMCall:
         self._tag(self.span)
 
     def activate(self) -> object | None:
-        """Makes our span the current one while the request is sent, so the HTTP span is its
-        child; returns the token for `deactivate`."""
-        if not self.owns_span:
+        """While the request is sent: our span is the current one and, unless HTTP spans are
+        kept (then as its children), the httpx instrumentation is told to make none, the key its
+        `suppress_http_instrumentation()` sets. One attach for both; returns the token for
+        `deactivate`."""
+        current = context.get_current()
+        if self.owns_span:
+            current = trace.set_span_in_context(self.span, current)
+        elif self.settings.http_spans:
             return None
-        return context.attach(trace.set_span_in_context(self.span))
+        if not self.settings.http_spans:
+            current = context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, current)
+        return context.attach(current)
 
     @staticmethod
     def deactivate(token: object | None) -> None:
@@ -174,6 +183,7 @@ class LLMCall:
             a.GEN_AI_PROVIDER_NAME: self.target.provider,
             a.GEN_AI_OPERATION_NAME: self.target.wire.OPERATION,
             a.SERVER_ADDRESS: self.target.host,
+            a.HTTP_REQUEST_METHOD: "POST",  # detect() recognises no other
             a.GEN_AI_REQUEST_STREAM: self.request.stream,
         }
         optional = {
@@ -209,6 +219,7 @@ class LLMCall:
             a.GEN_AI_RESPONSE_MODEL: response.model,
             a.GEN_AI_RESPONSE_ID: response.response_id,
             a.GEN_AI_RESPONSE_FINISH_REASONS: tuple(response.finish_reasons) or None,
+            a.HTTP_RESPONSE_STATUS_CODE: self.status_code,
         }
         if self.request.stream and self._first_chunk is not None:
             values[a.NEXUS_TIME_TO_FIRST_CHUNK] = self._first_chunk - self._started

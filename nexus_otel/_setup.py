@@ -49,6 +49,7 @@ def instrument(
     tracer_provider: TracerProvider | None = None,
     providers: dict[str, str] | None = None,
     capture_content: bool | None = None,
+    http_spans: bool = False,
 ) -> None:
     """Turns every LLM call made through httpx or httpx2 into one GenAI span, exported over OTLP.
 
@@ -62,6 +63,11 @@ def instrument(
       recognise by host or SDK.
     - `capture_content`: record prompts and completions (`gen_ai.input.messages`,
       `gen_ai.output.messages`); off unless this or `NEXUS_OTEL_CAPTURE_CONTENT=true`.
+    - `http_spans`: also keep the HTTP span of `opentelemetry-instrumentation-httpx` under each
+      LLM call's span. Off by default: the GenAI span already carries the method, status code and
+      server, and the HTTP span would double the instrumentation's cost. Off, LLM requests get no
+      `traceparent` header (providers do not read it) and add nothing to the httpx duration
+      metrics; every other httpx request keeps its HTTP span either way.
 
     Calling it again while instrumented does nothing."""
     global _installed
@@ -70,7 +76,8 @@ def instrument(
             return
         installed = _provider(service_name, endpoint, tracer_provider)
         try:
-            _instrument_http(installed, providers or {}, _capture(capture_content))
+            settings = (_capture(capture_content), http_spans)
+            _instrument_http(installed, providers or {}, *settings)
         except BaseException:
             _undo(installed)
             raise
@@ -148,14 +155,16 @@ def _exports_otlp(provider: TracerProvider) -> bool:
                           OTLPSpanExporter) for p in processors)  # fmt: skip
 
 
-def _instrument_http(installed: _Installed, providers: dict[str, str], capture: bool) -> None:
+def _instrument_http(
+    installed: _Installed, providers: dict[str, str], capture: bool, http_spans: bool
+) -> None:
     from opentelemetry.instrumentation.httpx import (
         HTTPX2ClientInstrumentor,
         HTTPXClientInstrumentor,
     )
 
     tracer = trace.get_tracer(_SCOPE, tracer_provider=installed.provider)
-    installed.interceptor = Interceptor(CallSettings(tracer, capture), providers)
+    installed.interceptor = Interceptor(CallSettings(tracer, capture, http_spans), providers)
     for module_name, instrumentor_class in (("httpx", HTTPXClientInstrumentor),
                                             ("httpx2", HTTPX2ClientInstrumentor)):  # fmt: skip
         try:

@@ -35,9 +35,29 @@ COLUMNS = ("provider, model, operation, correlation_id, input_tokens, output_tok
 
 
 class Stack:
-    def __init__(self, database_url: str, sim: ProviderSimulator,
-                 gateway: ProviderSimulator, spans: InMemorySpanExporter) -> None:  # fmt: skip
-        self.database_url, self.sim, self.gateway, self.spans = database_url, sim, gateway, spans
+    def __init__(self, exporter: ExporterProcess, database_url: str, sim: ProviderSimulator,
+                 gateway: ProviderSimulator) -> None:  # fmt: skip
+        self.exporter, self.database_url, self.sim, self.gateway = (
+            exporter,
+            database_url,
+            sim,
+            gateway,
+        )
+        self.spans = InMemorySpanExporter()
+
+    def instrument(self, **options: Any) -> None:
+        """`nexus_otel.instrument()` as an app calls it; `spans` sees exactly what it sends."""
+        gateway_address = self.gateway.base_url.removeprefix("http://")
+        nexus_otel.instrument(SERVICE, endpoint=self.exporter.base_url,
+                              providers={gateway_address: "groq"}, **options)  # fmt: skip
+        provider = trace.get_tracer_provider()
+        assert isinstance(provider, TracerProvider)
+        self.spans = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(self.spans))
+
+    def reinstrument(self, **options: Any) -> None:
+        nexus_otel.shutdown()
+        self.instrument(**options)
 
     def rows(self, correlation_id: str, expected: int) -> list[dict[str, Any]]:
         """The rows stored for `correlation_id`, once `expected` of them have arrived."""
@@ -59,15 +79,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(exporter: ExporterProcess, database_url: str) -> Iterator[Stack]:
     with ProviderSimulator(seed=7) as sim, ProviderSimulator(seed=8) as gateway:
-        gateway_address = gateway.base_url.removeprefix("http://")
-        nexus_otel.instrument(SERVICE, endpoint=exporter.base_url,
-                              providers={gateway_address: "groq"})  # fmt: skip
-        provider = trace.get_tracer_provider()
-        assert isinstance(provider, TracerProvider)
-        spans = InMemorySpanExporter()  # sees exactly the spans the OTLP exporter sends
-        provider.add_span_processor(SimpleSpanProcessor(spans))
+        stack = Stack(exporter, database_url, sim, gateway)
+        stack.instrument()
         try:
-            yield Stack(database_url, sim, gateway, spans)
+            yield stack
         finally:
             nexus_otel.shutdown()
 
@@ -222,8 +237,42 @@ def test_raw_httpx_and_httpx2_rest_calls(stack: Stack) -> None:
     ]  # fmt: skip
 
 
-def test_no_secret_in_any_exported_span(stack: Stack) -> None:
+@pytest.fixture
+def http_spans(stack: Stack) -> Iterator[None]:
+    """Instrumented with `http_spans=True` for one test; back to the default after it."""
+    stack.reinstrument(http_spans=True)
+    try:
+        yield
+    finally:
+        stack.reinstrument()
+
+
+@pytest.mark.parametrize("keep_http_spans", [False, True], ids=["default", "http_spans"])
+def test_http_spans_only_when_asked(
+    stack: Stack, request: pytest.FixtureRequest, keep_http_spans: bool
+) -> None:
+    if keep_http_spans:
+        request.getfixturevalue("http_spans")
+    correlation_id = f"http-{uuid.uuid4().hex[:8]}"
+    with nexus_otel.operation("http", correlation_id=correlation_id):
+        run(stack.sim, Call("groq", False, False, usage_header(USAGE)))
+    [row] = stack.rows(correlation_id, 1)  # one row either way: the HTTP span is no LLM call
+    assert (row["input_tokens"], row["output_tokens"]) == (USAGE["input"], USAGE["output"])
+    [gen_ai] = [s for s in stack.spans.get_finished_spans() if s.attributes
+                and s.attributes.get("nexus.correlation_id") == correlation_id]  # fmt: skip
+    children = [s for s in stack.spans.get_finished_spans()
+                if s.parent is not None and s.parent.span_id == gen_ai.context.span_id]  # fmt: skip
+    assert [s.name for s in children] == (["POST"] if keep_http_spans else [])
+    assert ("traceparent" in stack.sim.responses[-1].request_headers) is keep_http_spans
+
+
+@pytest.mark.parametrize("keep_http_spans", [False, True], ids=["default", "http_spans"])
+def test_no_secret_in_any_exported_span(
+    stack: Stack, request: pytest.FixtureRequest, keep_http_spans: bool
+) -> None:
     """Every attribute of every span sent (ours, the SDK's, the HTTP ones) is free of keys."""
+    if keep_http_spans:
+        request.getfixturevalue("http_spans")
     stack.spans.clear()
     for provider in ("groq", "openai", "anthropic", "gcp.gemini"):
         run(stack.sim, Call(provider, False, True, usage_header(USAGE)))
@@ -235,7 +284,8 @@ def test_no_secret_in_any_exported_span(stack: Stack) -> None:
     assert any(secret in json.dumps(sent) for secret in SECRETS)  # the keys did travel
     assert GEMINI_KEY in stack.sim.responses[-1].request_query
     spans = stack.spans.get_finished_spans()
-    assert len(spans) >= 10  # five GenAI spans and their HTTP spans
+    gen_ai = [s for s in spans if s.attributes and "gen_ai.provider.name" in s.attributes]
+    assert len(gen_ai) == 5 and len(spans) == (10 if keep_http_spans else 5)  # + HTTP spans
     text = "\n".join(_span_text(s) for s in spans)
     for secret in (*SECRETS, "key="):
         assert secret not in text

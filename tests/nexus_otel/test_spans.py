@@ -35,15 +35,17 @@ def gen_ai_spans(memory: InMemorySpanExporter) -> list[ReadableSpan]:
             if s.attributes and "gen_ai.provider.name" in s.attributes]  # fmt: skip
 
 
-def test_span_shape_and_http_child(spans: Spans, simulator: ProviderSimulator) -> None:
+def test_span_shape_and_no_http_span(spans: Spans, simulator: ProviderSimulator) -> None:
     memory = spans()
     with nexus_otel.operation("fact_generation", correlation_id="carousel-1"):
         run(simulator, Call("groq", False, True, USAGE))
-    [span] = gen_ai_spans(memory)
-    [http_span] = [s for s in memory.get_finished_spans() if s is not span]
+    [span] = memory.get_finished_spans()  # the call's one span: no HTTP span by default
+    assert gen_ai_spans(memory) == [span]
     assert span.name == "chat llama-3.3-70b-versatile" and span.kind is SpanKind.CLIENT
-    assert http_span.parent is not None and http_span.parent.span_id == span.context.span_id
     attrs = dict(span.attributes or {})
+    host, port = simulator.base_url.removeprefix("http://").split(":")
+    assert (attrs["server.address"], attrs["server.port"]) == (host, int(port))
+    assert (attrs["http.request.method"], attrs["http.response.status_code"]) == ("POST", 200)
     assert attrs["gen_ai.provider.name"] == "groq" and attrs["gen_ai.operation.name"] == "chat"
     assert attrs["nexus.operation"] == "fact_generation"
     assert attrs["nexus.correlation_id"] == "carousel-1"
@@ -53,8 +55,45 @@ def test_span_shape_and_http_child(spans: Spans, simulator: ProviderSimulator) -
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
     assert attrs["nexus.usage.source"] == "response" and attrs["gen_ai.request.stream"] is True
     assert 0 < float(attrs["nexus.response.time_to_first_chunk"]) < span_seconds(span)  # type: ignore[arg-type]
-    # The span ends only once the stream has been read: after the HTTP span.
+    assert "traceparent" not in simulator.responses[-1].request_headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_http_spans_are_opt_in(spans: Spans, simulator: ProviderSimulator, stream: bool) -> None:
+    memory = spans(http_spans=True)
+    run(simulator, Call("anthropic", False, stream, USAGE))
+    [span] = gen_ai_spans(memory)
+    [http_span] = [s for s in memory.get_finished_spans() if s is not span]
+    assert http_span.parent is not None and http_span.parent.span_id == span.context.span_id
+    assert status_code(http_span) == 200
+    # The call's span ends only once the body has been read: after the HTTP span.
     assert span.end_time and http_span.end_time and span.end_time >= http_span.end_time
+    # The HTTP span propagates the trace to the provider, as it does for any request.
+    traceparent = simulator.responses[-1].request_headers["traceparent"]
+    assert traceparent.split("-")[1:3] == [
+        f"{span.context.trace_id:032x}", f"{http_span.context.span_id:016x}"]  # fmt: skip
+
+
+def status_code(http_span: ReadableSpan) -> object:
+    """The HTTP span's status code, in the old or the stable semantic conventions."""
+    attrs = dict(http_span.attributes or {})
+    return attrs.get("http.response.status_code", attrs.get("http.status_code"))
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_other_requests_keep_their_http_span(spans: Spans, module: Any) -> None:
+    memory = spans()
+    with ScriptedServer() as server:
+        server.parts = [b'{"ok": true}']
+        server.headers = {"content-type": "application/json"}
+        server.release.set()
+        body = {"model": "gpt-4o", "messages": MESSAGES}  # an LLM-looking body, another path
+        response = module.post(server.base_url + "/v1/embeddings/other", json=body)
+    assert response.json() == {"ok": True}
+    [http_span] = memory.get_finished_spans()
+    assert http_span.kind is SpanKind.CLIENT and http_span.name == "POST"
+    assert status_code(http_span) == 200
+    assert gen_ai_spans(memory) == []
 
 
 def span_seconds(span: ReadableSpan) -> float:
@@ -150,7 +189,8 @@ def test_other_instrumentations_gen_ai_span_is_enriched_not_doubled(
         ),
     ):
         run(simulator, Call("openai", False, False, USAGE))
-    [span] = gen_ai_spans(memory)
+    [span] = memory.get_finished_spans()  # enriched, and no HTTP span under it either
+    assert gen_ai_spans(memory) == [span]
     assert (
         span.instrumentation_scope
         and span.instrumentation_scope.name == "some.genai.instrumentation"
