@@ -6,12 +6,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import psycopg
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,22 +16,16 @@ from starlette.routing import Route
 
 from exporter import otlp
 from exporter.api.auth import bearer_matches
+from exporter.decode import Conversion, DecodeOptions, Decoder, default_processes
 from exporter.metrics import ExporterMetrics
-from exporter.model import LLMCall
-from exporter.normalize import InvalidSpan, to_llm_call
-from exporter.pricing import PriceBook
 from exporter.settings import Settings
-from exporter.storage import CallWriter, StorageUnavailable, WriteResult
+from exporter.storage import CallBatch, CallWriter, StorageUnavailable, WriteResult
 
 log = logging.getLogger(__name__)
 
 # google.rpc.Code for each HTTP status we answer with (OTLP error bodies carry a Status).
 _RPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
-_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_FUTURE_SKEW = timedelta(days=1)
 _MAX_REJECTION_MESSAGES = 5
-# numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
-_MAX_CALL_COST_USD = Decimal(1_000_000)
 # Bytes of request bodies received and not yet decoded, in multiples of the largest body: bounded
 # like the write queue, so a burst of huge batches meets a 503, not memory growth. Counted as
 # they arrive, so a slow sender that announces a large body and sends nothing holds nothing.
@@ -46,16 +36,6 @@ class BodiesBusy(RuntimeError):
     """Other requests' bodies already fill the bytes the exporter holds at once."""
 
 
-@dataclass
-class Conversion:
-    """What one OTLP request turned into."""
-
-    calls: list[LLMCall] = field(default_factory=list)
-    received: int = 0
-    ignored: int = 0
-    rejections: list[str] = field(default_factory=list)
-
-
 class Ingestor:
     """Turns OTLP requests into stored, priced calls. One per ingest app."""
 
@@ -63,7 +43,11 @@ class Ingestor:
         self.settings = settings
         self.database_url = database_url
         self.metrics = metrics
-        self.prices = PriceBook(settings.prices_file)
+        options = DecodeOptions(
+            settings.max_body_bytes, settings.store_content, settings.prices_file
+        )
+        processes = settings.decode_processes
+        self.decoder = Decoder(options, default_processes() if processes is None else processes)
         self.writer = CallWriter(
             database_url,
             metrics,
@@ -80,54 +64,9 @@ class Ingestor:
             raise BodiesBusy(f"{others} bytes of other requests are being received")
         self.body_bytes_in_flight += size
 
-    def convert(self, request: ExportTraceServiceRequest) -> Conversion:
-        result = Conversion()
-        latest = datetime.now(UTC) + _FUTURE_SKEW
-        for raw in otlp.iter_raw_spans(request):
-            result.received += 1
-            try:
-                call = to_llm_call(raw, store_content=self.settings.store_content)
-            except InvalidSpan as exc:
-                result.rejections.append(str(exc))
-                continue
-            if call is None:
-                result.ignored += 1
-            elif not _EARLIEST <= call.timestamp <= latest:
-                result.rejections.append(
-                    f"span {call.span_id}: start time {call.timestamp.isoformat()} is out of range"
-                )
-            else:
-                self._price(call)
-                if call.cost_usd is not None and call.cost_usd >= _MAX_CALL_COST_USD:
-                    result.rejections.append(
-                        f"span {call.span_id}: cost {call.cost_usd:.2f} USD is out of range"
-                    )
-                else:
-                    result.calls.append(call)
-        return result
-
-    def _price(self, call: LLMCall) -> None:
-        # Tokens are stored whatever happens here: a pricing failure leaves the call unpriced.
-        try:
-            price = self.prices.price(
-                provider=call.provider,
-                model=call.model,
-                response_model=call.response_model,
-                timestamp=call.timestamp,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                cache_read_tokens=call.cache_read_tokens,
-                cache_write_tokens=call.cache_write_tokens,
-                reported_cost_usd=call.reported_cost_usd,
-            )
-        except Exception:
-            log.exception("pricing %s/%s failed; stored unpriced", call.provider, call.model)
-            return
-        call.cost_usd, call.cost_source = price.cost_usd, price.source
-
-    async def store(self, calls: list[LLMCall]) -> WriteResult:
+    async def store(self, batch: CallBatch) -> WriteResult:
         """Returns once the calls are durable; raises StorageUnavailable otherwise."""
-        future = self.writer.submit(calls)
+        future = self.writer.submit(batch)
         try:
             return await asyncio.wait_for(future, self.settings.write_timeout_seconds)
         except TimeoutError:
@@ -151,11 +90,14 @@ def create_ingest_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ingestor.decoder.start()
         await ingestor.writer.start()
         try:
+            await ingestor.decoder.warm_up()
             yield
         finally:
             await ingestor.writer.stop()
+            ingestor.decoder.stop()
 
     async def export_traces(request: Request) -> Response:
         response = await _export(ingestor, request)
@@ -209,14 +151,14 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
     except BodiesBusy as exc:
         return _unavailable(ingestor, str(exc), media)
     _count(ingestor.metrics, conversion)
-    if conversion.calls:
+    if conversion.batch is not None:
         try:
-            written = await ingestor.store(conversion.calls)
+            written = await ingestor.store(conversion.batch)
         except StorageUnavailable as exc:
             return _unavailable(ingestor, str(exc), media)
         conversion.rejections.extend(
-            f"span {call.span_id}: the database refused it: {reason}"
-            for call, reason in written.refused
+            f"span {span_id}: the database refused it: {reason}"
+            for span_id, reason in written.refused
         )
     rejected = len(conversion.rejections)
     message = "; ".join(conversion.rejections[:_MAX_REJECTION_MESSAGES])
@@ -226,8 +168,8 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
 
 
 async def _decode(ingestor: Ingestor, request: Request, media: str) -> Conversion:
-    """Body to calls. Kept apart so the body and the decoded message are freed before the
-    request waits for its rows to commit: a waiting request holds only its calls."""
+    """Body to a batch of calls. Kept apart so the body is freed before the request waits for
+    its rows to commit: a waiting request holds only its encoded rows."""
     limit = ingestor.settings.max_body_bytes
     chunks: list[bytes] = []
     counted = 0
@@ -240,8 +182,8 @@ async def _decode(ingestor: Ingestor, request: Request, media: str) -> Conversio
             chunks.append(chunk)
         body = b"".join(chunks)
         chunks.clear()
-        data = otlp.decompress(body, request.headers.get("content-encoding"), limit)
-        return ingestor.convert(otlp.parse_request(data, media))
+        encoding = request.headers.get("content-encoding")
+        return await ingestor.decoder.decode(body, media, encoding)
     finally:
         ingestor.body_bytes_in_flight -= counted
 

@@ -101,51 +101,18 @@ class ExporterMetrics:
 
     def observe_stored(self, calls: Iterable[LLMCall]) -> None:
         """Moves the LLM metrics for calls that were just stored for the first time."""
-        # Counters move once per label set and batch: their totals are sums, so adding a
-        # batch's sum is the same as adding each call, at a fraction of the cost.
-        batch: dict[tuple[str, ...], _BatchTotals] = {}
-        for call in calls:
-            labels = (
-                call.service_name, call.provider, call.model, call.gen_ai_operation, call.operation
-            )  # fmt: skip
-            totals = batch.get(labels)
-            if totals is None:
-                totals = batch[labels] = _BatchTotals(
-                    self._series.get(labels) or self._make_series(labels)
-                )
-            series = totals.series
-            totals.input_usage.add(call.input_tokens)
-            totals.output_usage.add(call.output_tokens)
-            totals.tokens[0] += call.input_tokens
-            totals.tokens[1] += call.output_tokens
-            totals.tokens[2] += call.cache_read_tokens
-            totals.tokens[3] += call.cache_write_tokens
-            totals.tokens[4] += call.reasoning_tokens
-            error_type = call.error_type or ""
-            duration = totals.durations.get(error_type)
-            if duration is None:
-                child = series.durations.get(error_type)
-                if child is None:
-                    child = series.durations[error_type] = self.operation_duration.labels(
-                        *labels, error_type
-                    )
-                duration = totals.durations[error_type] = _Observations(child)
-            duration.add(call.duration_ms / 1000)
-            if call.success:
-                totals.successes += 1
-            else:
-                totals.errors += 1
-            if call.cost_usd is None:
-                totals.unpriced += 1
-            else:
-                totals.cost += call.cost_usd
-                totals.call_cost.add(float(call.cost_usd))
-        for totals in batch.values():
-            totals.apply()
+        self.apply(summarize_calls(calls))
+
+    def apply(self, totals: MetricTotals) -> None:
+        """Moves the LLM metrics by what `summarize_calls` found in a batch of stored calls."""
+        for labels, label_totals in totals.items():
+            series = self._series.get(labels) or self._make_series(labels)
+            label_totals.apply(series, self.operation_duration)
 
     def _make_series(self, labels: tuple[str, ...]) -> _Series:
         # Looking up label children costs more than observing: do it once per label set.
         series = _Series(
+            labels=labels,
             input_usage=self.token_usage.labels(*labels, "input"),
             output_usage=self.token_usage.labels(*labels, "output"),
             tokens=tuple(self.tokens.labels(*labels, t) for t in TOKEN_TYPES),
@@ -164,6 +131,7 @@ class ExporterMetrics:
 class _Series:
     """The metric children of one label set."""
 
+    labels: tuple[str, ...]
     input_usage: Any
     output_usage: Any
     tokens: tuple[Any, ...]
@@ -175,57 +143,91 @@ class _Series:
     durations: dict[str, Any]  # operation_duration children, by error type
 
 
-class _Observations:
-    """One batch's observations of one histogram child, added to it in one go: the bucket and
-    sum values `observe` would have moved one call at a time (it scans the buckets in Python)."""
+class Observations:
+    """One batch's observations of one histogram child, as bucket counts and a sum: added to
+    the child in one go, they move it exactly as `observe` would one call at a time."""
 
-    __slots__ = ("bounds", "child", "counts", "total")
+    __slots__ = ("counts", "total")
 
-    def __init__(self, child: Any) -> None:
-        self.child = child
-        self.bounds: list[float] = child._upper_bounds
-        self.counts = [0] * len(self.bounds)
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * buckets
         self.total: float = 0
 
-    def add(self, amount: float) -> None:
+    def add(self, amount: float, bounds: tuple[float, ...]) -> None:
         self.total += amount
-        index = bisect_left(self.bounds, amount)  # the first bucket with amount <= bound
-        if index < len(self.counts):
+        index = bisect_left(bounds, amount)  # the first bucket with amount <= bound
+        if index < len(bounds):
             self.counts[index] += 1
 
-    def apply(self) -> None:
-        self.child._sum.inc(self.total)
-        for bucket, count in zip(self.child._buckets, self.counts, strict=True):
+    def apply(self, child: Any) -> None:
+        child._sum.inc(self.total)
+        for bucket, count in zip(child._buckets, self.counts, strict=False):
             if count:
                 bucket.inc(count)
 
+    def __getstate__(self) -> tuple[list[int], float]:
+        return self.counts, self.total
+
+    def __setstate__(self, state: tuple[list[int], float]) -> None:
+        self.counts, self.total = state
+
+
+# Histogram buckets as prometheus_client keeps them: the bounds plus +Inf.
+_TOKEN_BOUNDS = (*map(float, TOKEN_BUCKETS), float("inf"))
+_DURATION_BOUNDS = (*DURATION_BUCKETS, float("inf"))
+_COST_BOUNDS = (*COST_BUCKETS, float("inf"))
+
 
 @dataclass(slots=True)
-class _BatchTotals:
-    """What one batch adds to the metrics of one label set."""
+class LabelTotals:
+    """What one batch adds to the metrics of one label set. Plain data: it is computed where
+    the calls are decoded and applied where the metrics live."""
 
-    series: _Series
-    input_usage: _Observations = field(init=False)
-    output_usage: _Observations = field(init=False)
-    call_cost: _Observations = field(init=False)
-    durations: dict[str, _Observations] = field(default_factory=dict)
+    input_usage: Observations = field(default_factory=lambda: Observations(len(_TOKEN_BOUNDS)))
+    output_usage: Observations = field(default_factory=lambda: Observations(len(_TOKEN_BOUNDS)))
+    call_cost: Observations = field(default_factory=lambda: Observations(len(_COST_BOUNDS)))
+    durations: dict[str, Observations] = field(default_factory=dict)  # by error type
     tokens: list[int] = field(default_factory=lambda: [0] * len(TOKEN_TYPES))
     successes: int = 0
     errors: int = 0
     unpriced: int = 0
     cost: Decimal = Decimal(0)
 
-    def __post_init__(self) -> None:
-        self.input_usage = _Observations(self.series.input_usage)
-        self.output_usage = _Observations(self.series.output_usage)
-        self.call_cost = _Observations(self.series.call_cost)
+    def add(self, call: LLMCall) -> None:
+        self.input_usage.add(call.input_tokens, _TOKEN_BOUNDS)
+        self.output_usage.add(call.output_tokens, _TOKEN_BOUNDS)
+        tokens = self.tokens
+        tokens[0] += call.input_tokens
+        tokens[1] += call.output_tokens
+        tokens[2] += call.cache_read_tokens
+        tokens[3] += call.cache_write_tokens
+        tokens[4] += call.reasoning_tokens
+        error_type = call.error_type or ""
+        duration = self.durations.get(error_type)
+        if duration is None:
+            duration = self.durations[error_type] = Observations(len(_DURATION_BOUNDS))
+        duration.add(call.duration_ms / 1000, _DURATION_BOUNDS)
+        if call.success:
+            self.successes += 1
+        else:
+            self.errors += 1
+        if call.cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost += call.cost_usd
+            self.call_cost.add(float(call.cost_usd), _COST_BOUNDS)
 
-    def apply(self) -> None:
-        series = self.series
-        for observations in (self.input_usage, self.output_usage, self.call_cost):
-            observations.apply()
-        for observations in self.durations.values():
-            observations.apply()
+    def apply(self, series: _Series, operation_duration: Histogram) -> None:
+        self.input_usage.apply(series.input_usage)
+        self.output_usage.apply(series.output_usage)
+        self.call_cost.apply(series.call_cost)
+        for error_type, observations in self.durations.items():
+            child = series.durations.get(error_type)
+            if child is None:
+                child = series.durations[error_type] = operation_duration.labels(
+                    *series.labels, error_type
+                )
+            observations.apply(child)
         for counter, count in zip(series.tokens, self.tokens, strict=True):
             if count:
                 counter.inc(count)
@@ -237,3 +239,22 @@ class _BatchTotals:
             series.unpriced.inc(self.unpriced)
         if self.cost:
             series.cost.inc(float(self.cost))
+
+
+MetricTotals = dict[tuple[str, ...], LabelTotals]
+
+
+def summarize_calls(calls: Iterable[Any]) -> MetricTotals:
+    """The metric totals of stored calls (LLMCall, or rows with the same attribute names), per
+    label set. Counters move once per label set and batch: their totals are sums, so adding a
+    batch's sum is the same as adding each call, at a fraction of the cost."""
+    totals: MetricTotals = {}
+    for call in calls:
+        labels = (
+            call.service_name, call.provider, call.model, call.gen_ai_operation, call.operation
+        )  # fmt: skip
+        label_totals = totals.get(labels)
+        if label_totals is None:
+            label_totals = totals[labels] = LabelTotals()
+        label_totals.add(call)
+    return totals

@@ -299,6 +299,10 @@ def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> d
     kept: dict[str, Any] = {}
     for key, kind in plan:
         value = attrs[key]
+        if value.__class__ is int or (value.__class__ is str and kind != _URL):
+            # The common values, inline: _bounded would return most of them as they are.
+            kept[key] = value[:_MAX_STRING] if value.__class__ is str else value  # type: ignore[index]
+            continue
         if kind == _URL and isinstance(value, str):
             value = scrub_url(value)
         kept[key] = _bounded(value)

@@ -10,14 +10,18 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
 
 from exporter.model import AttributeValue, RawSpan
 
@@ -31,12 +35,45 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SCALAR_KINDS = frozenset({"int_value", "double_value", "bool_value"})
 
 
+# Decoded attributes by their encoded bytes: most key-value pairs (provider, model, operation,
+# server) repeat on span after span, and a dict lookup costs a fraction of decoding one.
+_DECODED: dict[bytes, tuple[str, AttributeValue]] = {}
+_DECODED_MAX = 50_000
+
+
+def _lazy_request_class() -> type[Message]:
+    """ExportTraceServiceRequest, except that each span's attributes stay encoded KeyValue
+    bytes. The wire format is the same (both are length-delimited field 9), so it parses the
+    same bodies; the attributes are then decoded one pair at a time, most of them from
+    `_DECODED`, instead of as a message object per pair and per value."""
+    pool = descriptor_pool.DescriptorPool()
+    for module in (common_pb2, resource_pb2, trace_pb2, trace_service_pb2):
+        file = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(file)
+        for message in file.message_type:
+            if message.name == "Span":
+                for field in message.field:
+                    if field.name == "attributes":
+                        field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+                        field.ClearField("type_name")
+        pool.Add(file)
+    name = ExportTraceServiceRequest.DESCRIPTOR.full_name
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+
+
+_LazyRequest = _lazy_request_class()
+
+
 class PayloadError(ValueError):
     """A body that cannot be decoded; `status` is the HTTP status to answer with."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self) -> tuple[type[PayloadError], tuple[str, int]]:
+        # Raised in decoding worker processes: keep the status on the way back.
+        return PayloadError, (str(self), self.status)
 
 
 def media_type(content_type: str | None) -> str | None:
@@ -67,9 +104,11 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
+def parse_request(body: bytes, media: str) -> Message:
+    """The request message; protobuf spans keep their attributes encoded until
+    `iter_raw_spans`, which raises PayloadError if one of them is malformed."""
     if media == PROTOBUF:
-        request = ExportTraceServiceRequest()
+        request = _LazyRequest()
         try:
             request.ParseFromString(body)
         except (DecodeError, RecursionError, ValueError) as exc:
@@ -154,27 +193,36 @@ def _convert_ids(obj: Any) -> None:
                 obj[key] = ""
 
 
-def iter_raw_spans(request: ExportTraceServiceRequest) -> Iterator[RawSpan]:
-    for resource_spans in request.resource_spans:
+def iter_raw_spans(request: Message) -> Iterator[RawSpan]:
+    """The spans of a request from `parse_request` (or a plain ExportTraceServiceRequest)."""
+    read_attributes = encoded_attributes_dict if isinstance(request, _LazyRequest) else None
+    for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
         resource = attributes_dict(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             scope_name = scope_spans.scope.name
             for span in scope_spans.spans:
-                yield _raw_span(span, resource, scope_name)
+                attributes = (read_attributes or attributes_dict)(span.attributes)
+                yield _raw_span(span, attributes, resource, scope_name)
 
 
-def _raw_span(span: Any, resource: dict[str, AttributeValue], scope_name: str) -> RawSpan:
+def _raw_span(
+    span: Any,
+    attributes: dict[str, AttributeValue],
+    resource: dict[str, AttributeValue],
+    scope_name: str,
+) -> RawSpan:
+    name, message = span.name, span.status.message
     raw = RawSpan(
         trace_id=span.trace_id.hex(),
         span_id=span.span_id.hex(),
         parent_span_id=span.parent_span_id.hex() or None,
-        name=storable(span.name),
+        name=storable(name) if "\x00" in name else name,
         kind=span.kind,
         start_time_unix_nano=span.start_time_unix_nano,
         end_time_unix_nano=span.end_time_unix_nano,
         status_code=span.status.code,
-        status_message=storable(span.status.message),
-        attributes=attributes_dict(span.attributes),
+        status_message=storable(message) if "\x00" in message else message,
+        attributes=attributes,
         resource_attributes=resource,
         scope_name=storable(scope_name),
     )
@@ -193,6 +241,31 @@ def _str_or_none(value: AttributeValue) -> str | None:
 def storable(text: str) -> str:
     """PostgreSQL text and jsonb cannot hold NUL, valid as it is in UTF-8: replace it."""
     return text.replace("\x00", _REPLACEMENT) if "\x00" in text else text
+
+
+def encoded_attributes_dict(encoded: Any) -> dict[str, AttributeValue]:
+    """Attributes from encoded KeyValue messages, as `attributes_dict` reads them."""
+    result: dict[str, AttributeValue] = {}
+    decoded = _DECODED.get
+    for item in encoded:
+        pair = decoded(item)
+        if pair is None:
+            pair = _decode_key_value(item)
+        result[pair[0]] = pair[1]
+    return result
+
+
+def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
+    try:
+        key_value = KeyValue.FromString(item)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise PayloadError(f"malformed OTLP protobuf: a span attribute: {exc}") from None
+    key = key_value.key
+    pair = (storable(key) if "\x00" in key else key, any_value(key_value.value))
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
+    _DECODED[item] = pair
+    return pair
 
 
 def attributes_dict(key_values: Any) -> dict[str, AttributeValue]:

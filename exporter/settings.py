@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="largest OTLP body accepted, after gunzip"
     )
+    decode_processes: int | None = Field(
+        default=None, ge=0, le=64,
+        description="worker processes that decode OTLP requests (default: one per core, "
+        "none on a single core; 0 decodes in the exporter process)",
+    )  # fmt: skip
     batch_max_rows: int = Field(default=5000, gt=0, description="rows per database transaction")
     queue_max_rows: int = Field(
         default=50_000, gt=0, description="rows waiting for the database before ingest says 503"

@@ -24,10 +24,12 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import errors
+from psycopg import adapt, adapters, errors, pq
+from psycopg._copy_base import format_row_binary  # the C row encoder COPY itself uses
+from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 
-from exporter.metrics import ExporterMetrics
+from exporter.metrics import ExporterMetrics, MetricTotals, summarize_calls
 from exporter.model import LLMCall
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,20 @@ _CREATE_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage (LIKE api_calls INCLUDING DEFAULTS) "
     "ON COMMIT DELETE ROWS"
 )
+# What the summaries and metrics need of each row that turned out new, by LLMCall's names.
+_FACTS = (
+    "trace_id", "span_id", "timestamp", "service_name", "provider", "model", "gen_ai_operation",
+    "operation", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "total_tokens", "cost_usd", "duration_ms", "success", "error_type",
+)  # fmt: skip
 _INSERT_NEW = (
     f"INSERT INTO api_calls ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM nexus_stage "
-    'ON CONFLICT DO NOTHING RETURNING trace_id, span_id, "timestamp"'
+    "ON CONFLICT DO NOTHING RETURNING " + ", ".join(f'"{c}"' for c in _FACTS)
 )
+_BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_BINARY_TRAILER = b"\xff\xff"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _SUMMARY_UPSERT = """
 INSERT INTO daily_usage_summary AS s (day, service_name, provider, model, operation, calls,
     failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
@@ -108,14 +120,83 @@ ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, UnicodeError)
 
 @dataclass
 class WriteResult:
-    stored: list[LLMCall]  # newly stored
+    """What became of one request's calls."""
+
+    stored: int  # newly stored
     duplicates: int  # already there before
-    refused: list[tuple[LLMCall, str]] = field(default_factory=list)  # rows the database refused
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (span id, why) the database
+
+
+def call_key(trace_id: str, span_id: str, timestamp: datetime) -> str:
+    """The idempotency key (the unique key of api_calls) as one string."""
+    return f"{trace_id}{span_id}{(timestamp - _EPOCH) // _MICROSECOND}"
+
+
+def _span_id(key: str) -> str:
+    return key[32:48]  # ids are checked to be 32 and 16 hex characters before they get here
+
+
+@dataclass(slots=True)
+class CallBatch:
+    """Calls as the writer takes them: one binary COPY tuple each, their keys, and what storing
+    all of them moves (summaries, metrics). Cheap to build where the calls were decoded and to
+    pass between processes; the writer never needs the calls themselves."""
+
+    rows: list[bytes]
+    keys: list[str]
+    months: frozenset[date]  # the api_calls partitions the rows go to
+    hourly: dict[Any, list[Any]] | None = None  # hourly_totals, for when every row is new
+    metrics: MetricTotals | None = None  # summarize_calls, likewise
+    first: datetime | None = None
+    last: datetime | None = None
+
+    @classmethod
+    def of(cls, calls: Sequence[LLMCall], rows: list[bytes] | None = None) -> CallBatch:
+        """The batch of `calls`, whose `rows` (encode_row of each) may be made already."""
+        return cls(
+            rows=[encode_row(c) for c in calls] if rows is None else rows,
+            keys=[call_key(c.trace_id, c.span_id, c.timestamp) for c in calls],
+            months=frozenset(d.replace(day=1) for d in {c.timestamp.date() for c in calls}),
+            hourly=dict(hourly_totals(calls)),
+            metrics=summarize_calls(calls),
+            first=min((c.timestamp for c in calls), default=None),
+            last=max((c.timestamp for c in calls), default=None),
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+_TRANSFORMERS: list[Any] = []
+
+
+def encode_row(call: LLMCall) -> bytes:
+    """The call as one binary COPY tuple of api_calls, as psycopg's own COPY encodes it.
+    Raises psycopg.DataError (or TypeError) for a value its column cannot take."""
+    if not _TRANSFORMERS:
+        transformer = adapt.Transformer()
+        oids = [adapters.types[name].oid for name in COLUMN_TYPES]
+        transformer.set_dumper_types(oids, pq.Format.BINARY)
+        _TRANSFORMERS.append(transformer)
+    out = bytearray()
+    format_row_binary(call_row(call), _TRANSFORMERS[0], out)
+    return bytes(out)
+
+
+@dataclass
+class _Written:
+    """What one write did: the keys that were new (None: every row), the metric totals to
+    apply, rows stored, and the rows the database refused (key -> why)."""
+
+    new_keys: set[str] | None
+    metrics: list[MetricTotals]
+    stored: int
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class _Pending:
-    calls: list[LLMCall]
+    batch: CallBatch
     future: asyncio.Future[WriteResult] = field(repr=False)
 
 
@@ -138,14 +219,6 @@ def _json(value: Any) -> bytes | str:
         return json.dumps(value)
 
 
-def unique_calls(calls: Iterable[LLMCall]) -> list[LLMCall]:
-    """Drops repeats of the same span within one batch (first one wins)."""
-    seen: dict[tuple[str, str, datetime], LLMCall] = {}
-    for call in calls:
-        seen.setdefault(call.key, call)
-    return list(seen.values())
-
-
 _Totals = dict[tuple[Any, str, str, str, str], list[Any]]
 _HOUR = timedelta(hours=1)
 
@@ -154,7 +227,7 @@ def _new_totals() -> _Totals:
     return defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0])
 
 
-def hourly_totals(calls: Sequence[LLMCall]) -> _Totals:
+def hourly_totals(calls: Iterable[Any]) -> _Totals:
     """Totals per UTC hour and dimension, in one pass over the calls."""
     totals = _new_totals()
     hour = end = datetime.max.replace(tzinfo=UTC)
@@ -177,6 +250,16 @@ def hourly_totals(calls: Sequence[LLMCall]) -> _Totals:
     return totals
 
 
+def _merged(parts: Iterable[dict[Any, list[Any]]]) -> _Totals:
+    totals = _new_totals()
+    for part in parts:
+        for key, values in part.items():
+            t = totals[key]
+            for i, value in enumerate(values):
+                t[i] += value
+    return totals
+
+
 def daily_totals(hourly: _Totals) -> _Totals:
     """The hourly totals rolled up to UTC days (few keys: cheap)."""
     totals = _new_totals()
@@ -196,61 +279,78 @@ def summary_columns(totals: _Totals) -> list[list[Any]]:
     return columns
 
 
-async def write_batch(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) -> WriteResult:
-    """Stores calls in one transaction; returns which ones were new. Idempotent."""
-    calls = unique_calls(calls)
+async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> _Written:
+    """Stores the batches' rows in one transaction, with the summaries they move. Idempotent:
+    rows already stored are left alone and counted nowhere."""
+    rows = [row for batch in batches for row in batch.rows]
+    precomputed = all(b.hourly is not None and b.metrics is not None for b in batches)
+    first: datetime | None
+    last: datetime | None
     async with conn.transaction():
-        try:
-            async with conn.transaction():
-                await _copy(conn, _COPY_DIRECT, calls)
-            new = calls
-        except errors.UniqueViolation:
-            new = await _insert_new_only(conn, calls)
-        if new:
-            hourly = hourly_totals(new)
+        written = None
+        if precomputed:
+            try:
+                async with conn.transaction():
+                    await _copy(conn, _COPY_DIRECT, rows)
+                written = _Written(None, [b.metrics for b in batches if b.metrics], len(rows))
+                hourly = _merged(b.hourly for b in batches if b.hourly)
+                first = min(b.first for b in batches if b.first)
+                last = max(b.last for b in batches if b.last)
+            except errors.UniqueViolation:
+                pass  # a replay: only the new rows count
+        if written is None:
+            facts = await _insert_new_only(conn, rows)
+            keys = {call_key(f.trace_id, f.span_id, f.timestamp) for f in facts}
+            written = _Written(keys, [summarize_calls(facts)], len(facts))
+            hourly = hourly_totals(facts)
+            first = min((f.timestamp for f in facts), default=None)
+            last = max((f.timestamp for f in facts), default=None)
+        if written.stored and first is not None and last is not None:
             await conn.execute(_SUMMARY_UPSERT, summary_columns(daily_totals(hourly)))
             await conn.execute(_HOURLY_UPSERT, summary_columns(hourly))
-            first = min(c.timestamp for c in new)
-            last = max(c.timestamp for c in new)
-            await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), len(new)))
-    return WriteResult(stored=new, duplicates=len(calls) - len(new))
+            await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), written.stored))
+    return written
 
 
-async def write_isolating(conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]) -> WriteResult:
+async def write_isolating(
+    conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]
+) -> _Written:
     """Like write_batch, but a row the database refuses is split off (by bisection) and
     reported, so it cannot take the rest of its batch, or other requests' rows, down with it."""
     try:
-        return await write_batch(conn, calls)
+        return await write_batch(conn, batches)
     except ROW_ERRORS as exc:
-        if len(calls) == 1:
+        rows = [row for batch in batches for row in batch.rows]
+        keys = [key for batch in batches for key in batch.keys]
+        if len(rows) == 1:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return WriteResult(stored=[], duplicates=0, refused=[(calls[0], reason)])
-    middle = len(calls) // 2
-    first = await write_isolating(conn, calls[:middle])
-    second = await write_isolating(conn, calls[middle:])
-    return WriteResult(
-        stored=first.stored + second.stored,
-        duplicates=first.duplicates + second.duplicates,
-        refused=first.refused + second.refused,
+            return _Written(set(), [], 0, {keys[0]: reason})
+    middle = len(rows) // 2
+    months = frozenset(m for batch in batches for m in batch.months)
+    halves = [
+        await write_isolating(conn, [CallBatch(rows[part], keys[part], months)])
+        for part in (slice(None, middle), slice(middle, None))
+    ]
+    return _Written(
+        set().union(*(h.new_keys or () for h in halves)),
+        [totals for h in halves for totals in h.metrics],
+        sum(h.stored for h in halves),
+        {key: why for h in halves for key, why in h.refused.items()},
     )
 
 
-async def _copy(conn: psycopg.AsyncConnection[Any], statement: str, calls: list[LLMCall]) -> None:
+async def _copy(conn: psycopg.AsyncConnection[Any], statement: str, rows: list[bytes]) -> None:
     async with conn.cursor().copy(statement) as copy:
-        copy.set_types(list(COLUMN_TYPES))
-        for call in calls:
-            await copy.write_row(call_row(call))
+        await copy.write(b"".join((_BINARY_SIGNATURE, *rows, _BINARY_TRAILER)))
 
 
-async def _insert_new_only(
-    conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]
-) -> list[LLMCall]:
+async def _insert_new_only(conn: psycopg.AsyncConnection[Any], rows: list[bytes]) -> list[Any]:
     await conn.execute(_CREATE_STAGE)
-    await _copy(conn, _COPY_STAGE, calls)
-    cursor = await conn.execute(_INSERT_NEW)
-    inserted = {(t, s, ts) for t, s, ts in await cursor.fetchall()}
+    await _copy(conn, _COPY_STAGE, rows)
+    cursor = conn.cursor(row_factory=namedtuple_row)
+    facts = await (await cursor.execute(_INSERT_NEW)).fetchall()
     await conn.execute("TRUNCATE nexus_stage")
-    return [c for c in calls if c.key in inserted]
+    return facts
 
 
 class CallWriter:
@@ -295,13 +395,13 @@ class CallWriter:
     def full(self) -> bool:
         return self._queued_rows >= self._queue_max_rows
 
-    def submit(self, calls: list[LLMCall]) -> asyncio.Future[WriteResult]:
+    def submit(self, batch: CallBatch) -> asyncio.Future[WriteResult]:
         """Queues calls; the future resolves once they are committed. Raises QueueFull."""
-        if self._queued_rows + len(calls) > self._queue_max_rows and self._queued_rows:
+        if self._queued_rows + len(batch) > self._queue_max_rows and self._queued_rows:
             raise QueueFull(f"{self._queued_rows} rows are already waiting for the database")
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(calls, future))
-        self._set_queued(self._queued_rows + len(calls))
+        self._queue.put_nowait(_Pending(batch, future))
+        self._set_queued(self._queued_rows + len(batch))
         return future
 
     def _set_queued(self, rows: int) -> None:
@@ -311,21 +411,21 @@ class CallWriter:
     async def _run(self) -> None:
         while True:
             group = [await self._queue.get()]
-            rows = len(group[0].calls)
+            rows = len(group[0].batch)
             while rows < self._batch_max_rows and not self._queue.empty():
                 group.append(self._queue.get_nowait())
-                rows += len(group[-1].calls)
+                rows += len(group[-1].batch)
             await self._write_group(group)
             self._set_queued(self._queued_rows - rows)
 
     async def _write_group(self, group: list[_Pending]) -> None:
         live = [p for p in group if not p.future.done()]  # a timed-out request gave up
-        calls = [c for p in live for c in p.calls]
+        batches = [p.batch for p in live]
         started = time.perf_counter()
         try:
             conn = await self._connection()
-            await self._ensure_partitions(conn, calls)
-            result = await write_isolating(conn, calls)
+            await self._ensure_partitions(conn, batches)
+            result = await write_isolating(conn, batches)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             await self._drop_connection()
             self._metrics.storage_up.set(0)
@@ -333,23 +433,27 @@ class CallWriter:
             _fail(live, StorageUnavailable(f"database unavailable: {exc}"))
             return
         except Exception as exc:
-            log.exception("writing %d calls failed", len(calls))
+            log.exception("writing %d calls failed", sum(len(b) for b in batches))
             await self._drop_connection()
             self._months.clear()  # a partition may have been dropped under us
             _fail(live, StorageUnavailable(f"write failed: {exc}"))
             return
         self._metrics.storage_up.set(1)
         self._metrics.write_duration.observe(time.perf_counter() - started)
-        self._metrics.rows_written.inc(len(result.stored))
+        self._metrics.rows_written.inc(result.stored)
         # Counted over the whole group: a span repeated by two requests of one group is a
-        # duplicate too, though write_batch folds it away before the database sees it.
-        self._metrics.spans_duplicate.inc(len(calls) - len(result.stored) - len(result.refused))
+        # duplicate too, though only one of them reaches the table.
+        rows = sum(len(b) for b in batches)
+        self._metrics.spans_duplicate.inc(rows - result.stored - len(result.refused))
         if result.refused:
             log.warning(
-                "the database refused %d rows: %s", len(result.refused), result.refused[0][1]
+                "the database refused %d rows: %s",
+                len(result.refused),
+                next(iter(result.refused.values())),
             )
             self._metrics.spans_rejected.labels("refused_by_database").inc(len(result.refused))
-        self._metrics.observe_stored(result.stored)
+        for totals in result.metrics:
+            self._metrics.apply(totals)
         _resolve(live, result)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
@@ -366,9 +470,9 @@ class CallWriter:
         self._conn = None
 
     async def _ensure_partitions(
-        self, conn: psycopg.AsyncConnection[Any], calls: list[LLMCall]
+        self, conn: psycopg.AsyncConnection[Any], batches: list[CallBatch]
     ) -> None:
-        months = {c.timestamp.date().replace(day=1) for c in calls} - self._months
+        months = set().union(*(b.months for b in batches)) - self._months
         for month in sorted(months):
             await conn.execute("SELECT nexus_ensure_partition(%s)", (month,))
             self._months.add(month)
@@ -380,14 +484,20 @@ def _fail(pending: list[_Pending], error: Exception) -> None:
             p.future.set_exception(error)
 
 
-def _resolve(pending: list[_Pending], result: WriteResult) -> None:
-    stored = {c.key for c in result.stored}
-    refused = {call.key: reason for call, reason in result.refused}
+def _resolve(pending: list[_Pending], result: _Written) -> None:
+    new_keys = result.new_keys
     for p in pending:
         if p.future.done():
             continue
-        mine = [c for c in p.calls if c.key in stored]
-        stored.difference_update(c.key for c in mine)  # a span in two requests counts once
-        not_mine = [(c, refused[c.key]) for c in p.calls if c.key in refused]
-        duplicates = len(p.calls) - len(mine) - len(not_mine)
-        p.future.set_result(WriteResult(stored=mine, duplicates=duplicates, refused=not_mine))
+        keys = p.batch.keys
+        if new_keys is None:  # every row was new
+            p.future.set_result(WriteResult(stored=len(keys), duplicates=0))
+            continue
+        stored = 0
+        for key in keys:
+            if key in new_keys:
+                new_keys.discard(key)  # a span sent twice (in one request or two) counts once
+                stored += 1
+        refused = [(_span_id(k), result.refused[k]) for k in keys if k in result.refused]
+        duplicates = len(keys) - stored - len(refused)
+        p.future.set_result(WriteResult(stored=stored, duplicates=duplicates, refused=refused))

@@ -26,10 +26,11 @@ def one_input(data: bytes) -> None:
     encoding = _ENCODINGS[data[1] % len(_ENCODINGS)]
     try:
         request = otlp.parse_request(otlp.decompress(data[2:], encoding, _LIMIT), media)
+        raws = list(otlp.iter_raw_spans(request))  # attributes are decoded here
     except otlp.PayloadError as exc:
         assert 400 <= exc.status < 500
         return
-    for raw in otlp.iter_raw_spans(request):
+    for raw in raws:
         try:
             call = to_llm_call(raw)
         except InvalidSpan:

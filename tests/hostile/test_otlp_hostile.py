@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from exporter.storage import write_isolating
+from exporter.storage import CallBatch, write_isolating
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     JSON,
@@ -116,11 +116,13 @@ async def test_a_row_the_database_refuses_is_split_off_from_its_batch(database_u
     calls[3].cost_usd = Decimal(10) ** 9  # beyond numeric(20, 12)
     calls[5].service_name = "bad\x00name"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        result = await write_isolating(conn, calls)  # type: ignore[arg-type]
-    assert [c.span_id for c, _ in result.refused] == [calls[3].span_id, calls[5].span_id]
-    assert "numeric field overflow" in result.refused[0][1]
-    assert len(result.stored) == 5
-    assert stored_span_ids(database_url, spans) == {c.span_id for c in result.stored}
+        result = await write_isolating(conn, [CallBatch.of(calls)])  # type: ignore[arg-type]
+    refused = {key[32:48]: why for key, why in result.refused.items()}
+    assert list(refused) == [calls[3].span_id, calls[5].span_id]
+    assert "numeric field overflow" in refused[calls[3].span_id]
+    assert result.stored == 5
+    stored = {c.span_id for c in calls} - set(refused)
+    assert stored_span_ids(database_url, spans) == stored
 
 
 @pytest.mark.parametrize("value", ['"9223372036854775808"', '"-9223372036854775809"', "1e400"])
