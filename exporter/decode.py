@@ -14,6 +14,8 @@ import gc
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +34,7 @@ _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _FUTURE_SKEW = timedelta(days=1)
 # numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
 _MAX_CALL_COST_USD = Decimal(1_000_000)
+_PARENT_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,20 @@ def default_processes() -> int:
     return cores if cores and cores > 1 else 0
 
 
-def _start_worker(prices_file: Path | None) -> None:
+def _start_worker(prices_file: Path | None, exporter_pid: int) -> None:
+    threading.Thread(target=_exit_with, args=(exporter_pid,), daemon=True).start()
     _price_book(prices_file)  # loaded once per worker, before the first request
     # Decoding allocates many short-lived containers and few reference cycles.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def _exit_with(exporter_pid: int) -> None:
+    """Ends this worker once the exporter is gone. A worker waits on a queue whose other end
+    it holds too, so an exporter killed outright (SIGKILL) would leave it waiting forever."""
+    while os.getppid() == exporter_pid:  # an orphan is adopted by another process at once
+        time.sleep(_PARENT_CHECK_SECONDS)
+    os._exit(0)
 
 
 class Decoder:
@@ -160,13 +172,14 @@ class Decoder:
 
     def start(self) -> None:
         if self.processes > 0:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["exporter.decode"])
+            # spawn: a fresh interpreter, whatever threads this process runs, and a child of
+            # this process, so it can tell when the exporter is gone.
+            context = multiprocessing.get_context("spawn")
             self._executor = ProcessPoolExecutor(
                 self.processes,
                 mp_context=context,
                 initializer=_start_worker,
-                initargs=(self.options.prices_file,),
+                initargs=(self.options.prices_file, os.getpid()),
             )
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-decode")

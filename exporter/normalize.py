@@ -76,6 +76,7 @@ _MAPPED = frozenset(
         a.NEXUS_USAGE_SOURCE, a.SERVER_ADDRESS, a.ERROR_TYPE,
     )
 )  # fmt: skip
+_ABSENT = object()
 _SECRET_WORDS = ("authorization", "api_key", "api-key", "apikey", "secret", "password", "cookie")
 
 
@@ -95,7 +96,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
     if model is None and not any(k in attrs for k in _TOKEN_KEYS):
         return None
     _check_ids(span)
-    tokens = _tokens(span, provider)
+    input_tokens, output_tokens, cache_read, cache_write, reasoning, total = _tokens(span)
     error_type, error_message = _error(span)
     return LLMCall(
         trace_id=span.trace_id,
@@ -109,7 +110,12 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         gen_ai_operation=_gen_ai_operation(attrs),
         operation=_tag(span, a.NEXUS_OPERATION) or "",
         correlation_id=_tag(span, a.NEXUS_CORRELATION_ID),
-        **tokens,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        total_tokens=total,
         duration_ms=max(0, span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
         success=error_type is None,
         error_type=error_type,
@@ -154,15 +160,22 @@ def _is_model_call(attrs: dict[str, AttributeValue]) -> bool:
 
 
 def _check_ids(span: RawSpan) -> None:
-    for name, value, length in (("trace id", span.trace_id, 32), ("span id", span.span_id, 16)):
+    trace_id, span_id = span.trace_id, span.span_id
+    if len(trace_id) == 32 and len(span_id) == 16 and trace_id.strip("0") and span_id.strip("0"):
+        return
+    for name, value, length in (("trace id", trace_id, 32), ("span id", span_id, 16)):
         if len(value) != length or value.strip("0") == "":
-            raise InvalidSpan(f"span {span.span_id or '?'} ({span.name}): invalid {name} {value!r}")
+            raise InvalidSpan(f"span {span_id or '?'} ({span.name}): invalid {name} {value!r}")
 
 
 def _count(span: RawSpan, keys: tuple[str, ...]) -> int:
+    attrs = span.attributes
     for key in keys:
-        if key in span.attributes:
-            return _token_value(span, key, span.attributes[key])
+        value = attrs.get(key, _ABSENT)
+        if value is not _ABSENT:
+            if value.__class__ is int and 0 <= value <= _MAX_TOKENS:  # type: ignore[operator]
+                return value  # type: ignore[return-value]
+            return _token_value(span, key, value)  # type: ignore[arg-type]
     return 0
 
 
@@ -189,7 +202,8 @@ def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
     return int(number)
 
 
-def _tokens(span: RawSpan, provider: str) -> dict[str, Any]:
+def _tokens(span: RawSpan) -> tuple[int, int, int, int, int, int]:
+    """Input, output, cache read, cache write, reasoning and total tokens."""
     cache_read = _count(span, _CACHE_READ)
     cache_write = _count(span, _CACHE_WRITE)
     reasoning = _count(span, _REASONING)
@@ -202,14 +216,7 @@ def _tokens(span: RawSpan, provider: str) -> dict[str, Any]:
     if output_tokens < reasoning:
         output_tokens += reasoning
     total = max(_count(span, _TOTAL), input_tokens + output_tokens)
-    return {
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_read_tokens": cache_read,
-        "cache_write_tokens": cache_write,
-        "reasoning_tokens": reasoning,
-        "total_tokens": total,
-    }
+    return input_tokens, output_tokens, cache_read, cache_write, reasoning, total
 
 
 def _timestamp(unix_nano: int) -> datetime:
@@ -228,7 +235,12 @@ def _gen_ai_operation(attrs: dict[str, AttributeValue]) -> str:
 
 
 def _tag(span: RawSpan, key: str) -> str | None:
-    return _str(span.attributes.get(key)) or _str(span.resource_attributes.get(key))
+    value = span.attributes.get(key)
+    if value.__class__ is str and value:  # the common case: a plain, non-blank name
+        stripped: str = value.strip()  # type: ignore[union-attr]
+        if stripped:
+            return stripped
+    return _str(value) or _str(span.resource_attributes.get(key))
 
 
 def _error(span: RawSpan) -> tuple[str | None, str | None]:

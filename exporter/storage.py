@@ -283,33 +283,38 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
     """Stores the batches' rows in one transaction, with the summaries they move. Idempotent:
     rows already stored are left alone and counted nowhere."""
     rows = [row for batch in batches for row in batch.rows]
-    precomputed = all(b.hourly is not None and b.metrics is not None for b in batches)
-    first: datetime | None
-    last: datetime | None
+    if all(b.hourly is not None and b.metrics is not None for b in batches):
+        try:
+            async with conn.transaction():
+                await _copy(conn, _COPY_DIRECT, rows)
+                await _summarize(
+                    conn,
+                    _merged(b.hourly for b in batches if b.hourly),
+                    min(b.first for b in batches if b.first),
+                    max(b.last for b in batches if b.last),
+                    len(rows),
+                )
+            return _Written(None, [b.metrics for b in batches if b.metrics], len(rows))
+        except errors.UniqueViolation:
+            pass  # a replay (that transaction is undone): only the new rows count
     async with conn.transaction():
-        written = None
-        if precomputed:
-            try:
-                async with conn.transaction():
-                    await _copy(conn, _COPY_DIRECT, rows)
-                written = _Written(None, [b.metrics for b in batches if b.metrics], len(rows))
-                hourly = _merged(b.hourly for b in batches if b.hourly)
-                first = min(b.first for b in batches if b.first)
-                last = max(b.last for b in batches if b.last)
-            except errors.UniqueViolation:
-                pass  # a replay: only the new rows count
-        if written is None:
-            facts = await _insert_new_only(conn, rows)
-            keys = {call_key(f.trace_id, f.span_id, f.timestamp) for f in facts}
-            written = _Written(keys, [summarize_calls(facts)], len(facts))
-            hourly = hourly_totals(facts)
-            first = min((f.timestamp for f in facts), default=None)
-            last = max((f.timestamp for f in facts), default=None)
-        if written.stored and first is not None and last is not None:
-            await conn.execute(_SUMMARY_UPSERT, summary_columns(daily_totals(hourly)))
-            await conn.execute(_HOURLY_UPSERT, summary_columns(hourly))
-            await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), written.stored))
-    return written
+        facts = await _insert_new_only(conn, rows)
+        if facts:
+            first = min(f.timestamp for f in facts)
+            last = max(f.timestamp for f in facts)
+            await _summarize(conn, hourly_totals(facts), first, last, len(facts))
+    keys = {call_key(f.trace_id, f.span_id, f.timestamp) for f in facts}
+    return _Written(keys, [summarize_calls(facts)], len(facts))
+
+
+async def _summarize(
+    conn: psycopg.AsyncConnection[Any], hourly: _Totals, first: datetime, last: datetime, rows: int
+) -> None:
+    """Moves the daily and hourly summaries and announces the rows, in one round trip."""
+    async with conn.pipeline():
+        await conn.execute(_SUMMARY_UPSERT, summary_columns(daily_totals(hourly)))
+        await conn.execute(_HOURLY_UPSERT, summary_columns(hourly))
+        await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), rows))
 
 
 async def write_isolating(

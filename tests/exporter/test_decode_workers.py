@@ -1,0 +1,68 @@
+"""Decoding runs in worker processes (or on a thread): the same rows either way, errors keep
+their status on the way back, and the workers never outlive the exporter."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.hostile.payloads import llm_attributes, new_span, post, request
+from tests.support import query, start_exporter
+
+pytestmark = pytest.mark.e2e
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("processes", ["2", "0"])
+def test_the_same_rows_whether_decoded_in_processes_or_on_a_thread(
+    database_url: str, tmp_path: Path, processes: str
+) -> None:
+    exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": processes})
+    try:
+        workers = [p for p in _children(exporter.process.pid) if _running(p)]
+        # Two workers, plus multiprocessing's resource tracker; none when decoding on a thread.
+        assert len(workers) == (3 if processes == "2" else 0)
+        spans = [new_span(llm_attributes(input_tokens=100 + i, output_tokens=i)) for i in range(50)]
+        body = request(spans, f"svc-{processes}").SerializeToString()
+        assert post(exporter.base_url, body).status_code == 200
+        bomb = gzip.compress(b"\x00" * (40 * 1024 * 1024))  # inflates past the 32 MiB limit
+        refused = post(exporter.base_url, bomb, **{"Content-Encoding": "gzip"})
+        assert refused.status_code == 413 and b"inflates past" in refused.content
+    finally:
+        exporter.stop()
+    [(rows, input_tokens, output_tokens)] = query(
+        database_url,
+        "SELECT count(*), sum(input_tokens), sum(output_tokens) FROM api_calls "
+        "WHERE service_name = %s",
+        (f"svc-{processes}",),
+    )
+    assert (rows, input_tokens, output_tokens) == (50, sum(range(100, 150)), sum(range(50)))
+
+
+def test_workers_end_when_the_exporter_is_killed(database_url: str, tmp_path: Path) -> None:
+    exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": "2"})
+    children = _children(exporter.process.pid)
+    assert len(children) == 3
+    os.kill(exporter.process.pid, signal.SIGKILL)  # no chance to shut its workers down
+    deadline = time.monotonic() + 10
+    while any(_running(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _running(c)]
+    exporter.process.wait()
