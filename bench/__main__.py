@@ -22,7 +22,7 @@ Runner = Callable[[Console, argparse.Namespace], list[Result]]
 def _ingest(console: Console, args: argparse.Namespace) -> list[Result]:
     from bench import ingest
 
-    return ingest.run(console, spans=args.spans, batch=args.batch)
+    return ingest.run(console, spans=args.spans, batch=args.batch, rounds=1 if args.quick else 3)
 
 
 def _memory(console: Console, args: argparse.Namespace) -> list[Result]:

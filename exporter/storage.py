@@ -15,11 +15,13 @@ import contextlib
 import json
 import logging
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -138,12 +140,14 @@ def _span_id(key: str) -> str:
 
 @dataclass(slots=True)
 class CallBatch:
-    """Calls as the writer takes them: one binary COPY tuple each, their keys, and what storing
+    """Calls as the writer takes them: their binary COPY tuples, their keys, and what storing
     all of them moves (summaries, metrics). Cheap to build where the calls were decoded and to
-    pass between processes; the writer never needs the calls themselves."""
+    pass between processes (a few large strings, not a thousand small ones); the writer never
+    needs the calls themselves."""
 
-    rows: list[bytes]
-    keys: list[str]
+    data: bytes  # the binary COPY tuples, one after another
+    ends: array[int]  # where each tuple ends in `data`
+    joined_keys: str  # the calls' keys, one per line
     months: frozenset[date]  # the api_calls partitions the rows go to
     hourly: dict[Any, list[Any]] | None = None  # hourly_totals, for when every row is new
     metrics: MetricTotals | None = None  # summarize_calls, likewise
@@ -153,18 +157,39 @@ class CallBatch:
     @classmethod
     def of(cls, calls: Sequence[LLMCall], rows: list[bytes] | None = None) -> CallBatch:
         """The batch of `calls`, whose `rows` (encode_row of each) may be made already."""
-        return cls(
-            rows=[encode_row(c) for c in calls] if rows is None else rows,
-            keys=[call_key(c.trace_id, c.span_id, c.timestamp) for c in calls],
-            months=frozenset(d.replace(day=1) for d in {c.timestamp.date() for c in calls}),
+        rows = [encode_row(c) for c in calls] if rows is None else rows
+        keys = [call_key(c.trace_id, c.span_id, c.timestamp) for c in calls]
+        return cls.packed(
+            rows,
+            keys,
+            frozenset(d.replace(day=1) for d in {c.timestamp.date() for c in calls}),
             hourly=dict(hourly_totals(calls)),
             metrics=summarize_calls(calls),
             first=min((c.timestamp for c in calls), default=None),
             last=max((c.timestamp for c in calls), default=None),
         )
 
+    @classmethod
+    def packed(
+        cls, rows: Sequence[bytes], keys: Sequence[str], months: frozenset[date], **totals: Any
+    ) -> CallBatch:
+        ends = array("Q", accumulate(map(len, rows)))
+        return cls(b"".join(rows), ends, "\n".join(keys), months, **totals)
+
+    @property
+    def rows(self) -> list[bytes]:
+        data, start, rows = self.data, 0, []
+        for end in self.ends:
+            rows.append(data[start:end])
+            start = end
+        return rows
+
+    @property
+    def keys(self) -> list[str]:
+        return self.joined_keys.split("\n") if self.ends else []
+
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.ends)
 
 
 _TRANSFORMERS: list[Any] = []
@@ -282,23 +307,24 @@ def summary_columns(totals: _Totals) -> list[list[Any]]:
 async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> _Written:
     """Stores the batches' rows in one transaction, with the summaries they move. Idempotent:
     rows already stored are left alone and counted nowhere."""
-    rows = [row for batch in batches for row in batch.rows]
+    data = [batch.data for batch in batches]
+    rows = sum(len(batch) for batch in batches)
     if all(b.hourly is not None and b.metrics is not None for b in batches):
         try:
             async with conn.transaction():
-                await _copy(conn, _COPY_DIRECT, rows)
+                await _copy(conn, _COPY_DIRECT, data)
                 await _summarize(
                     conn,
                     _merged(b.hourly for b in batches if b.hourly),
                     min(b.first for b in batches if b.first),
                     max(b.last for b in batches if b.last),
-                    len(rows),
+                    rows,
                 )
-            return _Written(None, [b.metrics for b in batches if b.metrics], len(rows))
+            return _Written(None, [b.metrics for b in batches if b.metrics], rows)
         except errors.UniqueViolation:
             pass  # a replay (that transaction is undone): only the new rows count
     async with conn.transaction():
-        facts = await _insert_new_only(conn, rows)
+        facts = await _insert_new_only(conn, data)
         if facts:
             first = min(f.timestamp for f in facts)
             last = max(f.timestamp for f in facts)
@@ -333,7 +359,7 @@ async def write_isolating(
     middle = len(rows) // 2
     months = frozenset(m for batch in batches for m in batch.months)
     halves = [
-        await write_isolating(conn, [CallBatch(rows[part], keys[part], months)])
+        await write_isolating(conn, [CallBatch.packed(rows[part], keys[part], months)])
         for part in (slice(None, middle), slice(middle, None))
     ]
     return _Written(
@@ -344,14 +370,15 @@ async def write_isolating(
     )
 
 
-async def _copy(conn: psycopg.AsyncConnection[Any], statement: str, rows: list[bytes]) -> None:
+async def _copy(conn: psycopg.AsyncConnection[Any], statement: str, data: list[bytes]) -> None:
+    """COPY of encoded tuples (CallBatch.data), as one binary COPY stream."""
     async with conn.cursor().copy(statement) as copy:
-        await copy.write(b"".join((_BINARY_SIGNATURE, *rows, _BINARY_TRAILER)))
+        await copy.write(b"".join((_BINARY_SIGNATURE, *data, _BINARY_TRAILER)))
 
 
-async def _insert_new_only(conn: psycopg.AsyncConnection[Any], rows: list[bytes]) -> list[Any]:
+async def _insert_new_only(conn: psycopg.AsyncConnection[Any], data: list[bytes]) -> list[Any]:
     await conn.execute(_CREATE_STAGE)
-    await _copy(conn, _COPY_STAGE, rows)
+    await _copy(conn, _COPY_STAGE, data)
     cursor = conn.cursor(row_factory=namedtuple_row)
     facts = await (await cursor.execute(_INSERT_NEW)).fetchall()
     await conn.execute("TRUNCATE nexus_stage")
@@ -494,10 +521,10 @@ def _resolve(pending: list[_Pending], result: _Written) -> None:
     for p in pending:
         if p.future.done():
             continue
-        keys = p.batch.keys
         if new_keys is None:  # every row was new
-            p.future.set_result(WriteResult(stored=len(keys), duplicates=0))
+            p.future.set_result(WriteResult(stored=len(p.batch), duplicates=0))
             continue
+        keys = p.batch.keys
         stored = 0
         for key in keys:
             if key in new_keys:
