@@ -1,7 +1,9 @@
 """One LLM call seen at the HTTP layer: its GenAI span, from request to the last byte of the body.
 
 The span ends when the body has been read to the end (or closed, or failed), so it carries the
-usage the body reports. When another instrumentation already has a GenAI span open around the
+usage the body reports. Unless HTTP spans are kept under it, nothing needs it while the request
+runs, so it is recorded then, all at once, with the start time and parent context the request
+had (one attribute pass through the SDK instead of two). When another instrumentation already has a GenAI span open around the
 request (the Anthropic SDK's own tracing, the official openai-v2 or google-genai
 instrumentations), that span is enriched instead, so each call is still one span.
 """
@@ -12,6 +14,7 @@ import json
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,38 +55,49 @@ class LLMCall:
         self._started = time.monotonic()
         self._first_chunk: float | None = None
         self._body: BodyCopy | None = None
-        self._stream_state = _anthropic.new_stream_state()
+        self._stream_state: Any = None  # Anthropic's running stream usage, made when needed
         self._finished = False
         self._lock = threading.Lock()
         foreign = _open_gen_ai_span()
         self.owns_span = foreign is None
-        self.span: Span = foreign or settings.tracer.start_span(
-            self._span_name(), kind=SpanKind.CLIENT, attributes=self._start_attributes()
-        )
-        self._tag(self.span)
+        self.span: Span | None = foreign
+        self._parent: context.Context | None = None  # None: the current context
+        self._start_ns: int | None = None
+        if foreign is not None:
+            self._tag(foreign)
+        elif settings.http_spans:  # started now, so the HTTP span can be its child
+            self.span = self._start_span(self._start_attributes(), None)
+        else:  # recorded when the call ends, with every attribute at once
+            self._parent = context.get_current()
+            self._start_ns = time.time_ns()
 
     def activate(self) -> object | None:
-        """While the request is sent: our span is the current one and, unless HTTP spans are
-        kept (then as its children), the httpx instrumentation is told to make none, the key its
-        `suppress_http_instrumentation()` sets. One attach for both; returns the token for
-        `deactivate`."""
-        current = context.get_current()
-        if self.owns_span:
-            current = trace.set_span_in_context(self.span, current)
-        elif self.settings.http_spans:
-            return None
+        """While the request is sent, the httpx instrumentation is told to make no HTTP span (the
+        key its `suppress_http_instrumentation()` sets), or, when HTTP spans are kept, our span
+        is made current so the HTTP span is its child. Returns the token for `deactivate`."""
         if not self.settings.http_spans:
-            current = context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, current)
-        return context.attach(current)
+            return context.attach(context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
+        if not self.owns_span:
+            return None
+        return context.attach(trace.set_span_in_context(self.span))  # type: ignore[arg-type]
 
     @staticmethod
     def deactivate(token: object | None) -> None:
         if token is not None:
             context.detach(token)  # type: ignore[arg-type]
 
-    def on_response(self, status_code: int, headers: Any) -> None:
+    def on_response(self, status_code: int, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """`raw_headers`: the response's (name, value) pairs, read in one pass (each lookup by
+        name on httpx's Headers scans them all)."""
         self.status_code = status_code
-        self._body = BodyCopy(headers.get("content-type", ""), headers.get("content-encoding", ""))
+        content_type = encoding = b""
+        for name, value in raw_headers:
+            name = name.lower()
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-encoding":
+                encoding = encoding + b"," + value if encoding else value
+        self._body = BodyCopy(content_type.decode("latin-1"), encoding.decode("latin-1"))
 
     def on_chunk(self, chunk: bytes) -> None:
         if self._first_chunk is None and chunk:
@@ -102,8 +116,14 @@ class LLMCall:
             guarded(self._read_body)
         error_type = self._error_type(error)
         usage, source = self._usage(error_type)
-        guarded(self._record_on_span, usage, source, error_type, error)
+        values = guarded(self._end_attributes, usage, source, error_type, default={})
+        if self.span is None:
+            self.span = self._start_span({**self._start_attributes(), **values}, self._start_ns)
+        else:
+            self.span.set_attributes(values)
         if self.owns_span:
+            if error_type is not None:
+                guarded(self._set_error_status, self.span, error)
             self.span.end()
         elif error_type is None:
             guarded(_DESCRIBED.add, self.span)
@@ -121,11 +141,13 @@ class LLMCall:
         body.read_stream(self._on_event, full=self.settings.capture_content)
         if not (self.response.usage and self.response.complete):
             # Usage to estimate: that needs all the text, so read every event from the start.
-            self.response, self._stream_state = ResponseInfo(), _anthropic.new_stream_state()
+            self.response, self._stream_state = ResponseInfo(), None
             body.read_stream(self._on_event, full=True)
 
     def _on_event(self, event: str | None, data: object) -> None:
         if self.target.wire is _anthropic:
+            if self._stream_state is None:
+                self._stream_state = _anthropic.new_stream_state()
             _anthropic.read_event(event, data, self.response, self._stream_state)
         else:
             self.target.wire.read_event(event, data, self.response)
@@ -175,24 +197,33 @@ class LLMCall:
         )  # fmt: skip
 
     # --- the span ---------------------------------------------------------------------------
-    def _span_name(self) -> str:
-        return f"{self.target.wire.OPERATION} {self.request.model or 'unknown'}".strip()
+    def _start_span(self, attributes: dict[str, Any], start_ns: int | None) -> Span:
+        name = f"{self.target.wire.OPERATION} {self.request.model or 'unknown'}"
+        return self.settings.tracer.start_span(
+            name, self._parent, SpanKind.CLIENT, attributes, start_time=start_ns
+        )
 
     def _start_attributes(self) -> dict[str, Any]:
+        # Every attribute costs the SDK a validation: only those with a value are given.
+        target, request, op = self.target, self.request, self.operation
         attrs: dict[str, Any] = {
-            a.GEN_AI_PROVIDER_NAME: self.target.provider,
-            a.GEN_AI_OPERATION_NAME: self.target.wire.OPERATION,
-            a.SERVER_ADDRESS: self.target.host,
-            a.HTTP_REQUEST_METHOD: "POST",  # detect() recognises no other
-            a.GEN_AI_REQUEST_STREAM: self.request.stream,
+            a.GEN_AI_PROVIDER_NAME: target.provider,
+            a.GEN_AI_OPERATION_NAME: target.wire.OPERATION,
+            a.SERVER_ADDRESS: target.host,
+            a.GEN_AI_REQUEST_STREAM: request.stream,
         }
-        optional = {
-            a.GEN_AI_REQUEST_MODEL: self.request.model,
-            a.SERVER_PORT: self.target.port,
-            a.GEN_AI_REQUEST_MAX_TOKENS: self.request.max_tokens,
-            a.GEN_AI_REQUEST_TEMPERATURE: self.request.temperature,
-        }
-        attrs.update({k: v for k, v in optional.items() if v is not None})
+        if request.model is not None:
+            attrs[a.GEN_AI_REQUEST_MODEL] = request.model
+        if target.port is not None:
+            attrs[a.SERVER_PORT] = target.port
+        if request.max_tokens is not None:
+            attrs[a.GEN_AI_REQUEST_MAX_TOKENS] = request.max_tokens
+        if request.temperature is not None:
+            attrs[a.GEN_AI_REQUEST_TEMPERATURE] = request.temperature
+        if op is not None:
+            attrs[a.NEXUS_OPERATION] = op.name
+            if op.correlation_id:
+                attrs[a.NEXUS_CORRELATION_ID] = op.correlation_id
         return attrs
 
     def _tag(self, span: Span) -> None:
@@ -201,37 +232,45 @@ class LLMCall:
             if self.operation.correlation_id:
                 span.set_attribute(a.NEXUS_CORRELATION_ID, self.operation.correlation_id)
 
-    def _record_on_span(
-        self,
-        usage: TokenUsage,
-        source: str,
-        error_type: str | None,
-        error: BaseException | None,
-    ) -> None:
-        span, response = self.span, self.response
+    def _end_attributes(
+        self, usage: TokenUsage, source: str, error_type: str | None
+    ) -> dict[str, Any]:
+        response = self.response
         values: dict[str, Any] = {
             a.GEN_AI_USAGE_INPUT_TOKENS: usage.input_tokens,
             a.GEN_AI_USAGE_OUTPUT_TOKENS: usage.output_tokens,
-            a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: usage.cache_read_tokens,
-            a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: usage.cache_write_tokens,
-            a.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: usage.reasoning_tokens,
             a.NEXUS_USAGE_SOURCE: source,
-            a.GEN_AI_RESPONSE_MODEL: response.model,
-            a.GEN_AI_RESPONSE_ID: response.response_id,
-            a.GEN_AI_RESPONSE_FINISH_REASONS: tuple(response.finish_reasons) or None,
-            a.HTTP_RESPONSE_STATUS_CODE: self.status_code,
         }
+        # Zero counts are left out of our own spans (absent reads as 0); another
+        # instrumentation's span may hold its own different reading, so it gets every one.
+        full = not self.owns_span
+        if usage.cache_read_tokens or full:
+            values[a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
+        if usage.cache_write_tokens or full:
+            values[a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
+        if usage.reasoning_tokens or full:
+            values[a.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        if response.model is not None:
+            values[a.GEN_AI_RESPONSE_MODEL] = response.model
+        if response.response_id is not None:
+            values[a.GEN_AI_RESPONSE_ID] = response.response_id
+        if response.finish_reasons:
+            values[a.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(response.finish_reasons)
+        if self.status_code is not None:
+            values[a.HTTP_RESPONSE_STATUS_CODE] = self.status_code
         if self.request.stream and self._first_chunk is not None:
             values[a.NEXUS_TIME_TO_FIRST_CHUNK] = self._first_chunk - self._started
         if self.settings.capture_content:
             values.update(self._content())
-        span.set_attributes({k: v for k, v in values.items() if v is not None})
         if error_type is not None and self.owns_span:
-            span.set_attribute(a.ERROR_TYPE, error_type)
-            message = response.error_message or (
-                str(error) if error else f"HTTP {self.status_code}"
-            )
-            span.set_status(Status(StatusCode.ERROR, scrub_text(message)[:500]))
+            values[a.ERROR_TYPE] = error_type
+        return values
+
+    def _set_error_status(self, span: Span, error: BaseException | None) -> None:
+        message = self.response.error_message or (
+            str(error) if error else f"HTTP {self.status_code}"
+        )
+        span.set_status(Status(StatusCode.ERROR, scrub_text(message)[:500]))
 
     def _content(self) -> dict[str, str]:
         text = {"type": "text", "content": self.response.output_text}

@@ -22,6 +22,9 @@ KNOWN_HOSTS = {
 }
 _WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
 _SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai"}
+_UNSEEN = object()
+_PATHS_REMEMBERED = 1024
+_wire_by_path: dict[str, object] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +36,12 @@ class Target:
 
 
 def wire_format(path: str) -> ModuleType | None:
-    for wire in (_openai, _anthropic, _gemini):
-        if wire.matches(path):
-            return wire
-    return None
+    wire = _wire_by_path.get(path, _UNSEEN)
+    if wire is _UNSEEN:
+        wire = next((w for w in (_openai, _anthropic, _gemini) if w.matches(path)), None)
+        if len(_wire_by_path) < _PATHS_REMEMBERED:  # an app calls few paths; bounded all the same
+            _wire_by_path[path] = wire
+    return wire  # type: ignore[return-value]
 
 
 def detect(request: Any, providers: dict[str, str]) -> Target | None:

@@ -27,8 +27,7 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
 
 def read_json(body: object, info: ResponseInfo) -> None:
     """A complete (non-streamed) chat completion."""
-    _read_common(body, info)
-    for choice in _choices(body):
+    for choice in _read_common(body, info):
         info.output_parts.append(text_of(dig(choice, "message", "content")))
     info.complete = True
 
@@ -38,30 +37,34 @@ def read_event(event: str | None, data: object, info: ResponseInfo) -> None:
     if data == "[DONE]":
         info.complete = True
         return
-    _read_common(data, info)
-    for choice in _choices(data):
+    for choice in _read_common(data, info):
         content = dig(choice, "delta", "content")
         if isinstance(content, str):
             info.output_parts.append(content)
 
 
-def _read_common(body: object, info: ResponseInfo) -> None:
+def _read_common(body: object, info: ResponseInfo) -> list[dict[str, object]]:
+    """Reads what every body and chunk may say; returns its choices."""
     if not isinstance(body, dict):
-        return
-    if isinstance(body.get("model"), str):
-        info.model = body["model"]
-    if isinstance(body.get("id"), str):
-        info.response_id = body["id"]
-    for choice in _choices(body):
+        return []
+    model, response_id = body.get("model"), body.get("id")
+    if isinstance(model, str):
+        info.model = model
+    if isinstance(response_id, str):
+        info.response_id = response_id
+    choices = _choices(body)
+    for choice in choices:
         reason = choice.get("finish_reason")
         if isinstance(reason, str):
             info.finish_reasons.append(reason)
     usage = body.get("usage") or dig(body, "x_groq", "usage")
     if isinstance(usage, dict):
         info.usage = _usage(usage)
-    error = dig(body, "error", "message")
-    if isinstance(error, str):
-        info.error_message = error
+    if "error" in body:
+        error = dig(body, "error", "message")
+        if isinstance(error, str):
+            info.error_message = error
+    return choices
 
 
 def _choices(body: object) -> list[dict[str, object]]:

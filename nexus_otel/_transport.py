@@ -68,7 +68,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
-        guarded(call.on_response, response.status_code, response.headers)
+        guarded(call.on_response, response.status_code, response.headers.raw)
         response.stream = sync_stream(response.stream, call)
         return response
 
@@ -87,7 +87,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
-        guarded(call.on_response, response.status_code, response.headers)
+        guarded(call.on_response, response.status_code, response.headers.raw)
         response.stream = async_stream(response.stream, call)
         return response
 

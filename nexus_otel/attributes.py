@@ -47,7 +47,6 @@ OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
 
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
-HTTP_REQUEST_METHOD: Final = "http.request.method"
 HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
 ERROR_TYPE: Final = "error.type"
 SERVICE_NAME: Final = "service.name"  # resource attribute

@@ -45,7 +45,8 @@ def test_span_shape_and_no_http_span(spans: Spans, simulator: ProviderSimulator)
     attrs = dict(span.attributes or {})
     host, port = simulator.base_url.removeprefix("http://").split(":")
     assert (attrs["server.address"], attrs["server.port"]) == (host, int(port))
-    assert (attrs["http.request.method"], attrs["http.response.status_code"]) == ("POST", 200)
+    assert attrs["http.response.status_code"] == 200
+    assert "gen_ai.usage.cache_creation.input_tokens" not in attrs  # 0: left out, read as 0
     assert attrs["gen_ai.provider.name"] == "groq" and attrs["gen_ai.operation.name"] == "chat"
     assert attrs["nexus.operation"] == "fact_generation"
     assert attrs["nexus.correlation_id"] == "carousel-1"
@@ -307,3 +308,29 @@ def test_spans_that_are_not_one_model_call_are_not_enriched(simulator: ProviderS
              if (s.attributes or {}).get("gen_ai.usage.input_tokens") == 900]  # fmt: skip
     scopes = sorted(s.instrumentation_scope.name for s in calls if s.instrumentation_scope)
     assert scopes == ["app", "nexus_otel", "nexus_otel"]  # three calls, three spans with usage
+
+
+def test_span_is_a_child_of_the_span_current_when_the_request_was_sent(
+    spans: Spans, simulator: ProviderSimulator
+) -> None:
+    """The call's span is recorded when the body ends; its parent and start stay those of the
+    request, even when the stream is read after the app's own span has ended."""
+    import groq
+
+    memory = spans()
+    client = groq.Groq(api_key="gsk-x", base_url=simulator.groq_base_url, max_retries=0)
+    tracer = trace.get_tracer("app", tracer_provider=TracerProvider())
+    with tracer.start_as_current_span("handle request") as app_span:
+        stream = client.chat.completions.create(
+            model="llama-3.3-70b-versatile", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+            extra_headers={**USAGE, "x-sim-latency": "0"},
+        )  # fmt: skip
+    assert memory.get_finished_spans() == ()  # nothing recorded before the body is read
+    after_app_span = app_span.end_time  # type: ignore[attr-defined]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    [span] = gen_ai_spans(memory)
+    assert text and span.parent is not None
+    assert span.parent.span_id == app_span.get_span_context().span_id
+    assert span.context.trace_id == app_span.get_span_context().trace_id
+    assert span.start_time is not None and span.start_time < after_app_span < span.end_time  # type: ignore[operator]
+    assert dict(span.attributes or {})["gen_ai.usage.input_tokens"] == 900
