@@ -3,9 +3,9 @@
 The span ends when the body has been read to the end (or closed, or failed), so it carries the
 usage the body reports. Unless HTTP spans are kept under it, nothing needs it while the request
 runs, so it is recorded then, all at once, with the start time and parent context the request
-had (one attribute pass through the SDK instead of two). When another instrumentation already has a GenAI span open around the
-request (the Anthropic SDK's own tracing, the official openai-v2 or google-genai
-instrumentations), that span is enriched instead, so each call is still one span.
+had (one attribute pass through the SDK instead of two). When another instrumentation already
+has a GenAI span open around the request (the Anthropic SDK's own tracing, the official openai-v2
+or google-genai instrumentations), that span is enriched instead, so each call is still one span.
 """
 
 from __future__ import annotations
