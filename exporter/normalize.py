@@ -62,6 +62,11 @@ _REASONING = (
 )
 _TOTAL = (a.GEN_AI_USAGE_TOTAL_TOKENS, a.LLM_USAGE_TOTAL_TOKENS, a.LLM_TOKEN_COUNT_TOTAL)
 _TOKEN_KEYS = frozenset((*_INPUT, *_OUTPUT, *_CACHE_READ, *_CACHE_WRITE, *_REASONING, *_TOTAL))
+# In _tokens' order: the first (current) spelling of each count, and every other spelling.
+_CURRENT_SPELLINGS = tuple(
+    k[0] for k in (_CACHE_READ, _CACHE_WRITE, _REASONING, _INPUT, _OUTPUT, _TOTAL)
+)
+_OTHER_SPELLINGS = _TOKEN_KEYS - frozenset(_CURRENT_SPELLINGS)
 _PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM, a.LLM_PROVIDER, a.LLM_SYSTEM)
 _TTFC_KEYS = (
     a.NEXUS_TIME_TO_FIRST_CHUNK,
@@ -204,18 +209,36 @@ def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
 
 def _tokens(span: RawSpan) -> tuple[int, int, int, int, int, int]:
     """Input, output, cache read, cache write, reasoning and total tokens."""
+    if _OTHER_SPELLINGS.isdisjoint(span.attributes):
+        # The current conventions' names only (most spans): one lookup per count.
+        attrs, counts = span.attributes, []
+        for key in _CURRENT_SPELLINGS:
+            value = attrs.get(key, 0)
+            if value.__class__ is not int or not 0 <= value <= _MAX_TOKENS:  # type: ignore[operator]
+                value = _token_value(span, key, value)
+            counts.append(value)
+        return _inclusive(*counts)  # type: ignore[arg-type]
     cache_read = _count(span, _CACHE_READ)
     cache_write = _count(span, _CACHE_WRITE)
     reasoning = _count(span, _REASONING)
     input_tokens = _count(span, _INPUT)
     output_tokens = _count(span, _OUTPUT)
+    return _inclusive(
+        cache_read, cache_write, reasoning, input_tokens, output_tokens, _count(span, _TOTAL)
+    )
+
+
+def _inclusive(
+    cache_read: int, cache_write: int, reasoning: int, input_tokens: int, output_tokens: int,
+    total: int,
+) -> tuple[int, int, int, int, int, int]:  # fmt: skip
     # Some instrumentations report input exclusive of cache (Anthropic's raw numbers) or output
     # exclusive of reasoning (Gemini's candidates): make both inclusive, as the conventions say.
     if input_tokens < cache_read + cache_write:
         input_tokens += cache_read + cache_write
     if output_tokens < reasoning:
         output_tokens += reasoning
-    total = max(_count(span, _TOTAL), input_tokens + output_tokens)
+    total = max(total, input_tokens + output_tokens)
     return input_tokens, output_tokens, cache_read, cache_write, reasoning, total
 
 
