@@ -35,6 +35,7 @@ _FUTURE_SKEW = timedelta(days=1)
 # numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
 _MAX_CALL_COST_USD = Decimal(1_000_000)
 _PARENT_CHECK_SECONDS = 1.0
+_PENDING_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,14 @@ class Decoder:
         self.options = options
         self.processes = processes
         self._executor: Executor | None = None
+        self.pending = 0  # requests handed over and not yet decoded
+        # Enough waiting to keep every worker busy between two requests; a request beyond it
+        # is refused (503) before its body is read, so waiting bodies cannot pile up in memory.
+        self.max_pending = _PENDING_PER_WORKER * max(processes, 1)
+
+    @property
+    def busy(self) -> bool:
+        return self.pending >= self.max_pending
 
     def start(self) -> None:
         if self.processes > 0:
@@ -202,6 +211,10 @@ class Decoder:
         if self._executor is None:
             self.start()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, decode_body, body, media, encoding, self.options
-        )
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(
+                self._executor, decode_body, body, media, encoding, self.options
+            )
+        finally:
+            self.pending -= 1

@@ -138,6 +138,11 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
         # or decoding refused requests starves the writer that would drain the queue.
         rows = ingestor.writer.queued_rows
         return _unavailable(ingestor, f"{rows} rows are already waiting for the database", media)
+    if ingestor.decoder.busy:
+        waiting = ingestor.decoder.pending
+        return _unavailable(
+            ingestor, f"{waiting} requests are already waiting to be decoded", media
+        )
     declared = _declared_length(request)
     if declared > settings.max_body_bytes:
         limit = settings.max_body_bytes

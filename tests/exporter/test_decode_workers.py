@@ -66,3 +66,28 @@ def test_workers_end_when_the_exporter_is_killed(database_url: str, tmp_path: Pa
         time.sleep(0.1)
     assert not [c for c in children if _running(c)]
     exporter.process.wait()
+
+
+async def test_a_full_decode_queue_is_a_503_before_the_body_is_read(database_url: str) -> None:
+    """More requests waiting to be decoded than the workers need: refused at once, with
+    Retry-After, so waiting bodies cannot pile up in memory."""
+    import httpx
+
+    from exporter.ingest import create_ingest_app
+    from exporter.settings import Settings
+
+    settings = Settings(database_url=database_url, decode_processes=0, retry_after_seconds=3)
+    app = create_ingest_app(settings, database_url)
+    decoder = app.state.ingestor.decoder
+    body = request([new_span(llm_attributes())], "svc-queue").SerializeToString()
+    headers = {"Content-Type": "application/x-protobuf"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            decoder.pending = decoder.max_pending  # as if that many were being decoded
+            refused = await client.post("/v1/traces", content=body, headers=headers)
+            decoder.pending = 0
+            accepted = await client.post("/v1/traces", content=body, headers=headers)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
+    assert b"8 requests are already waiting to be decoded" in refused.content
+    assert accepted.status_code == 200 and decoder.pending == 0
