@@ -35,7 +35,7 @@ _FUTURE_SKEW = timedelta(days=1)
 # numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
 _MAX_CALL_COST_USD = Decimal(1_000_000)
 _PARENT_CHECK_SECONDS = 1.0
-_PENDING_PER_WORKER = 8
+_PENDING_PER_WORKER = 4
 
 
 @dataclass(frozen=True)

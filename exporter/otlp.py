@@ -38,7 +38,7 @@ _SCALAR_KINDS = frozenset({"int_value", "double_value", "bool_value"})
 # Decoded attributes by their encoded bytes: most key-value pairs (provider, model, operation,
 # server) repeat on span after span, and a dict lookup costs a fraction of decoding one.
 _DECODED: dict[bytes, tuple[str, AttributeValue]] = {}
-_DECODED_MAX = 50_000
+_DECODED_MAX = 16_384  # about 4 MB per process
 
 
 def _lazy_request_class() -> type[Message]:

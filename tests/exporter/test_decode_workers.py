@@ -89,5 +89,5 @@ async def test_a_full_decode_queue_is_a_503_before_the_body_is_read(database_url
             decoder.pending = 0
             accepted = await client.post("/v1/traces", content=body, headers=headers)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
-    assert b"8 requests are already waiting to be decoded" in refused.content
+    assert b"4 requests are already waiting to be decoded" in refused.content
     assert accepted.status_code == 200 and decoder.pending == 0
