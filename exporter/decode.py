@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -162,6 +163,10 @@ def _exit_with(exporter_pid: int) -> None:
     os._exit(0)
 
 
+class DecoderUnavailable(RuntimeError):
+    """Decoding could not run now; the request may be sent again."""
+
+
 class Decoder:
     """Runs decode_body off the event loop: in `processes` worker processes, or (0) on one
     thread of this process."""
@@ -216,5 +221,12 @@ class Decoder:
             return await loop.run_in_executor(
                 self._executor, decode_body, body, media, encoding, self.options
             )
+        except BrokenProcessPool:
+            # A worker ended under us (killed, out of memory): new workers for the next request;
+            # this one is refused with a 503, so its sender retries it.
+            log.warning("a decode worker ended unexpectedly; starting new workers")
+            self.stop()
+            self.start()
+            raise DecoderUnavailable("a decode worker ended unexpectedly") from None
         finally:
             self.pending -= 1

@@ -16,7 +16,13 @@ from starlette.routing import Route
 
 from exporter import otlp
 from exporter.api.auth import bearer_matches
-from exporter.decode import Conversion, DecodeOptions, Decoder, default_processes
+from exporter.decode import (
+    Conversion,
+    DecodeOptions,
+    Decoder,
+    DecoderUnavailable,
+    default_processes,
+)
 from exporter.metrics import ExporterMetrics
 from exporter.settings import Settings
 from exporter.storage import CallBatch, CallWriter, StorageUnavailable, WriteResult
@@ -153,7 +159,7 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
         conversion = await _decode(ingestor, request, media)
     except otlp.PayloadError as exc:
         return _error(exc.status, str(exc), media)
-    except BodiesBusy as exc:
+    except (BodiesBusy, DecoderUnavailable) as exc:
         return _unavailable(ingestor, str(exc), media)
     _count(ingestor.metrics, conversion)
     if conversion.batch is not None:

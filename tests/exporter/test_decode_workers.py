@@ -91,3 +91,28 @@ async def test_a_full_decode_queue_is_a_503_before_the_body_is_read(database_url
     assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
     assert b"4 requests are already waiting to be decoded" in refused.content
     assert accepted.status_code == 200 and decoder.pending == 0
+
+
+def test_a_worker_that_dies_is_replaced_and_costs_at_most_a_retry(
+    database_url: str, tmp_path: Path
+) -> None:
+    exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": "2"})
+    try:
+        workers = [
+            pid
+            for pid in _children(exporter.process.pid)
+            if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        os.kill(workers[0], signal.SIGKILL)  # out of memory, say
+        spans = [new_span(llm_attributes()) for _ in range(20)]
+        body = request(spans, "svc-worker-died").SerializeToString()
+        answers = [post(exporter.base_url, body).status_code for _ in range(3)]
+    finally:
+        exporter.stop()
+    assert "a decode worker ended unexpectedly; starting new workers" in exporter.log()
+    # The request the dead worker held is a 503 (retried); then new workers decode as before.
+    assert answers[-1] == 200 and answers.count(503) <= 1 and 500 not in answers
+    [(rows,)] = query(
+        database_url, "SELECT count(*) FROM api_calls WHERE service_name = 'svc-worker-died'"
+    )
+    assert rows == 20
