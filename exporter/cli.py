@@ -58,8 +58,14 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from exporter.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
 
+    try:  # read here, so a bad file is one clear error, not a failure in every decode worker
+        PriceBook(settings.prices_file)
+    except PriceOverridesError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
     database = open_database(settings)
     where = (
         "embedded PostgreSQL in " + str(settings.data_dir) if database.embedded else "PostgreSQL"

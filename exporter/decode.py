@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from exporter import otlp
 from exporter.model import LLMCall
 from exporter.normalize import InvalidSpan, to_llm_call
@@ -77,12 +79,12 @@ def decode_body(
     return convert(otlp.parse_request(data, media), options)
 
 
-def convert(request: object, options: DecodeOptions) -> Conversion:
+def convert(request: Message, options: DecodeOptions) -> Conversion:
     result = Conversion()
     prices = _price_book(options.prices_file)
     latest = datetime.now(UTC) + _FUTURE_SKEW
     calls: list[LLMCall] = []
-    for raw in otlp.iter_raw_spans(request):  # type: ignore[arg-type]
+    for raw in otlp.iter_raw_spans(request):
         result.received += 1
         try:
             call = to_llm_call(raw, store_content=options.store_content)

@@ -63,8 +63,3 @@ class LLMCall:
     attributes: dict[str, Any] = field(default_factory=dict)  # extra, content-free attributes
     cost_usd: Decimal | None = None  # filled by pricing; None = unpriced, never a fake 0
     cost_source: str | None = None  # genai-prices | override | span
-
-    @property
-    def key(self) -> tuple[str, str, datetime]:
-        """The idempotency key: the same span always maps to the same row."""
-        return (self.trace_id, self.span_id, self.timestamp)

@@ -27,6 +27,16 @@ def test_bad_setting_is_a_cli_error_naming_the_value() -> None:
     assert "--otlp-port" in result.stderr and "99999" in result.stderr
 
 
+def test_serve_refuses_a_bad_price_file_with_one_clear_error(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  - pattern: [broken\n")
+    result = _cli("serve", "--prices-file", str(prices), timeout=60)
+    output = "".join((result.stdout + result.stderr).split())  # as printed, folded to width
+    assert result.returncode == 2
+    assert f"error:{prices}:cannotreadpriceoverrides" in output
+    assert "Traceback" not in output
+
+
 def test_prices_shows_source_and_suggests_close_matches() -> None:
     known = _cli("prices", "claude-sonnet-4-5", "--provider", "anthropic")
     assert known.returncode == 0, known.stderr
