@@ -22,7 +22,7 @@ Runner = Callable[[Console, argparse.Namespace], list[Result]]
 def _ingest(console: Console, args: argparse.Namespace) -> list[Result]:
     from bench import ingest
 
-    return ingest.run(console, spans=args.spans, batch=args.batch, rounds=1 if args.quick else 3)
+    return ingest.run(console, spans=args.spans, batch=args.batch)
 
 
 def _memory(console: Console, args: argparse.Namespace) -> list[Result]:
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.spans is None:
-        args.spans = 20_000 if args.quick else 100_000
+        args.spans = 50_000 if args.quick else 100_000
     if args.soak_seconds is None:
         args.soak_seconds = 30.0 if args.quick else 300.0
     return args

@@ -244,7 +244,7 @@ def _inclusive(
 
 def _timestamp(unix_nano: int) -> datetime:
     # Microseconds, truncated: the same span must always give the same key.
-    return _EPOCH + timedelta(microseconds=unix_nano // 1000)
+    return _EPOCH + timedelta(0, 0, unix_nano // 1000)  # positional: faster than a keyword
 
 
 def _gen_ai_operation(attrs: dict[str, AttributeValue]) -> str:
