@@ -161,15 +161,9 @@ class Observations:
 
     def apply(self, child: Any) -> None:
         child._sum.inc(self.total)
-        for bucket, count in zip(child._buckets, self.counts, strict=False):
+        for bucket, count in zip(child._buckets, self.counts, strict=True):
             if count:
                 bucket.inc(count)
-
-    def __getstate__(self) -> tuple[list[int], float]:
-        return self.counts, self.total
-
-    def __setstate__(self, state: tuple[list[int], float]) -> None:
-        self.counts, self.total = state
 
 
 # Histogram buckets as prometheus_client keeps them: the bounds plus +Inf.

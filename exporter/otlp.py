@@ -211,17 +211,16 @@ def _raw_span(
     resource: dict[str, AttributeValue],
     scope_name: str,
 ) -> RawSpan:
-    name, message = span.name, span.status.message
     raw = RawSpan(
         trace_id=span.trace_id.hex(),
         span_id=span.span_id.hex(),
         parent_span_id=span.parent_span_id.hex() or None,
-        name=storable(name) if "\x00" in name else name,
+        name=storable(span.name),
         kind=span.kind,
         start_time_unix_nano=span.start_time_unix_nano,
         end_time_unix_nano=span.end_time_unix_nano,
         status_code=span.status.code,
-        status_message=storable(message) if "\x00" in message else message,
+        status_message=storable(span.status.message),
         attributes=attributes,
         resource_attributes=resource,
         scope_name=storable(scope_name),
