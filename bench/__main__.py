@@ -96,12 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     for column in ("benchmark", "result", "baseline", "ratio", "target", "ok"):
         table.add_column(column)
     for r in results:
-        table.add_row(
-            r.name, r.result, r.baseline, f"{r.ratio:.2f}", r.target, "yes" if r.ok else "NO"
-        )
+        table.add_row(r.name, r.result, r.baseline, f"{r.ratio:.2f}", r.target, _verdict(r.ok))
     console.print(table)
-    if not all(r.ok for r in results):
+    if any(r.ok is False for r in results):
         raise SystemExit(1)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else "yes" if ok else "NO"
 
 
 if __name__ == "__main__":

@@ -10,4 +10,4 @@ class Result:
     baseline: str
     ratio: float
     target: str
-    ok: bool
+    ok: bool | None  # None: a reference figure, with no target of its own

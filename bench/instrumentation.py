@@ -1,7 +1,9 @@
 """Instrumentation overhead: the same SDK calls against the same local server (bench/streams.py,
 provider wire formats), uninstrumented, with nexus-otel, and with the Anthropic SDK's own tracing
 and OpenLLMetry's Groq instrumentation. Spans go to a no-op exporter, so only the instrumentation
-is measured.
+is measured. For reference, a fourth configuration records one bare OpenTelemetry SDK span per
+LLM request, with as many attributes as ours and nothing else (no body read): what the SDK alone
+adds, the floor for any instrumentation that records a span per call.
 
 One process switches the configurations on and off in turn, 50 calls at a time, so a
 busy machine slows every configuration alike; it runs again in a few rounds, and the medians of
@@ -20,12 +22,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import wrapt
+from opentelemetry.trace import SpanKind
 from rich.console import Console
 from rich.progress import Progress
 
 from bench.common import Result
 
-MODES = ("none", "nexus", "vendor")  # vendor: Anthropic's own tracing + OpenLLMetry Groq
+# vendor: Anthropic's own tracing + OpenLLMetry Groq; span: one bare SDK span per request
+MODES = ("none", "nexus", "vendor", "span")
 PLAIN = ("groq", "anthropic")
 STREAMED = ("groq 1 MB stream", "anthropic 1 MB stream")
 TARGET_ADDED_US = 100.0
@@ -76,10 +81,58 @@ def _tracer_provider() -> Any:
     return provider
 
 
-def _switch(mode: str, provider: Any, groq_instrumentor: Any) -> None:
+class BareSpans:
+    """One SDK span per POST through httpx or httpx2, with the attributes of a Groq call's span
+    (15), started before the request and ended when its headers arrive."""
+
+    ATTRIBUTES = {
+        "gen_ai.provider.name": "groq", "gen_ai.operation.name": "chat",
+        "server.address": "127.0.0.1", "server.port": 8000, "gen_ai.request.stream": False,
+        "gen_ai.request.model": "llama-3.3-70b-versatile", "gen_ai.request.max_tokens": 64,
+        "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 7,
+        "nexus.usage.source": "response", "gen_ai.response.model": "llama-3.3-70b-versatile",
+        "gen_ai.response.id": "chatcmpl-1", "gen_ai.response.finish_reasons": ("stop",),
+        "http.response.status_code": 200, "nexus.operation": "bench",
+    }  # fmt: skip
+
+    def __init__(self, provider: Any) -> None:
+        self.tracer = provider.get_tracer("bench.bare_span")
+        self.on = False
+
+    def switch(self, on: bool) -> None:
+        import httpx
+        import httpx2
+
+        if on == self.on:
+            return
+        for module in (httpx, httpx2):
+            if on:
+                wrapt.wrap_function_wrapper(module, "HTTPTransport.handle_request", self._wrapper)
+            else:
+                wrapper = module.HTTPTransport.__dict__["handle_request"]
+                module.HTTPTransport.handle_request = wrapper.__wrapped__
+        self.on = on
+
+    def _wrapper(self, wrapped: Callable[..., Any], instance: Any, args: Any, kw: Any) -> Any:
+        request = args[0] if args else kw["request"]
+        if request.method != "POST":
+            return wrapped(*args, **kw)
+        started = time.time_ns()
+        response = wrapped(*args, **kw)
+        name = "chat llama-3.3-70b-versatile"
+        span = self.tracer.start_span(
+            name, None, SpanKind.CLIENT, self.ATTRIBUTES, start_time=started
+        )
+        span.end()
+        return response
+
+
+def _switch(mode: str, provider: Any, groq_instrumentor: Any, bare: BareSpans) -> None:
     """Turns on the instrumentation of `mode` and every other one off."""
     import nexus_otel
 
+    if mode != "span":  # each off before the next goes on, so no wrapper sits on another
+        bare.switch(False)
     if mode == "nexus":
         nexus_otel.instrument(service_name="bench", tracer_provider=provider)
     else:
@@ -88,6 +141,8 @@ def _switch(mode: str, provider: Any, groq_instrumentor: Any) -> None:
         groq_instrumentor.instrument(tracer_provider=provider)
     elif mode != "vendor" and groq_instrumentor.is_instrumented_by_opentelemetry:
         groq_instrumentor.uninstrument()
+    if mode == "span":
+        bare.switch(True)
 
 
 def _operations(url: str, anthropic_tracing: bool) -> dict[str, Callable[[], Any]]:
@@ -136,12 +191,13 @@ def worker(url: str, calls: int, stream_calls: int, block: int = 50) -> None:
 
     provider = _tracer_provider()
     groq_instrumentor = GroqInstrumentor()
+    bare = BareSpans(provider)
     every = max(1, calls // stream_calls)
     timings: dict[str, dict[str, list[int]]] = {m: {} for m in MODES}
     spans = dict.fromkeys(MODES, 0)
     for index, first in enumerate(range(0, calls, block)):
         for mode in MODES[index % len(MODES) :] + MODES[: index % len(MODES)]:
-            _switch(mode, provider, groq_instrumentor)
+            _switch(mode, provider, groq_instrumentor, bare)
             operations = _operations(url, anthropic_tracing=mode == "vendor")
             for name in PLAIN:  # connect, and warm whatever the instrumentation caches
                 operations[name]()
@@ -153,7 +209,7 @@ def worker(url: str, calls: int, stream_calls: int, block: int = 50) -> None:
                     elapsed = time.perf_counter_ns() - started
                     timings[mode].setdefault(name, []).append(elapsed)
             spans[mode] += SPANS[0] - before
-    _switch("none", provider, groq_instrumentor)
+    _switch("none", provider, groq_instrumentor, bare)
     print(json.dumps({"timings": timings, "spans": spans}))
 
 
@@ -201,7 +257,7 @@ def measure(
         if server.stdin:
             server.stdin.close()
         server.wait(10)
-    for mode in ("nexus", "vendor"):  # at least one span per measured call, or it was off
+    for mode in MODES[1:]:  # at least one span per measured call, or it was off
         made = sum(len(v) for v in samples[mode].values())
         if spans[mode] < made:
             raise RuntimeError(f"{mode}: {spans[mode]} spans for {made} calls")
@@ -210,6 +266,7 @@ def measure(
 
 def _results(medians: dict[str, dict[str, float]]) -> list[Result]:
     none, ours, vendor = medians["none"], medians["nexus"], medians["vendor"]
+    bare = medians["span"]
     vendor_name = {"groq": "OpenLLMetry Groq", "anthropic": "Anthropic SDK tracing"}
     results = []
     for name in PLAIN:
@@ -225,6 +282,17 @@ def _results(medians: dict[str, dict[str, float]]) -> list[Result]:
             )
         )
         results.append(_versus(name, added, theirs, "µs", vendor_name[name]))
+        floor = (bare[name] - none[name]) / 1e3
+        results.append(
+            Result(
+                f"  reference: one bare SDK span, {name}",
+                f"+{floor:.0f} µs/call",
+                f"ours +{added:.0f} µs",
+                floor / TARGET_ADDED_US,
+                "(what the OpenTelemetry SDK alone adds)",
+                None,
+            )
+        )
     for name in STREAMED:
         added, theirs = (ours[name] / none[name] - 1) * 100, (vendor[name] / none[name] - 1) * 100
         results.append(
