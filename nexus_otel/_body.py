@@ -10,11 +10,10 @@ captured, is the whole stream parsed. Bodies above MAX_BODY keep only their head
 from __future__ import annotations
 
 import collections
-import json
 import re
 import zlib
-from collections.abc import Callable
 
+from nexus_otel._internal import loads_json
 from nexus_otel._sse import EventHandler, SSEParser
 
 MAX_BODY = 16 * 1024 * 1024
@@ -45,15 +44,15 @@ class BodyCopy:
         while self._tail_size - len(self._tail[0]) >= WINDOW:
             self._tail_size -= len(self._tail.popleft())
 
-    def read_json(self, on_json: Callable[[object], None]) -> None:
+    def json(self) -> object:
+        """The body's JSON; None when it is empty, cut short, undecodable or not JSON."""
         data = self._decoded()
-        if data is None or self.truncated or not data:
-            return
+        if not data or self.truncated:
+            return None
         try:
-            body = json.loads(data)
+            return loads_json(data)
         except ValueError:
-            return
-        on_json(body)
+            return None
 
     def read_stream(self, on_event: EventHandler, *, full: bool) -> None:
         """Feeds the stream's events to `on_event`: all of them, or those of its head and tail."""

@@ -136,7 +136,9 @@ class LLMCall:
         body = self._body
         assert body is not None
         if not body.is_stream:
-            body.read_json(self._on_json)
+            parsed = body.json()
+            if parsed is not None:
+                self.target.wire.read_json(parsed, self.response)
             return
         body.read_stream(self._on_event, full=self.settings.capture_content)
         if not (self.response.usage and self.response.complete):
@@ -151,9 +153,6 @@ class LLMCall:
             _anthropic.read_event(event, data, self.response, self._stream_state)
         else:
             self.target.wire.read_event(event, data, self.response)
-
-    def _on_json(self, body: object) -> None:
-        self.target.wire.read_json(body, self.response)
 
     # --- results ----------------------------------------------------------------------------
     def _error_type(self, error: BaseException | None) -> str | None:

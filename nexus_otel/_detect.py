@@ -1,7 +1,8 @@
 """Which provider and wire format an HTTP request speaks, and what of it is safe to record.
 
 Provider, in order: the provider's own host; what the official SDK says about itself (User-Agent
-`Groq/Python` or `AsyncGroq/Python`, `OpenAI/Python`, an `anthropic-version` header,
+`Groq/Python` or `AsyncGroq/Python`, `OpenAI/Python`, `Anthropic/Python`,
+`google-genai-sdk/...`, else an `anthropic-version` header or
 `x-goog-api-client: google-genai-sdk/...`); the `instrument(providers={"host:port": "groq"})`
 mapping; and last the wire format's own provider. The wire format comes from the path.
 """
@@ -14,18 +15,6 @@ from typing import Any
 
 from nexus_otel import _anthropic, _gemini, _openai
 
-KNOWN_HOSTS = {
-    "api.groq.com": "groq",
-    "api.openai.com": "openai",
-    "api.anthropic.com": "anthropic",
-    "generativelanguage.googleapis.com": "gcp.gemini",
-}
-_WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
-_SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai"}
-_UNSEEN = object()
-_PATHS_REMEMBERED = 1024
-_wire_by_path: dict[str, object] = {}
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -35,11 +24,27 @@ class Target:
     port: int | None
 
 
+KNOWN_HOSTS = {
+    "api.groq.com": "groq",
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gcp.gemini",
+}
+_WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
+# The User-Agent's first word, read with one header lookup; the other headers are the fallback.
+_SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai", "Anthropic": "anthropic",
+               "google-genai-sdk": "gcp.gemini"}  # fmt: skip
+_UNSEEN = object()
+_REMEMBERED = 1024  # an app calls few paths and servers; bounded all the same
+_wire_by_path: dict[str, object] = {}
+_targets: dict[tuple[str, ModuleType, str, int | None], Target] = {}
+
+
 def wire_format(path: str) -> ModuleType | None:
     wire = _wire_by_path.get(path, _UNSEEN)
     if wire is _UNSEEN:
         wire = next((w for w in (_openai, _anthropic, _gemini) if w.matches(path)), None)
-        if len(_wire_by_path) < _PATHS_REMEMBERED:  # an app calls few paths; bounded all the same
+        if len(_wire_by_path) < _REMEMBERED:
             _wire_by_path[path] = wire
     return wire  # type: ignore[return-value]
 
@@ -48,10 +53,11 @@ def detect(request: Any, providers: dict[str, str]) -> Target | None:
     """The LLM call `request` (an httpx or httpx2 Request) makes, or None for any other request."""
     if request.method != "POST":
         return None
-    wire = wire_format(request.url.path)
+    url = request.url
+    wire = wire_format(url.path)
     if wire is None:
         return None
-    host, port = request.url.host, request.url.port
+    host, port = url.host, url.port
     provider = (
         KNOWN_HOSTS.get(host)
         or _from_sdk_headers(request.headers)
@@ -59,7 +65,13 @@ def detect(request: Any, providers: dict[str, str]) -> Target | None:
         or providers.get(host)
         or _WIRE_DEFAULT_PROVIDER[wire]
     )
-    return Target(provider, wire, host, port)
+    key = (provider, wire, host, port)
+    target = _targets.get(key)
+    if target is None:
+        target = Target(provider, wire, host, port)
+        if len(_targets) < _REMEMBERED:
+            _targets[key] = target
+    return target
 
 
 def _from_sdk_headers(headers: Any) -> str | None:

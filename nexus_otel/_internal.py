@@ -5,10 +5,13 @@ Set NEXUS_OTEL_RAISE_INTERNAL_ERRORS=1 (the test suite does) to have them raised
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import orjson
 
 log = logging.getLogger("nexus_otel")
 _T = TypeVar("_T")
@@ -29,3 +32,14 @@ def guarded(function: Callable[..., _T], *args: Any, default: Any = None) -> _T:
             "nexus_otel: internal error in %s (ignored)", getattr(function, "__name__", function)
         )
         return default  # type: ignore[no-any-return]
+
+
+def loads_json(data: bytes | str) -> object:
+    """JSON from a body or an event: orjson (about four times faster than json on the small
+    bodies of LLM calls), else json for what orjson refuses (NaN, Infinity, lone surrogates,
+    UTF-16). Integers beyond 64 bits come as floats, which no token count reaches. Raises
+    ValueError when neither can read it."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)

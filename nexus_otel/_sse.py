@@ -3,9 +3,10 @@ blank line dispatches; lines end in \\n, \\r\\n or \\r, possibly split across ch
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
+
+from nexus_otel._internal import loads_json
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 EventHandler = Callable[[str | None, object], None]
@@ -50,7 +51,7 @@ class SSEParser:
         text = "\n".join(self._data)
         event, self._event, self._data = self._event, None, []
         try:
-            data: object = json.loads(text)
+            data: object = loads_json(text)
         except ValueError:
             data = text  # e.g. OpenAI's `[DONE]`
         self._on_event(event, data)

@@ -8,7 +8,6 @@ ends when the SDK has read the body to the end, closed it, or the read failed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -17,7 +16,9 @@ import wrapt
 
 from nexus_otel._call import CallSettings, LLMCall
 from nexus_otel._detect import detect
-from nexus_otel._internal import guarded
+from nexus_otel._internal import guarded, loads_json
+
+_HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
 
 
 class Interceptor:
@@ -41,7 +42,7 @@ class Interceptor:
 
 def _json_body(request: Any) -> dict[str, Any]:
     try:
-        body = json.loads(request.content or b"{}")
+        body = loads_json(request.content or b"{}")
     except Exception:  # a streamed or non-JSON request body: nothing to read from it
         return {}
     return body if isinstance(body, dict) else {}
@@ -49,6 +50,20 @@ def _json_body(request: Any) -> dict[str, Any]:
 
 def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs["request"]
+
+
+def _sender(call: LLMCall, wrapped: Any) -> tuple[Callable[..., Any], object | None]:
+    """What sends the call's request, and the token `call.activate()` gave, if it was needed.
+
+    Without HTTP spans, a request met by the httpx instrumentation's own wrapper goes straight to
+    the transport under it: that wrapper would only see its suppression key and call the
+    transport itself, at the cost of its partial, its context lookup and our key's attach."""
+    if not call.settings.http_spans:
+        wrapper = getattr(wrapped, "_self_wrapper", None)
+        function = getattr(wrapper, "func", wrapper)  # it wraps a functools.partial
+        if getattr(function, "__module__", None) == _HTTPX_INSTRUMENTATION:
+            return wrapped.__wrapped__, None
+    return wrapped, call.activate()
 
 
 def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any, str]]:
@@ -59,10 +74,10 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         call = guarded(interceptor.begin, _request_of(args, kwargs))
         if call is None:
             return wrapped(*args, **kwargs)
-        token = call.activate()
+        send, token = _sender(call, wrapped)
         try:
             try:
-                response = wrapped(*args, **kwargs)
+                response = send(*args, **kwargs)
             finally:
                 call.deactivate(token)
         except BaseException as exc:
@@ -78,10 +93,10 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         call = guarded(interceptor.begin, _request_of(args, kwargs))
         if call is None:
             return await wrapped(*args, **kwargs)
-        token = call.activate()
+        send, token = _sender(call, wrapped)
         try:
             try:
-                response = await wrapped(*args, **kwargs)
+                response = await send(*args, **kwargs)
             finally:
                 call.deactivate(token)
         except BaseException as exc:
