@@ -11,7 +11,6 @@ or google-genai instrumentations), that span is enriched instead, so each call i
 from __future__ import annotations
 
 import json
-import threading
 import time
 import weakref
 from collections.abc import Iterable
@@ -47,6 +46,10 @@ class CallSettings:
 
 
 class LLMCall:
+    __slots__ = ("_body", "_first_chunk", "_parent", "_start_ns", "_started", "_stream_state",
+                 "_unfinished", "operation", "owns_span", "request", "response", "settings",
+                 "span", "status_code", "target")  # fmt: skip
+
     def __init__(self, target: Target, request: RequestInfo, settings: CallSettings) -> None:
         self.target, self.request, self.settings = target, request, settings
         self.response = ResponseInfo()
@@ -56,19 +59,18 @@ class LLMCall:
         self._first_chunk: float | None = None
         self._body: BodyCopy | None = None
         self._stream_state: Any = None  # Anthropic's running stream usage, made when needed
-        self._finished = False
-        self._lock = threading.Lock()
-        foreign = _open_gen_ai_span()
+        self._unfinished = [True]  # popped once: list.pop is atomic, so is finishing
+        parent = context.get_current()
+        foreign = _open_gen_ai_span(parent)
         self.owns_span = foreign is None
         self.span: Span | None = foreign
-        self._parent: context.Context | None = None  # None: the current context
+        self._parent: context.Context | None = parent
         self._start_ns: int | None = None
         if foreign is not None:
             self._tag(foreign)
         elif settings.http_spans:  # started now, so the HTTP span can be its child
             self.span = self._start_span(self._start_attributes(), None)
         else:  # recorded when the call ends, with every attribute at once
-            self._parent = context.get_current()
             self._start_ns = time.time_ns()
 
     def activate(self) -> object | None:
@@ -100,26 +102,27 @@ class LLMCall:
         self._body = BodyCopy(content_type.decode("latin-1"), encoding.decode("latin-1"))
 
     def on_chunk(self, chunk: bytes) -> None:
-        if self._first_chunk is None and chunk:
+        if self._first_chunk is None and chunk and self.request.stream:
             self._first_chunk = time.monotonic()
         if self._body is not None:
             self._body.add(chunk)
 
     def finish(self, error: BaseException | None = None) -> None:
         """Ends the call once: usage (from the body, or estimated), the span, the record."""
-        with self._lock:
-            if self._finished:
-                return
-            self._finished = True
+        try:
+            self._unfinished.pop()
+        except IndexError:
+            return
         duration_ms = (time.monotonic() - self._started) * 1000
         if self._body is not None:
             guarded(self._read_body)
         error_type = self._error_type(error)
         usage, source = self._usage(error_type)
-        values = guarded(self._end_attributes, usage, source, error_type, default={})
-        if self.span is None:
-            self.span = self._start_span({**self._start_attributes(), **values}, self._start_ns)
+        if self.span is None:  # ours, recorded now with every attribute
+            values = guarded(self._attributes, usage, source, error_type, default=None)
+            self.span = self._start_span(values or self._start_attributes(), self._start_ns)
         else:
+            values = guarded(self._end_attributes, {}, usage, source, error_type, default={})
             self.span.set_attributes(values)
         if self.owns_span:
             if error_type is not None:
@@ -231,15 +234,17 @@ class LLMCall:
             if self.operation.correlation_id:
                 span.set_attribute(a.NEXUS_CORRELATION_ID, self.operation.correlation_id)
 
+    def _attributes(self, usage: TokenUsage, source: str, error_type: str | None) -> dict[str, Any]:
+        return self._end_attributes(self._start_attributes(), usage, source, error_type)
+
     def _end_attributes(
-        self, usage: TokenUsage, source: str, error_type: str | None
+        self, values: dict[str, Any], usage: TokenUsage, source: str, error_type: str | None
     ) -> dict[str, Any]:
+        """`values` with what the call's end tells: usage, response, status."""
         response = self.response
-        values: dict[str, Any] = {
-            a.GEN_AI_USAGE_INPUT_TOKENS: usage.input_tokens,
-            a.GEN_AI_USAGE_OUTPUT_TOKENS: usage.output_tokens,
-            a.NEXUS_USAGE_SOURCE: source,
-        }
+        values[a.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+        values[a.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+        values[a.NEXUS_USAGE_SOURCE] = source
         # Zero counts are left out of our own spans (absent reads as 0); another
         # instrumentation's span may hold its own different reading, so it gets every one.
         full = not self.owns_span
@@ -281,9 +286,9 @@ class LLMCall:
         }
 
 
-def _open_gen_ai_span() -> Span | None:
+def _open_gen_ai_span(current: context.Context) -> Span | None:
     """Another instrumentation's model-call span, open around this request and not yet used."""
-    span = trace.get_current_span()
+    span = trace.get_current_span(current)
     if not span.is_recording() or getattr(span, "kind", None) is not SpanKind.CLIENT:
         return None
     attributes = getattr(span, "attributes", None) or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
 
 OPERATION = "chat"
+_NONE: dict[str, object] = {}
 
 
 def matches(path: str) -> bool:
@@ -52,7 +53,8 @@ def _read_common(body: object, info: ResponseInfo) -> list[dict[str, object]]:
         info.model = model
     if isinstance(response_id, str):
         info.response_id = response_id
-    choices = _choices(body)
+    choices = body.get("choices")
+    choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
     for choice in choices:
         reason = choice.get("finish_reason")
         if isinstance(reason, str):
@@ -67,16 +69,15 @@ def _read_common(body: object, info: ResponseInfo) -> list[dict[str, object]]:
     return choices
 
 
-def _choices(body: object) -> list[dict[str, object]]:
-    choices = body.get("choices") if isinstance(body, dict) else None
-    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
-
-
 def _usage(usage: dict[str, object]) -> TokenUsage:
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    prompt = prompt if isinstance(prompt, dict) else _NONE
+    completion = completion if isinstance(completion, dict) else _NONE
     return TokenUsage(
-        input_tokens=as_int(usage.get("prompt_tokens")),
-        output_tokens=as_int(usage.get("completion_tokens")),
-        cache_read_tokens=as_int(dig(usage, "prompt_tokens_details", "cached_tokens")),
-        cache_write_tokens=as_int(dig(usage, "prompt_tokens_details", "cache_write_tokens")),
-        reasoning_tokens=as_int(dig(usage, "completion_tokens_details", "reasoning_tokens")),
+        as_int(usage.get("prompt_tokens")),
+        as_int(usage.get("completion_tokens")),
+        as_int(prompt.get("cached_tokens")),
+        as_int(prompt.get("cache_write_tokens")),
+        as_int(completion.get("reasoning_tokens")),
     )
