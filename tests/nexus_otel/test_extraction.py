@@ -156,3 +156,25 @@ def test_a_cut_stream_is_read_in_full_for_its_text() -> None:
     info, state = ResponseInfo(), _anthropic.new_stream_state()
     copy.read_stream(lambda e, d: _anthropic.read_event(e, d, info, state), full=True)
     assert not info.complete and info.output_text == "Hel" * 2_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "usage"),
+    [
+        (b'{"usage": {"prompt_tokens": 7, "completion_tokens": 2}}', TokenUsage(7, 2)),
+        # orjson refuses NaN and lone surrogates; json reads them, so the usage still counts
+        (b'{"usage": {"prompt_tokens": 7, "completion_tokens": 2}, "p": NaN}', TokenUsage(7, 2)),
+        (b'{"usage": {"prompt_tokens": 5}, "t": "\\ud800"}', TokenUsage(5)),
+        (b'{"usage": {"prompt_tokens": 7, "completion_tok', None),  # cut short: nothing read
+        (b"", None),
+    ],
+    ids=["plain", "nan", "lone-surrogate", "truncated", "empty"],
+)
+def test_json_bodies_orjson_refuses_are_still_read(raw: bytes, usage: TokenUsage | None) -> None:
+    body = _body.BodyCopy("application/json", "")
+    body.add(raw)
+    info = ResponseInfo()
+    parsed = body.json()
+    if parsed is not None:
+        _openai.read_json(parsed, info)
+    assert info.usage == usage

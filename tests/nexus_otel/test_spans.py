@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+import wrapt
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -95,6 +96,36 @@ def test_other_requests_keep_their_http_span(spans: Spans, module: Any) -> None:
     assert http_span.kind is SpanKind.CLIENT and http_span.name == "POST"
     assert status_code(http_span) == 200
     assert gen_ai_spans(memory) == []
+
+
+def test_a_wrapper_between_ours_and_the_http_instrumentation_is_kept(
+    spans: Spans, simulator: ProviderSimulator
+) -> None:
+    """Only the httpx instrumentation's own wrapper is stepped over; an app's wrapper under ours
+    still runs, and the HTTP span stays suppressed through the context instead."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    seen: list[str] = []
+
+    def apps_wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kw: Any) -> Any:
+        seen.append(str(args[0].url.path))
+        return wrapped(*args, **kw)
+
+    http = HTTPXClientInstrumentor()
+    http.instrument()  # the app's own, before ours: transport <- HTTP span <- app's <- ours
+    wrapt.wrap_function_wrapper(httpx, "HTTPTransport.handle_request", apps_wrapper)
+    try:
+        memory = spans()
+        run(simulator, Call("groq", False, False, USAGE))
+        nexus_otel.uninstrument()
+    finally:
+        wrapper = httpx.HTTPTransport.__dict__["handle_request"]
+        httpx.HTTPTransport.handle_request = wrapper.__wrapped__  # type: ignore[method-assign]
+        http.uninstrument()
+    assert seen == ["/openai/v1/chat/completions"]
+    [span] = memory.get_finished_spans()  # the GenAI span alone: no HTTP span under it
+    assert gen_ai_spans(memory) == [span]
+    assert "traceparent" not in simulator.responses[-1].request_headers
 
 
 def span_seconds(span: ReadableSpan) -> float:
