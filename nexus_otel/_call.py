@@ -244,7 +244,10 @@ class LLMCall:
         response = self.response
         values[a.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
         values[a.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
-        values[a.NEXUS_USAGE_SOURCE] = source
+        # Only estimates are marked on our own spans: absent, the counts are the provider's own
+        # (the exporter reads it so). Another instrumentation's span is told either way.
+        if source != "response" or not self.owns_span:
+            values[a.NEXUS_USAGE_SOURCE] = source
         # Zero counts are left out of our own spans (absent reads as 0); another
         # instrumentation's span may hold its own different reading, so it gets every one.
         full = not self.owns_span

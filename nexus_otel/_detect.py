@@ -9,6 +9,7 @@ mapping; and last the wire format's own provider. The wire format comes from the
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -35,18 +36,38 @@ _WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "
 _SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai", "Anthropic": "anthropic",
                "google-genai-sdk": "gcp.gemini"}  # fmt: skip
 _UNSEEN = object()
-_REMEMBERED = 1024  # an app calls few paths and servers; bounded all the same
-_wire_by_path: dict[str, object] = {}
-_targets: dict[tuple[str, ModuleType, str, int | None], Target] = {}
+_REMEMBERED = 1024  # servers and paths per client: an app calls few; bounded all the same
+
+
+class Detector:
+    """`detect`, remembered per transport (one SDK client, or one httpx client an app shares) and
+    server and path: an LLM call's request is read once, not on every call. Within a transport,
+    the first request to a server and path decides its provider."""
+
+    def __init__(self, providers: dict[str, str]) -> None:
+        self.providers = providers
+        self._seen: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Target | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def target(self, transport: Any, request: Any) -> Target | None:
+        if request.method != "POST":
+            return None
+        url = request.url
+        key = (url.host, url.port, url.path)
+        seen = self._seen.get(transport)
+        if seen is None:
+            seen = self._seen.setdefault(transport, {})
+        target = seen.get(key, _UNSEEN)
+        if target is _UNSEEN:
+            target = detect(request, self.providers)
+            if len(seen) < _REMEMBERED:
+                seen[key] = target
+        return target  # type: ignore[return-value]
 
 
 def wire_format(path: str) -> ModuleType | None:
-    wire = _wire_by_path.get(path, _UNSEEN)
-    if wire is _UNSEEN:
-        wire = next((w for w in (_openai, _anthropic, _gemini) if w.matches(path)), None)
-        if len(_wire_by_path) < _REMEMBERED:
-            _wire_by_path[path] = wire
-    return wire  # type: ignore[return-value]
+    return next((w for w in (_openai, _anthropic, _gemini) if w.matches(path)), None)
 
 
 def detect(request: Any, providers: dict[str, str]) -> Target | None:
@@ -65,13 +86,7 @@ def detect(request: Any, providers: dict[str, str]) -> Target | None:
         or providers.get(host)
         or _WIRE_DEFAULT_PROVIDER[wire]
     )
-    key = (provider, wire, host, port)
-    target = _targets.get(key)
-    if target is None:
-        target = Target(provider, wire, host, port)
-        if len(_targets) < _REMEMBERED:
-            _targets[key] = target
-    return target
+    return Target(provider, wire, host, port)
 
 
 def _from_sdk_headers(headers: Any) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 import wrapt
 
 from nexus_otel._call import CallSettings, LLMCall
-from nexus_otel._detect import detect
+from nexus_otel._detect import Detector
 from nexus_otel._internal import guarded, loads_json
 
 _HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
@@ -26,13 +26,13 @@ class Interceptor:
 
     def __init__(self, settings: CallSettings, providers: dict[str, str]) -> None:
         self.settings = settings
-        self.providers = providers
+        self.detector = Detector(providers)
         self.enabled = True
 
-    def begin(self, request: Any) -> LLMCall | None:
+    def begin(self, transport: Any, request: Any) -> LLMCall | None:
         if not self.enabled:
             return None
-        target = detect(request, self.providers)
+        target = self.detector.target(transport, request)
         if target is None:
             return None
         return LLMCall(
@@ -71,7 +71,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
     sync_stream, async_stream = _stream_classes(module)
 
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        call = guarded(interceptor.begin, _request_of(args, kwargs))
+        call = guarded(interceptor.begin, instance, _request_of(args, kwargs))
         if call is None:
             return wrapped(*args, **kwargs)
         send, token = _sender(call, wrapped)
@@ -90,7 +90,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
     async def handle_async_request(
         wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
     ) -> Any:
-        call = guarded(interceptor.begin, _request_of(args, kwargs))
+        call = guarded(interceptor.begin, instance, _request_of(args, kwargs))
         if call is None:
             return await wrapped(*args, **kwargs)
         send, token = _sender(call, wrapped)
