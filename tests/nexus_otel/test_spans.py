@@ -129,6 +129,27 @@ def test_a_wrapper_between_ours_and_the_http_instrumentation_is_kept(
     assert "traceparent" not in simulator.responses[-1].request_headers
 
 
+def test_each_client_names_its_own_provider(spans: Spans) -> None:
+    """Detection is remembered per client, server and path: two clients calling the same server
+    and path with different SDKs' User-Agents keep their own providers, call after call."""
+    memory = spans()
+    reply = {"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    with ScriptedServer() as server:
+        server.parts = [json.dumps(reply).encode()]
+        server.headers = {"content-type": "application/json"}
+        server.release.set()
+        url = server.base_url + "/v1/chat/completions"
+        body = {"model": "m", "messages": MESSAGES}
+        with (
+            httpx.Client(headers={"User-Agent": "Groq/Python 1.7.0"}) as groq_like,
+            httpx.Client(headers={"User-Agent": "my-gateway-client/2"}) as plain,
+        ):
+            for client in (groq_like, plain, groq_like, plain):
+                client.post(url, json=body).read()
+    providers = [s.attributes["gen_ai.provider.name"] for s in gen_ai_spans(memory)]  # type: ignore[index]
+    assert providers == ["groq", "openai", "groq", "openai"]
+
+
 def span_seconds(span: ReadableSpan) -> float:
     assert span.end_time is not None and span.start_time is not None
     return (span.end_time - span.start_time) / 1e9
