@@ -10,6 +10,7 @@ captured, is the whole stream parsed. Bodies above MAX_BODY keep only their head
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import zlib
 
@@ -18,13 +19,16 @@ from nexus_otel._sse import EventHandler, SSEParser
 
 MAX_BODY = 16 * 1024 * 1024
 WINDOW = 16 * 1024  # head and tail read from a stream whose usage is complete
+_SNIFF = 64  # bytes looked at to tell JSON from an event stream
 _EVENT_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 class BodyCopy:
-    def __init__(self, content_type: str, content_encoding: str) -> None:
-        self.is_stream = "text/event-stream" in content_type
-        self.encoding = content_encoding.strip().lower()
+    """The chunks of one response body, as the transport received them (before httpx undoes a
+    gzip or deflate content-encoding: that is told from the first bytes, so no response header
+    needs reading), and what they say once the body has ended."""
+
+    def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
         self._head = b""
@@ -44,9 +48,32 @@ class BodyCopy:
         while self._tail_size - len(self._tail[0]) >= WINDOW:
             self._tail_size -= len(self._tail.popleft())
 
+    @functools.cached_property
+    def data(self) -> bytes | None:
+        """The whole body, uncompressed; b"" once cut short (only its head and tail are kept);
+        None when it cannot be read (compressed and cut short, or broken compression)."""
+        if self.truncated:
+            return None if _compression(self._head) else b""
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        wbits = _compression(data)
+        if wbits is None:
+            return data
+        try:
+            return zlib.decompressobj(wbits).decompress(data)
+        except zlib.error:
+            return None
+
+    @property
+    def is_stream(self) -> bool:
+        """Server-sent events rather than one JSON document (an object, or Gemini's array)."""
+        start = self._head if self.truncated else self.data
+        if not start:
+            return False
+        return start[:_SNIFF].lstrip()[:1] not in (b"{", b"[")
+
     def json(self) -> object:
         """The body's JSON; None when it is empty, cut short, undecodable or not JSON."""
-        data = self._decoded()
+        data = self.data
         if not data or self.truncated:
             return None
         try:
@@ -56,12 +83,12 @@ class BodyCopy:
 
     def read_stream(self, on_event: EventHandler, *, full: bool) -> None:
         """Feeds the stream's events to `on_event`: all of them, or those of its head and tail."""
-        data = self._decoded()
+        data = self.data
         if data is None:
             return
         if self.truncated:
             head, tail = self._head, b"".join(self._tail)
-        elif full or len(data) <= 2 * WINDOW or self.encoding not in ("", "identity"):
+        elif full or len(data) <= 2 * WINDOW:
             _parse(data, on_event)
             return
         else:
@@ -77,20 +104,15 @@ class BodyCopy:
         self._tail.append(data[-WINDOW:])
         self._tail_size = len(self._tail[0])
 
-    def _decoded(self) -> bytes | None:
-        """The body without its content-encoding; None for an encoding this cannot undo."""
-        data = b"".join(self._chunks)
-        if self.encoding in ("", "identity"):
-            return data
-        if self.truncated:
-            return None  # a compressed stream cannot be read from its middle
-        if self.encoding in ("gzip", "x-gzip", "deflate"):
-            window = zlib.MAX_WBITS | (16 if "gzip" in self.encoding else 0)
-            try:
-                return zlib.decompressobj(window).decompress(data)
-            except zlib.error:
-                return None
-        return None
+
+def _compression(data: bytes) -> int | None:
+    """zlib's `wbits` for a gzip or zlib-wrapped (HTTP `deflate`) body, told by its first two
+    bytes (no JSON or event stream starts so); None for a body sent as it is."""
+    if data[:2] == b"\x1f\x8b":
+        return zlib.MAX_WBITS | 16
+    if data[:1] == b"\x78" and len(data) > 1 and (0x7800 | data[1]) % 31 == 0:
+        return zlib.MAX_WBITS
+    return None
 
 
 def _parse(data: bytes, on_event: EventHandler) -> None:

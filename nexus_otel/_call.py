@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,18 +87,9 @@ class LLMCall:
         if token is not None:
             context.detach(token)  # type: ignore[arg-type]
 
-    def on_response(self, status_code: int, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
-        """`raw_headers`: the response's (name, value) pairs, read in one pass (each lookup by
-        name on httpx's Headers scans them all)."""
+    def on_response(self, status_code: int) -> None:
         self.status_code = status_code
-        content_type = encoding = b""
-        for name, value in raw_headers:
-            name = name.lower()
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-encoding":
-                encoding = encoding + b"," + value if encoding else value
-        self._body = BodyCopy(content_type.decode("latin-1"), encoding.decode("latin-1"))
+        self._body = BodyCopy()
 
     def on_chunk(self, chunk: bytes) -> None:
         if self._first_chunk is None and chunk and self.request.stream:

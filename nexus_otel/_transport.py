@@ -83,7 +83,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
-        guarded(call.on_response, response.status_code, response.headers.raw)
+        guarded(call.on_response, response.status_code)
         response.stream = sync_stream(response.stream, call)
         return response
 
@@ -102,7 +102,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
-        guarded(call.on_response, response.status_code, response.headers.raw)
+        guarded(call.on_response, response.status_code)
         response.stream = async_stream(response.stream, call)
         return response
 

@@ -134,7 +134,7 @@ def test_large_streams_are_read_from_head_and_tail(
     monkeypatch.setattr(_body, "MAX_BODY", limit)  # 100 kB: only head and tail are kept
     stream = big_anthropic_stream(5_000)  # about 500 kB
     seen: list[str | None] = []
-    copy = _body.BodyCopy("text/event-stream", "")
+    copy = _body.BodyCopy()
     for start in range(0, len(stream), 4096):
         copy.add(stream[start : start + 4096])
     info, state = ResponseInfo(), _anthropic.new_stream_state()
@@ -151,7 +151,7 @@ def test_large_streams_are_read_from_head_and_tail(
 
 def test_a_cut_stream_is_read_in_full_for_its_text() -> None:
     stream = big_anthropic_stream(2_000, finished=False)
-    copy = _body.BodyCopy("text/event-stream", "")
+    copy = _body.BodyCopy()
     copy.add(stream)
     info, state = ResponseInfo(), _anthropic.new_stream_state()
     copy.read_stream(lambda e, d: _anthropic.read_event(e, d, info, state), full=True)
@@ -171,7 +171,7 @@ def test_a_cut_stream_is_read_in_full_for_its_text() -> None:
     ids=["plain", "nan", "lone-surrogate", "truncated", "empty"],
 )
 def test_json_bodies_orjson_refuses_are_still_read(raw: bytes, usage: TokenUsage | None) -> None:
-    body = _body.BodyCopy("application/json", "")
+    body = _body.BodyCopy()
     body.add(raw)
     info = ResponseInfo()
     parsed = body.json()

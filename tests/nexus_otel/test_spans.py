@@ -8,6 +8,7 @@ import gzip
 import json
 import logging
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -206,24 +207,47 @@ def test_stream_passes_through_as_it_arrives(spans: Spans) -> None:
     assert attrs["gen_ai.provider.name"] == "openai"  # the wire format's own provider
 
 
-def test_gzip_json_body_is_read(spans: Spans) -> None:
+ANSWER = {"id": "msg_1", "type": "message", "model": "claude-sonnet-4-5",
+          "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+          "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 30,
+                    "cache_creation_input_tokens": 20}}  # fmt: skip
+ANSWER_STREAM = b"".join(
+    f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
+    for e in [
+        {"type": "message_start", "message": {**ANSWER, "content": [], "stop_reason": None}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 5},
+        },
+        {"type": "message_stop"},
+    ]
+)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_bodies_are_read(spans: Spans, encoding: str, stream: bool) -> None:
+    """The transport sees the body before httpx decompresses it: gzip and deflate are told from
+    the body's first bytes and undone on the side."""
     memory = spans()
-    answer = {"id": "msg_1", "type": "message", "model": "claude-sonnet-4-5",
-              "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
-              "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 30,
-                        "cache_creation_input_tokens": 20}}  # fmt: skip
-    compressed = gzip.compress(json.dumps(answer).encode())
+    plain = ANSWER_STREAM if stream else json.dumps(ANSWER).encode()
+    compressed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
     with ScriptedServer() as server:
         server.parts = [compressed[:7], compressed[7:]]
-        server.headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        content_type = "text/event-stream" if stream else "application/json"
+        server.headers = {"content-type": content_type, "content-encoding": encoding}
         server.release.set()
-        body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": MESSAGES[1:]}
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": MESSAGES[1:],
+                "stream": stream}  # fmt: skip
         response = httpx2.post(server.base_url + "/v1/messages", json=body)
-    assert response.json() == answer
+    assert response.content == plain
     [span] = gen_ai_spans(memory)
     attrs = dict(span.attributes or {})
     assert attrs["gen_ai.provider.name"] == "anthropic"
     assert attrs["gen_ai.usage.input_tokens"] == 60  # 10 + cache read 30 + cache write 20
+    assert attrs["gen_ai.usage.output_tokens"] == 5
     assert attrs["gen_ai.usage.cache_creation.input_tokens"] == 20
 
 
