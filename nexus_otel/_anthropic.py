@@ -46,7 +46,7 @@ class _StreamUsage:
 def read_json(body: object, info: ResponseInfo) -> None:
     if not isinstance(body, dict):
         return
-    _read_message(body, info)
+    _read_message(body, info, None)
     for block in body.get("content") or []:
         if isinstance(block, dict) and isinstance(block.get("text"), str):
             info.output_parts.append(block["text"])
@@ -82,7 +82,8 @@ def new_stream_state() -> _StreamUsage:
     return _StreamUsage()
 
 
-def _read_message(message: object, info: ResponseInfo, state: _StreamUsage | None = None) -> None:
+def _read_message(message: object, info: ResponseInfo, state: _StreamUsage | None) -> None:
+    """A whole message (`state` None), or a stream's `message_start`."""
     if not isinstance(message, dict):
         return
     if isinstance(message.get("model"), str):
@@ -91,7 +92,10 @@ def _read_message(message: object, info: ResponseInfo, state: _StreamUsage | Non
         info.response_id = message["id"]
     if isinstance(message.get("stop_reason"), str):
         info.finish_reasons = [message["stop_reason"]]
-    _merge_usage(message.get("usage"), info, state or _StreamUsage())
+    if state is not None:
+        _merge_usage(message.get("usage"), info, state)
+    elif isinstance(message.get("usage"), dict):
+        info.usage = _usage(message["usage"], message["usage"].get("output_tokens_details"))
 
 
 def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None:
@@ -103,12 +107,18 @@ def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None
     thinking = dig(usage, "output_tokens_details", "thinking_tokens")
     if thinking is not None:
         state.thinking = thinking
-    cache_read = as_int(state.fields.get("cache_read_input_tokens"))
-    cache_write = as_int(state.fields.get("cache_creation_input_tokens"))
-    info.usage = TokenUsage(
-        input_tokens=as_int(state.fields.get("input_tokens")) + cache_read + cache_write,
-        output_tokens=as_int(state.fields.get("output_tokens")),
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        reasoning_tokens=as_int(state.thinking),
+    info.usage = _usage(state.fields, {"thinking_tokens": state.thinking})
+
+
+def _usage(fields: dict[str, object], output_details: object) -> TokenUsage:
+    """Anthropic's usage fields in the conventions' terms: input includes the cache."""
+    cache_read = as_int(fields.get("cache_read_input_tokens"))
+    cache_write = as_int(fields.get("cache_creation_input_tokens"))
+    thinking = output_details.get("thinking_tokens") if isinstance(output_details, dict) else None
+    return TokenUsage(
+        as_int(fields.get("input_tokens")) + cache_read + cache_write,
+        as_int(fields.get("output_tokens")),
+        cache_read,
+        cache_write,
+        as_int(thinking),
     )

@@ -10,7 +10,6 @@ captured, is the whole stream parsed. Bodies above MAX_BODY keep only their head
 from __future__ import annotations
 
 import collections
-import functools
 import re
 import zlib
 
@@ -20,6 +19,7 @@ from nexus_otel._sse import EventHandler, SSEParser
 MAX_BODY = 16 * 1024 * 1024
 WINDOW = 16 * 1024  # head and tail read from a stream whose usage is complete
 _SNIFF = 64  # bytes looked at to tell JSON from an event stream
+_UNREAD = object()
 _EVENT_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -35,6 +35,7 @@ class BodyCopy:
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
         self.truncated = False
+        self._data: bytes | None | object = _UNREAD
 
     def add(self, chunk: bytes) -> None:
         if not self.truncated:
@@ -48,10 +49,16 @@ class BodyCopy:
         while self._tail_size - len(self._tail[0]) >= WINDOW:
             self._tail_size -= len(self._tail.popleft())
 
-    @functools.cached_property
+    @property
     def data(self) -> bytes | None:
         """The whole body, uncompressed; b"" once cut short (only its head and tail are kept);
-        None when it cannot be read (compressed and cut short, or broken compression)."""
+        None when it cannot be read (compressed and cut short, or broken compression). Read
+        once the body has ended."""
+        if self._data is _UNREAD:
+            self._data = self._read()
+        return self._data  # type: ignore[return-value]
+
+    def _read(self) -> bytes | None:
         if self.truncated:
             return None if _compression(self._head) else b""
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)

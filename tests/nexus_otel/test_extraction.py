@@ -178,3 +178,17 @@ def test_json_bodies_orjson_refuses_are_still_read(raw: bytes, usage: TokenUsage
     if parsed is not None:
         _openai.read_json(parsed, info)
     assert info.usage == usage
+
+
+def test_anthropic_message_usage_includes_the_cache_and_thinking() -> None:
+    info = ResponseInfo()
+    message = {"id": "msg_2", "model": "claude-sonnet-4-5", "stop_reason": "end_turn",
+               "content": [{"type": "text", "text": "Hi"}],
+               "usage": {"input_tokens": 25, "output_tokens": 95, "cache_read_input_tokens": 1000,
+                         "cache_creation_input_tokens": 300,
+                         "output_tokens_details": {"thinking_tokens": 30}}}  # fmt: skip
+    _anthropic.read_json(message, info)
+    assert info.usage == TokenUsage(1325, 95, 1000, 300, 30) and info.complete
+    assert (info.model, info.response_id, info.finish_reasons) == (
+        "claude-sonnet-4-5", "msg_2", ["end_turn"])  # fmt: skip
+    assert info.output_text == "Hi"
