@@ -78,6 +78,21 @@ class BodyCopy:
             return False
         return start[:_SNIFF].lstrip()[:1] not in (b"{", b"[")
 
+    def json_object(self) -> dict[str, object] | None:
+        """The body, when it is one uncompressed JSON object (a reply as most are sent): read
+        without the general path's checks. None otherwise."""
+        chunks = self._chunks
+        if not chunks or self.truncated:
+            return None
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if data[:1] != b"{":
+            return None
+        try:
+            parsed = loads_json(data)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
     def json(self) -> object:
         """The body's JSON; None when it is empty, cut short, undecodable or not JSON."""
         data = self.data

@@ -128,6 +128,10 @@ class LLMCall:
     def _read_body(self) -> None:
         body = self._body
         assert body is not None
+        reply = body.json_object()
+        if reply is not None:
+            self.target.wire.read_json(reply, self.response)
+            return
         if not body.is_stream:
             parsed = body.json()
             if parsed is not None:

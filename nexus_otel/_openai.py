@@ -53,12 +53,14 @@ def _read_common(body: object, info: ResponseInfo) -> list[dict[str, object]]:
         info.model = model
     if isinstance(response_id, str):
         info.response_id = response_id
-    choices = body.get("choices")
-    choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
-    for choice in choices:
-        reason = choice.get("finish_reason")
-        if isinstance(reason, str):
-            info.finish_reasons.append(reason)
+    choices = []
+    listed = body.get("choices")
+    for choice in listed if isinstance(listed, list) else ():
+        if isinstance(choice, dict):
+            choices.append(choice)
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                info.finish_reasons.append(reason)
     usage = body.get("usage") or dig(body, "x_groq", "usage")
     if isinstance(usage, dict):
         info.usage = _usage(usage)
