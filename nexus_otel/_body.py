@@ -28,6 +28,8 @@ class BodyCopy:
     gzip or deflate content-encoding: that is told from the first bytes, so no response header
     needs reading), and what they say once the body has ended."""
 
+    __slots__ = ("_chunks", "_data", "_head", "_size", "_tail", "_tail_size", "truncated")
+
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
@@ -35,7 +37,7 @@ class BodyCopy:
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
         self.truncated = False
-        self._data: bytes | None | object = _UNREAD
+        self._data: bytes | object | None = _UNREAD
 
     def add(self, chunk: bytes) -> None:
         if not self.truncated:

@@ -26,12 +26,19 @@ def guarded(function: Callable[..., _T], *args: Any, default: Any = None) -> _T:
     try:
         return function(*args)
     except Exception:
-        if raise_internal_errors():
-            raise
-        log.exception(
-            "nexus_otel: internal error in %s (ignored)", getattr(function, "__name__", function)
-        )
+        internal_error(function)
         return default  # type: ignore[no-any-return]
+
+
+def internal_error(function: Callable[..., Any]) -> None:
+    """Called while handling an exception `function` raised inside the instrumentation: logs it,
+    or re-raises it under NEXUS_OTEL_RAISE_INTERNAL_ERRORS. Where a call site runs on every LLM
+    call, it catches inline and calls this, which costs nothing until something fails."""
+    if raise_internal_errors():
+        raise  # the exception our caller is handling
+    log.exception(
+        "nexus_otel: internal error in %s (ignored)", getattr(function, "__name__", function)
+    )
 
 
 def loads_json(data: bytes | str) -> object:

@@ -16,7 +16,7 @@ import wrapt
 
 from nexus_otel._call import CallSettings, LLMCall
 from nexus_otel._detect import Detector
-from nexus_otel._internal import guarded, loads_json
+from nexus_otel._internal import guarded, internal_error, loads_json
 
 _HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
 
@@ -83,7 +83,10 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
-        guarded(call.on_response, response.status_code)
+        try:
+            call.on_response(response.status_code)
+        except Exception:
+            internal_error(call.on_response)
         response.stream = sync_stream(response.stream, call)
         return response
 
@@ -102,7 +105,10 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
-        guarded(call.on_response, response.status_code)
+        try:
+            call.on_response(response.status_code)
+        except Exception:
+            internal_error(call.on_response)
         response.stream = async_stream(response.stream, call)
         return response
 
@@ -137,17 +143,24 @@ def _stream_classes(module: ModuleType) -> tuple[type, type]:
             self._inner, self._call = inner, call
 
         def __iter__(self) -> Iterator[bytes]:
+            call = self._call
             try:
                 for chunk in self._inner:
-                    guarded(self._call.on_chunk, chunk)
+                    try:
+                        call.on_chunk(chunk)
+                    except Exception:
+                        internal_error(call.on_chunk)
                     yield chunk
             except GeneratorExit:  # the reader stopped early: a partial body, not a failure
-                guarded(self._call.finish)
+                guarded(call.finish)
                 raise
             except BaseException as exc:
-                guarded(self._call.finish, exc)
+                guarded(call.finish, exc)
                 raise
-            guarded(self._call.finish)
+            try:
+                call.finish()
+            except Exception:
+                internal_error(call.finish)
 
         def close(self) -> None:
             try:
@@ -160,17 +173,24 @@ def _stream_classes(module: ModuleType) -> tuple[type, type]:
             self._inner, self._call = inner, call
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
+            call = self._call
             try:
                 async for chunk in self._inner:
-                    guarded(self._call.on_chunk, chunk)
+                    try:
+                        call.on_chunk(chunk)
+                    except Exception:
+                        internal_error(call.on_chunk)
                     yield chunk
             except GeneratorExit:
-                guarded(self._call.finish)
+                guarded(call.finish)
                 raise
             except BaseException as exc:
-                guarded(self._call.finish, exc)
+                guarded(call.finish, exc)
                 raise
-            guarded(self._call.finish)
+            try:
+                call.finish()
+            except Exception:
+                internal_error(call.finish)
 
         async def aclose(self) -> None:
             try:
