@@ -98,10 +98,14 @@ class LLMCall:
             self._body.add(chunk)
 
     def finish(self, error: BaseException | None = None) -> None:
-        """Ends the call once: usage (from the body, or estimated), the span, the record."""
+        """Ends the call once: usage (from the body, or estimated), the span, the record. Called
+        again when the body is closed after being read: that returns at the first check."""
+        unfinished = self._unfinished
+        if not unfinished:
+            return
         try:
-            self._unfinished.pop()
-        except IndexError:
+            unfinished.pop()
+        except IndexError:  # another thread finished it between the two lines
             return
         duration_ms = (time.monotonic() - self._started) * 1000
         if self._body is not None:

@@ -48,10 +48,6 @@ def _json_body(request: Any) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return args[0] if args else kwargs["request"]
-
-
 def _sender(call: LLMCall, wrapped: Any) -> tuple[Callable[..., Any], object | None]:
     """What sends the call's request, and the token `call.activate()` gave, if it was needed.
 
@@ -71,7 +67,11 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
     sync_stream, async_stream = _stream_classes(module)
 
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        call = guarded(interceptor.begin, instance, _request_of(args, kwargs))
+        try:
+            call = interceptor.begin(instance, args[0] if args else kwargs["request"])
+        except Exception:
+            internal_error(interceptor.begin)
+            call = None
         if call is None:
             return wrapped(*args, **kwargs)
         send, token = _sender(call, wrapped)
@@ -79,7 +79,8 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
             try:
                 response = send(*args, **kwargs)
             finally:
-                call.deactivate(token)
+                if token is not None:
+                    call.deactivate(token)
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
@@ -93,7 +94,11 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
     async def handle_async_request(
         wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
     ) -> Any:
-        call = guarded(interceptor.begin, instance, _request_of(args, kwargs))
+        try:
+            call = interceptor.begin(instance, args[0] if args else kwargs["request"])
+        except Exception:
+            internal_error(interceptor.begin)
+            call = None
         if call is None:
             return await wrapped(*args, **kwargs)
         send, token = _sender(call, wrapped)
@@ -101,7 +106,8 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
             try:
                 response = await send(*args, **kwargs)
             finally:
-                call.deactivate(token)
+                if token is not None:
+                    call.deactivate(token)
         except BaseException as exc:
             guarded(call.finish, exc)
             raise
@@ -166,7 +172,10 @@ def _stream_classes(module: ModuleType) -> tuple[type, type]:
             try:
                 self._inner.close()
             finally:
-                guarded(self._call.finish)
+                try:
+                    self._call.finish()
+                except Exception:
+                    internal_error(self._call.finish)
 
     class AsyncTapStream(module.AsyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, call: LLMCall) -> None:
@@ -196,6 +205,9 @@ def _stream_classes(module: ModuleType) -> tuple[type, type]:
             try:
                 await self._inner.aclose()
             finally:
-                guarded(self._call.finish)
+                try:
+                    self._call.finish()
+                except Exception:
+                    internal_error(self._call.finish)
 
     return TapStream, AsyncTapStream
