@@ -83,9 +83,9 @@ class LLMCall:
         return context.attach(trace.set_span_in_context(self.span))  # type: ignore[arg-type]
 
     @staticmethod
-    def deactivate(token: object | None) -> None:
-        if token is not None:
-            context.detach(token)  # type: ignore[arg-type]
+    def deactivate(token: object) -> None:
+        """Undoes `activate()`, when it gave a token."""
+        context.detach(token)  # type: ignore[arg-type]
 
     def on_response(self, status_code: int) -> None:
         self.status_code = status_code
