@@ -92,10 +92,11 @@ def _read_message(message: object, info: ResponseInfo, state: _StreamUsage | Non
         info.response_id = message["id"]
     if isinstance(message.get("stop_reason"), str):
         info.finish_reasons = [message["stop_reason"]]
+    usage = message.get("usage")
     if state is not None:
-        _merge_usage(message.get("usage"), info, state)
-    elif isinstance(message.get("usage"), dict):
-        info.usage = _usage(message["usage"], message["usage"].get("output_tokens_details"))
+        _merge_usage(usage, info, state)
+    elif isinstance(usage, dict):
+        info.usage = _usage(usage, dig(usage, "output_tokens_details", "thinking_tokens"))
 
 
 def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None:
@@ -107,14 +108,13 @@ def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None
     thinking = dig(usage, "output_tokens_details", "thinking_tokens")
     if thinking is not None:
         state.thinking = thinking
-    info.usage = _usage(state.fields, {"thinking_tokens": state.thinking})
+    info.usage = _usage(state.fields, state.thinking)
 
 
-def _usage(fields: dict[str, object], output_details: object) -> TokenUsage:
+def _usage(fields: dict[str, object], thinking: object) -> TokenUsage:
     """Anthropic's usage fields in the conventions' terms: input includes the cache."""
     cache_read = as_int(fields.get("cache_read_input_tokens"))
     cache_write = as_int(fields.get("cache_creation_input_tokens"))
-    thinking = output_details.get("thinking_tokens") if isinstance(output_details, dict) else None
     return TokenUsage(
         as_int(fields.get("input_tokens")) + cache_read + cache_write,
         as_int(fields.get("output_tokens")),
