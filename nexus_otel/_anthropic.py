@@ -7,7 +7,7 @@ the last value of each field wins and nothing is summed.
 
 from __future__ import annotations
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_counts, count, dig
 
 OPERATION = "chat"
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
@@ -50,9 +50,10 @@ def read_json(body: object, info: ResponseInfo) -> None:
     for block in body.get("content") or []:
         if isinstance(block, dict) and isinstance(block.get("text"), str):
             info.output_parts.append(block["text"])
-    error = dig(body, "error", "message")
-    if isinstance(error, str):
-        info.error_message = error
+    if "error" in body:
+        error = dig(body, "error", "message")
+        if isinstance(error, str):
+            info.error_message = error
     info.complete = True
 
 
@@ -96,7 +97,9 @@ def _read_message(message: object, info: ResponseInfo, state: _StreamUsage | Non
     if state is not None:
         _merge_usage(usage, info, state)
     elif isinstance(usage, dict):
-        info.usage = _usage(usage, dig(usage, "output_tokens_details", "thinking_tokens"))
+        details = usage.get("output_tokens_details")
+        thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
+        info.usage = _usage(usage, thinking)
 
 
 def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None:
@@ -113,12 +116,13 @@ def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None
 
 def _usage(fields: dict[str, object], thinking: object) -> TokenUsage:
     """Anthropic's usage fields in the conventions' terms: input includes the cache."""
-    cache_read = as_int(fields.get("cache_read_input_tokens"))
-    cache_write = as_int(fields.get("cache_creation_input_tokens"))
+    uncached, output, cache_read, cache_write, reasoning = as_counts(
+        fields.get("input_tokens"),
+        fields.get("output_tokens"),
+        fields.get("cache_read_input_tokens"),
+        fields.get("cache_creation_input_tokens"),
+        thinking,
+    )
     return TokenUsage(
-        as_int(fields.get("input_tokens")) + cache_read + cache_write,
-        as_int(fields.get("output_tokens")),
-        cache_read,
-        cache_write,
-        as_int(thinking),
+        uncached + cache_read + cache_write, output, cache_read, cache_write, reasoning
     )

@@ -18,15 +18,15 @@ from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from nexus_otel import _anthropic
 from nexus_otel import attributes as a
 from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target
 from nexus_otel._estimate import estimate_source, estimate_tokens, price
-from nexus_otel._internal import guarded
-from nexus_otel._operation import CallRecord, current_operation, record_call
+from nexus_otel._internal import guarded, internal_error
+from nexus_otel._operation import CURRENT_OPERATION, CallRecord, record_call
 from nexus_otel._secrets import scrub_text
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
 
@@ -52,7 +52,7 @@ class LLMCall:
     def __init__(self, target: Target, request: RequestInfo, settings: CallSettings) -> None:
         self.target, self.request, self.settings = target, request, settings
         self.response = ResponseInfo()
-        self.operation = current_operation()
+        self.operation = CURRENT_OPERATION.get()
         self.status_code: int | None = None
         self._started = time.monotonic()
         self._first_chunk: float | None = None
@@ -107,14 +107,29 @@ class LLMCall:
             unfinished.pop()
         except IndexError:  # another thread finished it between the two lines
             return
-        duration_ms = (time.monotonic() - self._started) * 1000
+        ended = time.monotonic() if self.operation is not None else 0.0  # for the handle only
         if self._body is not None:
-            guarded(self._read_body)
-        error_type = self._error_type(error)
-        usage, source = self._usage(error_type)
+            try:
+                self._read_body()
+            except Exception:
+                internal_error(self._read_body)
+        status = self.status_code
+        if error is None and (status is None or status < 400):
+            error_type = None
+        else:
+            error_type = self._error_type(error)
+        reported = self.response.usage
+        if reported is not None and self.response.complete:  # the usual case: the provider's
+            usage, source = reported, "response"
+        else:
+            usage, source = self._usage(error_type)
         if self.span is None:  # ours, recorded now with every attribute
-            values = guarded(self._attributes, usage, source, error_type, default=None)
-            self.span = self._start_span(values or self._start_attributes(), self._start_ns)
+            try:
+                values = self._end_attributes(self._start_attributes(), usage, source, error_type)
+            except Exception:
+                internal_error(self._end_attributes)
+                values = self._start_attributes()
+            self.span = self._start_span(values, self._start_ns)
         else:
             values = guarded(self._end_attributes, {}, usage, source, error_type, default={})
             self.span.set_attributes(values)
@@ -125,6 +140,7 @@ class LLMCall:
         elif error_type is None:
             guarded(_DESCRIBED.add, self.span)
         if self.operation is not None:  # priced here only for the handle: the exporter prices rows
+            duration_ms = (ended - self._started) * 1000
             cost = guarded(price, usage, self._model(), self.target.provider)
             record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
 
@@ -164,9 +180,8 @@ class LLMCall:
         return None
 
     def _usage(self, error_type: str | None) -> tuple[TokenUsage, str]:
+        """Usage when the response did not report it complete (`finish` takes that case)."""
         reported = self.response.usage
-        if reported is not None and self.response.complete:
-            return reported, "response"
         if error_type is not None and not self.response.output_parts:
             return reported or TokenUsage(), "response"  # nothing was generated
         # No usage, or a stream that ended early: estimate what the provider did not report.
@@ -204,14 +219,16 @@ class LLMCall:
         )
 
     def _start_attributes(self) -> dict[str, Any]:
-        # Every attribute costs the SDK a validation: only those with a value are given.
+        # Every attribute costs the SDK a validation: only those with a value are given, and
+        # the stream flag only when set (absent reads as a plain call).
         target, request, op = self.target, self.request, self.operation
         attrs: dict[str, Any] = {
             a.GEN_AI_PROVIDER_NAME: target.provider,
             a.GEN_AI_OPERATION_NAME: target.wire.OPERATION,
             a.SERVER_ADDRESS: target.host,
-            a.GEN_AI_REQUEST_STREAM: request.stream,
         }
+        if request.stream:
+            attrs[a.GEN_AI_REQUEST_STREAM] = True
         if request.model is not None:
             attrs[a.GEN_AI_REQUEST_MODEL] = request.model
         if target.port is not None:
@@ -231,9 +248,6 @@ class LLMCall:
             span.set_attribute(a.NEXUS_OPERATION, self.operation.name)
             if self.operation.correlation_id:
                 span.set_attribute(a.NEXUS_CORRELATION_ID, self.operation.correlation_id)
-
-    def _attributes(self, usage: TokenUsage, source: str, error_type: str | None) -> dict[str, Any]:
-        return self._end_attributes(self._start_attributes(), usage, source, error_type)
 
     def _end_attributes(
         self, values: dict[str, Any], usage: TokenUsage, source: str, error_type: str | None
@@ -261,8 +275,9 @@ class LLMCall:
             values[a.GEN_AI_RESPONSE_ID] = response.response_id
         if response.finish_reasons:
             values[a.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(response.finish_reasons)
-        if self.status_code is not None:
-            values[a.HTTP_RESPONSE_STATUS_CODE] = self.status_code
+        status = self.status_code  # 200 is left out of our own spans: absent reads as 200
+        if status is not None and (status != 200 or full):
+            values[a.HTTP_RESPONSE_STATUS_CODE] = status
         if self.request.stream and self._first_chunk is not None:
             values[a.NEXUS_TIME_TO_FIRST_CHUNK] = self._first_chunk - self._started
         if self.settings.capture_content:
@@ -290,6 +305,8 @@ class LLMCall:
 def _open_gen_ai_span(current: context.Context) -> Span | None:
     """Another instrumentation's model-call span, open around this request and not yet used."""
     span = trace.get_current_span(current)
+    if span is INVALID_SPAN:  # the usual case: no span around the request
+        return None
     if not span.is_recording() or getattr(span, "kind", None) is not SpanKind.CLIENT:
         return None
     attributes = getattr(span, "attributes", None) or {}

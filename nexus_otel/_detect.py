@@ -23,6 +23,7 @@ class Target:
     wire: ModuleType  # _openai, _anthropic or _gemini
     host: str
     port: int | None
+    path: str  # remembered per path, so the request's path is read once a call
 
 
 KNOWN_HOSTS = {
@@ -54,13 +55,14 @@ class Detector:
         if request.method != "POST":
             return None
         url = request.url
-        key = (url.host, url.port, url.path)
+        path = url.path
+        key = (url.host, url.port, path)
         seen = self._seen.get(transport)
         if seen is None:
             seen = self._seen.setdefault(transport, {})
         target = seen.get(key, _UNSEEN)
         if target is _UNSEEN:
-            target = detect(request, self.providers)
+            target = detect(request, self.providers, path)
             if len(seen) < _REMEMBERED:
                 seen[key] = target
         return target  # type: ignore[return-value]
@@ -70,12 +72,14 @@ def wire_format(path: str) -> ModuleType | None:
     return next((w for w in (_openai, _anthropic, _gemini) if w.matches(path)), None)
 
 
-def detect(request: Any, providers: dict[str, str]) -> Target | None:
-    """The LLM call `request` (an httpx or httpx2 Request) makes, or None for any other request."""
+def detect(request: Any, providers: dict[str, str], path: str | None = None) -> Target | None:
+    """The LLM call `request` (an httpx or httpx2 Request) makes, or None for any other request.
+    `path`: the URL's path, when the caller has read it already."""
     if request.method != "POST":
         return None
     url = request.url
-    wire = wire_format(url.path)
+    path = url.path if path is None else path
+    wire = wire_format(path)
     if wire is None:
         return None
     host, port = url.host, url.port
@@ -86,7 +90,7 @@ def detect(request: Any, providers: dict[str, str]) -> Target | None:
         or providers.get(host)
         or _WIRE_DEFAULT_PROVIDER[wire]
     )
-    return Target(provider, wire, host, port)
+    return Target(provider, wire, host, port, path)
 
 
 def _from_sdk_headers(headers: Any) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_counts, count, dig, text_of
 
 OPERATION = "chat"
 _NONE: dict[str, object] = {}
@@ -29,7 +29,9 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
 def read_json(body: object, info: ResponseInfo) -> None:
     """A complete (non-streamed) chat completion."""
     for choice in _read_common(body, info):
-        info.output_parts.append(text_of(dig(choice, "message", "content")))
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        info.output_parts.append(content if type(content) is str else text_of(content))
     info.complete = True
 
 
@@ -76,10 +78,12 @@ def _usage(usage: dict[str, object]) -> TokenUsage:
     completion = usage.get("completion_tokens_details")
     prompt = prompt if isinstance(prompt, dict) else _NONE
     completion = completion if isinstance(completion, dict) else _NONE
-    return TokenUsage(
-        as_int(usage.get("prompt_tokens")),
-        as_int(usage.get("completion_tokens")),
-        as_int(prompt.get("cached_tokens")),
-        as_int(prompt.get("cache_write_tokens")),
-        as_int(completion.get("reasoning_tokens")),
+    return TokenUsage._make(
+        as_counts(
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            prompt.get("cached_tokens"),
+            prompt.get("cache_write_tokens"),
+            completion.get("reasoning_tokens"),
+        )
     )

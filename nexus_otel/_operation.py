@@ -16,7 +16,8 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_current: contextvars.ContextVar[Operation | None] = contextvars.ContextVar(
+# The innermost active operation; the per-call path reads it with `.get()`, without a frame.
+CURRENT_OPERATION: contextvars.ContextVar[Operation | None] = contextvars.ContextVar(
     "nexus_otel_operation", default=None
 )
 
@@ -122,13 +123,13 @@ class operation:  # lower case: used like a function, `with operation(...)`
         self._tokens: list[tuple[Operation, contextvars.Token[Operation | None]]] = []
 
     def __enter__(self) -> Operation:
-        handle = Operation(self.name, self.correlation_id, _current.get())
-        self._tokens.append((handle, _current.set(handle)))
+        handle = Operation(self.name, self.correlation_id, CURRENT_OPERATION.get())
+        self._tokens.append((handle, CURRENT_OPERATION.set(handle)))
         return handle
 
     def __exit__(self, *exc: object) -> None:
         _, token = self._tokens.pop()
-        _current.reset(token)
+        CURRENT_OPERATION.reset(token)
 
     async def __aenter__(self) -> Operation:
         return self.__enter__()
@@ -156,7 +157,7 @@ class operation:  # lower case: used like a function, `with operation(...)`
 
 
 def current_operation() -> Operation | None:
-    return _current.get()
+    return CURRENT_OPERATION.get()
 
 
 def record_call(record: CallRecord, innermost: Operation | None) -> None:

@@ -64,10 +64,10 @@ def instrument(
     - `capture_content`: record prompts and completions (`gen_ai.input.messages`,
       `gen_ai.output.messages`); off unless this or `NEXUS_OTEL_CAPTURE_CONTENT=true`.
     - `http_spans`: also keep the HTTP span of `opentelemetry-instrumentation-httpx` under each
-      LLM call's span. Off by default: the GenAI span already carries the status code and the
-      server, and the HTTP span would double the instrumentation's cost. Off, LLM requests get no
-      `traceparent` header (providers do not read it) and add nothing to the httpx duration
-      metrics; every other httpx request keeps its HTTP span either way.
+      LLM call's span. Off by default: the GenAI span already carries the server and any
+      status code but 200, and the HTTP span would double the instrumentation's cost. Off, LLM
+      requests get no `traceparent` header (providers do not read it) and add nothing to the
+      httpx duration metrics; every other httpx request keeps its HTTP span either way.
 
     Calling it again while instrumented does nothing."""
     global _installed

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
+import orjson
 import wrapt
 
 from nexus_otel._call import CallSettings, LLMCall
@@ -36,13 +37,17 @@ class Interceptor:
         if target is None:
             return None
         return LLMCall(
-            target, target.wire.request_info(request.url.path, _json_body(request)), self.settings
+            target, target.wire.request_info(target.path, _json_body(request)), self.settings
         )
 
 
 def _json_body(request: Any) -> dict[str, Any]:
     try:
-        body = loads_json(request.content or b"{}")
+        content = request.content
+        try:
+            body = orjson.loads(content)  # loads_json's first step, without its frame
+        except orjson.JSONDecodeError:
+            body = loads_json(content or b"{}")
     except Exception:  # a streamed or non-JSON request body: nothing to read from it
         return {}
     return body if isinstance(body, dict) else {}

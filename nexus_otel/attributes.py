@@ -16,7 +16,7 @@ GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
 GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
-GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"  # our spans: written only when true
 GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"  # content: opt-in only
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"  # content: opt-in only
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"  # inclusive of cached input
@@ -47,7 +47,7 @@ OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
 
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
-HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"  # our spans: absent is 200
 ERROR_TYPE: Final = "error.type"
 SERVICE_NAME: Final = "service.name"  # resource attribute
 
