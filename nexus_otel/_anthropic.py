@@ -7,7 +7,7 @@ the last value of each field wins and nothing is summed.
 
 from __future__ import annotations
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_counts, count, dig
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
 
 OPERATION = "chat"
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
@@ -116,13 +116,9 @@ def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None
 
 def _usage(fields: dict[str, object], thinking: object) -> TokenUsage:
     """Anthropic's usage fields in the conventions' terms: input includes the cache."""
-    uncached, output, cache_read, cache_write, reasoning = as_counts(
-        fields.get("input_tokens"),
-        fields.get("output_tokens"),
-        fields.get("cache_read_input_tokens"),
-        fields.get("cache_creation_input_tokens"),
-        thinking,
-    )
+    cache_read = as_int(fields.get("cache_read_input_tokens"))
+    cache_write = as_int(fields.get("cache_creation_input_tokens"))
+    uncached, output = as_int(fields.get("input_tokens")), as_int(fields.get("output_tokens"))
     return TokenUsage(
-        uncached + cache_read + cache_write, output, cache_read, cache_write, reasoning
+        uncached + cache_read + cache_write, output, cache_read, cache_write, as_int(thinking)
     )

@@ -143,6 +143,9 @@ class LLMCall:
             duration_ms = (ended - self._started) * 1000
             cost = guarded(price, usage, self._model(), self.target.provider)
             record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
+        # Nothing more is read: let the body, the span and the context go now, not when the
+        # SDK's response (often in a reference cycle) is collected.
+        self._body = self._stream_state = self._parent = self.span = None
 
     # --- reading the body -------------------------------------------------------------------
     def _read_body(self) -> None:
@@ -221,18 +224,12 @@ class LLMCall:
     def _start_attributes(self) -> dict[str, Any]:
         # Every attribute costs the SDK a validation: only those with a value are given, and
         # the stream flag only when set (absent reads as a plain call).
-        target, request, op = self.target, self.request, self.operation
-        attrs: dict[str, Any] = {
-            a.GEN_AI_PROVIDER_NAME: target.provider,
-            a.GEN_AI_OPERATION_NAME: target.wire.OPERATION,
-            a.SERVER_ADDRESS: target.host,
-        }
+        request, op = self.request, self.operation
+        attrs: dict[str, Any] = self.target.attributes.copy()  # provider, operation, server
         if request.stream:
             attrs[a.GEN_AI_REQUEST_STREAM] = True
         if request.model is not None:
             attrs[a.GEN_AI_REQUEST_MODEL] = request.model
-        if target.port is not None:
-            attrs[a.SERVER_PORT] = target.port
         if request.max_tokens is not None:
             attrs[a.GEN_AI_REQUEST_MAX_TOKENS] = request.max_tokens
         if request.temperature is not None:

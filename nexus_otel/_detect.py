@@ -10,11 +10,12 @@ mapping; and last the wire format's own provider. The wire format comes from the
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from nexus_otel import _anthropic, _gemini, _openai
+from nexus_otel import attributes as a
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,15 @@ class Target:
     host: str
     port: int | None
     path: str  # remembered per path, so the request's path is read once a call
+    # The span attributes every call to this target has, made once; copied, never changed.
+    attributes: dict[str, object] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.attributes[a.GEN_AI_PROVIDER_NAME] = self.provider
+        self.attributes[a.GEN_AI_OPERATION_NAME] = self.wire.OPERATION
+        self.attributes[a.SERVER_ADDRESS] = self.host
+        if self.port is not None:
+            self.attributes[a.SERVER_PORT] = self.port
 
 
 KNOWN_HOSTS = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_counts, count, dig
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
 
 OPERATION = "generate_content"
 _PATH = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
@@ -75,15 +75,10 @@ def _read_candidate(candidate: object, info: ResponseInfo) -> None:
 
 
 def _usage(usage: dict[str, object]) -> TokenUsage:
-    prompt, candidates, cached, thoughts = as_counts(
-        usage.get("promptTokenCount"),
-        usage.get("candidatesTokenCount"),
-        usage.get("cachedContentTokenCount"),
-        usage.get("thoughtsTokenCount"),
-    )
+    thoughts = as_int(usage.get("thoughtsTokenCount"))
     return TokenUsage(
-        input_tokens=prompt,
-        output_tokens=candidates + thoughts,
-        cache_read_tokens=cached,
+        input_tokens=as_int(usage.get("promptTokenCount")),
+        output_tokens=as_int(usage.get("candidatesTokenCount")) + thoughts,
+        cache_read_tokens=as_int(usage.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_counts, count, dig, text_of
+from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
 
 OPERATION = "chat"
-_NONE: dict[str, object] = {}
 
 
 def matches(path: str) -> bool:
@@ -74,16 +73,13 @@ def _read_common(body: object, info: ResponseInfo) -> list[dict[str, object]]:
 
 
 def _usage(usage: dict[str, object]) -> TokenUsage:
+    cached = cache_write = reasoning = 0
     prompt = usage.get("prompt_tokens_details")
+    if isinstance(prompt, dict):
+        cached = as_int(prompt.get("cached_tokens"))
+        cache_write = as_int(prompt.get("cache_write_tokens"))
     completion = usage.get("completion_tokens_details")
-    prompt = prompt if isinstance(prompt, dict) else _NONE
-    completion = completion if isinstance(completion, dict) else _NONE
-    return TokenUsage._make(
-        as_counts(
-            usage.get("prompt_tokens"),
-            usage.get("completion_tokens"),
-            prompt.get("cached_tokens"),
-            prompt.get("cache_write_tokens"),
-            completion.get("reasoning_tokens"),
-        )
-    )
+    if isinstance(completion, dict):
+        reasoning = as_int(completion.get("reasoning_tokens"))
+    input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return TokenUsage(as_int(input_tokens), as_int(output_tokens), cached, cache_write, reasoning)

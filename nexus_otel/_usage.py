@@ -64,19 +64,13 @@ class ResponseInfo:
 
 def as_int(value: object) -> int:
     """A token count from a JSON field: non-integers and negatives count as 0."""
-    if type(value) is int:  # the usual case, first (bool is not int here)
+    if type(value) is int:  # the usual cases first (bool is not int here)
         return value if value > 0 else 0
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
     return max(0, int(value))
-
-
-def as_counts(*values: object) -> list[int]:
-    """`as_int` of each value, in one call (a call's usage has five counts)."""
-    counts = []
-    for value in values:
-        counts.append(value if type(value) is int and value >= 0 else as_int(value))
-    return counts
 
 
 def dig(data: object, *path: str) -> object:
