@@ -19,7 +19,7 @@ from nexus_otel._internal import loads_json
 from nexus_otel._sse import EventHandler, SSEParser
 
 MAX_BODY = 16 * 1024 * 1024
-WINDOW = 16 * 1024  # head and tail read from a stream whose usage is complete
+WINDOW = 4 * 1024  # head and tail read from a stream whose usage is complete (events are small)
 _SNIFF = 64  # bytes looked at to tell JSON from an event stream
 _UNREAD = object()
 _EVENT_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -77,20 +77,24 @@ class BodyCopy:
     @property
     def is_stream(self) -> bool:
         """Server-sent events rather than one JSON document (an object, or Gemini's array)."""
-        start = self._head if self.truncated else self.data
-        if not start:
-            return False
-        return start[:_SNIFF].lstrip()[:1] not in (b"{", b"[")
+        start = self._start()
+        if _compression(start) is not None:
+            start = self.data or b""  # told from its first uncompressed bytes
+        return bool(start) and start[:_SNIFF].lstrip()[:1] not in (b"{", b"[")
+
+    def _start(self) -> bytes:
+        """The body's first bytes as received (enough to sniff), without joining the rest."""
+        if self.truncated:
+            return self._head
+        return _leading(self._chunks, _SNIFF)
 
     def json_object(self) -> dict[str, object] | None:
         """The body, when it is one uncompressed JSON object (a reply as most are sent): read
         without the general path's checks. None otherwise."""
         chunks = self._chunks
-        if not chunks or self.truncated:
+        if not chunks or self.truncated or chunks[0][:1] != b"{":
             return None
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if data[:1] != b"{":
-            return None
         try:
             parsed = orjson.loads(data)  # loads_json's first step, without its frame
         except orjson.JSONDecodeError:
@@ -112,16 +116,17 @@ class BodyCopy:
 
     def read_stream(self, on_event: EventHandler, *, full: bool) -> None:
         """Feeds the stream's events to `on_event`: all of them, or those of its head and tail."""
-        data = self.data
-        if data is None:
-            return
         if self.truncated:
+            if _compression(self._head) is not None:
+                return  # compressed and cut short: its ends cannot be decompressed
             head, tail = self._head, b"".join(self._tail)
-        elif full or len(data) <= 2 * WINDOW:
-            _parse(data, on_event)
+        elif full or self._size <= 2 * WINDOW or _compression(self._start()) is not None:
+            data = self.data
+            if data is not None:
+                _parse(data, on_event)
             return
-        else:
-            head, tail = data[:WINDOW], data[-WINDOW:]
+        else:  # its ends only: a long stream is not joined into one copy to read them
+            head, tail = _leading(self._chunks, WINDOW), _trailing(self._chunks, WINDOW)
         SSEParser(on_event).feed(head)  # its unfinished last event is dropped, not dispatched
         boundary = _EVENT_BOUNDARY.search(tail)
         if boundary is not None:
@@ -132,6 +137,28 @@ class BodyCopy:
         self._head, self._chunks, self.truncated = data[:WINDOW], [], True
         self._tail.append(data[-WINDOW:])
         self._tail_size = len(self._tail[0])
+
+
+def _leading(chunks: list[bytes], size: int) -> bytes:
+    """The first `size` bytes of `chunks` (fewer when they hold fewer)."""
+    taken, count = [], 0
+    for chunk in chunks:
+        taken.append(chunk)
+        count += len(chunk)
+        if count >= size:
+            break
+    return b"".join(taken)[:size]
+
+
+def _trailing(chunks: list[bytes], size: int) -> bytes:
+    """The last `size` bytes of `chunks` (fewer when they hold fewer)."""
+    taken, count = [], 0
+    for chunk in reversed(chunks):
+        taken.append(chunk)
+        count += len(chunk)
+        if count >= size:
+            break
+    return b"".join(reversed(taken))[-size:]
 
 
 def _compression(data: bytes) -> int | None:

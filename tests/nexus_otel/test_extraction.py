@@ -192,3 +192,14 @@ def test_anthropic_message_usage_includes_the_cache_and_thinking() -> None:
     assert (info.model, info.response_id, info.finish_reasons) == (
         "claude-sonnet-4-5", "msg_2", ["end_turn"])  # fmt: skip
     assert info.output_text == "Hi"
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 0, 5], [4096, 1, 4095], [10, 5000, 10], [0]])
+@pytest.mark.parametrize("window", [1, 7, 4096, 9000])
+def test_a_bodys_ends_are_cut_from_its_chunks_as_from_the_whole(
+    sizes: list[int], window: int
+) -> None:
+    chunks = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+    whole = b"".join(chunks)
+    assert _body._leading(chunks, window) == whole[:window]
+    assert _body._trailing(chunks, window) == whole[-window:]
