@@ -56,8 +56,8 @@ class BodyCopy:
     @property
     def data(self) -> bytes | None:
         """The whole body, uncompressed; b"" once cut short (only its head and tail are kept);
-        None when it cannot be read (compressed and cut short, or broken compression). Read
-        once the body has ended."""
+        None when it cannot be read (compressed and cut short, broken compression, or more than
+        MAX_BODY once uncompressed). Read once the body has ended."""
         if self._data is _UNREAD:
             self._data = self._read()
         return self._data  # type: ignore[return-value]
@@ -69,10 +69,14 @@ class BodyCopy:
         wbits = _compression(data)
         if wbits is None:
             return data
+        decompressor = zlib.decompressobj(wbits)
         try:
-            return zlib.decompressobj(wbits).decompress(data)
+            plain = decompressor.decompress(data, MAX_BODY)
         except zlib.error:
             return None
+        # Beyond MAX_BODY once uncompressed (a "zip bomb" as much as a long body): not read, so
+        # a reply that is small on the wire cannot make the copy grow without bound.
+        return None if decompressor.unconsumed_tail else plain
 
     @property
     def is_stream(self) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
+from collections.abc import Callable
 
 import pytest
 
@@ -203,3 +206,21 @@ def test_a_bodys_ends_are_cut_from_its_chunks_as_from_the_whole(
     whole = b"".join(chunks)
     assert _body._leading(chunks, window) == whole[:window]
     assert _body._trailing(chunks, window) == whole[-window:]
+
+
+@pytest.mark.parametrize("wrap", [gzip.compress, zlib.compress], ids=["gzip", "deflate"])
+def test_a_compressed_body_is_read_only_up_to_the_copy_limit(
+    wrap: Callable[[bytes], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_body, "MAX_BODY", 1_000_000)
+    usage = b'{"usage": {"prompt_tokens": 7, "completion_tokens": 2}, "pad": "'
+    bomb = wrap(usage + b" " * 50_000_000 + b'"}')  # 50 MB of spaces: about 50 kB on the wire
+    assert len(bomb) < 100_000
+    copy = _body.BodyCopy()
+    copy.add(bomb)
+    assert copy.data is None and copy.json() is None  # not read: nothing grows to 50 MB
+    small = _body.BodyCopy()
+    small.add(wrap(usage + b'"}'))
+    info = ResponseInfo()
+    _openai.read_json(small.json(), info)
+    assert info.usage == TokenUsage(7, 2)
