@@ -30,6 +30,7 @@ SERVICE_NAME = "carousel-bot"
 FACT_MODEL = "llama-3.3-70b-versatile"
 EXPANSION_MODEL = "gemini-2.5-flash"
 CAPTION_MODEL = "claude-sonnet-4-5"
+STREAM_EVERY = {"groq": 3, "gcp.gemini": 2, "anthropic": 3}  # see DemoWorkload._streams
 # Every FAILURE_EVERY-th call fails, cycling through these answers.
 FAILURE_EVERY = 8  # coprime with the three steps, so failures rotate across them
 FAILURES = ("429", "503", "429", "500")
@@ -89,6 +90,7 @@ class CarouselWorkload:
         self.on_carousel: Callable[[str, str], None] | None = None  # (correlation id, topic)
         self._numbers = itertools.count(first)
         self._call_numbers = itertools.count(1)
+        self._attempts = {provider: itertools.count(0) for provider in STREAM_EVERY}
         self._threads: list[threading.Thread] = []
         self._groq = groq.Groq(api_key="demo-groq-key", base_url=simulator.groq_base_url,
                                max_retries=0)  # fmt: skip
@@ -126,15 +128,16 @@ class CarouselWorkload:
             self.stats.carousels_started += 1
         correlation_id = f"carousel-{number}"
         topic = rng.choice(TOPICS)
-        facts = self._step("fact_generation", "groq", correlation_id, number % 3 == 1,
+        facts = self._step("fact_generation", "groq", correlation_id, self._streams("groq"),
                            lambda h, s: self._facts(topic, h, s, rng))  # fmt: skip
         if facts is None:
             return False
-        content = self._step("content_expansion", "gcp.gemini", correlation_id, number % 2 == 0,
+        content = self._step("content_expansion", "gcp.gemini", correlation_id,
+                             self._streams("gcp.gemini"),
                              lambda h, s: self._expand(facts, number, h, s, rng))  # fmt: skip
         if content is None:
             return False
-        caption = self._step("caption", "anthropic", correlation_id, number % 3 == 0,
+        caption = self._step("caption", "anthropic", correlation_id, self._streams("anthropic"),
                              lambda h, s: self._caption(content, number, h, s, rng))  # fmt: skip
         if caption is None:
             return False
@@ -143,6 +146,12 @@ class CarouselWorkload:
         if self.on_carousel:
             self.on_carousel(correlation_id, topic)
         return True
+
+    def _streams(self, provider: str) -> bool:
+        """Whether this provider's next call streams: its second call and every third one on
+        (every second on Gemini), counted per provider so even a short run streams on each."""
+        attempt = next(self._attempts[provider])
+        return attempt % STREAM_EVERY[provider] == 1
 
     def _step(
         self,

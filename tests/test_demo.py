@@ -93,7 +93,7 @@ def test_some_calls_failed_with_provider_errors_and_some_streamed(
         SELECT provider, bool_or(stream), bool_and(stream) FROM (
             SELECT provider,
                    coalesce((attributes ->> 'gen_ai.request.stream')::boolean, false) AS stream
-            FROM api_calls WHERE success) AS calls
+            FROM api_calls) AS calls
         GROUP BY 1 ORDER BY 1""")  # fmt: skip
     assert streamed == [(p, True, False) for p in ("anthropic", "gcp.gemini", "groq")]
 
