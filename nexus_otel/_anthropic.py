@@ -97,9 +97,7 @@ def _read_message(message: object, info: ResponseInfo, state: _StreamUsage | Non
     if state is not None:
         _merge_usage(usage, info, state)
     elif isinstance(usage, dict):
-        details = usage.get("output_tokens_details")
-        thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
-        info.usage = _usage(usage, thinking)
+        info.usage = _usage(usage, dig(usage, "output_tokens_details", "thinking_tokens"))
 
 
 def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None:

@@ -13,8 +13,6 @@ import collections
 import re
 import zlib
 
-import orjson
-
 from nexus_otel._internal import loads_json
 from nexus_otel._sse import EventHandler, SSEParser
 
@@ -100,12 +98,9 @@ class BodyCopy:
             return None
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            parsed = orjson.loads(data)  # loads_json's first step, without its frame
-        except orjson.JSONDecodeError:
-            try:
-                parsed = loads_json(data)
-            except ValueError:
-                return None
+            parsed = loads_json(data)
+        except ValueError:
+            return None
         return parsed if isinstance(parsed, dict) else None
 
     def json(self) -> object:

@@ -113,16 +113,8 @@ class LLMCall:
                 self._read_body()
             except Exception:
                 internal_error(self._read_body)
-        status = self.status_code
-        if error is None and (status is None or status < 400):
-            error_type = None
-        else:
-            error_type = self._error_type(error)
-        reported = self.response.usage
-        if reported is not None and self.response.complete:  # the usual case: the provider's
-            usage, source = reported, "response"
-        else:
-            usage, source = self._usage(error_type)
+        error_type = self._error_type(error)
+        usage, source = self._usage(error_type)
         if self.span is None:  # ours, recorded now with every attribute
             try:
                 values = self._end_attributes(self._start_attributes(), usage, source, error_type)
@@ -183,8 +175,9 @@ class LLMCall:
         return None
 
     def _usage(self, error_type: str | None) -> tuple[TokenUsage, str]:
-        """Usage when the response did not report it complete (`finish` takes that case)."""
         reported = self.response.usage
+        if reported is not None and self.response.complete:
+            return reported, "response"
         if error_type is not None and not self.response.output_parts:
             return reported or TokenUsage(), "response"  # nothing was generated
         # No usage, or a stream that ended early: estimate what the provider did not report.

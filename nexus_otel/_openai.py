@@ -28,9 +28,7 @@ def request_info(path: str, body: dict[str, object]) -> RequestInfo:
 def read_json(body: object, info: ResponseInfo) -> None:
     """A complete (non-streamed) chat completion."""
     for choice in _read_common(body, info):
-        message = choice.get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        info.output_parts.append(content if type(content) is str else text_of(content))
+        info.output_parts.append(text_of(dig(choice, "message", "content")))
     info.complete = True
 
 

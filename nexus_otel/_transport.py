@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
-import orjson
 import wrapt
 
 from nexus_otel._call import CallSettings, LLMCall
@@ -43,11 +42,7 @@ class Interceptor:
 
 def _json_body(request: Any) -> dict[str, Any]:
     try:
-        content = request.content
-        try:
-            body = orjson.loads(content)  # loads_json's first step, without its frame
-        except orjson.JSONDecodeError:
-            body = loads_json(content or b"{}")
+        body = loads_json(request.content or b"{}")
     except Exception:  # a streamed or non-JSON request body: nothing to read from it
         return {}
     return body if isinstance(body, dict) else {}

@@ -64,10 +64,8 @@ class ResponseInfo:
 
 def as_int(value: object) -> int:
     """A token count from a JSON field: non-integers and negatives count as 0."""
-    if type(value) is int:  # the usual cases first (bool is not int here)
+    if type(value) is int:  # the usual case, first (bool is not int here)
         return value if value > 0 else 0
-    if value is None:
-        return 0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
     return max(0, int(value))
