@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import Result
+from exporter.demo_view import output_console
 
 Runner = Callable[[Console, argparse.Namespace], list[Result]]
 
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    console = Console()
+    console = output_console()
     console.print(
         f"[dim]{platform.machine()}, {platform.processor() or 'cpu'}, Python "
         f"{platform.python_version()}; ratios are measured within one run[/]"

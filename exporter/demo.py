@@ -34,7 +34,13 @@ from rich.live import Live
 from rich.text import Text
 
 import nexus_otel
-from exporter.demo_view import View, simulator_totals, stored_totals, summary_table
+from exporter.demo_view import (
+    View,
+    output_console,
+    simulator_totals,
+    stored_totals,
+    summary_table,
+)
 from exporter.demo_workload import SERVICE_NAME, CarouselWorkload, WorkloadStats
 from exporter.service import Database, open_database
 from exporter.settings import Settings
@@ -63,7 +69,7 @@ class Stack:
 
 
 def run_demo(settings: Settings, duration: float | None) -> int:
-    console = Console()
+    console = output_console()
     _quiet_libraries()
     with contextlib.ExitStack() as cleanup:
         try:
@@ -131,6 +137,8 @@ def _run_workload(console: Console, stack: Stack, duration: float | None, budget
             _wait_for_rows(conn, started, workload.stats.calls)
             view.status = "done"
             _redraw(live, view, conn, workload)
+    if not console.is_terminal:  # rich ends the live view's last line only on a terminal
+        console.line()
     with psycopg.connect(stack.database.url, autocommit=True) as conn:
         return _summarize(console, conn, stack, started, workload)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -9,7 +10,7 @@ from typing import Any
 
 import psycopg
 from rich import box
-from rich.console import Group
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -33,6 +34,16 @@ SELECT "timestamp", provider, operation, correlation_id, total_tokens, cost_usd,
 FROM api_calls WHERE "timestamp" >= %s AND service_name = %s ORDER BY "timestamp" DESC LIMIT 8"""
 SHORT_NAMES = {"gcp.gemini": "gemini", "anthropic": "claude"}
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+_PIPED_WIDTH = 160
+
+
+def output_console() -> Console:
+    """A console for tables that may go to a pipe or a log (CI, `| tee`): there rich would wrap
+    them at 80 columns, so it gets a wider line unless COLUMNS says otherwise."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = _PIPED_WIDTH
+    return console
 
 
 @dataclass(frozen=True)

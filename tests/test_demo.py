@@ -29,6 +29,7 @@ def demo_run(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NEXUS_DATA_DIR": str(tmp_path_factory.mktemp("demo-data"))}
     env.pop("DAILY_BUDGET_USD", None)
+    env.pop("COLUMNS", None)  # piped, as in CI: the console picks its own width
     return subprocess.run(
         [sys.executable, "-m", "exporter.cli", "demo", "--duration", "8",
          "--database-url", database_url,
@@ -48,6 +49,16 @@ def test_demo_exits_0_with_a_summary(demo_run: subprocess.CompletedProcess[str])
     assert demo_run.returncode == 0, demo_run.stdout + demo_run.stderr
     assert "every call stored exactly once, tokens match to the unit" in demo_run.stdout
     assert "Traceback" not in demo_run.stdout + demo_run.stderr
+
+
+def test_piped_output_is_not_cut_at_80_columns(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
+    # rich wraps a pipe's tables at 80 columns, and ends a live view's last line only on a
+    # terminal: the recent calls lost their carousel ids, the summary's title ran on a line.
+    assert "…" not in demo_run.stdout
+    assert re.search(r"^ \d\d:\d\d:\d\d .* carousel-\d+ ", demo_run.stdout, re.M)
+    assert re.search(r"^ +summary *$", demo_run.stdout, re.M), demo_run.stdout
 
 
 def test_stored_rows_equal_what_the_providers_reported(
