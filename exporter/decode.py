@@ -179,12 +179,15 @@ class Decoder:
         self._executor: Executor | None = None
         self.pending = 0  # requests handed over and not yet decoded
         # Enough waiting to keep every worker busy between two requests; a request beyond it
-        # is refused (503) before its body is read, so waiting bodies cannot pile up in memory.
+        # is refused (503), so waiting bodies cannot pile up in memory: before its body is read
+        # when the decoder is busy already, else once it is read (requests arriving together
+        # all pass the first check).
         self.max_pending = _PENDING_PER_WORKER * max(processes, 1)
 
-    @property
-    def busy(self) -> bool:
-        return self.pending >= self.max_pending
+    def check_room(self) -> None:
+        """Raises DecoderUnavailable when as many requests are waiting as the bound allows."""
+        if self.pending >= self.max_pending:
+            raise DecoderUnavailable(f"{self.pending} requests are already waiting to be decoded")
 
     def start(self) -> None:
         if self.processes > 0:
@@ -215,6 +218,7 @@ class Decoder:
             self._executor = None
 
     async def decode(self, body: bytes, media: str, encoding: str | None) -> Conversion:
+        self.check_room()
         if self._executor is None:
             self.start()
         loop = asyncio.get_running_loop()

@@ -144,11 +144,10 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
         # or decoding refused requests starves the writer that would drain the queue.
         rows = ingestor.writer.queued_rows
         return _unavailable(ingestor, f"{rows} rows are already waiting for the database", media)
-    if ingestor.decoder.busy:
-        waiting = ingestor.decoder.pending
-        return _unavailable(
-            ingestor, f"{waiting} requests are already waiting to be decoded", media
-        )
+    try:
+        ingestor.decoder.check_room()
+    except DecoderUnavailable as exc:
+        return _unavailable(ingestor, str(exc), media)
     declared = _declared_length(request)
     if declared > settings.max_body_bytes:
         limit = settings.max_body_bytes

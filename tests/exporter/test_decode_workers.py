@@ -93,6 +93,61 @@ async def test_a_full_decode_queue_is_a_503_before_the_body_is_read(database_url
     assert accepted.status_code == 200 and decoder.pending == 0
 
 
+async def test_a_burst_never_has_more_waiting_to_be_decoded_than_the_bound(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests that all arrive at once pass the check made before their bodies are read; the
+    bound holds all the same once their bodies are in: the excess is a 503, and nothing of it is
+    stored."""
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    import httpx
+
+    from exporter import decode
+    from exporter.ingest import create_ingest_app
+    from exporter.settings import Settings
+
+    settings = Settings(database_url=database_url, decode_processes=0, retry_after_seconds=2)
+    app = create_ingest_app(settings, database_url)
+    decoder = app.state.ingestor.decoder
+    seen: list[int] = []
+    decode_body = decode.decode_body
+
+    def counting(*args: object) -> decode.Conversion:
+        seen.append(decoder.pending)  # requests handed to the decoder, this one included
+        return decode_body(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode, "decode_body", counting)
+    bodies = [
+        request([new_span(llm_attributes()) for _ in range(200)], "svc-burst").SerializeToString()
+        for _ in range(12)
+    ]
+
+    async def chunked(body: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 4096):  # arrives in pieces, as over a network
+            await asyncio.sleep(0)
+            yield body[start : start + 4096]
+
+    headers = {"Content-Type": "application/x-protobuf"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            answers = await asyncio.gather(
+                *(client.post("/v1/traces", content=chunked(b), headers=headers) for b in bodies)
+            )
+    refused = [a for a in answers if a.status_code == 503]
+    assert max(seen) <= decoder.max_pending == 4
+    assert refused and all(b"waiting to be decoded" in a.content for a in refused)
+    assert all(a.headers["retry-after"] == "2" for a in refused)
+    accepted = sum(a.status_code == 200 for a in answers)
+    assert accepted + len(refused) == len(bodies) and decoder.pending == 0
+    [(rows,)] = query(
+        database_url, "SELECT count(*) FROM api_calls WHERE service_name = 'svc-burst'"
+    )
+    assert rows == 200 * accepted
+
+
 def test_a_worker_that_dies_is_replaced_and_costs_at_most_a_retry(
     database_url: str, tmp_path: Path
 ) -> None:
