@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import signal
@@ -26,6 +27,9 @@ PARTITION_CHECK_SECONDS = 6 * 3600
 RETENTION_CHECK_SECONDS = 24 * 3600
 RETENTION_FIRST_DELAY_SECONDS = 600
 GC_GEN0_THRESHOLD = 50_000
+# glibc's mallopt parameters (malloc.h), and the block size from which it maps memory apart.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 @dataclass
@@ -123,6 +127,19 @@ def _create_partitions_ahead(url: str) -> None:
         ensure_partitions_around(conn, datetime.now(UTC).date())
 
 
+def return_freed_buffers() -> None:
+    """Lets large buffers (OTLP bodies, COPY data: hundreds of kB each) go back to the system
+    once freed. glibc raises the size from which it maps a block apart each time such a block is
+    freed, so after the first bodies they come from its heap, which keeps a burst's high-water
+    mark; a fixed threshold keeps mapping them. Nothing to do on other C libraries."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError, TypeError):  # no mallopt, or no C library to open
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
 def serve(settings: Settings, database: Database) -> None:
     """The ingest port (with /metrics, budget gauges included) and the API port."""
     from exporter.api import create_api_app
@@ -138,6 +155,7 @@ def serve(settings: Settings, database: Database) -> None:
     # collect cyclic garbage less often, and never re-scan the objects built at start-up.
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+    return_freed_buffers()
     background = []
     if settings.telegram_bot_token and settings.telegram_chat_id is not None:
         from exporter.digest import run_daily_digest
