@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib import resources
@@ -102,7 +103,11 @@ class EmbeddedPostgres:
     """A real PostgreSQL from the `pgserver` wheel, kept under `data_dir` and reused."""
 
     def __init__(self, data_dir: Path) -> None:
-        import pgserver  # imported here: only the embedded mode needs it
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime directory when imported, which warns
+            # wherever XDG_RUNTIME_DIR is unset (containers, CI, cron) and then uses /tmp.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            import pgserver  # imported here: only the embedded mode needs it
 
         self.pgdata = data_dir / "pgdata"
         self.pgdata.mkdir(parents=True, exist_ok=True)

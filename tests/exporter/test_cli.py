@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,10 +15,12 @@ from tests.exporter.otlp_helpers import make_spans, protobuf_body
 from tests.support import start_exporter
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exporter.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
 
 
@@ -35,6 +38,16 @@ def test_serve_refuses_a_bad_price_file_with_one_clear_error(tmp_path: Path) -> 
     assert result.returncode == 2
     assert f"error:{prices}:cannotreadpriceoverrides" in output
     assert "Traceback" not in output
+
+
+def test_the_embedded_database_starts_without_warnings_where_xdg_runtime_dir_is_unset(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # as in containers
+    env["NEXUS_DATA_DIR"] = str(tmp_path)
+    result = _cli("migrate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stdout + result.stderr
 
 
 def test_prices_shows_source_and_suggests_close_matches() -> None:
