@@ -27,7 +27,10 @@ def _redact(match: re.Match[str]) -> str:
 
 def scrub_url(url: str) -> str:
     """The URL without credentials: no `?key=` (Gemini) or similar, no user:password@."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL urlsplit can take apart (an unclosed IPv6 bracket)
+        return scrub_text(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
              if k.lower() not in SECRET_QUERY_KEYS]  # fmt: skip
     return urlunsplit(

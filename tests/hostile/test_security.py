@@ -53,6 +53,29 @@ def test_secrets_in_headers_urls_and_errors_are_never_stored_or_logged(
     assert leaked == []
 
 
+def test_a_span_with_a_malformed_url_is_stored_scrubbed_with_its_batch(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    good = new_span(llm_attributes())
+    odd = new_span(
+        llm_attributes(**{
+            "url.full": f"https://[generativelanguage.googleapis.com/v1beta?key={SECRETS[0]}",
+            "http.url": f"http://user:{SECRETS[1]}@[::1/v1/chat/completions",
+        })
+    )  # fmt: skip
+    response = post(exporter.base_url, request([good, odd]).SerializeToString())
+    assert response.status_code == 200 and rejected_spans(response) == 0
+    rows = query(
+        database_url,
+        "SELECT a::text FROM api_calls a WHERE span_id IN (%s, %s)",
+        (good.span_id.hex(), odd.span_id.hex()),
+    )
+    assert len(rows) == 2
+    stored = " ".join(row for (row,) in rows)
+    assert "generativelanguage.googleapis.com" in stored  # kept, without its key
+    assert not [secret for secret in SECRETS[:2] if secret in stored or secret in exporter.log()]
+
+
 def test_the_ingest_token_is_checked_in_constant_time(
     database_url: str, compared_digests: list[tuple[bytes, bytes]]
 ) -> None:

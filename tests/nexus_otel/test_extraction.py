@@ -123,6 +123,20 @@ def test_secrets_are_scrubbed_from_urls_and_messages() -> None:
     assert scrub_text(f"Client error for url '{url}'").count("AIzaS3cret") == 0
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[generativelanguage.googleapis.com/v1beta/models/x?key=AIzaS3cret",
+        "http://u:AIzaS3cret@[::1/v1/chat/completions",
+        "https://[::1]:99999999/v1?api_key=AIzaS3cret&alt=sse",
+    ],
+)
+def test_malformed_urls_are_scrubbed_too(url: str) -> None:
+    # urlsplit refuses these (an unclosed IPv6 bracket, say): scrubbed as text instead.
+    scrubbed = scrub_url(url)
+    assert "AIzaS3cret" not in scrubbed and scrubbed.split(":")[0] in ("http", "https")
+
+
 def big_anthropic_stream(deltas: int, *, finished: bool = True) -> bytes:
     events = ANTHROPIC_STREAM.split(b"\r\n\r\n")
     delta = events[1] + b"\r\n\r\n"
