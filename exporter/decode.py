@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import threading
 import time
+import traceback
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -26,10 +27,11 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from exporter import otlp
-from exporter.model import LLMCall
+from exporter.model import LLMCall, RawSpan
 from exporter.normalize import InvalidSpan, to_llm_call
 from exporter.pricing import PriceBook
 from exporter.storage import CallBatch, encode_row
+from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,9 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
         except InvalidSpan as exc:
             result.rejections.append(str(exc))
             continue
+        except Exception as exc:  # a bug met on one odd span: that span alone is refused
+            result.rejections.append(_unreadable(raw, exc))
+            continue
         if call is None:
             result.ignored += 1
         elif not _EARLIEST <= call.timestamp <= latest:
@@ -108,6 +113,16 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
     if calls:
         result.batch = _batch(calls, result.rejections)
     return result
+
+
+def _unreadable(raw: RawSpan, exc: Exception) -> str:
+    """The rejection of a span that normalizing failed on, logged as the bug it is (scrubbed:
+    the message may quote an attribute's value)."""
+    reason = scrub_text(f"{type(exc).__name__}: {exc}")
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    log.error("span %s could not be read: %s (%s:%s)", raw.span_id, reason,
+              Path(where.filename).name, where.lineno)  # fmt: skip
+    return f"span {raw.span_id}: could not be read: {reason}"
 
 
 def _batch(calls: list[LLMCall], rejections: list[str]) -> CallBatch | None:

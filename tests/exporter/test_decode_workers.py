@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,6 +147,31 @@ async def test_a_burst_never_has_more_waiting_to_be_decoded_than_the_bound(
         database_url, "SELECT count(*) FROM api_calls WHERE service_name = 'svc-burst'"
     )
     assert rows == 200 * accepted
+
+
+def test_a_span_that_normalizing_fails_on_is_refused_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug met on one odd span costs that span, not its batch (a 500 lost them all)."""
+    from exporter import decode, otlp
+
+    read = decode.to_llm_call
+
+    def failing(raw: Any, **kwargs: Any) -> Any:
+        if raw.name == "odd":
+            raise ValueError("unexpected https://x.example/?key=sk-live-SECRET")
+        return read(raw, **kwargs)
+
+    monkeypatch.setattr(decode, "to_llm_call", failing)
+    good, odd = new_span(llm_attributes()), new_span(llm_attributes(), name="odd")
+    body = request([good, odd]).SerializeToString()
+    conversion = decode.decode_body(body, otlp.PROTOBUF, None, decode.DecodeOptions(1 << 20))
+    assert conversion.received == 2 and conversion.batch and len(conversion.batch) == 1
+    assert conversion.rejections == [
+        f"span {odd.span_id.hex()}: could not be read: "
+        "ValueError: unexpected https://x.example/?key=[REDACTED]"
+    ]
+    assert "could not be read" in caplog.text and "SECRET" not in caplog.text
 
 
 def test_a_worker_that_dies_is_replaced_and_costs_at_most_a_retry(
