@@ -27,10 +27,12 @@ def _redact(match: re.Match[str]) -> str:
 
 def scrub_url(url: str) -> str:
     """The URL without credentials: no `?key=` (Gemini) or similar, no user:password@."""
+    text = scrub_text(url)  # wherever they are: the query, a fragment, a URL urlsplit refuses
     try:
-        parts = urlsplit(url)
-    except ValueError:  # not a URL urlsplit can take apart (an unclosed IPv6 bracket)
-        return scrub_text(url)
+        parts = urlsplit(text)
+    except ValueError:  # an unclosed IPv6 bracket, say
+        return text
+    # Names percent-encoded (`%6Bey=`) are only seen once the query is parsed.
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
              if k.lower() not in SECRET_QUERY_KEYS]  # fmt: skip
     return urlunsplit(

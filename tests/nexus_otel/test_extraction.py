@@ -8,6 +8,8 @@ import zlib
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nexus_otel import _anthropic, _body, _gemini, _openai
 from nexus_otel._secrets import scrub_text, scrub_url
@@ -129,12 +131,26 @@ def test_secrets_are_scrubbed_from_urls_and_messages() -> None:
         "https://[generativelanguage.googleapis.com/v1beta/models/x?key=AIzaS3cret",
         "http://u:AIzaS3cret@[::1/v1/chat/completions",
         "https://[::1]:99999999/v1?api_key=AIzaS3cret&alt=sse",
+        "https://x.example/v1#state?key=AIzaS3cret",
+        "https://x.example/v1?alt=sse#frag&token=AIzaS3cret",
+        "https://x.example/v1?alt=sse&%6Bey=AIzaS3cret",
     ],
 )
 def test_malformed_urls_are_scrubbed_too(url: str) -> None:
-    # urlsplit refuses these (an unclosed IPv6 bracket, say): scrubbed as text instead.
+    # urlsplit refuses some (an unclosed IPv6 bracket) and puts others' keys in the fragment.
     scrubbed = scrub_url(url)
     assert "AIzaS3cret" not in scrubbed and scrubbed.split(":")[0] in ("http", "https")
+
+
+@given(
+    before=st.text(alphabet="htps:/[]@#?&=.x1%;", max_size=30),
+    key=st.sampled_from(["key", "api_key", "token", "access_token"]),
+    separator=st.sampled_from(["?", "&"]),
+    after=st.text(alphabet="&#=/ab", max_size=8),
+)
+def test_any_url_loses_its_key(before: str, key: str, separator: str, after: str) -> None:
+    url = f"{before}{separator}{key}=AIzaS3cret{after}"
+    assert "AIzaS3cret" not in scrub_url(url)
 
 
 def big_anthropic_stream(deltas: int, *, finished: bool = True) -> bytes:
