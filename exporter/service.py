@@ -127,7 +127,7 @@ def _create_partitions_ahead(url: str) -> None:
         ensure_partitions_around(conn, datetime.now(UTC).date())
 
 
-def return_freed_buffers() -> None:
+def _return_freed_buffers() -> None:
     """Lets large buffers (OTLP bodies, COPY data: hundreds of kB each) go back to the system
     once freed. glibc raises the size from which it maps a block apart each time such a block is
     freed, so after the first bodies they come from its heap, which keeps a burst's high-water
@@ -155,7 +155,7 @@ def serve(settings: Settings, database: Database) -> None:
     # collect cyclic garbage less often, and never re-scan the objects built at start-up.
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-    return_freed_buffers()
+    _return_freed_buffers()
     background = []
     if settings.telegram_bot_token and settings.telegram_chat_id is not None:
         from exporter.digest import run_daily_digest
