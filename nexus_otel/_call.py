@@ -1,11 +1,14 @@
 """One LLM call seen at the HTTP layer: its GenAI span, from request to the last byte of the body.
 
 The span ends when the body has been read to the end (or closed, or failed), so it carries the
-usage the body reports. Unless HTTP spans are kept under it, nothing needs it while the request
-runs, so it is recorded then, all at once, with the start time and parent context the request
-had (one attribute pass through the SDK instead of two). When another instrumentation already
-has a GenAI span open around the request (the Anthropic SDK's own tracing, the official openai-v2
-or google-genai instrumentations), that span is enriched instead, so each call is still one span.
+usage the body reports. The request's JSON is read, and the span started with what it tells, once
+the request's last byte has been sent (`prepare`): the server is working on the reply then and
+the app is only waiting for it, so that work adds nothing to the call's time. When the transport
+gives no such moment (the send failed first), it is done when the response comes or the call
+ends. With HTTP spans kept, the span starts before the request, to be their parent. When another
+instrumentation already has a GenAI span open around the request (the Anthropic SDK's own
+tracing, the official openai-v2 or google-genai instrumentations), that span is enriched
+instead, so each call is still one span.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from nexus_otel import attributes as a
 from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target
 from nexus_otel._estimate import estimate_source, estimate_tokens, price
-from nexus_otel._internal import guarded, internal_error
+from nexus_otel._internal import guarded, internal_error, loads_json
 from nexus_otel._operation import CURRENT_OPERATION, CallRecord, record_call
 from nexus_otel._secrets import scrub_text
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
@@ -45,12 +48,15 @@ class CallSettings:
 
 
 class LLMCall:
-    __slots__ = ("_body", "_first_chunk", "_parent", "_start_ns", "_started", "_stream_state",
-                 "_unfinished", "operation", "owns_span", "request", "response", "settings",
-                 "span", "status_code", "target")  # fmt: skip
+    __slots__ = ("_body", "_first_chunk", "_parent", "_sent", "_start_ns", "_started",
+                 "_stream_state", "_unfinished", "operation", "owns_span", "request", "response",
+                 "settings", "span", "status_code", "target")  # fmt: skip
 
-    def __init__(self, target: Target, request: RequestInfo, settings: CallSettings) -> None:
-        self.target, self.request, self.settings = target, request, settings
+    def __init__(self, target: Target, sent: Any, settings: CallSettings) -> None:
+        """`sent`: the httpx request, read by `prepare()`."""
+        self.target, self.settings = target, settings
+        self._sent: Any = sent
+        self.request: RequestInfo = _UNREAD
         self.response = ResponseInfo()
         self.operation = CURRENT_OPERATION.get()
         self.status_code: int | None = None
@@ -64,13 +70,28 @@ class LLMCall:
         self.owns_span = foreign is None
         self.span: Span | None = foreign
         self._parent: context.Context | None = parent
-        self._start_ns: int | None = None
+        self._start_ns = time.time_ns()
         if foreign is not None:
             self._tag(foreign)
         elif settings.http_spans:  # started now, so the HTTP span can be its child
-            self.span = self._start_span(self._start_attributes(), None)
-        else:  # recorded when the call ends, with every attribute at once
-            self._start_ns = time.time_ns()
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Reads the request and starts our span with what it tells; the first call does it.
+        The transport calls this once the request's last byte is sent, while the server works."""
+        if self.request is not _UNREAD:
+            return
+        sent, self._sent = self._sent, None
+        try:
+            self.request = self.target.wire.request_info(self.target.path, _request_json(sent))
+        except Exception:
+            self.request = RequestInfo()
+            internal_error(self.target.wire.request_info)
+        if self.span is None:
+            try:
+                self.span = self._start_span(self._start_attributes(), self._start_ns)
+            except Exception:  # tried again, with every attribute, when the call ends
+                internal_error(self._start_span)
 
     def activate(self) -> object | None:
         """While the request is sent, the httpx instrumentation is told to make no HTTP span (the
@@ -88,6 +109,8 @@ class LLMCall:
         context.detach(token)  # type: ignore[arg-type]
 
     def on_response(self, status_code: int) -> None:
+        if self.request is _UNREAD:  # the reply came before the request was sent in full
+            self.prepare()
         self.status_code = status_code
         self._body = BodyCopy()
 
@@ -108,6 +131,8 @@ class LLMCall:
         except IndexError:  # another thread finished it between the two lines
             return
         ended = time.monotonic() if self.operation is not None else 0.0  # for the handle only
+        if self.request is _UNREAD:  # the request was never sent in full
+            self.prepare()
         if self._body is not None:
             try:
                 self._read_body()
@@ -115,7 +140,7 @@ class LLMCall:
                 internal_error(self._read_body)
         error_type = self._error_type(error)
         usage, source = self._usage(error_type)
-        if self.span is None:  # ours, recorded now with every attribute
+        if self.span is None:  # ours, not started by `prepare`: now, with every attribute
             try:
                 values = self._end_attributes(self._start_attributes(), usage, source, error_type)
             except Exception:
@@ -290,6 +315,17 @@ class LLMCall:
             a.GEN_AI_INPUT_MESSAGES: json.dumps(self.request.messages, default=str),
             a.GEN_AI_OUTPUT_MESSAGES: json.dumps(output),
         }
+
+
+_UNREAD = RequestInfo()  # `LLMCall.request` until `prepare()` has read it
+
+
+def _request_json(request: Any) -> dict[str, Any]:
+    try:
+        body = loads_json(request.content or b"{}")
+    except Exception:  # a streamed or non-JSON request body: nothing to read from it
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _open_gen_ai_span(current: context.Context) -> Span | None:

@@ -1,9 +1,12 @@
 """Wrapping httpx and httpx2 transports: one LLMCall per LLM request, its body read on the side.
 
 `HTTPTransport.handle_request` and `AsyncHTTPTransport.handle_async_request` are wrapped (wrapt,
-as opentelemetry-instrumentation-httpx does). The response's byte stream is replaced by one that
-yields every chunk unchanged, as soon as it arrives, and copies it to the call's parser; the call
-ends when the SDK has read the body to the end, closed it, or the read failed.
+as opentelemetry-instrumentation-httpx does). While the request is sent, its byte stream is one
+that yields the body unchanged and then prepares the call (reads the request, starts the span):
+the server is at work on the reply by then, so that work costs the app no time. The response's
+byte stream is replaced by one that yields every chunk unchanged, as soon as it arrives, and
+copies it to the call's parser; the call ends when the SDK has read the body to the end, closed
+it, or the read failed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import wrapt
 
 from nexus_otel._call import CallSettings, LLMCall
 from nexus_otel._detect import Detector
-from nexus_otel._internal import guarded, internal_error, loads_json
+from nexus_otel._internal import guarded, internal_error
 
 _HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
 
@@ -35,17 +38,7 @@ class Interceptor:
         target = self.detector.target(transport, request)
         if target is None:
             return None
-        return LLMCall(
-            target, target.wire.request_info(target.path, _json_body(request)), self.settings
-        )
-
-
-def _json_body(request: Any) -> dict[str, Any]:
-    try:
-        body = loads_json(request.content or b"{}")
-    except Exception:  # a streamed or non-JSON request body: nothing to read from it
-        return {}
-    return body if isinstance(body, dict) else {}
+        return LLMCall(target, request, self.settings)
 
 
 def _sender(call: LLMCall, wrapped: Any) -> tuple[Callable[..., Any], object | None]:
@@ -64,21 +57,26 @@ def _sender(call: LLMCall, wrapped: Any) -> tuple[Callable[..., Any], object | N
 
 def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any, str]]:
     """Wraps the module's transports; returns what was wrapped, for `unwrap_all`."""
+    sync_sent, async_sent = _request_stream_classes(module)
     sync_stream, async_stream = _stream_classes(module)
 
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        request = args[0] if args else kwargs["request"]
         try:
-            call = interceptor.begin(instance, args[0] if args else kwargs["request"])
+            call = interceptor.begin(instance, request)
         except Exception:
             internal_error(interceptor.begin)
             call = None
         if call is None:
             return wrapped(*args, **kwargs)
         send, token = _sender(call, wrapped)
+        body = request.stream
+        request.stream = sync_sent(body, call)
         try:
             try:
                 response = send(*args, **kwargs)
             finally:
+                request.stream = body
                 if token is not None:
                     call.deactivate(token)
         except BaseException as exc:
@@ -94,18 +92,22 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
     async def handle_async_request(
         wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
     ) -> Any:
+        request = args[0] if args else kwargs["request"]
         try:
-            call = interceptor.begin(instance, args[0] if args else kwargs["request"])
+            call = interceptor.begin(instance, request)
         except Exception:
             internal_error(interceptor.begin)
             call = None
         if call is None:
             return await wrapped(*args, **kwargs)
         send, token = _sender(call, wrapped)
+        body = request.stream
+        request.stream = async_sent(body, call)
         try:
             try:
                 response = await send(*args, **kwargs)
             finally:
+                request.stream = body
                 if token is not None:
                     call.deactivate(token)
         except BaseException as exc:
@@ -139,6 +141,37 @@ def unwrap_all(wrapped: list[tuple[Any, str]]) -> bool:
         else:
             clean = False
     return clean
+
+
+def _request_stream_classes(module: ModuleType) -> tuple[type, type]:
+    """Request bodies sent unchanged; once the last chunk is sent, the call is prepared, while
+    the server works on the reply (with HTTP/1.1 and a known length, the request is complete on
+    the wire by then)."""
+
+    class SentStream(module.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, call: LLMCall) -> None:
+            self._inner, self._call = inner, call
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield from self._inner
+            try:
+                self._call.prepare()
+            except Exception:
+                internal_error(self._call.prepare)
+
+    class AsyncSentStream(module.AsyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, call: LLMCall) -> None:
+            self._inner, self._call = inner, call
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self._inner:
+                yield chunk
+            try:
+                self._call.prepare()
+            except Exception:
+                internal_error(self._call.prepare)
+
+    return SentStream, AsyncSentStream
 
 
 def _stream_classes(module: ModuleType) -> tuple[type, type]:
