@@ -53,45 +53,47 @@ class LLMCall:
                  "settings", "span", "status_code", "target")  # fmt: skip
 
     def __init__(self, target: Target, sent: Any, settings: CallSettings) -> None:
-        """`sent`: the httpx request, read by `prepare()`."""
+        """`sent`: the httpx request, read by `prepare()`. Only what must be taken before the
+        request goes out is taken here: the rest waits for `prepare()`."""
         self.target, self.settings = target, settings
         self._sent: Any = sent
         self.request: RequestInfo = _UNREAD
-        self.response = ResponseInfo()
         self.operation = CURRENT_OPERATION.get()
-        self.status_code: int | None = None
         self._started = time.monotonic()
-        self._first_chunk: float | None = None
-        self._body: BodyCopy | None = None
-        self._stream_state: Any = None  # Anthropic's running stream usage, made when needed
-        self._unfinished = [True]  # popped once: list.pop is atomic, so is finishing
-        parent = context.get_current()
-        foreign = _open_gen_ai_span(parent)
-        self.owns_span = foreign is None
-        self.span: Span | None = foreign
-        self._parent: context.Context | None = parent
         self._start_ns = time.time_ns()
-        if foreign is not None:
-            self._tag(foreign)
-        elif settings.http_spans:  # started now, so the HTTP span can be its child
+        self._parent: context.Context | None = context.get_current()
+        self.span: Span | None = None
+        self.status_code: int | None = None
+        self._unfinished = [True]  # popped once: list.pop is atomic, so is finishing
+        if settings.http_spans:  # started now, so the HTTP span can be its child
             self.prepare()
 
     def prepare(self) -> None:
-        """Reads the request and starts our span with what it tells; the first call does it.
-        The transport calls this once the request's last byte is sent, while the server works."""
+        """Reads the request and starts our span with what it tells (or tags the GenAI span of
+        another instrumentation open around the request); the first call does it. The transport
+        calls this once the request's last byte is sent, while the server works."""
         if self.request is not _UNREAD:
             return
         sent, self._sent = self._sent, None
+        self.response = ResponseInfo()
+        self._body: BodyCopy | None = BodyCopy()
+        self._first_chunk: float | None = None
+        self._stream_state: Any = None  # Anthropic's running stream usage, made when needed
         try:
             self.request = self.target.wire.request_info(self.target.path, _request_json(sent))
         except Exception:
             self.request = RequestInfo()
             internal_error(self.target.wire.request_info)
-        if self.span is None:
-            try:
-                self.span = self._start_span(self._start_attributes(), self._start_ns)
-            except Exception:  # tried again, with every attribute, when the call ends
-                internal_error(self._start_span)
+        foreign = guarded(_open_gen_ai_span, self._parent)
+        self.owns_span = foreign is None
+        if foreign is not None:
+            self.span = foreign
+            guarded(self._tag, foreign)
+            return
+        try:
+            self.span = self._start_span(self._start_attributes(), self._start_ns)
+        except Exception:  # tried again, with every attribute, when the call ends
+            internal_error(self._start_span)
 
     def activate(self) -> object | None:
         """While the request is sent, the httpx instrumentation is told to make no HTTP span (the
@@ -112,12 +114,11 @@ class LLMCall:
         if self.request is _UNREAD:  # the reply came before the request was sent in full
             self.prepare()
         self.status_code = status_code
-        self._body = BodyCopy()
 
     def on_chunk(self, chunk: bytes) -> None:
         if self._first_chunk is None and chunk and self.request.stream:
             self._first_chunk = time.monotonic()
-        if self._body is not None:
+        if self._body is not None:  # None once the call has ended
             self._body.add(chunk)
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -133,7 +134,7 @@ class LLMCall:
         ended = time.monotonic() if self.operation is not None else 0.0  # for the handle only
         if self.request is _UNREAD:  # the request was never sent in full
             self.prepare()
-        if self._body is not None:
+        if self.status_code is not None:  # a response came: its body is read
             try:
                 self._read_body()
             except Exception:
@@ -148,7 +149,11 @@ class LLMCall:
                 values = self._start_attributes()
             self.span = self._start_span(values, self._start_ns)
         else:
-            values = guarded(self._end_attributes, {}, usage, source, error_type, default={})
+            try:
+                values = self._end_attributes({}, usage, source, error_type)
+            except Exception:
+                internal_error(self._end_attributes)
+                values = {}
             self.span.set_attributes(values)
         if self.owns_span:
             if error_type is not None:
