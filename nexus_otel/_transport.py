@@ -154,10 +154,7 @@ def _request_stream_classes(module: ModuleType) -> tuple[type, type]:
 
         def __iter__(self) -> Iterator[bytes]:
             yield from self._inner
-            try:
-                self._call.prepare()
-            except Exception:
-                internal_error(self._call.prepare)
+            guarded(self._call.prepare)  # in flight: its frame costs the call no time
 
     class AsyncSentStream(module.AsyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, call: LLMCall) -> None:
@@ -166,10 +163,7 @@ def _request_stream_classes(module: ModuleType) -> tuple[type, type]:
         async def __aiter__(self) -> AsyncIterator[bytes]:
             async for chunk in self._inner:
                 yield chunk
-            try:
-                self._call.prepare()
-            except Exception:
-                internal_error(self._call.prepare)
+            guarded(self._call.prepare)
 
     return SentStream, AsyncSentStream
 
