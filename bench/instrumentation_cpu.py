@@ -113,18 +113,27 @@ def count_bytecodes(top: int) -> None:
     import collections
     import sys
 
+    import httpx
     from opentelemetry.instrumentation.groq import GroqInstrumentor
 
+    from nexus_otel import _transport
     from nexus_otel._call import LLMCall
 
-    in_flight_code = LLMCall.prepare.__code__
+    # In flight: what `prepare` runs once the request stream has sent the body (a call of it
+    # elsewhere, which returns at once, is on the critical path).
+    prepare_code = LLMCall.prepare.__code__
+    sent_code = _transport._request_stream_classes(httpx)[0].__iter__.__code__
     provider = bench._tracer_provider()
     groq_instrumentor, bare = GroqInstrumentor(), bench.BareSpans(provider)
 
     def sent(frame: Any) -> bool:
-        while frame is not None and frame.f_code is not in_flight_code:
+        preparing = False
+        while frame is not None:
+            preparing = preparing or frame.f_code is prepare_code
+            if frame.f_code is sent_code:
+                return preparing
             frame = frame.f_back
-        return frame is not None
+        return False
 
     for name in bench.PLAIN:
         counts: dict[str, collections.Counter[str]] = {}

@@ -111,8 +111,7 @@ class LLMCall:
         context.detach(token)  # type: ignore[arg-type]
 
     def on_response(self, status_code: int) -> None:
-        if self.request is _UNREAD:  # the reply came before the request was sent in full
-            self.prepare()
+        self.prepare()  # done already, unless the reply came before the request was sent in full
         self.status_code = status_code
 
     def on_chunk(self, chunk: bytes) -> None:
@@ -132,8 +131,7 @@ class LLMCall:
         except IndexError:  # another thread finished it between the two lines
             return
         ended = time.monotonic() if self.operation is not None else 0.0  # for the handle only
-        if self.request is _UNREAD:  # the request was never sent in full
-            self.prepare()
+        self.prepare()  # done already, unless the request was never sent in full
         if self.status_code is not None:  # a response came: its body is read
             try:
                 self._read_body()
