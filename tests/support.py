@@ -9,13 +9,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+from genai_prices import Usage, calc_price
 from psycopg import sql
 
 from exporter.db import migrate
@@ -121,3 +124,36 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+# A cost under this is "a cheap call": a bug that dropped such calls (or rounded them to zero)
+# must show in every cost comparison, so tests that allow any slack check it is smaller than
+# what those calls add up to.
+CHEAP_CALL_USD = Decimal("0.001")
+# genai-prices ids of the semconv provider names the tests send.
+PRICE_PROVIDER_IDS = {"anthropic": "anthropic", "groq": "groq", "openai": "openai"}
+
+
+def list_price(attributes: Mapping[str, object], at: datetime) -> Decimal:
+    """What genai-prices says a call with these span attributes costs at `at`: computed apart
+    from the exporter's own price book, so that a pricing or counting bug shows as a difference."""
+    usage = Usage(
+        input_tokens=int(attributes["gen_ai.usage.input_tokens"]),  # type: ignore[call-overload]
+        output_tokens=int(attributes["gen_ai.usage.output_tokens"]),  # type: ignore[call-overload]
+    )
+    provider = PRICE_PROVIDER_IDS[str(attributes["gen_ai.provider.name"])]
+    model = str(attributes["gen_ai.request.model"])
+    return calc_price(usage, model, provider_id=provider, genai_request_timestamp=at).total_price
+
+
+def float_sum_slack(exact_total: Decimal, roundings: int) -> Decimal:
+    """How far a float sum of positive amounts may stray from their exact Decimal total, for a
+    float counter or a float API field that cannot be exact: each of `roundings` float roundings
+    (a Decimal turned into a float, a float added to a running sum) is at most half an ulp, 2**-53
+    relative, of a value no larger than the total."""
+    return exact_total * roundings / Decimal(2**53)
+
+
+def cheap_calls_cost(costs: Iterable[Decimal]) -> Decimal:
+    """What calls under CHEAP_CALL_USD add up to: what a bug dropping them would lose."""
+    return sum((c for c in costs if c < CHEAP_CALL_USD), Decimal(0))
