@@ -157,3 +157,24 @@ def float_sum_slack(exact_total: Decimal, roundings: int) -> Decimal:
 def cheap_calls_cost(costs: Iterable[Decimal]) -> Decimal:
     """What calls under CHEAP_CALL_USD add up to: what a bug dropping them would lose."""
     return sum((c for c in costs if c < CHEAP_CALL_USD), Decimal(0))
+
+
+def api_usd(exact: Decimal) -> float:
+    """What the API answers for an exact amount: the API writes money as JSON numbers, and each
+    amount is the nearest float to the database's exact numeric value, so a test compares with
+    the float of the exact Decimal it derives, with ==."""
+    return float(exact)
+
+
+# Ratios the API computes in floats from amounts (a share of cost, a percent change, a cost per
+# call or per 1,000 tokens) cannot be compared with ==: each float operation rounds by up to half
+# an ulp (1.1e-16 relative) and a difference can magnify that. 1e-12 leaves room for a few such
+# steps while a one-call error in these tests (a cent of a dollar, 1e-2) is ten orders beyond it.
+RATIO_REL = 1e-12
+
+
+def api_ratio(exact: Decimal | int) -> Any:
+    """Matches a ratio the API computed in floats, against the exact Decimal ratio."""
+    import pytest
+
+    return pytest.approx(float(exact), rel=RATIO_REL, abs=0)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from starlette.testclient import TestClient
 
 from exporter.retention import apply_retention, partitions
 from tests.api.conftest import MODEL_A, MODEL_B, call_spec
-from tests.support import query
+from tests.support import api_ratio, api_usd, query
 
 ZONE = "Asia/Kolkata"
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # 17:30 in Kolkata
@@ -50,6 +51,20 @@ CALLS = {
 }  # fmt: skip
 
 
+def usd(*names: str) -> Decimal:
+    """The exact cost of the named calls: the sum of what their spans report."""
+    reported = [CALLS[n]["attributes"].get("nexus.cost.usd") for n in names]
+    return sum((Decimal(str(c)) for c in reported if c is not None), Decimal(0))
+
+
+def tokens(*names: str) -> int:
+    attributes = [CALLS[n]["attributes"] for n in names]
+    return sum(a["gen_ai.usage.input_tokens"] + a["gen_ai.usage.output_tokens"] for a in attributes)
+
+
+TODAY, SAME_TIME, YESTERDAY = ("t1", "t2", "t3", "t4"), ("y2",), ("y1", "y2")
+
+
 @pytest.fixture(scope="module")
 def api(ingest: Callable[..., None], api_client: Callable[..., TestClient]) -> TestClient:
     ingest(list(CALLS.values()))
@@ -69,74 +84,84 @@ def test_dashboard_stats(api: TestClient) -> None:
     today = stats["today"]
     assert (today["calls"], today["failed_calls"], today["unpriced_calls"]) == (4, 1, 1)
     assert (today["input_tokens"], today["output_tokens"]) == (1600, 750)
-    assert today["total_tokens"] == 2350
-    assert today["cost_usd"] == pytest.approx(1.00, abs=1e-12)
-    assert today["avg_cost_per_call_usd"] == pytest.approx(1.00 / 3)  # over priced calls only
+    assert today["total_tokens"] == tokens(*TODAY)
+    assert today["cost_usd"] == api_usd(usd(*TODAY))
+    assert today["avg_cost_per_call_usd"] == api_ratio(usd(*TODAY) / 3)  # over priced calls only
     assert today["success_rate"] == 0.75
     same_time = stats["yesterday_same_time"]
-    assert (same_time["calls"], same_time["total_tokens"]) == (1, 150)
-    assert same_time["cost_usd"] == pytest.approx(0.20, abs=1e-12)
+    assert (same_time["calls"], same_time["total_tokens"]) == (1, tokens(*SAME_TIME))
+    assert same_time["cost_usd"] == api_usd(usd(*SAME_TIME))
     yesterday = stats["yesterday"]
-    assert (yesterday["calls"], yesterday["cost_usd"]) == (2, pytest.approx(0.60, abs=1e-12))
+    assert (yesterday["calls"], yesterday["cost_usd"]) == (2, api_usd(usd(*YESTERDAY)))
     assert stats["trends"] == {
-        "calls_pct": pytest.approx(300.0),
-        "total_tokens_pct": pytest.approx((2350 - 150) / 150 * 100),
-        "cost_usd_pct": pytest.approx(400.0),
+        "calls_pct": api_ratio(Decimal(4 - 1) * 100 / 1),
+        "total_tokens_pct": api_ratio(
+            Decimal(tokens(*TODAY) - tokens(*SAME_TIME)) * 100 / tokens(*SAME_TIME)
+        ),
+        "cost_usd_pct": api_ratio((usd(*TODAY) - usd(*SAME_TIME)) * 100 / usd(*SAME_TIME)),
     }
     hourly = [
-        (h["hour"], h["provider"], h["calls"], round(h["cost_usd"], 6), h["unpriced_calls"])
+        (h["hour"], h["provider"], h["calls"], h["cost_usd"], h["unpriced_calls"])
         for h in stats["hourly"]
     ]
     assert hourly == [
-        ("2026-11-19T18:00:00Z", "openai", 1, 0.1, 0),  # y1 at 18:20 belongs to yesterday
-        ("2026-11-20T09:00:00Z", "anthropic", 1, 0.6, 0),
-        ("2026-11-20T09:00:00Z", "openai", 1, 0.3, 0),
-        ("2026-11-20T11:00:00Z", "anthropic", 1, 0.0, 1),
+        ("2026-11-19T18:00:00Z", "openai", 1, api_usd(usd("t1")), 0),  # y1 (18:20): yesterday
+        ("2026-11-20T09:00:00Z", "anthropic", 1, api_usd(usd("t3")), 0),
+        ("2026-11-20T09:00:00Z", "openai", 1, api_usd(usd("t2")), 0),
+        ("2026-11-20T11:00:00Z", "anthropic", 1, api_usd(usd("t4")), 1),  # unpriced: $0
     ]
     recent = stats["recent_calls"]
     assert [(c["total_tokens"], c["cost_usd"], c["success"]) for c in recent] == [
-        (400, None, False),
-        (1500, 0.6, True),
-        (300, 0.3, True),
+        (tokens("t4"), None, False),
+        (tokens("t3"), api_usd(usd("t3")), True),
+        (tokens("t2"), api_usd(usd("t2")), True),
     ]
     assert recent[0]["error_type"] == "rate_limit"
 
 
 def test_dashboard_filters(api: TestClient) -> None:
     stats = get(api, "/api/dashboard/stats", provider="anthropic")
-    assert (stats["today"]["calls"], stats["today"]["cost_usd"]) == (2, 0.6)
+    assert (stats["today"]["calls"], stats["today"]["cost_usd"]) == (2, api_usd(usd("t3", "t4")))
     assert stats["yesterday"]["calls"] == 0
     assert stats["trends"]["calls_pct"] is None  # nothing to compare with
     assert {c["provider"] for c in stats["recent_calls"]} == {"anthropic"}
     only = get(api, "/api/dashboard/stats", operation="image_prompt", service_name="carousel-bot")
-    assert (only["today"]["calls"], only["today"]["cost_usd"]) == (1, 0.3)
+    assert (only["today"]["calls"], only["today"]["cost_usd"]) == (1, api_usd(usd("t2")))
 
 
 RANGE = {"start": "2026-11-18T00:00:00Z", "end": "2026-11-20T12:00:00Z"}
+IN_RANGE = (*TODAY, *YESTERDAY)  # o1 (July) is not
+OPENAI, ANTHROPIC_CALLS = ("t1", "t2", "y1", "y2"), ("t3", "t4")
 
 
 def test_provider_stats(api: TestClient) -> None:
     stats = get(api, "/api/analytics/provider-stats", **RANGE)
-    assert stats["total"]["cost_usd"] == pytest.approx(1.6)
+    total = usd(*IN_RANGE)
+    assert stats["total"]["cost_usd"] == api_usd(total)
     summary = [
-        (p["provider"], p["calls"], p["unpriced_calls"], round(p["cost_usd"], 9),
+        (p["provider"], p["calls"], p["unpriced_calls"], p["cost_usd"],
          p["cost_share_pct"], [m["model"] for m in p["models"]])
         for p in stats["providers"]
     ]  # fmt: skip
     assert summary == [
-        ("openai", 4, 0, 1.0, pytest.approx(62.5), [MODEL_A]),
-        ("anthropic", 2, 1, 0.6, pytest.approx(37.5), [MODEL_B]),
-    ]
+        ("openai", 4, 0, api_usd(usd(*OPENAI)), api_ratio(usd(*OPENAI) * 100 / total), [MODEL_A]),
+        ("anthropic", 2, 1, api_usd(usd(*ANTHROPIC_CALLS)),
+         api_ratio(usd(*ANTHROPIC_CALLS) * 100 / total), [MODEL_B]),
+    ]  # fmt: skip
     only = get(api, "/api/analytics/provider-stats", provider="anthropic", **RANGE)
     assert [p["provider"] for p in only["providers"]] == ["anthropic"]
-    assert only["total"]["cost_usd"] == pytest.approx(0.6)
+    assert only["total"]["cost_usd"] == api_usd(usd(*ANTHROPIC_CALLS))
 
 
 def test_cost_by_operation(api: TestClient) -> None:
     result = get(api, "/api/analytics/cost-by-operation", **RANGE)
-    rows = [(o["operation"], o["calls"], round(o["cost_usd"], 9)) for o in result["operations"]]
-    assert rows == [("fact_generation", 5, 1.3), ("image_prompt", 1, 0.3)]
-    assert result["operations"][0]["avg_cost_per_call_usd"] == pytest.approx(1.3 / 4)
+    facts = ("t1", "t3", "t4", "y1", "y2")  # t4 is unpriced
+    rows = [(o["operation"], o["calls"], o["cost_usd"]) for o in result["operations"]]
+    assert rows == [
+        ("fact_generation", 5, api_usd(usd(*facts))),
+        ("image_prompt", 1, api_usd(usd("t2"))),
+    ]
+    assert result["operations"][0]["avg_cost_per_call_usd"] == api_ratio(usd(*facts) / 4)
 
 
 def test_token_efficiency(api: TestClient) -> None:
@@ -148,7 +173,7 @@ def test_token_efficiency(api: TestClient) -> None:
         4, 125.0, 62.5,
     )  # fmt: skip
     assert openai["output_per_input"] == 0.5
-    assert openai["cost_per_1k_tokens_usd"] == pytest.approx(1.0 * 1000 / 750)
+    assert openai["cost_per_1k_tokens_usd"] == api_ratio(usd(*OPENAI) * 1000 / tokens(*OPENAI))
     assert openai["tokens_per_second"] == pytest.approx(750 / 0.8)
     assert anthropic["avg_input_tokens"] == 650.0
     assert anthropic["output_per_input"] == pytest.approx(600 / 1300)
@@ -179,12 +204,16 @@ def test_content_roi_ranking(api: TestClient, database_url: str) -> None:
          r["generation_cost_usd"], r["engagement_per_dollar"], r["cost_per_engagement_usd"])
         for r in ranked
     ]  # fmt: skip
+    # Engagement per dollar and cost per engagement are divided in PostgreSQL (numeric).
     assert rows == [
-        ("carousel-2", 120, 2, 1, pytest.approx(0.6), pytest.approx(200), pytest.approx(0.005)),
-        ("carousel-1", 40, 2, 0, pytest.approx(0.4), pytest.approx(100), pytest.approx(0.01)),
-        ("carousel-3", 60, 2, 0, pytest.approx(1.2), pytest.approx(50), pytest.approx(0.02)),
+        ("carousel-2", 120, 2, 1, api_usd(usd("t3", "t4")),
+         api_ratio(120 / usd("t3", "t4")), api_ratio(usd("t3", "t4") / 120)),
+        ("carousel-1", 40, 2, 0, api_usd(usd("t1", "t2")),
+         api_ratio(40 / usd("t1", "t2")), api_ratio(usd("t1", "t2") / 40)),
+        ("carousel-3", 60, 2, 0, api_usd(usd("y2", "o1")),
+         api_ratio(60 / usd("y2", "o1")), api_ratio(usd("y2", "o1") / 60)),
         ("carousel-4", 10, 0, 0, None, None, None),
-    ]
+    ]  # fmt: skip
     cheapest = get(api, "/api/analytics/carousel-performance", sort="cost_per_engagement")
     assert [r["correlation_id"] for r in cheapest] == [
         "carousel-2", "carousel-1", "carousel-3", "carousel-4",
@@ -197,15 +226,17 @@ def test_content_roi_ranking(api: TestClient, database_url: str) -> None:
 def check_daily_report(report: dict[str, Any]) -> None:
     assert (report["start"][:16], report["end"][:16]) == ("2026-11-19T18:30", "2026-11-20T18:30")
     assert report["totals"]["calls"] == 4
-    assert report["totals"]["cost_usd"] == pytest.approx(1.0)
-    assert report["previous"]["totals"]["cost_usd"] == pytest.approx(0.6)
-    assert report["changes"]["cost_usd_pct"] == pytest.approx((1.0 - 0.6) / 0.6 * 100)
-    assert report["changes"]["calls_pct"] == pytest.approx(100.0)
-    assert [(p["provider"], round(p["cost_usd"], 9)) for p in report["by_provider"]] == [
-        ("anthropic", 0.6), ("openai", 0.4),
+    assert report["totals"]["cost_usd"] == api_usd(usd(*TODAY))
+    assert report["previous"]["totals"]["cost_usd"] == api_usd(usd(*YESTERDAY))
+    change = (usd(*TODAY) - usd(*YESTERDAY)) * 100 / usd(*YESTERDAY)
+    assert report["changes"]["cost_usd_pct"] == api_ratio(change)
+    assert report["changes"]["calls_pct"] == api_ratio(Decimal(4 - 2) * 100 / 2)
+    assert [(p["provider"], p["cost_usd"]) for p in report["by_provider"]] == [
+        ("anthropic", api_usd(usd("t3", "t4"))), ("openai", api_usd(usd("t1", "t2"))),
     ]  # fmt: skip
     assert [o["operation"] for o in report["by_operation"]] == ["fact_generation", "image_prompt"]
-    assert [float(c["cost_usd"]) for c in report["top_calls"]] == [0.6, 0.3, 0.1]
+    top = [api_usd(usd(name)) for name in ("t3", "t2", "t1")]
+    assert [c["cost_usd"] for c in report["top_calls"]] == top
 
 
 def test_daily_report_json(api: TestClient) -> None:
@@ -245,11 +276,11 @@ def test_retention_drops_only_old_partitions_and_keeps_summaries(
     assert {name for name, _ in partitions_of(database_url)} == before - {"api_calls_2026_07"}
     assert query(database_url, "SELECT count(*) FROM api_calls") == [(6,)]
     july = get(api, "/api/reports/monthly", date="2026-07-15")  # from the hourly summaries
-    assert (july["totals"]["calls"], july["totals"]["cost_usd"]) == (1, 1.0)
+    assert (july["totals"]["calls"], july["totals"]["cost_usd"]) == (1, api_usd(usd("o1")))
     assert july["top_calls"] == []  # the raw rows are gone
     daily = query(database_url, "SELECT calls, cost_usd FROM daily_usage_summary WHERE day = %s",
                   (datetime(2026, 7, 15).date(),))  # fmt: skip
-    assert [(c, float(v)) for c, v in daily] == [(1, 1.0)]
+    assert daily == [(1, usd("o1"))]
     assert apply_retention(database_url, 90, NOW).dropped == []  # idempotent
     command = [sys.executable, "-m", "exporter.cli", "retention", "--database-url", database_url,
                "--retention-days", "36500"]  # fmt: skip
