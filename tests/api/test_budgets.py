@@ -3,10 +3,12 @@ forecasts, state transitions at the warning threshold and at 100%, and the budge
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -14,7 +16,7 @@ from starlette.testclient import TestClient
 
 from exporter.budgets import BudgetCollector, Forecast, forecast, period_bounds
 from tests.api.conftest import MODEL_B, call_spec
-from tests.support import metric_value
+from tests.support import api_ratio, api_usd, metric_value
 
 # Friday 2026-11-20, 15:00 in Sao Paulo (UTC-3), 23:30 in Kolkata (UTC+5:30).
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
@@ -36,6 +38,41 @@ KNOWN_CALLS = [
     call_spec(at(19, 18, 15), "0.25"),  # Kolkata: Nov 19, 23:45
     call_spec(at(19, 18, 45), "0.50"),  # Kolkata: Nov 20, 00:15
 ]
+
+
+SAO_PAULO = "America/Sao_Paulo"
+AMOUNT = Decimal(100)
+# Costs of the calls that move the "transitions" budget of $1.00, one after the other.
+TRANSITION_COSTS = [Decimal(c) for c in ("0.50", "0.30", "0.19", "0.01", "0.20")]
+
+
+def reported_cost(spec: dict[str, Any]) -> Decimal | None:
+    """The exact cost a call spec reports; None when it is unpriced."""
+    cost = spec["attributes"].get("nexus.cost.usd")
+    return None if cost is None else Decimal(str(cost))
+
+
+def in_period(moment: datetime, period: str, zone: str) -> bool:
+    """Whether `moment` falls in NOW's day, ISO week or month on the local calendar of `zone`."""
+    local, now = moment.astimezone(ZoneInfo(zone)), NOW.astimezone(ZoneInfo(zone))
+    if period == "daily":
+        return local.date() == now.date()
+    if period == "weekly":
+        return local.isocalendar()[:2] == now.isocalendar()[:2]
+    return (local.year, local.month) == (now.year, now.month)
+
+
+def spent(calls: Sequence[dict[str, Any]], period: str, zone: str) -> tuple[Decimal, int]:
+    """Exact spend (priced calls) and the number of calls in the current period up to NOW."""
+    inside = [c for c in calls if c["start"] <= NOW and in_period(c["start"], period, zone)]
+    costs = [cost for c in inside if (cost := reported_cost(c)) is not None]
+    return sum(costs, Decimal(0)), len(inside)
+
+
+def hours_into_today(zone: str) -> Decimal:
+    local = NOW.astimezone(ZoneInfo(zone))
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return Decimal((local - midnight).total_seconds()) / 3600
 
 
 @pytest.fixture(scope="module")
@@ -64,37 +101,40 @@ def test_period_bounds_follow_the_local_calendar() -> None:
 
 
 @pytest.mark.parametrize(
-    ("period", "zone", "spend", "calls"),
+    ("period", "zone", "calls"),
     [
-        ("daily", "America/Sao_Paulo", 5.00, 3),  # 00:00 local is in, 23:30 yesterday is out
-        ("daily", "UTC", 6.00, 4),
-        ("daily", "Asia/Kolkata", 6.50, 5),  # partial hours at :30 read from raw rows
-        ("weekly", "America/Sao_Paulo", 10.75, 7),  # from Monday 00:00 local
-        ("monthly", "America/Sao_Paulo", 15.75, 8),  # October 31 local is out
-        ("monthly", "UTC", 22.75, 9),
+        ("daily", "America/Sao_Paulo", 3),  # 00:00 local is in, 23:30 yesterday is out
+        ("daily", "UTC", 4),
+        ("daily", "Asia/Kolkata", 5),  # partial hours at :30 read from raw rows
+        ("weekly", "America/Sao_Paulo", 7),  # from Monday 00:00 local
+        ("monthly", "America/Sao_Paulo", 8),  # October 31 local is out
+        ("monthly", "UTC", 9),
     ],
 )
-def test_spend_per_calendar_period(
-    api: TestClient, period: str, zone: str, spend: float, calls: int
-) -> None:
-    budget = create(api, name=f"{period}-{zone}", period=period, amount_usd=100, timezone=zone)
+def test_spend_per_calendar_period(api: TestClient, period: str, zone: str, calls: int) -> None:
+    spend, counted = spent(KNOWN_CALLS, period, zone)
+    assert counted == calls  # the local calendar agrees with the comment
+    budget = create(
+        api, name=f"{period}-{zone}", period=period, amount_usd=str(AMOUNT), timezone=zone
+    )
     status = status_of(api, budget["id"])
-    assert status["spend_usd"] == pytest.approx(spend, abs=1e-9)
+    assert status["spend_usd"] == api_usd(spend)
     assert status["calls"] == calls
     assert status["unpriced_calls"] == 1
-    assert status["remaining_usd"] == pytest.approx(100 - spend, abs=1e-9)
-    assert status["usage_pct"] == pytest.approx(spend, abs=1e-9)
+    assert status["remaining_usd"] == api_usd(AMOUNT - spend)
+    assert status["usage_pct"] == api_usd(spend * 100 / AMOUNT)
     assert status["state"] == "ok"
 
 
 def test_forecast_is_linear_in_spend_so_far(api: TestClient) -> None:
     # 15 of 24 hours gone with $5.00 spent: $8.00 at the end of the day.
+    at_end = spent(KNOWN_CALLS, "daily", SAO_PAULO)[0] * 24 / hours_into_today(SAO_PAULO)
     roomy = status_of(api, create(api, name="roomy", period="daily", amount_usd=10)["id"])
-    assert roomy["timezone"] == "America/Sao_Paulo"  # the NEXUS_TIMEZONE default
-    assert roomy["forecast_usd"] == pytest.approx(8.00, abs=1e-9)
+    assert roomy["timezone"] == SAO_PAULO  # the NEXUS_TIMEZONE default
+    assert roomy["forecast_usd"] == api_usd(at_end)
     assert roomy["projected_exhaustion_at"] is None  # $10 is not reached today
     tight = status_of(api, create(api, name="tight", period="daily", amount_usd=6)["id"])
-    assert tight["forecast_usd"] == pytest.approx(8.00, abs=1e-9)
+    assert tight["forecast_usd"] == api_usd(at_end)
     # $6 at $5 per 15 h is reached after 18 h: 21:00 UTC.
     assert datetime.fromisoformat(tight["projected_exhaustion_at"]) == at(20, 21)
     assert tight["state"] == "warning"  # 83.3 %
@@ -119,25 +159,26 @@ def test_state_transitions_as_calls_arrive(
     )
     registry = CollectorRegistry()
     registry.register(BudgetCollector(database_url, ttl=0, clock=lambda: NOW))
+    amount = Decimal("1.00")
     seen = []
-    for minute, cost in enumerate(["0.50", "0.30", "0.19", "0.01", "0.20"]):
-        ingest([call_spec(NOW - timedelta(hours=1, minutes=minute), cost)], "transition-svc")
+    for minute, cost in enumerate(TRANSITION_COSTS):
+        ingest([call_spec(NOW - timedelta(hours=1, minutes=minute), str(cost))], "transition-svc")
         status = status_of(api, budget["id"])
         text = generate_latest(registry).decode()
         labels = {"budget": "transitions", "period": "daily", "service_name": "transition-svc"}
         usage = metric_value(text, "nexus_budget_usage_ratio", **labels)
-        seen.append((status["state"], round(status["spend_usd"], 2), round(usage, 2)))
+        seen.append((status["state"], status["spend_usd"], usage))
+    states = ["ok", "warning", "warning", "exceeded", "exceeded"]  # 80 % and 100 % exactly: in
+    spends = list(itertools.accumulate(TRANSITION_COSTS))
     assert seen == [
-        ("ok", 0.50, 0.50),
-        ("warning", 0.80, 0.80),  # exactly at the threshold
-        ("warning", 0.99, 0.99),
-        ("exceeded", 1.00, 1.00),  # exactly at the amount
-        ("exceeded", 1.20, 1.20),
+        (state, api_usd(spend), api_ratio(spend / amount))  # the gauge divides floats
+        for state, spend in zip(states, spends, strict=True)
     ]
-    assert metric_value(text, "nexus_budget_limit_usd", **labels) == 1.0
+    assert metric_value(text, "nexus_budget_limit_usd", **labels) == api_usd(amount)
     assert metric_value(text, "nexus_budget_warning_ratio", **labels) == 0.8
-    assert metric_value(text, "nexus_budget_spend_usd", **labels) == pytest.approx(1.2)
-    assert metric_value(text, "nexus_budget_forecast_usd", **labels) == pytest.approx(1.92)
+    assert metric_value(text, "nexus_budget_spend_usd", **labels) == api_usd(spends[-1])
+    at_end = spends[-1] * 24 / hours_into_today(SAO_PAULO)
+    assert metric_value(text, "nexus_budget_forecast_usd", **labels) == api_usd(at_end)
     end = metric_value(text, "nexus_budget_period_end_timestamp_seconds", **labels)
     assert end == at(21, 3).timestamp()
     assert 'gen_ai_provider_name=""' in text  # unscoped labels are empty strings
@@ -157,7 +198,9 @@ def test_crud(api: TestClient) -> None:
     assert patched.status_code == 200, patched.text
     assert (patched.json()["amount_usd"], patched.json()["warning_threshold_pct"]) == (3, 50)
     status = status_of(api, budget["id"])  # anthropic/beta this week: the $3.00 call
-    assert (status["spend_usd"], status["state"]) == (3.0, "exceeded")
+    expected = reported_cost(KNOWN_CALLS[2])
+    assert expected is not None
+    assert (status["spend_usd"], status["state"]) == (api_usd(expected), "exceeded")
     duplicate = api.post("/api/budgets", json={"name": "crud", "period": "daily", "amount_usd": 1})
     assert duplicate.status_code == 409
     assert api.delete(f"/api/budgets/{budget['id']}").status_code == 204
@@ -193,7 +236,10 @@ def test_default_budget_from_settings(api_client: Callable[..., TestClient]) -> 
     assert (default[0]["period"], default[0]["amount_usd"]) == ("daily", 2.5)
     assert default[0]["warning_threshold_pct"] == 60
     status = status_of(client, default[0]["id"])
-    assert status["spend_usd"] == pytest.approx(6.00 + 0.50 + 0.30 + 0.19 + 0.01 + 0.20)
+    assert default[0]["timezone"] == "UTC"  # this client's NEXUS_TIMEZONE
+    # Every call of today so far, the transition calls of the test above included.
+    today = spent(KNOWN_CALLS, "daily", "UTC")[0] + sum(TRANSITION_COSTS)
+    assert status["spend_usd"] == api_usd(today)
 
 
 def test_forecast_edges() -> None:
