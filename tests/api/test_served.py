@@ -10,8 +10,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -22,18 +24,27 @@ from websockets.sync.client import connect
 from tests.api.conftest import call_spec
 from tests.exporter.otlp_helpers import export_with_sdk, make_spans
 from tests.promstack import running_alertmanager
-from tests.support import ExporterProcess, free_port, metric_value, start_exporter
+from tests.support import (
+    ExporterProcess,
+    api_ratio,
+    api_usd,
+    free_port,
+    metric_value,
+    query,
+    start_exporter,
+)
 
 TOKEN = "s3cret-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 T = TypeVar("T")
+ZONE = "Asia/Kolkata"
 
 
 @pytest.fixture(scope="module")
 def served(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ExporterProcess]:
-    env = {"NEXUS_API_TOKEN": TOKEN, "DAILY_BUDGET_USD": "5", "NEXUS_TIMEZONE": "Asia/Kolkata"}
+    env = {"NEXUS_API_TOKEN": TOKEN, "DAILY_BUDGET_USD": "5", "NEXUS_TIMEZONE": ZONE}
     process = start_exporter(database_url, tmp_path_factory.mktemp("served"), env)
     try:
         yield process
@@ -57,7 +68,8 @@ def test_websocket_receives_a_call_sent_after_connecting(served: ExporterProcess
         hello = json.loads(websocket.recv(timeout=10))
         assert hello == {"type": "hello", "listening": True}
         start = datetime.now(UTC) - timedelta(seconds=5)
-        spec = call_spec(start, "0.125", operation="live_feed", correlation_id="carousel-ws")
+        cost = Decimal("0.125")
+        spec = call_spec(start, str(cost), operation="live_feed", correlation_id="carousel-ws")
         assert export_with_sdk(served.base_url, make_spans([spec], "live-svc"))
         message = json.loads(websocket.recv(timeout=10))
     assert message["type"] == "call"
@@ -66,7 +78,7 @@ def test_websocket_receives_a_call_sent_after_connecting(served: ExporterProcess
         "live-svc", "live_feed", "carousel-ws",
     )  # fmt: skip
     assert (call["input_tokens"], call["output_tokens"], call["total_tokens"]) == (100, 50, 150)
-    assert call["cost_usd"] == 0.125
+    assert call["cost_usd"] == api_usd(cost)
     assert datetime.fromisoformat(call["timestamp"]) == start
 
 
@@ -87,23 +99,30 @@ def test_without_the_token_everything_but_health_is_401(served: ExporterProcess)
     assert refused.value.response.status_code == 401
 
 
-def test_default_budget_gauges_on_the_ingest_port(served: ExporterProcess) -> None:
+def test_default_budget_gauges_on_the_ingest_port(
+    served: ExporterProcess, database_url: str
+) -> None:
     labels = {"budget": "default-daily", "period": "daily", "service_name": ""}
+    cost, limit = Decimal("0.125"), Decimal(5)
+    assert export_with_sdk(
+        served.base_url, make_spans([call_spec(datetime.now(UTC), str(cost))], "gauge-svc")
+    )
+    # Today's calls: this one and, when the WebSocket test ran first, its call of the same cost.
+    today = datetime.now(ZoneInfo(ZONE)).replace(hour=0, minute=0, second=0, microsecond=0)
+    [(calls,)] = query(database_url, 'SELECT count(*) FROM api_calls WHERE "timestamp" >= %s',
+                       (today,))  # fmt: skip
+    spend = cost * calls
 
     def scraped() -> str | None:
         text = httpx.get(served.base_url + "/metrics").text
-        return text if metric_value(text, "nexus_budget_spend_usd", **labels) > 0 else None
+        got = metric_value(text, "nexus_budget_spend_usd", **labels)
+        return text if got == api_usd(spend) else None
 
-    # The WebSocket test's $0.125 call is today's spend (when run alone, send one).
-    assert export_with_sdk(
-        served.base_url, make_spans([call_spec(datetime.now(UTC), "0.125")], "gauge-svc")
-    )
     text = wait_for(scraped)
-    assert metric_value(text, "nexus_budget_limit_usd", **labels) == 5.0
+    assert metric_value(text, "nexus_budget_limit_usd", **labels) == api_usd(limit)
     assert metric_value(text, "nexus_budget_warning_ratio", **labels) == 0.8
-    spend = metric_value(text, "nexus_budget_spend_usd", **labels)
-    assert spend in (0.125, 0.25)
-    assert metric_value(text, "nexus_budget_usage_ratio", **labels) == spend / 5
+    usage = metric_value(text, "nexus_budget_usage_ratio", **labels)
+    assert usage == api_ratio(spend / limit)  # the gauge divides floats
 
 
 def alertmanager_config(api_url: str) -> dict[str, Any]:
@@ -196,7 +215,8 @@ def test_api_alone_hears_calls_stored_by_another_process(
             ]
             assert export_with_sdk(served.base_url, make_spans(specs, "other-svc"))
             message = json.loads(websocket.recv(timeout=10))
-        assert (message["call"]["operation"], message["call"]["cost_usd"]) == ("elsewhere", 0.02)
+        call = message["call"]
+        assert (call["operation"], call["cost_usd"]) == ("elsewhere", api_usd(Decimal("0.02")))
     finally:
         process.terminate()
         process.wait(10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from tests.api.conftest import call_spec
 from tests.exporter.otlp_helpers import make_spans
@@ -33,10 +34,18 @@ def test_replayed_batches_count_once_in_hourly_summaries(
         " count(*) FILTER (WHERE cost_usd IS NULL), sum(total_tokens), sum(cost_usd)"
         " FROM api_calls GROUP BY 1 ORDER BY 1",
     )
-    assert [(h, c, u, t, float(cost)) for h, c, u, t, cost in hourly] == [
-        (datetime(2026, 11, 10, 9, tzinfo=UTC), 3, 1, 310, 0.03),  # 09:59:30, :50 and the $0
-        (datetime(2026, 11, 10, 10, tzinfo=UTC), 4, 0, 600, 0.18),
-    ]
-    assert [(h, c, u, t, float(cost)) for h, c, u, t, cost in raw] == [
-        (h, c, u, t, float(cost)) for h, c, u, t, cost in hourly
-    ]
+    cost = [Decimal(str(spec["attributes"]["nexus.cost.usd"])) for spec in specs[:6]]
+    assert (
+        hourly
+        == [
+            (
+                datetime(2026, 11, 10, 9, tzinfo=UTC),
+                3,
+                1,
+                310,
+                cost[0] + cost[1],
+            ),  # :30, :50, the $0
+            (datetime(2026, 11, 10, 10, tzinfo=UTC), 4, 0, 600, sum(cost[2:])),
+        ]
+    )
+    assert raw == hourly

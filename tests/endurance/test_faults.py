@@ -1,6 +1,6 @@
 """Known spans through the OpenTelemetry SDK while the exporter is SIGKILLed and restarted,
 PostgreSQL is down for 30 seconds, and every batch is sent twice: each span is stored once and
-the totals match, to the micro-dollar, what genai-prices says independently.
+the totals match, exactly, what genai-prices says independently.
 
 Who guarantees what is spelled out in `spool.py`: the spool re-sends what was not acknowledged;
 the exporter's part, proven here, is that 200 means committed, an outage is a 503 with
@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tests.endurance.conftest import StoppablePostgres
 from tests.endurance.spool import SpoolingExporter
-from tests.endurance.workload import MICRO_DOLLAR, Workload
+from tests.endurance.workload import Workload
 from tests.exporter.otlp_helpers import make_spans, protobuf_body
 from tests.support import ExporterProcess, fresh_database, metric_value, query, start_exporter
 
@@ -150,7 +150,7 @@ def test_every_span_stored_once_through_kill_outage_and_duplicates(
         expected.cache_read_tokens,
     )
     assert unpriced == 0
-    assert abs(cost - expected.cost_usd) < MICRO_DOLLAR, (cost, expected.cost_usd)
+    assert cost == expected.cost_usd
     # The daily summary moved once per new row, not once per delivery.
     [(calls, summary_cost)] = query(
         own_database,
@@ -158,5 +158,5 @@ def test_every_span_stored_once_through_kill_outage_and_duplicates(
         "WHERE service_name = 'endurance-app'",
     )
     assert calls == len(expected.keys)
-    assert abs(summary_cost - expected.cost_usd) < MICRO_DOLLAR
+    assert summary_cost == expected.cost_usd
     assert isinstance(summary_cost, Decimal)

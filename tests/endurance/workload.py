@@ -25,7 +25,6 @@ MODELS = (
     ("gcp.gemini", "google", "gemini-2.5-flash"),
     ("openai", "openai", "gpt-4o-mini"),
 )
-MICRO_DOLLAR = Decimal("0.000001")
 
 
 @dataclass
