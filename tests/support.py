@@ -59,6 +59,16 @@ def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]
         return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
 
 
+def table_counts(database_url: str) -> dict[str, int]:
+    """Rows in every table of the schema (a partitioned table counts its partitions' rows)."""
+    tables = query(
+        database_url,
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY relname",
+    )
+    return {name: query(database_url, f'SELECT count(*) FROM "{name}"')[0][0] for (name,) in tables}
+
+
 @dataclass
 class ExporterProcess:
     process: subprocess.Popen[bytes]

@@ -28,7 +28,7 @@ from tests.hostile.payloads import (
     rejected_spans,
     request,
 )
-from tests.support import ExporterProcess, query
+from tests.support import ExporterProcess, query, table_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -103,16 +103,6 @@ def api(exporter: ExporterProcess, database_url: str) -> Iterator[Api]:
         assert carousel.status_code == 201, carousel.text
         assert carousel.json()["correlation_id"] == CAROUSEL
         yield Api(client, budget["id"])
-
-
-def table_counts(database_url: str) -> dict[str, int]:
-    """Rows in every table of the schema (a partitioned table counts its partitions' rows)."""
-    tables = query(
-        database_url,
-        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-        " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY relname",
-    )
-    return {name: query(database_url, f'SELECT count(*) FROM "{name}"')[0][0] for (name,) in tables}
 
 
 def budget_row(database_url: str, budget_id: int) -> tuple[Any, ...]:

@@ -13,13 +13,21 @@ import psycopg
 import pytest
 
 from tests.grafana.grafana_expand import TimeRange, Variable, expand_sql
-from tests.hostile.payloads import SQL_INJECTIONS, llm_attributes, new_span, post, request
-from tests.support import ExporterProcess, query
+from tests.hostile.payloads import (
+    SQL_INJECTIONS,
+    llm_attributes,
+    new_span,
+    post,
+    rejected_spans,
+    request,
+)
+from tests.support import ExporterProcess, query, table_counts
 
 pytestmark = pytest.mark.e2e
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
 HARMLESS = "zz-no-such-value"
+CANARY_ROWS = 3
 
 
 def _sql_targets() -> list[tuple[str, str, dict[str, Any]]]:
@@ -57,9 +65,17 @@ def test_hostile_variable_values_match_nothing_and_harm_nothing(
     exporter: ExporterProcess, database_url: str
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS injection_canary (x int)")
+        conn.execute("CREATE TABLE injection_canary (x int)")
+        conn.execute("INSERT INTO injection_canary SELECT generate_series(1, %s)", (CANARY_ROWS,))
     spans = [new_span(llm_attributes()) for _ in range(5)]
-    assert post(exporter.base_url, request(spans, "grafana-app").SerializeToString()).is_success
+    response = post(exporter.base_url, request(spans, "grafana-app").SerializeToString())
+    assert response.status_code == 200 and rejected_spans(response) == 0, response.text
+    # Calls to find: a payload read as SQL that matched everything would return them.
+    stored = query(
+        database_url, "SELECT count(*) FROM api_calls WHERE service_name = 'grafana-app'"
+    )
+    assert stored == [(len(spans),)]
+    counts = table_counts(database_url)
     targets = _sql_targets()
     assert targets, "no SQL panel found"
     now = datetime.now(UTC)
@@ -76,4 +92,4 @@ def test_hostile_variable_values_match_nothing_and_harm_nothing(
                 message = f"{board} / {title} with {payload!r}: {exc}\n{statement}"
                 raise AssertionError(message) from exc
             assert rows == expected, f"{board} / {title}: {payload!r} changed the result"
-    assert query(database_url, "SELECT to_regclass('injection_canary') IS NOT NULL") == [(True,)]
+    assert table_counts(database_url) == counts  # the canary table too, with its rows
