@@ -198,6 +198,8 @@ def _measure(console: Console, url: str, now: datetime, size: int) -> Result:
         raw_ms = _median_ms(raw_call, repeats=max(5, REPEATS // 5))
         raw_today = conn.execute(_TOTALS, (start, end)).fetchone()
     assert raw_today is not None and answer["today"]["calls"] == raw_today[0], "answers differ"
+    # The API writes money as floats: the nearest float to the exact sum of the raw rows.
+    assert answer["today"]["cost_usd"] == float(raw_today[6] or 0), "costs differ"
     ratio = raw_ms / api_ms
     console.print(
         f"dashboard stats at {size:,} rows: {api_ms:.1f} ms (raw aggregates {raw_ms:.1f} ms,"
