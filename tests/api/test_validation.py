@@ -87,6 +87,7 @@ def test_a_repeated_notification_is_recorded_once(api: TestClient) -> None:
     }  # fmt: skip
     first = api.post("/api/alerts/webhook", json=payload)
     again = api.post("/api/alerts/webhook", json=payload)
+    assert (first.status_code, again.status_code) == (200, 200), (first.text, again.text)
     assert (first.json(), again.json()) == (
         {"received": 1, "recorded": 1}, {"received": 1, "recorded": 0},
     )  # fmt: skip
