@@ -270,10 +270,31 @@ def test_every_api_parameter_shrugs_off_sql_injection(api: Api, database_url: st
     }
     assert table_counts(database_url) == expected
     assert query(database_url, "SELECT count(*) FROM injection_canary") == [(CANARY_ROWS,)]
+    _read_back(client, operations, defaults, database_url)
     for method, path, op in [o for o in operations if o[0] == "DELETE"]:
         path_params = _path_params(op, defaults)
         _inject_parameters(client, method, path, op, path_params, None)
         assert table_counts(database_url) == expected, f"{method} {path} deleted something"
+
+
+def _read_back(
+    client: TestClient,
+    operations: list[tuple[str, str, dict[str, Any]]],
+    defaults: dict[str, str],
+    database_url: str,
+) -> None:
+    """Every read again, now over the items the attacks stored (budgets whose scope is a payload
+    included): each answers, and no budget scoped by a payload counts a call."""
+    for method, path, op in [o for o in operations if o[0] == "GET"]:
+        response, _ = _call(client, method, path, _path_params(op, defaults), None)
+        assert response.status_code == 200, f"{method} {path}: {response.text}"
+    statuses = {s["id"]: s for s in client.get("/api/budget/status").json()}
+    payloads = set(SQL_INJECTIONS)
+    for budget_id, service, provider, model, operation in query(
+        database_url, "SELECT id, service_name, provider, model, operation FROM cost_budgets"
+    ):
+        if payloads & {service, provider, model, operation}:
+            assert statuses[budget_id]["calls"] == 0, (service, provider, model, operation)
 
 
 def _inject_parameters(
