@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from genai_prices import Usage, calc_price
 from psycopg import sql
 
@@ -144,12 +145,12 @@ CHEAP_CALL_USD = Decimal("0.001")
 PRICE_PROVIDER_IDS = {"anthropic": "anthropic", "groq": "groq", "openai": "openai"}
 
 
-def list_price(attributes: Mapping[str, object], at: datetime) -> Decimal:
+def list_price(attributes: Mapping[str, Any], at: datetime) -> Decimal:
     """What genai-prices says a call with these span attributes costs at `at`: computed apart
     from the exporter's own price book, so that a pricing or counting bug shows as a difference."""
     usage = Usage(
-        input_tokens=int(attributes["gen_ai.usage.input_tokens"]),  # type: ignore[call-overload]
-        output_tokens=int(attributes["gen_ai.usage.output_tokens"]),  # type: ignore[call-overload]
+        input_tokens=int(attributes["gen_ai.usage.input_tokens"]),
+        output_tokens=int(attributes["gen_ai.usage.output_tokens"]),
     )
     provider = PRICE_PROVIDER_IDS[str(attributes["gen_ai.provider.name"])]
     model = str(attributes["gen_ai.request.model"])
@@ -185,6 +186,4 @@ RATIO_REL = 1e-12
 
 def api_ratio(exact: Decimal | int) -> Any:
     """Matches a ratio the API computed in floats, against the exact Decimal ratio."""
-    import pytest
-
     return pytest.approx(float(exact), rel=RATIO_REL, abs=0)
