@@ -278,10 +278,11 @@ def call_row(call: LLMCall) -> tuple[Any, ...]:
 
 
 def _json(value: Any) -> bytes:
-    document = _dumps(value)
-    if len(document) > MAX_ATTRIBUTES_JSON_BYTES:
-        return _bounded_json(value)
-    return document
+    try:
+        document = orjson.dumps(value)  # several times faster than json.dumps, same document
+    except TypeError:  # what orjson refuses (integers beyond 64 bits): the standard encoder
+        document = json.dumps(value).encode()
+    return document if len(document) <= MAX_ATTRIBUTES_JSON_BYTES else _bounded_json(value)
 
 
 def _dumps(value: Any) -> bytes:
