@@ -23,6 +23,7 @@ MAX_TOKENS_PER_CALL = 10**8
 _MAX_TOKENS = MAX_TOKENS_PER_CALL
 # No LLM call lasts a day; an end time far past its start (2^64 - 1 ns, an unset clock) is bad data.
 MAX_CALL_DURATION_NS = 24 * 3600 * 10**9
+_MAX_TTFC_SECONDS = MAX_CALL_DURATION_NS / 10**9
 # A span-reported cost above this is taken for a unit mistake (cents, micro-dollars, credits):
 # it is ignored and the call priced from its tokens like any other, the value kept beside it.
 MAX_REPORTED_COST_USD = Decimal(1000)
@@ -417,7 +418,8 @@ def _ttfc_ms(attrs: dict[str, AttributeValue]) -> float | None:
     for key in _TTFC_KEYS:
         value = attrs.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return max(0.0, float(value) * 1000)
+            # Seconds; past the longest call it is bad data, and an optional measure: left out.
+            return max(0.0, float(value) * 1000) if value <= _MAX_TTFC_SECONDS else None
     return None
 
 

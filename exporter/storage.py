@@ -90,6 +90,9 @@ _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no e
 _BINARY_TRAILER = b"\xff\xff"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# The summaries' counts are bigint: a call counts at most MAX_TOKENS_PER_CALL (10^8) tokens of
+# each kind, so a row overflows only past 9.2 * 10^10 calls in one day on one key (see
+# exporter.normalize); cost_usd is unbounded numeric (migration 003).
 _SUMMARY_UPSERT = """
 INSERT INTO daily_usage_summary AS s (day, service_name, provider, model, operation, calls,
     failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
