@@ -20,7 +20,7 @@ import traceback
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,15 +28,13 @@ from google.protobuf.message import Message
 
 from exporter import otlp
 from exporter.model import LLMCall, RawSpan
-from exporter.normalize import InvalidSpan, to_llm_call
+from exporter.normalize import InvalidSpan, accepted_start_times, to_llm_call
 from exporter.pricing import PriceBook
 from exporter.storage import CallBatch, encode_row
 from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)
 
-_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_FUTURE_SKEW = timedelta(days=1)
 # numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
 _MAX_CALL_COST_USD = Decimal(1_000_000)
 _PARENT_CHECK_SECONDS = 1.0
@@ -50,6 +48,7 @@ class DecodeOptions:
     max_body_bytes: int
     store_content: bool = False
     prices_file: Path | None = None
+    retention_days: int | None = None  # start times older than this are refused
 
 
 @dataclass
@@ -84,7 +83,7 @@ def decode_body(
 def convert(request: Message, options: DecodeOptions) -> Conversion:
     result = Conversion()
     prices = _price_book(options.prices_file)
-    latest = datetime.now(UTC) + _FUTURE_SKEW
+    earliest, latest = accepted_start_times(datetime.now(UTC), options.retention_days)
     calls: list[LLMCall] = []
     for raw in otlp.iter_raw_spans(request):
         result.received += 1
@@ -98,9 +97,10 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
             continue
         if call is None:
             result.ignored += 1
-        elif not _EARLIEST <= call.timestamp <= latest:
+        elif not earliest <= call.timestamp <= latest:
             result.rejections.append(
-                f"span {call.span_id}: start time {call.timestamp.isoformat()} is out of range"
+                f"span {call.span_id}: start time {call.timestamp.isoformat()} is outside the"
+                f" accepted window ({earliest.isoformat()} to {latest.isoformat()})"
             )
         else:
             _price(prices, call)

@@ -50,7 +50,10 @@ class Ingestor:
         self.database_url = database_url
         self.metrics = metrics
         options = DecodeOptions(
-            settings.max_body_bytes, settings.store_content, settings.prices_file
+            settings.max_body_bytes,
+            settings.store_content,
+            settings.prices_file,
+            retention_days=settings.retention_days,
         )
         processes = settings.decode_processes
         self.decoder = Decoder(options, default_processes() if processes is None else processes)

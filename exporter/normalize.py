@@ -13,7 +13,52 @@ from nexus_otel import attributes as a
 from nexus_otel._secrets import scrub_text, scrub_url
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_TOKENS = 2**53
+# Plausible ranges, checked here at the edge; a span outside one is rejected alone, with a reason.
+# Tokens: the largest context windows hold about 10^7 tokens, so no real call uses 10^8. One
+# bound on every count (and on the total, which is at least input + output) also keeps every
+# summary sum far from bigint: a summary row adds at most 10^8 per call, and 9.2 * 10^18 (the
+# bigint maximum) is 9.2 * 10^10 such calls in one UTC day on one dimension key, over a million
+# calls a second for 24 hours, ten times what one writer connection can store.
+MAX_TOKENS_PER_CALL = 10**8
+_MAX_TOKENS = MAX_TOKENS_PER_CALL
+# No LLM call lasts a day; an end time far past its start (2^64 - 1 ns, an unset clock) is bad data.
+MAX_CALL_DURATION_NS = 24 * 3600 * 10**9
+_MAX_TTFC_SECONDS = MAX_CALL_DURATION_NS / 10**9
+# A span-reported cost above this is taken for a unit mistake (cents, micro-dollars, credits):
+# it is ignored and the call priced from its tokens like any other, the value kept beside it.
+MAX_REPORTED_COST_USD = Decimal(1000)
+IGNORED_REPORTED_COST = "nexus.cost.ignored_reported_usd"
+# Stored text, in characters. The four summary dimensions (service, provider, model, operation)
+# share one btree key, whose entry PostgreSQL refuses over 2,704 bytes: at 4 bytes a character
+# at worst, 128 + 64 + 256 + 128 characters is 2,304 bytes. Names and messages longer than
+# their bound are stored cut, ending in TRUNCATED_MARKER, always the same way for the same value
+# (so idempotency keys and summary dimensions stay stable).
+MAX_SERVICE_NAME = 128
+MAX_PROVIDER = 64
+MAX_MODEL = 256
+MAX_OPERATION = 128  # nexus.operation and gen_ai.operation.name
+MAX_ERROR_TYPE = 128
+MAX_SERVER_ADDRESS = 256  # a DNS name is at most 253
+MAX_SPAN_NAME = 1024
+MAX_ERROR_MESSAGE = 1000
+# A correlation id cut short would join the wrong content item (the content API takes ids of at
+# most 200 characters): a longer one is not stored cut, its span is rejected.
+MAX_CORRELATION_ID = 200
+TRUNCATED_MARKER = "…[truncated]"
+_TEXTS_AT_ONCE = min(
+    MAX_MODEL,
+    MAX_SERVICE_NAME,
+    MAX_OPERATION,
+    MAX_SPAN_NAME,
+    MAX_CORRELATION_ID,
+    MAX_SERVER_ADDRESS,
+)
+# Start times accepted: from the retention window's start (older calls would go at the next
+# retention run, and each would create a partition of its own) to MAX_CLOCK_SKEW ahead of now (a
+# sender's clock that is wrong by a time zone); never before EARLIEST_START. Partitions are
+# therefore only ever created for months inside this window.
+EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_CLOCK_SKEW = timedelta(hours=24)
 _NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
 _OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
 _MAX_KEPT = 64
@@ -102,8 +147,17 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         return None
     _check_ids(span)
     input_tokens, output_tokens, cache_read, cache_write, reasoning, total = _tokens(span)
+    if total > MAX_TOKENS_PER_CALL:
+        raise InvalidSpan(
+            f"span {span.span_id} ({_short(span.name)}): {total:,} tokens in all is beyond the"
+            f" {MAX_TOKENS_PER_CALL:,} a call can use"
+        )
+    duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
+    if not 0 <= duration_ns <= MAX_CALL_DURATION_NS:
+        _duration_out_of_range(span, duration_ns)
     error_type, error_message = _error(span)
-    return LLMCall(
+    reported_cost = _reported_cost(attrs)
+    call = LLMCall(
         trace_id=span.trace_id,
         span_id=span.span_id,
         parent_span_id=span.parent_span_id,
@@ -121,7 +175,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         cache_write_tokens=cache_write,
         reasoning_tokens=reasoning,
         total_tokens=total,
-        duration_ms=max(0, span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
+        duration_ms=duration_ns / 1e6,
         success=error_type is None,
         error_type=error_type,
         error_message=error_message,
@@ -129,9 +183,84 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         server_address=_str(attrs.get(a.SERVER_ADDRESS)),
         span_name=span.name,
         time_to_first_chunk_ms=_ttfc_ms(attrs),
-        reported_cost_usd=_reported_cost(attrs),
+        reported_cost_usd=reported_cost,
         attributes=_kept_attributes(attrs, store_content),
     )
+    if reported_cost is not None and reported_cost > MAX_REPORTED_COST_USD:
+        call.reported_cost_usd = None
+        call.attributes[IGNORED_REPORTED_COST] = str(reported_cost)
+    # The common case (every text short) costs a few len() calls: one sum for the names every
+    # call has, within each of their bounds (_TEXTS_AT_ONCE), then the optional ones.
+    if (
+        len(call.model) + len(call.service_name) + len(call.operation)
+        + len(call.gen_ai_operation) + len(call.span_name) > _TEXTS_AT_ONCE
+        or len(call.provider) > MAX_PROVIDER
+        or (call.correlation_id is not None and len(call.correlation_id) > _TEXTS_AT_ONCE)
+        or (call.server_address is not None and len(call.server_address) > _TEXTS_AT_ONCE)
+        or (call.response_model is not None and len(call.response_model) > _TEXTS_AT_ONCE)
+        or error_type is not None
+        or (call.parent_span_id is not None and len(call.parent_span_id) != 16)
+    ):  # fmt: skip
+        _bound_texts(call, span.name)
+    return call
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A value quoted in a rejection message, cut: the message must stay small."""
+    return text if len(text) <= limit else text[:limit] + TRUNCATED_MARKER
+
+
+def _duration_out_of_range(span: RawSpan, duration_ns: int) -> None:
+    where = f"span {span.span_id} ({_short(span.name)})"
+    if duration_ns < 0:
+        raise InvalidSpan(f"{where}: end time {span.end_time_unix_nano} is before its start")
+    hours = MAX_CALL_DURATION_NS // (3600 * 10**9)
+    raise InvalidSpan(
+        f"{where}: end time {span.end_time_unix_nano} is more than {hours} h after its start"
+    )
+
+
+def truncated(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, the last of them TRUNCATED_MARKER; the same every time."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED_MARKER)] + TRUNCATED_MARKER
+
+
+def _bound_texts(call: LLMCall, name: str) -> None:
+    """Cuts names and messages to their bounds; rejects what a cut would make untrue."""
+    if call.parent_span_id is not None and len(call.parent_span_id) != 16:
+        raise InvalidSpan(
+            f"span {call.span_id} ({_short(name)}): invalid parent span id"
+            f" {_short(call.parent_span_id)!r}"
+        )
+    if call.correlation_id is not None and len(call.correlation_id) > MAX_CORRELATION_ID:
+        raise InvalidSpan(
+            f"span {call.span_id} ({_short(name)}): {a.NEXUS_CORRELATION_ID} of"
+            f" {len(call.correlation_id):,} characters is longer than {MAX_CORRELATION_ID}"
+        )
+    call.model = truncated(call.model, MAX_MODEL)
+    call.service_name = truncated(call.service_name, MAX_SERVICE_NAME)
+    call.provider = truncated(call.provider, MAX_PROVIDER)
+    call.operation = truncated(call.operation, MAX_OPERATION)
+    call.gen_ai_operation = truncated(call.gen_ai_operation, MAX_OPERATION)
+    call.span_name = truncated(call.span_name, MAX_SPAN_NAME)
+    if call.response_model is not None:
+        call.response_model = truncated(call.response_model, MAX_MODEL)
+    if call.server_address is not None:
+        call.server_address = truncated(call.server_address, MAX_SERVER_ADDRESS)
+    if call.error_type is not None:
+        call.error_type = truncated(call.error_type, MAX_ERROR_TYPE)
+    if call.error_message is not None:
+        call.error_message = truncated(call.error_message, MAX_ERROR_MESSAGE)
+
+
+def accepted_start_times(now: datetime, retention_days: int | None) -> tuple[datetime, datetime]:
+    """The window of start times a call may have (both ends included)."""
+    earliest = EARLIEST_START
+    if retention_days:
+        earliest = max(earliest, now - timedelta(days=retention_days))
+    return earliest, now + MAX_CLOCK_SKEW
 
 
 def normalize_provider(value: str) -> str:
@@ -170,7 +299,10 @@ def _check_ids(span: RawSpan) -> None:
         return
     for name, value, length in (("trace id", trace_id, 32), ("span id", span_id, 16)):
         if len(value) != length or value.strip("0") == "":
-            raise InvalidSpan(f"span {span_id or '?'} ({span.name}): invalid {name} {value!r}")
+            raise InvalidSpan(
+                f"span {_short(span_id) or '?'} ({_short(span.name)}): invalid {name}"
+                f" {_short(value)!r}"
+            )
 
 
 def _count(span: RawSpan, keys: tuple[str, ...]) -> int:
@@ -202,7 +334,8 @@ def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
     )
     if not valid:
         raise InvalidSpan(
-            f"span {span.span_id} ({span.name}): {key} = {value!r} is not a token count"
+            f"span {span.span_id} ({_short(span.name)}): {key} = {_short(repr(value))} is not"
+            f" a token count (0 to {MAX_TOKENS_PER_CALL:,})"
         )
     return int(number)
 
@@ -285,7 +418,8 @@ def _ttfc_ms(attrs: dict[str, AttributeValue]) -> float | None:
     for key in _TTFC_KEYS:
         value = attrs.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return max(0.0, float(value) * 1000)
+            # Seconds; past the longest call it is bad data, and an optional measure: left out.
+            return max(0.0, float(value) * 1000) if value <= _MAX_TTFC_SECONDS else None
     return None
 
 

@@ -2,10 +2,20 @@
 
 Requests hand their calls to one `CallWriter`, which groups whatever is queued into one
 transaction (group commit) and answers each request only once its rows are committed. Rows go in
-with a binary COPY straight into `api_calls`; only when that hits the unique key (a replay) does
+with a binary COPY straight into `api_calls`; only when that hits a unique key (a replay) does
 the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO NOTHING path. Daily
 summaries are updated in the same transaction from the rows that were actually new, so a replay
 never counts twice.
+
+A span is identified by its trace and span id alone: each monthly partition has a unique key on
+(trace_id, span_id), so a copy whose start time moved stays one row inside a month. Across a
+month boundary two partitions are involved: rows within CROSS_MONTH_WINDOW of a boundary always
+take the slower path, which also looks for the same ids within that window in the other month.
+Two copies further apart than that, in two months, are both stored.
+
+Rows the database refuses (SQLSTATE classes 22 data exception, 23 integrity, 54 program limit)
+are split off by bisection and reported one by one; any other error means the database is
+unavailable, and the writer answers 503.
 """
 
 from __future__ import annotations
@@ -61,14 +71,28 @@ _FACTS = (
     "operation", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "reasoning_tokens", "total_tokens", "cost_usd", "duration_ms", "success", "error_type",
 )  # fmt: skip
+# Copies of one span close to a month boundary can land in two partitions, whose unique keys
+# cannot see each other: rows this close to a boundary are checked against the other month.
+CROSS_MONTH_WINDOW = timedelta(hours=1)
+# DISTINCT ON: one row per span among the staged ones, whatever their start times (the earliest).
+# The NOT EXISTS runs only for rows within the window of a month boundary, as one index probe
+# each (OFFSET 0 keeps it a per-row subplan, never a join scanning api_calls).
 _INSERT_NEW = (
-    f"INSERT INTO api_calls ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM nexus_stage "
-    "ON CONFLICT DO NOTHING RETURNING " + ", ".join(f'"{c}"' for c in _FACTS)
+    f"INSERT INTO api_calls ({_COLUMN_LIST}) SELECT DISTINCT ON (trace_id, span_id) "
+    f"{_COLUMN_LIST} FROM nexus_stage s WHERE date_trunc('month', s.\"timestamp\" - %(window)s, "
+    "'UTC') = date_trunc('month', s.\"timestamp\" + %(window)s, 'UTC') OR NOT EXISTS (SELECT "
+    'FROM api_calls a WHERE a.trace_id = s.trace_id AND a.span_id = s.span_id AND a."timestamp"'
+    ' BETWEEN s."timestamp" - %(window)s AND s."timestamp" + %(window)s OFFSET 0) '
+    'ORDER BY trace_id, span_id, "timestamp" ON CONFLICT DO NOTHING RETURNING '
+    + ", ".join(f'"{c}"' for c in _FACTS)
 )
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
 _BINARY_TRAILER = b"\xff\xff"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# The summaries' counts are bigint: a call counts at most MAX_TOKENS_PER_CALL (10^8) tokens of
+# each kind, so a row overflows only past 9.2 * 10^10 calls in one day on one key (see
+# exporter.normalize); cost_usd is unbounded numeric (migration 003).
 _SUMMARY_UPSERT = """
 INSERT INTO daily_usage_summary AS s (day, service_name, provider, model, operation, calls,
     failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
@@ -115,9 +139,28 @@ class QueueFull(StorageUnavailable):
     """More rows are waiting than the queue allows: backpressure, not growth."""
 
 
-# Errors about the rows themselves (a value out of a column's range, text PostgreSQL refuses),
-# not about the database being reachable: retrying the same rows would fail the same way.
-ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, UnicodeError)
+# Errors about the rows themselves, not about the database being reachable: retrying the same
+# rows would fail the same way. Told apart by SQLSTATE class, not by exception class: psycopg
+# raises "index row size exceeds maximum" (54000) as OperationalError, like a lost connection.
+# 22: data exception (a value out of range, text PostgreSQL refuses); 23: integrity constraint
+# violation (a CHECK, no partition for the row); 54: program limit exceeded (a row too large).
+ROW_ERROR_CLASSES = frozenset({"22", "23", "54"})
+# Isolating refused rows by bisection costs about 2 log2(n) writes per refused row; past this
+# many writes in one group the rows not yet isolated are refused too, so a batch full of bad
+# rows costs a bounded time, not one transaction per row.
+ISOLATION_MAX_WRITES = 256
+# Attributes are stored as one jsonb document of at most this many bytes: past it, the keys
+# that do not fit are left out (in the span's order) and ATTRIBUTES_CUT counts them.
+MAX_ATTRIBUTES_JSON_BYTES = 64 * 1024
+ATTRIBUTES_CUT = "nexus.attributes_left_out"
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """Whether `exc` is about the rows written (see ROW_ERROR_CLASSES), not the database."""
+    if isinstance(exc, UnicodeError):
+        return True
+    sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return sqlstate is not None and sqlstate[:2] in ROW_ERROR_CLASSES
 
 
 @dataclass
@@ -237,11 +280,32 @@ def call_row(call: LLMCall) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _json(value: Any) -> bytes | str:
+def _json(value: Any) -> bytes:
+    try:
+        document = orjson.dumps(value)  # several times faster than json.dumps, same document
+    except TypeError:  # what orjson refuses (integers beyond 64 bits): the standard encoder
+        document = json.dumps(value).encode()
+    return document if len(document) <= MAX_ATTRIBUTES_JSON_BYTES else _bounded_json(value)
+
+
+def _dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)  # several times faster than json.dumps, same document
     except TypeError:  # what orjson refuses (integers beyond 64 bits): the standard encoder
-        return json.dumps(value)
+        return json.dumps(value).encode()
+
+
+def _bounded_json(value: dict[str, Any]) -> bytes:
+    """The attributes that fit MAX_ATTRIBUTES_JSON_BYTES, in order, and how many were left out."""
+    room = MAX_ATTRIBUTES_JSON_BYTES - len(_dumps({ATTRIBUTES_CUT: len(value)})) - 2
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        size = len(_dumps({key: item}))  # "{" + "key":value + "}": the comma's byte is spare
+        if size <= room:
+            kept[key] = item
+            room -= size - 1
+    kept[ATTRIBUTES_CUT] = len(value) - len(kept)
+    return _dumps(kept)
 
 
 _Totals = dict[tuple[Any, str, str, str, str], list[Any]]
@@ -309,7 +373,9 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
     rows already stored are left alone and counted nowhere."""
     data = [batch.data for batch in batches]
     rows = sum(len(batch) for batch in batches)
-    if all(b.hourly is not None and b.metrics is not None for b in batches):
+    if all(b.hourly is not None and b.metrics is not None for b in batches) and not any(
+        _near_month_boundary(hour) for b in batches for (hour, *_) in b.hourly or ()
+    ):
         try:
             async with conn.transaction():
                 await _copy(conn, _COPY_DIRECT, data)
@@ -333,6 +399,13 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
     return _Written(keys, [summarize_calls(facts)], len(facts))
 
 
+def _near_month_boundary(hour: datetime) -> bool:
+    """Whether calls of this UTC hour are within CROSS_MONTH_WINDOW of another month."""
+    return hour.month != (hour - CROSS_MONTH_WINDOW).month or (
+        hour.month != (hour + _HOUR + CROSS_MONTH_WINDOW - _MICROSECOND).month
+    )
+
+
 async def _summarize(
     conn: psycopg.AsyncConnection[Any], hourly: _Totals, first: datetime, last: datetime, rows: int
 ) -> None:
@@ -347,21 +420,55 @@ async def write_isolating(
     conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]
 ) -> _Written:
     """Like write_batch, but a row the database refuses is split off (by bisection) and
-    reported, so it cannot take the rest of its batch, or other requests' rows, down with it."""
+    reported, so it cannot take the rest of its batch, or other requests' rows, down with it.
+    Errors that are not about the rows (is_row_error) are raised."""
     try:
         return await write_batch(conn, batches)
-    except ROW_ERRORS as exc:
-        rows = [row for batch in batches for row in batch.rows]
-        keys = [key for batch in batches for key in batch.keys]
-        if len(rows) == 1:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return _Written(set(), [], 0, {keys[0]: reason})
-    middle = len(rows) // 2
+    except (psycopg.Error, UnicodeError) as exc:
+        if not is_row_error(exc):
+            raise
+        reason = _reason(exc)
+    rows = [row for batch in batches for row in batch.rows]
+    keys = [key for batch in batches for key in batch.keys]
     months = frozenset(m for batch in batches for m in batch.months)
-    halves = [
-        await write_isolating(conn, [CallBatch.packed(rows[part], keys[part], months)])
-        for part in (slice(None, middle), slice(middle, None))
-    ]
+    return await _isolate(conn, rows, keys, months, reason, [ISOLATION_MAX_WRITES - 1])
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+async def _isolate(
+    conn: psycopg.AsyncConnection[Any],
+    rows: list[bytes],
+    keys: list[str],
+    months: frozenset[date],
+    reason: str,
+    writes_left: list[int],
+) -> _Written:
+    """Stores what it can of rows the database refused together, in halves."""
+    if len(rows) == 1:
+        return _Written(set(), [], 0, {keys[0]: reason})
+    middle = len(rows) // 2
+    halves = []
+    for part in (slice(None, middle), slice(middle, None)):
+        if writes_left[0] <= 0:
+            why = (
+                f"not stored: the database refused rows written with it ({reason}), and"
+                f" {ISOLATION_MAX_WRITES} writes did not isolate them"
+            )
+            halves.append(_Written(set(), [], 0, dict.fromkeys(keys[part], why)))
+            continue
+        writes_left[0] -= 1
+        try:
+            batch = CallBatch.packed(rows[part], keys[part], months)
+            halves.append(await write_batch(conn, [batch]))
+        except (psycopg.Error, UnicodeError) as exc:
+            if not is_row_error(exc):
+                raise
+            halves.append(
+                await _isolate(conn, rows[part], keys[part], months, _reason(exc), writes_left)
+            )
     return _Written(
         set().union(*(h.new_keys or () for h in halves)),
         [totals for h in halves for totals in h.metrics],
@@ -380,7 +487,7 @@ async def _insert_new_only(conn: psycopg.AsyncConnection[Any], data: list[bytes]
     await conn.execute(_CREATE_STAGE)
     await _copy(conn, _COPY_STAGE, data)
     cursor = conn.cursor(row_factory=namedtuple_row)
-    facts = await (await cursor.execute(_INSERT_NEW)).fetchall()
+    facts = await (await cursor.execute(_INSERT_NEW, {"window": CROSS_MONTH_WINDOW})).fetchall()
     await conn.execute("TRUNCATE nexus_stage")
     return facts
 
@@ -459,6 +566,8 @@ class CallWriter:
             await self._ensure_partitions(conn, batches)
             result = await write_isolating(conn, batches)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            # Row errors never get here (write_isolating reports them per row, whatever their
+            # class): this is the database being unreachable, shutting down, out of resources.
             await self._drop_connection()
             self._metrics.storage_up.set(0)
             log.warning("database unavailable: %s", exc)
@@ -484,6 +593,7 @@ class CallWriter:
                 next(iter(result.refused.values())),
             )
             self._metrics.spans_rejected.labels("refused_by_database").inc(len(result.refused))
+            self._months.clear()  # in case a partition was dropped under us: check them again
         for totals in result.metrics:
             self._metrics.apply(totals)
         _resolve(live, result)

@@ -13,7 +13,10 @@ from exporter.api.deps import Conn, Now
 
 router = APIRouter(tags=["content"])
 CorrelationId = Annotated[str, Path(min_length=1, max_length=200)]
-Count = Annotated[int, Field(ge=0, le=2**62)]
+# A post seen a hundred times by every person on earth is 10^12: no count is larger. Four of them
+# summed (engagement) stay far inside bigint; the views sum them in numeric anyway.
+MAX_ENGAGEMENT_COUNT = 10**12
+Count = Annotated[int, Field(ge=0, le=MAX_ENGAGEMENT_COUNT)]
 Sort = Literal["engagement_per_dollar", "cost_per_engagement", "engagement", "cost"]
 
 

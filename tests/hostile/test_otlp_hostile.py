@@ -86,7 +86,7 @@ def test_invalid_utf8_is_a_400_naming_the_problem(exporter: ExporterProcess) -> 
     assert "malformed OTLP JSON" in response.json()["message"]
 
 
-def test_a_cost_too_large_to_store_is_rejected_alone(
+def test_counts_and_costs_past_their_range_cost_only_themselves(
     exporter: ExporterProcess, database_url: str
 ) -> None:
     huge_tokens = new_span(llm_attributes(input_tokens=2**53, output_tokens=2**53))
@@ -98,11 +98,19 @@ def test_a_cost_too_large_to_store_is_rejected_alone(
         exporter.base_url, request([huge_tokens, huge_cost, *valid]).SerializeToString()
     )
     assert response.status_code == 200
-    assert rejected_spans(response) == 2
-    assert b"USD is out of range" in response.content
+    assert rejected_spans(response) == 1
+    assert b"is not a token count (0 to 100,000,000)" in response.content
     assert stored_span_ids(database_url, [huge_tokens, huge_cost, *valid]) == {
-        s.span_id.hex() for s in valid
+        s.span_id.hex() for s in (huge_cost, *valid)
     }
+    # A reported cost past $1,000 is not believed: the call is stored, unpriced.
+    [(cost, claimed)] = query(
+        database_url,
+        "SELECT cost_usd, attributes ->> 'nexus.cost.ignored_reported_usd' FROM api_calls"
+        " WHERE span_id = %s",
+        (huge_cost.span_id.hex(),),
+    )
+    assert (cost, claimed) == (None, "1E+30")
 
 
 async def test_a_row_the_database_refuses_is_split_off_from_its_batch(database_url: str) -> None:
