@@ -22,7 +22,7 @@ import pytest
 
 from tests.hostile.payloads import llm_attributes, new_span, post, request
 from tests.hostile.test_slow_clients import WAIT_SECONDS, address
-from tests.support import ExporterProcess, free_port, fresh_database, start_exporter
+from tests.support import ExporterProcess, free_port, fresh_database, query, start_exporter
 
 pytestmark = pytest.mark.e2e
 
@@ -136,14 +136,29 @@ def test_a_client_dropping_mid_body_logs_one_line(exporter: ExporterProcess) -> 
     assert "Exception in ASGI application" not in log
 
 
-def test_a_burst_of_health_checks_is_answered_ok(exporter: ExporterProcess) -> None:
+def _sessions(database_url: str) -> int:
+    """Connections ever opened to this database (PostgreSQL's own count)."""
+    [(sessions,)] = query(
+        database_url,
+        "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+    )
+    return int(sessions)
+
+
+def test_a_burst_of_health_checks_costs_one_connection(
+    exporter: ExporterProcess, database_url: str
+) -> None:
     def health(_: int) -> tuple[int, dict[str, str]]:
         response = httpx.get(f"{exporter.base_url}/health", timeout=30)
         return response.status_code, response.json()
 
+    before = _sessions(database_url)
     with ThreadPoolExecutor(max_workers=300) as pool:
         answers = list(pool.map(health, range(300)))
     assert answers == [(200, {"status": "ok", "database": "up"})] * 300
+    # One probe answers them all, on the connection the first check opened: no connection is
+    # opened but (perhaps, as its statistics arrive) the one that read the count before.
+    assert _sessions(database_url) - before <= 1
 
 
 def test_health_reports_a_database_that_goes_away(postgres_server: str, tmp_path: Path) -> None:
