@@ -57,10 +57,51 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is reachable from this machine only."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False
+
+
+def _open_api_allowed(settings: Settings) -> bool:
+    """With no API token the API (budgets, the alert webhook that can resolve alerts) is open:
+    refused on an address others can reach unless --allow-unauthenticated says it is meant;
+    said aloud on loopback."""
+    if settings.api_token:
+        return True
+    if _is_loopback(settings.host):
+        logging.getLogger("exporter").warning(
+            "no API token (NEXUS_API_TOKEN): the API on %s:%d is open to every local process",
+            settings.host, settings.api_port,
+        )  # fmt: skip
+        return True
+    if settings.allow_unauthenticated:
+        logging.getLogger("exporter").warning(
+            "no API token (NEXUS_API_TOKEN) and NEXUS_ALLOW_UNAUTHENTICATED=true: the API on"
+            " %s:%d is open to anyone who reaches it", settings.host, settings.api_port,
+        )  # fmt: skip
+        return True
+    console.print(
+        f"[red]error:[/] no API token, and {settings.host} is not a loopback address: the API"
+        " would be open to anyone who reaches it. Set NEXUS_API_TOKEN (--api-token), bind to"
+        " 127.0.0.1, or set NEXUS_ALLOW_UNAUTHENTICATED=true (--allow-unauthenticated true)"
+        " if an open API is what you mean."
+    )
+    return False
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
 
+    if not _open_api_allowed(settings):
+        return 2
     try:  # read here, so a bad file is one clear error, not a failure in every decode worker
         PriceBook(settings.prices_file)
     except PriceOverridesError as exc:
@@ -87,6 +128,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """The API alone, for a deployment that runs ingest elsewhere."""
     from exporter.service import open_database, serve_api
 
+    if not _open_api_allowed(settings):
+        return 2
     database = open_database(settings)
     console.print(f"[bold]nexus-otel API[/] http://{settings.host}:{settings.api_port}/docs")
     try:

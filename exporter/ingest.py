@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -36,6 +39,13 @@ _MAX_REJECTION_MESSAGES = 5
 # like the write queue, so a burst of huge batches meets a 503, not memory growth. Counted as
 # they arrive, so a slow sender that announces a large body and sends nothing holds nothing.
 _BODIES_IN_FLIGHT = 2
+# One request's share of those bytes: a request may grow past it only while a share stays free
+# for the others, so two stalled uploads of the largest body cannot hold every byte (the body
+# deadline then closes them). A request alone may still send the largest body.
+_BODY_SHARES = 4
+# How long one database probe answers /health: a burst of health checks costs one query.
+_HEALTH_CACHE_SECONDS = 1.0
+_HEALTH_TIMEOUT_SECONDS = 2.0
 
 
 class BodiesBusy(RuntimeError):
@@ -64,14 +74,21 @@ class Ingestor:
             queue_max_rows=settings.queue_max_rows,
         )
         self.body_bytes_limit = _BODIES_IN_FLIGHT * settings.max_body_bytes
+        self.body_share = self.body_bytes_limit // _BODY_SHARES
         self.body_bytes_in_flight = 0
+        self.health = HealthCheck(database_url)
 
     def admit_body(self, size: int, already_mine: int) -> None:
-        """Counts `size` more bytes of one request's body; a request alone is always admitted."""
+        """Counts `size` more bytes of one request's body; a request alone is always admitted,
+        one within its share while the bytes last, a larger one while a share stays free."""
         others = self.body_bytes_in_flight - already_mine
-        if others and self.body_bytes_in_flight + size > self.body_bytes_limit:
+        total = self.body_bytes_in_flight + size
+        limit = self.body_bytes_limit
+        if already_mine + size > self.body_share:
+            limit -= self.body_share
+        if others and total > limit:
             raise BodiesBusy(f"{others} bytes of other requests are being received")
-        self.body_bytes_in_flight += size
+        self.body_bytes_in_flight = total
 
     async def store(self, batch: CallBatch) -> WriteResult:
         """Returns once the calls are durable; raises StorageUnavailable otherwise."""
@@ -82,14 +99,52 @@ class Ingestor:
             raise StorageUnavailable("the database did not confirm the write in time") from None
 
     async def database_ok(self) -> bool:
+        return await self.health.database_ok()
+
+
+class HealthCheck:
+    """Whether the database answers, probed on a pooled connection at most once per
+    `_HEALTH_CACHE_SECONDS`: concurrent checks wait for the same probe, so a burst of them
+    costs one query and none fails for want of a connection."""
+
+    def __init__(self, database_url: str) -> None:
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._url = database_url
+        self._lock = asyncio.Lock()
+        self._checked_at = float("-inf")
+        self._ok = False
+
+    async def database_ok(self) -> bool:
+        async with self._lock:
+            if time.monotonic() - self._checked_at >= _HEALTH_CACHE_SECONDS:
+                self._ok = await self._probe()
+                self._checked_at = time.monotonic()
+            return self._ok
+
+    async def _probe(self) -> bool:
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self._url, min_size=1, max_size=1, open=False, timeout=_HEALTH_TIMEOUT_SECONDS,
+                # A connection the server dropped (a restart) is replaced, not reported as down.
+                check=AsyncConnectionPool.check_connection,
+                kwargs={"autocommit": True, "connect_timeout": int(_HEALTH_TIMEOUT_SECONDS)},
+            )  # fmt: skip
+            await self._pool.open(wait=False)
         try:
-            async with await psycopg.AsyncConnection.connect(
-                self.database_url, connect_timeout=2
-            ) as conn:
-                await conn.execute("SELECT 1")
+            async with self._pool.connection() as conn:
+                await asyncio.wait_for(conn.execute("SELECT 1"), _HEALTH_TIMEOUT_SECONDS)
             return True
-        except (psycopg.Error, OSError):
+        except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
+            log.warning("health check: the database did not answer: %s", exc)
             return False
+
+    def forget(self) -> None:
+        """The next check probes the database again."""
+        self._checked_at = float("-inf")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
 
 
 def create_ingest_app(
@@ -107,6 +162,7 @@ def create_ingest_app(
         finally:
             await ingestor.writer.stop()
             ingestor.decoder.stop()
+            await ingestor.health.close()
 
     async def export_traces(request: Request) -> Response:
         response = await _export(ingestor, request)
@@ -163,11 +219,14 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
         return _error(exc.status, str(exc), media)
     except (BodiesBusy, DecoderUnavailable) as exc:
         return _unavailable(ingestor, str(exc), media)
+    except ClientDisconnect:  # logged where the bytes were counted; nobody reads the answer
+        return _error(400, "the client closed the connection before its body ended", media)
     _count(ingestor.metrics, conversion)
     if conversion.batch is not None:
         try:
             written = await ingestor.store(conversion.batch)
         except StorageUnavailable as exc:
+            ingestor.health.forget()  # a cached "up" is no longer true
             return _unavailable(ingestor, str(exc), media)
         conversion.rejections.extend(
             f"span {span_id}: the database refused it: {reason}"
@@ -193,6 +252,14 @@ async def _decode(ingestor: Ingestor, request: Request, media: str) -> Conversio
             ingestor.admit_body(len(chunk), counted)
             counted += len(chunk)
             chunks.append(chunk)
+    except ClientDisconnect:
+        declared = request.headers.get("content-length", "an unknown number of")
+        client = request.client.host if request.client else "a client"
+        log.info(
+            "%s went away after %d of %s body bytes: nothing stored", client, counted, declared
+        )
+        raise
+    else:
         body = b"".join(chunks)
         chunks.clear()
         encoding = request.headers.get("content-encoding")

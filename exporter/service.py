@@ -17,6 +17,7 @@ import psycopg
 import uvicorn
 from starlette.types import ASGIApp
 
+from exporter.connection_limits import ConnectionLimits, guarded_protocols
 from exporter.db import EmbeddedPostgres, ensure_partitions_around, migrate, resolve_database
 from exporter.ingest import create_ingest_app
 from exporter.metrics import ExporterMetrics
@@ -30,6 +31,8 @@ GC_GEN0_THRESHOLD = 50_000
 # glibc's mallopt parameters (malloc.h), and the block size from which it maps memory apart.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_BYTES = 128 * 1024
+# File descriptors besides client connections: database pools, decode workers' pipes, logs.
+_OTHER_FILES = 256
 
 
 @dataclass
@@ -68,15 +71,13 @@ async def run_servers(
     host: str,
     served: Sequence[Served],
     database_url: str,
+    limits: ConnectionLimits,
     retention_days: int = 0,
     background: Sequence[Coroutine[Any, Any, None]] = (),
 ) -> None:
     """Runs the servers until SIGINT/SIGTERM; with `retention_days`, applies retention daily;
     `background` jobs (the daily digest) run alongside."""
-    servers = [
-        _Server(uvicorn.Config(s.app, host=host, port=s.port, log_level="warning", lifespan="on"))
-        for s in served
-    ]
+    servers = [_Server(_server_config(s, host, limits)) for s in served]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop_all, servers)
@@ -91,6 +92,34 @@ async def run_servers(
     finally:
         for task in maintenance:
             task.cancel()
+
+
+def _server_config(served: Served, host: str, limits: ConnectionLimits) -> uvicorn.Config:
+    """uvicorn's h11 server with the deadlines and cap of `limits` (see connection_limits)."""
+    http, ws = guarded_protocols(limits)
+    return uvicorn.Config(
+        served.app, host=host, port=served.port, log_level="warning", lifespan="on",
+        http=http, ws=ws,
+    )  # fmt: skip
+
+
+def _raise_file_limit(ports: int, limits: ConnectionLimits) -> None:
+    """Lets the process hold the connections the cap allows on every port, and its own files
+    and database connections: the soft limit (often 1,024) goes up to the hard one if needed."""
+    import resource
+
+    needed = ports * limits.max_connections + _OTHER_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning(
+            "open files are limited to %d: fewer than the %d connections per port allowed"
+            " (--max-connections) may be served", target, limits.max_connections,
+        )  # fmt: skip
 
 
 def _stop_all(servers: list[_Server]) -> None:
@@ -161,8 +190,12 @@ def serve(settings: Settings, database: Database) -> None:
         from exporter.digest import run_daily_digest
 
         background.append(run_daily_digest(settings, database.url))
+    limits = ConnectionLimits.from_settings(settings)
+    _raise_file_limit(len(served), limits)
     asyncio.run(
-        run_servers(settings.host, served, database.url, settings.retention_days, background)
+        run_servers(
+            settings.host, served, database.url, limits, settings.retention_days, background
+        )
     )
 
 
@@ -171,4 +204,6 @@ def serve_api(settings: Settings, database: Database) -> None:
     from exporter.api import create_api_app
 
     served = [Served("api", create_api_app(settings, database.url), settings.api_port)]
-    asyncio.run(run_servers(settings.host, served, database.url))
+    limits = ConnectionLimits.from_settings(settings)
+    _raise_file_limit(len(served), limits)
+    asyncio.run(run_servers(settings.host, served, database.url, limits))

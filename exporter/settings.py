@@ -56,6 +56,41 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="how long a request waits for its rows to be stored"
     )
     retry_after_seconds: int = Field(default=5, gt=0, description="Retry-After on a 503")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0,
+        description="a request's head must arrive within this from the connection's start or "
+        "the previous response, or the connection is closed (408)",
+    )  # fmt: skip
+    body_timeout_seconds: float = Field(
+        default=20.0, gt=0,
+        description="a body being received must bring body_min_bytes_per_second in every "
+        "window of this many seconds, or the connection is closed (408)",
+    )  # fmt: skip
+    body_min_bytes_per_second: int = Field(
+        default=16 * 1024, ge=0, description="slowest body upload accepted (see body_timeout)"
+    )
+    max_connections: int = Field(
+        default=1000, gt=0,
+        description="open connections per port; one more is answered 503 and closed",
+    )  # fmt: skip
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="largest API request body (413 past it)"
+    )
+    alert_webhook_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0, description="largest alert webhook body (413 past it)"
+    )
+    ws_queue_max_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0,
+        description="live-feed bytes waiting for one WebSocket client before it is dropped (1008)",
+    )  # fmt: skip
+    ws_send_timeout_seconds: float = Field(
+        default=10.0, gt=0,
+        description="how long a WebSocket client may leave sent data unread before it is dropped",
+    )  # fmt: skip
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="serve an open API (no api_token) on an address other than loopback",
+    )
     ingest_token: str | None = Field(default=None, description="bearer token for /v1/traces")
     api_token: str | None = Field(default=None, description="bearer token for the API")
     daily_budget_usd: Decimal | None = Field(

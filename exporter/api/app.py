@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exporter.api import (
     routes_alerts,
@@ -35,6 +41,43 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+WEBHOOK_PATH = "/api/alerts/webhook"
+
+
+class BodyLimit:
+    """Refuses a request body over its bound with 413 and a message: at once when the
+    Content-Length says so, else as soon as the bytes received pass it, so no more than the
+    bound is ever read into memory. Alertmanager's webhook has its own (larger) bound."""
+
+    def __init__(self, app: ASGIApp, default: int, by_path: dict[str, int]) -> None:
+        self.app = app
+        self.default = default
+        self.by_path = by_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.by_path.get(scope["path"], self.default)
+        message = f"request body exceeds the {limit}-byte limit of {scope['path']}"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > limit:  # the framework answers this with the 413
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
+            return event
+
+        await self.app(scope, counted_receive, send)
 
 
 class HealthPublic(BaseModel):
@@ -80,6 +123,11 @@ def create_api_app(settings: Settings, database_url: str, clock: Clock = utc_now
     app.include_router(live_router)
     _add_health(app, pool)
     _add_error_handlers(app)
+    app.add_middleware(
+        BodyLimit,
+        default=settings.api_max_body_bytes,
+        by_path={WEBHOOK_PATH: settings.alert_webhook_max_body_bytes},
+    )
     if settings.api_token:
         app.add_middleware(BearerAuth, token=settings.api_token)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -121,7 +169,25 @@ def _add_health(app: FastAPI, pool: ConnectionPool[Any]) -> None:
         return JSONResponse({"status": "ok", "database": "up"})
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with the floats JSON cannot carry (NaN, Infinity) written as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # "NaN", "Infinity", "-Infinity"
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, but a bare NaN or Infinity (which Python's JSON parser accepts) is
+        echoed back as text: as a number it cannot be encoded, and the answer was a 500."""
+        errors = _json_safe(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     @app.exception_handler(psycopg.DataError)
     async def bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
         message = str(exc).splitlines()[0] if str(exc) else "invalid value"

@@ -8,6 +8,7 @@ exporter's process (`serve`) or alone (`api`)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -25,14 +26,49 @@ from exporter.storage import NOTIFY_CHANNEL
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
 QUEUE_MAX = 10_000  # calls waiting for one slow client before it is disconnected
+# The close code for a client dropped for not reading: 1008, policy violation (RFC 6455 7.4.1),
+# since keeping up with the feed is the one thing a client must do.
+DROPPED_CODE = 1008
+_MAX_REASON_CHARS = 120  # a close frame's reason is at most 123 bytes (RFC 6455 5.5)
 RECONNECT_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 5.0
+
+
+class Subscriber:
+    """One client's backlog, bounded in calls and in bytes. Each call is encoded once for all
+    clients: a backlog holds references to the shared text, and its bytes are counted against
+    this client's bound, so a client that does not read is dropped, not buffered without end."""
+
+    def __init__(self, scope: Scope, max_bytes: int) -> None:
+        self.scope = scope
+        self.max_bytes = max_bytes
+        self.backlog: collections.deque[str] = collections.deque()
+        self.backlog_bytes = 0
+        self.ready = asyncio.Event()
+        self.dropped: str | None = None
+
+    def offer(self, text: str) -> None:
+        if self.dropped:
+            return
+        if len(self.backlog) >= QUEUE_MAX or self.backlog_bytes + len(text) > self.max_bytes:
+            self.dropped = f"not reading: {self.backlog_bytes} bytes of calls waiting"
+            self.backlog.clear()
+            self.backlog_bytes = 0
+        else:
+            self.backlog.append(text)
+            self.backlog_bytes += len(text)
+        self.ready.set()
+
+    def take(self) -> str:
+        text = self.backlog.popleft()
+        self.backlog_bytes -= len(text)
+        return text
 
 
 class Broadcaster:
     def __init__(self, database_url: str) -> None:
         self._url = database_url
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
 
@@ -45,13 +81,13 @@ class Broadcaster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_MAX)
-        self._subscribers.add(queue)
-        return queue
+    def subscribe(self, scope: Scope, max_bytes: int) -> Subscriber:
+        subscriber = Subscriber(scope, max_bytes)
+        self._subscribers.add(subscriber)
+        return subscriber
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        self._subscribers.discard(queue)
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
 
     async def _listen(self) -> None:
         while True:
@@ -75,15 +111,18 @@ class Broadcaster:
                 await asyncio.sleep(RECONNECT_SECONDS)
 
     def _publish(self, calls: list[dict[str, Any]]) -> None:
-        for queue in list(self._subscribers):
-            try:
-                for call in calls:
-                    queue.put_nowait(call)
-            except asyncio.QueueFull:
-                self._subscribers.discard(queue)
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                queue.put_nowait(None)  # tells the client's sender to give up
+        # Encoded as Starlette's send_json would, once for every client.
+        messages = [
+            (call, json.dumps({"type": "call", "call": call}, separators=(",", ":"),
+                              ensure_ascii=False))
+            for call in calls
+        ]  # fmt: skip
+        for subscriber in list(self._subscribers):
+            for call, text in messages:
+                if _matches(call, subscriber.scope):
+                    subscriber.offer(text)
+            if subscriber.dropped:
+                self._subscribers.discard(subscriber)
 
 
 async def _stored_calls(
@@ -114,30 +153,36 @@ async def live_calls(websocket: WebSocket, scope: Annotated[Scope, Depends(get_s
     """Sends `{"type": "call", "call": {...}}` for each new call (filters: service_name,
     provider, model, operation)."""
     broadcaster: Broadcaster = websocket.app.state.broadcaster
-    queue = broadcaster.subscribe()
+    subscriber = broadcaster.subscribe(scope, websocket.app.state.settings.ws_queue_max_bytes)
     await websocket.accept()
     # Say "ready" only once the feed listens, so a client knows what it will not miss.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(broadcaster.listening.wait(), READY_TIMEOUT_SECONDS)
     await websocket.send_json({"type": "hello", "listening": broadcaster.listening.is_set()})
-    sender = asyncio.create_task(_send_calls(websocket, queue, scope))
+    sender = asyncio.create_task(_send_calls(websocket, subscriber))
     receiver = asyncio.create_task(_until_closed(websocket))
     try:
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        broadcaster.unsubscribe(queue)
+        broadcaster.unsubscribe(subscriber)
         for task in (sender, receiver):
             task.cancel()
         with contextlib.suppress(Exception):
             await websocket.close()
 
 
-async def _send_calls(
-    websocket: WebSocket, queue: asyncio.Queue[dict[str, Any] | None], scope: Scope
-) -> None:
-    while (call := await queue.get()) is not None:
-        if _matches(call, scope):
-            await websocket.send_json({"type": "call", "call": call})
+async def _send_calls(websocket: WebSocket, subscriber: Subscriber) -> None:
+    while True:
+        await subscriber.ready.wait()
+        subscriber.ready.clear()
+        if subscriber.dropped:
+            log.info("dropped a live-feed client: %s", subscriber.dropped)
+            # A client that reads nothing never reads the close frame either: the server's
+            # send timeout then cuts the connection, and this returns.
+            await websocket.close(DROPPED_CODE, subscriber.dropped[:_MAX_REASON_CHARS])
+            return
+        while subscriber.backlog:
+            await websocket.send_text(subscriber.take())
 
 
 async def _until_closed(websocket: WebSocket) -> None:

@@ -101,7 +101,10 @@ def test_bodies_being_received_are_bounded_too(database_url: str, tmp_path: Path
 
         stalled += [_slow_upload(exporter.base_url, 9_000_000, 8_900_000) for _ in range(2)]
         time.sleep(1)
-        refused = _post(exporter.base_url, big)
+        # Past its share (a quarter of the 20 MB), a body waits for a share to be free: the
+        # second stalled upload was refused, and so is another large body. A smaller one,
+        # within its share, would still be admitted.
+        refused = _post(exporter.base_url, b"\x00" * 9_000_000)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "2"
         assert b"bytes of other requests are being received" in refused.content
