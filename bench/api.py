@@ -161,6 +161,15 @@ def _drop_indexes(conn: psycopg.Connection[Any]) -> list[str]:
     statements = [definition.replace(" ON ONLY ", " ON ") for _, definition in rows]
     if key:
         statements.insert(0, f"ALTER TABLE api_calls ADD CONSTRAINT api_calls_span_key {key[0]}")
+    # Each monthly partition keeps its own unique key on (trace_id, span_id): rebuilt once at
+    # the end too, not maintained row by row through the bulk load.
+    partition_keys = conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes"
+        " WHERE tablename LIKE 'api_calls\\_%' AND indexname LIKE '%\\_span\\_key'"
+    ).fetchall()
+    for name, _ in partition_keys:
+        conn.execute(f'DROP INDEX "{name}"')  # type: ignore[arg-type]
+    statements += [definition for _, definition in partition_keys]
     return statements
 
 
