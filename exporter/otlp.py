@@ -387,6 +387,7 @@ def encoded_attributes_dict(encoded: Any) -> dict[str, AttributeValue]:
 
 
 def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
+    global _decoded_bytes
     try:
         key_value = KeyValue.FromString(item)
     except (DecodeError, RecursionError, ValueError):
@@ -394,8 +395,17 @@ def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
     else:
         key = key_value.key
         pair = (storable(key) if "\x00" in key else key, any_value(key_value.value))
-    if len(item) <= _DECODED_MAX_ITEM_BYTES:
-        _remember(item, pair)
+    size = len(item)
+    if size <= _DECODED_MAX_ITEM_BYTES:  # inline: run for every value not cached yet
+        value = pair[1]
+        cost = size + size + _ENTRY_OVERHEAD_BYTES
+        if value.__class__ is list:
+            cost += _list_bytes(value)
+        _decoded_bytes += cost
+        if _decoded_bytes > _DECODED_BUDGET_BYTES:
+            _DECODED.clear()
+            _decoded_bytes = cost
+        _DECODED[item] = pair
     return pair
 
 
@@ -405,19 +415,6 @@ def _decode_tolerantly(item: bytes) -> tuple[str, AttributeValue]:
     except (DecodeError, RecursionError, ValueError):
         raise UnreadableValue("an attribute is not a valid OTLP KeyValue") from None
     return repaired_text(key_value.key), bounded_value(key_value.value, 0)
-
-
-def _remember(item: bytes, pair: tuple[str, AttributeValue]) -> None:
-    """Keeps a decoded pair, emptying the cache first when it would pass its byte budget."""
-    global _decoded_bytes
-    cost = 2 * len(item) + _ENTRY_OVERHEAD_BYTES
-    if isinstance(pair[1], list):
-        cost += _list_bytes(pair[1])
-    if _decoded_bytes + cost > _DECODED_BUDGET_BYTES:
-        _DECODED.clear()
-        _decoded_bytes = 0
-    _DECODED[item] = pair
-    _decoded_bytes += cost
 
 
 def _list_bytes(value: list[Any]) -> int:
