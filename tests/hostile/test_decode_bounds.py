@@ -84,11 +84,18 @@ def _stored(database_url: str, span: Span) -> tuple:
     return row
 
 
+def _spoiled(text: str) -> str:
+    """`text` as stored once its 2nd and 3rd bytes were made invalid UTF-8 (0xFF 0xFE)."""
+    return text[:1] + "\ufffd\ufffd" + text[3:]
+
+
+@pytest.mark.parametrize("everywhere", [False, True], ids=["in-span-attributes", "everywhere"])
 def test_invalid_utf8_in_protobuf_is_repaired_and_the_batch_kept(
-    exporter: ExporterProcess, database_url: str
+    exporter: ExporterProcess, database_url: str, everywhere: bool
 ) -> None:
-    """Wherever it is (attribute value and key, span name, status message, exception event,
-    resource), invalid UTF-8 becomes U+FFFD, as a lone surrogate in JSON does."""
+    """Wherever it is (a span attribute's value or key; or also the span name, status message,
+    an exception event's attributes, the resource's), invalid UTF-8 becomes U+FFFD, as a lone
+    surrogate in JSON does, and every span is kept."""
     hostile = new_span(
         llm_attributes(**{"gen_ai.request.model": "MODEL", "KEY": "plain"}), name="NAME"
     )
@@ -98,19 +105,21 @@ def test_invalid_utf8_in_protobuf_is_repaired_and_the_batch_kept(
     other = new_span({"http.url": "MODEL"})  # not an LLM call: ignored, but no harm to others
     valid = _valid()
     body = request([hostile, other, *valid], "SERVICE").SerializeToString()
-    for word in (b"MODEL", b"KEY", b"NAME", b"STATUS", b"SERVICE", b"EXCTYPE"):
-        body = body.replace(word, word[:1] + b"\xff\xfe" + word[3:])  # the same length
+    spoiled = ["MODEL", "KEY"] + (["NAME", "STATUS", "SERVICE", "EXCTYPE"] if everywhere else [])
+    for word in spoiled:
+        invalid = word[:1].encode() + b"\xff\xfe" + word[3:].encode()  # the same length
+        body = body.replace(word.encode(), invalid)
     response = post(exporter.base_url, body)
     assert response.status_code == 200, response.content
     assert rejected_spans(response) == 0
     assert stored_span_ids(database_url, [hostile, other, *valid]) == {
         s.span_id.hex() for s in [hostile, *valid]
     }
-    service, model, name, error, attributes = _stored(database_url, hostile)
-    assert (service, model, name, error) == ("S\ufffd\ufffdVICE", "M\ufffd\ufffdEL",
-                                             "N\ufffd\ufffdE", "S\ufffd\ufffdTUS")  # fmt: skip
-    assert attributes["K\ufffd\ufffd"] == "plain"
-    assert [_stored(database_url, s)[0] for s in valid] == ["S\ufffd\ufffdVICE"] * 2
+    stored = _stored(database_url, hostile)
+    expected = [_spoiled(w) if w in spoiled else w for w in ["SERVICE", "MODEL", "NAME", "STATUS"]]
+    assert list(stored[:4]) == expected
+    assert stored[4]["K\ufffd\ufffd"] == "plain"
+    assert [_stored(database_url, s)[0] for s in valid] == [expected[0]] * 2
 
 
 def test_invalid_utf8_in_json_is_repaired_and_the_batch_kept(
@@ -229,6 +238,20 @@ def test_every_member_of_a_gzip_body_is_read(exporter: ExporterProcess, database
     assert stored_span_ids(database_url, first + second) == {
         s.span_id.hex() for s in first + second
     }
+
+
+def test_a_gzip_body_of_more_members_than_the_bound_is_a_400(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    spans = _valid(1)
+    members = [gzip.compress(_spans_body(spans, "members"))] + [gzip.compress(b"")] * 64
+    response = post(exporter.base_url, b"".join(members), **{"Content-Encoding": "gzip"})
+    assert response.status_code == 400
+    assert b"body has more than 64 gzip members" in response.content
+    assert stored_span_ids(database_url, spans) == set()
+    response = post(exporter.base_url, b"".join(members[:64]), **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200 and rejected_spans(response) == 0
+    assert stored_span_ids(database_url, spans) == {spans[0].span_id.hex()}
 
 
 @pytest.mark.parametrize(
