@@ -128,19 +128,20 @@ def parse_request(body: bytes, media: str) -> Message:
         request = LazyRequest()
         try:
             request.ParseFromString(body)
-        except (DecodeError, RecursionError, ValueError) as exc:
+        except (DecodeError, RecursionError, ValueError):
             # Invalid UTF-8 or a deep value outside the spans' own attributes; or not OTLP.
-            return _parse_tolerantly(body, exc)
+            return _parse_tolerantly(body)
         return request
     return _parse_json(body)
 
 
-def _parse_tolerantly(body: bytes, error: Exception) -> Message:
+def _parse_tolerantly(body: bytes) -> Message:
     request = TolerantRequest()
     try:
         request.ParseFromString(body)
-    except (DecodeError, RecursionError, ValueError):
-        raise PayloadError(f"malformed OTLP protobuf: {error}") from None
+    except (DecodeError, RecursionError, ValueError) as exc:
+        # Not for its text or its depth, then: the wire format itself is broken.
+        raise PayloadError(f"malformed OTLP protobuf: {exc}") from None
     return request
 
 
