@@ -85,7 +85,8 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
     prices = _price_book(options.prices_file)
     earliest, latest = accepted_start_times(datetime.now(UTC), options.retention_days)
     calls: list[LLMCall] = []
-    for raw in otlp.iter_raw_spans(request):
+    unreadable: list[str] = []  # spans left out of iter_raw_spans, each with its reason
+    for raw in otlp.iter_raw_spans(request, unreadable):
         result.received += 1
         try:
             call = to_llm_call(raw, store_content=options.store_content)
@@ -110,6 +111,8 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
                 )
             else:
                 calls.append(call)
+    result.received += len(unreadable)
+    result.rejections.extend(unreadable)
     if calls:
         result.batch = _batch(calls, result.rejections)
     return result

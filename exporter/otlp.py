@@ -6,62 +6,56 @@ import base64
 import binascii
 import json
 import re
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.resource.v1 import resource_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 from exporter.model import AttributeValue, RawSpan
+from exporter.otlp_wire import (
+    MAX_VALUE_DEPTH,
+    SCALAR_KINDS,
+    BoundedKeyValue,
+    LazyRequest,
+    TolerantRequest,
+    bounded_value,
+    repaired_text,
+    storable,
+)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 CONTENT_TYPES = (PROTOBUF, JSON)
 _EXCEPTION_EVENT = "exception"
-_MAX_VALUE_DEPTH = 8
 _REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SCALAR_KINDS = frozenset({"int_value", "double_value", "bool_value"})
+# gzip senders may concatenate members (the gzip tool does, appending); a few are plenty, and
+# each costs a new inflater, so a body of thousands of empty members is refused.
+_MAX_GZIP_MEMBERS = 64
 
 
 # Decoded attributes by their encoded bytes: most key-value pairs (provider, model, operation,
-# server) repeat on span after span, and a dict lookup costs a fraction of decoding one.
+# server) repeat on span after span, and a dict lookup costs a fraction of decoding one. Bounded
+# in bytes, not entries, so unique large values cannot grow a process: a value encoded in more
+# than _DECODED_MAX_ITEM_BYTES is never kept (large values are almost never repeated), and
+# the cache is emptied when its estimated size would pass _DECODED_BUDGET_BYTES.
 _DECODED: dict[bytes, tuple[str, AttributeValue]] = {}
-_DECODED_MAX = 16_384  # about 4 MB per process
-
-
-def _lazy_request_class() -> type[Message]:
-    """ExportTraceServiceRequest, except that each span's attributes stay encoded KeyValue
-    bytes. The wire format is the same (both are length-delimited field 9), so it parses the
-    same bodies; the attributes are then decoded one pair at a time, most of them from
-    `_DECODED`, instead of as a message object per pair and per value."""
-    pool = descriptor_pool.DescriptorPool()
-    for module in (common_pb2, resource_pb2, trace_pb2, trace_service_pb2):
-        file = descriptor_pb2.FileDescriptorProto()
-        module.DESCRIPTOR.CopyToProto(file)
-        for message in file.message_type:
-            if message.name == "Span":
-                for field in message.field:
-                    if field.name == "attributes":
-                        field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-                        field.ClearField("type_name")
-        pool.Add(file)
-    name = ExportTraceServiceRequest.DESCRIPTOR.full_name
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
-
-
-_LazyRequest = _lazy_request_class()
+_DECODED_BUDGET_BYTES = 4 * 1024 * 1024  # per process
+_DECODED_MAX_ITEM_BYTES = 1024
+# What an entry costs besides its text (measured with tracemalloc: 200-230 bytes for a short
+# int or string attribute, of which about 1.5x the encoded length is text): the key's bytes
+# object, the pair's tuple, the key and value objects' headers and the dict's slot.
+_ENTRY_OVERHEAD_BYTES = 160
+_decoded_bytes = 0
 
 
 class PayloadError(ValueError):
@@ -74,6 +68,11 @@ class PayloadError(ValueError):
     def __reduce__(self) -> tuple[type[PayloadError], tuple[str, int]]:
         # Raised in decoding worker processes: keep the status on the way back.
         return PayloadError, (str(self), self.status)
+
+
+class UnreadableValue(PayloadError):
+    """A part of one span (or of one resource, for its spans) that cannot be read: the span is
+    rejected alone, or, for callers that take no rejections, the request is refused."""
 
 
 def media_type(content_type: str | None) -> str | None:
@@ -91,35 +90,68 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         return body
     if encoding not in ("gzip", "deflate"):
         raise PayloadError(f"unsupported Content-Encoding {encoding!r}: use gzip or identity", 415)
+    return _inflate(body, encoding, limit)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Every member of a gzip body (a deflate body has one), all within `limit` together."""
     window = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(window)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise PayloadError(f"body is not valid {encoding}: {exc}") from None
-    if len(data) > limit:
-        raise PayloadError(f"body inflates past the {limit}-byte limit", 413)
-    if not inflater.eof:
-        raise PayloadError(f"body is truncated {encoding}")
-    return data
+    members: list[bytes] = []
+    inflated = 0
+    while True:
+        inflater = zlib.decompressobj(window)
+        try:
+            members.append(inflater.decompress(body, limit + 1 - inflated))
+        except zlib.error as exc:
+            raise PayloadError(f"body is not valid {encoding}: {exc}") from None
+        inflated += len(members[-1])
+        if inflated > limit:
+            raise PayloadError(f"body inflates past the {limit}-byte limit", 413)
+        if not inflater.eof:
+            raise PayloadError(f"body is truncated {encoding}")
+        body = inflater.unused_data
+        if not body:
+            return b"".join(members) if len(members) > 1 else members[0]
+        # What follows one gzip member can only be another (RFC 1952 section 2.2).
+        if encoding != "gzip" or not body.startswith(b"\x1f\x8b"):
+            raise PayloadError(
+                f"body has {len(body)} bytes of trailing garbage after its {encoding} data"
+            )
+        if len(members) >= _MAX_GZIP_MEMBERS:
+            raise PayloadError(f"body has more than {_MAX_GZIP_MEMBERS} gzip members")
 
 
 def parse_request(body: bytes, media: str) -> Message:
     """The request message; protobuf spans keep their attributes encoded until
-    `iter_raw_spans`, which raises PayloadError if one of them is malformed."""
+    `iter_raw_spans`, which rejects a span whose attributes are malformed."""
     if media == PROTOBUF:
-        request = _LazyRequest()
+        request = LazyRequest()
         try:
             request.ParseFromString(body)
-        except (DecodeError, RecursionError, ValueError) as exc:
-            raise PayloadError(f"malformed OTLP protobuf: {exc}") from None
+        except (DecodeError, RecursionError, ValueError):
+            # Invalid UTF-8 or a deep value outside the spans' own attributes; or not OTLP.
+            return _parse_tolerantly(body)
         return request
     return _parse_json(body)
 
 
+def _parse_tolerantly(body: bytes) -> Message:
+    request = TolerantRequest()
+    try:
+        request.ParseFromString(body)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        # Not for its text or its depth, then: the wire format itself is broken.
+        raise PayloadError(f"malformed OTLP protobuf: {exc}") from None
+    return request
+
+
 def _parse_json(body: bytes) -> ExportTraceServiceRequest:
     try:
-        document = json.loads(body)
+        try:
+            document = json.loads(body)
+        except UnicodeDecodeError:
+            # Invalid UTF-8 becomes U+FFFD, as in protobuf bodies: it costs only its value.
+            document = json.loads(body.decode("utf-8", "replace"))
     except (ValueError, RecursionError) as exc:
         raise PayloadError(f"malformed OTLP JSON: {exc}") from None
     if not isinstance(document, dict):
@@ -142,13 +174,20 @@ def _parse_dict(document: dict[str, Any]) -> ExportTraceServiceRequest:
     return json_format.ParseDict(document, ExportTraceServiceRequest(), ignore_unknown_fields=True)
 
 
-def _repair(value: Any) -> Any:
+def _repair(value: Any, depth: int = 0) -> Any:
+    """`value` as it would read after its spans' repairs; `depth` counts the AnyValues above
+    it, and one nested past `MAX_VALUE_DEPTH` (read as None anyway) becomes empty, so a deep
+    value does not take the batch past the parser's depth limit."""
     if isinstance(value, str):
         return _SURROGATE.sub(_REPLACEMENT, value)
     if isinstance(value, list):
-        return [_repair(v) for v in value]
+        return [_repair(v, depth) for v in value]
     if isinstance(value, dict):
-        fixed = {_repair(k): _repair(v) for k, v in value.items()}
+        if "arrayValue" in value or "kvlistValue" in value:
+            if depth >= MAX_VALUE_DEPTH:
+                return {}
+            depth += 1
+        fixed = {_repair(k): _repair(v, depth) for k, v in value.items()}
         if "intValue" in fixed and not _is_int64(fixed["intValue"]):
             fixed["stringValue"] = str(fixed.pop("intValue"))
         return fixed
@@ -193,80 +232,6 @@ def _convert_ids(obj: Any) -> None:
                 obj[key] = ""
 
 
-def iter_raw_spans(request: Message) -> Iterator[RawSpan]:
-    """The spans of a request from `parse_request` (or a plain ExportTraceServiceRequest)."""
-    read_attributes = encoded_attributes_dict if isinstance(request, _LazyRequest) else None
-    for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
-        resource = attributes_dict(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            scope_name = scope_spans.scope.name
-            for span in scope_spans.spans:
-                attributes = (read_attributes or attributes_dict)(span.attributes)
-                yield _raw_span(span, attributes, resource, scope_name)
-
-
-def _raw_span(
-    span: Any,
-    attributes: dict[str, AttributeValue],
-    resource: dict[str, AttributeValue],
-    scope_name: str,
-) -> RawSpan:
-    raw = RawSpan(
-        trace_id=span.trace_id.hex(),
-        span_id=span.span_id.hex(),
-        parent_span_id=span.parent_span_id.hex() or None,
-        name=storable(span.name),
-        kind=span.kind,
-        start_time_unix_nano=span.start_time_unix_nano,
-        end_time_unix_nano=span.end_time_unix_nano,
-        status_code=span.status.code,
-        status_message=storable(span.status.message),
-        attributes=attributes,
-        resource_attributes=resource,
-        scope_name=storable(scope_name),
-    )
-    for event in span.events:
-        if event.name == _EXCEPTION_EVENT:
-            details = attributes_dict(event.attributes)
-            raw.exception_type = _str_or_none(details.get("exception.type"))
-            raw.exception_message = _str_or_none(details.get("exception.message"))
-    return raw
-
-
-def _str_or_none(value: AttributeValue) -> str | None:
-    return None if value is None else str(value)
-
-
-def storable(text: str) -> str:
-    """PostgreSQL text and jsonb cannot hold NUL, valid as it is in UTF-8: replace it."""
-    return text.replace("\x00", _REPLACEMENT) if "\x00" in text else text
-
-
-def encoded_attributes_dict(encoded: Any) -> dict[str, AttributeValue]:
-    """Attributes from encoded KeyValue messages, as `attributes_dict` reads them."""
-    result: dict[str, AttributeValue] = {}
-    decoded = _DECODED.get
-    for item in encoded:
-        pair = decoded(item)
-        if pair is None:
-            pair = _decode_key_value(item)
-        result[pair[0]] = pair[1]
-    return result
-
-
-def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
-    try:
-        key_value = KeyValue.FromString(item)
-    except (DecodeError, RecursionError, ValueError) as exc:
-        raise PayloadError(f"malformed OTLP protobuf: a span attribute: {exc}") from None
-    key = key_value.key
-    pair = (storable(key) if "\x00" in key else key, any_value(key_value.value))
-    if len(_DECODED) >= _DECODED_MAX:
-        _DECODED.clear()
-    _DECODED[item] = pair
-    return pair
-
-
 def attributes_dict(key_values: Any) -> dict[str, AttributeValue]:
     # The hot loop of ingest: scalar values, by far the most common, are read inline.
     result: dict[str, AttributeValue] = {}
@@ -278,7 +243,7 @@ def attributes_dict(key_values: Any) -> dict[str, AttributeValue]:
         if kind == "string_value":
             text = value.string_value
             result[key] = storable(text) if "\x00" in text else text
-        elif kind in _SCALAR_KINDS:
+        elif kind in SCALAR_KINDS:
             result[key] = getattr(value, kind)
         elif kind == "array_value":
             result[key] = _array(value.array_value.values, 0)
@@ -310,7 +275,7 @@ def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
         return value.double_value
     if kind == "bool_value":
         return value.bool_value
-    if depth >= _MAX_VALUE_DEPTH:
+    if depth >= MAX_VALUE_DEPTH:
         return None
     if kind == "array_value":
         return _array(value.array_value.values, depth)
@@ -321,6 +286,157 @@ def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
     if kind == "bytes_value":
         return binascii.hexlify(value.bytes_value).decode()
     return None
+
+
+def iter_raw_spans(request: Message, unreadable: list[str] | None = None) -> Iterator[RawSpan]:
+    """The spans of a request from `parse_request` (or a plain ExportTraceServiceRequest). A span
+    that cannot be read is left out, its rejection ("span <id>: <why>") added to `unreadable`;
+    without that list, it raises PayloadError instead."""
+    if isinstance(request, TolerantRequest):
+        yield from _iter_tolerant(request, unreadable)
+        return
+    read_attributes = encoded_attributes_dict if isinstance(request, LazyRequest) else None
+    for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
+        resource = attributes_dict(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            scope_name = scope_spans.scope.name
+            for span in scope_spans.spans:
+                try:
+                    attributes = (read_attributes or attributes_dict)(span.attributes)
+                except UnreadableValue as exc:
+                    _refuse(span, str(exc), unreadable)
+                    continue
+                yield _raw_span(span, attributes, resource, scope_name)
+
+
+def _iter_tolerant(request: Message, unreadable: list[str] | None) -> Iterator[RawSpan]:
+    """The spans of a `TolerantRequest`: text repaired, each attribute list decoded apart, so
+    what cannot be read costs its span (or, for a resource's attributes, that resource's spans)."""
+    for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
+        problem = ""
+        try:
+            resource = encoded_attributes_dict(resource_spans.resource.attributes)
+        except UnreadableValue as exc:
+            resource, problem = {}, f"its resource's attributes: {exc}"
+        for scope_spans in resource_spans.scope_spans:
+            scope_name = repaired_text(scope_spans.scope.name)
+            for span in scope_spans.spans:
+                try:
+                    if problem:
+                        raise UnreadableValue(problem)
+                    attributes = encoded_attributes_dict(span.attributes)
+                    yield _raw_span(span, attributes, resource, scope_name, repaired_text,
+                                    encoded_attributes_dict)  # fmt: skip
+                except UnreadableValue as exc:
+                    _refuse(span, str(exc), unreadable)
+
+
+def _refuse(span: Any, reason: str, unreadable: list[str] | None) -> None:
+    rejection = f"span {span.span_id.hex()}: {reason}"
+    if unreadable is None:
+        raise PayloadError(f"malformed OTLP protobuf: {rejection}")
+    unreadable.append(rejection)
+
+
+def _raw_span(
+    span: Any,
+    attributes: dict[str, AttributeValue],
+    resource: dict[str, AttributeValue],
+    scope_name: str,
+    text: Callable[[Any], str] = storable,
+    read_attributes: Callable[[Any], dict[str, AttributeValue]] = attributes_dict,
+) -> RawSpan:
+    """`text` and `read_attributes` read the span's text and its events' attributes: as
+    messages parsed strictly, or as the bytes of a `TolerantRequest`."""
+    raw = RawSpan(
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_span_id=span.parent_span_id.hex() or None,
+        name=text(span.name),
+        kind=span.kind,
+        start_time_unix_nano=span.start_time_unix_nano,
+        end_time_unix_nano=span.end_time_unix_nano,
+        status_code=span.status.code,
+        status_message=text(span.status.message),
+        attributes=attributes,
+        resource_attributes=resource,
+        scope_name=text(scope_name),
+    )
+    for event in span.events:
+        if text(event.name) == _EXCEPTION_EVENT:
+            details = read_attributes(event.attributes)
+            raw.exception_type = _str_or_none(details.get("exception.type"))
+            raw.exception_message = _str_or_none(details.get("exception.message"))
+    return raw
+
+
+def _str_or_none(value: AttributeValue) -> str | None:
+    return None if value is None else str(value)
+
+
+def encoded_attributes_dict(encoded: Any) -> dict[str, AttributeValue]:
+    """Attributes from encoded KeyValue messages, as `attributes_dict` reads them; raises
+    UnreadableValue for a pair that is not a KeyValue even read tolerantly."""
+    result: dict[str, AttributeValue] = {}
+    decoded = _DECODED.get
+    for item in encoded:
+        pair = decoded(item)
+        if pair is None:
+            pair = _decode_key_value(item)
+        result[pair[0]] = pair[1]
+    return result
+
+
+def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
+    global _decoded_bytes
+    try:
+        key_value = KeyValue.FromString(item)
+    except (DecodeError, RecursionError, ValueError):
+        pair = _decode_tolerantly(item)  # invalid UTF-8, or nested past the parser's limit
+    else:
+        key = key_value.key
+        pair = (storable(key) if "\x00" in key else key, any_value(key_value.value))
+    size = len(item)
+    if size <= _DECODED_MAX_ITEM_BYTES:  # inline: run for every value not cached yet
+        value = pair[1]
+        cost = size + size + _ENTRY_OVERHEAD_BYTES
+        if value.__class__ is list:
+            cost += _list_bytes(value)
+        _decoded_bytes += cost
+        if _decoded_bytes > _DECODED_BUDGET_BYTES:
+            _DECODED.clear()
+            _decoded_bytes = cost
+        _DECODED[item] = pair
+    return pair
+
+
+def _decode_tolerantly(item: bytes) -> tuple[str, AttributeValue]:
+    try:
+        key_value = BoundedKeyValue.FromString(item)
+    except (DecodeError, RecursionError, ValueError):
+        raise UnreadableValue("an attribute is not a valid OTLP KeyValue") from None
+    return repaired_text(key_value.key), bounded_value(key_value.value, 0)
+
+
+def _list_bytes(value: list[Any]) -> int:
+    """What a decoded array or key-value list holds beyond its text, which is counted apart;
+    bounded work, as only values encoded in at most _DECODED_MAX_ITEM_BYTES get here."""
+    size = sys.getsizeof(value)
+    for item in value:
+        if isinstance(item, list):
+            size += _list_bytes(item)
+        elif item is not None and not isinstance(item, bool):
+            size += _SCALAR_OBJECT_BYTES
+    return size
+
+
+# A str's header (a non-ASCII one's; text is counted apart), an int's or a float's object.
+_SCALAR_OBJECT_BYTES = 80
+
+
+def decoded_cache_bytes() -> int:
+    """The estimated bytes the decoded-attribute cache holds (at most _DECODED_BUDGET_BYTES)."""
+    return _decoded_bytes
 
 
 def encode_response(media: str, rejected: int = 0, message: str = "") -> bytes:

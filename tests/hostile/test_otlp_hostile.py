@@ -74,18 +74,6 @@ def test_lone_surrogates_in_json_are_replaced_and_the_batch_kept(
     assert model == "m\ufffd\ufffd"
 
 
-def test_invalid_utf8_is_a_400_naming_the_problem(exporter: ExporterProcess) -> None:
-    body = request([new_span(llm_attributes(**{"gen_ai.request.model": "MODEL"}))])
-    protobuf = body.SerializeToString().replace(b"MODEL", b"M\xff\xfeEL")
-    response = post(exporter.base_url, protobuf)
-    assert response.status_code == 400
-    assert b"malformed OTLP protobuf" in response.content
-    as_json = json.dumps(to_json(body)).encode().replace(b"MODEL", b"M\xff\xfeEL")
-    response = post(exporter.base_url, as_json, JSON)
-    assert response.status_code == 400
-    assert "malformed OTLP JSON" in response.json()["message"]
-
-
 def test_counts_and_costs_past_their_range_cost_only_themselves(
     exporter: ExporterProcess, database_url: str
 ) -> None:
@@ -209,10 +197,11 @@ def test_deep_nesting_is_bounded_or_refused(exporter: ExporterProcess, database_
     message = request([])
     deeper = message.resource_spans[0].scope_spans[0].spans.add()
     deeper.CopyFrom(new_span(llm_attributes()))
-    _nest(deeper, 500)  # past the protobuf decoder's depth limit
+    _nest(deeper, 500)  # past the protobuf decoder's depth limit: read to the same fixed depth
     response = post(exporter.base_url, message.SerializeToString())
-    assert response.status_code == 400
-    assert b"malformed OTLP protobuf" in response.content
+    assert response.status_code == 200 and rejected_spans(response) == 0
+    assert len(stored_span_ids(database_url, [deeper])) == 1
+    # A document nested past what a JSON parser reads is no document: refused whole.
     json_bomb = b'{"resourceSpans": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     response = post(exporter.base_url, json_bomb, JSON)
     assert response.status_code == 400

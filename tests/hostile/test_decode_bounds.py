@@ -1,0 +1,325 @@
+"""A malformed part of a request costs no more than the span holding it (a resource's, its
+spans): invalid UTF-8 is repaired to U+FFFD in either encoding, a value nested past the
+parser's depth limit is read as deep as any value is, an attribute that is not a KeyValue at
+all rejects its span alone. Multi-member gzip bodies are read whole, trailing garbage is a 400,
+and the decode workers' attribute cache is bounded in bytes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+from google.protobuf.internal.encoder import _VarintBytes
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from exporter import otlp
+from tests.hostile.conftest import stored_span_ids
+from tests.hostile.payloads import (
+    JSON,
+    key_values,
+    llm_attributes,
+    new_span,
+    post,
+    rejected_spans,
+    request,
+    to_json,
+)
+from tests.support import ExporterProcess, query, start_exporter
+
+pytestmark = pytest.mark.e2e
+
+# How deep the tests nest a value: past the protobuf parser's limit of 100 nested messages
+# (each array level is two: AnyValue and ArrayValue) and json_format's limit of 100.
+_DEEP = 120
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, written by hand: the protobuf library refuses to
+    build the values these tests send."""
+    return bytes([number << 3 | 2]) + _VarintBytes(len(payload)) + payload
+
+
+def _deep_key_value(key: str, levels: int = _DEEP) -> bytes:
+    value = _field(1, b"bottom")  # AnyValue{string_value}
+    for _ in range(levels):
+        value = _field(5, _field(1, value))  # AnyValue{array_value{values: [value]}}
+    return _field(1, key.encode()) + _field(2, value)
+
+
+def _with_attributes(span: Span, *encoded: bytes) -> bytes:
+    """The span's bytes with more attributes (field 9) appended, as encoded KeyValues."""
+    return span.SerializeToString() + b"".join(_field(9, item) for item in encoded)
+
+
+def _body(*resources: tuple[list[bytes], list[bytes]]) -> bytes:
+    """An ExportTraceServiceRequest of (resource attributes, spans) pairs, all encoded."""
+    body = b""
+    for attributes, spans in resources:
+        resource = b"".join(_field(1, item) for item in attributes)
+        scope = b"".join(_field(2, span) for span in spans)
+        body += _field(1, _field(1, resource) + _field(2, scope))
+    return body
+
+
+def _service(name: str) -> bytes:
+    return KeyValue(key="service.name", value=AnyValue(string_value=name)).SerializeToString()
+
+
+def _valid(count: int = 2) -> list[Span]:
+    return [new_span(llm_attributes(input_tokens=500, output_tokens=50)) for _ in range(count)]
+
+
+def _stored(database_url: str, span: Span) -> tuple:
+    [row] = query(
+        database_url,
+        "SELECT service_name, model, span_name, error_message, attributes "
+        "FROM api_calls WHERE span_id = %s",
+        (span.span_id.hex(),),
+    )
+    return row
+
+
+def _spoiled(text: str) -> str:
+    """`text` as stored once its 2nd and 3rd bytes were made invalid UTF-8 (0xFF 0xFE)."""
+    return text[:1] + "\ufffd\ufffd" + text[3:]
+
+
+@pytest.mark.parametrize("everywhere", [False, True], ids=["in-span-attributes", "everywhere"])
+def test_invalid_utf8_in_protobuf_is_repaired_and_the_batch_kept(
+    exporter: ExporterProcess, database_url: str, everywhere: bool
+) -> None:
+    """Wherever it is (a span attribute's value or key; or also the span name, status message,
+    an exception event's attributes, the resource's), invalid UTF-8 becomes U+FFFD, as a lone
+    surrogate in JSON does, and every span is kept."""
+    hostile = new_span(
+        llm_attributes(**{"gen_ai.request.model": "MODEL", "KEY": "plain"}), name="NAME"
+    )
+    hostile.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message="STATUS"))
+    event = hostile.events.add(name="exception")
+    event.attributes.extend(key_values({"exception.type": "EXCTYPE"}))
+    other = new_span({"http.url": "MODEL"})  # not an LLM call: ignored, but no harm to others
+    valid = _valid()
+    body = request([hostile, other, *valid], "SERVICE").SerializeToString()
+    spoiled = ["MODEL", "KEY"] + (["NAME", "STATUS", "SERVICE", "EXCTYPE"] if everywhere else [])
+    for word in spoiled:
+        invalid = word[:1].encode() + b"\xff\xfe" + word[3:].encode()  # the same length
+        body = body.replace(word.encode(), invalid)
+    response = post(exporter.base_url, body)
+    assert response.status_code == 200, response.content
+    assert rejected_spans(response) == 0
+    assert stored_span_ids(database_url, [hostile, other, *valid]) == {
+        s.span_id.hex() for s in [hostile, *valid]
+    }
+    stored = _stored(database_url, hostile)
+    expected = [_spoiled(w) if w in spoiled else w for w in ["SERVICE", "MODEL", "NAME", "STATUS"]]
+    assert list(stored[:4]) == expected
+    assert stored[4]["K\ufffd\ufffd"] == "plain"
+    assert [_stored(database_url, s)[0] for s in valid] == [expected[0]] * 2
+
+
+def test_invalid_utf8_in_json_is_repaired_and_the_batch_kept(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    hostile = new_span(llm_attributes(**{"gen_ai.request.model": "MODEL"}))
+    valid = _valid()
+    body = json.dumps(to_json(request([hostile, *valid]))).encode()
+    response = post(exporter.base_url, body.replace(b"MODEL", b"M\xff\xfeEL"), JSON)
+    assert response.status_code == 200, response.text
+    assert rejected_spans(response) == 0
+    assert len(stored_span_ids(database_url, [hostile, *valid])) == 3
+    assert _stored(database_url, hostile)[1] == "M\ufffd\ufffdEL"
+
+
+def _read_as_deep_as_any() -> object:
+    """What a value nested past the depth any value is read to reads as: eight arrays deep,
+    then null."""
+    value: object = None
+    for _ in range(8):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("in_resource", [False, True], ids=["in-spans", "in-resource-too"])
+def test_a_value_nested_past_the_parser_limit_is_read_as_deep_as_any(
+    exporter: ExporterProcess, database_url: str, in_resource: bool
+) -> None:
+    """In a span's attributes (LLM span or not) and in a resource's, however deep: every span
+    stored, the value read down to its eighth level like any value."""
+    hostile, other = new_span(llm_attributes()), new_span({"http.method": "GET"})
+    valid, beside = _valid(), _valid(1)
+    resource = [_service("deep-resource"), *([_deep_key_value("deep.res")] if in_resource else [])]
+    body = _body(
+        ([_service("deep-spans")], [_with_attributes(hostile, _deep_key_value("deep")),
+                                    _with_attributes(other, _deep_key_value("deep")),
+                                    *(s.SerializeToString() for s in valid)]),
+        (resource, [s.SerializeToString() for s in beside]),
+    )  # fmt: skip
+    response = post(exporter.base_url, body)
+    assert response.status_code == 200, response.content
+    assert rejected_spans(response) == 0
+    assert stored_span_ids(database_url, [hostile, other, *valid, *beside]) == {
+        s.span_id.hex() for s in [hostile, *valid, *beside]
+    }
+    assert _stored(database_url, hostile)[4]["deep"] == _read_as_deep_as_any()
+    assert _stored(database_url, beside[0])[0] == "deep-resource"
+
+
+def test_a_value_nested_past_the_limit_in_json_is_read_as_deep_as_any(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    hostile = new_span(llm_attributes(**{"deep": "DEEP"}))
+    valid = _valid()
+    document = to_json(request([hostile, *valid]))
+    deep: dict = {"stringValue": "bottom"}
+    for _ in range(_DEEP):
+        deep = {"arrayValue": {"values": [deep]}}
+    text = json.dumps(document).replace('{"stringValue": "DEEP"}', json.dumps(deep))
+    response = post(exporter.base_url, text.encode(), JSON)
+    assert response.status_code == 200, response.text
+    assert rejected_spans(response) == 0
+    assert len(stored_span_ids(database_url, [hostile, *valid])) == 3
+    assert _stored(database_url, hostile)[4]["deep"] == _read_as_deep_as_any()
+
+
+# A KeyValue cut short: its key declares 5 bytes and 2 follow. No reading makes it one.
+_BROKEN = b"\x0a\x05ab"
+_NOT_A_KEY_VALUE = "an attribute is not a valid OTLP KeyValue"
+
+
+@pytest.mark.parametrize("in_resource", [False, True], ids=["in-spans", "in-resource-too"])
+def test_an_attribute_that_is_not_a_key_value_rejects_its_span_alone(
+    exporter: ExporterProcess, database_url: str, in_resource: bool
+) -> None:
+    """In a span's attributes, that span is rejected, named; in a resource's, each of that
+    resource's spans is, and the other resources' spans are stored."""
+    hostile, valid = new_span(llm_attributes()), _valid()
+    orphans, beside = _valid(2), _valid(1)
+    body = _body(
+        ([_service("unreadable")], [_with_attributes(hostile, _BROKEN),
+                                    *(s.SerializeToString() for s in valid)]),
+        ([_service("orphans"), *([_BROKEN] if in_resource else [])],
+         [s.SerializeToString() for s in orphans]),
+        ([_service("beside")], [s.SerializeToString() for s in beside]),
+    )  # fmt: skip
+    response = post(exporter.base_url, body)
+    assert response.status_code == 200, response.content
+    rejected = [hostile, *orphans] if in_resource else [hostile]
+    assert rejected_spans(response) == len(rejected)
+    reply = otlp.ExportTraceServiceResponse.FromString(response.content)
+    assert reply.partial_success.error_message == "; ".join(
+        [f"span {hostile.span_id.hex()}: {_NOT_A_KEY_VALUE}"]
+        + [f"span {s.span_id.hex()}: its resource's attributes: {_NOT_A_KEY_VALUE}"
+           for s in rejected[1:]]
+    )  # fmt: skip
+    everything = [hostile, *valid, *orphans, *beside]
+    assert stored_span_ids(database_url, everything) == {
+        s.span_id.hex() for s in everything if s not in rejected
+    }
+
+
+def _spans_body(spans: list[Span], service: str) -> bytes:
+    return request(spans, service).SerializeToString()
+
+
+def test_every_member_of_a_gzip_body_is_read(exporter: ExporterProcess, database_url: str) -> None:
+    first, second = _valid(2), _valid(3)
+    body = gzip.compress(_spans_body(first, "member-1")) + gzip.compress(
+        _spans_body(second, "member-2")
+    )
+    response = post(exporter.base_url, body, **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.content
+    assert rejected_spans(response) == 0
+    # Two members of one protobuf message are one message: the second's spans append.
+    assert stored_span_ids(database_url, first + second) == {
+        s.span_id.hex() for s in first + second
+    }
+
+
+def test_a_gzip_body_of_more_members_than_the_bound_is_a_400(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    spans = _valid(1)
+    members = [gzip.compress(_spans_body(spans, "members"))] + [gzip.compress(b"")] * 64
+    response = post(exporter.base_url, b"".join(members), **{"Content-Encoding": "gzip"})
+    assert response.status_code == 400
+    assert b"body has more than 64 gzip members" in response.content
+    assert stored_span_ids(database_url, spans) == set()
+    response = post(exporter.base_url, b"".join(members[:64]), **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200 and rejected_spans(response) == 0
+    assert stored_span_ids(database_url, spans) == {spans[0].span_id.hex()}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)]
+)
+def test_trailing_garbage_after_a_compressed_body_is_a_400(
+    exporter: ExporterProcess, database_url: str, encoding: str, compress: object
+) -> None:
+    spans = _valid(2)
+    body = compress(_spans_body(spans, "garbage")) + b"garbage"  # type: ignore[operator]
+    response = post(exporter.base_url, body, **{"Content-Encoding": encoding})
+    assert response.status_code == 400
+    assert f"body has 7 bytes of trailing garbage after its {encoding} data".encode() in (
+        response.content
+    )
+    assert stored_span_ids(database_url, spans) == set()
+
+
+def test_the_attribute_cache_stays_within_its_byte_budget() -> None:
+    """Unique 1 MiB values are never kept; unique small ones fill it only to its budget."""
+    otlp.encoded_attributes_dict([])  # the module loaded
+    for i in range(64):
+        text = f"{i:04d}" + "x" * (1 << 20)
+        big = KeyValue(key="blob", value=AnyValue(string_value=text)).SerializeToString()
+        assert otlp.encoded_attributes_dict([big]) == {"blob": text}
+        assert otlp.decoded_cache_bytes() <= otlp._DECODED_BUDGET_BYTES
+    assert not any(len(item) > otlp._DECODED_MAX_ITEM_BYTES for item in otlp._DECODED)
+    peak = 0
+    for i in range(100_000):
+        small = KeyValue(key="k", value=AnyValue(string_value=f"{i:0100d}"))
+        otlp.encoded_attributes_dict([small.SerializeToString()])
+        peak = max(peak, otlp.decoded_cache_bytes())
+    assert otlp._DECODED_BUDGET_BYTES - 1024 <= peak <= otlp._DECODED_BUDGET_BYTES
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _decode_worker(exporter: ExporterProcess) -> int:
+    pid = exporter.process.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError("no decode worker")
+
+
+def test_unique_large_attribute_values_do_not_grow_a_decode_worker(
+    database_url: str, tmp_path: Path
+) -> None:
+    """384 unique 1 MiB values through one worker: kept by an entry-bounded cache, that worker
+    would hold 384 MiB more; bounded in bytes, it holds what one request needs at most."""
+    exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": "1"})
+    try:
+        worker = _decode_worker(exporter)
+        before = _rss_bytes(worker)
+        for _ in range(16):
+            spans = [new_span({"blob": os.urandom(8).hex() + "x" * (1 << 20)}) for _i in range(24)]
+            body = gzip.compress(request(spans).SerializeToString())  # 24 MiB inflated
+            response = post(exporter.base_url, body, **{"Content-Encoding": "gzip"})
+            assert response.status_code == 200, response.content
+        grown = _rss_bytes(worker) - before
+    finally:
+        exporter.stop()
+    # Not zero: the allocator may keep what one request used at its peak, its inflated body,
+    # the parsed copy of its values and their decoded text, about 3 x 24 MiB (measured: it
+    # kept none). An entry-bounded cache kept all 16 requests' values (measured: 819 MiB).
+    assert grown < 96 * 1024 * 1024, f"the decode worker grew by {grown // 1024 // 1024} MiB"
