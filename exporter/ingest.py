@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from exporter import otlp
@@ -92,7 +92,8 @@ class Ingestor:
 def create_ingest_app(
     settings: Settings, database_url: str, metrics: ExporterMetrics | None = None
 ) -> Starlette:
-    ingestor = Ingestor(settings, database_url, metrics or ExporterMetrics())
+    metrics = metrics or ExporterMetrics(max_series=settings.metrics_max_series)
+    ingestor = Ingestor(settings, database_url, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,8 +111,20 @@ def create_ingest_app(
         ingestor.metrics.requests.labels(str(response.status_code)).inc()
         return response
 
+    metrics_token = settings.metrics_token or settings.api_token or settings.ingest_token
+
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(ingestor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # With any token configured, /metrics (budget names, spend, services) needs the most
+        # specific one: its own, else the API's, else the ingest token.
+        given = request.headers.get("authorization")
+        if metrics_token and not bearer_matches(given, metrics_token):
+            return PlainTextResponse(
+                "missing or wrong bearer token (Authorization: Bearer <token>)\n",
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        # Rendered in a thread (the budget gauges read the database): never on the event loop.
+        return Response(await ingestor.metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: Request) -> Response:
         ok = await ingestor.database_ok()

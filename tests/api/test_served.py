@@ -91,7 +91,7 @@ def test_default_budget_gauges_on_the_ingest_port(served: ExporterProcess) -> No
     labels = {"budget": "default-daily", "period": "daily", "service_name": ""}
 
     def scraped() -> str | None:
-        text = httpx.get(served.base_url + "/metrics").text
+        text = httpx.get(served.base_url + "/metrics", headers=AUTH).text
         return text if metric_value(text, "nexus_budget_spend_usd", **labels) > 0 else None
 
     # The WebSocket test's $0.125 call is today's spend (when run alone, send one).

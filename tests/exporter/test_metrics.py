@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from prometheus_client import generate_latest
-
 from exporter.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, ExporterMetrics
 from exporter.model import LLMCall
 from tests.support import metric_value
@@ -27,7 +25,7 @@ def _call(cost: Decimal | None) -> LLMCall:
 def test_exposition_has_semconv_buckets_the_half_dollar_boundary_and_the_label_set() -> None:
     metrics = ExporterMetrics()
     metrics.observe_stored([_call(Decimal("0.6")), _call(None)])
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.exposition().decode()
     labels = {
         "service_name": "svc",
         "gen_ai_provider_name": "groq",
