@@ -187,7 +187,7 @@ class BudgetCollector(Collector):
         if time.monotonic() - self._read_at <= self._ttl:
             return
         try:
-            with psycopg.connect(self._url, connect_timeout=1) as conn:
+            with psycopg.connect(self._url, connect_timeout=1, autocommit=True) as conn:
                 read = self._reader.read(conn, self._clock(), self._max_budgets)
             self._statuses, enabled = read
             self._left_out = enabled - len(self._statuses)
