@@ -3,14 +3,16 @@
 Each budget's spend comes from the same pieces as `exporter.api.usage` reads for one budget
 (whole UTC hours from `hourly_usage_summary`, the partial hours at the edges from `api_calls`),
 over the same period bounds (`budgets.period_bounds`, computed here in Python for every time
-zone, so the database's time zone rules never differ from the API's). The calls of each distinct
-period are summed once per label set, then per scope with CUBE; each budget picks its scope's
-row by a hash join. So the cost grows with the distinct periods and label sets, not with the
+zone, so the database's time zone rules never differ from the API's). Calls are summed once per
+distinct piece (an hour span or an edge: the current hour's edge is shared by every period),
+then per scope over only the values some budget names, then per period; each budget picks its
+row by a hash join. So the cost grows with the distinct pieces and label sets, not with the
 number of budgets.
 """
 
 from __future__ import annotations
 
+import threading
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,66 +28,91 @@ from exporter.budgets import BUDGET_COLUMNS, forecast, period_bounds, state_of
 
 PERIODS = ("daily", "weekly", "monthly")
 
+# A budget's scope as a bit mask, as GROUPING() would give it: a bit set = any value matches.
+_SCOPE_BITS = (("service_name", 8), ("provider", 4), ("model", 2), ("operation", 1))
+
+
+def _scope_branch(mask: int) -> str:
+    """The spend of every (period, scope value) of budgets whose scope has this mask: summed
+    per piece over the scope's columns first (only the values some budget names), then per
+    period over its pieces. Skipped outright when no budget has this mask."""
+    kept = [column for column, bit in _SCOPE_BITS if not mask & bit]
+    columns = [column if column in kept else f"NULL::text AS {column}" for column, _ in _SCOPE_BITS]
+    named = "".join(f", {c}" for c in kept)
+    values = (
+        f" AND ({', '.join(kept)}) IN (SELECT {', '.join(kept)} FROM budget"
+        f" WHERE scope_mask = {mask})"
+        if kept
+        else ""
+    )
+    return (
+        f"SELECT p.range_id, {', '.join(columns)}, {mask} AS scope_mask, sum(t.cost) AS cost,"
+        f" sum(t.calls) AS calls, sum(t.unpriced) AS unpriced"
+        f" FROM (SELECT piece, piece_start, piece_end{named}, sum(cost) AS cost,"
+        f" sum(calls) AS calls, sum(unpriced) AS unpriced FROM piece_total"
+        f" WHERE EXISTS (SELECT FROM budget WHERE scope_mask = {mask}){values}"
+        f" GROUP BY piece, piece_start, piece_end{named}) t"
+        f" JOIN range_piece p ON p.piece = t.piece AND p.piece_start = t.piece_start"
+        f" AND p.piece_end = t.piece_end"
+        f" GROUP BY p.range_id{named}"
+    )
+
+
 _STATEMENT = f"""
 WITH combo AS (
     SELECT * FROM unnest(%(periods)s::text[], %(zones)s::text[], %(combo_ranges)s::int[])
         AS c(period_type, timezone, range_id)
 ), period AS (
     SELECT * FROM unnest(
-        %(range_ids)s::int[], %(starts)s::timestamptz[], %(ends)s::timestamptz[],
-        %(hours_starts)s::timestamptz[], %(hours_ends)s::timestamptz[],
+        %(range_ids)s::int[], %(hours_starts)s::timestamptz[], %(hours_ends)s::timestamptz[],
         %(edge0_starts)s::timestamptz[], %(edge0_ends)s::timestamptz[],
         %(edge1_starts)s::timestamptz[], %(edge1_ends)s::timestamptz[]
-    ) AS p(range_id, period_start, period_end, hours_start, hours_end,
-           edge0_start, edge0_end, edge1_start, edge1_end)
-), budget AS (
+    ) AS p(range_id, hours_start, hours_end, edge0_start, edge0_end, edge1_start, edge1_end)
+), budget AS MATERIALIZED (
     SELECT {", ".join(f"b.{c.strip()}" for c in BUDGET_COLUMNS.split(","))}, c.range_id,
-           (CASE WHEN b.service_name IS NULL THEN 8 ELSE 0 END
-            + CASE WHEN b.provider IS NULL THEN 4 ELSE 0 END
-            + CASE WHEN b.model IS NULL THEN 2 ELSE 0 END
-            + CASE WHEN b.operation IS NULL THEN 1 ELSE 0 END) AS scope_mask
+           {" + ".join(f"CASE WHEN b.{c} IS NULL THEN {bit} ELSE 0 END" for c, bit in _SCOPE_BITS)}
+           AS scope_mask
     FROM cost_budgets b
     LEFT JOIN combo c ON c.period_type = b.period_type AND c.timezone = b.timezone
     WHERE b.enabled
-), used AS (
-    SELECT * FROM period WHERE range_id IN (SELECT range_id FROM budget)
 ), hour_span AS (
-    SELECT DISTINCT hours_start, hours_end FROM used WHERE hours_start < hours_end
-), hour_total AS (
-    SELECT h.hours_start, h.hours_end, s.service_name, s.provider, s.model, s.operation,
-           sum(s.cost_usd) AS cost, sum(s.calls) AS calls, sum(s.unpriced_calls) AS unpriced
-    FROM hour_span h
-    JOIN hourly_usage_summary s ON s.hour >= h.hours_start AND s.hour < h.hours_end
-    GROUP BY 1, 2, 3, 4, 5, 6
-), edge AS (
-    SELECT range_id, edge0_start AS edge_start, edge0_end AS edge_end
-    FROM used WHERE edge0_start IS NOT NULL
+    SELECT range_id, hours_start, hours_end FROM period
+    WHERE hours_start < hours_end AND range_id IN (SELECT range_id FROM budget)
+), hour_cut AS (
+    -- The periods' whole hours cut at every one of their bounds: spans that never overlap,
+    -- so a summary row is read once however many periods hold it.
+    SELECT moment AS piece_start, lead(moment) OVER (ORDER BY moment) AS piece_end
+    FROM (SELECT hours_start AS moment FROM hour_span UNION SELECT hours_end FROM hour_span) m
+), range_piece AS MATERIALIZED (
+    SELECT s.range_id, 'h' AS piece, c.piece_start, c.piece_end
+    FROM hour_span s
+    JOIN hour_cut c ON c.piece_start >= s.hours_start AND c.piece_end <= s.hours_end
     UNION ALL
-    SELECT range_id, edge1_start, edge1_end FROM used WHERE edge1_start IS NOT NULL
-), edge_span AS (
-    SELECT DISTINCT edge_start, edge_end FROM edge
-), edge_total AS (
-    SELECT e.edge_start, e.edge_end, a.service_name, a.provider, a.model, a.operation,
-           sum(coalesce(a.cost_usd, 0)) AS cost, count(*) AS calls,
-           count(*) FILTER (WHERE a.cost_usd IS NULL) AS unpriced
-    FROM edge_span e
-    JOIN api_calls a ON a."timestamp" >= e.edge_start AND a."timestamp" < e.edge_end
-    GROUP BY 1, 2, 3, 4, 5, 6
-), call_total AS (
-    SELECT u.range_id, t.service_name, t.provider, t.model, t.operation, t.cost, t.calls,
-           t.unpriced
-    FROM used u
-    JOIN hour_total t ON t.hours_start = u.hours_start AND t.hours_end = u.hours_end
+    SELECT range_id, 'e', edge0_start, edge0_end FROM period
+    WHERE edge0_start IS NOT NULL AND range_id IN (SELECT range_id FROM budget)
     UNION ALL
-    SELECT e.range_id, t.service_name, t.provider, t.model, t.operation, t.cost, t.calls,
-           t.unpriced
-    FROM edge e JOIN edge_total t ON t.edge_start = e.edge_start AND t.edge_end = e.edge_end
+    SELECT range_id, 'e', edge1_start, edge1_end FROM period
+    WHERE edge1_start IS NOT NULL AND range_id IN (SELECT range_id FROM budget)
+), used_piece AS (
+    SELECT DISTINCT piece, piece_start, piece_end FROM range_piece
+), piece_total AS MATERIALIZED (
+    SELECT u.piece, u.piece_start, u.piece_end, s.service_name, s.provider, s.model,
+           s.operation, sum(s.cost_usd) AS cost, sum(s.calls) AS calls,
+           sum(s.unpriced_calls) AS unpriced
+    FROM used_piece u
+    JOIN hourly_usage_summary s ON s.hour >= u.piece_start AND s.hour < u.piece_end
+    WHERE u.piece = 'h'
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    UNION ALL
+    SELECT u.piece, u.piece_start, u.piece_end, a.service_name, a.provider, a.model,
+           a.operation, sum(coalesce(a.cost_usd, 0)), count(*),
+           count(*) FILTER (WHERE a.cost_usd IS NULL)
+    FROM used_piece u
+    JOIN api_calls a ON a."timestamp" >= u.piece_start AND a."timestamp" < u.piece_end
+    WHERE u.piece = 'e'
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
 ), scope_total AS (
-    SELECT range_id, service_name, provider, model, operation,
-           GROUPING(service_name, provider, model, operation) AS scope_mask,
-           sum(cost) AS cost, sum(calls) AS calls, sum(unpriced) AS unpriced
-    FROM call_total
-    GROUP BY range_id, CUBE (service_name, provider, model, operation)
+    {" UNION ALL ".join(_scope_branch(mask) for mask in range(16))}
 )
 SELECT budget.*, coalesce(t.cost, 0) AS spend_usd, coalesce(t.calls, 0) AS calls,
        coalesce(t.unpriced, 0) AS unpriced_calls, count(*) OVER () AS enabled_budgets
@@ -141,14 +168,14 @@ class PeriodTable:
         columns: dict[str, list[Any]] = {
             name: []
             for name in (
-                "range_ids", "starts", "ends", "hours_starts", "hours_ends", "edge0_starts",
-                "edge0_ends", "edge1_starts", "edge1_ends",
+                "range_ids", "hours_starts", "hours_ends", "edge0_starts", "edge0_ends",
+                "edge1_starts", "edge1_ends",
             )
         }  # fmt: skip
         for (start, end), range_id in ranges.items():
             (hours_start, hours_end), edges = split_range(start, min(now, end))
             first, second = [*edges, (None, None), (None, None)][:2]
-            values = (range_id, start, end, hours_start, hours_end, *first, *second)
+            values = (range_id, hours_start, hours_end, *first, *second)
             for column, value in zip(columns.values(), values, strict=True):
                 column.append(value)
         return params | columns
@@ -159,6 +186,8 @@ class BudgetReader:
 
     def __init__(self) -> None:
         self._table: PeriodTable | None = None
+        # Listing the zones reads hundreds of files: done at start, not in the first scrape.
+        threading.Thread(target=_zones, name="zone-list", daemon=True).start()
 
     def read(
         self, conn: psycopg.Connection[Any], now: datetime, limit: int

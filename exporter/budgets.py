@@ -143,10 +143,13 @@ def ensure_default_budget(
 
 
 class BudgetCollector(Collector):
-    """The budget gauges, read from the database in one statement (`budget_query`) and kept
-    for `ttl` seconds, so scrapes in between share one read. Blocking: /metrics calls it off the
-    event loop. At most `max_budgets` budgets get gauges, those of highest usage (the ones
-    alerts are about); how many were left out is a gauge of its own."""
+    """The budget gauges, read from the database in one statement (`budget_query`).
+
+    /metrics (`exposition`) waits for the database only the first time: later it answers from
+    the last read at once, and starts a new read in the background once that is `ttl` old.
+    `collect` (a prometheus_client registry) reads in place when the last read is older.
+    At most `max_budgets` budgets get gauges, those of highest usage (the ones alerts are
+    about); how many were left out is a gauge of its own."""
 
     def __init__(
         self,
@@ -162,60 +165,78 @@ class BudgetCollector(Collector):
         self._clock = clock
         self._max_budgets = max_budgets
         self._reader = BudgetReader()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the values below
+        self._read_lock = threading.Lock()  # one read at a time
         self._statuses: list[dict[str, Any]] = []
         self._left_out = 0
-        self._text = _render(self._families())
+        self._text = _render(_families([], 0))
         self._read_at = float("-inf")
+        self._attempted = False
+        self._reading = False
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # values come from the database: never read at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self._stale():
+            self._read()
         with self._lock:
-            self._refresh()
-            return iter(self._families())
+            return iter(_families(self._statuses, self._left_out))
 
     def exposition(self) -> bytes:
-        """The gauges in the text format, rendered once per read."""
+        """The gauges in the text format, rendered once per read. Blocking the first time."""
+        if not self._attempted:
+            self._read()
+        elif self._stale():
+            with self._lock:
+                start, self._reading = not self._reading, True
+            if start:
+                threading.Thread(target=self._read, name="budget-gauges", daemon=True).start()
         with self._lock:
-            self._refresh()
             return self._text
 
-    def _refresh(self) -> None:
-        # With the database down, try again only after a pause, serving the last values.
-        if time.monotonic() - self._read_at <= self._ttl:
-            return
-        try:
-            with psycopg.connect(self._url, connect_timeout=1, autocommit=True) as conn:
-                read = self._reader.read(conn, self._clock(), self._max_budgets)
-            self._statuses, enabled = read
-            self._left_out = enabled - len(self._statuses)
-            self._text = _render(self._families())
-            self._read_at = time.monotonic()
-        except psycopg.Error as exc:
-            log.warning("reading budgets for /metrics failed: %s", exc)
-            self._read_at = time.monotonic() + FAILURE_PAUSE_SECONDS
+    def _stale(self) -> bool:
+        return time.monotonic() - self._read_at > self._ttl
 
-    def _families(self) -> list[GaugeMetricFamily]:
-        labels = ["budget", "period", *SCOPE_LABELS.values()]
-        families = {k: GaugeMetricFamily(n, h, labels=labels) for k, (n, h) in _GAUGES.items()}
-        for s in self._statuses:
-            values = [s["name"], s["period_type"], *(s[c] or "" for c in SCOPE_LABELS)]
-            limit = float(s["budget_usd"])
-            families["limit"].add_metric(values, limit)
-            families["spend"].add_metric(values, float(s["spend_usd"]))
-            families["usage"].add_metric(values, float(s["spend_usd"]) / limit)
-            families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
-            families["forecast"].add_metric(values, float(s["forecast_usd"]))
-            families["end"].add_metric(values, s["period_end"].timestamp())
-        left_out = GaugeMetricFamily(
-            "nexus_budgets_without_gauges",
-            "Enabled budgets left out of the budget gauges: past NEXUS_METRICS_MAX_BUDGETS, "
-            "those of lowest usage.",
-            value=self._left_out,
-        )
-        return [*families.values(), left_out]
+    def _read(self) -> None:
+        with self._read_lock:
+            try:
+                with psycopg.connect(self._url, connect_timeout=1, autocommit=True) as conn:
+                    statuses, enabled = self._reader.read(conn, self._clock(), self._max_budgets)
+            except psycopg.Error as exc:
+                # With the database down, try again only after a pause, serving the last values.
+                log.warning("reading budgets for /metrics failed: %s", exc)
+                with self._lock:
+                    self._read_at = time.monotonic() + FAILURE_PAUSE_SECONDS
+                    self._attempted, self._reading = True, False
+                return
+            left_out = enabled - len(statuses)
+            text = _render(_families(statuses, left_out))
+            with self._lock:
+                self._statuses, self._left_out, self._text = statuses, left_out, text
+                self._read_at = time.monotonic()
+                self._attempted, self._reading = True, False
+
+
+def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetricFamily]:
+    labels = ["budget", "period", *SCOPE_LABELS.values()]
+    families = {k: GaugeMetricFamily(n, h, labels=labels) for k, (n, h) in _GAUGES.items()}
+    for s in statuses:
+        values = [s["name"], s["period_type"], *(s[c] or "" for c in SCOPE_LABELS)]
+        limit = float(s["budget_usd"])
+        families["limit"].add_metric(values, limit)
+        families["spend"].add_metric(values, float(s["spend_usd"]))
+        families["usage"].add_metric(values, float(s["spend_usd"]) / limit)
+        families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
+        families["forecast"].add_metric(values, float(s["forecast_usd"]))
+        families["end"].add_metric(values, s["period_end"].timestamp())
+    without = GaugeMetricFamily(
+        "nexus_budgets_without_gauges",
+        "Enabled budgets left out of the budget gauges: past NEXUS_METRICS_MAX_BUDGETS, "
+        "those of lowest usage.",
+        value=left_out,
+    )
+    return [*families.values(), without]
 
 
 _GAUGES = {

@@ -13,6 +13,7 @@ import re
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -98,7 +99,7 @@ class ExporterMetrics:
         self._durations = 0  # duration children (label set, error type) outside the overflow
         self._series_lock = threading.Lock()  # the renderer's snapshot against new label sets
         self._render_lock = threading.Lock()
-        self._scrape: asyncio.Future[bytes] | None = None
+        self._scrape: asyncio.Future[list[bytes]] | None = None
 
     def _declare_health(self, r: CollectorRegistry) -> None:
         self.spans_received = Counter(
@@ -180,20 +181,28 @@ class ExporterMetrics:
         """Label sets with series of their own (the overflow series not counted)."""
         return len(self._series)
 
-    async def scrape(self) -> bytes:
-        """The exposition, rendered in a thread: one render at a time, and scrapes that arrive
-        during it share its result instead of queueing threads of their own."""
+    async def scrape(self) -> list[bytes]:
+        """The exposition in pieces, rendered in a thread: one render at a time, and scrapes
+        that arrive during it share its result instead of queueing threads of their own."""
         if self._scrape is None or self._scrape.done():
-            self._scrape = asyncio.ensure_future(asyncio.to_thread(self.exposition))
+            self._scrape = asyncio.ensure_future(asyncio.to_thread(self.exposition_parts))
         # Shielded: a scraper that disconnects must not cancel the render others wait for.
         return await asyncio.shield(self._scrape)
 
     def exposition(self) -> bytes:
-        """Everything in the Prometheus text format (version 0.0.4). Blocking: call it off the
-        event loop (`scrape`)."""
-        parts = [generate_latest(self.registry), *self._render_llm()]
-        parts.extend(added.exposition() for added in self.expositions)
-        return b"".join(parts)  # joined once: the LLM text alone can be tens of megabytes
+        """Everything in the Prometheus text format (version 0.0.4). Blocking."""
+        return b"".join(self.exposition_parts())
+
+    def exposition_parts(self) -> list[bytes]:
+        """The exposition as pieces to send one after another: mostly each label set's text as
+        kept, so a scrape copies nothing of the tens of megabytes it may come to. Blocking: the
+        added expositions (the budget gauges, which may read the database) run meanwhile in
+        threads of their own."""
+        with ThreadPoolExecutor(max(1, len(self.expositions))) as pool:
+            added = [pool.submit(exposition.exposition) for exposition in self.expositions]
+            parts = [generate_latest(self.registry), *self._render_llm()]
+            parts.extend(future.result() for future in added)
+        return parts
 
     def _render_llm(self) -> list[bytes]:
         with self._render_lock:
