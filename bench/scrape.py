@@ -174,7 +174,8 @@ def _results(console: Console, idle: Phase, busy: Phase) -> list[Result]:
     console.print(
         f"  ingest median {idle_ms:.1f} ms idle, {busy_ms:.1f} ms scraped (x{ratio:.2f}); "
         f"{len(busy.scrapes)} scrapes of {busy.scrape_bytes / 2**20:.1f} MiB, median "
-        f"{statistics.median(busy.scrapes or [0]):.2f} s, slowest {slowest:.2f} s; "
+        f"{statistics.median(busy.scrapes or [0]):.2f} s, first {busy.scrapes[:1] or '-'} s, "
+        f"slowest {slowest:.2f} s; "
         f"PSS peak {peak:.0f} MB (idle {max(idle.pss_mb):.0f} MB)"
     )
     return [

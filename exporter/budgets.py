@@ -157,7 +157,10 @@ class BudgetCollector(Collector):
         ttl: float = GAUGES_TTL_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_budgets: int = DEFAULT_MAX_BUDGETS,
+        read_now: bool = False,
     ) -> None:
+        """`read_now` starts the first read at once, in the background, so that even the first
+        scrape answers without waiting for the database."""
         from exporter.budget_query import BudgetReader
 
         self._url = database_url
@@ -172,7 +175,9 @@ class BudgetCollector(Collector):
         self._text = _render(_families([], 0))
         self._read_at = float("-inf")
         self._attempted = False
-        self._reading = False
+        self._reading = read_now
+        if read_now:
+            threading.Thread(target=self._read, name="budget-gauges", daemon=True).start()
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # values come from the database: never read at registration
@@ -186,7 +191,7 @@ class BudgetCollector(Collector):
     def exposition(self) -> bytes:
         """The gauges in the text format, rendered once per read. Blocking the first time."""
         if not self._attempted:
-            self._read()
+            self._read(first=True)  # or waits for the first read in flight
         elif self._stale():
             with self._lock:
                 start, self._reading = not self._reading, True
@@ -198,8 +203,10 @@ class BudgetCollector(Collector):
     def _stale(self) -> bool:
         return time.monotonic() - self._read_at > self._ttl
 
-    def _read(self) -> None:
+    def _read(self, first: bool = False) -> None:
         with self._read_lock:
+            if first and self._attempted:
+                return
             try:
                 with psycopg.connect(self._url, connect_timeout=1, autocommit=True) as conn:
                     statuses, enabled = self._reader.read(conn, self._clock(), self._max_budgets)

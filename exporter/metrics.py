@@ -42,9 +42,11 @@ DURATION_BUCKETS = (
 COST_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
-# The OpenTelemetry SDK's default cardinality limit per instrument: label sets past it share
-# one overflow series, so 20,000 model names cost 2,001 series, not 20,000.
-DEFAULT_MAX_SERIES = 2000
+# Label sets with series of their own (NEXUS_METRICS_MAX_SERIES); calls of further ones share
+# one overflow series, as past the OpenTelemetry SDK's cardinality limit (2,000 attribute sets
+# per instrument). Each label set is two of the token histogram's (input, output), so 1,000
+# keeps it within that limit; it is ~76 series and ~16 kB of text: 16 MiB per scrape at most.
+DEFAULT_MAX_SERIES = 1000
 OVERFLOW_LABEL = 'otel_metric_overflow="true"'
 # error_type is a short code (a class name, an HTTP status, a provider's error code), never
 # free text: anything longer or with other characters (a message, a header, a token) is OTHER.

@@ -147,7 +147,7 @@ def serve(settings: Settings, database: Database) -> None:
 
     metrics = ExporterMetrics(max_series=settings.metrics_max_series)
     metrics.expositions.append(
-        BudgetCollector(database.url, max_budgets=settings.metrics_max_budgets)
+        BudgetCollector(database.url, max_budgets=settings.metrics_max_budgets, read_now=True)
     )
     served = [
         Served("ingest", create_ingest_app(settings, database.url, metrics), settings.otlp_port),

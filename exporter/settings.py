@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         description="bearer token for /metrics (unset: the API token, else the ingest token)",
     )
     metrics_max_series: int = Field(
-        default=2000, gt=0, le=1_000_000,
+        default=1000, gt=0, le=1_000_000,
         description="label sets (service, provider, model, operations) with LLM series of "
         "their own; calls of further ones go to one overflow series",
     )  # fmt: skip

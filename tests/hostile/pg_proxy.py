@@ -50,10 +50,6 @@ class PgProxy:
         for sock in [self._server, *self._sockets]:
             sock.close()
 
-    def executions_since(self, moment: float) -> list[Connection]:
-        """The connections opened after `moment` (time.monotonic)."""
-        return [c for c in self.connections if c.opened_at >= moment]
-
     def _accept(self) -> None:
         while True:
             try:
