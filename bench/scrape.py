@@ -109,7 +109,7 @@ def _phase(base_url: str, pid: int, seconds: float, scraped: bool) -> Phase:
         target=_scraper, args=(f"{base_url}/metrics", seconds, results)
     )
     if scraped:
-        scraper.start()
+        scraper.start()  # its first scrape renders every label set: it is timed too
     headers = {"Content-Type": "application/x-protobuf"}
     deadline = time.monotonic() + seconds
     with httpx.Client(timeout=60) as client:
@@ -151,9 +151,15 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
                 _insert_budgets(url)
                 exporter = start_exporter(url, Path(tmp), env)
                 try:
+                    pid = exporter.process.pid
+                    before = _tree_memory(psutil.Process(pid))[1] / 2**20
                     with console.status("sending 20,000 model names"):
                         _flood(exporter.base_url)
-                    pid = exporter.process.pid
+                    after = _tree_memory(psutil.Process(pid))[1] / 2**20
+                    console.print(
+                        f"  exporter PSS {before:.0f} MB at start, {after:.0f} MB after "
+                        f"{LABEL_SETS:,} model names"
+                    )
                     with console.status("ingest idle"):
                         idle = _phase(exporter.base_url, pid, seconds, scraped=False)
                     with console.status("ingest while /metrics is scraped every second"):
@@ -174,7 +180,7 @@ def _results(console: Console, idle: Phase, busy: Phase) -> list[Result]:
     console.print(
         f"  ingest median {idle_ms:.1f} ms idle, {busy_ms:.1f} ms scraped (x{ratio:.2f}); "
         f"{len(busy.scrapes)} scrapes of {busy.scrape_bytes / 2**20:.1f} MiB, median "
-        f"{statistics.median(busy.scrapes or [0]):.2f} s, first {busy.scrapes[:1] or '-'} s, "
+        f"{statistics.median(busy.scrapes or [0]):.2f} s, first {busy.scrapes[0]:.2f} s, "
         f"slowest {slowest:.2f} s; "
         f"PSS peak {peak:.0f} MB (idle {max(idle.pss_mb):.0f} MB)"
     )

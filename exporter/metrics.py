@@ -165,23 +165,19 @@ class ExporterMetrics:
     def duration_child(self, series: _Series, error_type: str, calls: int) -> _Buckets:
         """The duration histogram of a label set and error type, bounded like label sets: past
         `max_series` of them, new ones go to the overflow series (which has no error type)."""
-        overflow = self.overflow_series()
-        if series is overflow:
+        is_overflow = series is self._overflow_series
+        if is_overflow:
             error_type = ""
         child = series.durations.get(error_type)
         if child is not None:
             return child
-        if series is not overflow:
+        if not is_overflow:
             if self._durations >= self.max_series:
                 self.overflow.labels(_FAMILY_NAMES[1]).inc(calls)
-                return self.duration_child(overflow, "", calls)
+                return self.duration_child(self.overflow_series(), "", calls)
             self._durations += 1
         child = series.durations[error_type] = _Buckets(len(_DURATION_BOUNDS))
         return child
-
-    def label_sets(self) -> int:
-        """Label sets with series of their own (the overflow series not counted)."""
-        return len(self._series)
 
     async def scrape(self) -> list[bytes]:
         """The exposition in pieces, rendered in a thread: one render at a time, and scrapes
