@@ -216,6 +216,12 @@ class ExporterMetrics:
         return out
 
 
+def _count_text(count: int) -> str:
+    """floatToGoString of a count, without its cost for the common small ones (it writes
+    1234567 as 1.234567e+06, Go's way, from 1e6 up)."""
+    return f"{count}.0" if count < 1_000_000 else floatToGoString(count)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
@@ -245,8 +251,8 @@ class _Buckets:
         lines, cumulative = [], 0
         for le, count in zip(bounds, counts, strict=True):
             cumulative += count
-            lines.append(f'{name}_bucket{{{labels},le="{le}"}} {floatToGoString(cumulative)}\n')
-        lines.append(f"{name}_count{{{labels}}} {floatToGoString(cumulative)}\n")
+            lines.append(f'{name}_bucket{{{labels},le="{le}"}} {_count_text(cumulative)}\n')
+        lines.append(f"{name}_count{{{labels}}} {_count_text(cumulative)}\n")
         lines.append(f"{name}_sum{{{labels}}} {floatToGoString(total)}\n")
         return lines
 
@@ -304,11 +310,11 @@ class _Series:
             name = "gen_ai_client_operation_duration_seconds"
             durations.extend(child.lines(name, typed, _DURATION_LE))
         tokens = [
-            f'nexus_llm_tokens_total{{{labels},gen_ai_token_type="{t}"}} {floatToGoString(n)}\n'
+            f'nexus_llm_tokens_total{{{labels},gen_ai_token_type="{t}"}} {_count_text(n)}\n'
             for t, n in zip(TOKEN_TYPES, list(self.tokens), strict=True)
         ]
         calls = [
-            f'nexus_llm_calls_total{{{labels},outcome="{outcome}"}} {floatToGoString(n)}\n'
+            f'nexus_llm_calls_total{{{labels},outcome="{outcome}"}} {_count_text(n)}\n'
             for outcome, n in (("success", self.successes), ("error", self.errors))
         ]
         cost = [f"nexus_llm_cost_usd_total{{{labels}}} {floatToGoString(self.cost)}\n"]
