@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, Runner] = {
     "api": _optional("bench.api"),
     "dashboards": _optional("bench.dashboards"),
     "memory": _memory,
+    "scrape": _optional("bench.scrape"),
     "faults": _optional("bench.faults"),
 }
 

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from psycopg.rows import dict_row
 
 from exporter.api.usage import Scope, usage
@@ -25,6 +26,11 @@ Period = Literal["daily", "weekly", "monthly"]
 State = Literal["ok", "warning", "exceeded"]
 DEFAULT_BUDGET_NAME = "default-daily"
 FAILURE_PAUSE_SECONDS = 30.0
+# Scrapes within this many seconds share one read of the budgets: a budget's spend moves with
+# calls, but an alert waits minutes (`for:`), so seconds of staleness cost nothing.
+GAUGES_TTL_SECONDS = 5.0
+# Budgets with gauges of their own (NEXUS_METRICS_MAX_BUDGETS): 6 series each.
+DEFAULT_MAX_BUDGETS = 2000
 BUDGET_COLUMNS = (
     "id, name, period_type, budget_usd, warning_threshold_pct, timezone, service_name, provider, "
     "model, operation, enabled, created_at, updated_at"
@@ -137,60 +143,131 @@ def ensure_default_budget(
 
 
 class BudgetCollector(Collector):
-    """The budget gauges, read from the database at scrape time (cached for `ttl` seconds)."""
+    """The budget gauges, read from the database in one statement (`budget_query`).
+
+    /metrics (`exposition`) waits for the database only the first time: later it answers from
+    the last read at once, and starts a new read in the background once that is `ttl` old.
+    `collect` (a prometheus_client registry) reads in place when the last read is older.
+    At most `max_budgets` budgets get gauges, those of highest usage (the ones alerts are
+    about); how many were left out is a gauge of its own."""
 
     def __init__(
         self,
         database_url: str,
-        ttl: float = 2.0,
+        ttl: float = GAUGES_TTL_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_budgets: int = DEFAULT_MAX_BUDGETS,
+        read_now: bool = False,
     ) -> None:
+        """`read_now` starts the first read at once, in the background, so that even the first
+        scrape answers without waiting for the database."""
+        from exporter.budget_query import BudgetReader
+
         self._url = database_url
         self._ttl = ttl
         self._clock = clock
-        self._lock = threading.Lock()
-        self._cached: list[dict[str, Any]] = []
+        self._max_budgets = max_budgets
+        self._reader = BudgetReader()
+        self._lock = threading.Lock()  # the values below
+        self._read_lock = threading.Lock()  # one read at a time
+        self._statuses: list[dict[str, Any]] = []
+        self._left_out = 0
+        self._text = _render(_families([], 0))
         self._read_at = float("-inf")
+        self._attempted = False
+        self._reading = read_now
+        if read_now:
+            threading.Thread(target=self._read, name="budget-gauges", daemon=True).start()
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # values come from the database: never read at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        return iter(self._families(self._statuses()))
-
-    def _statuses(self) -> list[dict[str, Any]]:
-        # A scrape runs on the ingest server's event loop: with the database down, try again
-        # only after a pause (serving the last values meanwhile), so ingest never stalls on it.
+        if self._stale():
+            self._read()
         with self._lock:
-            if time.monotonic() - self._read_at > self._ttl:
-                try:
-                    with psycopg.connect(self._url, connect_timeout=1) as conn:
-                        now = self._clock()
-                        self._cached = [status(conn, b, now) for b in list_budgets(conn, True)]
-                    self._read_at = time.monotonic()
-                except psycopg.Error as exc:
-                    log.warning("reading budgets for /metrics failed: %s", exc)
-                    self._read_at = time.monotonic() + FAILURE_PAUSE_SECONDS
-            return self._cached
+            return iter(_families(self._statuses, self._left_out))
 
-    def _families(self, statuses: list[dict[str, Any]]) -> list[GaugeMetricFamily]:
-        labels = ["budget", "period", *SCOPE_LABELS.values()]
-        gauges = {
-            "limit": ("nexus_budget_limit_usd", "Budget amount in US dollars."),
-            "spend": ("nexus_budget_spend_usd", "Spend in the budget's current period."),
-            "usage": ("nexus_budget_usage_ratio", "Spend divided by the budget amount."),
-            "warning": ("nexus_budget_warning_ratio", "Warning threshold as a ratio."),
-            "forecast": ("nexus_budget_forecast_usd", "Projected spend at period end."),
-            "end": ("nexus_budget_period_end_timestamp_seconds", "End of the current period."),
-        }
-        families = {k: GaugeMetricFamily(n, h, labels=labels) for k, (n, h) in gauges.items()}
-        for s in statuses:
-            values = [s["name"], s["period_type"], *(s[c] or "" for c in SCOPE_LABELS)]
-            limit = float(s["budget_usd"])
-            families["limit"].add_metric(values, limit)
-            families["spend"].add_metric(values, float(s["spend_usd"]))
-            families["usage"].add_metric(values, float(s["spend_usd"]) / limit)
-            families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
-            families["forecast"].add_metric(values, float(s["forecast_usd"]))
-            families["end"].add_metric(values, s["period_end"].timestamp())
-        return list(families.values())
+    def exposition(self) -> bytes:
+        """The gauges in the text format, rendered once per read. Blocking the first time."""
+        if not self._attempted:
+            self._read(first=True)  # or waits for the first read in flight
+        elif self._stale():
+            with self._lock:
+                start, self._reading = not self._reading, True
+            if start:
+                threading.Thread(target=self._read, name="budget-gauges", daemon=True).start()
+        with self._lock:
+            return self._text
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._read_at > self._ttl
+
+    def _read(self, first: bool = False) -> None:
+        with self._read_lock:
+            if first and self._attempted:
+                return
+            try:
+                with psycopg.connect(self._url, connect_timeout=1, autocommit=True) as conn:
+                    statuses, enabled = self._reader.read(conn, self._clock(), self._max_budgets)
+            except psycopg.Error as exc:
+                # With the database down, try again only after a pause, serving the last values.
+                log.warning("reading budgets for /metrics failed: %s", exc)
+                with self._lock:
+                    self._read_at = time.monotonic() + FAILURE_PAUSE_SECONDS
+                    self._attempted, self._reading = True, False
+                return
+            left_out = enabled - len(statuses)
+            text = _render(_families(statuses, left_out))
+            with self._lock:
+                self._statuses, self._left_out, self._text = statuses, left_out, text
+                self._read_at = time.monotonic()
+                self._attempted, self._reading = True, False
+
+
+def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetricFamily]:
+    labels = ["budget", "period", *SCOPE_LABELS.values()]
+    families = {k: GaugeMetricFamily(n, h, labels=labels) for k, (n, h) in _GAUGES.items()}
+    for s in statuses:
+        values = [s["name"], s["period_type"], *(s[c] or "" for c in SCOPE_LABELS)]
+        limit = float(s["budget_usd"])
+        families["limit"].add_metric(values, limit)
+        families["spend"].add_metric(values, float(s["spend_usd"]))
+        families["usage"].add_metric(values, float(s["spend_usd"]) / limit)
+        families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
+        families["forecast"].add_metric(values, float(s["forecast_usd"]))
+        families["end"].add_metric(values, s["period_end"].timestamp())
+    without = GaugeMetricFamily(
+        "nexus_budgets_without_gauges",
+        "Enabled budgets left out of the budget gauges: past NEXUS_METRICS_MAX_BUDGETS, "
+        "those of lowest usage.",
+        value=left_out,
+    )
+    return [*families.values(), without]
+
+
+_GAUGES = {
+    "limit": ("nexus_budget_limit_usd", "Budget amount in US dollars."),
+    "spend": ("nexus_budget_spend_usd", "Spend in the budget's current period."),
+    "usage": ("nexus_budget_usage_ratio", "Spend divided by the budget amount."),
+    "warning": ("nexus_budget_warning_ratio", "Warning threshold as a ratio."),
+    "forecast": ("nexus_budget_forecast_usd", "Projected spend at period end."),
+    "end": ("nexus_budget_period_end_timestamp_seconds", "End of the current period."),
+}
+
+
+def _render(families: list[GaugeMetricFamily]) -> bytes:
+    """Gauge families in the text format, as generate_latest writes them but without its
+    per-sample overhead (12,000 samples in a few milliseconds instead of a third of a second)."""
+    out: list[str] = []
+    for family in families:
+        out.append(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} gauge\n")
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            labels = f"{{{labels}}}" if labels else ""
+            out.append(f"{sample.name}{labels} {floatToGoString(sample.value)}\n")
+    return "".join(out).encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")

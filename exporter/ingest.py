@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exporter import otlp
@@ -150,7 +150,8 @@ class HealthCheck:
 def create_ingest_app(
     settings: Settings, database_url: str, metrics: ExporterMetrics | None = None
 ) -> Starlette:
-    ingestor = Ingestor(settings, database_url, metrics or ExporterMetrics())
+    metrics = metrics or ExporterMetrics(max_series=settings.metrics_max_series)
+    ingestor = Ingestor(settings, database_url, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -169,8 +170,22 @@ def create_ingest_app(
         ingestor.metrics.requests.labels(str(response.status_code)).inc()
         return response
 
+    metrics_token = settings.metrics_token or settings.api_token or settings.ingest_token
+
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(ingestor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # With any token configured, /metrics (budget names, spend, services) needs the most
+        # specific one: its own, else the API's, else the ingest token.
+        given = request.headers.get("authorization")
+        if metrics_token and not bearer_matches(given, metrics_token):
+            return PlainTextResponse(
+                "missing or wrong bearer token (Authorization: Bearer <token>)\n",
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        # Rendered in a thread (the budget gauges read the database): never on the event loop;
+        # sent in pieces of the text as kept, never copied whole.
+        parts = await ingestor.metrics.scrape()
+        return StreamingResponse(_grouped(parts), media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: Request) -> Response:
         ok = await ingestor.database_ok()
@@ -187,6 +202,23 @@ def create_ingest_app(
     )
     app.state.ingestor = ingestor
     return app
+
+
+# /metrics is sent in writes of about this size: few enough writes that sending tens of
+# megabytes costs the event loop little, small enough that no whole copy of the text is made.
+_METRICS_WRITE_BYTES = 1 << 20
+
+
+async def _grouped(parts: list[bytes]) -> AsyncIterator[bytes]:
+    group: list[bytes] = []
+    size = 0
+    for part in parts:
+        group.append(part)
+        size += len(part)
+        if size >= _METRICS_WRITE_BYTES:
+            yield b"".join(group)
+            group, size = [], 0
+    yield b"".join(group)
 
 
 async def _export(ingestor: Ingestor, request: Request) -> Response:

@@ -174,8 +174,10 @@ def serve(settings: Settings, database: Database) -> None:
     from exporter.api import create_api_app
     from exporter.budgets import BudgetCollector
 
-    metrics = ExporterMetrics()
-    metrics.registry.register(BudgetCollector(database.url))
+    metrics = ExporterMetrics(max_series=settings.metrics_max_series)
+    metrics.expositions.append(
+        BudgetCollector(database.url, max_budgets=settings.metrics_max_budgets, read_now=True)
+    )
     served = [
         Served("ingest", create_ingest_app(settings, database.url, metrics), settings.otlp_port),
         Served("api", create_api_app(settings, database.url), settings.api_port),

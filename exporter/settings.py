@@ -93,6 +93,19 @@ class Settings(BaseSettings):
     )
     ingest_token: str | None = Field(default=None, description="bearer token for /v1/traces")
     api_token: str | None = Field(default=None, description="bearer token for the API")
+    metrics_token: str | None = Field(
+        default=None,
+        description="bearer token for /metrics (unset: the API token, else the ingest token)",
+    )
+    metrics_max_series: int = Field(
+        default=1000, gt=0, le=1_000_000,
+        description="label sets (service, provider, model, operations) with LLM series of "
+        "their own; calls of further ones go to one overflow series",
+    )  # fmt: skip
+    metrics_max_budgets: int = Field(
+        default=2000, gt=0, le=1_000_000,
+        description="budgets with gauges of their own (those of highest usage)",
+    )  # fmt: skip
     daily_budget_usd: Decimal | None = Field(
         default=None,
         gt=0,

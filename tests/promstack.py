@@ -45,12 +45,17 @@ def prometheus_config(
     rule_files: Sequence[Path | str] = (),
     alertmanager: str | None = None,
     job: str = "nexus-exporter",
+    bearer_token: str | None = None,
 ) -> dict[str, Any]:
-    """A Prometheus config scraping `targets` (host:port) every `interval`."""
+    """A Prometheus config scraping `targets` (host:port) every `interval`, sending
+    `bearer_token` when the exporter's /metrics needs one."""
+    scrape: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+    if bearer_token:
+        scrape["authorization"] = {"type": "Bearer", "credentials": bearer_token}
     config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(path) for path in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [scrape],
     }
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}

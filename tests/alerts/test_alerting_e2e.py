@@ -99,6 +99,7 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 prom_config = prometheus_config(
                     [target], rule_files=fast_rules(work / "rules"),
                     alertmanager=alertmanager.url.removeprefix("http://"),
+                    bearer_token=API_TOKEN,  # /metrics asks for the API token when it is set
                 )  # fmt: skip
                 # Alerts fired before Prometheus found Alertmanager are re-sent after 1 s, not 1 m.
                 resend = ["--rules.alert.resend-delay=1s"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tests.promstack import ROOT, binary
 
 PROMETHEUS_DIR = ROOT / "prometheus"
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
+SECRET = "/run/secrets/metrics_token"  # compose mounts NEXUS_METRICS_TOKEN there
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:
@@ -39,8 +41,16 @@ def promtool_tests() -> list[dict[str, Any]]:
     return groups
 
 
-def test_config_and_rules_are_valid() -> None:
-    out = promtool("check", "config", "prometheus.yml")
+def test_config_and_rules_are_valid(tmp_path: Path) -> None:
+    promtool("check", "config", "--syntax-only", "prometheus.yml")
+    # In full, where compose puts the /metrics token (promtool wants the file to exist).
+    shutil.copytree(PROMETHEUS_DIR, tmp_path / "prometheus")
+    (tmp_path / "metrics_token").write_text("token")
+    config = (PROMETHEUS_DIR / "prometheus.yml").read_text()
+    assert config.count(SECRET) == 1
+    copy = tmp_path / "prometheus" / "prometheus.yml"
+    copy.write_text(config.replace(SECRET, str(tmp_path / "metrics_token")))
+    out = promtool("check", "config", str(copy), cwd=tmp_path / "prometheus")
     assert "2 rule files found" in out
     promtool("check", "rules", *(str(p) for p in sorted(PROMETHEUS_DIR.glob("rules/*.yml"))))
 
@@ -112,9 +122,18 @@ def test_shipped_config_scrapes_the_compose_exporter_and_alerts_its_alertmanager
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     # NexusExporterDown watches up{job="nexus-exporter"}: the job name is part of the contract.
     assert jobs["nexus-exporter"]["static_configs"] == [{"targets": ["exporter:4318"]}]
+    # /metrics needs the metrics token: compose makes NEXUS_METRICS_TOKEN the secret Prometheus
+    # reads it from, and gives the exporter the same variable.
+    authorization = jobs["nexus-exporter"]["authorization"]
+    assert authorization == {"type": "Bearer", "credentials_file": SECRET}
     (alertmanagers,) = config["alerting"]["alertmanagers"]
     assert alertmanagers["static_configs"] == [{"targets": ["alertmanager:9093"]}]
     assert config["rule_files"] == ["rules/*.yml"]  # relative to the mounted folder
     services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
     assert {"exporter", "alertmanager", "prometheus"} <= set(services)
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    secret = Path(SECRET).name
+    assert services["prometheus"]["secrets"] == [secret]
+    assert compose["secrets"][secret] == {"environment": "NEXUS_METRICS_TOKEN"}
+    assert "NEXUS_METRICS_TOKEN" in services["exporter"]["environment"]

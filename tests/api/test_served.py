@@ -114,7 +114,7 @@ def test_default_budget_gauges_on_the_ingest_port(
     spend = cost * calls
 
     def scraped() -> str | None:
-        text = httpx.get(served.base_url + "/metrics").text
+        text = httpx.get(served.base_url + "/metrics", headers=AUTH).text
         got = metric_value(text, "nexus_budget_spend_usd", **labels)
         return text if got == api_usd(spend) else None
 

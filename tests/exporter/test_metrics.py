@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from prometheus_client import generate_latest
-
-from exporter.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, ExporterMetrics
+from exporter.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, ExporterMetrics, error_code
 from exporter.model import LLMCall
 from tests.support import metric_value
 
@@ -27,7 +26,7 @@ def _call(cost: Decimal | None) -> LLMCall:
 def test_exposition_has_semconv_buckets_the_half_dollar_boundary_and_the_label_set() -> None:
     metrics = ExporterMetrics()
     metrics.observe_stored([_call(Decimal("0.6")), _call(None)])
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.exposition().decode()
     labels = {
         "service_name": "svc",
         "gen_ai_provider_name": "groq",
@@ -58,3 +57,78 @@ def _bounds(text: str, name: str) -> list[float]:
         if sample.name == name
     }
     return sorted(found)
+
+
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+def test_label_sets_past_the_limit_go_to_one_overflow_series_and_totals_stay_exact() -> None:
+    metrics = ExporterMetrics(max_series=2)
+    prices = [Decimal(i + 1) / 10 for i in range(10)]  # $0.10 to $1.00
+    calls = [dataclasses.replace(_call(p), model=f"m{i % 5}") for i, p in enumerate(prices)]
+    metrics.observe_stored(calls[:2])  # m0, m1: the two label sets with series of their own
+    assert ",otel_metric_overflow=" not in metrics.exposition().decode()  # not until needed
+    metrics.observe_stored(calls[2:])
+    text = metrics.exposition().decode()
+    successes = {
+        labels.get("otel_metric_overflow", labels["gen_ai_request_model"]): value
+        for labels, value in _samples(text, "nexus_llm_calls_total")
+        if labels["outcome"] == "success"
+    }
+    assert successes == {"m0": 2, "m1": 2, "true": 6}
+    costs = {
+        labels["gen_ai_request_model"]: value
+        for labels, value in _samples(text, "nexus_llm_cost_usd_total")
+    }
+    # Exact: each series shows the float nearest its exact Decimal sum.
+    assert costs == {"m0": float(Decimal("0.7")), "m1": float(Decimal("0.9")),
+                     "": float(Decimal("0.3") + Decimal("0.4") + Decimal("0.5")
+                               + Decimal("0.8") + Decimal("0.9") + Decimal("1.0"))}  # fmt: skip
+    overflow_labels = {
+        k
+        for labels, _ in _samples(text, "nexus_llm_calls_total")
+        if "otel_metric_overflow" in labels
+        for k, v in labels.items()
+        if v
+    }
+    assert overflow_labels == {"otel_metric_overflow", "outcome"}  # every other label empty
+    for family in ("nexus_llm_calls", "gen_ai_client_token_usage", "nexus_llm_cost_usd"):
+        assert metric_value(text, "nexus_exporter_metric_overflow_total", metric=family) == 6
+
+
+def test_error_types_are_codes_and_their_children_are_bounded_too() -> None:
+    assert error_code("RateLimitError") == "RateLimitError"
+    assert error_code("openai.APITimeoutError") == "openai.APITimeoutError"
+    assert error_code("429") == "429"
+    assert error_code("Bearer sk-abc") == "_OTHER"
+    assert error_code("a" * 65) == "_OTHER"
+    assert error_code('quote"d') == "_OTHER"
+    metrics = ExporterMetrics(max_series=2)
+    failed = [dataclasses.replace(_call(None), success=False, error_type=e)
+              for e in ("timeout", "Bearer secret-token", "overloaded")]  # fmt: skip
+    metrics.observe_stored(failed)
+    text = metrics.exposition().decode()
+    assert "secret-token" not in text
+    counts = {
+        (labels["error_type"], labels.get("otel_metric_overflow", "")): value
+        for labels, value in _samples(text, "gen_ai_client_operation_duration_seconds_count")
+    }
+    # Two (label set, error type) children, then the overflow series (which has no error type).
+    assert counts == {("timeout", ""): 1, ("_OTHER", ""): 1, ("", "true"): 1}
+    duration = "gen_ai_client_operation_duration_seconds"
+    assert metric_value(text, "nexus_exporter_metric_overflow_total", metric=duration) == 1
+
+
+def test_label_values_are_escaped() -> None:
+    metrics = ExporterMetrics()
+    metrics.observe_stored([dataclasses.replace(_call(None), model='a"b\\c\nd')])
+    (labels, _), *_ = _samples(metrics.exposition().decode(), "nexus_llm_unpriced_calls_total")
+    assert labels["gen_ai_request_model"] == 'a"b\\c\nd'
