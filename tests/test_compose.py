@@ -255,3 +255,16 @@ def test_grafana_database_role_reads_everything_and_writes_nothing(postgres_serv
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(database)))  # fmt: skip
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(reader)))
+
+
+def test_the_exporter_serves_beyond_loopback_only_with_tokens() -> None:
+    """`serve` refuses an open API on a public address: compose must require every token it
+    listens with, and the alert-history config must send the API token."""
+    env = SERVICES["exporter"]["environment"]
+    assert env["NEXUS_HOST"] == "0.0.0.0"
+    for name in ("NEXUS_INGEST_TOKEN", "NEXUS_API_TOKEN", "NEXUS_METRICS_TOKEN"):
+        assert env[name].startswith("${" + name + ":?"), name
+        assert _env_example()[name], f"{name} is empty in .env.example"
+    assert "NEXUS_ALLOW_UNAUTHENTICATED" not in env
+    config_env = SERVICES["alertmanager-config"]["environment"]
+    assert config_env["NEXUS_API_TOKEN"].startswith("${NEXUS_API_TOKEN:?")
