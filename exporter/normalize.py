@@ -11,7 +11,8 @@ from typing import Any
 
 from exporter.model import AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
-from nexus_otel._secrets import REDACTED, is_secret_key, scrub_text
+from nexus_otel._secrets import CACHED_LENGTH, REDACTED, is_secret_key, scrub_text
+from nexus_otel._secrets import scrubbed_before as _seen
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TOKENS = 2**53
@@ -21,6 +22,8 @@ _MAX_KEPT = 64
 _MAX_STRING = 1024
 _MAX_LIST = 64
 _MAX_ERROR_MESSAGE = 1000
+# Strings scrubbed before are looked up, never cut again: they must fit every text bound.
+assert min(_MAX_STRING, _MAX_ERROR_MESSAGE) >= CACHED_LENGTH
 
 PROVIDER_ALIASES: dict[str, str] = {
     "claude": "anthropic",
@@ -112,10 +115,10 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         timestamp=_timestamp(span.start_time_unix_nano),
         service_name=_scrubbed(_str(span.resource_attributes.get(a.SERVICE_NAME)))
         or "unknown_service",
-        provider=provider,
-        model=_scrubbed(model) or "unknown",
-        response_model=_scrubbed(response_model),
-        gen_ai_operation=_gen_ai_operation(attrs),
+        provider=_seen(provider) or scrub_text(provider),
+        model=_seen(model) or _scrubbed(model) or "unknown",  # type: ignore[arg-type]
+        response_model=_seen(response_model) or _scrubbed(response_model),  # type: ignore[arg-type]
+        gen_ai_operation=scrub_text(_gen_ai_operation(attrs)),
         operation=_scrubbed(_tag(span, a.NEXUS_OPERATION)) or "",
         correlation_id=_scrubbed(_tag(span, a.NEXUS_CORRELATION_ID)),
         input_tokens=input_tokens,
@@ -130,7 +133,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         error_message=error_message,
         usage_source=_usage_source(attrs),
         server_address=_scrubbed(_str(attrs.get(a.SERVER_ADDRESS))),
-        span_name=scrub_text(span.name, _MAX_STRING),
+        span_name=_seen(span.name) or scrub_text(span.name, _MAX_STRING),
         time_to_first_chunk_ms=_ttfc_ms(attrs),
         reported_cost_usd=_reported_cost(attrs),
         attributes=_kept_attributes(attrs, store_content),
@@ -336,7 +339,7 @@ def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> d
         if value.__class__ is int:  # the common values, inline
             kept[key] = value
         elif value.__class__ is str:
-            kept[key] = scrub_text(value, _MAX_STRING)  # type: ignore[arg-type]
+            kept[key] = _seen(value) or scrub_text(value, _MAX_STRING)  # type: ignore[arg-type]
         else:
             kept[key] = _bounded(value)
     return kept
@@ -375,7 +378,9 @@ def _bounded(value: AttributeValue) -> Any:
 
 def _scrubbed(text: str | None, limit: int = _MAX_STRING) -> str | None:
     """Stored text: without credentials, then at most `limit` characters."""
-    return scrub_text(text, limit) if text else text
+    if not text:
+        return text
+    return _seen(text) or scrub_text(text, limit)  # a string seen before: one lookup
 
 
 def _str(value: AttributeValue) -> str | None:

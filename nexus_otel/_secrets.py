@@ -91,6 +91,11 @@ _MAYBE = re.compile(
 _CACHED_LENGTH = 256  # short strings repeat (names, addresses): their answer is remembered
 _CACHE_ENTRIES = 8192  # so the cache holds at most ~2 MiB of text, then starts again
 _cache: dict[str, str] = {}
+# The scrubbed text of a short string scrubbed before, or None: one dict lookup, for the hot
+# path's common values (the same model, service and operation on every span). Never longer
+# than CACHED_LENGTH.
+scrubbed_before = _cache.get
+CACHED_LENGTH = _CACHED_LENGTH
 
 
 def scrub_text(text: str, limit: int = 0) -> str:
