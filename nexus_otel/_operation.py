@@ -55,11 +55,11 @@ class Operation:
 
     def __init__(self, name: str, correlation_id: str | None, parent: Operation | None) -> None:
         # Both are recorded on every call's span: an app's tag must not carry a credential there.
-        self.name = scrub_text(name)
+        self.name = scrub_text(name) if isinstance(name, str) else name
         self.correlation_id: str | None = (
             scrub_text(correlation_id)
-            if correlation_id
-            else (parent.correlation_id if parent else None)
+            if isinstance(correlation_id, str) and correlation_id
+            else (correlation_id or (parent.correlation_id if parent else None))
         )
         self.parent = parent
         self._calls: list[CallRecord] = []
