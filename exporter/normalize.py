@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from exporter.model import AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
-from nexus_otel._secrets import scrub_text, scrub_url
+from nexus_otel._secrets import CACHED_LENGTH, REDACTED, is_secret_key, scrub_text
+from nexus_otel._secrets import scrubbed_before as _seen
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Plausible ranges, checked here at the edge; a span outside one is rejected alone, with a reason.
@@ -65,6 +67,8 @@ _MAX_KEPT = 64
 _MAX_STRING = 1024
 _MAX_LIST = 64
 _MAX_ERROR_MESSAGE = 1000
+# Strings scrubbed before are looked up, never cut again: they must fit every text bound.
+assert min(_MAX_STRING, _MAX_ERROR_MESSAGE) >= CACHED_LENGTH
 
 PROVIDER_ALIASES: dict[str, str] = {
     "claude": "anthropic",
@@ -127,7 +131,8 @@ _MAPPED = frozenset(
     )
 )  # fmt: skip
 _ABSENT = object()
-_SECRET_WORDS = ("authorization", "api_key", "api-key", "apikey", "secret", "password", "cookie")
+# error.type is a metric label: only a short identifier-like code is kept as it is.
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class InvalidSpan(ValueError):
@@ -162,13 +167,14 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         span_id=span.span_id,
         parent_span_id=span.parent_span_id,
         timestamp=_timestamp(span.start_time_unix_nano),
-        service_name=_str(span.resource_attributes.get(a.SERVICE_NAME)) or "unknown_service",
-        provider=provider,
-        model=model or "unknown",
-        response_model=response_model,
-        gen_ai_operation=_gen_ai_operation(attrs),
-        operation=_tag(span, a.NEXUS_OPERATION) or "",
-        correlation_id=_tag(span, a.NEXUS_CORRELATION_ID),
+        service_name=_scrubbed(_str(span.resource_attributes.get(a.SERVICE_NAME)))
+        or "unknown_service",
+        provider=_seen(provider) or scrub_text(provider),
+        model=_seen(model) or _scrubbed(model) or "unknown",  # type: ignore[arg-type]
+        response_model=_seen(response_model) or _scrubbed(response_model),  # type: ignore[arg-type]
+        gen_ai_operation=scrub_text(_gen_ai_operation(attrs)),
+        operation=_scrubbed(_tag(span, a.NEXUS_OPERATION)) or "",
+        correlation_id=_scrubbed(_tag(span, a.NEXUS_CORRELATION_ID)),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cache_read_tokens=cache_read,
@@ -180,8 +186,8 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         error_type=error_type,
         error_message=error_message,
         usage_source=_usage_source(attrs),
-        server_address=_str(attrs.get(a.SERVER_ADDRESS)),
-        span_name=span.name,
+        server_address=_scrubbed(_str(attrs.get(a.SERVER_ADDRESS))),
+        span_name=_seen(span.name) or scrub_text(span.name, _MAX_STRING),
         time_to_first_chunk_ms=_ttfc_ms(attrs),
         reported_cost_usd=reported_cost,
         attributes=_kept_attributes(attrs, store_content),
@@ -400,13 +406,18 @@ def _tag(span: RawSpan, key: str) -> str | None:
 
 
 def _error(span: RawSpan) -> tuple[str | None, str | None]:
+    """The error's code (a metric label, so never free text) and its message, scrubbed."""
     error_type = _str(span.attributes.get(a.ERROR_TYPE))
     if span.status_code == 2 and not error_type:
-        error_type = span.exception_type or "_OTHER"
+        error_type = _str(span.exception_type) or "_OTHER"
     if error_type is None:
         return None, None
     message = span.status_message or span.exception_message
-    return error_type, scrub_text(message)[:_MAX_ERROR_MESSAGE] if message else None
+    if not _ERROR_CODE.fullmatch(error_type) or scrub_text(error_type) != error_type:
+        # Free text (a message, a URL, a credential) is no code: it is told as the message.
+        message = message or error_type
+        error_type = "_OTHER"
+    return error_type, _scrubbed(message, _MAX_ERROR_MESSAGE) if message else None
 
 
 def _usage_source(attrs: dict[str, AttributeValue]) -> str:
@@ -438,27 +449,18 @@ def _reported_cost(attrs: dict[str, AttributeValue]) -> Decimal | None:
 
 
 def _is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    if lowered.startswith(("http.request.header.", "http.response.header.")):
-        return True
-    if lowered.endswith(("headers", ".header")):  # e.g. OpenLLMetry's llm.headers
-        return True
-    if any(word in lowered for word in _SECRET_WORDS):
-        return True
-    counts = ("tokens", "token_count", "token.type")
-    return "token" in lowered and not any(s in lowered for s in counts)
+    # A key that names a credential, or that holds one itself (a header line sent as a key).
+    return is_secret_key(key) or scrub_text(key) != key
 
 
-_KEEP, _DROP, _CONTENT, _URL = range(4)
+_KEEP, _DROP, _CONTENT = range(3)
 
 
 @functools.lru_cache(maxsize=4096)  # the same few keys arrive on every span
 def _key_kind(key: str) -> int:
     if key in _MAPPED or _is_secret_key(key):
         return _DROP
-    if key.startswith(a.CONTENT_ATTRIBUTE_PREFIXES):
-        return _CONTENT
-    return _URL if key in ("url.full", "http.url") else _KEEP
+    return _CONTENT if key.startswith(a.CONTENT_ATTRIBUTE_PREFIXES) else _KEEP
 
 
 def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> dict[str, Any]:
@@ -466,15 +468,14 @@ def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> d
     # Spans of one instrumentation carry the same keys: decide which to keep once per key set.
     plan = _kept_plan(keys, store_content) if len(keys) <= _MAX_KEPT else _plan(keys, store_content)
     kept: dict[str, Any] = {}
-    for key, kind in plan:
+    for key, _kind in plan:
         value = attrs[key]
-        if value.__class__ is int or (value.__class__ is str and kind != _URL):
-            # The common values, inline: _bounded would return most of them as they are.
-            kept[key] = value[:_MAX_STRING] if value.__class__ is str else value  # type: ignore[index]
-            continue
-        if kind == _URL and isinstance(value, str):
-            value = scrub_url(value)
-        kept[key] = _bounded(value)
+        if value.__class__ is int:  # the common values, inline
+            kept[key] = value
+        elif value.__class__ is str:
+            kept[key] = _seen(value) or scrub_text(value, _MAX_STRING)  # type: ignore[arg-type]
+        else:
+            kept[key] = _bounded(value)
     return kept
 
 
@@ -498,12 +499,22 @@ def _bounded(value: AttributeValue) -> Any:
     if value.__class__ is int:
         return value
     if isinstance(value, str):
-        return value[:_MAX_STRING] if len(value) > _MAX_STRING else value
+        return _scrubbed(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, list):
+        # A key-value list arrives as [[key, value], ...]: a secret key's value is not kept.
+        if len(value) == 2 and isinstance(value[0], str) and is_secret_key(value[0]):
+            return [_scrubbed(value[0]), REDACTED]
         return [_bounded(v) for v in value[:_MAX_LIST]]
     return value
+
+
+def _scrubbed(text: str | None, limit: int = _MAX_STRING) -> str | None:
+    """Stored text: without credentials, then at most `limit` characters."""
+    if not text:
+        return text
+    return _seen(text) or scrub_text(text, limit)  # a string seen before: one lookup
 
 
 def _str(value: AttributeValue) -> str | None:

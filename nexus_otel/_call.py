@@ -35,6 +35,7 @@ from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
 
 _GEN_AI_PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM)
 _NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
+_MAX_STATUS_MESSAGE = 500  # characters of an error message kept on the span; the rest is noise
 # Other instrumentations' spans that already describe one completed call: a further request
 # inside one is another call (an app's own span around several), not a retry, so it gets ours.
 _DESCRIBED: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -308,15 +309,16 @@ class LLMCall:
         message = self.response.error_message or (
             str(error) if error else f"HTTP {self.status_code}"
         )
-        span.set_status(Status(StatusCode.ERROR, scrub_text(message)[:500]))
+        span.set_status(Status(StatusCode.ERROR, scrub_text(message, _MAX_STATUS_MESSAGE)))
 
     def _content(self) -> dict[str, str]:
         text = {"type": "text", "content": self.response.output_text}
         reasons = ",".join(self.response.finish_reasons)
         output = [{"role": "assistant", "parts": [text], "finish_reason": reasons}]
+        # Prompts quote what users paste, keys included: recorded only once scrubbed.
         return {
-            a.GEN_AI_INPUT_MESSAGES: json.dumps(self.request.messages, default=str),
-            a.GEN_AI_OUTPUT_MESSAGES: json.dumps(output),
+            a.GEN_AI_INPUT_MESSAGES: scrub_text(json.dumps(self.request.messages, default=str)),
+            a.GEN_AI_OUTPUT_MESSAGES: scrub_text(json.dumps(output)),
         }
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
+from nexus_otel._secrets import scrub_text
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 # The innermost active operation; the per-call path reads it with `.get()`, without a frame.
 CURRENT_OPERATION: contextvars.ContextVar[Operation | None] = contextvars.ContextVar(
@@ -52,9 +54,12 @@ class Operation:
     Calls made in nested operations count here too."""
 
     def __init__(self, name: str, correlation_id: str | None, parent: Operation | None) -> None:
-        self.name = name
-        self.correlation_id: str | None = correlation_id or (
-            parent.correlation_id if parent else None
+        # Both are recorded on every call's span: an app's tag must not carry a credential there.
+        self.name = scrub_text(name) if isinstance(name, str) else name
+        self.correlation_id: str | None = (
+            scrub_text(correlation_id)
+            if isinstance(correlation_id, str) and correlation_id
+            else (correlation_id or (parent.correlation_id if parent else None))
         )
         self.parent = parent
         self._calls: list[CallRecord] = []

@@ -20,12 +20,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from nexus_otel._call import CallSettings
 from nexus_otel._internal import log
-from nexus_otel._secrets import scrub_url
+from nexus_otel._secrets import scrub_text
 from nexus_otel._transport import Interceptor, unwrap_all, wrap_module
 
 _SCOPE = "nexus_otel"
 _TRUE = {"1", "true", "yes", "on"}
-_URL_ATTRIBUTES = ("url.full", "http.url")
+# Where the HTTP instrumentation records the URL, or its query and path (old and new names).
+_URL_ATTRIBUTES = ("url.full", "http.url", "url.query", "http.target", "url.path")
 
 
 @dataclass
@@ -184,12 +185,15 @@ def _instrument_http(
 
 
 def _scrub_http_span(span: Any, request: Any) -> None:
-    """Keeps `?key=` and user:password@ out of the HTTP span's URL (headers are never recorded)."""
+    """Keeps `?key=`, user:password@ and tokens in a path (`/bot<token>/`) out of the HTTP span's
+    URL (headers are never recorded)."""
     attributes = getattr(span, "attributes", None) or {}
     for key in _URL_ATTRIBUTES:
         value = attributes.get(key)
-        if isinstance(value, str) and ("?" in value or "@" in value):
-            span.set_attribute(key, scrub_url(value))
+        if isinstance(value, str):
+            scrubbed = scrub_text(value)
+            if scrubbed != value:
+                span.set_attribute(key, scrubbed)
 
 
 async def _scrub_http_span_async(span: Any, request: Any) -> None:

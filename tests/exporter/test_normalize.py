@@ -102,7 +102,7 @@ def test_secrets_and_content_never_kept_unless_content_opted_in() -> None:
     call = to_llm_call(_span(attributes))
     assert call is not None
     assert "sk-secret" not in repr(call)
-    assert call.attributes["url.full"].endswith("/models/x?alt=sse")
+    assert call.attributes["url.full"].endswith("/models/x?key=[REDACTED]&alt=sse")
     assert call.attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert "gen_ai.input.messages" not in call.attributes
     with_content = to_llm_call(_span(attributes), store_content=True)

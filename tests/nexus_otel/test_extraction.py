@@ -119,8 +119,8 @@ def test_request_fields() -> None:
 def test_secrets_are_scrubbed_from_urls_and_messages() -> None:
     url = "https://u:p@generativelanguage.googleapis.com/v1beta/models/x:generateContent?alt=sse&key=AIzaS3cret"
     assert (
-        scrub_url(url)
-        == "https://generativelanguage.googleapis.com/v1beta/models/x:generateContent?alt=sse"
+        scrub_url(url) == "https://[REDACTED]@generativelanguage.googleapis.com/v1beta/models/"
+        "x:generateContent?alt=sse&key=[REDACTED]"
     )
     assert scrub_text(f"Client error for url '{url}'").count("AIzaS3cret") == 0
 
