@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from exporter.metrics import ERROR_CODE, OTHER_ERROR
 from exporter.model import AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
 from nexus_otel._secrets import CACHED_LENGTH, REDACTED, is_secret_key, scrub_text
@@ -66,9 +66,8 @@ _OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
 _MAX_KEPT = 64
 _MAX_STRING = 1024
 _MAX_LIST = 64
-_MAX_ERROR_MESSAGE = 1000
 # Strings scrubbed before are looked up, never cut again: they must fit every text bound.
-assert min(_MAX_STRING, _MAX_ERROR_MESSAGE) >= CACHED_LENGTH
+assert min(_MAX_STRING, MAX_ERROR_MESSAGE, MAX_SPAN_NAME) >= CACHED_LENGTH
 
 PROVIDER_ALIASES: dict[str, str] = {
     "claude": "anthropic",
@@ -131,8 +130,6 @@ _MAPPED = frozenset(
     )
 )  # fmt: skip
 _ABSENT = object()
-# error.type is a metric label: only a short identifier-like code is kept as it is.
-_ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class InvalidSpan(ValueError):
@@ -187,7 +184,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         error_message=error_message,
         usage_source=_usage_source(attrs),
         server_address=_scrubbed(_str(attrs.get(a.SERVER_ADDRESS))),
-        span_name=_seen(span.name) or scrub_text(span.name, _MAX_STRING),
+        span_name=_seen(span.name) or _scrubbed_cut(span.name, MAX_SPAN_NAME),
         time_to_first_chunk_ms=_ttfc_ms(attrs),
         reported_cost_usd=reported_cost,
         attributes=_kept_attributes(attrs, store_content),
@@ -413,11 +410,11 @@ def _error(span: RawSpan) -> tuple[str | None, str | None]:
     if error_type is None:
         return None, None
     message = span.status_message or span.exception_message
-    if not _ERROR_CODE.fullmatch(error_type) or scrub_text(error_type) != error_type:
+    if not ERROR_CODE.fullmatch(error_type) or scrub_text(error_type) != error_type:
         # Free text (a message, a URL, a credential) is no code: it is told as the message.
         message = message or error_type
-        error_type = "_OTHER"
-    return error_type, _scrubbed(message, _MAX_ERROR_MESSAGE) if message else None
+        error_type = OTHER_ERROR
+    return error_type, _scrubbed_cut(message, MAX_ERROR_MESSAGE) if message else None
 
 
 def _usage_source(attrs: dict[str, AttributeValue]) -> str:
@@ -508,6 +505,14 @@ def _bounded(value: AttributeValue) -> Any:
             return [_scrubbed(value[0]), REDACTED]
         return [_bounded(v) for v in value[:_MAX_LIST]]
     return value
+
+
+def _scrubbed_cut(text: str, limit: int) -> str:
+    """Stored text without credentials; past `limit`, cut to it with TRUNCATED_MARKER (which a
+    cut made while scrubbing would leave out, the text then looking whole)."""
+    if len(text) <= limit:
+        return _seen(text) or scrub_text(text)
+    return scrub_text(text, limit)[: limit - len(TRUNCATED_MARKER)] + TRUNCATED_MARKER
 
 
 def _scrubbed(text: str | None, limit: int = _MAX_STRING) -> str | None:
