@@ -29,6 +29,7 @@ from exporter.decode import (
 from exporter.metrics import ExporterMetrics
 from exporter.settings import Settings
 from exporter.storage import CallBatch, CallWriter, StorageUnavailable, WriteResult
+from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,8 @@ async def _export(ingestor: Ingestor, request: Request) -> Response:
             for span_id, reason in written.refused
         )
     rejected = len(conversion.rejections)
-    message = "; ".join(conversion.rejections[:_MAX_REJECTION_MESSAGES])
+    # Reasons may quote a span's values, and senders (a collector) log them: scrubbed too.
+    message = scrub_text("; ".join(conversion.rejections[:_MAX_REJECTION_MESSAGES]))
     if rejected > _MAX_REJECTION_MESSAGES:
         message += f"; and {rejected - _MAX_REJECTION_MESSAGES} more"
     return Response(otlp.encode_response(media, rejected, message), media_type=media)

@@ -43,6 +43,7 @@ from psycopg.types.json import Jsonb
 
 from exporter.metrics import ExporterMetrics, MetricTotals, summarize_calls
 from exporter.model import LLMCall
+from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +591,7 @@ class CallWriter:
             log.warning(
                 "the database refused %d rows: %s",
                 len(result.refused),
-                next(iter(result.refused.values())),
+                scrub_text(next(iter(result.refused.values()))),  # it may quote a value
             )
             self._metrics.spans_rejected.labels("refused_by_database").inc(len(result.refused))
             self._months.clear()  # in case a partition was dropped under us: check them again

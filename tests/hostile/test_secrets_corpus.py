@@ -24,7 +24,16 @@ from psycopg import sql
 
 import nexus_otel
 from exporter.simulator import ProviderSimulator
-from tests.hostile.payloads import JSON, PROTOBUF, post, rejected_spans, to_json
+from tests.hostile.payloads import (
+    JSON,
+    PROTOBUF,
+    llm_attributes,
+    new_span,
+    post,
+    rejected_spans,
+    request,
+    to_json,
+)
 from tests.hostile.secrets_corpus import PLACEMENTS, Corpus, build, marker
 from tests.support import ExporterProcess, query
 
@@ -232,3 +241,16 @@ def test_every_placement_is_caught_by_the_shared_definition() -> None:
         if corpus.secrets[name] in repr(call):
             leaked.append(name)
     assert leaked == []
+
+
+def test_a_rejection_never_quotes_a_secret_back(exporter: ExporterProcess) -> None:
+    """Partial-success reasons quote the bad value, and senders (a collector) log them."""
+    key = "sk-proj-" + marker()
+    bad = new_span(llm_attributes(input_tokens=f"Bearer {key}"), name=f"chat ?key={key}")
+    response = post(
+        exporter.base_url, request([bad, new_span(llm_attributes())]).SerializeToString()
+    )
+    assert response.status_code == 200 and rejected_spans(response) == 1
+    assert b"is not a token count" in response.content
+    assert key.encode() not in response.content and b"[REDACTED]" in response.content
+    assert key not in exporter.log()
