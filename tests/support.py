@@ -125,16 +125,25 @@ def start_exporter(
     raise RuntimeError(f"nexus-otel serve did not become healthy:\n{exporter.log()}")
 
 
-def metric_value(metrics_text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
+def metric_samples(metrics_text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The (labels, value) of every sample named `name`."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    total = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    return sum(
+        value
+        for found, value in metric_samples(metrics_text, name)
+        if all(found.get(k) == v for k, v in labels.items())
+    )
 
 
 # A cost under this is "a cheap call": a bug that dropped such calls (or rounded them to zero)

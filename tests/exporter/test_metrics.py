@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from exporter.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, ExporterMetrics, error_code
 from exporter.model import LLMCall
-from tests.support import metric_value
+from tests.support import metric_samples, metric_value
 
 
 def _call(cost: Decimal | None) -> LLMCall:
@@ -59,17 +59,6 @@ def _bounds(text: str, name: str) -> list[float]:
     return sorted(found)
 
 
-def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    ]
-
-
 def test_label_sets_past_the_limit_go_to_one_overflow_series_and_totals_stay_exact() -> None:
     metrics = ExporterMetrics(max_series=2)
     prices = [Decimal(i + 1) / 10 for i in range(10)]  # $0.10 to $1.00
@@ -80,13 +69,13 @@ def test_label_sets_past_the_limit_go_to_one_overflow_series_and_totals_stay_exa
     text = metrics.exposition().decode()
     successes = {
         labels.get("otel_metric_overflow", labels["gen_ai_request_model"]): value
-        for labels, value in _samples(text, "nexus_llm_calls_total")
+        for labels, value in metric_samples(text, "nexus_llm_calls_total")
         if labels["outcome"] == "success"
     }
     assert successes == {"m0": 2, "m1": 2, "true": 6}
     costs = {
         labels["gen_ai_request_model"]: value
-        for labels, value in _samples(text, "nexus_llm_cost_usd_total")
+        for labels, value in metric_samples(text, "nexus_llm_cost_usd_total")
     }
     # Exact: each series shows the float nearest its exact Decimal sum.
     assert costs == {"m0": float(Decimal("0.7")), "m1": float(Decimal("0.9")),
@@ -94,7 +83,7 @@ def test_label_sets_past_the_limit_go_to_one_overflow_series_and_totals_stay_exa
                                + Decimal("0.8") + Decimal("0.9") + Decimal("1.0"))}  # fmt: skip
     overflow_labels = {
         k
-        for labels, _ in _samples(text, "nexus_llm_calls_total")
+        for labels, _ in metric_samples(text, "nexus_llm_calls_total")
         if "otel_metric_overflow" in labels
         for k, v in labels.items()
         if v
@@ -119,7 +108,7 @@ def test_error_types_are_codes_and_their_children_are_bounded_too() -> None:
     assert "secret-token" not in text
     counts = {
         (labels["error_type"], labels.get("otel_metric_overflow", "")): value
-        for labels, value in _samples(text, "gen_ai_client_operation_duration_seconds_count")
+        for labels, value in metric_samples(text, "gen_ai_client_operation_duration_seconds_count")
     }
     # Two (label set, error type) children, then the overflow series (which has no error type).
     assert counts == {("timeout", ""): 1, ("_OTHER", ""): 1, ("", "true"): 1}
@@ -130,5 +119,6 @@ def test_error_types_are_codes_and_their_children_are_bounded_too() -> None:
 def test_label_values_are_escaped() -> None:
     metrics = ExporterMetrics()
     metrics.observe_stored([dataclasses.replace(_call(None), model='a"b\\c\nd')])
-    (labels, _), *_ = _samples(metrics.exposition().decode(), "nexus_llm_unpriced_calls_total")
+    exposition = metrics.exposition().decode()
+    (labels, _), *_ = metric_samples(exposition, "nexus_llm_unpriced_calls_total")
     assert labels["gen_ai_request_model"] == 'a"b\\c\nd'

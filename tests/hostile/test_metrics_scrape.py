@@ -11,11 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.hostile.payloads import llm_attributes, new_span, post, request
 from tests.hostile.pg_proxy import PgProxy
-from tests.support import ExporterProcess, metric_value, query, start_exporter
+from tests.support import ExporterProcess, metric_samples, metric_value, query, start_exporter
 
 pytestmark = pytest.mark.e2e
 
@@ -104,15 +103,6 @@ def test_one_statement_reads_every_budget(proxied: ExporterProcess, proxy: PgPro
     assert [c.executions for c in reads] == [1] * len(reads), [c.texts for c in reads]
 
 
-def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    ]
-
-
 def test_label_sets_past_the_limit_share_one_overflow_series_with_exact_totals(
     budgets: str, tmp_path: Path
 ) -> None:
@@ -134,7 +124,7 @@ def test_label_sets_past_the_limit_share_one_overflow_series_with_exact_totals(
         )
     }
     own, overflowed = models[:3], models[3:]
-    calls = _samples(text, "nexus_llm_calls_total")
+    calls = metric_samples(text, "nexus_llm_calls_total")
     overflow = [(labels, v) for labels, v in calls if labels.get("otel_metric_overflow")]
     assert len(overflow) == 2  # success and error: one series per outcome, no more
     for labels, _ in overflow:
@@ -148,10 +138,10 @@ def test_label_sets_past_the_limit_share_one_overflow_series_with_exact_totals(
     assert sum(v for _, v in overflow) == overflow_calls
     # Totals stay exact: every stored call counted once, in its series or in the overflow.
     assert sum(v for _, v in calls) == sum(c for c, _, _ in stored.values()) == 16
-    inputs = [(labels, v) for labels, v in _samples(text, "nexus_llm_tokens_total")
+    inputs = [(labels, v) for labels, v in metric_samples(text, "nexus_llm_tokens_total")
               if labels["gen_ai_token_type"] == "input"]  # fmt: skip
     assert sum(v for _, v in inputs) == sum(t for _, t, _ in stored.values())
-    cost_samples = _samples(text, "nexus_llm_cost_usd_total")
+    cost_samples = metric_samples(text, "nexus_llm_cost_usd_total")
     costs = {labels["gen_ai_request_model"]: v for labels, v in cost_samples}
     for model in own:
         assert costs[model] == float(stored[model][2])
@@ -203,7 +193,7 @@ def test_no_token_ever_shows_in_metrics(guarded: ExporterProcess) -> None:
         assert response.status_code == 200, response.text
     text = _scrape(guarded, API_TOKEN).text
     assert API_TOKEN not in text and INGEST_TOKEN not in text and "E" * 65 not in text
-    durations = _samples(text, "gen_ai_client_operation_duration_seconds_count")
+    durations = metric_samples(text, "gen_ai_client_operation_duration_seconds_count")
     leaky = {labels["error_type"]: v for labels, v in durations
              if labels["gen_ai_request_model"] == "leaky-model"}  # fmt: skip
     assert leaky == {"_OTHER": 3}
