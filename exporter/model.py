@@ -7,6 +7,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+# Ends every stored name, message or attribute key cut to its bound, so a cut never looks whole.
+TRUNCATED_MARKER = "…[truncated]"
+
 AttributeValue = str | bool | int | float | list[Any] | None
 
 

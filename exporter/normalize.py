@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from exporter.metrics import ERROR_CODE, OTHER_ERROR
-from exporter.model import AttributeValue, LLMCall, RawSpan
+from exporter.model import TRUNCATED_MARKER, AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
 from nexus_otel._secrets import CACHED_LENGTH, REDACTED, is_secret_key, scrub_text
 from nexus_otel._secrets import scrubbed_before as _seen
@@ -46,7 +46,6 @@ MAX_ERROR_MESSAGE = 1000
 # A correlation id cut short would join the wrong content item (the content API takes ids of at
 # most 200 characters): a longer one is not stored cut, its span is rejected.
 MAX_CORRELATION_ID = 200
-TRUNCATED_MARKER = "…[truncated]"
 _TEXTS_AT_ONCE = min(
     MAX_MODEL,
     MAX_SERVICE_NAME,
@@ -453,11 +452,15 @@ def _is_secret_key(key: str) -> bool:
 _KEEP, _DROP, _CONTENT = range(3)
 
 
-@functools.lru_cache(maxsize=4096)  # the same few keys arrive on every span
-def _key_kind(key: str) -> int:
+def _kind_of_key(key: str) -> int:
     if key in _MAPPED or _is_secret_key(key):
         return _DROP
     return _CONTENT if key.startswith(a.CONTENT_ATTRIBUTE_PREFIXES) else _KEEP
+
+
+# The same few keys arrive on every span: decided once. Keys are at most
+# MAX_ATTRIBUTE_KEY_CHARS long (the decoder cuts longer ones), so the cache is bounded in bytes.
+_key_kind = functools.lru_cache(maxsize=4096)(_kind_of_key)
 
 
 def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> dict[str, Any]:

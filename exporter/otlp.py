@@ -22,11 +22,13 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from exporter.model import AttributeValue, RawSpan
 from exporter.otlp_wire import (
+    MAX_ATTRIBUTE_KEY_CHARS,
     MAX_VALUE_DEPTH,
     SCALAR_KINDS,
     BoundedKeyValue,
     LazyRequest,
     TolerantRequest,
+    bounded_key,
     bounded_value,
     repaired_text,
     storable,
@@ -239,6 +241,8 @@ def attributes_dict(key_values: Any) -> dict[str, AttributeValue]:
         key, value = kv.key, kv.value
         if "\x00" in key:
             key = storable(key)
+        if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
+            key = bounded_key(key)
         kind = value.WhichOneof("value")
         if kind == "string_value":
             text = value.string_value
@@ -396,6 +400,8 @@ def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
     else:
         key = key_value.key
         pair = (storable(key) if "\x00" in key else key, any_value(key_value.value))
+    if len(pair[0]) > MAX_ATTRIBUTE_KEY_CHARS:  # only for pairs not seen before: no cost after
+        pair = (bounded_key(pair[0]), pair[1])
     size = len(item)
     if size <= _DECODED_MAX_ITEM_BYTES:  # inline: run for every value not cached yet
         value = pair[1]

@@ -19,7 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from exporter.model import AttributeValue
+from exporter.model import TRUNCATED_MARKER, AttributeValue
 
 # Values nested deeper are read as None: no attribute an LLM span carries nests so far.
 MAX_VALUE_DEPTH = 8
@@ -117,6 +117,17 @@ def _bounded_key_value_class() -> type[Message]:
 
 
 BoundedKeyValue = _bounded_key_value_class()
+
+
+# Attribute keys are names (the conventions' longest is under 100 characters): a longer one is
+# cut, ending in TRUNCATED_MARKER, so the per-key caches of every later step stay small.
+MAX_ATTRIBUTE_KEY_CHARS = 256
+
+
+def bounded_key(key: str) -> str:
+    if len(key) <= MAX_ATTRIBUTE_KEY_CHARS:
+        return key
+    return key[: MAX_ATTRIBUTE_KEY_CHARS - len(TRUNCATED_MARKER)] + TRUNCATED_MARKER
 
 
 def storable(text: str) -> str:

@@ -40,16 +40,24 @@ _TOKEN = re.compile(r"token(?!s|_count|[._]type|[._]usage)")
 _TOKEN_COUNT_NAMES = re.compile(r"(?:first|per|max|output|input|prompt|completion)_token")
 
 
-@functools.lru_cache(maxsize=4096)  # the same few keys arrive on every span; bounded
 def is_secret_key(key: str) -> bool:
     """Whether a key (attribute, key-value list entry, JSON member, query or header name)
     names a credential."""
+    # The same few keys arrive on every span: remembered, unless long (a cache of long keys
+    # would grow by their size, not their number).
+    return _names_credential_cached(key) if len(key) <= _CACHED_LENGTH else _names_credential(key)
+
+
+def _names_credential(key: str) -> bool:
     lowered = key.lower().replace("-", "_")
     if "%" in lowered:  # `api%5Fkey`, `%6Bey`: names are compared as their receiver reads them
         lowered = unquote(lowered).replace("-", "_")
     if _SECRET_KEY_WORDS.search(lowered) or _SECRET_KEY_SEGMENTS.search(lowered):
         return True
     return bool(_TOKEN.search(lowered)) and not _TOKEN_COUNT_NAMES.search(lowered)
+
+
+_names_credential_cached = functools.lru_cache(maxsize=4096)(_names_credential)
 
 
 # Every pattern below runs on the lowercased text (same length, so positions match the

@@ -18,6 +18,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from exporter import otlp
+from exporter.model import TRUNCATED_MARKER
+from exporter.otlp_wire import MAX_ATTRIBUTE_KEY_CHARS
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     JSON,
@@ -323,3 +325,25 @@ def test_unique_large_attribute_values_do_not_grow_a_decode_worker(
     # the parsed copy of its values and their decoded text, about 3 x 24 MiB (measured: it
     # kept none). An entry-bounded cache kept all 16 requests' values (measured: 819 MiB).
     assert grown < 96 * 1024 * 1024, f"the decode worker grew by {grown // 1024 // 1024} MiB"
+
+
+@pytest.mark.parametrize("content_type", ["protobuf", JSON])
+def test_an_over_long_attribute_key_is_stored_cut(
+    exporter: ExporterProcess, database_url: str, content_type: str
+) -> None:
+    """Keys are names: a 100,000-character one is cut with the marker (every per-key cache
+    downstream holds at most MAX_ATTRIBUTE_KEY_CHARS a key), its value and its span kept."""
+    long_key = "app." + os.urandom(50_000).hex()
+    span = new_span(llm_attributes(**{long_key: "kept", "app.short": 7}))
+    body = request([span])
+    if content_type == JSON:
+        response = post(exporter.base_url, json.dumps(to_json(body)).encode(), JSON)
+    else:
+        response = post(exporter.base_url, body.SerializeToString())
+    assert response.status_code == 200 and rejected_spans(response) == 0, response.content
+    [(attributes,)] = query(
+        database_url, "SELECT attributes FROM api_calls WHERE span_id = %s", (span.span_id.hex(),)
+    )
+    cut = long_key[: MAX_ATTRIBUTE_KEY_CHARS - len(TRUNCATED_MARKER)] + TRUNCATED_MARKER
+    assert attributes[cut] == "kept" and attributes["app.short"] == 7
+    assert not any(len(key) > MAX_ATTRIBUTE_KEY_CHARS for key in attributes)
