@@ -69,29 +69,40 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _open_api_allowed(settings: Settings) -> bool:
-    """With no API token the API (budgets, the alert webhook that can resolve alerts) is open:
-    refused on an address others can reach unless --allow-unauthenticated says it is meant;
-    said aloud on loopback."""
-    if settings.api_token:
+def _open_ports_allowed(settings: Settings, *, ingest: bool) -> bool:
+    """With no API token the API (budgets, the alert webhook that can resolve alerts) is open,
+    and with no ingest token anyone who reaches ingest can add spend and trip budget alerts:
+    refused on an address others can reach unless --allow-unauthenticated says it is meant. On
+    loopback (apps send spans from this machine), an open API is said aloud."""
+    log = logging.getLogger("exporter")
+    open_ports = []
+    if not settings.api_token:
+        open_ports.append(("API token (NEXUS_API_TOKEN)", "the API", settings.api_port))
+    if ingest and not settings.ingest_token:
+        open_ports.append(("ingest token (NEXUS_INGEST_TOKEN)", "OTLP ingest", settings.otlp_port))
+    if not open_ports:
         return True
     if _is_loopback(settings.host):
-        logging.getLogger("exporter").warning(
-            "no API token (NEXUS_API_TOKEN): the API on %s:%d is open to every local process",
-            settings.host, settings.api_port,
-        )  # fmt: skip
+        if not settings.api_token:
+            log.warning(
+                "no API token (NEXUS_API_TOKEN): the API on %s:%d is open to every local process",
+                settings.host, settings.api_port,
+            )  # fmt: skip
         return True
     if settings.allow_unauthenticated:
-        logging.getLogger("exporter").warning(
-            "no API token (NEXUS_API_TOKEN) and NEXUS_ALLOW_UNAUTHENTICATED=true: the API on"
-            " %s:%d is open to anyone who reaches it", settings.host, settings.api_port,
-        )  # fmt: skip
+        for token, port_name, port in open_ports:
+            log.warning(
+                "no %s and NEXUS_ALLOW_UNAUTHENTICATED=true: %s on %s:%d is open to anyone who"
+                " reaches it", token, port_name, settings.host, port,
+            )  # fmt: skip
         return True
+    missing = " and no ".join(token for token, _, _ in open_ports)
+    which = " and ".join(port_name for _, port_name, _ in open_ports)
     console.print(
-        f"[red]error:[/] no API token, and {settings.host} is not a loopback address: the API"
-        " would be open to anyone who reaches it. Set NEXUS_API_TOKEN (--api-token), bind to"
-        " 127.0.0.1, or set NEXUS_ALLOW_UNAUTHENTICATED=true (--allow-unauthenticated true)"
-        " if an open API is what you mean."
+        f"[red]error:[/] no {missing}, and {settings.host} is not a loopback address: {which}"
+        " would be open to anyone who reaches it. Set the token (--api-token, --ingest-token),"
+        " bind to 127.0.0.1, or set NEXUS_ALLOW_UNAUTHENTICATED=true (--allow-unauthenticated"
+        " true) if that is what you mean."
     )
     return False
 
@@ -100,7 +111,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
 
-    if not _open_api_allowed(settings):
+    if not _open_ports_allowed(settings, ingest=True):
         return 2
     try:  # read here, so a bad file is one clear error, not a failure in every decode worker
         PriceBook(settings.prices_file)
@@ -128,7 +139,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """The API alone, for a deployment that runs ingest elsewhere."""
     from exporter.service import open_database, serve_api
 
-    if not _open_api_allowed(settings):
+    if not _open_ports_allowed(settings, ingest=False):
         return 2
     database = open_database(settings)
     console.print(f"[bold]nexus-otel API[/] http://{settings.host}:{settings.api_port}/docs")

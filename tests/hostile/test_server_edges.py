@@ -287,8 +287,22 @@ def test_an_open_api_on_a_public_address_is_refused(database_url: str, tmp_path:
     process = _serve(database_url, tmp_path, {}, "--host", "0.0.0.0")
     assert process.wait(WAIT_SECONDS) == 2
     output = (tmp_path / "serve.log").read_text()
-    assert "no API token, and 0.0.0.0 is not a loopback address" in output
+    assert (
+        "no API token (NEXUS_API_TOKEN) and no ingest token (NEXUS_INGEST_TOKEN), and 0.0.0.0 is"
+        " not a loopback address: the API and OTLP ingest would be open"
+    ) in " ".join(output.split())
     assert "NEXUS_ALLOW_UNAUTHENTICATED=true" in output
+
+
+def test_an_open_ingest_port_on_a_public_address_is_refused(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Anyone who reaches an open ingest port can add spend and trip budget alerts."""
+    process = _serve(database_url, tmp_path, {"NEXUS_API_TOKEN": "t0ken"}, "--host", "0.0.0.0")
+    assert process.wait(WAIT_SECONDS) == 2
+    output = " ".join((tmp_path / "serve.log").read_text().split())
+    assert "no ingest token (NEXUS_INGEST_TOKEN), and 0.0.0.0 is not a loopback address" in output
+    assert "OTLP ingest would be open" in output
 
 
 def test_an_open_api_on_a_public_address_starts_when_meant(
@@ -297,8 +311,9 @@ def test_an_open_api_on_a_public_address_starts_when_meant(
     env = {"NEXUS_ALLOW_UNAUTHENTICATED": "true"}
     exporter = start_exporter(database_url, tmp_path, env, "--host", "0.0.0.0")
     try:
-        warnings = [line for line in exporter.log().splitlines() if "no API token" in line]
-        assert len(warnings) == 1 and "open to anyone who reaches it" in warnings[0]
+        for token in ("no API token", "no ingest token"):
+            warnings = [line for line in exporter.log().splitlines() if token in line]
+            assert len(warnings) == 1 and "open to anyone who reaches it" in warnings[0]
     finally:
         exporter.stop()
 
@@ -310,10 +325,10 @@ def test_an_open_api_on_loopback_is_said_once(exporter: ExporterProcess) -> None
 
 
 def test_a_token_silences_the_warning(database_url: str, tmp_path: Path) -> None:
-    exporter = start_exporter(
-        database_url, tmp_path, {"NEXUS_API_TOKEN": "t0ken"}, "--host", "0.0.0.0"
-    )
+    tokens = {"NEXUS_API_TOKEN": "t0ken", "NEXUS_INGEST_TOKEN": "1ngest"}
+    exporter = start_exporter(database_url, tmp_path, tokens, "--host", "0.0.0.0")
     try:
         assert "no API token" not in exporter.log()
+        assert "no ingest token" not in exporter.log()
     finally:
         exporter.stop()
