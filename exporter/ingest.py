@@ -28,7 +28,8 @@ from exporter.decode import (
 )
 from exporter.metrics import ExporterMetrics
 from exporter.settings import Settings
-from exporter.storage import CallBatch, CallWriter, StorageUnavailable, WriteResult
+from exporter.storage import CallBatch, StorageUnavailable, WriteResult
+from exporter.writer import CallWriter
 from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,8 @@ unavailable, and the writer answers 503.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import time
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -41,9 +38,8 @@ from psycopg._copy_base import format_row_binary  # the C row encoder COPY itsel
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 
-from exporter.metrics import ExporterMetrics, MetricTotals, summarize_calls
+from exporter.metrics import MetricTotals, summarize_calls
 from exporter.model import LLMCall
-from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +174,7 @@ def call_key(trace_id: str, span_id: str, timestamp: datetime) -> str:
     return f"{trace_id}{span_id}{(timestamp - _EPOCH) // _MICROSECOND}"
 
 
-def _span_id(key: str) -> str:
+def span_id_of(key: str) -> str:
     return key[32:48]  # ids are checked to be 32 and 16 hex characters before they get here
 
 
@@ -253,7 +249,7 @@ def encode_row(call: LLMCall) -> bytes:
 
 
 @dataclass
-class _Written:
+class Written:
     """What one write did: the keys that were new (None: every row), the metric totals to
     apply, rows stored, and the rows the database refused (key -> why)."""
 
@@ -261,12 +257,6 @@ class _Written:
     metrics: list[MetricTotals]
     stored: int
     refused: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Pending:
-    batch: CallBatch
-    future: asyncio.Future[WriteResult] = field(repr=False)
 
 
 def call_row(call: LLMCall) -> tuple[Any, ...]:
@@ -369,7 +359,7 @@ def summary_columns(totals: _Totals) -> list[list[Any]]:
     return columns
 
 
-async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> _Written:
+async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> Written:
     """Stores the batches' rows in one transaction, with the summaries they move. Idempotent:
     rows already stored are left alone and counted nowhere."""
     data = [batch.data for batch in batches]
@@ -387,7 +377,7 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
                     max(b.last for b in batches if b.last),
                     rows,
                 )
-            return _Written(None, [b.metrics for b in batches if b.metrics], rows)
+            return Written(None, [b.metrics for b in batches if b.metrics], rows)
         except errors.UniqueViolation:
             pass  # a replay (that transaction is undone): only the new rows count
     async with conn.transaction():
@@ -397,7 +387,7 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
             last = max(f.timestamp for f in facts)
             await _summarize(conn, hourly_totals(facts), first, last, len(facts))
     keys = {call_key(f.trace_id, f.span_id, f.timestamp) for f in facts}
-    return _Written(keys, [summarize_calls(facts)], len(facts))
+    return Written(keys, [summarize_calls(facts)], len(facts))
 
 
 def _near_month_boundary(hour: datetime) -> bool:
@@ -419,7 +409,7 @@ async def _summarize(
 
 async def write_isolating(
     conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]
-) -> _Written:
+) -> Written:
     """Like write_batch, but a row the database refuses is split off (by bisection) and
     reported, so it cannot take the rest of its batch, or other requests' rows, down with it.
     Errors that are not about the rows (is_row_error) are raised."""
@@ -446,10 +436,10 @@ async def _isolate(
     months: frozenset[date],
     reason: str,
     writes_left: list[int],
-) -> _Written:
+) -> Written:
     """Stores what it can of rows the database refused together, in halves."""
     if len(rows) == 1:
-        return _Written(set(), [], 0, {keys[0]: reason})
+        return Written(set(), [], 0, {keys[0]: reason})
     middle = len(rows) // 2
     halves = []
     for part in (slice(None, middle), slice(middle, None)):
@@ -458,7 +448,7 @@ async def _isolate(
                 f"not stored: the database refused rows written with it ({reason}), and"
                 f" {ISOLATION_MAX_WRITES} writes did not isolate them"
             )
-            halves.append(_Written(set(), [], 0, dict.fromkeys(keys[part], why)))
+            halves.append(Written(set(), [], 0, dict.fromkeys(keys[part], why)))
             continue
         writes_left[0] -= 1
         try:
@@ -470,7 +460,7 @@ async def _isolate(
             halves.append(
                 await _isolate(conn, rows[part], keys[part], months, _reason(exc), writes_left)
             )
-    return _Written(
+    return Written(
         set().union(*(h.new_keys or () for h in halves)),
         [totals for h in halves for totals in h.metrics],
         sum(h.stored for h in halves),
@@ -491,156 +481,3 @@ async def _insert_new_only(conn: psycopg.AsyncConnection[Any], data: list[bytes]
     facts = await (await cursor.execute(_INSERT_NEW, {"window": CROSS_MONTH_WINDOW})).fetchall()
     await conn.execute("TRUNCATE nexus_stage")
     return facts
-
-
-class CallWriter:
-    """One database connection, one queue, group commit. Answers only after commit."""
-
-    def __init__(
-        self,
-        database_url: str,
-        metrics: ExporterMetrics,
-        *,
-        batch_max_rows: int = 5000,
-        queue_max_rows: int = 50_000,
-    ) -> None:
-        self._url = database_url
-        self._metrics = metrics
-        self._batch_max_rows = batch_max_rows
-        self._queue_max_rows = queue_max_rows
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._queued_rows = 0
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._months: set[date] = set()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="nexus-call-writer")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        while not self._queue.empty():
-            self._queue.get_nowait().future.set_exception(StorageUnavailable("shutting down"))
-        if self._conn:
-            await self._conn.close()
-
-    @property
-    def queued_rows(self) -> int:
-        return self._queued_rows
-
-    @property
-    def full(self) -> bool:
-        return self._queued_rows >= self._queue_max_rows
-
-    def submit(self, batch: CallBatch) -> asyncio.Future[WriteResult]:
-        """Queues calls; the future resolves once they are committed. Raises QueueFull."""
-        if self._queued_rows + len(batch) > self._queue_max_rows and self._queued_rows:
-            raise QueueFull(f"{self._queued_rows} rows are already waiting for the database")
-        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(batch, future))
-        self._set_queued(self._queued_rows + len(batch))
-        return future
-
-    def _set_queued(self, rows: int) -> None:
-        self._queued_rows = rows
-        self._metrics.queue_depth.set(rows)
-
-    async def _run(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            rows = len(group[0].batch)
-            while rows < self._batch_max_rows and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-                rows += len(group[-1].batch)
-            await self._write_group(group)
-            self._set_queued(self._queued_rows - rows)
-
-    async def _write_group(self, group: list[_Pending]) -> None:
-        live = [p for p in group if not p.future.done()]  # a timed-out request gave up
-        batches = [p.batch for p in live]
-        started = time.perf_counter()
-        try:
-            conn = await self._connection()
-            await self._ensure_partitions(conn, batches)
-            result = await write_isolating(conn, batches)
-        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-            # Row errors never get here (write_isolating reports them per row, whatever their
-            # class): this is the database being unreachable, shutting down, out of resources.
-            await self._drop_connection()
-            self._metrics.storage_up.set(0)
-            log.warning("database unavailable: %s", exc)
-            _fail(live, StorageUnavailable(f"database unavailable: {exc}"))
-            return
-        except Exception as exc:
-            log.exception("writing %d calls failed", sum(len(b) for b in batches))
-            await self._drop_connection()
-            self._months.clear()  # a partition may have been dropped under us
-            _fail(live, StorageUnavailable(f"write failed: {exc}"))
-            return
-        self._metrics.storage_up.set(1)
-        self._metrics.write_duration.observe(time.perf_counter() - started)
-        self._metrics.rows_written.inc(result.stored)
-        # Counted over the whole group: a span repeated by two requests of one group is a
-        # duplicate too, though only one of them reaches the table.
-        rows = sum(len(b) for b in batches)
-        self._metrics.spans_duplicate.inc(rows - result.stored - len(result.refused))
-        if result.refused:
-            log.warning(
-                "the database refused %d rows: %s",
-                len(result.refused),
-                scrub_text(next(iter(result.refused.values()))),  # it may quote a value
-            )
-            self._metrics.spans_rejected.labels("refused_by_database").inc(len(result.refused))
-            self._months.clear()  # in case a partition was dropped under us: check them again
-        for totals in result.metrics:
-            self._metrics.apply(totals)
-        _resolve(live, result)
-
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, connect_timeout=5
-            )
-        return self._conn
-
-    async def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-        self._conn = None
-
-    async def _ensure_partitions(
-        self, conn: psycopg.AsyncConnection[Any], batches: list[CallBatch]
-    ) -> None:
-        months = set().union(*(b.months for b in batches)) - self._months
-        for month in sorted(months):
-            await conn.execute("SELECT nexus_ensure_partition(%s)", (month,))
-            self._months.add(month)
-
-
-def _fail(pending: list[_Pending], error: Exception) -> None:
-    for p in pending:
-        if not p.future.done():
-            p.future.set_exception(error)
-
-
-def _resolve(pending: list[_Pending], result: _Written) -> None:
-    new_keys = result.new_keys
-    for p in pending:
-        if p.future.done():
-            continue
-        if new_keys is None:  # every row was new
-            p.future.set_result(WriteResult(stored=len(p.batch), duplicates=0))
-            continue
-        keys = p.batch.keys
-        stored = 0
-        for key in keys:
-            if key in new_keys:
-                new_keys.discard(key)  # a span sent twice (in one request or two) counts once
-                stored += 1
-        refused = [(_span_id(k), result.refused[k]) for k in keys if k in result.refused]
-        duplicates = len(keys) - stored - len(refused)
-        p.future.set_result(WriteResult(stored=stored, duplicates=duplicates, refused=refused))

@@ -40,8 +40,8 @@ from exporter.storage import (
     ISOLATION_MAX_WRITES,
     MAX_ATTRIBUTES_JSON_BYTES,
     CallBatch,
-    CallWriter,
 )
+from exporter.writer import CallWriter
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import llm_attributes, new_span, post, rejected_spans, request
 from tests.support import ExporterProcess, fresh_database, metric_value, query, start_exporter
