@@ -1,11 +1,11 @@
 """Durable, idempotent, batched writes of LLM calls to PostgreSQL.
 
-Requests hand their calls to one `CallWriter`, which groups whatever is queued into one
-transaction (group commit) and answers each request only once its rows are committed. Rows go in
-with a binary COPY straight into `api_calls`; only when that hits a unique key (a replay) does
-the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO NOTHING path. Daily
-summaries are updated in the same transaction from the rows that were actually new, so a replay
-never counts twice.
+Requests hand their calls to one `CallWriter` (`exporter.writer`), which groups whatever is
+queued into one transaction (group commit) and answers each request only once its rows are
+committed. Rows go in with a binary COPY straight into `api_calls`; only when that hits a unique
+key (a replay) does the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO
+NOTHING path. Daily summaries are updated in the same transaction from the rows that were
+actually new, so a replay never counts twice.
 
 A span is identified by its trace and span id alone: each monthly partition has a unique key on
 (trace_id, span_id), so a copy whose start time moved stays one row inside a month. Across a
