@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,12 +35,30 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
-def _settings_error(exc: ValidationError) -> str:
+def _setting_source(loc: str, args: argparse.Namespace) -> str:
+    """Where a bad value came from, as the user wrote it: the flag when one was given, else the
+    environment variable that is set (`TELEGRAM_CHAT_ID`, not a flag that does not exist)."""
+    import os
+
+    def env_names(field: str) -> list[str]:
+        choices = getattr(Settings.model_fields[field].validation_alias, "choices", None)
+        return [str(c) for c in choices] if choices else ["NEXUS_" + field.upper()]
+
+    # the error names the field, or the alias the value was read under
+    name = next((f for f in Settings.model_fields if loc in (f, *env_names(f))), loc)
+    flag = "--" + name.replace("_", "-")
+    if name not in Settings.model_fields or getattr(args, f"setting_{name}", None) is not None:
+        return flag
+    set_in_env = {key.upper(): key for key, value in os.environ.items() if value}
+    wanted = [env.upper() for env in env_names(name)]
+    return next((set_in_env[env] for env in wanted if env in set_in_env), flag)
+
+
+def _settings_error(exc: ValidationError, args: argparse.Namespace) -> str:
     lines = []
     for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "setting"
-        flag = "--" + name.replace("_", "-")
-        lines.append(f"{flag} = {error.get('input')!r}: {error['msg']}")
+        source = _setting_source(str(error["loc"][0]), args) if error["loc"] else "setting"
+        lines.append(f"{source} = {error.get('input')!r}: {error['msg']}")
     return "invalid setting: " + "; ".join(lines)
 
 
@@ -223,9 +242,13 @@ def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     directory = Path(args.out)
     if args.check:
+        if not directory.is_dir():  # run elsewhere than the repository root, or a wrong --out
+            console.print(f"[red]error:[/] dashboards directory {directory.absolute()} not found")
+            return 2
         outdated = stale(directory)
         for path in outdated:
-            console.print(f"[red]out of date:[/] {path}")
+            state = "out of date:" if path.exists() else "not found:  "
+            console.print(f"[red]{state}[/] {path}")
         return 1 if outdated else 0
     for path, changed in write_all(directory).items():
         console.print(f"{'[green]written[/]  ' if changed else 'unchanged'} {path}")
@@ -242,21 +265,71 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, args.duration)
 
 
-def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int:
-    """Writes alertmanager.yml (and its templates) from settings: Alertmanager reads no env."""
-    from pathlib import Path
+def _git_work_tree(path: Path) -> Path | None:
+    """The git work tree `path` would be in (a `.git` entry in it or a parent), if any."""
+    for directory in path.absolute().parents:
+        if (directory / ".git").exists():
+            return directory
+    return None
 
-    from exporter.alerting import AlertingConfigError, example_settings, write_alertmanager_config
+
+def _refuse_output(settings: Settings, args: argparse.Namespace, output: Path) -> str | None:
+    """Why the config must not be written to `output`: a file in a git work tree gets committed
+    with its secrets; a missing directory is a typo more often than a wish."""
+    secrets = [
+        name
+        for name, value in (
+            ("the bot token (TELEGRAM_BOT_TOKEN)", settings.telegram_bot_token),
+            ("the API token (NEXUS_API_TOKEN)", settings.api_token),
+        )
+        if value and not args.example  # the example's credentials are placeholders
+    ]
+    work_tree = _git_work_tree(output)
+    if secrets and work_tree and not args.force:
+        return (
+            f"{output} is inside the git work tree {work_tree} and would hold "
+            f"{' and '.join(secrets)}: write it outside the repository, print it (no --output), "
+            "or pass --force"
+        )
+    if not output.parent.is_dir() and not args.make_dirs:
+        return f"directory {output.parent} does not exist: create it, or pass --make-dirs"
+    return None
+
+
+def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Prints alertmanager.yml from settings (Alertmanager reads no env), or with --output writes
+    it and the message templates it loads beside it."""
+    from exporter.alerting import (
+        AlertingConfigError,
+        example_settings,
+        render_alertmanager_config,
+        write_alertmanager_config,
+    )
 
     if args.example:
         settings = example_settings()
+    if args.output is None:
+        try:
+            sys.stdout.write(render_alertmanager_config(settings))
+        except AlertingConfigError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
+        console.print(
+            "the config loads templates/*.tmpl from its own directory: --output PATH writes "
+            "both, the config and templates/telegram.tmpl beside it"
+        )
+        return 0
     try:
         mode = int(args.file_mode, 8)
     except ValueError:
         console.print(f"[red]error:[/] --file-mode {args.file_mode!r} is not an octal mode")
         return 2
+    output = Path(args.output)
+    if refusal := _refuse_output(settings, args, output):
+        console.print(f"[red]error:[/] {refusal}")
+        return 2
     try:
-        path = write_alertmanager_config(settings, Path(args.output), mode=mode)
+        path = write_alertmanager_config(settings, output, mode=mode)
     except (AlertingConfigError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -328,7 +401,18 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 
 
 def _alertmanager_config_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--output", default="alertmanager/alertmanager.yml", help="file to write")
+    command.add_argument(
+        "--output", metavar="PATH",
+        help="write the config here and templates/ beside it (default: print the config); "
+        "refused inside a git work tree when it holds a token, unless --force",
+    )  # fmt: skip
+    command.add_argument(
+        "--force", action="store_true",
+        help="write tokens into a file inside a git work tree all the same",
+    )  # fmt: skip
+    command.add_argument(
+        "--make-dirs", action="store_true", help="create the --output directory if missing"
+    )
     command.add_argument(
         "--file-mode", default="600",
         help="octal permissions of the file, which holds the bot token (644 when Alertmanager "
@@ -378,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "dashboards":
             command.add_argument("--out", default="grafana/dashboards", help="output directory")
             command.add_argument(
-                "--check", action="store_true", help="exit 1 if the files are out of date"
+                "--check",
+                action="store_true",
+                help="exit 1 if a file is missing or out of date, 2 if the directory is not found",
             )
         if name == "report":
             command.add_argument(
@@ -407,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args)
     except ValidationError as exc:
-        console.print(f"[red]error:[/] {_settings_error(exc)}")
+        console.print(f"[red]error:[/] {_settings_error(exc, args)}")
         return 2
     handler: Any = COMMANDS[args.command][0]
     try:

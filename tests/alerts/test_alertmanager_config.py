@@ -36,7 +36,7 @@ def test_generated_config_passes_amtool_and_carries_telegram_and_webhook(
     telegram_env: None, tmp_path: Path
 ) -> None:
     output = tmp_path / "am" / "alertmanager.yml"
-    assert main(["alertmanager-config", "--output", str(output)]) == 0
+    assert main(["alertmanager-config", "--output", str(output), "--make-dirs"]) == 0
     out = run_tool("amtool", "prometheus-alertmanager", "check-config", str(output))
     assert "4 receivers" in out and "2 inhibit rules" in out and "1 templates" in out
     assert (output.parent / "templates" / "telegram.tmpl").is_file()
@@ -119,7 +119,8 @@ def test_a_non_numeric_chat_id_names_the_bad_value(
 def test_shipped_alertmanager_yml_is_the_generated_example_and_valid() -> None:
     shipped = ROOT / "alertmanager" / "alertmanager.yml"
     assert shipped.read_text() == render_alertmanager_config(example_settings()), (
-        "regenerate it: nexus-otel alertmanager-config --example --file-mode 644"
+        "regenerate it: nexus-otel alertmanager-config --example --file-mode 644 "
+        "--output alertmanager/alertmanager.yml"
     )
     run_tool("amtool", "prometheus-alertmanager", "check-config", str(shipped))
 

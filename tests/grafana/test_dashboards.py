@@ -140,7 +140,7 @@ def test_builders_are_deterministic() -> None:
 
 def test_dashboards_command_writes_and_checks(tmp_path: Path) -> None:
     out = str(tmp_path / "dashboards")
-    assert main(["dashboards", "--check", "--out", out]) == 1  # nothing there yet
+    assert main(["dashboards", "--check", "--out", out]) == 2  # no directory yet
     assert main(["dashboards", "--out", out]) == 0
     assert sorted(p.name for p in Path(out).iterdir()) == sorted(f"{n}.json" for n in UIDS)
     assert main(["dashboards", "--check", "--out", out]) == 0
