@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from exporter.settings import Settings
 
@@ -59,7 +60,7 @@ def _settings_error(exc: ValidationError, args: argparse.Namespace) -> str:
     for error in exc.errors():
         source = _setting_source(str(error["loc"][0]), args) if error["loc"] else "setting"
         lines.append(f"{source} = {error.get('input')!r}: {error['msg']}")
-    return "invalid setting: " + "; ".join(lines)
+    return escape("invalid setting: " + "; ".join(lines))  # a value's `[x]` is not markup
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

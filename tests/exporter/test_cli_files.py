@@ -151,6 +151,10 @@ def test_a_bad_value_names_the_variable_or_flag_it_came_from(tmp_path: Path) -> 
         "error: invalid setting: NEXUS_OTLP_PORT = '99999': Input should be less than or equal "
         "to 65535\n"
     )
+    bracketed = _cli(tmp_path, "migrate", TELEGRAM_CHAT_ID="[bold]x")
+    assert bracketed.stderr == (
+        f"error: invalid setting: TELEGRAM_CHAT_ID = '[bold]x': {not_a_number}\n"
+    )
     budget = _cli(tmp_path, "migrate", DAILY_BUDGET_USD="-1")
     assert budget.stderr == (
         "error: invalid setting: DAILY_BUDGET_USD = '-1': Input should be greater than 0\n"
