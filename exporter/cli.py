@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -127,6 +129,28 @@ def _open_ports_allowed(settings: Settings, *, ingest: bool) -> bool:
     return False
 
 
+def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.socket] | None:
+    """Binds each server's port (`ports`: server name → setting) before anything starts, so a
+    port in use is one line naming the setting to change, printed before any banner."""
+    from exporter.service import bind_port
+
+    socks: dict[str, socket.socket] = {}
+    for name, setting in ports.items():
+        port = getattr(settings, setting)
+        try:
+            socks[name] = bind_port(settings.host, port)
+        except OSError as exc:
+            for sock in socks.values():
+                sock.close()
+            flag, variable = "--" + setting.replace("_", "-"), "NEXUS_" + setting.upper()
+            _error(
+                f"cannot listen on {settings.host}:{port} ({exc.strerror or exc}): choose another"
+                f" port with {flag} or {variable}"
+            )
+            return None
+    return socks
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
@@ -137,6 +161,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         PriceBook(settings.prices_file)
     except PriceOverridesError as exc:
         console.print(f"[red]error:[/] {exc}")
+        return 2
+    socks = _bind_ports(settings, {"ingest": "otlp_port", "api": "api_port"})
+    if socks is None:
         return 2
     database = open_database(settings)
     where = (
@@ -149,7 +176,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     console.print(f"  health            {base}/health")
     console.print(f"  API               http://{settings.host}:{settings.api_port}/docs")
     try:
-        serve(settings, database)
+        serve(settings, database, socks)
     finally:
         database.close()
     return 0
@@ -161,10 +188,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     if not _open_ports_allowed(settings, ingest=False):
         return 2
+    socks = _bind_ports(settings, {"api": "api_port"})
+    if socks is None:
+        return 2
     database = open_database(settings)
     console.print(f"[bold]nexus-otel API[/] http://{settings.host}:{settings.api_port}/docs")
     try:
-        serve_api(settings, database)
+        serve_api(settings, database, socks["api"])
     finally:
         database.close()
     return 0
@@ -224,6 +254,9 @@ def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         book = PriceBook(settings.prices_file)
+        if args.provider and (unknown := book.unknown_provider(args.provider)):
+            _error(unknown)
+            return 2
         info = book.describe(args.model, provider=args.provider)
     except (LookupError, PriceOverridesError) as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -450,7 +483,14 @@ ALERTING_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nexus-otel", description="LLM token and cost monitor")
+    parser = argparse.ArgumentParser(
+        prog="nexus-otel",
+        description="LLM token and cost monitor",
+        epilog="exit status: 0 done; 1 a check found a problem (dashboards --check, digest"
+        " --send); 2 the command could not run as given (a bad setting or argument, the"
+        " database unreachable, a port in use, a missing extra); 130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -490,17 +530,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its start/stop chatter
+    # Its start/stop chatter, and on a failed start the server's whole log: that failure is
+    # one line naming the data directory and its log file (EmbeddedDatabaseError).
+    logging.getLogger("pgserver").setLevel(logging.CRITICAL)
     try:
         settings = load_settings(args)
     except ValidationError as exc:
         console.print(f"[red]error:[/] {_settings_error(exc, args)}")
         return 2
     handler: Any = COMMANDS[args.command][0]
+    from exporter.db import EmbeddedDatabaseError, masked_conninfo
+
     try:
         return int(handler(settings, args))
     except KeyboardInterrupt:
         return 130
+    except EmbeddedDatabaseError as exc:
+        _error(str(exc))
+        return 2
+    except psycopg.OperationalError as exc:  # cannot connect: refused, unknown host, password
+        where = (
+            masked_conninfo(settings.database_url)
+            if settings.database_url
+            else f"the embedded PostgreSQL in {settings.data_dir}"
+        )
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _error(f"database {where}: {reason}")
+        return 2
+
+
+def _error(message: str) -> None:
+    """One line on stderr, however long: a log or a terminal keeps it whole."""
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nexus-otel")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import subprocess
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -18,6 +20,10 @@ log = logging.getLogger(__name__)
 MIGRATIONS_LOCK_ID = 0x6E657875  # advisory lock: one migrator at a time
 PARTITION_MONTHS_BEHIND = 1
 PARTITION_MONTHS_AHEAD = 2
+
+
+class EmbeddedDatabaseError(RuntimeError):
+    """The embedded PostgreSQL did not start; the message names its data directory."""
 
 
 class MigrationError(RuntimeError):
@@ -110,8 +116,13 @@ class EmbeddedPostgres:
             import pgserver  # imported here: only the embedded mode needs it
 
         self.pgdata = data_dir / "pgdata"
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        try:
+            self.pgdata.mkdir(parents=True, exist_ok=True)
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            reason = _start_failure(exc, self.pgdata / "log")
+            message = f"the embedded PostgreSQL in {self.pgdata} did not start: {reason}"
+            raise EmbeddedDatabaseError(message) from exc
 
     @property
     def url(self) -> str:
@@ -119,6 +130,19 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+def _start_failure(exc: Exception, log_file: Path) -> str:
+    """pgserver's failure in one line: for a command (pg_ctl, initdb) that failed, the last
+    line of the server's log (pgserver keeps it in the data directory), which holds why."""
+    if not isinstance(exc, subprocess.CalledProcessError):
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "no log")
+    return f"{Path(str(exc.cmd[0])).name} exited with status {exc.returncode}: {last} ({log_file})"
 
 
 def resolve_database(
@@ -129,3 +153,12 @@ def resolve_database(
         return database_url, None
     embedded = EmbeddedPostgres(data_dir)
     return embedded.url, embedded
+
+
+def masked_conninfo(conninfo: str) -> str:
+    """The connection string as it may be shown: its password (in a URL's user part, a URL's
+    `password` parameter or a `password=` key) replaced by ***."""
+    if conninfo.startswith(("postgresql://", "postgres://")):
+        masked = re.sub(r"^(postgres(?:ql)?://[^:@/?#]*):[^/?#]*@", r"\1:***@", conninfo)
+        return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo)

@@ -254,6 +254,22 @@ class PriceBook:
             return Price(reported, "span")
         return UNPRICED
 
+    def unknown_provider(self, provider: str) -> str | None:
+        """Why `provider` names no provider prices come from (a semconv name, a genai-prices
+        provider or one of its spellings, an override's provider), or None when it does one."""
+        name = provider.lower()
+        if name in PROVIDER_IDS or any(
+            e.provider is not None and fnmatch.fnmatchcase(name, e.provider) for e in self.overrides
+        ):
+            return None
+        snapshot = self._check_snapshot()
+        try:
+            snapshot.find_provider(None, name, None)
+        except LookupError:
+            known = sorted({*PROVIDER_IDS, *(p.id for p in snapshot.providers)})
+            return f"unknown provider {provider!r}; known providers: {', '.join(known)}"
+        return None
+
     def describe(
         self, model: str, provider: str | None = None, at: datetime | None = None
     ) -> ModelPriceInfo:

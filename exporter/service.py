@@ -8,6 +8,7 @@ import ctypes
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +66,7 @@ class Served:
     name: str
     app: ASGIApp
     port: int
+    sock: socket.socket | None = None  # bound before start-up (`bind_port`), else uvicorn binds
 
 
 async def run_servers(
@@ -88,7 +90,12 @@ async def run_servers(
             asyncio.create_task(_apply_retention_daily(database_url, retention_days))
         )
     try:
-        await asyncio.gather(*(server.serve() for server in servers))
+        await asyncio.gather(
+            *(
+                server.serve([s.sock] if s.sock else None)
+                for server, s in zip(servers, served, strict=True)
+            )
+        )
     finally:
         for task in maintenance:
             task.cancel()
@@ -169,8 +176,25 @@ def _return_freed_buffers() -> None:
     mallopt(_M_TRIM_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
-def serve(settings: Settings, database: Database) -> None:
-    """The ingest port (with /metrics, budget gauges included) and the API port."""
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` as uvicorn binds one, for the server to listen on: the
+    command line binds the ports before anything starts, so a port in use is one clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(
+    settings: Settings, database: Database, socks: dict[str, socket.socket] | None = None
+) -> None:
+    """The ingest port (with /metrics, budget gauges included) and the API port, listening on
+    `socks` (by name: ingest, api) where given."""
     from exporter.api import create_api_app
     from exporter.budgets import BudgetCollector
 
@@ -178,10 +202,13 @@ def serve(settings: Settings, database: Database) -> None:
     metrics.expositions.append(
         BudgetCollector(database.url, max_budgets=settings.metrics_max_budgets, read_now=True)
     )
+    socks = socks or {}
     served = [
         Served("ingest", create_ingest_app(settings, database.url, metrics), settings.otlp_port),
         Served("api", create_api_app(settings, database.url), settings.api_port),
     ]
+    for each in served:
+        each.sock = socks.get(each.name)
     # Ingest allocates many short-lived containers per span and few reference cycles:
     # collect cyclic garbage less often, and never re-scan the objects built at start-up.
     gc.freeze()
@@ -201,11 +228,11 @@ def serve(settings: Settings, database: Database) -> None:
     )
 
 
-def serve_api(settings: Settings, database: Database) -> None:
+def serve_api(settings: Settings, database: Database, sock: socket.socket | None = None) -> None:
     """The API alone (its live feed listens to the database, wherever ingest runs)."""
     from exporter.api import create_api_app
 
-    served = [Served("api", create_api_app(settings, database.url), settings.api_port)]
+    served = [Served("api", create_api_app(settings, database.url), settings.api_port, sock)]
     limits = ConnectionLimits.from_settings(settings)
     _raise_file_limit(len(served), limits)
     asyncio.run(run_servers(settings.host, served, database.url, limits))
