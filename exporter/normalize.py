@@ -22,7 +22,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # bigint maximum) is 9.2 * 10^10 such calls in one UTC day on one dimension key, over a million
 # calls a second for 24 hours, ten times what one writer connection can store.
 MAX_TOKENS_PER_CALL = 10**8
-_MAX_TOKENS = MAX_TOKENS_PER_CALL
 # No LLM call lasts a day; an end time far past its start (2^64 - 1 ns, an unset clock) is bad data.
 MAX_CALL_DURATION_NS = 24 * 3600 * 10**9
 _MAX_TTFC_SECONDS = MAX_CALL_DURATION_NS / 10**9
@@ -312,14 +311,14 @@ def _count(span: RawSpan, keys: tuple[str, ...]) -> int:
     for key in keys:
         value = attrs.get(key, _ABSENT)
         if value is not _ABSENT:
-            if value.__class__ is int and 0 <= value <= _MAX_TOKENS:  # type: ignore[operator]
+            if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_CALL:  # type: ignore[operator]
                 return value  # type: ignore[return-value]
             return _token_value(span, key, value)  # type: ignore[arg-type]
     return 0
 
 
 def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
-    if value.__class__ is int and 0 <= value <= _MAX_TOKENS:  # type: ignore[operator]
+    if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_CALL:  # type: ignore[operator]
         return value  # type: ignore[return-value]
     number: Any = value
     if isinstance(value, str):
@@ -332,7 +331,7 @@ def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
         and not isinstance(number, bool)
         and math.isfinite(number)
         and number == int(number)
-        and 0 <= number <= _MAX_TOKENS
+        and 0 <= number <= MAX_TOKENS_PER_CALL
     )
     if not valid:
         raise InvalidSpan(
@@ -349,7 +348,7 @@ def _tokens(span: RawSpan) -> tuple[int, int, int, int, int, int]:
         attrs, counts = span.attributes, []
         for key in _CURRENT_SPELLINGS:
             value = attrs.get(key, 0)
-            if value.__class__ is not int or not 0 <= value <= _MAX_TOKENS:  # type: ignore[operator]
+            if value.__class__ is not int or not 0 <= value <= MAX_TOKENS_PER_CALL:  # type: ignore[operator]
                 value = _token_value(span, key, value)
             counts.append(value)
         return _inclusive(*counts)  # type: ignore[arg-type]
