@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import Result
-from exporter.demo_view import output_console
+from exporter.demo.view import output_console
 
 Runner = Callable[[Console, argparse.Namespace], list[Result]]
 

@@ -23,9 +23,9 @@ from starlette.testclient import TestClient
 
 from bench.common import Result
 from exporter.api.app import create_api_app
-from exporter.budgets import period_bounds
-from exporter.db import EmbeddedPostgres, ensure_partitions_around
-from exporter.settings import Settings
+from exporter.core.db import EmbeddedPostgres, ensure_partitions_around
+from exporter.core.settings import Settings
+from exporter.usage.budgets import period_bounds
 from tests.support import fresh_database
 
 DAYS = 30

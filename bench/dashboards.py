@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bench.api import grown_tables, table_sizes
 from bench.common import Result
-from tests.grafana.grafana_expand import TimeRange, Variable, expand_sql, parse_interval
+from tests.dashboards.grafana_expand import TimeRange, Variable, expand_sql, parse_interval
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "grafana" / "dashboards"
 REPEATS = 5

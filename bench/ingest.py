@@ -18,12 +18,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bench.common import Result
-from exporter import otlp
-from exporter.db import EmbeddedPostgres, ensure_partitions_around
-from exporter.normalize import to_llm_call
-from exporter.pricing import PriceBook
-from exporter.storage import _COPY_DIRECT, COLUMN_TYPES, call_row
-from tests.exporter.otlp_helpers import make_spans, protobuf_body
+from exporter.core.db import EmbeddedPostgres, ensure_partitions_around
+from exporter.ingest import otlp
+from exporter.ingest.normalize import to_llm_call
+from exporter.ingest.pricing import PriceBook
+from exporter.ingest.storage import _COPY_DIRECT, COLUMN_TYPES, call_row
+from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import fresh_database, start_exporter
 
 MODELS = [

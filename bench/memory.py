@@ -21,8 +21,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bench.common import Result
 from bench.ingest import _span_specs
-from exporter.db import EmbeddedPostgres
-from tests.exporter.otlp_helpers import make_spans, protobuf_body
+from exporter.core.db import EmbeddedPostgres
+from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import fresh_database, metric_value, start_exporter
 
 TARGET_MB = 250

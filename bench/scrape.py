@@ -21,8 +21,8 @@ from rich.console import Console
 
 from bench.common import Result
 from bench.memory import _tree_memory
-from exporter.db import EmbeddedPostgres
-from tests.exporter.otlp_helpers import make_spans, protobuf_body
+from exporter.core.db import EmbeddedPostgres
+from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import fresh_database, query, start_exporter
 
 BUDGETS = 10_000

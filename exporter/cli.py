@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from exporter.settings import Settings
+from exporter.core.settings import Settings
 
 console = Console(stderr=True)
 Command = Callable[[Settings, argparse.Namespace], int]
@@ -66,7 +66,7 @@ def _settings_error(exc: ValidationError, args: argparse.Namespace) -> str:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from exporter.db import migrate, resolve_database
+    from exporter.core.db import migrate, resolve_database
 
     url, embedded = resolve_database(settings.database_url, settings.data_dir)
     try:
@@ -152,7 +152,7 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from exporter.pricing import PriceBook, PriceOverridesError
+    from exporter.ingest.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
 
     if not _open_ports_allowed(settings, ingest=True):
@@ -207,8 +207,8 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
     from fastapi.encoders import jsonable_encoder
 
-    from exporter.reports import build_report, last_complete_day, print_report
     from exporter.service import open_database
+    from exporter.usage.reports import build_report, last_complete_day, print_report
 
     now = datetime.now(UTC)
     try:
@@ -233,8 +233,8 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from exporter.retention import apply_retention
     from exporter.service import open_database
+    from exporter.usage.retention import apply_retention
 
     database = open_database(settings)
     try:
@@ -250,7 +250,7 @@ def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
-    from exporter.pricing import PriceBook, PriceOverridesError, render_price_table
+    from exporter.ingest.pricing import PriceBook, PriceOverridesError, render_price_table
 
     try:
         book = PriceBook(settings.prices_file)
@@ -292,7 +292,7 @@ def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """The stack, provider simulators and a carousel workload through the official SDKs."""
     try:
-        from exporter.demo import run_demo
+        from exporter.demo.run import run_demo
     except ImportError as exc:  # the provider SDKs come with the `demo` extra
         console.print(f"[red]error:[/] {exc}; install them with: pip install 'nexus-otel[demo]'")
         return 2
@@ -394,8 +394,8 @@ def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import date
 
     from exporter.alerting import TelegramError, send_telegram
-    from exporter.db import resolve_database
-    from exporter.digest import build_digest, render_digest, yesterday
+    from exporter.core.db import resolve_database
+    from exporter.usage.digest import build_digest, render_digest, yesterday
 
     try:
         day = date.fromisoformat(args.date) if args.date else yesterday(settings.timezone)
@@ -539,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]error:[/] {_settings_error(exc, args)}")
         return 2
     handler: Any = COMMANDS[args.command][0]
-    from exporter.db import EmbeddedDatabaseError, masked_conninfo
+    from exporter.core.db import EmbeddedDatabaseError, masked_conninfo
 
     try:
         return int(handler(settings, args))

@@ -18,11 +18,11 @@ import psycopg
 import uvicorn
 from starlette.types import ASGIApp
 
-from exporter.connection_limits import ConnectionLimits, guarded_protocols
-from exporter.db import EmbeddedPostgres, ensure_partitions_around, migrate, resolve_database
-from exporter.ingest import create_ingest_app
-from exporter.metrics import ExporterMetrics
-from exporter.settings import Settings
+from exporter.core.connection_limits import ConnectionLimits, guarded_protocols
+from exporter.core.db import EmbeddedPostgres, ensure_partitions_around, migrate, resolve_database
+from exporter.core.settings import Settings
+from exporter.ingest.app import create_ingest_app
+from exporter.ingest.metrics import ExporterMetrics
 
 log = logging.getLogger(__name__)
 PARTITION_CHECK_SECONDS = 6 * 3600
@@ -147,7 +147,7 @@ async def _maintain_partitions(url: str) -> None:
 async def _apply_retention_daily(url: str, retention_days: int) -> None:
     """Drops partitions past retention once a day, the first time a while after start-up (a
     restart loop must not turn into a drop loop)."""
-    from exporter.retention import apply_retention
+    from exporter.usage.retention import apply_retention
 
     await asyncio.sleep(RETENTION_FIRST_DELAY_SECONDS)
     while True:
@@ -196,7 +196,7 @@ def serve(
     """The ingest port (with /metrics, budget gauges included) and the API port, listening on
     `socks` (by name: ingest, api) where given."""
     from exporter.api import create_api_app
-    from exporter.budgets import BudgetCollector
+    from exporter.usage.budgets import BudgetCollector
 
     metrics = ExporterMetrics(max_series=settings.metrics_max_series)
     metrics.expositions.append(
@@ -216,7 +216,7 @@ def serve(
     _return_freed_buffers()
     background = []
     if settings.telegram_bot_token and settings.telegram_chat_id is not None:
-        from exporter.digest import run_daily_digest
+        from exporter.usage.digest import run_daily_digest
 
         background.append(run_daily_digest(settings, database.url))
     limits = ConnectionLimits.from_settings(settings)

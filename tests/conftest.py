@@ -19,7 +19,7 @@ def postgres_server() -> Iterator[str]:
     if configured:
         yield configured
         return
-    from exporter.db import EmbeddedPostgres
+    from exporter.core.db import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="nexus-pg-") as data_dir:
         server = EmbeddedPostgres(Path(data_dir))

@@ -22,7 +22,7 @@ import pytest
 from genai_prices import Usage, calc_price
 from psycopg import sql
 
-from exporter.db import migrate
+from exporter.core.db import migrate
 
 
 def free_port() -> int:

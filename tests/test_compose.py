@@ -19,7 +19,7 @@ import yaml
 from psycopg import sql
 
 from exporter.cli import build_parser
-from exporter.db import migrate
+from exporter.core.db import migrate
 from tests.collector_contrib import has_component
 from tests.support import with_database
 

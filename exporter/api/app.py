@@ -21,19 +21,17 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from exporter.api import (
-    routes_alerts,
-    routes_analytics,
-    routes_budgets,
-    routes_content,
-    routes_dashboard,
-    routes_reports,
-)
-from exporter.api.auth import BearerAuth
 from exporter.api.live import Broadcaster
 from exporter.api.live import router as live_router
-from exporter.budgets import ensure_default_budget
-from exporter.settings import Settings
+from exporter.api.routes import alerts as routes_alerts
+from exporter.api.routes import analytics as routes_analytics
+from exporter.api.routes import budgets as routes_budgets
+from exporter.api.routes import content as routes_content
+from exporter.api.routes import dashboard as routes_dashboard
+from exporter.api.routes import reports as routes_reports
+from exporter.core.security import BearerAuth
+from exporter.core.settings import Settings
+from exporter.usage.budgets import ensure_default_budget
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]

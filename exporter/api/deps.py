@@ -11,8 +11,8 @@ from fastapi import Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from psycopg_pool import ConnectionPool
 
-from exporter.api.usage import Scope
-from exporter.settings import Settings
+from exporter.core.settings import Settings
+from exporter.usage.totals import Scope
 
 MAX_RANGE = timedelta(days=3660)
 

@@ -19,9 +19,8 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from psycopg.rows import dict_row
 
 from exporter.api.deps import get_scope
-from exporter.api.schemas import CALL_COLUMNS
-from exporter.api.usage import Scope
-from exporter.storage import NOTIFY_CHANNEL
+from exporter.ingest.storage import NOTIFY_CHANNEL
+from exporter.usage.totals import CALL_COLUMNS, Scope
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])

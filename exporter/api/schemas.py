@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -24,19 +23,6 @@ class TotalsPublic(BaseModel):
     success_rate: float | None
 
 
-def totals_public(row: dict[str, Any]) -> dict[str, Any]:
-    """Adds the averages and rates to a usage row."""
-    calls = row["calls"]
-    priced = calls - row["unpriced_calls"]
-    return {
-        **row,
-        "cost_usd": float(row["cost_usd"]),
-        "avg_duration_ms": row["duration_ms_sum"] / calls if calls else None,
-        "avg_cost_per_call_usd": float(row["cost_usd"]) / priced if priced else None,
-        "success_rate": (calls - row["failed_calls"]) / calls if calls else None,
-    }
-
-
 class CallPublic(BaseModel):
     trace_id: str
     span_id: str
@@ -53,15 +39,3 @@ class CallPublic(BaseModel):
     duration_ms: float
     success: bool
     error_type: str | None
-
-
-CALL_COLUMNS = (
-    'trace_id, span_id, "timestamp", service_name, provider, model, operation, correlation_id, '
-    "input_tokens, output_tokens, total_tokens, cost_usd::float8 AS cost_usd, duration_ms, "
-    "success, error_type"
-)
-
-
-def percent_change(now: float, before: float) -> float | None:
-    """Change from `before` to `now` in percent; None when there is nothing to compare with."""
-    return (now - before) * 100 / before if before else None

@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from starlette.testclient import TestClient
 
 from exporter.api import create_api_app
-from exporter.ingest import create_ingest_app
-from exporter.settings import Settings
-from tests.exporter.otlp_helpers import make_spans, protobuf_body
+from exporter.core.settings import Settings
+from exporter.ingest.app import create_ingest_app
+from tests.ingest.otlp_helpers import make_spans, protobuf_body
 
 # Unknown to genai-prices, so a call's cost is exactly the `nexus.cost.usd` the span reports.
 MODEL_A = "nexus-test-alpha"

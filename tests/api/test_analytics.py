@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from exporter.retention import apply_retention, partitions
+from exporter.usage.retention import apply_retention, partitions
 from tests.api.conftest import MODEL_A, MODEL_B, call_spec
 from tests.support import api_ratio, api_usd, query
 

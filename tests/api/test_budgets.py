@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.testclient import TestClient
 
-from exporter.budgets import BudgetCollector, Forecast, forecast, period_bounds
+from exporter.usage.budgets import BudgetCollector, Forecast, forecast, period_bounds
 from tests.api.conftest import MODEL_B, call_spec
 from tests.support import api_ratio, api_usd, metric_value
 

@@ -13,7 +13,7 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 from starlette.testclient import TestClient
 
 from exporter.api.app import create_api_app
-from exporter.settings import Settings
+from exporter.core.settings import Settings
 
 MAX_EXAMPLES = 40
 TOKEN = "fuzz-token"

@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.api.conftest import call_spec
-from tests.exporter.otlp_helpers import export_with_sdk, make_spans
+from tests.ingest.otlp_helpers import export_with_sdk, make_spans
 from tests.promstack import running_alertmanager
 from tests.support import (
     ExporterProcess,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from tests.api.conftest import call_spec
-from tests.exporter.otlp_helpers import make_spans
+from tests.ingest.otlp_helpers import make_spans
 from tests.support import query
 
 START = datetime(2026, 11, 10, 9, 59, 30, tzinfo=UTC)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.exporter.otlp_helpers import json_body, make_spans, protobuf_body
+from tests.ingest.otlp_helpers import json_body, make_spans, protobuf_body
 from tests.support import (
     CHEAP_CALL_USD,
     ExporterProcess,

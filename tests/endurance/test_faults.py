@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from tests.endurance.conftest import StoppablePostgres
 from tests.endurance.spool import SpoolingExporter
 from tests.endurance.workload import Workload
-from tests.exporter.otlp_helpers import make_spans, protobuf_body
+from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import ExporterProcess, fresh_database, metric_value, query, start_exporter
 
 pytestmark = pytest.mark.e2e

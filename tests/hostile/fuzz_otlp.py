@@ -11,9 +11,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from exporter import otlp
-    from exporter.normalize import InvalidSpan, to_llm_call
-    from exporter.storage import call_row
+    from exporter.ingest import otlp
+    from exporter.ingest.normalize import InvalidSpan, to_llm_call
+    from exporter.ingest.storage import call_row
 
 _LIMIT = 1 << 20
 _ENCODINGS = ("identity", "gzip", "deflate")

@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from exporter import otlp
+from exporter.ingest import otlp
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

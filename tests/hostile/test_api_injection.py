@@ -19,7 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from exporter.api.app import create_api_app
-from exporter.settings import Settings
+from exporter.core.settings import Settings
 from tests.hostile.payloads import (
     SQL_INJECTIONS,
     llm_attributes,

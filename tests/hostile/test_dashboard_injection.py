@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.grafana.grafana_expand import TimeRange, Variable, expand_sql
+from tests.dashboards.grafana_expand import TimeRange, Variable, expand_sql
 from tests.hostile.payloads import (
     SQL_INJECTIONS,
     llm_attributes,

@@ -17,9 +17,9 @@ from google.protobuf.internal.encoder import _VarintBytes
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from exporter import otlp
-from exporter.model import TRUNCATED_MARKER
-from exporter.otlp_wire import MAX_ATTRIBUTE_KEY_CHARS
+from exporter.ingest import otlp
+from exporter.ingest.model import TRUNCATED_MARKER
+from exporter.ingest.otlp_wire import MAX_ATTRIBUTE_KEY_CHARS
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     JSON,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.normalize import MAX_TOKENS_PER_CALL
+from exporter.ingest.normalize import MAX_TOKENS_PER_CALL
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     JSON,

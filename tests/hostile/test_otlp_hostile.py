@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from exporter.storage import CallBatch, write_isolating
+from exporter.ingest.storage import CallBatch, write_isolating
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     JSON,
@@ -103,8 +103,8 @@ def test_counts_and_costs_past_their_range_cost_only_themselves(
 
 async def test_a_row_the_database_refuses_is_split_off_from_its_batch(database_url: str) -> None:
     """The safety net under normalization: rows PostgreSQL refuses are reported, one by one."""
-    from exporter.normalize import to_llm_call
-    from exporter.otlp import iter_raw_spans
+    from exporter.ingest.normalize import to_llm_call
+    from exporter.ingest.otlp import iter_raw_spans
 
     spans = _valid(7)
     calls = [to_llm_call(raw) for raw in iter_raw_spans(request(spans))]

@@ -230,8 +230,8 @@ def make_calls(sim: ProviderSimulator, echoing: EchoingProvider, keys: dict[str,
 def test_every_placement_is_caught_by_the_shared_definition() -> None:
     """The same corpus, through the definition the instrumentation and the exporter share: a
     placement that leaks is named (the end-to-end tests above only say that one did)."""
-    from exporter.normalize import to_llm_call
-    from exporter.otlp import iter_raw_spans
+    from exporter.ingest.normalize import to_llm_call
+    from exporter.ingest.otlp import iter_raw_spans
 
     corpus: Corpus = build()
     leaked = []

@@ -10,8 +10,8 @@ import psutil
 import pytest
 from starlette.testclient import TestClient
 
-from exporter.ingest import create_ingest_app
-from exporter.settings import Settings
+from exporter.core.settings import Settings
+from exporter.ingest.app import create_ingest_app
 from tests.hostile.payloads import llm_attributes, new_span, post, rejected_spans, request
 from tests.support import ExporterProcess, query
 
@@ -102,7 +102,7 @@ def test_the_ingest_token_is_checked_in_constant_time(
 
 
 def test_the_embedded_postgres_listens_only_on_a_local_socket() -> None:
-    from exporter.db import EmbeddedPostgres
+    from exporter.core.db import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="nexus-pg-listen-") as data_dir:
         server = EmbeddedPostgres(Path(data_dir))

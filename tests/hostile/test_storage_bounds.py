@@ -20,10 +20,11 @@ import psycopg
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from exporter import storage
-from exporter.db import migrate, migrations_dir
-from exporter.metrics import ExporterMetrics
-from exporter.normalize import (
+from exporter.core.db import migrate
+from exporter.core.files import bundled_dir
+from exporter.ingest import storage
+from exporter.ingest.metrics import ExporterMetrics
+from exporter.ingest.normalize import (
     MAX_CORRELATION_ID,
     MAX_MODEL,
     MAX_OPERATION,
@@ -34,14 +35,14 @@ from exporter.normalize import (
     TRUNCATED_MARKER,
     to_llm_call,
 )
-from exporter.otlp import iter_raw_spans
-from exporter.storage import (
+from exporter.ingest.otlp import iter_raw_spans
+from exporter.ingest.storage import (
     ATTRIBUTES_CUT,
     ISOLATION_MAX_WRITES,
     MAX_ATTRIBUTES_JSON_BYTES,
     CallBatch,
 )
-from exporter.writer import CallWriter
+from exporter.ingest.writer import CallWriter
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import llm_attributes, new_span, post, rejected_spans, request
 from tests.support import ExporterProcess, fresh_database, metric_value, query, start_exporter
@@ -408,7 +409,7 @@ def test_copies_across_a_month_boundary(exporter: ExporterProcess, database_url:
 def database_before_bounds(postgres_server: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     older = tmp_path / "migrations"
     older.mkdir()
-    for path in sorted(migrations_dir().glob("*.sql")):
+    for path in sorted(bundled_dir("migrations").glob("*.sql")):
         if int(path.name.split("_")[0]) < 3:
             shutil.copy(path, older / path.name)
     with fresh_database(postgres_server) as url:  # migrated to the newest: start over at 002

@@ -1,0 +1,256 @@
+"""From an OTLP request body to a batch the writer can store: decode, normalize, price, encode.
+
+This is most of the exporter's work per span, all of it CPU. It runs in worker processes
+(`NEXUS_DECODE_PROCESSES`), so it uses every core while the event loop only moves bodies,
+writes rows and answers; with no worker processes it runs on one thread beside the loop. A
+worker returns binary COPY rows and totals, never the calls themselves: that keeps what
+crosses between the processes small and cheap to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from exporter.ingest import otlp
+from exporter.ingest.model import LLMCall, RawSpan
+from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_call
+from exporter.ingest.pricing import PriceBook
+from exporter.ingest.storage import CallBatch, encode_row
+from nexus_otel._secrets import scrub_text
+
+log = logging.getLogger(__name__)
+
+# numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
+_MAX_CALL_COST_USD = Decimal(1_000_000)
+_PARENT_CHECK_SECONDS = 1.0
+_PENDING_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What decoding depends on besides the body; the same in every worker."""
+
+    max_body_bytes: int
+    store_content: bool = False
+    prices_file: Path | None = None
+    retention_days: int | None = None  # start times older than this are refused
+
+
+@dataclass
+class Conversion:
+    """What one OTLP request turned into."""
+
+    batch: CallBatch | None = None  # None when no span was an LLM call to store
+    received: int = 0
+    ignored: int = 0
+    rejections: list[str] = field(default_factory=list)
+
+
+_PRICE_BOOKS: dict[Path | None, PriceBook] = {}
+
+
+def _price_book(prices_file: Path | None) -> PriceBook:
+    book = _PRICE_BOOKS.get(prices_file)
+    if book is None:
+        book = _PRICE_BOOKS[prices_file] = PriceBook(prices_file)
+    return book
+
+
+def decode_body(
+    body: bytes, media: str, encoding: str | None, options: DecodeOptions
+) -> Conversion:
+    """A request body to its batch of priced calls; raises otlp.PayloadError for a body that is
+    refused as a whole (the rest are rejections of single spans)."""
+    data = otlp.decompress(body, encoding, options.max_body_bytes)
+    return convert(otlp.parse_request(data, media), options)
+
+
+def convert(request: Message, options: DecodeOptions) -> Conversion:
+    result = Conversion()
+    prices = _price_book(options.prices_file)
+    earliest, latest = accepted_start_times(datetime.now(UTC), options.retention_days)
+    calls: list[LLMCall] = []
+    unreadable: list[str] = []  # spans left out of iter_raw_spans, each with its reason
+    for raw in otlp.iter_raw_spans(request, unreadable):
+        result.received += 1
+        try:
+            call = to_llm_call(raw, store_content=options.store_content)
+        except InvalidSpan as exc:
+            result.rejections.append(str(exc))
+            continue
+        except Exception as exc:  # a bug met on one odd span: that span alone is refused
+            result.rejections.append(_unreadable(raw, exc))
+            continue
+        if call is None:
+            result.ignored += 1
+        elif not earliest <= call.timestamp <= latest:
+            result.rejections.append(
+                f"span {call.span_id}: start time {call.timestamp.isoformat()} is outside the"
+                f" accepted window ({earliest.isoformat()} to {latest.isoformat()})"
+            )
+        else:
+            _price(prices, call)
+            if call.cost_usd is not None and call.cost_usd >= _MAX_CALL_COST_USD:
+                result.rejections.append(
+                    f"span {call.span_id}: cost {call.cost_usd:.2f} USD is out of range"
+                )
+            else:
+                calls.append(call)
+    result.received += len(unreadable)
+    result.rejections.extend(unreadable)
+    if calls:
+        result.batch = _batch(calls, result.rejections)
+    return result
+
+
+def _unreadable(raw: RawSpan, exc: Exception) -> str:
+    """The rejection of a span that normalizing failed on, logged as the bug it is (scrubbed:
+    the message may quote an attribute's value)."""
+    reason = scrub_text(f"{type(exc).__name__}: {exc}")
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    log.error("span %s could not be read: %s (%s:%s)", raw.span_id, reason,
+              Path(where.filename).name, where.lineno)  # fmt: skip
+    return f"span {raw.span_id}: could not be read: {reason}"
+
+
+def _batch(calls: list[LLMCall], rejections: list[str]) -> CallBatch | None:
+    """The calls' batch; a call with a value its column cannot take is rejected alone."""
+    encodable, rows = [], []
+    for call in calls:
+        try:
+            rows.append(encode_row(call))
+        except Exception as exc:  # psycopg's dumpers raise DataError, TypeError, OverflowError
+            rejections.append(f"span {call.span_id}: cannot be stored: {exc}")
+            continue
+        encodable.append(call)
+    return CallBatch.of(encodable, rows) if encodable else None
+
+
+def _price(prices: PriceBook, call: LLMCall) -> None:
+    # Tokens are stored whatever happens here: a pricing failure leaves the call unpriced.
+    try:
+        price = prices.price(
+            provider=call.provider,
+            model=call.model,
+            response_model=call.response_model,
+            timestamp=call.timestamp,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            cache_read_tokens=call.cache_read_tokens,
+            cache_write_tokens=call.cache_write_tokens,
+            reported_cost_usd=call.reported_cost_usd,
+        )
+    except Exception:
+        log.exception("pricing %s/%s failed; stored unpriced", call.provider, call.model)
+        return
+    call.cost_usd, call.cost_source = price.cost_usd, price.source
+
+
+def default_processes() -> int:
+    """One worker per core when there are several cores; none on a single core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores if cores and cores > 1 else 0
+
+
+def _start_worker(prices_file: Path | None, exporter_pid: int) -> None:
+    threading.Thread(target=_exit_with, args=(exporter_pid,), daemon=True).start()
+    _price_book(prices_file)  # loaded once per worker, before the first request
+    # Decoding allocates many short-lived containers and few reference cycles.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+def _exit_with(exporter_pid: int) -> None:
+    """Ends this worker once the exporter is gone. A worker waits on a queue whose other end
+    it holds too, so an exporter killed outright (SIGKILL) would leave it waiting forever."""
+    while os.getppid() == exporter_pid:  # an orphan is adopted by another process at once
+        time.sleep(_PARENT_CHECK_SECONDS)
+    os._exit(0)
+
+
+class DecoderUnavailable(RuntimeError):
+    """Decoding could not run now; the request may be sent again."""
+
+
+class Decoder:
+    """Runs decode_body off the event loop: in `processes` worker processes, or (0) on one
+    thread of this process."""
+
+    def __init__(self, options: DecodeOptions, processes: int) -> None:
+        self.options = options
+        self.processes = processes
+        self._executor: Executor | None = None
+        self.pending = 0  # requests handed over and not yet decoded
+        # Enough waiting to keep every worker busy between two requests; a request beyond it
+        # is refused (503), so waiting bodies cannot pile up in memory: before its body is read
+        # when the decoder is busy already, else once it is read (requests arriving together
+        # all pass the first check).
+        self.max_pending = _PENDING_PER_WORKER * max(processes, 1)
+
+    def check_room(self) -> None:
+        """Raises DecoderUnavailable when as many requests are waiting as the bound allows."""
+        if self.pending >= self.max_pending:
+            raise DecoderUnavailable(f"{self.pending} requests are already waiting to be decoded")
+
+    def start(self) -> None:
+        if self.processes > 0:
+            # spawn: a fresh interpreter, whatever threads this process runs, and a child of
+            # this process, so it can tell when the exporter is gone.
+            context = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(
+                self.processes,
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(self.options.prices_file, os.getpid()),
+            )
+        else:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-decode")
+
+    async def warm_up(self) -> None:
+        """Starts every worker now rather than on the first requests."""
+        if self.processes > 0:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(
+                *(loop.run_in_executor(self._executor, _price_book, self.options.prices_file)
+                  for _ in range(self.processes))
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def decode(self, body: bytes, media: str, encoding: str | None) -> Conversion:
+        self.check_room()
+        if self._executor is None:
+            self.start()
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(
+                self._executor, decode_body, body, media, encoding, self.options
+            )
+        except BrokenProcessPool:
+            # A worker ended under us (killed, out of memory): new workers for the next request;
+            # this one is refused with a 503, so its sender retries it.
+            log.warning("a decode worker ended unexpectedly; starting new workers")
+            self.stop()
+            self.start()
+            raise DecoderUnavailable("a decode worker ended unexpectedly") from None
+        finally:
+            self.pending -= 1

@@ -1,0 +1,483 @@
+"""Durable, idempotent, batched writes of LLM calls to PostgreSQL.
+
+Requests hand their calls to one `CallWriter` (`exporter.ingest.writer`), which groups whatever is
+queued into one transaction (group commit) and answers each request only once its rows are
+committed. Rows go in with a binary COPY straight into `api_calls`; only when that hits a unique
+key (a replay) does the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO
+NOTHING path. Daily summaries are updated in the same transaction from the rows that were
+actually new, so a replay never counts twice.
+
+A span is identified by its trace and span id alone: each monthly partition has a unique key on
+(trace_id, span_id), so a copy whose start time moved stays one row inside a month. Across a
+month boundary two partitions are involved: rows within CROSS_MONTH_WINDOW of a boundary always
+take the slower path, which also looks for the same ids within that window in the other month.
+Two copies further apart than that, in two months, are both stored.
+
+Rows the database refuses (SQLSTATE classes 22 data exception, 23 integrity, 54 program limit)
+are split off by bisection and reported one by one; any other error means the database is
+unavailable, and the writer answers 503.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from array import array
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from itertools import accumulate
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import adapt, adapters, errors, pq
+from psycopg._copy_base import format_row_binary  # the C row encoder COPY itself uses
+from psycopg.rows import namedtuple_row
+from psycopg.types.json import Jsonb
+
+from exporter.ingest.metrics import MetricTotals, summarize_calls
+from exporter.ingest.model import LLMCall
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "trace_id", "span_id", "parent_span_id", "timestamp", "service_name", "provider", "model",
+    "response_model", "gen_ai_operation", "operation", "correlation_id", "input_tokens",
+    "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "total_tokens", "cost_usd", "cost_source", "duration_ms", "time_to_first_chunk_ms", "success",
+    "error_type", "error_message", "usage_source", "server_address", "span_name", "attributes",
+)  # fmt: skip
+COLUMN_TYPES = (
+    "text", "text", "text", "timestamptz", "text", "text", "text", "text", "text", "text", "text",
+    "int8", "int8", "int8", "int8", "int8", "int8", "numeric", "text", "float8", "float8", "bool",
+    "text", "text", "text", "text", "text", "jsonb",
+)  # fmt: skip
+_COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
+_COPY_DIRECT = f"COPY api_calls ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY nexus_stage ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_CREATE_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS nexus_stage (LIKE api_calls INCLUDING DEFAULTS) "
+    "ON COMMIT DELETE ROWS"
+)
+# What the summaries and metrics need of each row that turned out new, by LLMCall's names.
+_FACTS = (
+    "trace_id", "span_id", "timestamp", "service_name", "provider", "model", "gen_ai_operation",
+    "operation", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "total_tokens", "cost_usd", "duration_ms", "success", "error_type",
+)  # fmt: skip
+# Copies of one span close to a month boundary can land in two partitions, whose unique keys
+# cannot see each other: rows this close to a boundary are checked against the other month.
+CROSS_MONTH_WINDOW = timedelta(hours=1)
+# DISTINCT ON: one row per span among the staged ones, whatever their start times (the earliest).
+# The NOT EXISTS runs only for rows within the window of a month boundary, as one index probe
+# each (OFFSET 0 keeps it a per-row subplan, never a join scanning api_calls).
+_INSERT_NEW = (
+    f"INSERT INTO api_calls ({_COLUMN_LIST}) SELECT DISTINCT ON (trace_id, span_id) "
+    f"{_COLUMN_LIST} FROM nexus_stage s WHERE date_trunc('month', s.\"timestamp\" - %(window)s, "
+    "'UTC') = date_trunc('month', s.\"timestamp\" + %(window)s, 'UTC') OR NOT EXISTS (SELECT "
+    'FROM api_calls a WHERE a.trace_id = s.trace_id AND a.span_id = s.span_id AND a."timestamp"'
+    ' BETWEEN s."timestamp" - %(window)s AND s."timestamp" + %(window)s OFFSET 0) '
+    'ORDER BY trace_id, span_id, "timestamp" ON CONFLICT DO NOTHING RETURNING '
+    + ", ".join(f'"{c}"' for c in _FACTS)
+)
+_BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_BINARY_TRAILER = b"\xff\xff"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# The summaries' counts are bigint: a call counts at most MAX_TOKENS_PER_CALL (10^8) tokens of
+# each kind, so a row overflows only past 9.2 * 10^10 calls in one day on one key (see
+# exporter.ingest.normalize); cost_usd is unbounded numeric (migration 003).
+_SUMMARY_UPSERT = """
+INSERT INTO daily_usage_summary AS s (day, service_name, provider, model, operation, calls,
+    failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
+    cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
+SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[],
+    %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
+    %s::int8[], %s::numeric[], %s::float8[])
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (day, service_name, provider, model, operation) DO UPDATE SET
+    calls = s.calls + EXCLUDED.calls,
+    failed_calls = s.failed_calls + EXCLUDED.failed_calls,
+    unpriced_calls = s.unpriced_calls + EXCLUDED.unpriced_calls,
+    input_tokens = s.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = s.output_tokens + EXCLUDED.output_tokens,
+    cache_read_tokens = s.cache_read_tokens + EXCLUDED.cache_read_tokens,
+    cache_write_tokens = s.cache_write_tokens + EXCLUDED.cache_write_tokens,
+    reasoning_tokens = s.reasoning_tokens + EXCLUDED.reasoning_tokens,
+    total_tokens = s.total_tokens + EXCLUDED.total_tokens,
+    cost_usd = s.cost_usd + EXCLUDED.cost_usd,
+    duration_ms_sum = s.duration_ms_sum + EXCLUDED.duration_ms_sum,
+    updated_at = now()
+"""
+# The same totals per UTC hour: the API answers "today", budgets and dashboards from these.
+_HOURLY_UPSERT = (
+    _SUMMARY_UPSERT.replace("daily_usage_summary", "hourly_usage_summary")
+    .replace("(day,", "(hour,")
+    .replace("%s::date[]", "%s::timestamptz[]")
+)
+# Each batch of new calls is announced on this channel (LISTEN/NOTIFY) once committed: the
+# API's live feed. The message only says where the rows are (their time span and the batch's
+# ingested_at, which is the transaction's now()), so announcing costs the writer nothing per row.
+NOTIFY_CHANNEL = "nexus_calls"
+_NOTIFY = (
+    "SELECT pg_notify('nexus_calls', json_build_object('ingested_at', now(), 'first', %s::text,"
+    " 'last', %s::text, 'rows', %s::int)::text)"
+)
+
+
+class StorageUnavailable(RuntimeError):
+    """The database cannot take writes now; the sender should retry later."""
+
+
+class QueueFull(StorageUnavailable):
+    """More rows are waiting than the queue allows: backpressure, not growth."""
+
+
+# Errors about the rows themselves, not about the database being reachable: retrying the same
+# rows would fail the same way. Told apart by SQLSTATE class, not by exception class: psycopg
+# raises "index row size exceeds maximum" (54000) as OperationalError, like a lost connection.
+# 22: data exception (a value out of range, text PostgreSQL refuses); 23: integrity constraint
+# violation (a CHECK, no partition for the row); 54: program limit exceeded (a row too large).
+ROW_ERROR_CLASSES = frozenset({"22", "23", "54"})
+# Isolating refused rows by bisection costs about 2 log2(n) writes per refused row; past this
+# many writes in one group the rows not yet isolated are refused too, so a batch full of bad
+# rows costs a bounded time, not one transaction per row.
+ISOLATION_MAX_WRITES = 256
+# Attributes are stored as one jsonb document of at most this many bytes: past it, the keys
+# that do not fit are left out (in the span's order) and ATTRIBUTES_CUT counts them.
+MAX_ATTRIBUTES_JSON_BYTES = 64 * 1024
+ATTRIBUTES_CUT = "nexus.attributes_left_out"
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """Whether `exc` is about the rows written (see ROW_ERROR_CLASSES), not the database."""
+    if isinstance(exc, UnicodeError):
+        return True
+    sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return sqlstate is not None and sqlstate[:2] in ROW_ERROR_CLASSES
+
+
+@dataclass
+class WriteResult:
+    """What became of one request's calls."""
+
+    stored: int  # newly stored
+    duplicates: int  # already there before
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (span id, why) the database
+
+
+def call_key(trace_id: str, span_id: str, timestamp: datetime) -> str:
+    """The idempotency key (the unique key of api_calls) as one string."""
+    return f"{trace_id}{span_id}{(timestamp - _EPOCH) // _MICROSECOND}"
+
+
+def span_id_of(key: str) -> str:
+    return key[32:48]  # ids are checked to be 32 and 16 hex characters before they get here
+
+
+@dataclass(slots=True)
+class CallBatch:
+    """Calls as the writer takes them: their binary COPY tuples, their keys, and what storing
+    all of them moves (summaries, metrics). Cheap to build where the calls were decoded and to
+    pass between processes (a few large strings, not a thousand small ones); the writer never
+    needs the calls themselves."""
+
+    data: bytes  # the binary COPY tuples, one after another
+    ends: array[int]  # where each tuple ends in `data`
+    joined_keys: str  # the calls' keys, one per line
+    months: frozenset[date]  # the api_calls partitions the rows go to
+    hourly: dict[Any, list[Any]] | None = None  # hourly_totals, for when every row is new
+    metrics: MetricTotals | None = None  # summarize_calls, likewise
+    first: datetime | None = None
+    last: datetime | None = None
+
+    @classmethod
+    def of(cls, calls: Sequence[LLMCall], rows: list[bytes] | None = None) -> CallBatch:
+        """The batch of `calls`, whose `rows` (encode_row of each) may be made already."""
+        rows = [encode_row(c) for c in calls] if rows is None else rows
+        keys = [call_key(c.trace_id, c.span_id, c.timestamp) for c in calls]
+        return cls.packed(
+            rows,
+            keys,
+            frozenset(d.replace(day=1) for d in {c.timestamp.date() for c in calls}),
+            hourly=dict(hourly_totals(calls)),
+            metrics=summarize_calls(calls),
+            first=min((c.timestamp for c in calls), default=None),
+            last=max((c.timestamp for c in calls), default=None),
+        )
+
+    @classmethod
+    def packed(
+        cls, rows: Sequence[bytes], keys: Sequence[str], months: frozenset[date], **totals: Any
+    ) -> CallBatch:
+        ends = array("Q", accumulate(map(len, rows)))
+        return cls(b"".join(rows), ends, "\n".join(keys), months, **totals)
+
+    @property
+    def rows(self) -> list[bytes]:
+        data, start, rows = self.data, 0, []
+        for end in self.ends:
+            rows.append(data[start:end])
+            start = end
+        return rows
+
+    @property
+    def keys(self) -> list[str]:
+        return self.joined_keys.split("\n") if self.ends else []
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+
+_TRANSFORMERS: list[Any] = []
+
+
+def encode_row(call: LLMCall) -> bytes:
+    """The call as one binary COPY tuple of api_calls, as psycopg's own COPY encodes it.
+    Raises psycopg.DataError (or TypeError) for a value its column cannot take."""
+    if not _TRANSFORMERS:
+        transformer = adapt.Transformer()
+        oids = [adapters.types[name].oid for name in COLUMN_TYPES]
+        transformer.set_dumper_types(oids, pq.Format.BINARY)
+        _TRANSFORMERS.append(transformer)
+    out = bytearray()
+    format_row_binary(call_row(call), _TRANSFORMERS[0], out)
+    return bytes(out)
+
+
+@dataclass
+class Written:
+    """What one write did: the keys that were new (None: every row), the metric totals to
+    apply, rows stored, and the rows the database refused (key -> why)."""
+
+    new_keys: set[str] | None
+    metrics: list[MetricTotals]
+    stored: int
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def call_row(call: LLMCall) -> tuple[Any, ...]:
+    return (
+        call.trace_id, call.span_id, call.parent_span_id, call.timestamp, call.service_name,
+        call.provider, call.model, call.response_model, call.gen_ai_operation, call.operation,
+        call.correlation_id, call.input_tokens, call.output_tokens, call.cache_read_tokens,
+        call.cache_write_tokens, call.reasoning_tokens, call.total_tokens, call.cost_usd,
+        call.cost_source, call.duration_ms, call.time_to_first_chunk_ms, call.success,
+        call.error_type, call.error_message, call.usage_source, call.server_address,
+        call.span_name, Jsonb(call.attributes, _json),
+    )  # fmt: skip
+
+
+def _json(value: Any) -> bytes:
+    try:
+        document = orjson.dumps(value)  # several times faster than json.dumps, same document
+    except TypeError:  # what orjson refuses (integers beyond 64 bits): the standard encoder
+        document = json.dumps(value).encode()
+    return document if len(document) <= MAX_ATTRIBUTES_JSON_BYTES else _bounded_json(value)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)  # several times faster than json.dumps, same document
+    except TypeError:  # what orjson refuses (integers beyond 64 bits): the standard encoder
+        return json.dumps(value).encode()
+
+
+def _bounded_json(value: dict[str, Any]) -> bytes:
+    """The attributes that fit MAX_ATTRIBUTES_JSON_BYTES, in order, and how many were left out."""
+    room = MAX_ATTRIBUTES_JSON_BYTES - len(_dumps({ATTRIBUTES_CUT: len(value)})) - 2
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        size = len(_dumps({key: item}))  # "{" + "key":value + "}": the comma's byte is spare
+        if size <= room:
+            kept[key] = item
+            room -= size - 1
+    kept[ATTRIBUTES_CUT] = len(value) - len(kept)
+    return _dumps(kept)
+
+
+_Totals = dict[tuple[Any, str, str, str, str], list[Any]]
+_HOUR = timedelta(hours=1)
+
+
+def _new_totals() -> _Totals:
+    return defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0])
+
+
+def hourly_totals(calls: Iterable[Any]) -> _Totals:
+    """Totals per UTC hour and dimension, in one pass over the calls."""
+    totals = _new_totals()
+    hour = end = datetime.max.replace(tzinfo=UTC)
+    for c in calls:
+        if not hour <= c.timestamp < end:  # calls come mostly in time order: reuse the hour
+            hour = c.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            end = hour + _HOUR
+        t = totals[(hour, c.service_name, c.provider, c.model, c.operation)]
+        t[0] += 1
+        t[1] += not c.success
+        t[2] += c.cost_usd is None
+        t[3] += c.input_tokens
+        t[4] += c.output_tokens
+        t[5] += c.cache_read_tokens
+        t[6] += c.cache_write_tokens
+        t[7] += c.reasoning_tokens
+        t[8] += c.total_tokens
+        t[9] += c.cost_usd or 0
+        t[10] += c.duration_ms
+    return totals
+
+
+def _merged(parts: Iterable[dict[Any, list[Any]]]) -> _Totals:
+    totals = _new_totals()
+    for part in parts:
+        for key, values in part.items():
+            t = totals[key]
+            for i, value in enumerate(values):
+                t[i] += value
+    return totals
+
+
+def daily_totals(hourly: _Totals) -> _Totals:
+    """The hourly totals rolled up to UTC days (few keys: cheap)."""
+    totals = _new_totals()
+    for (hour, *dimensions), values in hourly.items():
+        t = totals[(hour.date(), *dimensions)]
+        for i, value in enumerate(values):
+            t[i] += value
+    return totals
+
+
+def summary_columns(totals: _Totals) -> list[list[Any]]:
+    """The column arrays of _SUMMARY_UPSERT (and _HOURLY_UPSERT)."""
+    columns: list[list[Any]] = [[] for _ in range(16)]
+    for key, values in totals.items():
+        for i, v in enumerate((*key, *values)):
+            columns[i].append(v)
+    return columns
+
+
+async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> Written:
+    """Stores the batches' rows in one transaction, with the summaries they move. Idempotent:
+    rows already stored are left alone and counted nowhere."""
+    data = [batch.data for batch in batches]
+    rows = sum(len(batch) for batch in batches)
+    if all(b.hourly is not None and b.metrics is not None for b in batches) and not any(
+        _near_month_boundary(hour) for b in batches for (hour, *_) in b.hourly or ()
+    ):
+        try:
+            async with conn.transaction():
+                await _copy(conn, _COPY_DIRECT, data)
+                await _summarize(
+                    conn,
+                    _merged(b.hourly for b in batches if b.hourly),
+                    min(b.first for b in batches if b.first),
+                    max(b.last for b in batches if b.last),
+                    rows,
+                )
+            return Written(None, [b.metrics for b in batches if b.metrics], rows)
+        except errors.UniqueViolation:
+            pass  # a replay (that transaction is undone): only the new rows count
+    async with conn.transaction():
+        facts = await _insert_new_only(conn, data)
+        if facts:
+            first = min(f.timestamp for f in facts)
+            last = max(f.timestamp for f in facts)
+            await _summarize(conn, hourly_totals(facts), first, last, len(facts))
+    keys = {call_key(f.trace_id, f.span_id, f.timestamp) for f in facts}
+    return Written(keys, [summarize_calls(facts)], len(facts))
+
+
+def _near_month_boundary(hour: datetime) -> bool:
+    """Whether calls of this UTC hour are within CROSS_MONTH_WINDOW of another month."""
+    return hour.month != (hour - CROSS_MONTH_WINDOW).month or (
+        hour.month != (hour + _HOUR + CROSS_MONTH_WINDOW - _MICROSECOND).month
+    )
+
+
+async def _summarize(
+    conn: psycopg.AsyncConnection[Any], hourly: _Totals, first: datetime, last: datetime, rows: int
+) -> None:
+    """Moves the daily and hourly summaries and announces the rows, in one round trip."""
+    async with conn.pipeline():
+        await conn.execute(_SUMMARY_UPSERT, summary_columns(daily_totals(hourly)))
+        await conn.execute(_HOURLY_UPSERT, summary_columns(hourly))
+        await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), rows))
+
+
+async def write_isolating(
+    conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]
+) -> Written:
+    """Like write_batch, but a row the database refuses is split off (by bisection) and
+    reported, so it cannot take the rest of its batch, or other requests' rows, down with it.
+    Errors that are not about the rows (is_row_error) are raised."""
+    try:
+        return await write_batch(conn, batches)
+    except (psycopg.Error, UnicodeError) as exc:
+        if not is_row_error(exc):
+            raise
+        reason = _reason(exc)
+    rows = [row for batch in batches for row in batch.rows]
+    keys = [key for batch in batches for key in batch.keys]
+    months = frozenset(m for batch in batches for m in batch.months)
+    return await _isolate(conn, rows, keys, months, reason, [ISOLATION_MAX_WRITES - 1])
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+async def _isolate(
+    conn: psycopg.AsyncConnection[Any],
+    rows: list[bytes],
+    keys: list[str],
+    months: frozenset[date],
+    reason: str,
+    writes_left: list[int],
+) -> Written:
+    """Stores what it can of rows the database refused together, in halves."""
+    if len(rows) == 1:
+        return Written(set(), [], 0, {keys[0]: reason})
+    middle = len(rows) // 2
+    halves = []
+    for part in (slice(None, middle), slice(middle, None)):
+        if writes_left[0] <= 0:
+            why = (
+                f"not stored: the database refused rows written with it ({reason}), and"
+                f" {ISOLATION_MAX_WRITES} writes did not isolate them"
+            )
+            halves.append(Written(set(), [], 0, dict.fromkeys(keys[part], why)))
+            continue
+        writes_left[0] -= 1
+        try:
+            batch = CallBatch.packed(rows[part], keys[part], months)
+            halves.append(await write_batch(conn, [batch]))
+        except (psycopg.Error, UnicodeError) as exc:
+            if not is_row_error(exc):
+                raise
+            halves.append(
+                await _isolate(conn, rows[part], keys[part], months, _reason(exc), writes_left)
+            )
+    return Written(
+        set().union(*(h.new_keys or () for h in halves)),
+        [totals for h in halves for totals in h.metrics],
+        sum(h.stored for h in halves),
+        {key: why for h in halves for key, why in h.refused.items()},
+    )
+
+
+async def _copy(conn: psycopg.AsyncConnection[Any], statement: str, data: list[bytes]) -> None:
+    """COPY of encoded tuples (CallBatch.data), as one binary COPY stream."""
+    async with conn.cursor().copy(statement) as copy:
+        await copy.write(b"".join((_BINARY_SIGNATURE, *data, _BINARY_TRAILER)))
+
+
+async def _insert_new_only(conn: psycopg.AsyncConnection[Any], data: list[bytes]) -> list[Any]:
+    await conn.execute(_CREATE_STAGE)
+    await _copy(conn, _COPY_STAGE, data)
+    cursor = conn.cursor(row_factory=namedtuple_row)
+    facts = await (await cursor.execute(_INSERT_NEW, {"window": CROSS_MONTH_WINDOW})).fetchall()
+    await conn.execute("TRUNCATE nexus_stage")
+    return facts

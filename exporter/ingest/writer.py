@@ -1,0 +1,192 @@
+"""The writer ingest hands its calls to: one database connection, one queue, group commit.
+
+Requests queue their `CallBatch`es; the writer takes whatever is queued (up to a transaction's
+worth of rows), stores it with `write_isolating` in one transaction and answers each request only
+once its rows are committed. A row the database refuses is refused alone; only a database that
+cannot be reached makes requests wait for a retry (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import psycopg
+
+from exporter.ingest.metrics import ExporterMetrics
+from exporter.ingest.storage import (
+    CallBatch,
+    QueueFull,
+    StorageUnavailable,
+    WriteResult,
+    Written,
+    span_id_of,
+    write_isolating,
+)
+from nexus_otel._secrets import scrub_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    batch: CallBatch
+    future: asyncio.Future[WriteResult] = field(repr=False)
+
+
+class CallWriter:
+    """One database connection, one queue, group commit. Answers only after commit."""
+
+    def __init__(
+        self,
+        database_url: str,
+        metrics: ExporterMetrics,
+        *,
+        batch_max_rows: int = 5000,
+        queue_max_rows: int = 50_000,
+    ) -> None:
+        self._url = database_url
+        self._metrics = metrics
+        self._batch_max_rows = batch_max_rows
+        self._queue_max_rows = queue_max_rows
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queued_rows = 0
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._months: set[date] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="nexus-call-writer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            self._queue.get_nowait().future.set_exception(StorageUnavailable("shutting down"))
+        if self._conn:
+            await self._conn.close()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def full(self) -> bool:
+        return self._queued_rows >= self._queue_max_rows
+
+    def submit(self, batch: CallBatch) -> asyncio.Future[WriteResult]:
+        """Queues calls; the future resolves once they are committed. Raises QueueFull."""
+        if self._queued_rows + len(batch) > self._queue_max_rows and self._queued_rows:
+            raise QueueFull(f"{self._queued_rows} rows are already waiting for the database")
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(batch, future))
+        self._set_queued(self._queued_rows + len(batch))
+        return future
+
+    def _set_queued(self, rows: int) -> None:
+        self._queued_rows = rows
+        self._metrics.queue_depth.set(rows)
+
+    async def _run(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            rows = len(group[0].batch)
+            while rows < self._batch_max_rows and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+                rows += len(group[-1].batch)
+            await self._write_group(group)
+            self._set_queued(self._queued_rows - rows)
+
+    async def _write_group(self, group: list[_Pending]) -> None:
+        live = [p for p in group if not p.future.done()]  # a timed-out request gave up
+        batches = [p.batch for p in live]
+        started = time.perf_counter()
+        try:
+            conn = await self._connection()
+            await self._ensure_partitions(conn, batches)
+            result = await write_isolating(conn, batches)
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            # Row errors never get here (write_isolating reports them per row, whatever their
+            # class): this is the database being unreachable, shutting down, out of resources.
+            await self._drop_connection()
+            self._metrics.storage_up.set(0)
+            log.warning("database unavailable: %s", exc)
+            _fail(live, StorageUnavailable(f"database unavailable: {exc}"))
+            return
+        except Exception as exc:
+            log.exception("writing %d calls failed", sum(len(b) for b in batches))
+            await self._drop_connection()
+            self._months.clear()  # a partition may have been dropped under us
+            _fail(live, StorageUnavailable(f"write failed: {exc}"))
+            return
+        self._metrics.storage_up.set(1)
+        self._metrics.write_duration.observe(time.perf_counter() - started)
+        self._metrics.rows_written.inc(result.stored)
+        # Counted over the whole group: a span repeated by two requests of one group is a
+        # duplicate too, though only one of them reaches the table.
+        rows = sum(len(b) for b in batches)
+        self._metrics.spans_duplicate.inc(rows - result.stored - len(result.refused))
+        if result.refused:
+            log.warning(
+                "the database refused %d rows: %s",
+                len(result.refused),
+                scrub_text(next(iter(result.refused.values()))),  # it may quote a value
+            )
+            self._metrics.spans_rejected.labels("refused_by_database").inc(len(result.refused))
+            self._months.clear()  # in case a partition was dropped under us: check them again
+        for totals in result.metrics:
+            self._metrics.apply(totals)
+        _resolve(live, result)
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=5
+            )
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None
+
+    async def _ensure_partitions(
+        self, conn: psycopg.AsyncConnection[Any], batches: list[CallBatch]
+    ) -> None:
+        months = set().union(*(b.months for b in batches)) - self._months
+        for month in sorted(months):
+            await conn.execute("SELECT nexus_ensure_partition(%s)", (month,))
+            self._months.add(month)
+
+
+def _fail(pending: list[_Pending], error: Exception) -> None:
+    for p in pending:
+        if not p.future.done():
+            p.future.set_exception(error)
+
+
+def _resolve(pending: list[_Pending], result: Written) -> None:
+    new_keys = result.new_keys
+    for p in pending:
+        if p.future.done():
+            continue
+        if new_keys is None:  # every row was new
+            p.future.set_result(WriteResult(stored=len(p.batch), duplicates=0))
+            continue
+        keys = p.batch.keys
+        stored = 0
+        for key in keys:
+            if key in new_keys:
+                new_keys.discard(key)  # a span sent twice (in one request or two) counts once
+                stored += 1
+        refused = [(span_id_of(k), result.refused[k]) for k in keys if k in result.refused]
+        duplicates = len(keys) - stored - len(refused)
+        p.future.set_result(WriteResult(stored=stored, duplicates=duplicates, refused=refused))

@@ -1,0 +1,2 @@
+"""Questions asked of the stored calls: usage totals, budgets, reports, the daily digest,
+retention."""

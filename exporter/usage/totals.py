@@ -1,0 +1,162 @@
+"""Usage totals over any time range, answered from the hourly summaries.
+
+Whole UTC hours inside the range come from `hourly_usage_summary`; only the partial hours at
+its edges (a zone such as Asia/Kolkata starts its days at :30) are read from `api_calls`, through
+its time index. So a day, a week or a month costs a few hundred summary rows, not a scan of
+millions of raw rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+HOUR = timedelta(hours=1)
+TOTALS = (
+    "calls", "failed_calls", "unpriced_calls", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
+    "duration_ms_sum",
+)  # fmt: skip
+# Raw-row expressions equal to one summary row per call.
+_RAW_TOTALS = (
+    "1", "(NOT success)::int", "(cost_usd IS NULL)::int", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens",
+    "coalesce(cost_usd, 0)", "duration_ms",
+)  # fmt: skip
+# What a result can be grouped by: (summary expression, raw expression).
+DIMENSIONS = {
+    "service_name": ("service_name", "service_name"),
+    "provider": ("provider", "provider"),
+    "model": ("model", "model"),
+    "operation": ("operation", "operation"),
+    "hour": ("hour", "date_trunc('hour', \"timestamp\", 'UTC')"),
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which calls count: None matches everything."""
+
+    service_name: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    operation: str | None = None
+
+    def condition(self) -> tuple[str, dict[str, str]]:
+        """A SQL `AND ...` fragment over the columns that summaries and raw rows share."""
+        params = {f"scope_{k}": v for k, v in self.__dict__.items() if v is not None}
+        clause = "".join(f" AND {key[6:]} = %({key})s" for key in params)
+        return clause, params
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(moment: datetime) -> datetime:
+    floored = floor_hour(moment)
+    return floored if floored == moment else floored + HOUR
+
+
+def split_range(start: datetime, end: datetime) -> tuple[tuple[datetime, datetime], list[Any]]:
+    """The whole-hour part of [start, end) and the partial-hour pieces around it."""
+    first, last = ceil_hour(start), floor_hour(end)
+    if first >= last:
+        return (start, start), [(start, end)] if start < end else []
+    edges = [(a, b) for a, b in ((start, first), (last, end)) if a < b]
+    return (first, last), edges
+
+
+def usage(
+    conn: psycopg.Connection[Any],
+    start: datetime,
+    end: datetime,
+    scope: Scope = Scope(),
+    group_by: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Totals of the calls in [start, end), one row per group (one row when ungrouped)."""
+    statement, params = usage_query(start, end, scope, group_by)
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(statement, params).fetchall()  # type: ignore[arg-type]
+    return [_clean(row) for row in rows]
+
+
+def usage_query(
+    start: datetime, end: datetime, scope: Scope, group_by: Sequence[str]
+) -> tuple[str, dict[str, Any]]:
+    for name in group_by:
+        if name not in DIMENSIONS:
+            raise ValueError(f"cannot group by {name!r}")
+    (hours_start, hours_end), edges = split_range(start, end)
+    scope_sql, scope_params = scope.condition()
+    params: dict[str, Any] = {**scope_params, "hours_start": hours_start, "hours_end": hours_end}
+    edge_sql = " OR ".join(
+        f'("timestamp" >= %(edge{i}_start)s AND "timestamp" < %(edge{i}_end)s)'
+        for i in range(len(edges))
+    )
+    for i, (a, b) in enumerate(edges):
+        params[f"edge{i}_start"], params[f"edge{i}_end"] = a, b
+    summary_dims = [f"{DIMENSIONS[d][0]} AS {d}" for d in group_by]
+    raw_dims = [f"{DIMENSIONS[d][1]} AS {d}" for d in group_by]
+    parts = [
+        f"SELECT {', '.join([*summary_dims, *TOTALS])} FROM hourly_usage_summary"
+        f" WHERE hour >= %(hours_start)s AND hour < %(hours_end)s{scope_sql}"
+    ]
+    if edges:
+        raw = [f"{e} AS {c}" for e, c in zip(_RAW_TOTALS, TOTALS, strict=True)]
+        parts.append(
+            f"SELECT {', '.join([*raw_dims, *raw])} FROM api_calls WHERE ({edge_sql}){scope_sql}"
+        )
+    sums = [f"coalesce(sum({c}), 0) AS {c}" for c in TOTALS]
+    statement = f"SELECT {', '.join([*group_by, *sums])} FROM ({' UNION ALL '.join(parts)}) u"
+    if group_by:
+        statement += f" GROUP BY {', '.join(group_by)} ORDER BY {', '.join(group_by)}"
+    return statement, params
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    for key in TOTALS:
+        value = row[key]
+        row[key] = Decimal(value) if key == "cost_usd" else float(value)
+        if key not in ("cost_usd", "duration_ms_sum"):
+            row[key] = int(value)
+    return row
+
+
+def empty_totals() -> dict[str, Any]:
+    return _clean({key: 0 for key in TOTALS})
+
+
+def priced_calls(totals: dict[str, Any]) -> int:
+    return int(totals["calls"]) - int(totals["unpriced_calls"])
+
+
+def totals_public(row: dict[str, Any]) -> dict[str, Any]:
+    """Adds the averages and rates to a usage row."""
+    calls = row["calls"]
+    priced = calls - row["unpriced_calls"]
+    return {
+        **row,
+        "cost_usd": float(row["cost_usd"]),
+        "avg_duration_ms": row["duration_ms_sum"] / calls if calls else None,
+        "avg_cost_per_call_usd": float(row["cost_usd"]) / priced if priced else None,
+        "success_rate": (calls - row["failed_calls"]) / calls if calls else None,
+    }
+
+
+CALL_COLUMNS = (
+    'trace_id, span_id, "timestamp", service_name, provider, model, operation, correlation_id, '
+    "input_tokens, output_tokens, total_tokens, cost_usd::float8 AS cost_usd, duration_ms, "
+    "success, error_type"
+)
+
+
+def percent_change(now: float, before: float) -> float | None:
+    """Change from `before` to `now` in percent; None when there is nothing to compare with."""
+    return (now - before) * 100 / before if before else None

@@ -1,0 +1,203 @@
+"""`nexus-otel alertmanager-config` and `prometheus-rules`: files the real tools accept, routes
+per severity, the shipped files in step with the generators."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.alerting import (
+    example_settings,
+    render_alert_rules,
+    render_alertmanager_config,
+)
+from exporter.cli import main
+from tests.promstack import ROOT, binary
+
+TOKEN = "987654:secret-bot-token"
+
+
+def run_tool(name: str, package: str, *args: str) -> str:
+    result = subprocess.run([binary(name, package), *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def telegram_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NEXUS_ALERT_WEBHOOK_URL", "NEXUS_ALERT_LINK_URL", "NEXUS_WATCHDOG_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", "-1009876")
+    monkeypatch.setenv("NEXUS_API_TOKEN", "api-secret")
+    monkeypatch.setenv("NEXUS_API_PORT", "8123")
+
+
+def test_generated_config_passes_amtool_and_carries_telegram_and_webhook(
+    telegram_env: None, tmp_path: Path
+) -> None:
+    output = tmp_path / "am" / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output), "--make-dirs"]) == 0
+    out = run_tool("amtool", "prometheus-alertmanager", "check-config", str(output))
+    assert "4 receivers" in out and "2 inhibit rules" in out and "1 templates" in out
+    assert (output.parent / "templates" / "telegram.tmpl").is_file()
+    assert output.stat().st_mode & 0o077 == 0  # it holds the bot token
+    config = yaml.safe_load(output.read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    for name in ("critical", "warning"):
+        (telegram,) = receivers[name]["telegram_configs"]
+        assert telegram["bot_token"] == TOKEN and telegram["chat_id"] == -1009876
+        assert telegram["parse_mode"] == "HTML" and telegram["send_resolved"] is True
+        assert "nexus.telegram.message" in telegram["message"]
+    for receiver in receivers.values():
+        (hook, *_) = receiver["webhook_configs"]
+        assert hook["url"] == "http://127.0.0.1:8123/api/alerts/webhook"
+        assert hook["http_config"]["authorization"]["credentials"] == "api-secret"
+    assert "telegram_configs" not in receivers["history"]
+    assert "telegram_configs" not in receivers["watchdog"]
+    critical_inhibits_warning = config["inhibit_rules"][0]
+    assert critical_inhibits_warning["equal"] == ["budget"]
+    assert 'severity="critical"' in critical_inhibits_warning["source_matchers"]
+    assert 'severity="warning"' in critical_inhibits_warning["target_matchers"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=LLMBudgetExceeded", "severity=critical", "budget=daily"], "critical"),
+        (["alertname=NexusExporterDown", "severity=critical"], "critical"),
+        (["alertname=LLMBudgetWarning", "severity=warning", "budget=daily"], "warning"),
+        (["alertname=LLMExpensiveCall", "severity=warning", "gen_ai_request_model=o3"], "warning"),
+        (["alertname=Watchdog", "severity=none"], "watchdog"),
+        (["alertname=SomethingElse", "severity=info"], "history"),
+    ],
+)
+def test_each_severity_routes_to_its_receiver(
+    telegram_env: None, tmp_path: Path, labels: list[str], receiver: str
+) -> None:
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output)]) == 0
+    routed = run_tool(
+        "amtool", "prometheus-alertmanager", "config", "routes", "test",
+        f"--config.file={output}", "--verify.receivers=" + receiver, *labels,
+    )  # fmt: skip
+    assert routed.strip() == receiver
+
+
+def test_without_telegram_alerts_still_reach_the_history(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", "")  # compose passes unset variables as empty
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output)]) == 0
+    run_tool("amtool", "prometheus-alertmanager", "check-config", str(output))
+    config = yaml.safe_load(output.read_text())
+    assert all("telegram_configs" not in r for r in config["receivers"])
+    assert all(r["webhook_configs"] for r in config["receivers"])
+
+
+def test_a_token_without_a_chat_id_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.delenv("TELEGRAM_CHAT_ID", raising=False)
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "TELEGRAM_CHAT_ID is not set" in err and TOKEN not in err
+    assert not output.exists()
+
+
+def test_a_non_numeric_chat_id_names_the_bad_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", "@mychannel")
+    assert main(["alertmanager-config", "--output", str(tmp_path / "a.yml")]) == 2
+    assert "'@mychannel'" in capsys.readouterr().err
+
+
+def test_shipped_alertmanager_yml_is_the_generated_example_and_valid() -> None:
+    shipped = ROOT / "alertmanager" / "alertmanager.yml"
+    assert shipped.read_text() == render_alertmanager_config(example_settings()), (
+        "regenerate it: nexus-otel alertmanager-config --example --file-mode 644 "
+        "--output alertmanager/alertmanager.yml"
+    )
+    run_tool("amtool", "prometheus-alertmanager", "check-config", str(shipped))
+
+
+def test_shipped_alert_rules_are_the_generator_defaults() -> None:
+    assert render_alert_rules() == (ROOT / "prometheus" / "rules" / "alerts.yml").read_text()
+
+
+def test_single_call_threshold_and_runbook_base_are_configurable(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    assert main(["prometheus-rules", "--out", str(rules), "--single-call-usd", "1.0",
+                 "--runbook-base-url", "https://git.example.com/ops/nexus/"]) == 0  # fmt: skip
+    text = (rules / "alerts.yml").read_text()
+    assert 'le="1.0"' in text and 'le="0.5"' not in text
+    assert "cost more than $1.00" in text and "$0.50" not in text
+    assert "https://git.example.com/ops/nexus/docs/RUNBOOK.md#llmexpensivecall" in text
+    run_tool("promtool", "prometheus", "check", "rules", *map(str, sorted(rules.glob("*.yml"))))
+    # A $0.70 call (bucket le="1.0") stays quiet at a $1.00 threshold; a $2 call fires.
+    labels = (
+        'gen_ai_request_model="m",gen_ai_provider_name="p",service_name="s",nexus_operation="o"'
+    )
+    test = {
+        "rule_files": ["rules/alerts.yml"],
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": f"nexus_llm_call_cost_usd_count{{{labels}}}", "values": "0 1 2"},
+                {"series": f'nexus_llm_call_cost_usd_bucket{{le="1.0",{labels}}}',
+                 "values": "0 1 1"},
+            ],
+            "alert_rule_test": [
+                {"alertname": "LLMExpensiveCall", "eval_time": "1m", "exp_alerts": []},
+                {"alertname": "LLMExpensiveCall", "eval_time": "2m", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "gen_ai_request_model": "m",
+                                   "gen_ai_provider_name": "p", "service_name": "s",
+                                   "nexus_operation": "o"},
+                    "exp_annotations": {
+                        "summary": "A call to m cost more than $1.00",
+                        "description": "1 call(s) to m (p, operation o, service s) cost more "
+                        "than $1.00 each in the last 10 minutes.",
+                        "runbook_url": "https://git.example.com/ops/nexus/docs/RUNBOOK.md"
+                        "#llmexpensivecall",
+                    },
+                }]},
+            ],
+        }],
+    }  # fmt: skip
+    (tmp_path / "threshold_test.yml").write_text(yaml.safe_dump(test))
+    out = run_tool("promtool", "prometheus", "test", "rules", str(tmp_path / "threshold_test.yml"))
+    assert "SUCCESS" in out
+
+
+def test_a_threshold_off_the_histogram_buckets_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prometheus-rules", "--out", str(tmp_path), "--single-call-usd", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "--single-call-usd 0.3 is not a bucket boundary" in err and "0.25, 0.5" in err
+    assert not (tmp_path / "alerts.yml").exists()
+
+
+def test_file_mode_can_open_the_file_to_an_alertmanager_running_as_another_user(
+    telegram_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output), "--file-mode", "644"]) == 0
+    assert output.stat().st_mode & 0o777 == 0o644
+    assert main(["alertmanager-config", "--output", str(output), "--file-mode", "rw-r--r--"]) == 2
+    assert "--file-mode 'rw-r--r--' is not an octal mode" in capsys.readouterr().err
+
+
+def test_example_flag_writes_the_shipped_file(telegram_env: None, tmp_path: Path) -> None:
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--example", "--output", str(output)]) == 0
+    assert output.read_text() == (ROOT / "alertmanager" / "alertmanager.yml").read_text()
+    assert TOKEN not in output.read_text()  # the environment's token stays out

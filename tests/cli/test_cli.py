@@ -1,0 +1,102 @@
+"""The command line as users run it: its own process, real databases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from tests.ingest.otlp_helpers import make_spans, protobuf_body
+from tests.support import start_exporter
+
+
+def _cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+def test_bad_setting_is_a_cli_error_naming_the_value() -> None:
+    result = _cli("migrate", "--otlp-port", "99999")
+    assert result.returncode == 2
+    assert "--otlp-port" in result.stderr and "99999" in result.stderr
+
+
+def test_serve_refuses_a_bad_price_file_with_one_clear_error(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  - pattern: [broken\n")
+    result = _cli("serve", "--prices-file", str(prices), timeout=60)
+    output = "".join((result.stdout + result.stderr).split())  # as printed, folded to width
+    assert result.returncode == 2
+    assert f"error:{prices}:cannotreadpriceoverrides" in output
+    assert "Traceback" not in output
+
+
+def test_the_embedded_database_starts_without_warnings_where_xdg_runtime_dir_is_unset(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # as in containers
+    env["NEXUS_DATA_DIR"] = str(tmp_path)
+    result = _cli("migrate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stdout + result.stderr
+
+
+def test_prices_shows_source_and_suggests_close_matches() -> None:
+    known = _cli("prices", "claude-sonnet-4-5", "--provider", "anthropic")
+    assert known.returncode == 0, known.stderr
+    assert "genai-prices" in known.stdout and "3" in known.stdout
+    unknown = _cli("prices", "claude-sonet-4-5")
+    assert unknown.returncode == 2
+    assert "claude-sonnet-4-5" in unknown.stderr
+
+
+def test_unavailable_database_gets_503_with_retry_after_and_loses_nothing(tmp_path: Path) -> None:
+    from exporter.core.db import EmbeddedPostgres
+
+    database = EmbeddedPostgres(tmp_path / "pg")
+    url = database.url
+    exporter = start_exporter(url, tmp_path)
+    try:
+        spans = make_spans([{"start": _now(), "attributes": {
+            "gen_ai.provider.name": "groq", "gen_ai.request.model": "llama-3.1-8b-instant",
+            "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3}}])  # fmt: skip
+        body = protobuf_body(spans)
+        headers = {"Content-Type": "application/x-protobuf"}
+        database.stop()
+        down = httpx.post(
+            f"{exporter.base_url}/v1/traces", content=body, headers=headers, timeout=30
+        )
+        assert down.status_code == 503
+        assert down.headers["retry-after"] == "5"
+        assert httpx.get(f"{exporter.base_url}/health").status_code == 503
+        database = EmbeddedPostgres(tmp_path / "pg")  # the same data directory, started again
+        deadline = time.monotonic() + 20
+        while True:
+            up = httpx.post(
+                f"{exporter.base_url}/v1/traces", content=body, headers=headers, timeout=30
+            )
+            if up.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert up.status_code == 200
+        with psycopg.connect(database.url) as conn:
+            row = conn.execute("SELECT input_tokens, output_tokens FROM api_calls").fetchall()
+        assert row == [(7, 3)]
+    finally:
+        exporter.stop()
+        database.stop()
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -1,0 +1,123 @@
+"""Normalization of the spellings that the end-to-end tests do not send through the wire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from exporter.ingest.model import RawSpan
+from exporter.ingest.normalize import InvalidSpan, to_llm_call
+
+START_NS = 1_763_800_000_123_456_789
+GEMINI_URL = "https://generativelanguage.googleapis.com/v1beta/models/x?key=sk-secret&alt=sse"
+
+
+def _span(attributes: dict[str, Any], **fields: Any) -> RawSpan:
+    values: dict[str, Any] = {
+        "trace_id": "1" * 32, "span_id": "2" * 16, "parent_span_id": None, "name": "chat m",
+        "kind": 3, "start_time_unix_nano": START_NS, "end_time_unix_nano": START_NS + 2_500_000,
+        "status_code": 0, "status_message": "", "attributes": attributes,
+        "resource_attributes": {"service.name": "svc"},
+    }  # fmt: skip
+    values.update(fields)
+    return RawSpan(**values)
+
+
+def test_openinference_spelling() -> None:
+    call = to_llm_call(_span({
+        "openinference.span.kind": "LLM", "llm.provider": "openai", "llm.model_name": "gpt-4o",
+        "llm.token_count.prompt": 120, "llm.token_count.completion": 30,
+        "llm.token_count.prompt_details.cache_read": 20, "llm.cost.total": 0.0015,
+    }))  # fmt: skip
+    assert call is not None
+    assert (call.provider, call.model, call.input_tokens, call.output_tokens) == (
+        "openai",
+        "gpt-4o",
+        120,
+        30,
+    )
+    assert call.cache_read_tokens == 20 and call.total_tokens == 150
+    assert str(call.reported_cost_usd) == "0.0015"
+
+
+def test_anthropic_input_exclusive_of_cache_is_made_inclusive() -> None:
+    call = to_llm_call(_span({
+        "gen_ai.system": "Anthropic", "gen_ai.request.model": "claude-sonnet-4-5",
+        "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 5,
+        "gen_ai.usage.cache_read_input_tokens": 300, "gen_ai.usage.cache_creation_input_tokens": 40,
+    }))  # fmt: skip
+    assert call is not None
+    assert (call.input_tokens, call.cache_read_tokens, call.cache_write_tokens) == (350, 300, 40)
+    assert call.total_tokens == 355
+
+
+@pytest.mark.parametrize(
+    ("alias", "expected"),
+    [("gemini", "gcp.gemini"), (" Vertex_AI ", "gcp.vertex_ai"),
+     ("az.ai.openai", "azure.ai.openai"), ("mistralai", "mistral_ai"), ("xai", "x_ai"),
+     ("bedrock", "aws.bedrock"), ("NewCo", "newco")],
+)  # fmt: skip
+def test_provider_aliases(alias: str, expected: str) -> None:
+    call = to_llm_call(_span({"gen_ai.system": alias, "gen_ai.request.model": "m"}))
+    assert call is not None and call.provider == expected
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"http.request.method": "POST"},
+        {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "invoke_agent",
+         "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 5},
+        {"openinference.span.kind": "CHAIN", "llm.provider": "openai", "llm.model_name": "x"},
+    ],
+    ids=["http", "agent", "openinference-chain"],
+)  # fmt: skip
+def test_spans_that_are_not_model_calls_are_ignored(attributes: dict[str, Any]) -> None:
+    assert to_llm_call(_span(attributes)) is None
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), 2**63, 1.5, "many", True])
+def test_bad_token_counts_are_rejected_naming_the_attribute(bad: Any) -> None:
+    attributes = {"gen_ai.provider.name": "groq", "gen_ai.request.model": "m",
+                  "gen_ai.usage.output_tokens": bad}  # fmt: skip
+    with pytest.raises(InvalidSpan, match=r"gen_ai\.usage\.output_tokens"):
+        to_llm_call(_span(attributes))
+
+
+def test_numeric_strings_and_integral_floats_are_counts() -> None:
+    attributes = {"gen_ai.provider.name": "groq", "gen_ai.request.model": "m",
+                  "gen_ai.usage.input_tokens": "12", "gen_ai.usage.output_tokens": 3.0}  # fmt: skip
+    call = to_llm_call(_span(attributes))
+    assert call is not None and (call.input_tokens, call.output_tokens) == (12, 3)
+
+
+def test_secrets_and_content_never_kept_unless_content_opted_in() -> None:
+    attributes = {
+        "gen_ai.provider.name": "gcp.gemini", "gen_ai.request.model": "gemini-2.5-flash",
+        "http.request.header.x-goog-api-key": ["sk-secret"], "api_key": "sk-secret",
+        "url.full": GEMINI_URL,
+        "gen_ai.input.messages": "[]", "gen_ai.response.finish_reasons": ["stop"],
+    }  # fmt: skip
+    call = to_llm_call(_span(attributes))
+    assert call is not None
+    assert "sk-secret" not in repr(call)
+    assert call.attributes["url.full"].endswith("/models/x?key=[REDACTED]&alt=sse")
+    assert call.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert "gen_ai.input.messages" not in call.attributes
+    with_content = to_llm_call(_span(attributes), store_content=True)
+    assert with_content is not None and "gen_ai.input.messages" in with_content.attributes
+
+
+def test_error_status_and_timestamp_truncation() -> None:
+    call = to_llm_call(_span({"gen_ai.provider.name": "groq", "gen_ai.request.model": "m"},
+                             status_code=2, exception_type="TimeoutError"))  # fmt: skip
+    assert call is not None
+    assert (call.success, call.error_type) == (False, "TimeoutError")
+    assert call.timestamp.microsecond == 123456 and call.duration_ms == 2.5
+
+
+def test_invalid_ids_are_rejected() -> None:
+    with pytest.raises(InvalidSpan, match="trace id"):
+        to_llm_call(_span({"gen_ai.provider.name": "groq", "gen_ai.request.model": "m"},
+                          trace_id="0" * 32))  # fmt: skip
