@@ -29,8 +29,8 @@ from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target
 from nexus_otel._estimate import estimate_source, estimate_tokens, price, span_time
 from nexus_otel._internal import guarded, internal_error, loads_json
+from nexus_otel._llm_providers import NOT_MODEL_CALLS
 from nexus_otel._operation import CURRENT_OPERATION, CallRecord, record_call
-from nexus_otel._providers import NOT_MODEL_CALLS
 from nexus_otel._secrets import scrub_text
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
 

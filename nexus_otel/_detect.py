@@ -16,7 +16,7 @@ from typing import Any
 
 from nexus_otel import _anthropic, _gemini, _openai
 from nexus_otel import attributes as a
-from nexus_otel._providers import provider_from_host
+from nexus_otel._llm_providers import provider_from_host
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from nexus_otel._providers import normalize_provider
+from nexus_otel._llm_providers import normalize_provider
 from nexus_otel._usage import TokenUsage
 
 log = logging.getLogger("nexus_otel")

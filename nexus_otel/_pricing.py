@@ -19,7 +19,7 @@ from decimal import Decimal
 from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-from nexus_otel._providers import PRICE_PROVIDER_IDS
+from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
 
 _TOKEN_PRICE_KEYS = frozenset({"input_mtok", "output_mtok"})
 

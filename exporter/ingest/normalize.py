@@ -11,7 +11,7 @@ from typing import Any
 from exporter.ingest.metrics import ERROR_CODE, OTHER_ERROR
 from exporter.ingest.model import TRUNCATED_MARKER, AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
-from nexus_otel._providers import NOT_MODEL_CALLS, normalize_provider, provider_from_host
+from nexus_otel._llm_providers import NOT_MODEL_CALLS, normalize_provider, provider_from_host
 from nexus_otel._secrets import CACHED_LENGTH, REDACTED, is_secret_key, scrub_text
 from nexus_otel._secrets import scrubbed_before as _seen
 

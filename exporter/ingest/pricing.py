@@ -39,8 +39,8 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, TimeOfDateConstraint
 from rich.table import Table
 
+from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
 from nexus_otel._pricing import find_model, token_priced
-from nexus_otel._providers import PRICE_PROVIDER_IDS
 
 # fmt: off
 # price key → (slot in (input leaf, output, cache read, cache write, one request), unit size)

@@ -62,7 +62,7 @@ STORED_UNIT_USD = Decimal("1e-12")
 
 
 def test_every_provider_the_exporter_prices_is_here() -> None:
-    from nexus_otel._providers import PRICE_PROVIDER_IDS
+    from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
 
     assert set(PROVIDERS) == set(PRICE_PROVIDER_IDS)
 
