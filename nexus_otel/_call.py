@@ -27,14 +27,14 @@ from nexus_otel import _anthropic
 from nexus_otel import attributes as a
 from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target
-from nexus_otel._estimate import estimate_source, estimate_tokens, price
+from nexus_otel._estimate import estimate_source, estimate_tokens, price, span_time
 from nexus_otel._internal import guarded, internal_error, loads_json
+from nexus_otel._llm_providers import NOT_MODEL_CALLS
 from nexus_otel._operation import CURRENT_OPERATION, CallRecord, record_call
 from nexus_otel._secrets import scrub_text
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
 
 _GEN_AI_PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM)
-_NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
 _MAX_STATUS_MESSAGE = 500  # characters of an error message kept on the span; the rest is noise
 # Other instrumentations' spans that already describe one completed call: a further request
 # inside one is another call (an app's own span around several), not a retry, so it gets ours.
@@ -162,7 +162,8 @@ class LLMCall:
             guarded(_DESCRIBED.add, self.span)
         if self.operation is not None:  # priced here only for the handle: the exporter prices rows
             duration_ms = (ended - self._started) * 1000
-            cost = guarded(price, usage, self._model(), self.target.provider)
+            model, at = self.request.model or self._model(), span_time(self._start_ns)
+            cost = guarded(price, usage, model, self.target.provider, at, self.response.model)
             record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
         # Nothing more is read: let the body, the span and the context go now, not when the
         # SDK's response (often in a reference cycle) is collected.
@@ -343,6 +344,6 @@ def _open_gen_ai_span(current: context.Context) -> Span | None:
     attributes = getattr(span, "attributes", None) or {}
     if not any(key in attributes for key in _GEN_AI_PROVIDER_KEYS):
         return None
-    if attributes.get(a.GEN_AI_OPERATION_NAME) in _NOT_MODEL_CALLS or span in _DESCRIBED:
+    if attributes.get(a.GEN_AI_OPERATION_NAME) in NOT_MODEL_CALLS or span in _DESCRIBED:
         return None
     return span

@@ -16,6 +16,7 @@ from typing import Any
 
 from nexus_otel import _anthropic, _gemini, _openai
 from nexus_otel import attributes as a
+from nexus_otel._llm_providers import provider_from_host
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +37,6 @@ class Target:
             self.attributes[a.SERVER_PORT] = self.port
 
 
-KNOWN_HOSTS = {
-    "api.groq.com": "groq",
-    "api.openai.com": "openai",
-    "api.anthropic.com": "anthropic",
-    "generativelanguage.googleapis.com": "gcp.gemini",
-}
 _WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
 # The User-Agent's first word, read with one header lookup; the other headers are the fallback.
 _SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai", "Anthropic": "anthropic",
@@ -94,7 +89,7 @@ def detect(request: Any, providers: dict[str, str], path: str | None = None) -> 
         return None
     host, port = url.host, url.port
     provider = (
-        KNOWN_HOSTS.get(host)
+        provider_from_host(host)
         or _from_sdk_headers(request.headers)
         or providers.get(f"{host}:{port}")
         or providers.get(host)

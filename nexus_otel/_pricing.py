@@ -1,0 +1,86 @@
+"""Which genai-prices price set prices a call, and the call's list price: one rule for the cost an
+app reads on its handle (`op.cost_usd`) and the cost the exporter stores on the call's row.
+
+A provider name maps to a genai-prices provider (PRICE_PROVIDER_IDS). When genai-prices knows
+the provider but not the model, the call is unpriced: a model served by Groq is not billed at
+OpenAI's prices. When it does not know the provider at all (a gateway, a self-hosted proxy), the
+model alone picks the maker (claude → anthropic, gpt- → openai, gemini → google...) and the
+maker's list price is used. The response model (more specific, e.g. a dated version) is tried
+before the request model. Price sets that token counts cannot price (per audio hour, page or
+character) price nothing, and neither does usage whose cache counts exceed the input (input
+includes them): such a call is unpriced, never a fake $0.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from genai_prices import Usage, data_snapshot
+from genai_prices.types import ModelInfo, ModelPrice, Provider
+
+from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
+
+_TOKEN_PRICE_KEYS = frozenset({"input_mtok", "output_mtok"})
+
+
+def find_model(
+    snapshot: data_snapshot.DataSnapshot, provider: str, model: str
+) -> tuple[Provider, ModelInfo] | None:
+    """The genai-prices provider and model that price `model` called through `provider`."""
+    wanted = PRICE_PROVIDER_IDS.get(provider.lower(), provider)
+    try:  # the snapshot caches provider hits and misses
+        provider_id = snapshot.find_provider(None, wanted, None).id if wanted else None
+    except LookupError:
+        provider_id = None  # unknown to genai-prices: the model alone picks its maker
+    try:
+        return snapshot.find_provider_model(model, None, provider_id, None)
+    except LookupError:
+        return None
+
+
+def token_priced(model_price: ModelPrice) -> bool:
+    """Whether token counts can price this price set (it has an input or an output price)."""
+    keys = {k for k, v in vars(model_price).items() if not k.startswith("_") and v is not None}
+    return not keys or bool(keys & _TOKEN_PRICE_KEYS)
+
+
+def list_price(
+    provider: str,
+    model: str,
+    response_model: str | None,
+    timestamp: datetime,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+) -> Decimal | None:
+    """genai-prices' price of one call, or None when it prices none of the call's models.
+    `provider`: the name as stored (`normalize_provider`)."""
+    # The exporter's PriceBook.price applies these two rules inline (they run for every span it
+    # stores): a change here is a change there.
+    counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+    if min(counts) < 0 or cache_read_tokens + cache_write_tokens > input_tokens:
+        return None
+    snapshot = data_snapshot.get_snapshot()
+    refs = (model,) if response_model in (None, model) else (response_model, model)
+    for ref in refs:
+        found = find_model(snapshot, provider, ref) if ref else None
+        if found is None:
+            continue
+        model_price = found[1].get_prices(timestamp)
+        if not token_priced(model_price):
+            continue
+        try:
+            result = model_price.calc_price(
+                Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    cache_read_tokens=cache_read_tokens,
+                    cache_write_tokens=cache_write_tokens,
+                )
+            )
+        except ValueError:  # genai-prices rejects this price set for this usage
+            continue
+        return result["total_price"]
+    return None

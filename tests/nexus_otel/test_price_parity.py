@@ -1,0 +1,130 @@
+"""For every provider the exporter prices, the cost an app reads on its operation handle is the
+cost `nexus-otel serve` stores on the call's row: one LLM call per provider, made through the
+instrumentation against the provider simulator and exported over OTLP to a real server.
+
+Without a price overrides file both are genai-prices' list price; the expected value is computed
+here with genai-prices itself, for the provider and model this table names."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+import genai_prices
+import httpx
+import pytest
+
+import nexus_otel
+from exporter.simulator import ProviderSimulator
+from tests.support import ExporterProcess, query
+
+pytestmark = pytest.mark.e2e
+SERVICE = "price-parity-tests"
+# Each provider name the exporter prices → the genai-prices provider that bills its calls and a
+# model genai-prices prices there (chosen from genai-prices' data; several price cache reads and
+# writes, and some are priced differently by their host than by their maker).
+PROVIDERS = {
+    "anthropic": ("anthropic", "claude-sonnet-4-5"),
+    "openai": ("openai", "gpt-4.1"),
+    "groq": ("groq", "openai/gpt-oss-120b"),
+    "deepseek": ("deepseek", "deepseek-chat"),
+    "cohere": ("cohere", "command-r"),
+    "perplexity": ("perplexity", "sonar"),
+    "aws.bedrock": ("aws", "global.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    "azure.ai.openai": ("azure", "phi-4"),
+    "az.ai.openai": ("azure", "davinci"),
+    "azure.ai.inference": ("azure", "o1"),
+    "az.ai.inference": ("azure", "phi-4-mini-instruct"),
+    "gcp.gemini": ("google", "gemini-2.5-flash"),
+    "gcp.vertex_ai": ("google", "gemini-2.5-pro"),
+    "gcp.gen_ai": ("google", "claude-sonnet-4-5"),
+    "gemini": ("google", "gemini-2.0-flash"),
+    "vertex_ai": ("google", "gemini-2.5-flash-lite"),
+    "mistral_ai": ("mistral", "mistral-large-latest"),
+    "x_ai": ("x-ai", "grok-3"),
+    "xai": ("x-ai", "grok-4"),
+}
+# Input includes the cache reads and writes, output the reasoning (the GenAI conventions). The
+# OpenAI wire format carries all four counts, so every call goes through it.
+USAGE = {
+    "input": 123_456,
+    "output": 23_456,
+    "cache_read": 45_678,
+    "cache_write": 12_345,
+    "reasoning": 6_789,
+}
+# A row keeps 12 decimal places of its cost (numeric(20, 12), PostgreSQL rounding half away from
+# zero); the handle's cost is the exact Decimal. So they agree to within one stored unit.
+STORED_UNIT_USD = Decimal("1e-12")
+
+
+def test_every_provider_the_exporter_prices_is_here() -> None:
+    from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
+
+    assert set(PROVIDERS) == set(PRICE_PROVIDER_IDS)
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[ProviderSimulator]:
+    with ProviderSimulator(seed=11) as sim:
+        yield sim
+
+
+def stored(database_url: str, correlation_id: str) -> tuple[Decimal | None, datetime]:
+    """The cost and time of the row stored for `correlation_id`, once it has arrived."""
+    statement = "SELECT cost_usd, timestamp FROM api_calls WHERE correlation_id = %s"
+    deadline = time.monotonic() + 15
+    while not (rows := query(database_url, statement, (correlation_id,))):
+        assert time.monotonic() < deadline, f"no row for {correlation_id}"
+        time.sleep(0.1)
+    [row] = rows
+    return row  # type: ignore[return-value]
+
+
+def list_price(provider_id: str, model: str, at: datetime) -> Decimal:
+    usage = genai_prices.Usage(
+        input_tokens=USAGE["input"],
+        output_tokens=USAGE["output"],
+        cache_read_tokens=USAGE["cache_read"],
+        cache_write_tokens=USAGE["cache_write"],
+    )
+    price = genai_prices.calc_price(
+        usage, model, provider_id=provider_id, genai_request_timestamp=at
+    )
+    return Decimal(price.total_price)
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_handle_cost_is_the_stored_cost(
+    provider: str, simulator: ProviderSimulator, exporter: ExporterProcess, database_url: str
+) -> None:
+    provider_id, model = PROVIDERS[provider]
+    address = simulator.base_url.removeprefix("http://")
+    nexus_otel.instrument(SERVICE, endpoint=exporter.base_url, providers={address: provider})
+    correlation_id = f"parity-{uuid.uuid4().hex[:8]}"
+    try:
+        with nexus_otel.operation("price_parity", correlation_id=correlation_id) as op:
+            response = httpx.post(
+                f"{simulator.base_url}/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": "Hello"}]},
+                headers={"x-sim-usage": ",".join(f"{k}={v}" for k, v in USAGE.items())},
+                timeout=20,
+            )
+        assert response.status_code == 200
+        assert nexus_otel.force_flush()
+        row_cost, at = stored(database_url, correlation_id)
+    finally:
+        nexus_otel.shutdown()
+    [record] = op.calls
+    counts = (record.input_tokens, record.output_tokens, record.cache_read_tokens)
+    assert (*counts, record.cache_write_tokens, record.reasoning_tokens) == tuple(USAGE.values())
+    expected = list_price(provider_id, model, at)
+    assert row_cost == expected.quantize(STORED_UNIT_USD, ROUND_HALF_UP)
+    assert op.cost_usd is not None, f"{provider}: the handle has no cost, the row {row_cost}"
+    assert abs(op.cost_usd - row_cost) <= STORED_UNIT_USD, (
+        f"{provider}: handle {op.cost_usd}, row {row_cost}, off by {op.cost_usd - row_cost}"
+    )
+    assert op.cost_usd == expected
