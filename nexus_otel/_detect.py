@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from nexus_otel import _anthropic, _gemini, _openai
 from nexus_otel import attributes as a
+from nexus_otel._wire import WireFormat
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     provider: str
-    wire: ModuleType  # _openai, _anthropic or _gemini
+    wire: WireFormat  # _openai, _anthropic or _gemini
     host: str
     port: int | None
     path: str  # remembered per path, so the request's path is read once a call
@@ -42,7 +42,7 @@ KNOWN_HOSTS = {
     "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "gcp.gemini",
 }
-_WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
+WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini)
 # The User-Agent's first word, read with one header lookup; the other headers are the fallback.
 _SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai", "Anthropic": "anthropic",
                "google-genai-sdk": "gcp.gemini"}  # fmt: skip
@@ -78,8 +78,8 @@ class Detector:
         return target  # type: ignore[return-value]
 
 
-def wire_format(path: str) -> ModuleType | None:
-    return next((w for w in (_openai, _anthropic, _gemini) if w.matches(path)), None)
+def wire_format(path: str) -> WireFormat | None:
+    return next((w for w in WIRE_FORMATS if w.matches(path)), None)
 
 
 def detect(request: Any, providers: dict[str, str], path: str | None = None) -> Target | None:
@@ -98,7 +98,7 @@ def detect(request: Any, providers: dict[str, str], path: str | None = None) -> 
         or _from_sdk_headers(request.headers)
         or providers.get(f"{host}:{port}")
         or providers.get(host)
-        or _WIRE_DEFAULT_PROVIDER[wire]
+        or wire.DEFAULT_PROVIDER
     )
     return Target(provider, wire, host, port, path)
 
