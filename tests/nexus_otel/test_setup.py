@@ -151,7 +151,7 @@ def test_joins_the_apps_provider_and_uninstrument_restores(
     assert [name for _, _, name in receiver.spans()] == ["chat llama-3.3-70b-versatile"]
 
 
-def test_uninstrument_restores_the_global_provider(receiver: OTLPReceiver) -> None:
+def test_the_global_provider_is_set_once_and_follows_instrument(receiver: OTLPReceiver) -> None:
     out = python(
         f"""
         from opentelemetry import trace
