@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict -p nexus_otel
 
 unit: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)

@@ -5,15 +5,18 @@ nexus_otel.instrument(service_name="carousel-bot")
 with nexus_otel.operation("fact_generation", correlation_id="carousel-123") as op:
     ...  # groq / openai / anthropic / google-genai calls, or raw httpx REST calls
 print(op.total_tokens, op.cost_usd)
+
+Or with no code change: `opentelemetry-instrument python app.py` loads `NexusInstrumentor`.
 """
 
 from nexus_otel._estimate import estimate_cost, estimate_tokens
 from nexus_otel._operation import CallRecord, Operation, current_operation, operation
-from nexus_otel._setup import force_flush, instrument, shutdown, uninstrument
+from nexus_otel._setup import NexusInstrumentor, force_flush, instrument, shutdown, uninstrument
 from nexus_otel._usage import TokenUsage
 
 __all__ = [
     "CallRecord",
+    "NexusInstrumentor",
     "Operation",
     "TokenUsage",
     "current_operation",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
 
 OPERATION = "chat"
+DEFAULT_PROVIDER = "anthropic"
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
                  "cache_creation_input_tokens")  # fmt: skip
 

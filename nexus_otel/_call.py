@@ -23,7 +23,6 @@ from opentelemetry import context, trace
 from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
-from nexus_otel import _anthropic
 from nexus_otel import attributes as a
 from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target
@@ -79,7 +78,7 @@ class LLMCall:
         self.response = ResponseInfo()
         self._body: BodyCopy | None = BodyCopy()
         self._first_chunk: float | None = None
-        self._stream_state: Any = None  # Anthropic's running stream usage, made when needed
+        self._stream_state: Any = None  # what the wire format's stream reading shares
         try:
             self.request = self.target.wire.request_info(self.target.path, _request_json(sent))
         except Exception:
@@ -182,19 +181,15 @@ class LLMCall:
             if parsed is not None:
                 self.target.wire.read_json(parsed, self.response)
             return
+        self._stream_state = self.target.wire.new_stream_state()
         body.read_stream(self._on_event, full=self.settings.capture_content)
         if not (self.response.usage and self.response.complete):
             # Usage to estimate: that needs all the text, so read every event from the start.
-            self.response, self._stream_state = ResponseInfo(), None
+            self.response, self._stream_state = ResponseInfo(), self.target.wire.new_stream_state()
             body.read_stream(self._on_event, full=True)
 
     def _on_event(self, event: str | None, data: object) -> None:
-        if self.target.wire is _anthropic:
-            if self._stream_state is None:
-                self._stream_state = _anthropic.new_stream_state()
-            _anthropic.read_event(event, data, self.response, self._stream_state)
-        else:
-            self.target.wire.read_event(event, data, self.response)
+        self.target.wire.read_event(event, data, self.response, self._stream_state)
 
     # --- results ----------------------------------------------------------------------------
     def _error_type(self, error: BaseException | None) -> str | None:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from nexus_otel import _anthropic, _gemini, _openai
 from nexus_otel import attributes as a
 from nexus_otel._llm_providers import provider_from_host
+from nexus_otel._wire import WireFormat
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     provider: str
-    wire: ModuleType  # _openai, _anthropic or _gemini
+    wire: WireFormat  # _openai, _anthropic or _gemini
     host: str
     port: int | None
     path: str  # remembered per path, so the request's path is read once a call
@@ -37,7 +37,7 @@ class Target:
             self.attributes[a.SERVER_PORT] = self.port
 
 
-_WIRE_DEFAULT_PROVIDER = {_openai: "openai", _anthropic: "anthropic", _gemini: "gcp.gemini"}
+WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini)
 # The User-Agent's first word, read with one header lookup; the other headers are the fallback.
 _SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai", "Anthropic": "anthropic",
                "google-genai-sdk": "gcp.gemini"}  # fmt: skip
@@ -73,8 +73,8 @@ class Detector:
         return target  # type: ignore[return-value]
 
 
-def wire_format(path: str) -> ModuleType | None:
-    return next((w for w in (_openai, _anthropic, _gemini) if w.matches(path)), None)
+def wire_format(path: str) -> WireFormat | None:
+    return next((w for w in WIRE_FORMATS if w.matches(path)), None)
 
 
 def detect(request: Any, providers: dict[str, str], path: str | None = None) -> Target | None:
@@ -93,7 +93,7 @@ def detect(request: Any, providers: dict[str, str], path: str | None = None) -> 
         or _from_sdk_headers(request.headers)
         or providers.get(f"{host}:{port}")
         or providers.get(host)
-        or _WIRE_DEFAULT_PROVIDER[wire]
+        or wire.DEFAULT_PROVIDER
     )
     return Target(provider, wire, host, port, path)
 

@@ -11,6 +11,7 @@ import re
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
 
 OPERATION = "generate_content"
+DEFAULT_PROVIDER = "gcp.gemini"
 _PATH = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
 
 
@@ -43,7 +44,11 @@ def read_json(body: object, info: ResponseInfo) -> None:
     info.complete = True
 
 
-def read_event(event: str | None, data: object, info: ResponseInfo) -> None:
+def new_stream_state() -> None:
+    return None  # each event repeats the running totals
+
+
+def read_event(event: str | None, data: object, info: ResponseInfo, state: None = None) -> None:
     if not isinstance(data, dict):
         return
     if isinstance(data.get("modelVersion"), str):

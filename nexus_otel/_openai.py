@@ -5,6 +5,7 @@ from __future__ import annotations
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
 
 OPERATION = "chat"
+DEFAULT_PROVIDER = "openai"
 
 
 def matches(path: str) -> bool:
@@ -32,7 +33,11 @@ def read_json(body: object, info: ResponseInfo) -> None:
     info.complete = True
 
 
-def read_event(event: str | None, data: object, info: ResponseInfo) -> None:
+def new_stream_state() -> None:
+    return None  # each chunk stands alone
+
+
+def read_event(event: str | None, data: object, info: ResponseInfo, state: None = None) -> None:
     """One `data:` line of a streamed chat completion; `[DONE]` ends it."""
     if data == "[DONE]":
         info.complete = True

@@ -1,8 +1,10 @@
-"""`instrument()` and `uninstrument()`: the SDK, the OTLP/HTTP export, the httpx instrumentations.
+"""`NexusInstrumentor` (the `opentelemetry_instrumentor` entry point `nexus_otel`, which
+`opentelemetry-instrument` loads) and its friendly facade `instrument()` / `uninstrument()`: the
+SDK, the OTLP/HTTP export, the httpx instrumentations, the transport wrappers.
 
-Follows the BaseInstrumentor contract: idempotent, and `uninstrument()` undoes exactly what
-`instrument()` did (the global TracerProvider, a processor added to the app's own provider, the
-httpx instrumentations, the transport wrappers).
+Follows the BaseInstrumentor contract: idempotent, and uninstrumenting undoes what instrumenting
+did. The global tracer provider is set once (a `SwappableTracerProvider`, pointed at no provider
+once uninstrumented), and an exporter added to an app's own provider is detached, not removed.
 """
 
 from __future__ import annotations
@@ -10,16 +12,23 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
+
+# The module is marked untyped as a whole (`# type: ignore` at its top): its names read as Any.
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from nexus_otel._call import CallSettings
 from nexus_otel._internal import log
+from nexus_otel._providers import DetachableProcessor, SwappableTracerProvider
 from nexus_otel._secrets import scrub_text
 from nexus_otel._transport import Interceptor, unwrap_all, wrap_module
 
@@ -31,16 +40,38 @@ _URL_ATTRIBUTES = ("url.full", "http.url", "url.query", "http.target", "url.path
 
 @dataclass
 class _Installed:
-    provider: Any
-    set_global: bool = False
-    processor: SpanProcessor | None = None
-    instrumentors: list[Any] = field(default_factory=list)
+    provider: TracerProvider  # where our spans go
+    owned: bool = False  # made by us (and set globally through the swappable provider)
+    processor: SpanProcessor | None = None  # our exporter, when we added one
+    instrumentors: list[BaseInstrumentor] = field(default_factory=list)
     wrapped: list[tuple[Any, str]] = field(default_factory=list)
     interceptor: Interceptor | None = None
 
 
 _lock = threading.Lock()
 _installed: _Installed | None = None
+_global_provider: SwappableTracerProvider | None = None  # set globally once, then kept
+
+
+class NexusInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # the base class is untyped
+    """Every LLM call made through httpx or httpx2 becomes one GenAI span.
+
+    `opentelemetry-instrument python app.py` loads it with no options: the spans go to the
+    tracer provider the distro configured from the `OTEL_*` variables, through its exporters.
+    `instrument(**options)` takes the options of `nexus_otel.instrument()`."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()  # httpx or httpx2, whichever the app has: neither is required
+
+    def _instrument(self, **options: Any) -> None:
+        global _installed
+        _installed = _install(**options)
+
+    def _uninstrument(self, **options: Any) -> None:
+        global _installed
+        installed, _installed = _installed, None
+        if installed is not None:
+            _undo(installed)
 
 
 def instrument(
@@ -58,8 +89,9 @@ def instrument(
     - `endpoint`: the exporter's base URL, e.g. `http://127.0.0.1:4318` (else the standard
       `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, else localhost:4318).
     - `tracer_provider`: use this provider as it is (no exporter added unless `endpoint` is given).
-      Without it, an SDK provider the app already set globally is joined (an OTLP exporter is
-      added unless it already has one), or a new one is created and set globally.
+      Without it, an SDK provider the app already set globally is joined the same way (its own
+      exporters send our spans; an OTLP exporter to `endpoint` is added only when it is given),
+      or a new one is created, with an OTLP exporter, and set globally.
     - `providers`: `{"host:port": "groq"}` for raw REST calls to gateways the library cannot
       recognise by host or SDK.
     - `capture_content`: record prompts and completions (`gen_ai.input.messages`,
@@ -70,28 +102,23 @@ def instrument(
       requests get no `traceparent` header (providers do not read it) and add nothing to the
       httpx duration metrics; every other httpx request keeps its HTTP span either way.
 
-    Calling it again while instrumented does nothing."""
-    global _installed
+    Calling it again while instrumented does nothing. The same as
+    `NexusInstrumentor().instrument(...)`, which `opentelemetry-instrument` calls."""
     with _lock:
-        if _installed is not None:
-            return
-        installed = _provider(service_name, endpoint, tracer_provider)
-        try:
-            settings = (_capture(capture_content), http_spans)
-            _instrument_http(installed, providers or {}, *settings)
-        except BaseException:
-            _undo(installed)
-            raise
-        _installed = installed
+        instrumentor = NexusInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(
+                service_name=service_name, endpoint=endpoint, tracer_provider=tracer_provider,
+                providers=providers, capture_content=capture_content, http_spans=http_spans,
+            )  # fmt: skip
 
 
 def uninstrument() -> None:
     """Undoes `instrument()`: flushes our spans and restores what it changed."""
-    global _installed
     with _lock:
-        installed, _installed = _installed, None
-        if installed is not None:
-            _undo(installed)
+        instrumentor = NexusInstrumentor()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
 
 
 def force_flush(timeout_millis: int = 30_000) -> bool:
@@ -99,14 +126,30 @@ def force_flush(timeout_millis: int = 30_000) -> bool:
     installed = _installed
     if installed is None:
         return True
-    flush = getattr(installed.processor or installed.provider, "force_flush", None)
-    return bool(flush(timeout_millis)) if flush else True
+    return bool((installed.processor or installed.provider).force_flush(timeout_millis))
 
 
 def shutdown() -> None:
     """Flushes and uninstruments."""
     force_flush()
     uninstrument()
+
+
+def _install(
+    service_name: str | None = None,
+    endpoint: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+    providers: dict[str, str] | None = None,
+    capture_content: bool | None = None,
+    http_spans: bool = False,
+) -> _Installed:
+    installed = _provider(service_name, endpoint, tracer_provider)
+    try:
+        _instrument_http(installed, providers or {}, _capture(capture_content), http_spans)
+    except BaseException:
+        _undo(installed)
+        raise
+    return installed
 
 
 def _capture(capture_content: bool | None) -> bool:
@@ -118,42 +161,42 @@ def _capture(capture_content: bool | None) -> bool:
 def _provider(
     service_name: str | None, endpoint: str | None, explicit: TracerProvider | None
 ) -> _Installed:
+    current = trace.get_tracer_provider()
+    if explicit is None and isinstance(current, TracerProvider):  # the app's own: join it
+        explicit = current
     if explicit is not None:
+        # Whether the app's provider already exports OTLP is not public: an exporter is added
+        # only when asked for, so a provider configured to export (as `opentelemetry-instrument`
+        # does) never sends each span twice.
         installed = _Installed(explicit)
         if endpoint is not None:
-            installed.processor = _add_exporter(explicit, endpoint)
-        return installed
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):  # the app's own: join it
-        installed = _Installed(current)
-        if endpoint is not None or not _exports_otlp(current):
-            installed.processor = _add_exporter(current, endpoint)
+            installed.processor = DetachableProcessor(_exporter(endpoint))
+            explicit.add_span_processor(installed.processor)
         return installed
     attributes = {SERVICE_NAME: service_name} if service_name else {}
     provider = TracerProvider(resource=Resource.create(attributes))
-    installed = _Installed(provider, set_global=True)
-    installed.processor = _add_exporter(provider, endpoint)
-    trace.set_tracer_provider(provider)
-    return installed
+    provider.add_span_processor(_exporter(endpoint))  # shut down with the provider
+    _swappable_global_provider().use(provider)
+    return _Installed(provider, owned=True)
 
 
-def _add_exporter(provider: TracerProvider, endpoint: str | None) -> SpanProcessor:
+def _swappable_global_provider() -> SwappableTracerProvider:
+    """Ours, set globally the first time. Should another library's provider be set globally
+    already, it stays; our spans still go to our own provider."""
+    global _global_provider
+    if _global_provider is None:
+        _global_provider = SwappableTracerProvider()
+        trace.set_tracer_provider(_global_provider)
+    return _global_provider
+
+
+def _exporter(endpoint: str | None) -> SpanProcessor:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     url = (
         None if endpoint is None else endpoint.rstrip("/").removesuffix("/v1/traces") + "/v1/traces"
     )
-    processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=url))
-    provider.add_span_processor(processor)
-    return processor
-
-
-def _exports_otlp(provider: TracerProvider) -> bool:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    processors = getattr(provider._active_span_processor, "_span_processors", ())
-    return any(isinstance(getattr(p, "span_exporter", None) or getattr(p, "_exporter", None),
-                          OTLPSpanExporter) for p in processors)  # fmt: skip
+    return BatchSpanProcessor(OTLPSpanExporter(endpoint=url))
 
 
 def _instrument_http(
@@ -209,24 +252,9 @@ def _undo(installed: _Installed) -> None:
         )
     for instrumentor in installed.instrumentors:
         instrumentor.uninstrument()
-    if installed.processor is not None:
-        installed.processor.force_flush()
-        installed.processor.shutdown()
-        _remove_processor(installed.provider, installed.processor)
-    if installed.set_global:
-        _reset_global_provider()
-
-
-def _remove_processor(provider: Any, processor: SpanProcessor) -> None:
-    multi = getattr(provider, "_active_span_processor", None)
-    if multi is None or not hasattr(multi, "_span_processors"):
-        return
-    with multi._lock:
-        multi._span_processors = tuple(p for p in multi._span_processors if p is not processor)
-
-
-def _reset_global_provider() -> None:
-    # The API allows setting the global provider once per process; undoing ours means resetting
-    # that guard, as opentelemetry's own test utilities do.
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER_SET_ONCE._done = False  # type: ignore[attr-defined]
+    if isinstance(installed.processor, DetachableProcessor):
+        installed.processor.detach()
+    if installed.owned:
+        if _global_provider is not None:
+            _global_provider.stop()
+        installed.provider.shutdown()  # flushes and stops its exporter

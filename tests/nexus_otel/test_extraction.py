@@ -15,6 +15,7 @@ from nexus_otel import _anthropic, _body, _gemini, _openai
 from nexus_otel._secrets import scrub_text, scrub_url
 from nexus_otel._sse import SSEParser
 from nexus_otel._usage import ResponseInfo, TokenUsage
+from nexus_otel._wire import WireFormat
 
 ANTHROPIC_STREAM = b"".join(
     f"event: {e}\r\ndata: {json.dumps(d)}\r\n\r\n".encode()
@@ -49,15 +50,12 @@ GEMINI_STREAM = b"".join(
 )  # fmt: skip
 
 
-def feed(stream: bytes, wire: object, step: int) -> ResponseInfo:
+def feed(stream: bytes, wire: WireFormat, step: int) -> ResponseInfo:
     info = ResponseInfo()
-    state = _anthropic.new_stream_state()
+    state = wire.new_stream_state()
 
     def on_event(event: str | None, data: object) -> None:
-        if wire is _anthropic:
-            _anthropic.read_event(event, data, info, state)
-        else:
-            wire.read_event(event, data, info)  # type: ignore[attr-defined]
+        wire.read_event(event, data, info, state)
 
     parser = SSEParser(on_event)
     for start in range(0, len(stream), step):

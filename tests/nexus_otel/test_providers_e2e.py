@@ -15,12 +15,13 @@ import httpx
 import httpx2
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import nexus_otel
 from exporter.simulator import ProviderSimulator
+from nexus_otel._providers import SwappableTracerProvider
 from tests.nexus_otel.clients import GEMINI_KEY, MESSAGES, MODELS, SECRETS, Call, run
 from tests.support import ExporterProcess, query
 
@@ -50,8 +51,8 @@ class Stack:
         gateway_address = self.gateway.base_url.removeprefix("http://")
         nexus_otel.instrument(SERVICE, endpoint=self.exporter.base_url,
                               providers={gateway_address: "groq"}, **options)  # fmt: skip
-        provider = trace.get_tracer_provider()
-        assert isinstance(provider, TracerProvider)
+        provider = trace.get_tracer_provider()  # set globally, and its SDK provider's methods
+        assert isinstance(provider, SwappableTracerProvider)
         self.spans = InMemorySpanExporter()
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
 
