@@ -272,7 +272,8 @@ def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
     try:
         from exporter.dashboards import stale, write_all
     except ImportError as exc:
-        console.print(f"[red]error:[/] {exc}: pip install 'nexus-otel[dashboards]'")
+        extra = escape("[dashboards]")
+        console.print(f"[red]error:[/] {exc}: install nexus-otel with {extra} (README: Install)")
         return 2
     directory = Path(args.out)
     if args.check:
@@ -294,7 +295,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     try:
         from exporter.demo.run import run_demo
     except ImportError as exc:  # the provider SDKs come with the `demo` extra
-        console.print(f"[red]error:[/] {exc}; install them with: pip install 'nexus-otel[demo]'")
+        extra = escape("[demo]")
+        console.print(f"[red]error:[/] {exc}; install nexus-otel with {extra} (README: Install)")
         return 2
     return run_demo(settings, args.duration)
 

@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(
             f"nexus-otel: the module {missing!r} is missing: the command line needs the server"
-            " extra: pip install 'nexus-otel[server]'",
+            " extra: install nexus-otel with [server] (in a clone: pip install -e '.[server]';"
+            " README: Install)",
             file=sys.stderr,
         )
         return 2

@@ -142,5 +142,6 @@ def test_the_console_script_without_the_server_extra_says_which_extra_to_install
     assert result.returncode == 2
     assert _only_line(result) == (
         "nexus-otel: the module 'rich' is missing: the command line needs the server extra:"
-        " pip install 'nexus-otel[server]'"
+        " install nexus-otel with [server] (in a clone: pip install -e '.[server]';"
+        " README: Install)"
     )
