@@ -40,11 +40,12 @@ SDIST_TOP_LEVEL = {
     "prometheus",
     "alertmanager",
     "README.md",
+    "LICENSE",
     "pyproject.toml",
     "PKG-INFO",
     ".gitignore",
 }
-DIST_INFO = {"METADATA", "WHEEL", "RECORD", "entry_points.txt"}
+DIST_INFO = {"METADATA", "WHEEL", "RECORD", "entry_points.txt", "licenses/LICENSE"}
 # A cold pip cache downloads every dependency of the [demo] extra (under a minute here); generous,
 # because a slow index must fail as a timeout with pip's output, not hang the suite.
 BUILD_TIMEOUT_SECONDS = 300
