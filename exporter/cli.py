@@ -219,7 +219,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     database = open_database(settings)
     try:
         with psycopg.connect(database.url, autocommit=True) as conn:
-            day = day or last_complete_day(args.period, settings.timezone, now)
+            day = day or last_complete_day(conn, args.period, settings.timezone, now)
             report = build_report(conn, args.period, settings.timezone, day, now)
     finally:
         database.close()
