@@ -540,12 +540,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler: Any = COMMANDS[args.command][0]
     from exporter.core.db import EmbeddedDatabaseError, masked_conninfo
+    from exporter.core.zones import ZoneUnknownToDatabase
 
     try:
         return int(handler(settings, args))
     except KeyboardInterrupt:
         return 130
-    except EmbeddedDatabaseError as exc:
+    except (EmbeddedDatabaseError, ZoneUnknownToDatabase) as exc:
         _error(str(exc))
         return 2
     except psycopg.OperationalError as exc:  # cannot connect: refused, unknown host, password

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from exporter.api.deps import Conn, Now, SettingsDep, unprocessable
-from exporter.core.zones import check_zone, unknown_zone
+from exporter.core.zones import ZoneUnknownToDatabase, check_zone, check_zone_in_database
 from exporter.usage import budgets
 from exporter.usage.periods import Period
 
@@ -113,10 +113,11 @@ def _fetch(conn: psycopg.Connection[Any], budget_id: int) -> dict[str, Any]:
 
 def _known_to_database(conn: psycopg.Connection[Any], zone: str | None) -> None:
     """Budget periods follow the database's zone rules, which may lack a newer zone."""
-    if zone is not None:
-        row = conn.execute("SELECT nexus_zone_known(%s)", (zone,)).fetchone()
-        if row is None or not row[0]:
-            raise unprocessable(("body", "timezone"), f"Value error, {unknown_zone(zone)}")
+    try:
+        if zone is not None:
+            check_zone_in_database(conn, zone)
+    except ZoneUnknownToDatabase as exc:
+        raise unprocessable(("body", "timezone"), f"Value error, {exc}") from None
 
 
 def _write(conn: psycopg.Connection[Any], statement: str, params: Any) -> int:
