@@ -25,7 +25,7 @@ from bench.common import Result
 from exporter.api.app import create_api_app
 from exporter.core.db import EmbeddedPostgres, ensure_partitions_around
 from exporter.core.settings import Settings
-from exporter.usage.budgets import period_bounds
+from exporter.usage.periods import period_bounds
 from tests.support import fresh_database
 
 DAYS = 30
@@ -193,9 +193,9 @@ def _measure(console: Console, url: str, now: datetime, size: int) -> Result:
 
         api_ms = _median_ms(api_call)
         answer = client.get("/api/dashboard/stats").json()
-    start, end = period_bounds("daily", ZONE, now)
-    yesterday = start - timedelta(days=1)
     with psycopg.connect(url) as conn:
+        start, end = period_bounds(conn, "daily", ZONE, now)
+        yesterday = start - timedelta(days=1)
 
         def raw_call() -> None:
             conn.execute(_TOTALS, (start, end)).fetchall()

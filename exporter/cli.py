@@ -219,7 +219,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     database = open_database(settings)
     try:
         with psycopg.connect(database.url, autocommit=True) as conn:
-            day = day or last_complete_day(args.period, settings.timezone, now)
+            day = day or last_complete_day(conn, args.period, settings.timezone, now)
             report = build_report(conn, args.period, settings.timezone, day, now)
     finally:
         database.close()
@@ -542,12 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler: Any = COMMANDS[args.command][0]
     from exporter.core.db import EmbeddedDatabaseError, masked_conninfo
+    from exporter.core.zones import ZoneUnknownToDatabase
 
     try:
         return int(handler(settings, args))
     except KeyboardInterrupt:
         return 130
-    except EmbeddedDatabaseError as exc:
+    except (EmbeddedDatabaseError, ZoneUnknownToDatabase) as exc:
         _error(str(exc))
         return 2
     except psycopg.OperationalError as exc:  # cannot connect: refused, unknown host, password

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 from exporter.core.connection_limits import ConnectionLimits, guarded_protocols
 from exporter.core.db import EmbeddedPostgres, ensure_partitions_around, migrate, resolve_database
 from exporter.core.settings import Settings
+from exporter.core.zones import ZoneUnknownToDatabase, check_zone_in_database
 from exporter.ingest.app import create_ingest_app
 from exporter.ingest.metrics import ExporterMetrics
 
@@ -49,7 +50,14 @@ class Database:
 def open_database(settings: Settings) -> Database:
     """Resolves (starting the embedded server if needed) and migrates the database."""
     url, embedded = resolve_database(settings.database_url, settings.data_dir)
-    migrate(url)
+    try:
+        migrate(url)
+        with psycopg.connect(url) as conn:
+            check_zone_in_database(conn, settings.timezone)
+    except ZoneUnknownToDatabase as exc:
+        if embedded:
+            embedded.stop()
+        raise ZoneUnknownToDatabase(f"NEXUS_TIMEZONE: {exc}") from None
     return Database(url, embedded)
 
 

@@ -12,6 +12,8 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from exporter.core.zones import check_zone
+
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("nexus-otel", appauthor=False))
@@ -154,13 +156,7 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _is_iana_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
+        return check_zone(value)
 
     @field_validator("database_url")
     @classmethod

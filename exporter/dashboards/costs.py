@@ -85,19 +85,20 @@ def _budgets() -> list[object]:
         f"""
         SELECT time, metric, sum(spend) OVER (PARTITION BY metric ORDER BY time) / budget AS used
         FROM (SELECT $__timeGroupAlias(a."timestamp", $__interval), b.name AS metric,
-                     b.budget_usd AS budget, sum(a.cost_usd) AS spend
+                     b.amount_usd AS budget, sum(a.cost_usd) AS spend
               FROM v_budget_status b
-              JOIN api_calls a ON a."timestamp" >= b.period_start AND {BUDGET_SCOPE}
+              JOIN api_calls a ON a."timestamp" >= b.period_start AND a."timestamp" < now()
+               AND {BUDGET_SCOPE}
               GROUP BY 1, 2, 3) per_interval
         ORDER BY 1
         """,
         "time_series",
     )
     status = sql(f"""
-        SELECT name AS "Budget", period_type AS "Period", budget_usd AS "Limit",
-               spend_usd AS "Spent", spend_usd / budget_usd AS "Used",
-               {FORECAST} AS "Forecast", status AS "Status", period_end AS "Period ends"
-        FROM v_budget_status ORDER BY spend_usd / budget_usd DESC
+        SELECT name AS "Budget", period AS "Period", amount_usd AS "Limit",
+               spend_usd AS "Spent", usage_pct / 100 AS "Used",
+               {FORECAST} AS "Forecast", state AS "Status", period_end AS "Period ends"
+        FROM v_budget_status ORDER BY usage_pct DESC, name
     """)
     # The exporter's budget gauges: the same numbers the budget alerts evaluate.
     forecast = promql(

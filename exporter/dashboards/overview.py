@@ -89,7 +89,7 @@ def _headline() -> list[object]:
 
 def _charts() -> list[object]:
     budgets = sql("""
-        SELECT name AS "Budget", spend_usd / budget_usd AS "Used"
+        SELECT name AS "Budget", usage_pct / 100 AS "Used"
         FROM v_budget_status ORDER BY name
     """)
     tokens = sql(

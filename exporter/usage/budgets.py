@@ -1,4 +1,5 @@
-"""Budgets: calendar periods in a time zone, spend and forecast, and their Prometheus gauges."""
+"""Budgets: their state as the database defines it (`nexus_budget_status`), the forecast, and
+their Prometheus gauges."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 import psycopg
 from prometheus_client.core import GaugeMetricFamily
@@ -18,11 +18,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from psycopg.rows import dict_row
 
-from exporter.usage.totals import Scope, usage
-
 log = logging.getLogger(__name__)
 
-Period = Literal["daily", "weekly", "monthly"]
 State = Literal["ok", "warning", "exceeded"]
 DEFAULT_BUDGET_NAME = "default-daily"
 FAILURE_PAUSE_SECONDS = 30.0
@@ -41,25 +38,6 @@ SCOPE_LABELS = {
     "model": "gen_ai_request_model",
     "operation": "nexus_operation",
 }
-
-
-def period_bounds(period: str, zone: str, now: datetime) -> tuple[datetime, datetime]:
-    """The calendar period (local midnight to local midnight, weeks from Monday) holding `now`."""
-    tz = ZoneInfo(zone)
-    local = now.astimezone(tz).date()
-    if period == "daily":
-        first, after = local, local + timedelta(days=1)
-    elif period == "weekly":
-        first = local - timedelta(days=local.weekday())
-        after = first + timedelta(days=7)
-    else:
-        first = local.replace(day=1)
-        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
-    return _midnight(first, tz), _midnight(after, tz)
-
-
-def _midnight(day: date, tz: ZoneInfo) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -84,35 +62,46 @@ def forecast(
     return Forecast(at_end, start + timedelta(seconds=float(seconds_to_limit)))
 
 
-def state_of(spend: Decimal, limit: Decimal, warning_pct: Decimal) -> State:
-    if spend >= limit:
-        return "exceeded"
-    if spend * 100 >= warning_pct * limit:
-        return "warning"
-    return "ok"
+def statuses(conn: psycopg.Connection[Any], now: datetime) -> list[dict[str, Any]]:
+    """Every enabled budget in its current period, by id: `nexus_budget_status`, the one
+    definition of spend, usage and state, with the forecast."""
+    return _read(conn, now, "ORDER BY id", None)
 
 
-def scope_of(budget: dict[str, Any]) -> Scope:
-    return Scope(budget["service_name"], budget["provider"], budget["model"], budget["operation"])
+def highest_usage(conn: psycopg.Connection[Any], now: datetime, limit: int) -> list[dict[str, Any]]:
+    """The `limit` enabled budgets of highest usage, as `statuses`; each row also says how many
+    budgets are enabled (`enabled_budgets`)."""
+    return _read(conn, now, "ORDER BY usage_pct DESC, id", limit)
 
 
-def status(conn: psycopg.Connection[Any], budget: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Spend, remaining, usage, state and forecast of one budget row in its current period."""
-    start, end = period_bounds(budget["period_type"], budget["timezone"], now)
-    totals = usage(conn, start, min(now, end), scope_of(budget))[0]
-    spend, limit = totals["cost_usd"], Decimal(budget["budget_usd"])
-    threshold = Decimal(budget["warning_threshold_pct"])
-    outlook = forecast(spend, limit, start, end, now)
+def _read(
+    conn: psycopg.Connection[Any], now: datetime, order: str, limit: int | None
+) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            "SELECT *, count(*) OVER () AS enabled_budgets"  # type: ignore[arg-type]
+            f" FROM nexus_budget_status(%s) {order} LIMIT %s",
+            (now, limit),
+        ).fetchall()
+    return [_with_forecast(row, now) for row in rows]
+
+
+def status(conn: psycopg.Connection[Any], budget_id: int, now: datetime) -> dict[str, Any] | None:
+    """One budget, enabled or not, in its current period; None if there is no such budget."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(
+            "SELECT * FROM nexus_budget_status(%s, %s)", (now, budget_id)
+        ).fetchone()
+    return None if row is None else _with_forecast(row, now)
+
+
+def _with_forecast(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    start, end = row["period_start"].astimezone(UTC), row["period_end"].astimezone(UTC)
+    outlook = forecast(row["spend_usd"], row["amount_usd"], start, end, now)
     return {
-        **budget,
+        **row,
         "period_start": start,
         "period_end": end,
-        "spend_usd": spend,
-        "calls": totals["calls"],
-        "unpriced_calls": totals["unpriced_calls"],
-        "remaining_usd": limit - spend,
-        "usage_pct": spend * 100 / limit,
-        "state": state_of(spend, limit, threshold),
         "forecast_usd": outlook.spend_at_end,
         "projected_exhaustion_at": outlook.exhausted_at,
     }
@@ -143,7 +132,7 @@ def ensure_default_budget(
 
 
 class BudgetCollector(Collector):
-    """The budget gauges, read from the database in one statement (`budget_query`).
+    """The budget gauges, read from the database in one statement (`statuses`).
 
     /metrics (`exposition`) waits for the database only the first time: later it answers from
     the last read at once, and starts a new read in the background once that is `ttl` old.
@@ -161,13 +150,10 @@ class BudgetCollector(Collector):
     ) -> None:
         """`read_now` starts the first read at once, in the background, so that even the first
         scrape answers without waiting for the database."""
-        from exporter.usage.budget_query import BudgetReader
-
         self._url = database_url
         self._ttl = ttl
         self._clock = clock
         self._max_budgets = max_budgets
-        self._reader = BudgetReader()
         self._lock = threading.Lock()  # the values below
         self._read_lock = threading.Lock()  # one read at a time
         self._statuses: list[dict[str, Any]] = []
@@ -209,7 +195,7 @@ class BudgetCollector(Collector):
                 return
             try:
                 with psycopg.connect(self._url, connect_timeout=1, autocommit=True) as conn:
-                    statuses, enabled = self._reader.read(conn, self._clock(), self._max_budgets)
+                    shown = highest_usage(conn, self._clock(), self._max_budgets)
             except psycopg.Error as exc:
                 # With the database down, try again only after a pause, serving the last values.
                 log.warning("reading budgets for /metrics failed: %s", exc)
@@ -217,10 +203,11 @@ class BudgetCollector(Collector):
                     self._read_at = time.monotonic() + FAILURE_PAUSE_SECONDS
                     self._attempted, self._reading = True, False
                 return
-            left_out = enabled - len(statuses)
-            text = _render(_families(statuses, left_out))
+            enabled = int(shown[0]["enabled_budgets"]) if shown else 0
+            left_out = enabled - len(shown)
+            text = _render(_families(shown, left_out))
             with self._lock:
-                self._statuses, self._left_out, self._text = statuses, left_out, text
+                self._statuses, self._left_out, self._text = shown, left_out, text
                 self._read_at = time.monotonic()
                 self._attempted, self._reading = True, False
 
@@ -229,11 +216,11 @@ def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetric
     labels = ["budget", "period", *SCOPE_LABELS.values()]
     families = {k: GaugeMetricFamily(n, h, labels=labels) for k, (n, h) in _GAUGES.items()}
     for s in statuses:
-        values = [s["name"], s["period_type"], *(s[c] or "" for c in SCOPE_LABELS)]
-        limit = float(s["budget_usd"])
+        values = [s["name"], s["period"], *(s[c] or "" for c in SCOPE_LABELS)]
+        limit = float(s["amount_usd"])
         families["limit"].add_metric(values, limit)
         families["spend"].add_metric(values, float(s["spend_usd"]))
-        families["usage"].add_metric(values, float(s["spend_usd"]) / limit)
+        families["usage"].add_metric(values, float(s["usage_pct"] / 100))
         families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
         families["forecast"].add_metric(values, float(s["forecast_usd"]))
         families["end"].add_metric(values, s["period_end"].timestamp())

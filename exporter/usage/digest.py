@@ -16,6 +16,7 @@ import psycopg
 
 from exporter.alerting import TelegramError, send_telegram
 from exporter.core.settings import Settings
+from exporter.usage.periods import day_bounds
 
 log = logging.getLogger(__name__)
 TOP = 3
@@ -34,9 +35,9 @@ class BudgetState:
     name: str
     period: str
     spend_usd: Decimal
-    limit_usd: Decimal
+    amount_usd: Decimal
     usage_pct: Decimal
-    status: str
+    state: str
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,6 @@ class Digest:
     budgets: list[BudgetState]
 
 
-def day_bounds(day: date, zone: str) -> tuple[datetime, datetime]:
-    """Midnight to midnight of `day` in `zone` (23 or 25 hours on DST changes)."""
-    tz = ZoneInfo(zone)
-    start = datetime.combine(day, datetime.min.time(), tz)
-    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz)
-    return start, end
-
-
 def yesterday(zone: str, now: datetime | None = None) -> date:
     return ((now or datetime.now(ZoneInfo(zone))).astimezone(ZoneInfo(zone))).date() - timedelta(
         days=1
@@ -69,9 +62,9 @@ def yesterday(zone: str, now: datetime | None = None) -> date:
 
 
 def build_digest(database_url: str, day: date, zone: str) -> Digest:
-    start, end = day_bounds(day, zone)
-    window = {"start": start, "end": end}
     with psycopg.connect(database_url) as conn:
+        start, end = day_bounds(conn, day, zone)
+        window = {"start": start, "end": end}
         totals = conn.execute(
             """SELECT count(*), count(*) FILTER (WHERE NOT success),
                       count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(cost_usd), 0),
@@ -83,7 +76,7 @@ def build_digest(database_url: str, day: date, zone: str) -> Digest:
         operations = _top(conn, "operation", window)
         models = _top(conn, "model || ' (' || provider || ')'", window)
         budgets = conn.execute(
-            """SELECT name, period_type, spend_usd, budget_usd, usage_pct, status
+            """SELECT name, period, spend_usd, amount_usd, usage_pct, state
                FROM v_budget_status ORDER BY usage_pct DESC, name"""
         ).fetchall()
     return Digest(
@@ -133,8 +126,8 @@ def render_digest(digest: Digest) -> str:
     if digest.budgets:
         lines += ["", "<b>Budgets now</b>"]
         lines += [
-            f"{STATE_ICONS.get(b.status, '•')} {e(b.name)} ({e(b.period)}): {usd(b.spend_usd)} "
-            f"of {usd(b.limit_usd)} ({b.usage_pct:.0f}%)"
+            f"{STATE_ICONS.get(b.state, '•')} {e(b.name)} ({e(b.period)}): {usd(b.spend_usd)} "
+            f"of {usd(b.amount_usd)} ({b.usage_pct:.0f}%)"
             for b in digest.budgets
         ]
     if digest.calls == 0:

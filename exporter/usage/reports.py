@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -11,29 +11,23 @@ from psycopg.rows import dict_row
 from rich.console import Console, Group
 from rich.table import Table
 
-from exporter.usage import budgets
+from exporter.usage import budgets, periods
 from exporter.usage.totals import CALL_COLUMNS, Scope, percent_change, totals_public, usage
 
 TOP_CALLS = 10
 
 
-def report_bounds(period: str, zone: str, day: date) -> tuple[datetime, datetime]:
-    """The calendar period (in `zone`) holding the local date `day`."""
-    noon = datetime(day.year, day.month, day.day, 12, tzinfo=ZoneInfo(zone))
-    return budgets.period_bounds(period, zone, noon)
-
-
-def last_complete_day(period: str, zone: str, now: datetime) -> date:
+def last_complete_day(conn: psycopg.Connection[Any], period: str, zone: str, now: datetime) -> date:
     """A local date inside the last period that has ended."""
-    start, _ = budgets.period_bounds(period, zone, now)
-    return (start - timedelta(seconds=1)).astimezone(ZoneInfo(zone)).date()
+    start, _ = periods.period_bounds(conn, period, zone, now)
+    return periods.local_date(conn, zone, start - periods.JUST_BEFORE)
 
 
 def build_report(
     conn: psycopg.Connection[Any], period: str, zone: str, day: date, now: datetime
 ) -> dict[str, Any]:
-    start, end = report_bounds(period, zone, day)
-    before = report_bounds(period, zone, (start - timedelta(seconds=1)).astimezone(ZoneInfo(zone)))
+    start, end = periods.period_of_day(conn, period, zone, day)
+    before = periods.previous_period(conn, period, zone, start)
     totals = usage(conn, start, end)[0]
     previous = usage(conn, *before)[0]
     return {
@@ -52,7 +46,7 @@ def build_report(
         "by_model": _grouped(conn, start, end, "provider", "model"),
         "by_operation": _grouped(conn, start, end, "operation"),
         "top_calls": top_calls(conn, start, end),
-        "budgets": [budgets.status(conn, b, now) for b in budgets.list_budgets(conn, True)],
+        "budgets": budgets.statuses(conn, now),
     }
 
 
@@ -135,8 +129,8 @@ def _budgets_table(statuses: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for s in statuses:
         usage_pct = f"{float(s['usage_pct']):.1f}%"
-        money = [_money(s[k]) for k in ("spend_usd", "budget_usd", "forecast_usd")]
-        table.add_row(s["name"], s["period_type"], money[0], money[1], usage_pct, s["state"],
+        money = [_money(s[k]) for k in ("spend_usd", "amount_usd", "forecast_usd")]
+        table.add_row(s["name"], s["period"], money[0], money[1], usage_pct, s["state"],
                       money[2])  # fmt: skip
     return table
 

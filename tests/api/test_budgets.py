@@ -12,9 +12,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from psycopg import connect
 from starlette.testclient import TestClient
 
-from exporter.usage.budgets import BudgetCollector, Forecast, forecast, period_bounds
+from exporter.usage.budgets import BudgetCollector, Forecast, forecast
+from exporter.usage.periods import period_bounds
 from tests.api.conftest import MODEL_B, call_spec
 from tests.support import api_ratio, api_usd, metric_value
 
@@ -93,11 +95,12 @@ def status_of(api: TestClient, budget_id: int) -> dict[str, Any]:
     return dict(response.json())
 
 
-def test_period_bounds_follow_the_local_calendar() -> None:
-    assert period_bounds("daily", "America/Sao_Paulo", NOW) == (at(20, 3), at(21, 3))
-    assert period_bounds("weekly", "America/Sao_Paulo", NOW) == (at(16, 3), at(23, 3))
-    assert period_bounds("monthly", "America/Sao_Paulo", NOW) == (at(1, 3), at(1, 3, month=12))
-    assert period_bounds("daily", "Asia/Kolkata", NOW) == (at(19, 18, 30), at(20, 18, 30))
+def test_period_bounds_follow_the_local_calendar(database_url: str) -> None:
+    with connect(database_url) as conn:
+        assert period_bounds(conn, "daily", SAO_PAULO, NOW) == (at(20, 3), at(21, 3))
+        assert period_bounds(conn, "weekly", SAO_PAULO, NOW) == (at(16, 3), at(23, 3))
+        assert period_bounds(conn, "monthly", SAO_PAULO, NOW) == (at(1, 3), at(1, 3, month=12))
+        assert period_bounds(conn, "daily", "Asia/Kolkata", NOW) == (at(19, 18, 30), at(20, 18, 30))
 
 
 @pytest.mark.parametrize(

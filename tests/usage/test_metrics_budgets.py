@@ -16,7 +16,6 @@ from psycopg import connect
 from starlette.testclient import TestClient
 
 from exporter.usage import budgets
-from exporter.usage.budget_query import BudgetReader, PeriodTable
 from exporter.usage.budgets import BudgetCollector
 from tests.api.conftest import MODEL_A, MODEL_B, api_client, call_spec, ingest
 from tests.support import metric_value
@@ -99,18 +98,17 @@ def test_gauges_equal_the_api_status_of_every_budget(api: TestClient, database_u
     assert metric_value(text, "nexus_budgets_without_gauges") == 0
 
 
-def test_the_internal_statuses_equal_the_api_field_by_field(
+def test_the_highest_usage_read_equals_the_api_field_by_field(
     api: TestClient, database_url: str
 ) -> None:
     with connect(database_url) as conn:
-        expected = {b["id"]: budgets.status(conn, b, NOW) for b in budgets.list_budgets(conn, True)}
-        found, enabled = BudgetReader().read(conn, NOW, 10_000)
-    assert enabled == len(expected) == len(found)
+        expected = {s["id"]: s for s in budgets.statuses(conn, NOW)}
+        found = budgets.highest_usage(conn, NOW, 10_000)
+    assert len(expected) == len(found) == int(found[0]["enabled_budgets"])
     for row in found:
-        wanted = expected[row["id"]]
-        assert {k: row[k] for k in wanted} == wanted  # Decimal spend, forecast: exactly equal
-    spends = [r["spend_usd"] / r["budget_usd"] for r in found]
-    assert spends == sorted(spends, reverse=True)  # highest usage first
+        assert row == expected[row["id"]]  # Decimal spend, forecast: exactly equal
+    usages = [r["spend_usd"] / r["amount_usd"] for r in found]
+    assert usages == sorted(usages, reverse=True)  # highest usage first
 
 
 def test_past_the_limit_the_budgets_of_highest_usage_keep_their_gauges(
@@ -126,13 +124,19 @@ def test_past_the_limit_the_budgets_of_highest_usage_keep_their_gauges(
     assert metric_value(text, "nexus_budgets_without_gauges") == len(statuses) - 7
 
 
-def test_a_zone_outside_the_listed_ones_is_learned(api: TestClient, database_url: str) -> None:
-    """`posixrules`-like keys load in ZoneInfo but are not listed: their budgets still count."""
-    reader = BudgetReader()
-    reader._table = PeriodTable.at(NOW)
-    del reader._table.bounds["daily", "Asia/Kolkata"]  # as if the zone were not listed
-    with connect(database_url) as conn:
-        found, _ = reader.read(conn, NOW, 10_000)
-    assert "Asia/Kolkata" in reader._table.extra_zones
-    assert reader._table.bounds["daily", "Asia/Kolkata"]
-    assert all(row["period_start"] for row in found)
+def test_a_budget_in_a_zone_the_database_does_not_know_costs_only_itself(
+    api: TestClient, database_url: str
+) -> None:
+    """The API refuses such a zone (tests/core/test_zones.py); one stored before (or with a
+    database whose zone rules changed) is left out, and the other budgets are counted."""
+    before = api.get("/api/budget/status").json()
+    with connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO cost_budgets (name, period_type, budget_usd, timezone)"
+            " VALUES ('stored-before', 'daily', 1, 'Mars/Olympus_Mons')"
+        )
+        try:
+            assert api.get("/api/budget/status").json() == before
+            assert len(budgets.highest_usage(conn, NOW, 10_000)) == len(before)
+        finally:
+            conn.execute("DELETE FROM cost_budgets WHERE name = 'stored-before'")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from fastapi import APIRouter, HTTPException, Path, status
@@ -13,7 +12,9 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from exporter.api.deps import Conn, Now, SettingsDep, unprocessable
+from exporter.core.zones import ZoneUnknownToDatabase, check_zone, check_zone_in_database
 from exporter.usage import budgets
+from exporter.usage.periods import Period
 
 router = APIRouter(tags=["budgets"])
 BudgetId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -23,20 +24,14 @@ ScopeValue = Annotated[str | None, Field(default=None, min_length=1, max_length=
 
 
 def _check_zone(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-    return value
+    return None if value is None else check_zone(value)
 
 
 class BudgetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    period: budgets.Period
+    period: Period
     amount_usd: Money
     warning_threshold_pct: Threshold = Decimal(80)
     timezone: str | None = Field(default=None, description="IANA zone; default NEXUS_TIMEZONE")
@@ -53,7 +48,7 @@ class BudgetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    period: budgets.Period | None = None
+    period: Period | None = None
     amount_usd: Money | None = None
     warning_threshold_pct: Threshold | None = None
     timezone: str | None = None
@@ -69,7 +64,7 @@ class BudgetUpdate(BaseModel):
 class BudgetPublic(BaseModel):
     id: int
     name: str
-    period: budgets.Period
+    period: Period
     amount_usd: float
     warning_threshold_pct: float
     timezone: str
@@ -116,6 +111,15 @@ def _fetch(conn: psycopg.Connection[Any], budget_id: int) -> dict[str, Any]:
     return row
 
 
+def _known_to_database(conn: psycopg.Connection[Any], zone: str | None) -> None:
+    """Budget periods follow the database's zone rules, which may lack a newer zone."""
+    try:
+        if zone is not None:
+            check_zone_in_database(conn, zone)
+    except ZoneUnknownToDatabase as exc:
+        raise unprocessable(("body", "timezone"), f"Value error, {exc}") from None
+
+
 def _write(conn: psycopg.Connection[Any], statement: str, params: Any) -> int:
     try:
         with conn.transaction():
@@ -131,6 +135,7 @@ def _write(conn: psycopg.Connection[Any], statement: str, params: Any) -> int:
 def create_budget(body: BudgetCreate, conn: Conn, settings: SettingsDep) -> dict[str, Any]:
     values = body.model_dump()
     values["timezone"] = values["timezone"] or settings.timezone
+    _known_to_database(conn, values["timezone"])
     columns = [_COLUMNS.get(k, k) for k in values]
     statement = (
         f"INSERT INTO cost_budgets ({', '.join(columns)})"
@@ -158,6 +163,7 @@ def update_budget(budget_id: BudgetId, body: BudgetUpdate, conn: Conn) -> dict[s
             raise unprocessable(("body", required), f"{required} cannot be null")
     if not values:
         return _public(_fetch(conn, budget_id))
+    _known_to_database(conn, values.get("timezone"))
     assignments = ", ".join(f"{_COLUMNS.get(k, k)} = %s" for k in values)
     statement = (
         f"UPDATE cost_budgets SET {assignments}, updated_at = now() WHERE id = %s RETURNING id"
@@ -172,10 +178,13 @@ def delete_budget(budget_id: BudgetId, conn: Conn) -> None:
 
 @router.get("/api/budgets/{budget_id}/status", response_model=BudgetStatusPublic)
 def budget_status(budget_id: BudgetId, conn: Conn, now: Now) -> dict[str, Any]:
-    return _public(budgets.status(conn, _fetch(conn, budget_id), now))
+    found = budgets.status(conn, budget_id, now)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no budget with id {budget_id}")
+    return found
 
 
 @router.get("/api/budget/status", response_model=list[BudgetStatusPublic])
 def all_budget_status(conn: Conn, now: Now) -> list[dict[str, Any]]:
     """Every enabled budget in its current period."""
-    return [_public(budgets.status(conn, b, now)) for b in budgets.list_budgets(conn, True)]
+    return budgets.statuses(conn, now)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import psycopg
 from fastapi import APIRouter, Query
@@ -13,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from exporter.api.deps import Conn, Now, ScopeDep, SettingsDep
 from exporter.api.schemas import CallPublic, TotalsPublic
-from exporter.usage.budgets import period_bounds
+from exporter.usage import periods
 from exporter.usage.totals import CALL_COLUMNS, Scope, percent_change, totals_public, usage
 
 router = APIRouter(tags=["dashboard"])
@@ -59,8 +58,8 @@ def dashboard_stats(
 ) -> dict[str, Any]:
     """Today's tokens, cost and calls (today in NEXUS_TIMEZONE), trends against yesterday, the
     hourly series per provider, and the most recent calls. Totals come from hourly summaries."""
-    start, end = period_bounds("daily", settings.timezone, now)
-    yesterday_start = period_bounds("daily", settings.timezone, start - timedelta(seconds=1))[0]
+    start, end = periods.period_bounds(conn, "daily", settings.timezone, now)
+    yesterday_start = periods.previous_period(conn, "daily", settings.timezone, start)[0]
     same_time = yesterday_start + (now - start)
     today = usage(conn, start, end, scope)[0]
     earlier = usage(conn, yesterday_start, same_time, scope)[0]
@@ -68,7 +67,7 @@ def dashboard_stats(
     hourly = usage(conn, start, end, scope, group_by=("hour", "provider"))
     return {
         "timezone": settings.timezone,
-        "date": now.astimezone(ZoneInfo(settings.timezone)).date(),
+        "date": periods.local_date(conn, settings.timezone, now),
         "day_start": start,
         "now": now,
         "today": totals_public(today),

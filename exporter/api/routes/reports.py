@@ -33,5 +33,5 @@ def report(
     """Spend, tokens and calls; by provider, model and operation; the most expensive calls;
     budget state; and changes against the previous period. Periods follow NEXUS_TIMEZONE."""
     zone = settings.timezone
-    day = day or last_complete_day(period, zone, now)
+    day = day or last_complete_day(conn, period, zone, now)
     return jsonable_encoder(build_report(conn, period, zone, day, now))
