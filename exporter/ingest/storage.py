@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -34,7 +35,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import adapt, adapters, errors, pq
-from psycopg._copy_base import format_row_binary  # the C row encoder COPY itself uses
+from psycopg.adapt import PyFormat
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 
@@ -85,6 +86,10 @@ _INSERT_NEW = (
 )
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
 _BINARY_TRAILER = b"\xff\xff"
+_BINARY_FORMATS = [PyFormat.BINARY] * len(COLUMNS)
+_FIELD_COUNT = struct.pack(">h", len(COLUMNS))  # each binary tuple starts with it
+_NULL_FIELD = struct.pack(">i", -1)  # a NULL is a length of -1 and no bytes
+_field_length = struct.Struct(">i").pack
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # The summaries' counts are bigint: a call counts at most MAX_TOKENS_PER_CALL (10^8) tokens of
@@ -236,16 +241,19 @@ _TRANSFORMERS: list[Any] = []
 
 
 def encode_row(call: LLMCall) -> bytes:
-    """The call as one binary COPY tuple of api_calls, as psycopg's own COPY encodes it.
-    Raises psycopg.DataError (or TypeError) for a value its column cannot take."""
+    """The call as one binary COPY tuple of api_calls: each value dumped by psycopg's binary
+    dumper for its column type (what `Copy.write_row` after `set_types` sends), framed as
+    PostgreSQL's COPY BINARY format says. Raises psycopg.DataError (or TypeError) for a value
+    its column cannot take."""
     if not _TRANSFORMERS:
         transformer = adapt.Transformer()
         oids = [adapters.types[name].oid for name in COLUMN_TYPES]
         transformer.set_dumper_types(oids, pq.Format.BINARY)
         _TRANSFORMERS.append(transformer)
-    out = bytearray()
-    format_row_binary(call_row(call), _TRANSFORMERS[0], out)
-    return bytes(out)
+    fields = _TRANSFORMERS[0].dump_sequence(call_row(call), _BINARY_FORMATS)
+    return _FIELD_COUNT + b"".join(
+        [_NULL_FIELD if f is None else _field_length(len(f)) + f for f in fields]
+    )
 
 
 @dataclass
