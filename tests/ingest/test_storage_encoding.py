@@ -1,10 +1,12 @@
-"""Rows are encoded for COPY through psycopg's public interfaces, byte for byte as its own
-`Copy.write_row` encodes them, and PostgreSQL reads them back as they were written."""
+"""Rows are encoded for COPY byte for byte as psycopg's own `Copy.write_row` encodes them, by
+its C row encoder (private, so pinned and checked here) and by the public path beside it, and
+PostgreSQL reads them back as they were written."""
 
 from __future__ import annotations
 
 import ast
 import io
+import tomllib
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -12,11 +14,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from packaging.requirements import Requirement
 from psycopg.copy import Copy, FileWriter
 from psycopg.rows import dict_row
 
+from exporter.ingest import storage
 from exporter.ingest.model import LLMCall
-from exporter.ingest.storage import COLUMN_TYPES, COLUMNS, call_row, encode_row
+from exporter.ingest.storage import COLUMN_TYPES, COLUMNS, call_row, encode_row, encode_row_public
 
 ROOT = Path(__file__).resolve().parents[2]
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # PostgreSQL's COPY BINARY header
@@ -77,8 +81,20 @@ def test_each_row_is_what_copy_write_row_sends(database_url: str) -> None:
         copy.set_types(list(COLUMN_TYPES))
         for call in CALLS:
             copy.write_row(call_row(call))
-    encoded = b"".join(encode_row(call) for call in CALLS)
-    assert buffer.getvalue() == _SIGNATURE + encoded + _TRAILER
+    written = buffer.getvalue()
+    assert written == _SIGNATURE + b"".join(encode_row(call) for call in CALLS) + _TRAILER
+    assert written == _SIGNATURE + b"".join(encode_row_public(call) for call in CALLS) + _TRAILER
+
+
+def test_the_private_row_encoder_is_there_and_psycopg_is_pinned_below_the_next_minor() -> None:
+    """psycopg._copy_base.format_row_binary is private: an upgrade may move it. The pin keeps
+    installs on the versions tested; this test says so when an upgrade lost it."""
+    assert storage._format_row_binary is not None
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["server"]]
+    (psycopg_pin,) = [r for r in pins if r.name == "psycopg"]
+    assert str(psycopg_pin.specifier) == "<3.4,>=3.2"
+    assert psycopg.__version__ in psycopg_pin.specifier
 
 
 def test_encoded_rows_read_back_as_written(database_url: str) -> None:
@@ -101,6 +117,10 @@ def test_encoded_rows_read_back_as_written(database_url: str) -> None:
     assert second["attributes"] == ATTRIBUTES
 
 
+# The private hooks the exporter relies on, each pinned and tested.
+PINNED_PRIVATE = {"psycopg._copy_base.format_row_binary"}
+
+
 def _private_imports(path: Path) -> list[str]:
     """Imports of a dependency's private module or name (one whose dotted part starts with _)."""
     found = []
@@ -112,14 +132,16 @@ def _private_imports(path: Path) -> list[str]:
             names = [f"{node.module}.{alias.name}" for alias in node.names]
         for name in names:
             parts = name.split(".")
-            if parts[0] not in {"exporter", "nexus_otel", "__future__"} and any(
-                part.startswith("_") for part in parts
+            if (
+                parts[0] not in {"exporter", "nexus_otel", "__future__"}
+                and any(part.startswith("_") for part in parts)
+                and name not in PINNED_PRIVATE
             ):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
     return found
 
 
 @pytest.mark.parametrize("package", ["exporter"])
-def test_no_private_module_of_a_dependency_is_imported(package: str) -> None:
+def test_no_other_private_module_of_a_dependency_is_imported(package: str) -> None:
     paths = sorted((ROOT / package).rglob("*.py"))
     assert [hit for path in paths for hit in _private_imports(path)] == []
