@@ -125,11 +125,12 @@ def _private_imports(path: Path) -> list[str]:
     """Imports of a dependency's private module or name (one whose dotted part starts with _)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
         for name in names:
             parts = name.split(".")
             if (
