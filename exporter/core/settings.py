@@ -129,10 +129,14 @@ class Settings(BaseSettings):
         default="", description="comma-separated origins allowed to call the API from a browser"
     )
     telegram_bot_token: str | None = Field(
-        default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token")
+        default=None,
+        validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token"),
+        description="Telegram bot that sends alerts and the digest; unset = no Telegram",
     )
     telegram_chat_id: int | None = Field(
-        default=None, validation_alias=AliasChoices("TELEGRAM_CHAT_ID", "telegram_chat_id")
+        default=None,
+        validation_alias=AliasChoices("TELEGRAM_CHAT_ID", "telegram_chat_id"),
+        description="Telegram chat (a number) the bot writes to",
     )
     telegram_api_url: str = Field(
         default="https://api.telegram.org", description="Telegram Bot API server"

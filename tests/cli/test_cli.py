@@ -25,7 +25,7 @@ def _cli(
 
 
 def test_bad_setting_is_a_cli_error_naming_the_value() -> None:
-    result = _cli("migrate", "--otlp-port", "99999")
+    result = _cli("serve", "--otlp-port", "99999")
     assert result.returncode == 2
     assert "--otlp-port" in result.stderr and "99999" in result.stderr
 
