@@ -170,6 +170,15 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
     return socks
 
 
+def _with_bound_ports(
+    settings: Settings, socks: dict[str, socket.socket], ports: dict[str, str]
+) -> Settings:
+    """The settings with each port as bound: port 0 asks the system for a free one, and the
+    banner and everything after it show the port that was given."""
+    bound = {setting: socks[name].getsockname()[1] for name, setting in ports.items()}
+    return settings.model_copy(update=bound)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.ingest.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
@@ -184,6 +193,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     socks = _bind_ports(settings, {"ingest": "otlp_port", "api": "api_port"})
     if socks is None:
         return 2
+    settings = _with_bound_ports(settings, socks, {"ingest": "otlp_port", "api": "api_port"})
     database = open_database(settings)
     where = (
         "embedded PostgreSQL in " + str(settings.data_dir) if database.embedded else "PostgreSQL"
@@ -210,6 +220,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     socks = _bind_ports(settings, {"api": "api_port"})
     if socks is None:
         return 2
+    settings = _with_bound_ports(settings, socks, {"api": "api_port"})
     database = open_database(settings)
     console.print(f"[bold]nexus-otel API[/] http://{settings.host}:{settings.api_port}/docs")
     try:
