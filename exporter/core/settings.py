@@ -18,8 +18,9 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Every setting has an environment name (NEXUS_*, or the original design's names) and a
-    CLI flag of the same name (`--database-url` for NEXUS_DATABASE_URL)."""
+    """Every setting has an environment name (NEXUS_*, or the name deployments already use:
+    TELEGRAM_BOT_TOKEN, DAILY_BUDGET_USD, ...) and a CLI flag of the same name
+    (`--database-url` for NEXUS_DATABASE_URL) on the commands that read it."""
 
     model_config = SettingsConfigDict(
         env_prefix="NEXUS_",
