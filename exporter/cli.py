@@ -159,8 +159,7 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
         try:
             socks[name] = bind_port(settings.host, port)
         except OSError as exc:
-            for sock in socks.values():
-                sock.close()
+            _close(socks)
             flag, variable = "--" + setting.replace("_", "-"), "NEXUS_" + setting.upper()
             _error(
                 f"cannot listen on {settings.host}:{port} ({exc.strerror or exc}): choose another"
@@ -170,11 +169,16 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
     return socks
 
 
+def _close(socks: dict[str, socket.socket]) -> None:
+    for sock in socks.values():
+        sock.close()
+
+
 def _with_bound_ports(
     settings: Settings, socks: dict[str, socket.socket], ports: dict[str, str]
 ) -> Settings:
     """The settings with each port as bound: port 0 asks the system for a free one, and the
-    banner and everything after it show the port that was given."""
+    warnings, the banner and everything after them show the port that was given."""
     bound = {setting: socks[name].getsockname()[1] for name, setting in ports.items()}
     return settings.model_copy(update=bound)
 
@@ -183,8 +187,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.ingest.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
 
-    if not _open_ports_allowed(settings, ingest=True):
-        return 2
     try:  # read here, so a bad file is one clear error, not a failure in every decode worker
         PriceBook(settings.prices_file)
     except PriceOverridesError as exc:
@@ -194,6 +196,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if socks is None:
         return 2
     settings = _with_bound_ports(settings, socks, {"ingest": "otlp_port", "api": "api_port"})
+    if not _open_ports_allowed(settings, ingest=True):
+        _close(socks)
+        return 2
     database = open_database(settings)
     where = (
         "embedded PostgreSQL in " + str(settings.data_dir) if database.embedded else "PostgreSQL"
@@ -215,12 +220,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """The API alone, for a deployment that runs ingest elsewhere."""
     from exporter.service import open_database, serve_api
 
-    if not _open_ports_allowed(settings, ingest=False):
-        return 2
     socks = _bind_ports(settings, {"api": "api_port"})
     if socks is None:
         return 2
     settings = _with_bound_ports(settings, socks, {"api": "api_port"})
+    if not _open_ports_allowed(settings, ingest=False):
+        _close(socks)
+        return 2
     database = open_database(settings)
     console.print(f"[bold]nexus-otel API[/] http://{settings.host}:{settings.api_port}/docs")
     try:

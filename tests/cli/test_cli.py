@@ -132,11 +132,14 @@ def test_serve_on_port_zero_names_and_serves_the_ports_it_was_given(
     command = [sys.executable, "-m", "exporter.cli", "serve", "--database-url", database_url,
                "--otlp-port", "0", "--api-port", "0"]  # fmt: skip
     env = {**os.environ, "COLUMNS": "1000"}
+    env.pop("NEXUS_API_TOKEN", None)  # the warning about an open API names the port too
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         ingest_port, api_port = _banner_ports(log_path, process)
         assert 0 not in (ingest_port, api_port)
+        open_api = f"the API on 127.0.0.1:{api_port} is open to every local process"
+        assert open_api in log_path.read_text()
         _wait_until_healthy(f"http://127.0.0.1:{ingest_port}/health", process)
         spans = make_spans([{"start": _now(), "attributes": {
             "gen_ai.provider.name": "groq", "gen_ai.request.model": "llama-3.1-8b-instant",
