@@ -455,32 +455,41 @@ def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(names: str) -> tuple[str, ...]:
+    """Setting names, checked: a misspelt one fails at import, not as a missing flag."""
+    unknown = [name for name in names.split() if name not in Settings.model_fields]
+    if unknown:
+        raise NameError(f"not settings: {unknown}")
+    return tuple(names.split())
+
+
 # The settings each command reads, and so the only setting flags its --help lists and accepts.
-_DATABASE = ("database_url", "data_dir")
-_CONNECTION_LIMITS = (
-    "header_timeout_seconds", "body_timeout_seconds", "body_min_bytes_per_second",
-    "max_connections", "ws_send_timeout_seconds",
-)  # fmt: skip
-_TELEGRAM = ("telegram_bot_token", "telegram_chat_id", "telegram_api_url")
+_DATABASE = _settings("database_url data_dir")
+_CONNECTION_LIMITS = _settings(
+    "header_timeout_seconds body_timeout_seconds body_min_bytes_per_second max_connections"
+    " ws_send_timeout_seconds"
+)
+_TELEGRAM = _settings("telegram_bot_token telegram_chat_id telegram_api_url")
 _API = (
-    *_DATABASE, *_CONNECTION_LIMITS, "host", "api_port", "api_token", "allow_unauthenticated",
-    "api_max_body_bytes", "alert_webhook_max_body_bytes", "ws_queue_max_bytes", "cors_origins",
-    "daily_budget_usd", "budget_warning_threshold", "timezone",
-)  # fmt: skip
+    _DATABASE
+    + _CONNECTION_LIMITS
+    + _settings(
+        "host api_port api_token allow_unauthenticated api_max_body_bytes cors_origins timezone"
+        " alert_webhook_max_body_bytes ws_queue_max_bytes daily_budget_usd budget_warning_threshold"
+    )
+)
 _SERVE = (
-    *_API, *_TELEGRAM, "otlp_port", "ingest_token", "metrics_token", "prices_file",
-    "store_content", "max_body_bytes", "decode_processes", "batch_max_rows", "queue_max_rows",
-    "write_timeout_seconds", "retry_after_seconds", "metrics_max_series", "metrics_max_budgets",
-    "retention_days", "digest_time",
-)  # fmt: skip
-_DEMO = (*_DATABASE, "host", "otlp_port", "api_port", "api_token", "daily_budget_usd")
-_ALERTMANAGER = (
-    *_TELEGRAM,
-    "alert_webhook_url",
-    "alert_link_url",
-    "watchdog_url",
-    "api_port",
-    "api_token",
+    _API
+    + _TELEGRAM
+    + _settings(
+        "otlp_port ingest_token metrics_token prices_file store_content max_body_bytes"
+        " decode_processes batch_max_rows queue_max_rows write_timeout_seconds retry_after_seconds"
+        " metrics_max_series metrics_max_budgets retention_days digest_time"
+    )
+)
+_DEMO = _DATABASE + _settings("host otlp_port api_port api_token daily_budget_usd")
+_ALERTMANAGER = _TELEGRAM + _settings(
+    "alert_webhook_url alert_link_url watchdog_url api_port api_token"
 )
 
 
@@ -495,19 +504,23 @@ COMMANDS: dict[str, Subcommand] = {
     "serve": Subcommand(cmd_serve, "run the OTLP ingest, metrics and API servers", _SERVE),
     "api": Subcommand(cmd_api, "run only the API server", _API),
     "report": Subcommand(
-        cmd_report, "print a daily, weekly or monthly spend report", (*_DATABASE, "timezone")
+        cmd_report,
+        "print a daily, weekly or monthly spend report",
+        _DATABASE + _settings("timezone"),
     ),
     "retention": Subcommand(
         cmd_retention,
         "drop raw calls older than --retention-days (keeps summaries)",
-        (*_DATABASE, "retention_days"),
+        _DATABASE + _settings("retention_days"),
     ),
     "migrate": Subcommand(cmd_migrate, "apply database migrations (idempotent)", _DATABASE),
     "demo": Subcommand(
         cmd_demo, "run the stack on the embedded PostgreSQL with a live demo workload", _DEMO
     ),
     "prices": Subcommand(
-        cmd_prices, "show what a model costs and where the price comes from", ("prices_file",)
+        cmd_prices,
+        "show what a model costs and where the price comes from",
+        _settings("prices_file"),
     ),
     "dashboards": Subcommand(
         cmd_dashboards, "regenerate the Grafana dashboards JSON from code", ()
@@ -521,7 +534,7 @@ COMMANDS: dict[str, Subcommand] = {
     "digest": Subcommand(
         cmd_digest,
         "print (--send: send to Telegram) yesterday's spend digest",
-        (*_DATABASE, "timezone", *_TELEGRAM),
+        _DATABASE + _settings("timezone") + _TELEGRAM,
     ),
 }
 

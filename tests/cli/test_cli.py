@@ -129,8 +129,18 @@ def test_serve_on_port_zero_names_and_serves_the_ports_it_was_given(
     database_url: str, tmp_path: Path
 ) -> None:
     log_path = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "exporter.cli", "serve", "--database-url", database_url,
-               "--otlp-port", "0", "--api-port", "0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "exporter.cli",
+        "serve",
+        "--database-url",
+        database_url,
+        "--otlp-port",
+        "0",
+        "--api-port",
+        "0",
+    ]
     env = {**os.environ, "COLUMNS": "1000"}
     env.pop("NEXUS_API_TOKEN", None)  # the warning about an open API names the port too
     with log_path.open("wb") as log:
@@ -141,9 +151,19 @@ def test_serve_on_port_zero_names_and_serves_the_ports_it_was_given(
         open_api = f"the API on 127.0.0.1:{api_port} is open to every local process"
         assert open_api in log_path.read_text()
         _wait_until_healthy(f"http://127.0.0.1:{ingest_port}/health", process)
-        spans = make_spans([{"start": _now(), "attributes": {
-            "gen_ai.provider.name": "groq", "gen_ai.request.model": "llama-3.1-8b-instant",
-            "gen_ai.usage.input_tokens": 11, "gen_ai.usage.output_tokens": 4}}])  # fmt: skip
+        spans = make_spans(
+            [
+                {
+                    "start": _now(),
+                    "attributes": {
+                        "gen_ai.provider.name": "groq",
+                        "gen_ai.request.model": "llama-3.1-8b-instant",
+                        "gen_ai.usage.input_tokens": 11,
+                        "gen_ai.usage.output_tokens": 4,
+                    },
+                }
+            ]
+        )
         response = httpx.post(
             f"http://127.0.0.1:{ingest_port}/v1/traces",
             content=protobuf_body(spans),

@@ -18,8 +18,11 @@ TELEGRAM = ["--telegram-bot-token", "--telegram-chat-id", "--telegram-api-url"]
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exporter.cli", *args],
-        capture_output=True, text=True, timeout=120, env={**ENV, **env},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**ENV, **env},
+    )
 
 
 def _setting_lines(command: str) -> dict[str, str]:
@@ -47,12 +50,23 @@ def _setting_lines(command: str) -> dict[str, str]:
         ("dashboards", []),
         ("prometheus-rules", []),
         ("digest", [*DATABASE, "--timezone", *TELEGRAM]),
-        ("demo", [*DATABASE, "--host", "--otlp-port", "--api-port", "--api-token",
-                  "--daily-budget-usd"]),
-        ("alertmanager-config", ["--api-port", "--api-token", *TELEGRAM, "--alert-webhook-url",
-                                 "--alert-link-url", "--watchdog-url"]),
+        (
+            "demo",
+            [*DATABASE, "--host", "--otlp-port", "--api-port", "--api-token", "--daily-budget-usd"],
+        ),
+        (
+            "alertmanager-config",
+            [
+                "--api-port",
+                "--api-token",
+                *TELEGRAM,
+                "--alert-webhook-url",
+                "--alert-link-url",
+                "--watchdog-url",
+            ],
+        ),
     ],
-)  # fmt: skip
+)
 def test_help_lists_the_settings_the_command_reads(command: str, flags: list[str]) -> None:
     assert sorted(_setting_lines(command)) == sorted(flags)
 
@@ -74,17 +88,43 @@ def test_serve_help_lists_its_settings_with_environment_names_and_defaults() -> 
         "creates a default daily budget (env DAILY_BUDGET_USD; default: unset)"
     )
     # every setting but the three only the Alertmanager configuration reads
-    assert sorted(lines) == sorted([
-        *DATABASE, "--host", "--otlp-port", "--api-port", "--prices-file", "--store-content",
-        "--max-body-bytes", "--decode-processes", "--batch-max-rows", "--queue-max-rows",
-        "--write-timeout-seconds", "--retry-after-seconds", "--header-timeout-seconds",
-        "--body-timeout-seconds", "--body-min-bytes-per-second", "--max-connections",
-        "--api-max-body-bytes", "--alert-webhook-max-body-bytes", "--ws-queue-max-bytes",
-        "--ws-send-timeout-seconds", "--allow-unauthenticated", "--ingest-token", "--api-token",
-        "--metrics-token", "--metrics-max-series", "--metrics-max-budgets", "--daily-budget-usd",
-        "--budget-warning-threshold", "--timezone", "--retention-days", "--cors-origins",
-        *TELEGRAM, "--digest-time",
-    ])  # fmt: skip
+    assert sorted(lines) == sorted(
+        [
+            *DATABASE,
+            "--host",
+            "--otlp-port",
+            "--api-port",
+            "--prices-file",
+            "--store-content",
+            "--max-body-bytes",
+            "--decode-processes",
+            "--batch-max-rows",
+            "--queue-max-rows",
+            "--write-timeout-seconds",
+            "--retry-after-seconds",
+            "--header-timeout-seconds",
+            "--body-timeout-seconds",
+            "--body-min-bytes-per-second",
+            "--max-connections",
+            "--api-max-body-bytes",
+            "--alert-webhook-max-body-bytes",
+            "--ws-queue-max-bytes",
+            "--ws-send-timeout-seconds",
+            "--allow-unauthenticated",
+            "--ingest-token",
+            "--api-token",
+            "--metrics-token",
+            "--metrics-max-series",
+            "--metrics-max-budgets",
+            "--daily-budget-usd",
+            "--budget-warning-threshold",
+            "--timezone",
+            "--retention-days",
+            "--cors-origins",
+            *TELEGRAM,
+            "--digest-time",
+        ]
+    )
 
 
 def test_digest_help_lists_the_telegram_settings() -> None:

@@ -29,15 +29,33 @@ _TRAILER = b"\xff\xff"
 
 def _call(span: int, **changes: Any) -> LLMCall:
     call = LLMCall(
-        trace_id="ab" * 16, span_id=f"{span:016x}", parent_span_id=None,
-        timestamp=datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC), service_name="svc",
-        provider="groq", model="llama-3.3-70b-versatile", response_model=None,
-        gen_ai_operation="chat", operation="", correlation_id=None, input_tokens=10,
-        output_tokens=5, cache_read_tokens=0, cache_write_tokens=0, reasoning_tokens=0,
-        total_tokens=15, duration_ms=12.5, success=True, error_type=None, error_message=None,
-        usage_source="response", server_address=None, span_name="chat llama",
-        time_to_first_chunk_ms=None, reported_cost_usd=None,
-    )  # fmt: skip
+        trace_id="ab" * 16,
+        span_id=f"{span:016x}",
+        parent_span_id=None,
+        timestamp=datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC),
+        service_name="svc",
+        provider="groq",
+        model="llama-3.3-70b-versatile",
+        response_model=None,
+        gen_ai_operation="chat",
+        operation="",
+        correlation_id=None,
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        total_tokens=15,
+        duration_ms=12.5,
+        success=True,
+        error_type=None,
+        error_message=None,
+        usage_source="response",
+        server_address=None,
+        span_name="chat llama",
+        time_to_first_chunk_ms=None,
+        reported_cost_usd=None,
+    )
     for name, value in changes.items():
         setattr(call, name, value)
     return call
