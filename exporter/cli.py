@@ -7,6 +7,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,33 @@ console = Console(stderr=True)
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, named like its environment variable (`--otlp-port`)."""
+def _add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """One flag per setting the command reads, named like its environment variable
+    (`--otlp-port` for NEXUS_OTLP_PORT), in the order the settings are declared."""
+    if not names:
+        return
     group = parser.add_argument_group("settings (flags override the environment)")
     for name, info in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        group.add_argument(flag, dest=f"setting_{name}", metavar="VALUE", help=info.description)
+        if name in names:
+            flag = "--" + name.replace("_", "-")
+            help_text = f"{info.description} (env {_env_names(name)[0]}; default: {_default(name)})"
+            group.add_argument(
+                flag, dest=f"setting_{name}", metavar="VALUE", help=help_text.replace("%", "%%")
+            )
+
+
+def _env_names(name: str) -> list[str]:
+    """The environment variables a setting is read from, the one to document first."""
+    choices = getattr(Settings.model_fields[name].validation_alias, "choices", None)
+    if choices:
+        return [str(c) for c in choices if str(c) != name]
+    return ["NEXUS_" + name.upper()]
+
+
+def _default(name: str) -> str:
+    info = Settings.model_fields[name]
+    value = info.get_default(call_default_factory=True)
+    return "unset" if value is None else str(value)
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -43,18 +65,15 @@ def _setting_source(loc: str, args: argparse.Namespace) -> str:
     environment variable that is set (`TELEGRAM_CHAT_ID`, not a flag that does not exist)."""
     import os
 
-    def env_names(field: str) -> list[str]:
-        choices = getattr(Settings.model_fields[field].validation_alias, "choices", None)
-        return [str(c) for c in choices] if choices else ["NEXUS_" + field.upper()]
-
     # the error names the field, or the alias the value was read under
-    name = next((f for f in Settings.model_fields if loc in (f, *env_names(f))), loc)
-    flag = "--" + name.replace("_", "-")
-    if name not in Settings.model_fields or getattr(args, f"setting_{name}", None) is not None:
-        return flag
+    name = next((f for f in Settings.model_fields if loc in (f, *_env_names(f))), None)
+    if name is None:
+        return loc
+    if getattr(args, f"setting_{name}", None) is not None:
+        return "--" + name.replace("_", "-")
     set_in_env = {key.upper(): key for key, value in os.environ.items() if value}
-    wanted = [env.upper() for env in env_names(name)]
-    return next((set_in_env[env] for env in wanted if env in set_in_env), flag)
+    wanted = [env.upper() for env in _env_names(name)]
+    return next((set_in_env[env] for env in wanted if env in set_in_env), _env_names(name)[0])
 
 
 def _settings_error(exc: ValidationError, args: argparse.Namespace) -> str:
@@ -140,8 +159,7 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
         try:
             socks[name] = bind_port(settings.host, port)
         except OSError as exc:
-            for sock in socks.values():
-                sock.close()
+            _close(socks)
             flag, variable = "--" + setting.replace("_", "-"), "NEXUS_" + setting.upper()
             _error(
                 f"cannot listen on {settings.host}:{port} ({exc.strerror or exc}): choose another"
@@ -151,12 +169,24 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
     return socks
 
 
+def _close(socks: dict[str, socket.socket]) -> None:
+    for sock in socks.values():
+        sock.close()
+
+
+def _with_bound_ports(
+    settings: Settings, socks: dict[str, socket.socket], ports: dict[str, str]
+) -> Settings:
+    """The settings with each port as bound: port 0 asks the system for a free one, and the
+    warnings, the banner and everything after them show the port that was given."""
+    bound = {setting: socks[name].getsockname()[1] for name, setting in ports.items()}
+    return settings.model_copy(update=bound)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.ingest.pricing import PriceBook, PriceOverridesError
     from exporter.service import open_database, serve
 
-    if not _open_ports_allowed(settings, ingest=True):
-        return 2
     try:  # read here, so a bad file is one clear error, not a failure in every decode worker
         PriceBook(settings.prices_file)
     except PriceOverridesError as exc:
@@ -164,6 +194,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     socks = _bind_ports(settings, {"ingest": "otlp_port", "api": "api_port"})
     if socks is None:
+        return 2
+    settings = _with_bound_ports(settings, socks, {"ingest": "otlp_port", "api": "api_port"})
+    if not _open_ports_allowed(settings, ingest=True):
+        _close(socks)
         return 2
     database = open_database(settings)
     where = (
@@ -186,10 +220,12 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """The API alone, for a deployment that runs ingest elsewhere."""
     from exporter.service import open_database, serve_api
 
-    if not _open_ports_allowed(settings, ingest=False):
-        return 2
     socks = _bind_ports(settings, {"api": "api_port"})
     if socks is None:
+        return 2
+    settings = _with_bound_ports(settings, socks, {"api": "api_port"})
+    if not _open_ports_allowed(settings, ingest=False):
+        _close(socks)
         return 2
     database = open_database(settings)
     console.print(f"[bold]nexus-otel API[/] http://{settings.host}:{settings.api_port}/docs")
@@ -421,18 +457,87 @@ def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, tuple[Command, str]] = {
-    "serve": (cmd_serve, "run the OTLP ingest, metrics and API servers"),
-    "api": (cmd_api, "run only the API server"),
-    "report": (cmd_report, "print a daily, weekly or monthly spend report"),
-    "retention": (cmd_retention, "drop raw calls older than --retention-days (keeps summaries)"),
-    "migrate": (cmd_migrate, "apply database migrations (idempotent)"),
-    "demo": (cmd_demo, "run the stack on the embedded PostgreSQL with a live demo workload"),
-    "prices": (cmd_prices, "show what a model costs and where the price comes from"),
-    "dashboards": (cmd_dashboards, "regenerate the Grafana dashboards JSON from code"),
-    "alertmanager-config": (cmd_alertmanager_config, "write alertmanager.yml from settings"),
-    "prometheus-rules": (cmd_prometheus_rules, "write the rule files with other thresholds"),
-    "digest": (cmd_digest, "print (--send: send to Telegram) yesterday's spend digest"),
+def _settings(names: str) -> tuple[str, ...]:
+    """Setting names, checked: a misspelt one fails at import, not as a missing flag."""
+    unknown = [name for name in names.split() if name not in Settings.model_fields]
+    if unknown:
+        raise NameError(f"not settings: {unknown}")
+    return tuple(names.split())
+
+
+# The settings each command reads, and so the only setting flags its --help lists and accepts.
+_DATABASE = _settings("database_url data_dir")
+_CONNECTION_LIMITS = _settings(
+    "header_timeout_seconds body_timeout_seconds body_min_bytes_per_second max_connections"
+    " ws_send_timeout_seconds"
+)
+_TELEGRAM = _settings("telegram_bot_token telegram_chat_id telegram_api_url")
+_API = (
+    _DATABASE
+    + _CONNECTION_LIMITS
+    + _settings(
+        "host api_port api_token allow_unauthenticated api_max_body_bytes cors_origins timezone"
+        " alert_webhook_max_body_bytes ws_queue_max_bytes daily_budget_usd budget_warning_threshold"
+    )
+)
+_SERVE = (
+    _API
+    + _TELEGRAM
+    + _settings(
+        "otlp_port ingest_token metrics_token prices_file store_content max_body_bytes"
+        " decode_processes batch_max_rows queue_max_rows write_timeout_seconds retry_after_seconds"
+        " metrics_max_series metrics_max_budgets retention_days digest_time"
+    )
+)
+_DEMO = _DATABASE + _settings("host otlp_port api_port api_token daily_budget_usd")
+_ALERTMANAGER = _TELEGRAM + _settings(
+    "alert_webhook_url alert_link_url watchdog_url api_port api_token"
+)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    run: Command
+    help: str
+    settings: tuple[str, ...]  # the settings `run` reads
+
+
+COMMANDS: dict[str, Subcommand] = {
+    "serve": Subcommand(cmd_serve, "run the OTLP ingest, metrics and API servers", _SERVE),
+    "api": Subcommand(cmd_api, "run only the API server", _API),
+    "report": Subcommand(
+        cmd_report,
+        "print a daily, weekly or monthly spend report",
+        _DATABASE + _settings("timezone"),
+    ),
+    "retention": Subcommand(
+        cmd_retention,
+        "drop raw calls older than --retention-days (keeps summaries)",
+        _DATABASE + _settings("retention_days"),
+    ),
+    "migrate": Subcommand(cmd_migrate, "apply database migrations (idempotent)", _DATABASE),
+    "demo": Subcommand(
+        cmd_demo, "run the stack on the embedded PostgreSQL with a live demo workload", _DEMO
+    ),
+    "prices": Subcommand(
+        cmd_prices,
+        "show what a model costs and where the price comes from",
+        _settings("prices_file"),
+    ),
+    "dashboards": Subcommand(
+        cmd_dashboards, "regenerate the Grafana dashboards JSON from code", ()
+    ),
+    "alertmanager-config": Subcommand(
+        cmd_alertmanager_config, "write alertmanager.yml from settings", _ALERTMANAGER
+    ),
+    "prometheus-rules": Subcommand(
+        cmd_prometheus_rules, "write the rule files with other thresholds", ()
+    ),
+    "digest": Subcommand(
+        cmd_digest,
+        "print (--send: send to Telegram) yesterday's spend digest",
+        _DATABASE + _settings("timezone") + _TELEGRAM,
+    ),
 }
 
 
@@ -497,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+    for name, subcommand in COMMANDS.items():
+        command = sub.add_parser(name, help=subcommand.help, description=subcommand.help)
         if name == "prices":
             command.add_argument("model", help="model name, e.g. claude-sonnet-4-5")
             command.add_argument("--provider", help="provider, e.g. anthropic, gcp.gemini, groq")
@@ -523,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ALERTING_ARGUMENTS:
             ALERTING_ARGUMENTS[name](command)
-        _add_settings_flags(command)
+        _add_settings_flags(command, subcommand.settings)
     return parser
 
 
@@ -540,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         console.print(f"[red]error:[/] {_settings_error(exc, args)}")
         return 2
-    handler: Any = COMMANDS[args.command][0]
+    handler: Any = COMMANDS[args.command].run
     from exporter.core.db import EmbeddedDatabaseError, masked_conninfo
     from exporter.core.zones import ZoneUnknownToDatabase
 

@@ -53,7 +53,7 @@ SERVICE_NAME: Final = "service.name"  # resource attribute
 
 # --- Cost: no standard attribute yet; these are the spellings in use ------------------------
 GEN_AI_USAGE_COST: Final = "gen_ai.usage.cost"  # OpenLIT, Langfuse
-GEN_AI_USAGE_COST_AMOUNT: Final = "gen_ai.usage.cost.amount"  # proposed (semconv-genai #443)
+GEN_AI_USAGE_COST_AMOUNT: Final = "gen_ai.usage.cost.amount"  # proposed, not yet standard
 OPERATION_COST: Final = "operation.cost"  # Logfire
 LLM_COST_TOTAL: Final = "llm.cost.total"  # OpenInference
 NEXUS_COST_USD: Final = "nexus.cost.usd"  # ours

@@ -20,8 +20,9 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Every setting has an environment name (NEXUS_*, or the original design's names) and a
-    CLI flag of the same name (`--database-url` for NEXUS_DATABASE_URL)."""
+    """Every setting has an environment name (NEXUS_*, or the name deployments already use:
+    TELEGRAM_BOT_TOKEN, DAILY_BUDGET_USD, ...) and a CLI flag of the same name
+    (`--database-url` for NEXUS_DATABASE_URL) on the commands that read it."""
 
     model_config = SettingsConfigDict(
         env_prefix="NEXUS_",
@@ -131,10 +132,14 @@ class Settings(BaseSettings):
         default="", description="comma-separated origins allowed to call the API from a browser"
     )
     telegram_bot_token: str | None = Field(
-        default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token")
+        default=None,
+        validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token"),
+        description="Telegram bot that sends alerts and the digest; unset = no Telegram",
     )
     telegram_chat_id: int | None = Field(
-        default=None, validation_alias=AliasChoices("TELEGRAM_CHAT_ID", "telegram_chat_id")
+        default=None,
+        validation_alias=AliasChoices("TELEGRAM_CHAT_ID", "telegram_chat_id"),
+        description="Telegram chat (a number) the bot writes to",
     )
     telegram_api_url: str = Field(
         default="https://api.telegram.org", description="Telegram Bot API server"

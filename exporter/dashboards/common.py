@@ -21,7 +21,7 @@ POSTGRES = dm.DataSourceRef(type_val=POSTGRES_TYPE, uid="nexus-postgres")
 TAGS = ["nexus-otel"]
 REFRESH = "5s"  # Grafana's fastest default refresh
 
-# The original dashboard's colours: Groq purple, Gemini green, Claude blue.
+# One colour per provider on every dashboard: Groq purple, Gemini green, Claude blue.
 PROVIDER_COLORS = {
     "groq": "#8b5cf6",
     "gcp.gemini": "#10b981",

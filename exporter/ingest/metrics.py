@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from exporter.ingest.model import LLMCall
 
-# The label set every LLM metric carries (DESIGN.md). No per-call values in labels.
+# The label set every LLM metric carries. No per-call values in labels: series stay bounded.
 LLM_LABELS = (
     "service_name",
     "gen_ai_provider_name",

@@ -129,14 +129,6 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def empty_totals() -> dict[str, Any]:
-    return _clean({key: 0 for key in TOTALS})
-
-
-def priced_calls(totals: dict[str, Any]) -> int:
-    return int(totals["calls"]) - int(totals["unpriced_calls"])
-
-
 def totals_public(row: dict[str, Any]) -> dict[str, Any]:
     """Adds the averages and rates to a usage row."""
     calls = row["calls"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ def _cli(
 
 
 def test_bad_setting_is_a_cli_error_naming_the_value() -> None:
-    result = _cli("migrate", "--otlp-port", "99999")
+    result = _cli("serve", "--otlp-port", "99999")
     assert result.returncode == 2
     assert "--otlp-port" in result.stderr and "99999" in result.stderr
 
@@ -94,6 +96,91 @@ def test_unavailable_database_gets_503_with_retry_after_and_loses_nothing(tmp_pa
     finally:
         exporter.stop()
         database.stop()
+
+
+def _banner_ports(log_path: Path, process: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """The ingest and API ports serve's banner names, read from its log file as it is written
+    (a file, not a pipe: nothing waits on a reader); the banner's last line is the API's."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        ingest = re.search(r"OTLP/HTTP ingest  http://127\.0\.0\.1:(\d+)/v1/traces\n", text)
+        api = re.search(r"API               http://127\.0\.0\.1:(\d+)/docs\n", text)
+        if ingest and api:
+            return int(ingest[1]), int(api[1])
+        assert process.poll() is None, text
+        time.sleep(0.1)
+    raise AssertionError(f"no banner within 60 s:\n{log_path.read_text()}")
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    """The banner comes once the ports are bound; the servers answer a moment later."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within 60 s")
+
+
+def test_serve_on_port_zero_names_and_serves_the_ports_it_was_given(
+    database_url: str, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "serve.log"
+    command = [
+        sys.executable,
+        "-m",
+        "exporter.cli",
+        "serve",
+        "--database-url",
+        database_url,
+        "--otlp-port",
+        "0",
+        "--api-port",
+        "0",
+    ]
+    env = {**os.environ, "COLUMNS": "1000"}
+    env.pop("NEXUS_API_TOKEN", None)  # the warning about an open API names the port too
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        ingest_port, api_port = _banner_ports(log_path, process)
+        assert 0 not in (ingest_port, api_port)
+        open_api = f"the API on 127.0.0.1:{api_port} is open to every local process"
+        assert open_api in log_path.read_text()
+        _wait_until_healthy(f"http://127.0.0.1:{ingest_port}/health", process)
+        spans = make_spans(
+            [
+                {
+                    "start": _now(),
+                    "attributes": {
+                        "gen_ai.provider.name": "groq",
+                        "gen_ai.request.model": "llama-3.1-8b-instant",
+                        "gen_ai.usage.input_tokens": 11,
+                        "gen_ai.usage.output_tokens": 4,
+                    },
+                }
+            ]
+        )
+        response = httpx.post(
+            f"http://127.0.0.1:{ingest_port}/v1/traces",
+            content=protobuf_body(spans),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT span_id, model, input_tokens, output_tokens FROM api_calls"
+            ).fetchall()
+        span_id = f"{spans[0].context.span_id:016x}"
+        assert rows == [(span_id, "llama-3.1-8b-instant", 11, 4)]
+        assert httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=30).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def _now():  # type: ignore[no-untyped-def]
