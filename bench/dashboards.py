@@ -67,8 +67,9 @@ def _variables(conn: psycopg.Connection[Any], board_path: str) -> list[Variable]
     return variables
 
 
-def _refresh_ms(conn: psycopg.Connection[Any], queries: list[tuple[str | None, str]],
-                variables: list[Variable]) -> float:  # fmt: skip
+def _refresh_ms(
+    conn: psycopg.Connection[Any], queries: list[tuple[str | None, str]], variables: list[Variable]
+) -> float:
     now = datetime.now(UTC)
     minimum = timedelta(seconds=15)  # the provisioned Prometheus scrape interval
     started = time.perf_counter()

@@ -31,10 +31,21 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
     started = time.monotonic()
     with console.status("fault-injection soak running"):
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=1200",
-             "tests/endurance/test_faults.py"],
-            env=env, capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-o",
+                "timeout=1200",
+                "tests/endurance/test_faults.py",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     elapsed = time.monotonic() - started
     passed = result.returncode == 0
     if not passed:

@@ -44,27 +44,29 @@ def _span_specs(count: int, start: datetime) -> list[dict[str, Any]]:
     for i in range(count):
         provider, model = rng.choice(MODELS)
         input_tokens = rng.randint(50, 4000)
-        specs.append({
-            "start": start + timedelta(milliseconds=i),
-            "duration_ms": rng.uniform(100, 3000),
-            "name": f"chat {model}",
-            "attributes": {
-                "gen_ai.provider.name": provider,
-                "gen_ai.operation.name": "chat",
-                "gen_ai.request.model": model,
-                "gen_ai.response.model": model,
-                "gen_ai.response.id": f"resp-{i}",
-                "gen_ai.response.finish_reasons": ["stop"],
-                "gen_ai.usage.input_tokens": input_tokens,
-                "gen_ai.usage.output_tokens": rng.randint(10, 1500),
-                "gen_ai.usage.cache_read.input_tokens": rng.choice([0, 0, input_tokens // 2]),
-                "server.address": "api.example.com",
-                "server.port": 443,
-                "nexus.operation": rng.choice(OPERATIONS),
-                "nexus.correlation_id": f"carousel-{i // 5}",
-                "nexus.usage.source": "response",
-            },
-        })  # fmt: skip
+        specs.append(
+            {
+                "start": start + timedelta(milliseconds=i),
+                "duration_ms": rng.uniform(100, 3000),
+                "name": f"chat {model}",
+                "attributes": {
+                    "gen_ai.provider.name": provider,
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.request.model": model,
+                    "gen_ai.response.model": model,
+                    "gen_ai.response.id": f"resp-{i}",
+                    "gen_ai.response.finish_reasons": ["stop"],
+                    "gen_ai.usage.input_tokens": input_tokens,
+                    "gen_ai.usage.output_tokens": rng.randint(10, 1500),
+                    "gen_ai.usage.cache_read.input_tokens": rng.choice([0, 0, input_tokens // 2]),
+                    "server.address": "api.example.com",
+                    "server.port": 443,
+                    "nexus.operation": rng.choice(OPERATIONS),
+                    "nexus.correlation_id": f"carousel-{i // 5}",
+                    "nexus.usage.source": "response",
+                },
+            }
+        )
     return specs
 
 
@@ -88,11 +90,15 @@ def _rows(bodies: list[bytes]) -> list[tuple[Any, ...]]:
             call = to_llm_call(raw)
             assert call is not None
             price = prices.price(
-                provider=call.provider, model=call.model, response_model=call.response_model,
-                timestamp=call.timestamp, input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens, cache_read_tokens=call.cache_read_tokens,
+                provider=call.provider,
+                model=call.model,
+                response_model=call.response_model,
+                timestamp=call.timestamp,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                cache_read_tokens=call.cache_read_tokens,
                 cache_write_tokens=call.cache_write_tokens,
-            )  # fmt: skip
+            )
             call.cost_usd, call.cost_source = price.cost_usd, price.source
             rows.append(call_row(call))
     return rows

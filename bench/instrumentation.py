@@ -88,13 +88,18 @@ class BareSpans:
     on a plain call that succeeded)."""
 
     ATTRIBUTES = {
-        "gen_ai.provider.name": "groq", "gen_ai.operation.name": "chat",
-        "server.address": "127.0.0.1", "server.port": 8000,
-        "gen_ai.request.model": "llama-3.3-70b-versatile", "gen_ai.request.max_tokens": 64,
-        "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 7,
-        "gen_ai.response.model": "llama-3.3-70b-versatile", "gen_ai.response.id": "chatcmpl-1",
+        "gen_ai.provider.name": "groq",
+        "gen_ai.operation.name": "chat",
+        "server.address": "127.0.0.1",
+        "server.port": 8000,
+        "gen_ai.request.model": "llama-3.3-70b-versatile",
+        "gen_ai.request.max_tokens": 64,
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 7,
+        "gen_ai.response.model": "llama-3.3-70b-versatile",
+        "gen_ai.response.id": "chatcmpl-1",
         "gen_ai.response.finish_reasons": ("stop",),
-    }  # fmt: skip
+    }
 
     def __init__(self, provider: Any) -> None:
         self.tracer = provider.get_tracer("bench.bare_span")
@@ -153,9 +158,11 @@ def _operations(url: str, anthropic_tracing: bool) -> dict[str, Callable[[], Any
 
     groq_client = groq.Groq(api_key="gsk-bench", base_url=url, max_retries=0)
     claude = anthropic.Anthropic(
-        api_key="sk-ant-bench", base_url=url, max_retries=0,
+        api_key="sk-ant-bench",
+        base_url=url,
+        max_retries=0,
         open_telemetry={} if anthropic_tracing else False,
-    )  # fmt: skip
+    )
     groq_model, claude_model = "llama-3.3-70b-versatile", "claude-sonnet-4-5"
 
     def drain(chunks: Iterable[Any]) -> None:
@@ -230,9 +237,17 @@ def _start_server() -> tuple[subprocess.Popen[str], str]:
 
 def _run_worker(url: str, calls: int, stream_calls: int) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "bench.instrumentation", "worker", "--url", url,
-        "--calls", str(calls), "--stream-calls", str(stream_calls),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bench.instrumentation",
+        "worker",
+        "--url",
+        url,
+        "--calls",
+        str(calls),
+        "--stream-calls",
+        str(stream_calls),
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True)
     return dict(json.loads(output.stdout.strip().splitlines()[-1]))
 

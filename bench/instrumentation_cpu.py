@@ -41,8 +41,10 @@ class MemoryPool:
     """Stands in for a transport's httpcore pool: reads the request, answers `body` as JSON."""
 
     def __init__(self, body: bytes) -> None:
-        self.headers = [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())]  # fmt: skip
+        self.headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         self.body = body
 
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
@@ -64,8 +66,9 @@ def _operations() -> dict[str, Callable[[], Any]]:
     url = "http://127.0.0.1:9"  # never connected to
     groq_client = groq.Groq(api_key="gsk-bench", base_url=url, max_retries=0)
     groq_client._client._transport._pool = MemoryPool(openai_json(GROQ_MODEL))
-    claude = anthropic.Anthropic(api_key="sk-ant-bench", base_url=url, max_retries=0,
-                                 open_telemetry=False)  # fmt: skip
+    claude = anthropic.Anthropic(
+        api_key="sk-ant-bench", base_url=url, max_retries=0, open_telemetry=False
+    )
     claude._client._transport._pool = MemoryPool(anthropic_json(CLAUDE_MODEL))
     return {
         "groq": lambda: groq_client.chat.completions.create(
@@ -169,8 +172,10 @@ def _print_counts(name: str, counts: dict[str, Any], top: int) -> None:
     for mode in MODES[1:]:
         counted = counts[mode]
         in_flight = counted.pop("(in flight)", 0)
-        print(f"{name}, {mode}: +{sum(counted.values()) - base:,} bytecodes on the critical "
-              f"path ({base:,} uninstrumented), {in_flight:,} in flight")  # fmt: skip
+        print(
+            f"{name}, {mode}: +{sum(counted.values()) - base:,} bytecodes on the critical "
+            f"path ({base:,} uninstrumented), {in_flight:,} in flight"
+        )
         added = counted.copy()
         added.subtract(counts["none"])
         for where, count in added.most_common(top):

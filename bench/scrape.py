@@ -47,13 +47,22 @@ class Phase:
 
 def _spans(models: list[str], start: datetime, service: str) -> bytes:
     specs = [
-        {"start": start + timedelta(milliseconds=i), "duration_ms": 800, "name": f"chat {m}",
-         "attributes": {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat",
-                        "gen_ai.request.model": m, "gen_ai.usage.input_tokens": 1200,
-                        "gen_ai.usage.output_tokens": 300, "nexus.cost.usd": 0.0125,
-                        "nexus.operation": "caption"}}
+        {
+            "start": start + timedelta(milliseconds=i),
+            "duration_ms": 800,
+            "name": f"chat {m}",
+            "attributes": {
+                "gen_ai.provider.name": "openai",
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": m,
+                "gen_ai.usage.input_tokens": 1200,
+                "gen_ai.usage.output_tokens": 300,
+                "nexus.cost.usd": 0.0125,
+                "nexus.operation": "caption",
+            },
+        }
         for i, m in enumerate(models)
-    ]  # fmt: skip
+    ]
     return protobuf_body(make_spans(specs, service))
 
 

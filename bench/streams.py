@@ -53,10 +53,15 @@ def openai_frames(model: str, groq: bool) -> list[bytes]:
 
 def anthropic_frames(model: str) -> list[bytes]:
     message = {
-        "id": "msg_bench", "type": "message", "role": "assistant", "model": model,
-        "content": [], "stop_reason": None, "stop_sequence": None,
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
         "usage": {"input_tokens": USAGE["input"], "output_tokens": 1},
-    }  # fmt: skip
+    }
     delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}
     frames = [
         _sse({"type": "message_start", "message": message}, "message_start"),
@@ -95,20 +100,32 @@ def openai_json(model: str) -> bytes:
     usage = {"prompt_tokens": 14, "completion_tokens": 9, "total_tokens": 23}
     message = {"role": "assistant", "content": "Coffee mornings start slow."}
     body = {
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage,
-    }  # fmt: skip
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": usage,
+    }
     return json.dumps(body).encode()
 
 
 def anthropic_json(model: str) -> bytes:
     body = {
-        "id": "msg_bench", "type": "message", "role": "assistant", "model": model,
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
         "content": [{"type": "text", "text": "Coffee mornings start slow."}],
-        "stop_reason": "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": 14, "output_tokens": 9, "cache_read_input_tokens": 0,
-                  "cache_creation_input_tokens": 0},
-    }  # fmt: skip
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 14,
+            "output_tokens": 9,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+    }
     return json.dumps(body).encode()
 
 

@@ -127,15 +127,20 @@ def _open_ports_allowed(settings: Settings, *, ingest: bool) -> bool:
         if not settings.api_token:
             log.warning(
                 "no API token (NEXUS_API_TOKEN): the API on %s:%d is open to every local process",
-                settings.host, settings.api_port,
-            )  # fmt: skip
+                settings.host,
+                settings.api_port,
+            )
         return True
     if settings.allow_unauthenticated:
         for token, port_name, port in open_ports:
             log.warning(
                 "no %s and NEXUS_ALLOW_UNAUTHENTICATED=true: %s on %s:%d is open to anyone who"
-                " reaches it", token, port_name, settings.host, port,
-            )  # fmt: skip
+                " reaches it",
+                token,
+                port_name,
+                settings.host,
+                port,
+            )
         return True
     missing = " and no ".join(token for token, _, _ in open_ports)
     which = " and ".join(port_name for _, port_name, _ in open_ports)
@@ -543,38 +548,45 @@ COMMANDS: dict[str, Subcommand] = {
 
 def _alertmanager_config_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "--output", metavar="PATH",
+        "--output",
+        metavar="PATH",
         help="write the config here and templates/ beside it (default: print the config); "
         "refused inside a git work tree when it holds a token, unless --force",
-    )  # fmt: skip
+    )
     command.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="write tokens into a file inside a git work tree all the same",
-    )  # fmt: skip
+    )
     command.add_argument(
         "--make-dirs", action="store_true", help="create the --output directory if missing"
     )
     command.add_argument(
-        "--file-mode", default="600",
+        "--file-mode",
+        default="600",
         help="octal permissions of the file, which holds the bot token (644 when Alertmanager "
         "runs as another user, as in compose)",
-    )  # fmt: skip
+    )
     command.add_argument(
-        "--example", action="store_true",
+        "--example",
+        action="store_true",
         help="placeholder credentials: the shipped alertmanager/alertmanager.yml",
-    )  # fmt: skip
+    )
 
 
 def _prometheus_rules_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", default="prometheus/rules", help="directory to write")
     command.add_argument(
-        "--single-call-usd", type=float, default=0.5,
+        "--single-call-usd",
+        type=float,
+        default=0.5,
         help="alert on one call costing more (a bucket boundary of nexus_llm_call_cost_usd)",
-    )  # fmt: skip
+    )
     command.add_argument(
-        "--runbook-base-url", default="https://github.com/nexus-otel/nexus-otel/blob/main",
+        "--runbook-base-url",
+        default="https://github.com/nexus-otel/nexus-otel/blob/main",
         help="runbook_url = <this>/docs/RUNBOOK.md#<alert>",
-    )  # fmt: skip
+    )
 
 
 def _digest_arguments(command: argparse.ArgumentParser) -> None:

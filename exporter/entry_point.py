@@ -8,11 +8,27 @@ from collections.abc import Sequence
 
 # Modules of the `server` extra's dependencies (pyproject.toml) that the command line imports;
 # a missing one means the extra is not installed, not a fault in the code.
-SERVER_MODULES = frozenset({
-    "fastapi", "google.protobuf", "h11", "opentelemetry.proto", "pgserver", "platformdirs",
-    "prometheus_client", "psycopg", "psycopg_pool", "pydantic", "pydantic_core",
-    "pydantic_settings", "rich", "starlette", "uvicorn", "websockets", "yaml",
-})  # fmt: skip
+SERVER_MODULES = frozenset(
+    {
+        "fastapi",
+        "google.protobuf",
+        "h11",
+        "opentelemetry.proto",
+        "pgserver",
+        "platformdirs",
+        "prometheus_client",
+        "psycopg",
+        "psycopg_pool",
+        "pydantic",
+        "pydantic_core",
+        "pydantic_settings",
+        "rich",
+        "starlette",
+        "uvicorn",
+        "websockets",
+        "yaml",
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

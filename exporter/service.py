@@ -113,9 +113,14 @@ def _server_config(served: Served, host: str, limits: ConnectionLimits) -> uvico
     """uvicorn's h11 server with the deadlines and cap of `limits` (see connection_limits)."""
     http, ws = guarded_protocols(limits)
     return uvicorn.Config(
-        served.app, host=host, port=served.port, log_level="warning", lifespan="on",
-        http=http, ws=ws,
-    )  # fmt: skip
+        served.app,
+        host=host,
+        port=served.port,
+        log_level="warning",
+        lifespan="on",
+        http=http,
+        ws=ws,
+    )
 
 
 def _raise_file_limit(ports: int, limits: ConnectionLimits) -> None:
@@ -133,8 +138,10 @@ def _raise_file_limit(ports: int, limits: ConnectionLimits) -> None:
     if target < needed:
         log.warning(
             "open files are limited to %d: fewer than the %d connections per port allowed"
-            " (--max-connections) may be served", target, limits.max_connections,
-        )  # fmt: skip
+            " (--max-connections) may be served",
+            target,
+            limits.max_connections,
+        )
 
 
 def _stop_all(servers: list[_Server]) -> None:

@@ -11,8 +11,12 @@ from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, cou
 
 OPERATION = "chat"
 DEFAULT_PROVIDER = "anthropic"
-_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
-                 "cache_creation_input_tokens")  # fmt: skip
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
 
 
 def matches(path: str) -> bool:

@@ -48,9 +48,24 @@ class CallSettings:
 
 
 class LLMCall:
-    __slots__ = ("_body", "_first_chunk", "_parent", "_sent", "_start_ns", "_started",
-                 "_stream_state", "_unfinished", "operation", "owns_span", "request", "response",
-                 "settings", "span", "status_code", "target")  # fmt: skip
+    __slots__ = (
+        "_body",
+        "_first_chunk",
+        "_parent",
+        "_sent",
+        "_start_ns",
+        "_started",
+        "_stream_state",
+        "_unfinished",
+        "operation",
+        "owns_span",
+        "request",
+        "response",
+        "settings",
+        "span",
+        "status_code",
+        "target",
+    )
 
     def __init__(self, target: Target, sent: Any, settings: CallSettings) -> None:
         """`sent`: the httpx request, read by `prepare()`. Only what must be taken before the
@@ -224,13 +239,21 @@ class LLMCall:
     ) -> CallRecord:
         op = self.operation
         return CallRecord(
-            provider=self.target.provider, model=self.request.model or self._model(),
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
-            reasoning_tokens=usage.reasoning_tokens, cost_usd=cost, duration_ms=duration_ms,
-            success=error_type is None, error_type=error_type, usage_source=source,
-            operation=op.name if op else None, correlation_id=op.correlation_id if op else None,
-        )  # fmt: skip
+            provider=self.target.provider,
+            model=self.request.model or self._model(),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=cost,
+            duration_ms=duration_ms,
+            success=error_type is None,
+            error_type=error_type,
+            usage_source=source,
+            operation=op.name if op else None,
+            correlation_id=op.correlation_id if op else None,
+        )
 
     # --- the span ---------------------------------------------------------------------------
     def _start_span(self, attributes: dict[str, Any], start_ns: int | None) -> Span:

@@ -39,8 +39,12 @@ class Target:
 
 WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini)
 # The User-Agent's first word, read with one header lookup; the other headers are the fallback.
-_SDK_AGENTS = {"Groq": "groq", "OpenAI": "openai", "Anthropic": "anthropic",
-               "google-genai-sdk": "gcp.gemini"}  # fmt: skip
+_SDK_AGENTS = {
+    "Groq": "groq",
+    "OpenAI": "openai",
+    "Anthropic": "anthropic",
+    "google-genai-sdk": "gcp.gemini",
+}
 _UNSEEN = object()
 _REMEMBERED = 1024  # servers and paths per client: an app calls few; bounded all the same
 

@@ -103,10 +103,14 @@ class Operation:
     @property
     def metrics(self) -> dict[str, Any]:
         return {
-            "calls": len(self.calls), "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens, "total_tokens": self.total_tokens,
-            "cost_usd": self.cost_usd, "duration_ms": self.duration_ms, "success": self.success,
-        }  # fmt: skip
+            "calls": len(self.calls),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": self.cost_usd,
+            "duration_ms": self.duration_ms,
+            "success": self.success,
+        }
 
     def _add(self, record: CallRecord) -> None:
         with self._lock:

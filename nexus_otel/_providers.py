@@ -41,9 +41,15 @@ class _SwappableTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> Span:
         return self.tracer.start_span(
-            name, context, kind, attributes, links, start_time, record_exception,
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
             set_status_on_exception,
-        )  # fmt: skip
+        )
 
     # The SDK's own, public: it starts the span with `start_span` above and makes it current.
     start_as_current_span = sdk_trace.Tracer.start_as_current_span

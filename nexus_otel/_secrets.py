@@ -188,9 +188,13 @@ def _userinfo_ranges(lowered: str) -> list[tuple[int, int]]:
             start -= 1
         user, colon, password = lowered[start:at].partition(":")
         if (
-            colon and user and password and set(user) <= _USER_CHARS
-            and at + 1 < len(lowered) and (lowered[at + 1].isalnum() or lowered[at + 1] == "_")
-        ):  # fmt: skip
+            colon
+            and user
+            and password
+            and set(user) <= _USER_CHARS
+            and at + 1 < len(lowered)
+            and (lowered[at + 1].isalnum() or lowered[at + 1] == "_")
+        ):
             ranges.append((start, at))
         at = lowered.find("@", at + 1)
     return ranges

@@ -108,9 +108,13 @@ def instrument(
         instrumentor = NexusInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(
-                service_name=service_name, endpoint=endpoint, tracer_provider=tracer_provider,
-                providers=providers, capture_content=capture_content, http_spans=http_spans,
-            )  # fmt: skip
+                service_name=service_name,
+                endpoint=endpoint,
+                tracer_provider=tracer_provider,
+                providers=providers,
+                capture_content=capture_content,
+                http_spans=http_spans,
+            )
 
 
 def uninstrument() -> None:
@@ -209,8 +213,10 @@ def _instrument_http(
 
     tracer = trace.get_tracer(_SCOPE, tracer_provider=installed.provider)
     installed.interceptor = Interceptor(CallSettings(tracer, capture, http_spans), providers)
-    for module_name, instrumentor_class in (("httpx", HTTPXClientInstrumentor),
-                                            ("httpx2", HTTPX2ClientInstrumentor)):  # fmt: skip
+    for module_name, instrumentor_class in (
+        ("httpx", HTTPXClientInstrumentor),
+        ("httpx2", HTTPX2ClientInstrumentor),
+    ):
         try:
             module = importlib.import_module(module_name)
         except ImportError:

@@ -98,5 +98,15 @@ def _joined(texts: Iterable[str]) -> str:
     return "\n".join(t for t in texts if t)
 
 
-_TEXT_KEYS = frozenset({"content", "text", "parts", "contents", "system", "messages",
-                        "systemInstruction", "system_instruction"})  # fmt: skip
+_TEXT_KEYS = frozenset(
+    {
+        "content",
+        "text",
+        "parts",
+        "contents",
+        "system",
+        "messages",
+        "systemInstruction",
+        "system_instruction",
+    }
+)

@@ -43,17 +43,17 @@ def alertmanager_config(settings: Settings, *, fast: bool = False) -> dict[str, 
         "route": _route(fast),
         "receivers": receivers,
         "inhibit_rules": [
-            {   # an exceeded budget makes its warning (and forecast) noise
+            {  # an exceeded budget makes its warning (and forecast) noise
                 "source_matchers": ['severity="critical"', 'budget=~".+"'],
                 "target_matchers": ['severity="warning"', 'budget=~".+"'],
                 "equal": ["budget"],
             },
-            {   # no calls stored is a consequence while the exporter is down or cannot write
+            {  # no calls stored is a consequence while the exporter is down or cannot write
                 "source_matchers": ['alertname=~"NexusExporterDown|NexusStorageUnavailable"'],
                 "target_matchers": ['alertname="LLMNoCallsIngested"'],
             },
         ],
-    }  # fmt: skip
+    }
 
 
 def _route(fast: bool) -> dict[str, Any]:
@@ -62,14 +62,23 @@ def _route(fast: bool) -> dict[str, Any]:
         "warning": ("1s", "1s", "2s") if fast else ("30s", "5m", "4h"),
     }
     routes: list[dict[str, Any]] = [
-        {"receiver": "watchdog", "matchers": ['alertname="Watchdog"'],
-         "group_wait": "0s", "repeat_interval": "1m" if fast else "5m"},
-    ]  # fmt: skip
+        {
+            "receiver": "watchdog",
+            "matchers": ['alertname="Watchdog"'],
+            "group_wait": "0s",
+            "repeat_interval": "1m" if fast else "5m",
+        },
+    ]
     for severity, (wait, interval, repeat) in waits.items():
         routes.append(
-            {"receiver": severity, "matchers": [f'severity="{severity}"'], "group_wait": wait,
-             "group_interval": interval, "repeat_interval": repeat}
-        )  # fmt: skip
+            {
+                "receiver": severity,
+                "matchers": [f'severity="{severity}"'],
+                "group_wait": wait,
+                "group_interval": interval,
+                "repeat_interval": repeat,
+            }
+        )
     return {
         "receiver": "history",
         "group_by": ["alertname", "budget", "gen_ai_request_model", "service_name"],
@@ -112,8 +121,9 @@ def _webhook(url: str, settings: Settings) -> dict[str, Any]:
 
 def _receiver(name: str, settings: Settings, telegram: dict[str, Any] | None) -> dict[str, Any]:
     receiver: dict[str, Any] = {
-        "name": name, "webhook_configs": [_webhook(webhook_url(settings), settings)]
-    }  # fmt: skip
+        "name": name,
+        "webhook_configs": [_webhook(webhook_url(settings), settings)],
+    }
     if telegram:
         receiver["telegram_configs"] = [telegram]
     return receiver

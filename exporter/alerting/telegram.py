@@ -19,8 +19,12 @@ def send_telegram(settings: Settings, text: str, *, timeout: float = 10) -> int:
             "Telegram is not configured: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"
         )
     url = f"{settings.telegram_api_url.rstrip('/')}/bot{token}/sendMessage"
-    payload = {"chat_id": chat, "text": text, "parse_mode": "HTML",
-               "disable_web_page_preview": True}  # fmt: skip
+    payload = {
+        "chat_id": chat,
+        "text": text,
+        "parse_mode": "HTML",
+        "disable_web_page_preview": True,
+    }
     try:
         response = httpx.post(url, json=payload, timeout=timeout)
         body = response.json()

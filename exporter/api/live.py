@@ -112,10 +112,14 @@ class Broadcaster:
     def _publish(self, calls: list[dict[str, Any]]) -> None:
         # Encoded as Starlette's send_json would, once for every client.
         messages = [
-            (call, json.dumps({"type": "call", "call": call}, separators=(",", ":"),
-                              ensure_ascii=False))
+            (
+                call,
+                json.dumps(
+                    {"type": "call", "call": call}, separators=(",", ":"), ensure_ascii=False
+                ),
+            )
             for call in calls
-        ]  # fmt: skip
+        ]
         for subscriber in list(self._subscribers):
             for call, text in messages:
                 if _matches(call, subscriber.scope):

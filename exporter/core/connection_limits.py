@@ -77,8 +77,9 @@ class _OccasionalLog:
         self.unlogged += 1
         now = time.monotonic()
         if now - self.logged_at >= _LOG_INTERVAL_SECONDS:
-            log.warning("%s (%d since the last report; latest: %s)", self.message,
-                        self.unlogged, detail)  # fmt: skip
+            log.warning(
+                "%s (%d since the last report; latest: %s)", self.message, self.unlogged, detail
+            )
             self.unlogged, self.logged_at = 0, now
 
 
@@ -89,8 +90,13 @@ _log_dropped_ws = _OccasionalLog("dropped WebSocket clients that did not read")
 
 def _plain_response(status: str, message: str, *extra: str) -> bytes:
     body = message.encode() + b"\n"
-    head = [f"HTTP/1.1 {status}", "content-type: text/plain; charset=utf-8",
-            "connection: close", f"content-length: {len(body)}", *extra]  # fmt: skip
+    head = [
+        f"HTTP/1.1 {status}",
+        "content-type: text/plain; charset=utf-8",
+        "connection: close",
+        f"content-length: {len(body)}",
+        *extra,
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -117,10 +123,13 @@ class GuardedH11Protocol(H11Protocol):
         if len(self.server_state.connections) >= self.limits.max_connections:
             self._refused = True
             cap = self.limits.max_connections
-            transport.write(_plain_response(
-                "503 Service Unavailable", f"over the cap of {cap} open connections",
-                f"retry-after: {_RETRY_AFTER_SECONDS}",
-            ))  # fmt: skip
+            transport.write(
+                _plain_response(
+                    "503 Service Unavailable",
+                    f"over the cap of {cap} open connections",
+                    f"retry-after: {_RETRY_AFTER_SECONDS}",
+                )
+            )
             transport.close()
             _log_refused(f"{cap} connections open")
             return

@@ -47,10 +47,12 @@ class Settings(BaseSettings):
         default=32 * 1024 * 1024, gt=0, description="largest OTLP body accepted, after gunzip"
     )
     decode_processes: int | None = Field(
-        default=None, ge=0, le=64,
+        default=None,
+        ge=0,
+        le=64,
         description="worker processes that decode OTLP requests (default: one per core, "
         "none on a single core; 0 decodes in the exporter process)",
-    )  # fmt: skip
+    )
     batch_max_rows: int = Field(default=5000, gt=0, description="rows per database transaction")
     queue_max_rows: int = Field(
         default=50_000, gt=0, description="rows waiting for the database before ingest says 503"
@@ -60,22 +62,25 @@ class Settings(BaseSettings):
     )
     retry_after_seconds: int = Field(default=5, gt=0, description="Retry-After on a 503")
     header_timeout_seconds: float = Field(
-        default=10.0, gt=0,
+        default=10.0,
+        gt=0,
         description="a request's head must arrive within this from the connection's start or "
         "the previous response, or the connection is closed (408)",
-    )  # fmt: skip
+    )
     body_timeout_seconds: float = Field(
-        default=20.0, gt=0,
+        default=20.0,
+        gt=0,
         description="a body being received must bring body_min_bytes_per_second in every "
         "window of this many seconds, or the connection is closed (408)",
-    )  # fmt: skip
+    )
     body_min_bytes_per_second: int = Field(
         default=16 * 1024, ge=0, description="slowest body upload accepted (see body_timeout)"
     )
     max_connections: int = Field(
-        default=1000, gt=0,
+        default=1000,
+        gt=0,
         description="open connections per port; one more is answered 503 and closed",
-    )  # fmt: skip
+    )
     api_max_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="largest API request body (413 past it)"
     )
@@ -83,13 +88,15 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, gt=0, description="largest alert webhook body (413 past it)"
     )
     ws_queue_max_bytes: int = Field(
-        default=4 * 1024 * 1024, gt=0,
+        default=4 * 1024 * 1024,
+        gt=0,
         description="live-feed bytes waiting for one WebSocket client before it is dropped (1008)",
-    )  # fmt: skip
+    )
     ws_send_timeout_seconds: float = Field(
-        default=10.0, gt=0,
+        default=10.0,
+        gt=0,
         description="how long a WebSocket client may leave sent data unread before it is dropped",
-    )  # fmt: skip
+    )
     allow_unauthenticated: bool = Field(
         default=False,
         description="serve an open API (no api_token) on an address other than loopback",
@@ -101,14 +108,18 @@ class Settings(BaseSettings):
         description="bearer token for /metrics (unset: the API token, else the ingest token)",
     )
     metrics_max_series: int = Field(
-        default=1000, gt=0, le=1_000_000,
+        default=1000,
+        gt=0,
+        le=1_000_000,
         description="label sets (service, provider, model, operations) with LLM series of "
         "their own; calls of further ones go to one overflow series",
-    )  # fmt: skip
+    )
     metrics_max_budgets: int = Field(
-        default=2000, gt=0, le=1_000_000,
+        default=2000,
+        gt=0,
+        le=1_000_000,
         description="budgets with gauges of their own (those of highest usage)",
-    )  # fmt: skip
+    )
     daily_budget_usd: Decimal | None = Field(
         default=None,
         gt=0,

@@ -98,8 +98,9 @@ def _start_stack(settings: Settings, console: Console, cleanup: contextlib.ExitS
         cleanup.callback(_stop_process, server)
     otlp_url = f"http://{settings.host}:{otlp_port}"
     api_url = f"http://{settings.host}:{api_port}"
-    simulator = ProviderSimulator(latency_seconds=0.3, chunk_delay_seconds=0.04,
-                                  seed=int(time.time()))  # fmt: skip
+    simulator = ProviderSimulator(
+        latency_seconds=0.3, chunk_delay_seconds=0.04, seed=int(time.time())
+    )
     cleanup.enter_context(simulator)
     nexus_otel.instrument(service_name=SERVICE_NAME, endpoint=otlp_url)
     cleanup.callback(nexus_otel.shutdown)
@@ -199,13 +200,22 @@ class ContentRegistrar:
         now = datetime.now(UTC).isoformat()
         reach = self.rng.randint(800, 20_000)
         engagement = {
-            "likes": reach * self.rng.randint(2, 9) // 100, "comments": reach // 400,
-            "shares": reach * self.rng.randint(1, 4) // 1000, "saves": reach // 150,
-            "reach": reach, "impressions": reach * self.rng.randint(11, 16) // 10,
-        }  # fmt: skip
+            "likes": reach * self.rng.randint(2, 9) // 100,
+            "comments": reach // 400,
+            "shares": reach * self.rng.randint(1, 4) // 1000,
+            "saves": reach // 150,
+            "reach": reach,
+            "impressions": reach * self.rng.randint(11, 16) // 10,
+        }
         try:
-            self._post("/api/carousels", {"correlation_id": correlation_id, "published_at": now,
-                                          "title": f"Five facts about {topic}"})  # fmt: skip
+            self._post(
+                "/api/carousels",
+                {
+                    "correlation_id": correlation_id,
+                    "published_at": now,
+                    "title": f"Five facts about {topic}",
+                },
+            )
             self._post(f"/api/carousels/{correlation_id}/engagement", engagement)
         except (OSError, ValueError) as exc:
             self.stats.problems.appendleft(f"registering {correlation_id} with the API: {exc}")
@@ -267,10 +277,21 @@ def _start_exporter(
     settings: Settings, database_url: str, otlp_port: int, api_port: int, log_dir: Path
 ) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "exporter.cli", "--log-level", "WARNING", "serve",
-        "--database-url", database_url, "--host", settings.host,
-        "--otlp-port", str(otlp_port), "--api-port", str(api_port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "exporter.cli",
+        "--log-level",
+        "WARNING",
+        "serve",
+        "--database-url",
+        database_url,
+        "--host",
+        settings.host,
+        "--otlp-port",
+        str(otlp_port),
+        "--api-port",
+        str(api_port),
+    ]
     env = {**os.environ}
     if settings.daily_budget_usd:
         env["DAILY_BUDGET_USD"] = str(settings.daily_budget_usd)

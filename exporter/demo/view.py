@@ -112,14 +112,19 @@ class View:
     def _header(self, run: Totals, today: Totals, stats: WorkloadStats) -> Table:
         grid = Table.grid(padding=(0, 3))
         grid.add_row(
-            "[bold]this run[/]", f"{run.calls:,} calls ({run.failed} failed)",
-            f"{run.tokens:,} tokens", f"${run.cost_usd:.4f}",
+            "[bold]this run[/]",
+            f"{run.calls:,} calls ({run.failed} failed)",
+            f"{run.tokens:,} tokens",
+            f"${run.cost_usd:.4f}",
             f"carousels {stats.carousels_finished}/{stats.carousels_started}",
-        )  # fmt: skip
+        )
         grid.add_row(
-            "[bold]today[/]", f"{today.calls:,} calls ({today.failed} failed)",
-            f"{today.tokens:,} tokens", f"${today.cost_usd:.4f}", "",
-        )  # fmt: skip
+            "[bold]today[/]",
+            f"{today.calls:,} calls ({today.failed} failed)",
+            f"{today.tokens:,} tokens",
+            f"${today.cost_usd:.4f}",
+            "",
+        )
         ratio = float(today.cost_usd / self.budget_usd) if self.budget_usd else 0.0
         color = "red" if ratio >= 1 else "yellow" if ratio >= 0.8 else "green"
         bar = ProgressBar(total=1.0, completed=min(ratio, 1.0), width=30, complete_style=color)
@@ -127,8 +132,16 @@ class View:
         return grid
 
     def _providers(self, conn: psycopg.Connection[Any]) -> Table:
-        table = Table("provider", "calls", "failed", "tokens", "cost", "avg latency",
-                      title="per provider (this run)", box=box.SIMPLE_HEAD)  # fmt: skip
+        table = Table(
+            "provider",
+            "calls",
+            "failed",
+            "tokens",
+            "cost",
+            "avg latency",
+            title="per provider (this run)",
+            box=box.SIMPLE_HEAD,
+        )
         for name, calls, failed, tokens, cost, ms in conn.execute(
             _BY_PROVIDER, (self.run_started, self.service)
         ).fetchall():
@@ -145,8 +158,16 @@ class View:
             price = f"${cost:.4f}" if cost is not None else "unpriced"
             outcome = "[green]ok[/]" if ok else f"[red]{error or 'error'}[/]"
             name = SHORT_NAMES.get(provider, provider)
-            table.add_row(f"{ts:%H:%M:%S}", name, operation, correlation or "", f"{tokens:,}",
-                          price, f"{ms:.0f}", outcome)  # fmt: skip
+            table.add_row(
+                f"{ts:%H:%M:%S}",
+                name,
+                operation,
+                correlation or "",
+                f"{tokens:,}",
+                price,
+                f"{ms:.0f}",
+                outcome,
+            )
         return table
 
 

@@ -35,10 +35,19 @@ STREAM_EVERY = {"groq": 3, "gcp.gemini": 2, "anthropic": 3}  # see DemoWorkload.
 FAILURE_EVERY = 8  # coprime with the three steps, so failures rotate across them
 FAILURES = ("429", "503", "429", "500")
 TOPICS = (
-    "coffee chemistry", "deep-sea creatures", "urban beekeeping", "the history of maps",
-    "sleep science", "volcanoes", "tiny houses", "octopus intelligence", "sourdough",
-    "the James Webb telescope", "ancient Rome's roads", "houseplants that clean air",
-)  # fmt: skip
+    "coffee chemistry",
+    "deep-sea creatures",
+    "urban beekeeping",
+    "the history of maps",
+    "sleep science",
+    "volcanoes",
+    "tiny houses",
+    "octopus intelligence",
+    "sourdough",
+    "the James Webb telescope",
+    "ancient Rome's roads",
+    "houseplants that clean air",
+)
 # Long enough (>1024 tokens) for Claude's prompt cache, as a real brand guide would be.
 BRAND_GUIDE = (
     "You write Instagram carousel captions for a science-curious lifestyle brand. Voice: warm, "
@@ -92,8 +101,9 @@ class CarouselWorkload:
         self._call_numbers = itertools.count(1)
         self._attempts = {provider: itertools.count(0) for provider in STREAM_EVERY}
         self._threads: list[threading.Thread] = []
-        self._groq = groq.Groq(api_key="demo-groq-key", base_url=simulator.groq_base_url,
-                               max_retries=0)  # fmt: skip
+        self._groq = groq.Groq(
+            api_key="demo-groq-key", base_url=simulator.groq_base_url, max_retries=0
+        )
         self._claude = anthropic.Anthropic(
             api_key="demo-anthropic-key", base_url=simulator.anthropic_base_url, max_retries=0
         )
@@ -128,17 +138,31 @@ class CarouselWorkload:
             self.stats.carousels_started += 1
         correlation_id = f"carousel-{number}"
         topic = rng.choice(TOPICS)
-        facts = self._step("fact_generation", "groq", correlation_id, self._streams("groq"),
-                           lambda h, s: self._facts(topic, h, s, rng))  # fmt: skip
+        facts = self._step(
+            "fact_generation",
+            "groq",
+            correlation_id,
+            self._streams("groq"),
+            lambda h, s: self._facts(topic, h, s, rng),
+        )
         if facts is None:
             return False
-        content = self._step("content_expansion", "gcp.gemini", correlation_id,
-                             self._streams("gcp.gemini"),
-                             lambda h, s: self._expand(facts, number, h, s, rng))  # fmt: skip
+        content = self._step(
+            "content_expansion",
+            "gcp.gemini",
+            correlation_id,
+            self._streams("gcp.gemini"),
+            lambda h, s: self._expand(facts, number, h, s, rng),
+        )
         if content is None:
             return False
-        caption = self._step("caption", "anthropic", correlation_id, self._streams("anthropic"),
-                             lambda h, s: self._caption(content, number, h, s, rng))  # fmt: skip
+        caption = self._step(
+            "caption",
+            "anthropic",
+            correlation_id,
+            self._streams("anthropic"),
+            lambda h, s: self._caption(content, number, h, s, rng),
+        )
         if caption is None:
             return False
         with self.stats.lock:
@@ -186,9 +210,13 @@ class CarouselWorkload:
             )
             return response.choices[0].message.content or ""
         chunks = self._groq.chat.completions.create(
-            model=FACT_MODEL, messages=messages, max_tokens=400, stream=True,
-            extra_headers=headers, extra_body={"stream_options": {"include_usage": True}},
-        )  # fmt: skip
+            model=FACT_MODEL,
+            messages=messages,
+            max_tokens=400,
+            stream=True,
+            extra_headers=headers,
+            extra_body={"stream_options": {"include_usage": True}},
+        )
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
     def _expand(
@@ -197,10 +225,11 @@ class CarouselWorkload:
         headers["x-sim-latency"] = f"{rng.uniform(0.3, 0.9):.2f}"
         thinking = types.ThinkingConfig(include_thoughts=number % 4 == 1)
         config = types.GenerateContentConfig(
-            max_output_tokens=1200, thinking_config=thinking,
+            max_output_tokens=1200,
+            thinking_config=thinking,
             system_instruction="Expand each fact into a 40-word carousel slide.",
             http_options=types.HttpOptions(headers=headers),
-        )  # fmt: skip
+        )
         prompt = f"Facts:\n{facts}"
         if not stream:
             response = self._gemini.models.generate_content(
@@ -220,9 +249,12 @@ class CarouselWorkload:
         if number % 5 != 4:  # most calls mark the brand guide for Claude's prompt cache
             system[0]["cache_control"] = {"type": "ephemeral"}
         kwargs: Any = {
-            "model": CAPTION_MODEL, "max_tokens": 300, "system": system, "extra_headers": headers,
+            "model": CAPTION_MODEL,
+            "max_tokens": 300,
+            "system": system,
+            "extra_headers": headers,
             "messages": [{"role": "user", "content": f"Write the caption for:\n{content}"}],
-        }  # fmt: skip
+        }
         if not stream:
             message = self._claude.messages.create(**kwargs)
         else:

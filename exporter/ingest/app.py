@@ -126,11 +126,15 @@ class HealthCheck:
     async def _probe(self) -> bool:
         if self._pool is None:
             self._pool = AsyncConnectionPool(
-                self._url, min_size=1, max_size=1, open=False, timeout=_HEALTH_TIMEOUT_SECONDS,
+                self._url,
+                min_size=1,
+                max_size=1,
+                open=False,
+                timeout=_HEALTH_TIMEOUT_SECONDS,
                 # A connection the server dropped (a restart) is replaced, not reported as down.
                 check=AsyncConnectionPool.check_connection,
                 kwargs={"autocommit": True, "connect_timeout": int(_HEALTH_TIMEOUT_SECONDS)},
-            )  # fmt: skip
+            )
             await self._pool.open(wait=False)
         try:
             async with self._pool.connection() as conn:

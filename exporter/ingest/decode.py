@@ -123,8 +123,13 @@ def _unreadable(raw: RawSpan, exc: Exception) -> str:
     the message may quote an attribute's value)."""
     reason = scrub_text(f"{type(exc).__name__}: {exc}")
     where = traceback.extract_tb(exc.__traceback__)[-1]
-    log.error("span %s could not be read: %s (%s:%s)", raw.span_id, reason,
-              Path(where.filename).name, where.lineno)  # fmt: skip
+    log.error(
+        "span %s could not be read: %s (%s:%s)",
+        raw.span_id,
+        reason,
+        Path(where.filename).name,
+        where.lineno,
+    )
     return f"span {raw.span_id}: could not be read: {reason}"
 
 
@@ -226,9 +231,11 @@ class Decoder:
         if self.processes > 0:
             loop = asyncio.get_running_loop()
             await asyncio.gather(
-                *(loop.run_in_executor(self._executor, _price_book, self.options.prices_file)
-                  for _ in range(self.processes))
-            )  # fmt: skip
+                *(
+                    loop.run_in_executor(self._executor, _price_book, self.options.prices_file)
+                    for _ in range(self.processes)
+                )
+            )
 
     def stop(self) -> None:
         if self._executor is not None:

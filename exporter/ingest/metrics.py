@@ -56,13 +56,16 @@ OTHER_ERROR = "_OTHER"
 FAMILIES = (
     ("gen_ai_client_token_usage", "histogram", "Tokens used per LLM call (input and output)."),
     ("gen_ai_client_operation_duration_seconds", "histogram", "Duration of LLM calls in seconds."),
-    ("nexus_llm_tokens_total", "counter",
-     "Tokens of LLM calls by type; cache and reasoning are subsets of input and output."),
+    (
+        "nexus_llm_tokens_total",
+        "counter",
+        "Tokens of LLM calls by type; cache and reasoning are subsets of input and output.",
+    ),
     ("nexus_llm_calls_total", "counter", "LLM calls stored, by outcome."),
     ("nexus_llm_cost_usd_total", "counter", "Cost of priced LLM calls in US dollars."),
     ("nexus_llm_call_cost_usd", "histogram", "Cost of single priced LLM calls in US dollars."),
     ("nexus_llm_unpriced_calls_total", "counter", "LLM calls of models with no known price."),
-)  # fmt: skip
+)
 _HEADERS = tuple(f"# HELP {n} {h}\n# TYPE {n} {t}\n".encode() for n, t, h in FAMILIES)
 # The overflow counter's `metric` label: the family names without the counter suffix.
 _FAMILY_NAMES = tuple(n.removesuffix("_total") for n, _, _ in FAMILIES)
@@ -92,8 +95,9 @@ class ExporterMetrics:
             "nexus_exporter_metric_overflow",
             "Calls whose measurements went to a metric's overflow series "
             '(otel_metric_overflow="true"): past the limit of label sets per metric.',
-            ["metric"], registry=self.registry,
-        )  # fmt: skip
+            ["metric"],
+            registry=self.registry,
+        )
         self.max_series = max_series
         self.expositions: list[Exposition] = []
         self._series: dict[tuple[str, ...], _Series] = {}
@@ -120,16 +124,20 @@ class ExporterMetrics:
             "nexus_exporter_rows_written", "Rows newly stored in api_calls.", registry=r
         )
         self.requests = Counter(
-            "nexus_exporter_requests", "OTLP requests answered, by HTTP status.", ["code"],
+            "nexus_exporter_requests",
+            "OTLP requests answered, by HTTP status.",
+            ["code"],
             registry=r,
-        )  # fmt: skip
+        )
         self.queue_depth = Gauge(
             "nexus_exporter_queue_depth_rows", "Rows waiting to be written.", registry=r
         )
         self.write_duration = Histogram(
-            "nexus_exporter_write_duration_seconds", "Time to store one batch durably.",
-            buckets=WRITE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "nexus_exporter_write_duration_seconds",
+            "Time to store one batch durably.",
+            buckets=WRITE_BUCKETS,
+            registry=r,
+        )
         self.storage_up = Gauge(
             "nexus_exporter_storage_up", "1 when the last database write succeeded.", registry=r
         )
@@ -273,7 +281,7 @@ class _Series:
         "tokens",
         "unpriced",
         "version",
-    )  # fmt: skip
+    )
 
     def __init__(self, labels: str) -> None:
         self.labels = labels  # the label pairs as written, escaped once
@@ -421,8 +429,12 @@ def summarize_calls(calls: Iterable[Any]) -> MetricTotals:
     totals: MetricTotals = {}
     for call in calls:
         labels = (
-            call.service_name, call.provider, call.model, call.gen_ai_operation, call.operation
-        )  # fmt: skip
+            call.service_name,
+            call.provider,
+            call.model,
+            call.gen_ai_operation,
+            call.operation,
+        )
         label_totals = totals.get(labels)
         if label_totals is None:
             label_totals = totals[labels] = LabelTotals()

@@ -105,12 +105,21 @@ _TTFC_KEYS = (
 )
 _MAPPED = frozenset(
     (
-        *_TOKEN_KEYS, *_PROVIDER_KEYS, *_TTFC_KEYS, *a.COST_ATTRIBUTES,
-        a.GEN_AI_REQUEST_MODEL, a.GEN_AI_RESPONSE_MODEL, a.LLM_MODEL_NAME,
-        a.GEN_AI_OPERATION_NAME, a.NEXUS_OPERATION, a.NEXUS_CORRELATION_ID,
-        a.NEXUS_USAGE_SOURCE, a.SERVER_ADDRESS, a.ERROR_TYPE,
+        *_TOKEN_KEYS,
+        *_PROVIDER_KEYS,
+        *_TTFC_KEYS,
+        *a.COST_ATTRIBUTES,
+        a.GEN_AI_REQUEST_MODEL,
+        a.GEN_AI_RESPONSE_MODEL,
+        a.LLM_MODEL_NAME,
+        a.GEN_AI_OPERATION_NAME,
+        a.NEXUS_OPERATION,
+        a.NEXUS_CORRELATION_ID,
+        a.NEXUS_USAGE_SOURCE,
+        a.SERVER_ADDRESS,
+        a.ERROR_TYPE,
     )
-)  # fmt: skip
+)
 _ABSENT = object()
 
 
@@ -177,15 +186,19 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
     # The common case (every text short) costs a few len() calls: one sum for the names every
     # call has, within each of their bounds (_TEXTS_AT_ONCE), then the optional ones.
     if (
-        len(call.model) + len(call.service_name) + len(call.operation)
-        + len(call.gen_ai_operation) + len(call.span_name) > _TEXTS_AT_ONCE
+        len(call.model)
+        + len(call.service_name)
+        + len(call.operation)
+        + len(call.gen_ai_operation)
+        + len(call.span_name)
+        > _TEXTS_AT_ONCE
         or len(call.provider) > MAX_PROVIDER
         or (call.correlation_id is not None and len(call.correlation_id) > _TEXTS_AT_ONCE)
         or (call.server_address is not None and len(call.server_address) > _TEXTS_AT_ONCE)
         or (call.response_model is not None and len(call.response_model) > _TEXTS_AT_ONCE)
         or error_type is not None
         or (call.parent_span_id is not None and len(call.parent_span_id) != 16)
-    ):  # fmt: skip
+    ):
         _bound_texts(call, span.name)
     return call
 
@@ -335,9 +348,13 @@ def _tokens(span: RawSpan) -> tuple[int, int, int, int, int, int]:
 
 
 def _inclusive(
-    cache_read: int, cache_write: int, reasoning: int, input_tokens: int, output_tokens: int,
+    cache_read: int,
+    cache_write: int,
+    reasoning: int,
+    input_tokens: int,
+    output_tokens: int,
     total: int,
-) -> tuple[int, int, int, int, int, int]:  # fmt: skip
+) -> tuple[int, int, int, int, int, int]:
     # Some instrumentations report input exclusive of cache (Anthropic's raw numbers) or output
     # exclusive of reasoning (Gemini's candidates): make both inclusive, as the conventions say.
     if input_tokens < cache_read + cache_write:

@@ -329,8 +329,14 @@ def _iter_tolerant(request: Message, unreadable: list[str] | None) -> Iterator[R
                     if problem:
                         raise UnreadableValue(problem)
                     attributes = encoded_attributes_dict(span.attributes)
-                    yield _raw_span(span, attributes, resource, scope_name, repaired_text,
-                                    encoded_attributes_dict)  # fmt: skip
+                    yield _raw_span(
+                        span,
+                        attributes,
+                        resource,
+                        scope_name,
+                        repaired_text,
+                        encoded_attributes_dict,
+                    )
                 except UnreadableValue as exc:
                     _refuse(span, str(exc), unreadable)
 

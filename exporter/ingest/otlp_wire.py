@@ -93,14 +93,21 @@ def _bounded_key_value_class() -> type[Message]:
     for depth in range(MAX_VALUE_DEPTH + 1):
         pair = file.message_type.add(name=f"KeyValue{depth}")
         pair.field.add(name="key", number=1, type=_Field.TYPE_BYTES, label=optional)
-        pair.field.add(name="value", number=2, type=_Field.TYPE_MESSAGE, label=optional,
-                       type_name=f".nexus.bounded.AnyValue{depth}")  # fmt: skip
+        pair.field.add(
+            name="value",
+            number=2,
+            type=_Field.TYPE_MESSAGE,
+            label=optional,
+            type_name=f".nexus.bounded.AnyValue{depth}",
+        )
         value = file.message_type.add(name=f"AnyValue{depth}")
         value.oneof_decl.add(name="value")
         for name, number, kind in _ANY_VALUE_SCALARS:
             value.field.add(name=name, number=number, type=kind, label=optional, oneof_index=0)
-        for name, number, container in (("array_value", 5, "ArrayValue"),
-                                        ("kvlist_value", 6, "KeyValueList")):  # fmt: skip
+        for name, number, container in (
+            ("array_value", 5, "ArrayValue"),
+            ("kvlist_value", 6, "KeyValueList"),
+        ):
             field = value.field.add(name=name, number=number, label=optional, oneof_index=0)
             if depth == MAX_VALUE_DEPTH:
                 field.type = _Field.TYPE_BYTES
@@ -108,9 +115,12 @@ def _bounded_key_value_class() -> type[Message]:
             field.type, field.type_name = _Field.TYPE_MESSAGE, f".nexus.bounded.{container}{depth}"
             item = "AnyValue" if container == "ArrayValue" else "KeyValue"
             file.message_type.add(name=f"{container}{depth}").field.add(
-                name="values", number=1, type=_Field.TYPE_MESSAGE, label=repeated,
+                name="values",
+                number=1,
+                type=_Field.TYPE_MESSAGE,
+                label=repeated,
                 type_name=f".nexus.bounded.{item}{depth + 1}",
-            )  # fmt: skip
+            )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("nexus.bounded.KeyValue0"))

@@ -170,14 +170,20 @@ class ProviderSimulator:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off",
-            timeout_graceful_shutdown=1, loop="asyncio",
-        )  # fmt: skip
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            loop="asyncio",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="provider-simulator",
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name="provider-simulator",
             daemon=True,
-        )  # fmt: skip
+        )
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:
@@ -275,10 +281,16 @@ class _Recorder:
         self, status: int, model: str, stream: bool, usage: Usage | None, interrupted: bool = False
     ) -> None:
         response = SimulatedResponse(
-            wire_format=self.wire_format, path=self.http.url.path, model=model, stream=stream,
-            status=status, usage=usage, interrupted=interrupted,
-            request_headers=self.headers, request_query=self.http.url.query,
-        )  # fmt: skip
+            wire_format=self.wire_format,
+            path=self.http.url.path,
+            model=model,
+            stream=stream,
+            status=status,
+            usage=usage,
+            interrupted=interrupted,
+            request_headers=self.headers,
+            request_query=self.http.url.query,
+        )
         with self.simulator._lock:
             self.simulator.responses.append(response)
 

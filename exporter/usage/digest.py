@@ -80,9 +80,18 @@ def build_digest(database_url: str, day: date, zone: str) -> Digest:
                FROM v_budget_status ORDER BY usage_pct DESC, name"""
         ).fetchall()
     return Digest(
-        day, zone, int(totals[0]), int(totals[1]), int(totals[2]), Decimal(totals[3]),
-        int(totals[4]), int(totals[5]), operations, models, [BudgetState(*row) for row in budgets],
-    )  # fmt: skip
+        day,
+        zone,
+        int(totals[0]),
+        int(totals[1]),
+        int(totals[2]),
+        Decimal(totals[3]),
+        int(totals[4]),
+        int(totals[5]),
+        operations,
+        models,
+        [BudgetState(*row) for row in budgets],
+    )
 
 
 def _top(conn: psycopg.Connection[Any], column: str, window: dict[str, Any]) -> list[Ranked]:
@@ -115,8 +124,10 @@ def render_digest(digest: Digest) -> str:
         f"({digest.failed_calls:,} failed, {digest.unpriced_calls:,} unpriced)",
         f"Tokens: {digest.input_tokens:,} in · {digest.output_tokens:,} out",
     ]
-    for title, ranked in (("Top operations", digest.top_operations),
-                          ("Top models", digest.top_models)):  # fmt: skip
+    for title, ranked in (
+        ("Top operations", digest.top_operations),
+        ("Top models", digest.top_models),
+    ):
         if ranked:
             lines += ["", f"<b>{title}</b>"]
             lines += [

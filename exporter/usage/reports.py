@@ -87,13 +87,22 @@ def render_report(report: dict[str, Any]) -> Group:
     for column in ("", "this period", "previous", "change"):
         summary.add_column(column, justify="right")
     p, changes = report["previous"]["totals"], report["changes"]
-    summary.add_row("spend", _money(t["cost_usd"]), _money(p["cost_usd"]),
-                    _change(changes["cost_usd_pct"]))  # fmt: skip
-    summary.add_row("tokens", f"{t['total_tokens']:,}", f"{p['total_tokens']:,}",
-                    _change(changes["total_tokens_pct"]))  # fmt: skip
+    summary.add_row(
+        "spend", _money(t["cost_usd"]), _money(p["cost_usd"]), _change(changes["cost_usd_pct"])
+    )
+    summary.add_row(
+        "tokens",
+        f"{t['total_tokens']:,}",
+        f"{p['total_tokens']:,}",
+        _change(changes["total_tokens_pct"]),
+    )
     summary.add_row("calls", f"{t['calls']:,}", f"{p['calls']:,}", _change(changes["calls_pct"]))
-    summary.add_row("failed", f"{t['failed_calls']:,}", f"{p['failed_calls']:,}",
-                    _change(changes["failed_calls_pct"]))  # fmt: skip
+    summary.add_row(
+        "failed",
+        f"{t['failed_calls']:,}",
+        f"{p['failed_calls']:,}",
+        _change(changes["failed_calls_pct"]),
+    )
     summary.add_row("unpriced calls", f"{t['unpriced_calls']:,}", f"{p['unpriced_calls']:,}", "")
     parts: list[Any] = [summary]
     for title, key, label in (
@@ -105,8 +114,13 @@ def render_report(report: dict[str, Any]) -> Group:
         for column in ("", "spend", "tokens", "calls", "unpriced"):
             table.add_column(column, justify="right")
         for row in report[key]:
-            table.add_row(label(row), _money(row["cost_usd"]), f"{row['total_tokens']:,}",
-                          f"{row['calls']:,}", f"{row['unpriced_calls']:,}")  # fmt: skip
+            table.add_row(
+                label(row),
+                _money(row["cost_usd"]),
+                f"{row['total_tokens']:,}",
+                f"{row['calls']:,}",
+                f"{row['unpriced_calls']:,}",
+            )
         parts.append(table)
     parts.append(_top_calls_table(report["top_calls"]))
     parts.append(_budgets_table(report["budgets"]))
@@ -118,8 +132,13 @@ def _top_calls_table(calls: list[dict[str, Any]]) -> Table:
     for column in ("time (UTC)", "provider/model", "operation", "tokens", "cost"):
         table.add_column(column)
     for c in calls:
-        table.add_row(f"{c['timestamp']:%Y-%m-%d %H:%M:%S}", f"{c['provider']}/{c['model']}",
-                      c["operation"], f"{c['total_tokens']:,}", _money(c["cost_usd"]))  # fmt: skip
+        table.add_row(
+            f"{c['timestamp']:%Y-%m-%d %H:%M:%S}",
+            f"{c['provider']}/{c['model']}",
+            c["operation"],
+            f"{c['total_tokens']:,}",
+            _money(c["cost_usd"]),
+        )
     return table
 
 
@@ -130,8 +149,7 @@ def _budgets_table(statuses: list[dict[str, Any]]) -> Table:
     for s in statuses:
         usage_pct = f"{float(s['usage_pct']):.1f}%"
         money = [_money(s[k]) for k in ("spend_usd", "amount_usd", "forecast_usd")]
-        table.add_row(s["name"], s["period"], money[0], money[1], usage_pct, s["state"],
-                      money[2])  # fmt: skip
+        table.add_row(s["name"], s["period"], money[0], money[1], usage_pct, s["state"], money[2])
     return table
 
 
