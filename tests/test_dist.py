@@ -169,7 +169,7 @@ def test_the_wheel_holds_both_packages_the_bundled_files_and_nothing_else(built:
         for source in _source_files(ROOT / directory)
     }
     dist_info = {f"nexus_otel-{VERSION}.dist-info/{name}" for name in DIST_INFO}
-    assert {"nexus_otel/py.typed", "exporter/py.typed", "exporter/cli.py"} <= packages
+    assert {"nexus_otel/py.typed", "exporter/py.typed", "exporter/cli/__init__.py"} <= packages
     assert {
         "exporter/_migrations/001_schema.sql",
         "exporter/_prometheus_rules/alerts.yml",

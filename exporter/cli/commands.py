@@ -1,0 +1,126 @@
+"""The one-shot commands: migrate, report, retention, prices, dashboards, demo."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.markup import escape
+
+from exporter.cli.output import console, error
+from exporter.core.settings import Settings
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from exporter.core.db import migrate, resolve_database
+
+    url, embedded = resolve_database(settings.database_url, settings.data_dir)
+    try:
+        applied = migrate(url)
+    finally:
+        if embedded:
+            embedded.stop()
+    names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied) or "none (up to date)"
+    console.print(f"[green]migrations applied:[/] {names}")
+    return 0
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, date, datetime
+
+    import psycopg
+    from fastapi.encoders import jsonable_encoder
+
+    from exporter.service import open_database
+    from exporter.usage.reports import build_report, last_complete_day, print_report
+
+    now = datetime.now(UTC)
+    try:
+        day = date.fromisoformat(args.date) if args.date else None
+    except ValueError:
+        console.print(f"[red]error:[/] --date {args.date!r} is not a date (YYYY-MM-DD)")
+        return 2
+    database = open_database(settings)
+    try:
+        with psycopg.connect(database.url, autocommit=True) as conn:
+            day = day or last_complete_day(conn, args.period, settings.timezone, now)
+            report = build_report(conn, args.period, settings.timezone, day, now)
+    finally:
+        database.close()
+    if args.json:
+        print(json.dumps(jsonable_encoder(report), indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from exporter.service import open_database
+    from exporter.usage.retention import apply_retention
+
+    database = open_database(settings)
+    try:
+        with console.status(f"dropping raw calls older than {settings.retention_days} days"):
+            result = apply_retention(database.url, settings.retention_days, datetime.now(UTC))
+    finally:
+        database.close()
+    console.print(f"cutoff {result.cutoff:%Y-%m-%d %H:%M} UTC; summaries are kept")
+    for name in result.dropped:
+        console.print(f"[yellow]dropped[/] {name}")
+    console.print(f"[green]{len(result.dropped)} dropped[/], {len(result.kept)} kept")
+    return 0
+
+
+def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
+    from exporter.ingest.pricing import PriceBook, PriceOverridesError, render_price_table
+
+    try:
+        book = PriceBook(settings.prices_file)
+        if args.provider and (unknown := book.unknown_provider(args.provider)):
+            error(unknown)
+            return 2
+        info = book.describe(args.model, provider=args.provider)
+    except (LookupError, PriceOverridesError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    Console().print(render_price_table(info))
+    return 0
+
+
+def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
+    """Regenerates the Grafana dashboards JSON from code, or checks it is up to date."""
+    from pathlib import Path
+
+    try:
+        from exporter.dashboards import stale, write_all
+    except ImportError as exc:
+        extra = escape("[dashboards]")
+        console.print(f"[red]error:[/] {exc}: install nexus-otel with {extra} (README: Install)")
+        return 2
+    directory = Path(args.out)
+    if args.check:
+        if not directory.is_dir():  # run elsewhere than the repository root, or a wrong --out
+            console.print(f"[red]error:[/] dashboards directory {directory.absolute()} not found")
+            return 2
+        outdated = stale(directory)
+        for path in outdated:
+            state = "out of date:" if path.exists() else "not found:  "
+            console.print(f"[red]{state}[/] {path}")
+        return 1 if outdated else 0
+    for path, changed in write_all(directory).items():
+        console.print(f"{'[green]written[/]  ' if changed else 'unchanged'} {path}")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """The stack, provider simulators and a carousel workload through the official SDKs."""
+    try:
+        from exporter.demo.run import run_demo
+    except ImportError as exc:  # the provider SDKs come with the `demo` extra
+        extra = escape("[demo]")
+        console.print(f"[red]error:[/] {exc}; install nexus-otel with {extra} (README: Install)")
+        return 2
+    return run_demo(settings, args.duration)
