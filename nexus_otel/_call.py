@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import time
 import weakref
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from nexus_otel import attributes as a
@@ -111,11 +112,14 @@ class LLMCall:
             internal_error(self._start_span)
 
     def activate(self) -> object | None:
-        """While the request is sent, the httpx instrumentation is told to make no HTTP span (the
-        key its `suppress_http_instrumentation()` sets), or, when HTTP spans are kept, our span
-        is made current so the HTTP span is its child. Returns the token for `deactivate`."""
+        """While the request is sent, the httpx instrumentation is told to make no HTTP span
+        (OpenTelemetry's `suppress_http_instrumentation()`), or, when HTTP spans are kept, our
+        span is made current so the HTTP span is its child. Returns the token for
+        `deactivate`."""
         if not self.settings.http_spans:
-            return context.attach(context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
+            suppressed = suppress_http_instrumentation()
+            suppressed.__enter__()
+            return suppressed
         if not self.owns_span:
             return None
         return context.attach(trace.set_span_in_context(self.span))  # type: ignore[arg-type]
@@ -123,7 +127,10 @@ class LLMCall:
     @staticmethod
     def deactivate(token: object) -> None:
         """Undoes `activate()`, when it gave a token."""
-        context.detach(token)  # type: ignore[arg-type]
+        if isinstance(token, AbstractContextManager):
+            token.__exit__(None, None, None)
+        else:
+            context.detach(token)  # type: ignore[arg-type]
 
     def on_response(self, status_code: int) -> None:
         self.prepare()  # done already, unless the reply came before the request was sent in full
