@@ -71,7 +71,7 @@ def test_ingest_and_health_answer_while_a_scrape_waits_for_the_database(
     """The budget read is held in the database (from the exporter's start: it may read them
     then); a scrape that waited for it on the event loop (as it did) would hold every other
     request of the exporter with it."""
-    proxy.hold_word = b"cost_budgets"
+    proxy.hold_word = b"nexus_budget_status"
     exporter = start_exporter(proxy.url, tmp_path)
     scrape: list[httpx.Response] = []
     scraper = threading.Thread(
@@ -98,7 +98,7 @@ def test_one_statement_reads_every_budget(proxied: ExporterProcess, proxy: PgPro
     response = httpx.get(f"{proxied.base_url}/metrics", timeout=120)
     assert response.status_code == 200
     assert response.text.count("nexus_budget_spend_usd{") == BUDGETS
-    reads = [c for c in proxy.connections if any(b"cost_budgets" in t for t in c.texts)]
+    reads = [c for c in proxy.connections if any(b"nexus_budget_status" in t for t in c.texts)]
     assert reads, "the budgets were never read"
     assert [c.executions for c in reads] == [1] * len(reads), [c.texts for c in reads]
 
