@@ -253,6 +253,7 @@ def test_daily_report_json(api: TestClient) -> None:
     assert get(api, "/api/reports/weekly", date="2026-11-20")["totals"]["calls"] == 6
 
 
+@pytest.mark.usefixtures("api")  # the known calls stored
 def test_report_command(database_url: str) -> None:
     env = {**os.environ, "NEXUS_TIMEZONE": ZONE, "NEXUS_DATABASE_URL": database_url}
     command = [sys.executable, "-m", "exporter.cli", "report", "--period", "daily",
