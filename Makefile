@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench setup clean dashboards alerting-tools rules dist
+.PHONY: demo test test-random lint typecheck unit bench setup clean dashboards alerting-tools rules \
+	dist
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,14 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
+
+# The suite in shuffled order (modules, then the tests inside each), so that a test that passes only
+# after another shows. `make test` keeps file order: the same run each time. The seed is printed
+# first; `make test-random SEED=<seed>` replays that order.
+test-random: $(STAMP)
+	@seed="$(SEED)"; seed="$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
+	echo "test order seed $$seed (replay: make test-random SEED=$$seed)"; \
+	$(BIN)/pytest -q -p randomly --randomly-seed="$$seed" $(ARGS)
 
 # The real Prometheus and Alertmanager the alerting tests run (Debian packages, installed as root
 # when missing; elsewhere those tests skip, and fail under CI=true).

@@ -4,6 +4,7 @@ pinned clock, both on the module's real PostgreSQL database."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -55,8 +56,8 @@ def call_spec(
     return spec
 
 
-@pytest.fixture(scope="module")
-def ingest(database_url: str) -> Iterator[Callable[..., None]]:
+@contextmanager
+def sending_to(database_url: str) -> Iterator[Callable[..., None]]:
     """Sends span specs through the real ingest app (OTLP protobuf) and checks they are stored."""
     # Calls dated months back are accepted only inside the retention window: keep it wide.
     settings = Settings(retention_days=3650)
@@ -77,6 +78,13 @@ def ingest(database_url: str) -> Iterator[Callable[..., None]]:
             )
             assert response.status_code == 200, response.text
 
+        yield send
+
+
+@pytest.fixture(scope="module")
+def ingest(database_url: str) -> Iterator[Callable[..., None]]:
+    """`sending_to` the module's database."""
+    with sending_to(database_url) as send:
         yield send
 
 

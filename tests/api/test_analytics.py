@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from exporter.api import create_api_app
+from exporter.core.settings import Settings
 from exporter.usage.retention import apply_retention, partitions
-from tests.api.conftest import MODEL_A, MODEL_B, call_spec
-from tests.support import api_ratio, api_usd, query
+from tests.api.conftest import MODEL_A, MODEL_B, call_spec, sending_to
+from tests.support import api_ratio, api_usd, fresh_database, query
 
 ZONE = "Asia/Kolkata"
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # 17:30 in Kolkata
@@ -251,6 +253,7 @@ def test_daily_report_json(api: TestClient) -> None:
     assert get(api, "/api/reports/weekly", date="2026-11-20")["totals"]["calls"] == 6
 
 
+@pytest.mark.usefixtures("api")  # the known calls stored
 def test_report_command(database_url: str) -> None:
     env = {**os.environ, "NEXUS_TIMEZONE": ZONE, "NEXUS_DATABASE_URL": database_url}
     command = [sys.executable, "-m", "exporter.cli", "report", "--period", "daily",
@@ -266,9 +269,16 @@ def test_report_command(database_url: str) -> None:
     assert "--date '20-11-2026'" in bad.stderr
 
 
-def test_retention_drops_only_old_partitions_and_keeps_summaries(
-    api: TestClient, database_url: str
-) -> None:
+def test_retention_drops_only_old_partitions_and_keeps_summaries(postgres_server: str) -> None:
+    """On a database of its own: the July partition it drops holds a call the content ROI test
+    counts, whichever of the two runs first."""
+    with fresh_database(postgres_server) as url, sending_to(url) as send:
+        send(list(CALLS.values()))
+        with TestClient(create_api_app(Settings(timezone=ZONE), url, clock=lambda: NOW)) as api:
+            check_retention(api, url)
+
+
+def check_retention(api: TestClient, database_url: str) -> None:
     before = {name for name, _ in partitions_of(database_url)}
     assert "api_calls_2026_07" in before
     result = apply_retention(database_url, 90, NOW)  # cutoff: August 22
