@@ -90,6 +90,10 @@ class ExporterProcess:
                 self.process.wait(5)
 
 
+# Start-up is a few seconds (decode workers, migrations, the first budget read); a machine busy
+# with other work has been seen to need over 30. A hung start fails all the same, only later.
+START_SECONDS = 90
+
 def start_exporter(
     database_url: str,
     log_dir: Path,
@@ -113,7 +117,7 @@ def start_exporter(
     exporter = ExporterProcess(
         process, f"http://127.0.0.1:{port}", log_path, f"http://127.0.0.1:{api_port}"
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"nexus-otel serve exited early:\n{exporter.log()}")
