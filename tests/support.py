@@ -94,6 +94,7 @@ class ExporterProcess:
 # with other work has been seen to need over 30. A hung start fails all the same, only later.
 START_SECONDS = 90
 
+
 def start_exporter(
     database_url: str,
     log_dir: Path,
