@@ -20,6 +20,7 @@ from rich.progress import Progress
 from bench.common import Result
 from exporter.core.db import EmbeddedPostgres, ensure_partitions_around
 from exporter.ingest import otlp
+from exporter.ingest.decode import price_call
 from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.pricing import PriceBook
 from exporter.ingest.storage import _COPY_DIRECT, COLUMN_TYPES, call_row
@@ -89,17 +90,7 @@ def _rows(bodies: list[bytes]) -> list[tuple[Any, ...]]:
         for raw in otlp.iter_raw_spans(otlp.parse_request(body, otlp.PROTOBUF)):
             call = to_llm_call(raw)
             assert call is not None
-            price = prices.price(
-                provider=call.provider,
-                model=call.model,
-                response_model=call.response_model,
-                timestamp=call.timestamp,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                cache_read_tokens=call.cache_read_tokens,
-                cache_write_tokens=call.cache_write_tokens,
-            )
-            call.cost_usd, call.cost_source = price.cost_usd, price.source
+            price_call(prices, call)
             rows.append(call_row(call))
     return rows
 

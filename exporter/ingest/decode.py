@@ -104,7 +104,7 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
                 f" accepted window ({earliest.isoformat()} to {latest.isoformat()})"
             )
         else:
-            _price(prices, call)
+            price_call(prices, call)
             if call.cost_usd is not None and call.cost_usd >= _MAX_CALL_COST_USD:
                 result.rejections.append(
                     f"span {call.span_id}: cost {call.cost_usd:.2f} USD is out of range"
@@ -146,8 +146,9 @@ def _batch(calls: list[LLMCall], rejections: list[str]) -> CallBatch | None:
     return CallBatch.of(encodable, rows) if encodable else None
 
 
-def _price(prices: PriceBook, call: LLMCall) -> None:
-    # Tokens are stored whatever happens here: a pricing failure leaves the call unpriced.
+def price_call(prices: PriceBook, call: LLMCall) -> None:
+    """Sets the call's cost and its source. Tokens are stored whatever happens here: a pricing
+    failure leaves the call unpriced."""
     try:
         price = prices.price(
             provider=call.provider,
