@@ -19,32 +19,16 @@ from psycopg.rows import dict_row
 
 HOUR = timedelta(hours=1)
 TOTALS = (
-    "calls",
-    "failed_calls",
-    "unpriced_calls",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "cost_usd",
+    "calls", "failed_calls", "unpriced_calls", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
     "duration_ms_sum",
-)
-# Raw-row expressions equal to one summary row per call.
+)  # fmt: skip
+# Raw-row expressions equal to one summary row per call, in TOTALS' order.
 _RAW_TOTALS = (
-    "1",
-    "(NOT success)::int",
-    "(cost_usd IS NULL)::int",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "coalesce(cost_usd, 0)",
-    "duration_ms",
-)
+    "1", "(NOT success)::int", "(cost_usd IS NULL)::int", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens",
+    "coalesce(cost_usd, 0)", "duration_ms",
+)  # fmt: skip
 # What a result can be grouped by: (summary expression, raw expression).
 DIMENSIONS = {
     "service_name": ("service_name", "service_name"),
