@@ -211,6 +211,10 @@ def test_injected_budget_fields_are_stored_verbatim_and_match_only_themselves(
     the payload, the neighbour budget is untouched, and the budget's spend counts no call (the
     payload, taken as SQL, would match the calls of the scope it replaced)."""
     client = api.client
+    # Names are unique: budgets an earlier test named after a payload would refuse the rename.
+    for other in client.get("/api/budgets").json():
+        if other["name"] in SQL_INJECTIONS:
+            assert client.delete(f"/api/budgets/{other['id']}").status_code == 204
     fields = {**TARGET_BUDGET, "name": "injection-patched"}
     budget = create_budget(client, **fields)
     status = client.get(f"/api/budgets/{budget['id']}/status").json()
