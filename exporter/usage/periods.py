@@ -22,19 +22,22 @@ def period_bounds(
     conn: psycopg.Connection[Any], period: str, zone: str, at: datetime
 ) -> tuple[datetime, datetime]:
     """The period (in `zone`) holding the instant `at`."""
-    row = conn.execute(
-        "SELECT period_start, period_end FROM nexus_period_bounds(%s, %s, %s)", (period, zone, at)
-    ).fetchone()
-    assert row is not None
-    return row[0].astimezone(UTC), row[1].astimezone(UTC)
+    return _bounds(conn, "nexus_period_bounds", period, zone, at)
 
 
 def period_of_day(
     conn: psycopg.Connection[Any], period: str, zone: str, day: date
 ) -> tuple[datetime, datetime]:
     """The period (in `zone`) holding the local date `day`."""
+    return _bounds(conn, "nexus_period_of_day", period, zone, day)
+
+
+def _bounds(
+    conn: psycopg.Connection[Any], function: str, period: str, zone: str, within: date | datetime
+) -> tuple[datetime, datetime]:
     row = conn.execute(
-        "SELECT period_start, period_end FROM nexus_period_of_day(%s, %s, %s)", (period, zone, day)
+        f"SELECT period_start, period_end FROM {function}(%s, %s, %s)",  # type: ignore[arg-type]
+        (period, zone, within),
     ).fetchone()
     assert row is not None
     return row[0].astimezone(UTC), row[1].astimezone(UTC)
