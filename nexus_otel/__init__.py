@@ -9,17 +9,27 @@ print(op.total_tokens, op.cost_usd)
 Or with no code change: `opentelemetry-instrument python app.py` loads `NexusInstrumentor`.
 """
 
+from nexus_otel._delivery import DeliveryStatus
 from nexus_otel._estimate import estimate_cost, estimate_tokens
 from nexus_otel._operation import CallRecord, Operation, current_operation, operation
-from nexus_otel._setup import NexusInstrumentor, force_flush, instrument, shutdown, uninstrument
+from nexus_otel._setup import (
+    NexusInstrumentor,
+    delivery_status,
+    force_flush,
+    instrument,
+    shutdown,
+    uninstrument,
+)
 from nexus_otel._usage import TokenUsage
 
 __all__ = [
     "CallRecord",
+    "DeliveryStatus",
     "NexusInstrumentor",
     "Operation",
     "TokenUsage",
     "current_operation",
+    "delivery_status",
     "estimate_cost",
     "estimate_tokens",
     "force_flush",

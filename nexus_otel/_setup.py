@@ -24,9 +24,10 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from nexus_otel._call import CallSettings
+from nexus_otel._delivery import DeliveringSpanProcessor, DeliveryStatus
+from nexus_otel._delivery_settings import delivery_processor
 from nexus_otel._internal import log
 from nexus_otel._providers import DetachableProcessor, SwappableTracerProvider
 from nexus_otel._secrets import scrub_text
@@ -43,6 +44,7 @@ class _Installed:
     provider: TracerProvider  # where our spans go
     owned: bool = False  # made by us (and set globally through the swappable provider)
     processor: SpanProcessor | None = None  # our exporter, when we added one
+    delivery: DeliveringSpanProcessor | None = None  # the spooling one, when it is ours
     instrumentors: list[BaseInstrumentor] = field(default_factory=list)
     wrapped: list[tuple[Any, str]] = field(default_factory=list)
     interceptor: Interceptor | None = None
@@ -82,6 +84,7 @@ def instrument(
     providers: dict[str, str] | None = None,
     capture_content: bool | None = None,
     http_spans: bool = False,
+    spool: str | os.PathLike[str] | bool | None = None,
 ) -> None:
     """Turns every LLM call made through httpx or httpx2 into one GenAI span, exported over OTLP.
 
@@ -101,6 +104,10 @@ def instrument(
       status code but 200, and the HTTP span would double the instrumentation's cost. Off, LLM
       requests get no `traceparent` header (providers do not read it) and add nothing to the
       httpx duration metrics; every other httpx request keeps its HTTP span either way.
+    - `spool`: where spans the exporter cannot take now are kept until it can (a directory), or
+      False to keep them in memory only (lost after ~10 s of retries). Default:
+      `NEXUS_OTEL_SPOOL_DIR` (`off` turns it off), else a directory per endpoint under
+      `~/.local/state/nexus-otel/spool`. Bounded by `NEXUS_OTEL_SPOOL_MAX_BYTES` (256 MiB).
 
     Calling it again while instrumented does nothing. The same as
     `NexusInstrumentor().instrument(...)`, which `opentelemetry-instrument` calls."""
@@ -114,6 +121,7 @@ def instrument(
                 providers=providers,
                 capture_content=capture_content,
                 http_spans=http_spans,
+                spool=spool,
             )
 
 
@@ -126,7 +134,8 @@ def uninstrument() -> None:
 
 
 def force_flush(timeout_millis: int = 30_000) -> bool:
-    """Exports the spans still queued; short scripts call it (or `shutdown()`) before exiting."""
+    """Exports the spans still queued (or spools them, while the exporter does not answer);
+    short scripts call it (or `shutdown()`) before exiting."""
     installed = _installed
     if installed is None:
         return True
@@ -134,9 +143,21 @@ def force_flush(timeout_millis: int = 30_000) -> bool:
 
 
 def shutdown() -> None:
-    """Flushes and uninstruments."""
+    """Flushes and uninstruments. Waits at most `NEXUS_OTEL_SHUTDOWN_SECONDS` (3 s) for an
+    exporter that does not answer; the spans it did not take stay in the spool."""
+    installed = _installed
+    if installed is not None and installed.delivery is not None:
+        installed.delivery.exporter.begin_shutdown()
     force_flush()
     uninstrument()
+
+
+def delivery_status() -> DeliveryStatus:
+    """The spans on their way to the exporter: spooled, delivered, dropped, refused."""
+    installed = _installed
+    if installed is None or installed.delivery is None:
+        return DeliveryStatus(None, True, 0, 0, 0, 0, 0, 0, "")
+    return installed.delivery.exporter.status()
 
 
 def _install(
@@ -146,8 +167,9 @@ def _install(
     providers: dict[str, str] | None = None,
     capture_content: bool | None = None,
     http_spans: bool = False,
+    spool: str | os.PathLike[str] | bool | None = None,
 ) -> _Installed:
-    installed = _provider(service_name, endpoint, tracer_provider)
+    installed = _provider(service_name, endpoint, tracer_provider, spool)
     try:
         _instrument_http(installed, providers or {}, _capture(capture_content), http_spans)
     except BaseException:
@@ -163,7 +185,10 @@ def _capture(capture_content: bool | None) -> bool:
 
 
 def _provider(
-    service_name: str | None, endpoint: str | None, explicit: TracerProvider | None
+    service_name: str | None,
+    endpoint: str | None,
+    explicit: TracerProvider | None,
+    spool: str | os.PathLike[str] | bool | None,
 ) -> _Installed:
     current = trace.get_tracer_provider()
     if explicit is None and isinstance(current, TracerProvider):  # the app's own: join it
@@ -174,14 +199,21 @@ def _provider(
         # does) never sends each span twice.
         installed = _Installed(explicit)
         if endpoint is not None:
-            installed.processor = DetachableProcessor(_exporter(endpoint))
+            processor = delivery_processor(endpoint, spool)
+            installed.processor = DetachableProcessor(processor)
+            installed.delivery = _delivering(processor)
             explicit.add_span_processor(installed.processor)
         return installed
     attributes = {SERVICE_NAME: service_name} if service_name else {}
     provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(_exporter(endpoint))  # shut down with the provider
+    processor = delivery_processor(endpoint, spool)
+    provider.add_span_processor(processor)  # shut down with the provider
     _swappable_global_provider().use(provider)
-    return _Installed(provider, owned=True)
+    return _Installed(provider, owned=True, delivery=_delivering(processor))
+
+
+def _delivering(processor: SpanProcessor) -> DeliveringSpanProcessor | None:
+    return processor if isinstance(processor, DeliveringSpanProcessor) else None
 
 
 def _swappable_global_provider() -> SwappableTracerProvider:
@@ -192,15 +224,6 @@ def _swappable_global_provider() -> SwappableTracerProvider:
         _global_provider = SwappableTracerProvider()
         trace.set_tracer_provider(_global_provider)
     return _global_provider
-
-
-def _exporter(endpoint: str | None) -> SpanProcessor:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    url = (
-        None if endpoint is None else endpoint.rstrip("/").removesuffix("/v1/traces") + "/v1/traces"
-    )
-    return BatchSpanProcessor(OTLPSpanExporter(endpoint=url))
 
 
 def _instrument_http(
@@ -258,6 +281,8 @@ def _undo(installed: _Installed) -> None:
         )
     for instrumentor in installed.instrumentors:
         instrumentor.uninstrument()
+    if installed.delivery is not None:  # bounded: what the exporter does not take stays spooled
+        installed.delivery.exporter.begin_shutdown()
     if isinstance(installed.processor, DetachableProcessor):
         installed.processor.detach()
     if installed.owned:

@@ -10,6 +10,9 @@ import pytest
 from tests.support import ExporterProcess, fresh_database, start_exporter
 
 os.environ.setdefault("NEXUS_OTEL_RAISE_INTERNAL_ERRORS", "1")
+# Apps under test keep their spools (one per exporter URL) here, not in the user's home; each
+# test exporter listens on a port of its own, so no test drains another's spool.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="nexus-test-state-")
 
 
 @pytest.fixture(scope="session")

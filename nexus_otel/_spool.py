@@ -1,0 +1,221 @@
+"""The spool: OTLP export requests kept on disk until the exporter has acknowledged them.
+
+One file per request (`<time_ns>-<pid>-<seq>-<spans>.otlp`, the serialized
+`ExportTraceServiceRequest`), written to a hidden temporary name and renamed into place, so a
+reader never sees half a file. Names sort by the time they were written, across processes.
+
+Several processes of one app may share a directory: a file is sent or evicted only by the process
+holding its `flock`, which the kernel releases when that process dies (even by SIGKILL), and a
+file found unlinked once locked was handled by another process. A file is deleted only once the
+exporter acknowledged it, so delivery is at least once; the exporter stores a span once however
+often it arrives.
+
+The size bound is kept approximately: each process adds what it writes to the total it last
+read from the directory, and reads it again at most every `_RESCAN_SECONDS`. When the next file
+would take the spool past its bound, the oldest files go first: the newest spend is what
+today's budgets and alerts act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus_otel._internal import log
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one process per spool directory there.
+    fcntl = None  # type: ignore[assignment]
+
+SUFFIX = ".otlp"
+_TEMPORARY_PREFIX = "."
+# A temporary file this old belongs to a writer that died between write and rename.
+_ABANDONED_SECONDS = 600
+# How stale the directory's total may get before it is read again (other processes write too).
+_RESCAN_SECONDS = 1.0
+_DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, order=True)
+class SpooledBatch:
+    """One spooled export request; `spans` is read from its name."""
+
+    name: str
+    size: int
+    spans: int
+
+    @staticmethod
+    def parse(name: str, size: int) -> SpooledBatch | None:
+        if not name.endswith(SUFFIX) or name.startswith(_TEMPORARY_PREFIX):
+            return None
+        parts = name.removesuffix(SUFFIX).split("-")
+        spans = int(parts[-1]) if len(parts) == 4 and parts[-1].isdigit() else 0
+        return SpooledBatch(name, size, spans)
+
+
+@dataclass
+class DropCounts:
+    batches: int = 0
+    spans: int = 0
+
+
+class Claim:
+    """A spooled file this process holds the lock of: read it, then `delete()` or `release()`."""
+
+    def __init__(self, spool: Spool, batch: SpooledBatch, fd: int) -> None:
+        self.spool, self.batch, self._fd = spool, batch, fd
+
+    def read(self) -> bytes:
+        os.lseek(self._fd, 0, os.SEEK_SET)  # read again when a merged request is split
+        chunks = []
+        while chunk := os.read(self._fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.spool.directory / self.batch.name)
+        self.spool.forget(self.batch.size)
+        self.release()
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # and with it the lock
+            self._fd = -1
+
+
+class Spool:
+    """A directory of export requests waiting for the exporter, bounded to `max_bytes`."""
+
+    def __init__(self, directory: Path, max_bytes: int = _DEFAULT_MAX_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"the spool's bound must be positive, got {max_bytes} bytes")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.dropped = DropCounts()
+        self._sequence = itertools.count()
+        self._lock = threading.Lock()
+        self._known_bytes = 0
+        self._scanned_at = -_RESCAN_SECONDS
+        self._warned_full = False
+        self._remove_abandoned()
+
+    def write(self, body: bytes, spans: int) -> bool:
+        """Keeps one export request; False when it could not be kept (counted and logged)."""
+        with self._lock:
+            if len(body) > self.max_bytes or not self._make_room(len(body)):
+                self._drop(1, spans, f"a batch of {len(body)} bytes does not fit")
+                return False
+            name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence)}-{spans}{SUFFIX}"
+            try:
+                self._write_file(name, body)
+            except OSError as error:
+                self._drop(1, spans, f"it could not be written ({error})")
+                return False
+            self._known_bytes += len(body)
+            return True
+
+    def pending(self) -> list[SpooledBatch]:
+        """The spooled requests, oldest first."""
+        batches = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.directory) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    batch = SpooledBatch.parse(entry.name, entry.stat().st_size)
+                    if batch is not None:
+                        batches.append(batch)
+        return sorted(batches)
+
+    def claim(self, batch: SpooledBatch) -> Claim | None:
+        """The file's lock, or None when another process holds it or it is gone."""
+        try:
+            fd = os.open(self.directory / batch.name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return None
+        if os.fstat(fd).st_nlink == 0:  # handled by another process before the lock was ours
+            os.close(fd)
+            return None
+        return Claim(self, batch, fd)
+
+    def forget(self, size: int) -> None:
+        with self._lock:
+            self._known_bytes = max(0, self._known_bytes - size)
+
+    def total_bytes(self) -> int:
+        return sum(batch.size for batch in self.pending())
+
+    def _make_room(self, incoming: int) -> bool:
+        now = time.monotonic()
+        if now - self._scanned_at >= _RESCAN_SECONDS:
+            self._known_bytes, self._scanned_at = self.total_bytes(), now
+        if self._known_bytes + incoming <= self.max_bytes:
+            return True
+        for batch in self._claimable_oldest_first():
+            self._evict(batch)
+            if self._known_bytes + incoming <= self.max_bytes:
+                return True
+        return False
+
+    def _claimable_oldest_first(self) -> Iterator[Claim]:
+        for batch in self.pending():
+            claim = self.claim(batch)
+            if claim is not None:
+                yield claim
+
+    def _evict(self, claim: Claim) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / claim.batch.name)
+        claim.release()
+        self._known_bytes = max(0, self._known_bytes - claim.batch.size)
+        reason = f"the spool reached its bound of {self.max_bytes} bytes; oldest batches dropped"
+        self._drop(1, claim.batch.spans, reason)
+
+    def _drop(self, batches: int, spans: int, reason: str) -> None:
+        self.dropped.batches += batches
+        self.dropped.spans += spans
+        if not self._warned_full:  # once per process; `delivery_status()` keeps the count
+            self._warned_full = True
+            log.warning(
+                "nexus_otel: spans dropped from the spool at %s: %s (counted in "
+                "nexus_otel.delivery_status(); raise NEXUS_OTEL_SPOOL_MAX_BYTES to keep more)",
+                self.directory,
+                reason,
+            )
+
+    def _write_file(self, name: str, body: bytes) -> None:
+        temporary = self.directory / f"{_TEMPORARY_PREFIX}{name}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        os.close(fd)
+        os.replace(temporary, self.directory / name)
+
+    def _remove_abandoned(self) -> None:
+        cutoff = time.time() - _ABANDONED_SECONDS
+        with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(_TEMPORARY_PREFIX) and entry.name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        if entry.stat().st_mtime < cutoff:
+                            os.unlink(entry.path)

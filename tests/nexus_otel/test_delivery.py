@@ -1,0 +1,233 @@
+"""Spans reach the exporter whatever it does meanwhile: refuse connections, answer 503 with a
+Retry-After, refuse a batch for good, hang; and the spool on disk keeps its bound and its policy,
+shared by several processes.
+
+The exporter here is `OtlpSink`, which answers as each test scripts; the end-to-end tests with the
+real `nexus-otel serve` are in `test_delivery_e2e.py`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+
+import nexus_otel
+from tests.nexus_otel.otlp_sink import Answer, OtlpSink
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_SECONDS = 60  # generous: a loaded machine is slow, and every wait ends as soon as it can
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def emit(*names: str) -> None:
+    """Ends one span per name through the global provider `instrument()` set."""
+    tracer = trace.get_tracer("tests.delivery")
+    for name in names:
+        tracer.start_span(name).end()
+
+
+def spooled_spans(directory: Path) -> int:
+    return sum(int(p.name.removesuffix(".otlp").split("-")[-1]) for p in directory.glob("*.otlp"))
+
+
+@pytest.fixture
+def instrumented(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """`instrumented(port)`: instruments with a spool of its own sending to that port."""
+
+    def start(port: int, **options: object) -> Path:
+        spool = tmp_path / "spool"
+        nexus_otel.instrument(
+            service_name="delivery", endpoint=f"http://127.0.0.1:{port}", spool=spool, **options
+        )
+        return spool
+
+    yield start
+    nexus_otel.uninstrument()
+
+
+def test_spans_wait_in_the_spool_while_nothing_listens_and_arrive_once(
+    instrumented: Callable[..., Path],
+) -> None:
+    port = free_port()
+    spool = instrumented(port)
+    names = [f"call-{n:02d}" for n in range(20)]
+    emit(*names[:5])
+    nexus_otel.force_flush()  # connection refused: the batch goes to disk
+    emit(*names[5:])  # each written to disk as it ends, while the exporter is away
+    status = nexus_otel.delivery_status()
+    assert not status.exporter_reachable and "ConnectionError" in status.last_error
+    assert status.spool_directory == str(spool)
+    assert status.spooled_spans == spooled_spans(spool) == 20
+    with OtlpSink(port) as sink:
+        wait_until(lambda: sum(sink.stored().values()) >= 20, "the spool is sent")
+        wait_until(lambda: nexus_otel.delivery_status().pending_batches == 0, "the spool is empty")
+    assert sink.stored() == dict.fromkeys(names, 1)
+    status = nexus_otel.delivery_status()
+    assert status.exporter_reachable and status.delivered_spans == 20
+    assert list(spool.glob("*")) == []
+
+
+def test_a_503_retry_after_is_honoured_before_the_batch_is_sent_again(
+    instrumented: Callable[..., Path],
+) -> None:
+    with OtlpSink() as sink:
+        sink.answer = lambda number, names: (
+            Answer(503, {"Retry-After": "2"}) if number == 0 else Answer()
+        )
+        instrumented(sink.port)
+        emit("first")
+        nexus_otel.force_flush()
+        wait_until(lambda: sink.stored() == {"first": 1}, "the batch is sent again")
+    refused, accepted = sink.requests
+    assert (refused.status, accepted.status) == (503, 200)
+    assert accepted.at - refused.at >= 2.0
+
+
+def test_a_batch_refused_for_good_is_dropped_alone_counted_and_logged(
+    instrumented: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    instrumented(port)
+    emit("probe")
+    nexus_otel.force_flush()
+    emit("before", "poison", "after")  # one spool file each, sent merged into one request
+    with OtlpSink(port) as sink, caplog.at_level(logging.WARNING, "nexus_otel"):
+        sink.answer = lambda number, names: Answer(400 if "poison" in names else 200)
+        wait_until(lambda: nexus_otel.delivery_status().pending_batches == 0, "the spool is sent")
+    assert sink.stored() == {"probe": 1, "before": 1, "after": 1}
+    assert nexus_otel.delivery_status().refused_spans == 1
+    assert any("refused 1 spans: HTTP 400" in r.getMessage() for r in caplog.records)
+
+
+def test_a_full_spool_drops_its_oldest_batches_counts_them_and_says_so_once(
+    instrumented: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("NEXUS_OTEL_SPOOL_MAX_BYTES", "3000")
+    spool = instrumented(port)
+    emit("probe")
+    nexus_otel.force_flush()
+    names = [f"call-{n:02d}" for n in range(40)]
+    with caplog.at_level(logging.WARNING, "nexus_otel"):
+        emit(*names)
+    kept = sorted(p.name for p in spool.glob("*.otlp"))
+    sizes = sum(p.stat().st_size for p in spool.glob("*.otlp"))
+    status = nexus_otel.delivery_status()
+    assert sizes <= 3000 and status.pending_bytes == sizes
+    assert status.dropped_spans == 41 - len(kept) > 0
+    warnings = [r for r in caplog.records if "dropped from the spool" in r.getMessage()]
+    assert len(warnings) == 1 and "3000 bytes" in warnings[0].getMessage()
+    with OtlpSink(port) as sink:
+        wait_until(lambda: nexus_otel.delivery_status().pending_batches == 0, "the spool is sent")
+    # The newest were kept, all of them, and nothing else was lost.
+    assert sink.stored() == dict.fromkeys(names[-len(kept) :], 1)
+
+
+def test_shutdown_stops_waiting_for_an_exporter_that_does_not_answer(
+    instrumented: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_OTEL_SHUTDOWN_SECONDS", "1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")
+    with OtlpSink() as sink:
+        sink.answer = lambda number, names: Answer(hang=True)
+        spool = instrumented(sink.port)
+        emit("queued-1", "queued-2")
+        started = time.monotonic()
+        nexus_otel.shutdown()
+        elapsed = time.monotonic() - started
+        # Without the bound, the SDK would wait out the 60 s timeout of each request.
+        assert elapsed < 10, f"shutdown took {elapsed:.1f} s"
+        assert spooled_spans(spool) == 2
+    with OtlpSink(sink.port) as back:
+        instrumented(back.port)  # the next run sends what the last one left
+        wait_until(lambda: back.stored() == {"queued-1": 1, "queued-2": 1}, "the spool is sent")
+
+
+SPOOLER = """
+import sys, nexus_otel
+from opentelemetry import trace
+nexus_otel.instrument(service_name="shared", endpoint=sys.argv[1], spool=sys.argv[2])
+tracer = trace.get_tracer("tests.delivery")
+for n in range(int(sys.argv[4])):
+    tracer.start_span(f"{sys.argv[3]}-{n:03d}").end()
+nexus_otel.shutdown()
+"""
+
+DRAINER = """
+import sys, time, nexus_otel
+nexus_otel.instrument(service_name="shared", endpoint=sys.argv[1], spool=sys.argv[2])
+deadline = time.monotonic() + 120
+while nexus_otel.delivery_status().pending_batches and time.monotonic() < deadline:
+    time.sleep(0.05)
+nexus_otel.shutdown()
+"""
+
+
+def _run_together(script: str, argument_lists: list[list[str]]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NEXUS_OTEL_SHUTDOWN_SECONDS": "5"}
+    code = textwrap.dedent(script)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE)
+        for args in argument_lists
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, stderr.decode()
+
+
+def test_processes_sharing_a_spool_send_each_batch_once(tmp_path: Path) -> None:
+    port, spool = free_port(), tmp_path / "shared"
+    url = f"http://127.0.0.1:{port}"
+    _run_together(SPOOLER, [[url, str(spool), f"app{i}", "60"] for i in range(3)])
+    assert spooled_spans(spool) == 180
+    with OtlpSink(port) as sink:
+        _run_together(DRAINER, [[url, str(spool)] for _ in range(3)])
+    expected = {f"app{i}-{n:03d}": 1 for i in range(3) for n in range(60)}
+    assert sink.stored() == expected  # every span, and none sent twice
+    assert list(spool.glob("*")) == []
+
+
+def test_a_bad_bound_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NEXUS_OTEL_SPOOL_MAX_BYTES", "lots")
+    with pytest.raises(ValueError, match="NEXUS_OTEL_SPOOL_MAX_BYTES='lots'"):
+        nexus_otel.instrument(endpoint="http://127.0.0.1:9", spool=tmp_path)
+    assert nexus_otel.delivery_status().spool_directory is None
+
+
+def test_the_spool_defaults_to_one_directory_per_endpoint_and_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    directories = []
+    for port in (4318, 4319):
+        nexus_otel.instrument(endpoint=f"http://127.0.0.1:{port}")
+        directories.append(nexus_otel.delivery_status().spool_directory)
+        nexus_otel.uninstrument()
+    assert len(set(directories)) == 2
+    assert all(d and d.startswith(f"{tmp_path}/nexus-otel/spool/") for d in directories)
+    monkeypatch.setenv("NEXUS_OTEL_SPOOL_DIR", "off")
+    nexus_otel.instrument(endpoint="http://127.0.0.1:4318")
+    try:
+        assert nexus_otel.delivery_status().spool_directory is None
+    finally:
+        nexus_otel.uninstrument()
