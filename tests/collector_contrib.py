@@ -108,3 +108,25 @@ def has_component(kind: str, name: str) -> bool:
         if module.removesuffix(_SUFFIX[kind]) == wanted or module == wanted:
             return True
     return False
+
+
+# The collector's own metrics the alert rules read, with their instrument kind, as v0.136.0
+# documents them (opentelemetry-collector exporter/exporterhelper/documentation.md and
+# receiver/receiverhelper/documentation.md). In Prometheus format a counter gets `_total` unless
+# the reader sets `without_type_suffix` (service/telemetry/otelconftelemetry in the same release).
+INTERNAL_METRICS: dict[str, str] = {
+    "otelcol_exporter_send_failed_spans": "counter",
+    "otelcol_exporter_enqueue_failed_spans": "counter",
+    "otelcol_exporter_sent_spans": "counter",
+    "otelcol_exporter_queue_size": "gauge",
+    "otelcol_exporter_queue_capacity": "gauge",
+    "otelcol_receiver_accepted_spans": "counter",
+    "otelcol_receiver_refused_spans": "counter",
+    "otelcol_receiver_failed_spans": "counter",
+}
+
+
+def prometheus_name(metric: str, *, without_type_suffix: bool) -> str:
+    """The name Prometheus sees for one of INTERNAL_METRICS."""
+    counter = INTERNAL_METRICS[metric] == "counter"
+    return metric + ("_total" if counter and not without_type_suffix else "")

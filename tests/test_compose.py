@@ -20,7 +20,7 @@ from psycopg import sql
 
 from exporter.cli import build_parser
 from exporter.core.db import migrate
-from tests.collector_contrib import has_component
+from tests.collector_contrib import INTERNAL_METRICS, has_component, prometheus_name
 from tests.support import with_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,10 @@ PROVISIONING = ROOT / "grafana" / "provisioning"
 NEXUS_IMAGE = "nexus-otel:local"
 # What the alerting work adds (prometheus/, `nexus-otel alertmanager-config`), checked once there.
 ALERTING_PENDING = not (ROOT / "prometheus" / "prometheus.yml").exists()
+# The user the collector image runs as (opentelemetry-collector-releases,
+# distributions/otelcol-contrib/Dockerfile: USER 10001:10001, FROM scratch).
+COLLECTOR_UID = 10001
+INGEST_TOKEN_REFERENCE = "${env:NEXUS_INGEST_TOKEN}"
 _COMPOSE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:[:?-][^}]*)?\}")
 
 
@@ -54,8 +58,8 @@ def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 
 def test_the_stack_has_every_service_with_pinned_images() -> None:
     assert set(SERVICES) == {
-        "postgres", "exporter", "otel-collector", "alertmanager-config", "alertmanager",
-        "prometheus", "grafana",
+        "postgres", "exporter", "otel-collector", "otel-collector-queue", "alertmanager-config",
+        "alertmanager", "prometheus", "grafana",
     }  # fmt: skip
     for name, service in SERVICES.items():
         image = service["image"]
@@ -109,7 +113,11 @@ def test_nexus_commands_are_valid_cli_invocations() -> None:
     entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M)
     assert entrypoint and yaml.safe_load(entrypoint[1]) == ["nexus-otel"]
     default = yaml.safe_load(re.search(r"^CMD (\[.*\])$", dockerfile, re.M)[1])  # type: ignore[index]
-    commands = [default] + [s["command"] for s in SERVICES.values() if s["image"] == NEXUS_IMAGE]
+    commands = [default] + [
+        s["command"]
+        for s in SERVICES.values()
+        if s["image"] == NEXUS_IMAGE and "entrypoint" not in s  # one-shot jobs run another tool
+    ]
     for command in commands:
         if ALERTING_PENDING and command[0] == "alertmanager-config":
             continue
@@ -176,8 +184,9 @@ def test_collector_config_names_only_contrib_components() -> None:
     pipeline = service["pipelines"]["traces"]
     for kind in ("receivers", "processors", "exporters"):
         assert set(pipeline[kind]) == defined[kind], kind
-    # memory_limiter must run first, batch after it (the collector's documented order).
-    assert pipeline["processors"] == ["memory_limiter", "batch"]
+    # memory_limiter first; no batch processor: it would hold spans the receiver acknowledged
+    # in memory, lost in a crash (the exporter batches after its disk queue instead).
+    assert pipeline["processors"] == ["memory_limiter"]
 
 
 def test_collector_forwards_to_the_exporter_with_its_token() -> None:
@@ -190,6 +199,149 @@ def test_collector_forwards_to_the_exporter_with_its_token() -> None:
     assert "NEXUS_INGEST_TOKEN" in SERVICES["exporter"]["environment"]
     config_mount = dict(_bind_mounts(SERVICES["otel-collector"]))["./otel-collector/config.yaml"]
     assert f"--config={config_mount}" in SERVICES["otel-collector"]["command"]
+
+
+def _extension(kind: str, name: str) -> dict[str, Any]:
+    """The config of extension `name`, checked to be of `kind` and enabled in the service."""
+    assert name.split("/", 1)[0] == kind, name
+    assert name in COLLECTOR["service"]["extensions"], f"{name} is defined but not enabled"
+    return COLLECTOR["extensions"][name] or {}
+
+
+def _collector_volume(target: str) -> str:
+    """The named volume the collector mounts at `target`."""
+    (volume,) = [
+        v.split(":")[0] for v in SERVICES["otel-collector"]["volumes"] if v.split(":")[1] == target
+    ]
+    assert volume in COMPOSE["volumes"], f"{target} is not on a named volume"
+    return volume
+
+
+def test_collector_queue_is_on_a_volume_the_collector_can_write() -> None:
+    """The sending queue is persistent, on a named volume that survives the container, owned
+    by the collector's user before the collector starts (its image has no shell to chown)."""
+    (exporter,) = COLLECTOR["exporters"].values()
+    queue = exporter["sending_queue"]
+    assert queue["enabled"] is True
+    storage = _extension("file_storage", queue["storage"])
+    directory = storage["directory"]
+    assert storage.get("create_directory") is not True  # the mount point is the directory
+    compaction = storage.get("compaction", {})
+    if compaction.get("on_start") or compaction.get("on_rebound"):
+        assert Path(compaction["directory"]).is_relative_to(directory), "compaction off the volume"
+    volume = _collector_volume(directory)
+    job = SERVICES["otel-collector-queue"]
+    assert job["restart"] == "no" and job["user"] == "0:0"
+    assert job["entrypoint"] == ["chown", "-R", f"{COLLECTOR_UID}:{COLLECTOR_UID}", directory]
+    assert job["volumes"] == [f"{volume}:{directory}"]
+    depends = SERVICES["otel-collector"]["depends_on"]["otel-collector-queue"]
+    assert depends == {"condition": "service_completed_successfully"}
+    assert "user" not in SERVICES["otel-collector"]  # it runs as the image's user, COLLECTOR_UID
+
+
+def test_collector_queue_is_bounded_and_keeps_what_it_accepted() -> None:
+    (exporter,) = COLLECTOR["exporters"].values()
+    queue = exporter["sending_queue"]
+    # Bounded in bytes of spans (the disk it takes), refusing (senders retry) when full.
+    assert queue["sizer"] == "bytes"
+    assert queue["queue_size"] == 1024**3
+    assert queue["block_on_overflow"] is False
+    # Batched after the disk queue: a queued request leaves the disk once delivered.
+    assert queue["batch"]["sizer"] == "items"
+    assert queue["batch"]["min_size"] <= queue["batch"]["max_size"]
+    # Retryable failures are retried for as long as the exporter is away (0: no deadline).
+    assert exporter["retry_on_failure"]["enabled"] is True
+    assert exporter["retry_on_failure"]["max_elapsed_time"] == 0
+
+
+def test_collector_receivers_require_the_ingest_token() -> None:
+    """Every OTLP protocol authenticates with a bearer token extension holding the token apps
+    would send straight to the exporter; the collector forwards with the same one."""
+    protocols = COLLECTOR["receivers"]["otlp"]["protocols"]
+    assert set(protocols) == {"grpc", "http"}
+    for name, protocol in protocols.items():
+        authenticator = protocol["auth"]["authenticator"]
+        token = _extension("bearertokenauth", authenticator)
+        assert token == {"token": INGEST_TOKEN_REFERENCE}, name  # no `tokens`, no `filename`
+    (exporter,) = COLLECTOR["exporters"].values()
+    assert exporter["headers"]["Authorization"] == f"Bearer {INGEST_TOKEN_REFERENCE}"
+    # The health check answers without a token, on its own port.
+    assert COLLECTOR["extensions"]["health_check"]["endpoint"].endswith(":13133")
+
+
+def _resolve_env(value: Any, env: dict[str, str]) -> Any:
+    """What the collector's `env` config provider makes of a value (confmap/provider/
+    envprovider/provider.go at v0.136.0): a variable unset or empty is the empty string, and a
+    value that is only the reference becomes YAML of that string (empty: null)."""
+    if not isinstance(value, str):
+        return value
+    reference = re.fullmatch(r"\$\{env:(\w+)(?::-(.*))?\}", value)
+    if reference:
+        name, default = reference.groups()
+        resolved = env.get(name, default if default is not None else "")
+        return yaml.safe_load(resolved) if resolved else None
+    return re.sub(r"\$\{env:(\w+)\}", lambda m: env.get(m[1], ""), value)
+
+
+def _bearertokenauth_is_valid(config: dict[str, Any]) -> bool:
+    """Config.Validate of contrib extension/bearertokenauthextension/config.go at v0.136.0:
+    a token, a list of tokens or a token file, and not both a token and a list."""
+    token, tokens, filename = config.get("token"), config.get("tokens"), config.get("filename")
+    return bool(token or tokens or filename) and not (token and tokens)
+
+
+@pytest.mark.parametrize("environment", [{}, {"NEXUS_INGEST_TOKEN": ""}], ids=["unset", "empty"])
+def test_the_collector_refuses_to_start_without_the_ingest_token(
+    environment: dict[str, str],
+) -> None:
+    """Without the token the receivers' authenticator fails config validation, so the
+    collector exits at start instead of forwarding batches the exporter answers 401."""
+    text = (ROOT / "otel-collector" / "config.yaml").read_text()
+    assert "NEXUS_INGEST_TOKEN:-" not in text  # a default would start it without a token
+    protocols = COLLECTOR["receivers"]["otlp"]["protocols"].values()
+    for name in {protocol["auth"]["authenticator"] for protocol in protocols}:
+        extension = _extension("bearertokenauth", name)
+        missing = {k: _resolve_env(v, environment) for k, v in extension.items()}
+        assert not _bearertokenauth_is_valid(missing), name
+        given = {k: _resolve_env(v, {"NEXUS_INGEST_TOKEN": "s3cret"}) for k, v in extension.items()}
+        assert _bearertokenauth_is_valid(given) and given["token"] == "s3cret"
+
+
+def _collector_metrics_reader() -> dict[str, Any]:
+    metrics = COLLECTOR["service"]["telemetry"]["metrics"]
+    assert "address" not in metrics  # removed from the schema: readers only at v0.136.0
+    (reader,) = metrics["readers"]
+    prometheus: dict[str, Any] = reader["pull"]["exporter"]["prometheus"]
+    return prometheus
+
+
+@pytest.mark.skipif(ALERTING_PENDING, reason="prometheus/prometheus.yml is not there yet")
+def test_prometheus_scrapes_the_collectors_own_metrics() -> None:
+    reader = _collector_metrics_reader()
+    assert reader["host"] == "0.0.0.0"  # reachable from Prometheus on the compose network
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    target = f"otel-collector:{reader['port']}"
+    assert jobs["otel-collector"]["static_configs"] == [{"targets": [target]}]
+    assert target.split(":")[0] in SERVICES
+    # Only inside the compose network: the port is not published.
+    assert not any(str(reader["port"]) in p for p in SERVICES["otel-collector"]["ports"])
+
+
+@pytest.mark.skipif(ALERTING_PENDING, reason="prometheus/prometheus.yml is not there yet")
+def test_collector_alerts_read_metrics_the_collector_exposes() -> None:
+    reader = _collector_metrics_reader()
+    assert reader["without_units"] is True  # names carry no unit ({spans}, {batches})
+    suffixless = reader["without_type_suffix"]
+    exposed = {prometheus_name(m, without_type_suffix=suffixless) for m in INTERNAL_METRICS}
+    rules = (ROOT / "prometheus" / "rules" / "alerts.yml").read_text()
+    used = set(re.findall(r"\botelcol_\w+", rules))
+    assert used - exposed == set(), "not a metric the collector exposes"
+    assert {
+        "otelcol_exporter_send_failed_spans_total", "otelcol_receiver_refused_spans_total",
+        "otelcol_exporter_enqueue_failed_spans_total", "otelcol_exporter_queue_size",
+        "otelcol_exporter_queue_capacity",
+    } <= used  # fmt: skip
 
 
 @pytest.mark.skipif(ALERTING_PENDING, reason="prometheus/prometheus.yml is not there yet")
