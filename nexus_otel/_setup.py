@@ -89,8 +89,9 @@ def instrument(
     """Turns every LLM call made through httpx or httpx2 into one GenAI span, exported over OTLP.
 
     - `service_name`: the resource's `service.name` (else `OTEL_SERVICE_NAME`).
-    - `endpoint`: the exporter's base URL, e.g. `http://127.0.0.1:4318` (else the standard
-      `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, else localhost:4318).
+    - `endpoint`: the exporter's base URL, e.g. `http://127.0.0.1:4318` (else
+      `NEXUS_OTEL_ENDPOINT`, else the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+      `OTEL_EXPORTER_OTLP_ENDPOINT`, else localhost:4318).
     - `tracer_provider`: use this provider as it is (no exporter added unless `endpoint` is given).
       Without it, an SDK provider the app already set globally is joined the same way (its own
       exporters send our spans; an OTLP exporter to `endpoint` is added only when it is given),
@@ -169,6 +170,8 @@ def _install(
     http_spans: bool = False,
     spool: str | os.PathLike[str] | bool | None = None,
 ) -> _Installed:
+    if endpoint is None:  # lets `opentelemetry-instrument` apps have the spooling exporter too
+        endpoint = os.environ.get("NEXUS_OTEL_ENDPOINT", "").strip() or None
     installed = _provider(service_name, endpoint, tracer_provider, spool)
     try:
         _instrument_http(installed, providers or {}, _capture(capture_content), http_spans)

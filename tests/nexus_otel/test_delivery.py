@@ -231,3 +231,24 @@ def test_the_spool_defaults_to_one_directory_per_endpoint_and_can_be_turned_off(
         assert nexus_otel.delivery_status().spool_directory is None
     finally:
         nexus_otel.uninstrument()
+
+
+def test_an_app_with_its_own_provider_gets_the_spool_from_nexus_otel_endpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What `opentelemetry-instrument` apps do: the distro made the provider, and
+    `NEXUS_OTEL_ENDPOINT` (with `OTEL_TRACES_EXPORTER=none`) adds the spooling exporter to it."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    port = free_port()
+    monkeypatch.setenv("NEXUS_OTEL_ENDPOINT", f"http://127.0.0.1:{port}")
+    provider = TracerProvider()
+    nexus_otel.instrument(tracer_provider=provider, spool=tmp_path / "spool")
+    try:
+        provider.get_tracer("tests.delivery").start_span("own-provider").end()
+        nexus_otel.force_flush()
+        assert spooled_spans(tmp_path / "spool") == 1
+        with OtlpSink(port) as sink:
+            wait_until(lambda: sink.stored() == {"own-provider": 1}, "the spool is sent")
+    finally:
+        nexus_otel.uninstrument()
