@@ -47,6 +47,7 @@ def _optional(module: str) -> Runner:
 BENCHMARKS: dict[str, Runner] = {
     "ingest": _ingest,
     "instrumentation": _optional("bench.instrumentation"),
+    "delivery": _optional("bench.delivery"),
     "api": _optional("bench.api"),
     "dashboards": _optional("bench.dashboards"),
     "memory": _memory,

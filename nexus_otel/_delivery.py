@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from nexus_otel._internal import log
-from nexus_otel._sender import OtlpSender, Outcome, Verdict, is_too_large
-from nexus_otel._spool import Claim, Spool
+from nexus_otel._sender import OtlpSender, Outcome, Verdict
+from nexus_otel._spool import Claim, Spool, count_spans, per_span_requests
 
 _FIRST_BACKOFF_SECONDS = 1.0
 _MAX_BACKOFF_SECONDS = 30.0
@@ -110,16 +110,8 @@ class SpoolingSpanExporter(SpanExporter):
         if not self.link.reachable or self._out_of_time():
             self.keep(body, len(spans))
             return SpanExportResult.SUCCESS
-        outcome = self._send(body)
-        if outcome.verdict is Verdict.RETRY:
-            self.link.failed(outcome)
-            self.keep(body, len(spans))
-        elif is_too_large(outcome) and len(spans) > 1:
-            half = len(spans) // 2
-            self.export(spans[:half])
-            self.export(spans[half:])
-        else:
-            self._settled(outcome, len(spans))
+        if not self._send_parts([(body, len(spans))]):
+            self.keep(body, len(spans))  # spans already taken are stored once when sent again
         return SpanExportResult.SUCCESS
 
     def keep(self, body: bytes, spans: int) -> None:
@@ -129,7 +121,8 @@ class SpoolingSpanExporter(SpanExporter):
 
     def keep_span(self, span: ReadableSpan) -> None:
         """Spools one span as it ends (while the exporter is unreachable)."""
-        self.keep(encode_spans([span]).SerializePartialToString(), 1)
+        if self.spool.append(encode_spans([span]).SerializePartialToString(), 1):
+            self.spooled_spans += 1
 
     def begin_shutdown(self) -> None:
         if self._deadline is None:
@@ -140,6 +133,7 @@ class SpoolingSpanExporter(SpanExporter):
         self._stop.set()
         self._wake.set()
         self._drainer.join(max(0.0, self._remaining()) + 1.0)
+        self.spool.close_segment()
         self.sender.close()
         dropped = self.spool.dropped
         if dropped.spans or self.refused_spans:
@@ -204,6 +198,7 @@ class SpoolingSpanExporter(SpanExporter):
             self.drain()
 
     def _claim_group(self) -> list[Claim]:
+        self.spool.close_segment()  # what this process appended while the exporter was away
         claims: list[Claim] = []
         size = 0
         for batch in self.spool.pending():
@@ -221,23 +216,34 @@ class SpoolingSpanExporter(SpanExporter):
         """Sends the claimed batches as one request (protobuf messages concatenate into one);
         True when the spool may go on."""
         try:
-            bodies = [claim.read() for claim in claims]
-            if self._out_of_time():
+            parts = [(body := c.read(), c.batch.spans or count_spans(body)) for c in claims]
+            if self._out_of_time() or not self._send_parts(parts):
                 return False
-            outcome = self._send(b"".join(bodies))
-            if outcome.verdict is Verdict.RETRY:
-                self.link.failed(outcome)
-                return False
-            if outcome.verdict is Verdict.REJECTED and len(claims) > 1:
-                return all(self._send_group([claim]) for claim in claims)  # find the bad one
-            self.link.succeeded()
-            self._settled(outcome, sum(claim.batch.spans for claim in claims))
             for claim in claims:
                 claim.delete()
             return True
         finally:
             for claim in claims:
                 claim.release()
+
+    def _send_parts(self, parts: list[tuple[bytes, int]]) -> bool:
+        """Sends serialized requests (with their span counts) as one. When the exporter refuses
+        it for good (400, 413), the halves are sent on their own, down to single spans, so one
+        bad span never takes its neighbours with it. False when it must be sent again later."""
+        spans = sum(count for _, count in parts)
+        outcome = self._send(b"".join(body for body, _ in parts))
+        if outcome.verdict is Verdict.RETRY:
+            self.link.failed(outcome)
+            return False
+        if outcome.verdict is Verdict.REJECTED and spans > 1:
+            if len(parts) == 1:
+                parts = [(body, 1) for body in per_span_requests(parts[0][0])]
+            if len(parts) > 1:
+                half = len(parts) // 2
+                return self._send_parts(parts[:half]) and self._send_parts(parts[half:])
+        self.link.succeeded()
+        self._settled(outcome, spans)
+        return True
 
     def _send(self, body: bytes) -> Outcome:
         """Sends on a thread of its own, so that a shutdown can stop waiting for an exporter

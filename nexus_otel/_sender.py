@@ -27,7 +27,6 @@ _DEFAULT_TIMEOUT_SECONDS = 10.0  # the OTLP exporter specification's default
 # being rotated or fixed: the spans wait for it) and every other 5xx (never drop spend on a
 # server's error).
 _RETRYABLE = {401, 403, 408, 429}
-_TOO_LARGE = 413
 # Retry-After values beyond this are read as this: a misconfigured proxy must not park the spool.
 _MAX_RETRY_AFTER_SECONDS = 300.0
 
@@ -104,10 +103,6 @@ class OtlpSender:
         if self.compression == "deflate":
             return zlib.compress(body)
         return body
-
-
-def is_too_large(outcome: Outcome) -> bool:
-    return outcome.status == _TOO_LARGE
 
 
 def _rejected_spans(content: bytes) -> str:

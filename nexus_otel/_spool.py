@@ -1,8 +1,10 @@
 """The spool: OTLP export requests kept on disk until the exporter has acknowledged them.
 
-One file per request (`<time_ns>-<pid>-<seq>-<spans>.otlp`, the serialized
-`ExportTraceServiceRequest`), written to a hidden temporary name and renamed into place, so a
-reader never sees half a file. Names sort by the time they were written, across processes.
+Each file holds serialized `ExportTraceServiceRequest`s (`<time_ns>-<pid>-<seq>-<spans>.otlp`;
+concatenated, they read as one request). A batch is written to a hidden temporary name and
+renamed into place, so a reader never sees half a file; while the exporter is away, spans are
+appended one by one to a locked segment instead (see `append`). Names sort by the time they were
+written, across processes; `<spans>` is 0 in a segment not closed yet.
 
 Several processes of one app may share a directory: a file is sent or evicted only by the process
 holding its `flock`, which the kernel releases when that process dies (even by SIGKILL), and a
@@ -27,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from nexus_otel._internal import log
 
 try:
@@ -41,6 +45,9 @@ _ABANDONED_SECONDS = 600
 # How stale the directory's total may get before it is read again (other processes write too).
 _RESCAN_SECONDS = 1.0
 _DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+# An open segment is closed (and another opened) past this size: the unit the spool is sent and
+# evicted in while the exporter is away.
+_SEGMENT_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, order=True)
@@ -58,6 +65,59 @@ class SpooledBatch:
         parts = name.removesuffix(SUFFIX).split("-")
         spans = int(parts[-1]) if len(parts) == 4 and parts[-1].isdigit() else 0
         return SpooledBatch(name, size, spans)
+
+
+@dataclass
+class _Segment:
+    name: str
+    fd: int
+    size: int = 0
+    spans: int = 0
+
+
+def _parse(body: bytes) -> ExportTraceServiceRequest | None:
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except Exception:  # not a request: the exporter will say so
+        return None
+    return request
+
+
+def count_spans(body: bytes) -> int:
+    """The spans in a spooled file whose name does not say (a segment its process left open)."""
+    request = _parse(body)
+    if request is None:
+        return 0
+    return sum(len(scope.spans) for r in request.resource_spans for scope in r.scope_spans)
+
+
+def per_span_requests(body: bytes) -> list[bytes]:
+    """One request per span of `body`, each with its resource and scope (or `[body]` when it
+    does not parse)."""
+    request = _parse(body)
+    if request is None:
+        return [body]
+    parts = []
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                one = ExportTraceServiceRequest()
+                resource = one.resource_spans.add()
+                resource.resource.CopyFrom(resource_spans.resource)
+                resource.schema_url = resource_spans.schema_url
+                scope = resource.scope_spans.add()
+                scope.scope.CopyFrom(scope_spans.scope)
+                scope.schema_url = scope_spans.schema_url
+                scope.spans.add().CopyFrom(span)
+                parts.append(one.SerializeToString())
+    return parts or [body]
+
+
+def _write_all(fd: int, body: bytes) -> None:
+    view = memoryview(body)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @dataclass
@@ -106,6 +166,7 @@ class Spool:
         self._known_bytes = 0
         self._scanned_at = -_RESCAN_SECONDS
         self._warned_full = False
+        self._segment: _Segment | None = None
         self._remove_abandoned()
 
     def write(self, body: bytes, spans: int) -> bool:
@@ -114,14 +175,44 @@ class Spool:
             if len(body) > self.max_bytes or not self._make_room(len(body)):
                 self._drop(1, spans, f"a batch of {len(body)} bytes does not fit")
                 return False
-            name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence)}-{spans}{SUFFIX}"
             try:
-                self._write_file(name, body)
+                self._write_file(self._new_name(spans), body)
             except OSError as error:
                 self._drop(1, spans, f"it could not be written ({error})")
                 return False
             self._known_bytes += len(body)
             return True
+
+    def append(self, body: bytes, spans: int) -> bool:
+        """Adds one export request to this process's open segment, a spool file it appends to
+        while the exporter is away: one `write()` per span, which the kernel keeps even if the
+        process is killed the next moment. Serialized requests concatenate into one request.
+        Other processes skip the segment while its lock is held, and take it once the process
+        closes it or dies. False when it could not be kept (counted and logged)."""
+        with self._lock:
+            segment = self._segment
+            if segment is not None and segment.size + len(body) > self._segment_limit():
+                self._close_segment()
+                segment = None
+            if len(body) > self.max_bytes or not self._make_room(len(body)):
+                self._drop(1, spans, f"a batch of {len(body)} bytes does not fit")
+                return False
+            try:
+                if segment is None:
+                    segment = self._segment = self._open_segment()
+                _write_all(segment.fd, body)
+            except OSError as error:
+                self._drop(1, spans, f"it could not be written ({error})")
+                return False
+            segment.size += len(body)
+            segment.spans += spans
+            self._known_bytes += len(body)
+            return True
+
+    def close_segment(self) -> None:
+        """Hands the open segment over to whoever sends the spool (this process or another)."""
+        with self._lock:
+            self._close_segment()
 
     def pending(self) -> list[SpooledBatch]:
         """The spooled requests, oldest first."""
@@ -177,12 +268,13 @@ class Spool:
                 yield claim
 
     def _evict(self, claim: Claim) -> None:
+        spans = claim.batch.spans or count_spans(claim.read())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.directory / claim.batch.name)
         claim.release()
         self._known_bytes = max(0, self._known_bytes - claim.batch.size)
         reason = f"the spool reached its bound of {self.max_bytes} bytes; oldest batches dropped"
-        self._drop(1, claim.batch.spans, reason)
+        self._drop(1, spans, reason)
 
     def _drop(self, batches: int, spans: int, reason: str) -> None:
         self.dropped.batches += batches
@@ -196,13 +288,42 @@ class Spool:
                 reason,
             )
 
+    def _new_name(self, spans: int) -> str:
+        return f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence)}-{spans}{SUFFIX}"
+
+    def _segment_limit(self) -> int:
+        return min(_SEGMENT_BYTES, max(1, self.max_bytes // 4))
+
+    def _open_segment(self) -> _Segment:
+        """Created hidden, locked, then shown: no other process sees it unlocked and empty."""
+        name = self._new_name(0)
+        temporary = self.directory / f"{_TEMPORARY_PREFIX}{name}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.replace(temporary, self.directory / name)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return _Segment(name, fd)
+
+    def _close_segment(self) -> None:
+        segment, self._segment = self._segment, None
+        if segment is None:
+            return
+        final = segment.name.removesuffix(f"-0{SUFFIX}") + f"-{segment.spans}{SUFFIX}"
+        with contextlib.suppress(OSError):  # the name only carries the count
+            os.replace(self.directory / segment.name, self.directory / final)
+        os.close(segment.fd)  # and with it the lock
+
     def _write_file(self, name: str, body: bytes) -> None:
         temporary = self.directory / f"{_TEMPORARY_PREFIX}{name}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, body)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):

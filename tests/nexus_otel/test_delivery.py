@@ -20,6 +20,7 @@ import pytest
 from opentelemetry import trace
 
 import nexus_otel
+from nexus_otel._spool import count_spans
 from tests.nexus_otel.otlp_sink import Answer, OtlpSink
 from tests.support import free_port
 
@@ -43,7 +44,8 @@ def emit(*names: str) -> None:
 
 
 def spooled_spans(directory: Path) -> int:
-    return sum(int(p.name.removesuffix(".otlp").split("-")[-1]) for p in directory.glob("*.otlp"))
+    """Counted from the files' contents, not their names (an open segment's name says 0)."""
+    return sum(count_spans(path.read_bytes()) for path in directory.glob("*.otlp"))
 
 
 @pytest.fixture
@@ -106,13 +108,27 @@ def test_a_batch_refused_for_good_is_dropped_alone_counted_and_logged(
     instrumented(port)
     emit("probe")
     nexus_otel.force_flush()
-    emit("before", "poison", "after")  # one spool file each, sent merged into one request
+    emit("before", "poison", "after")  # appended to one spool file as they end
     with OtlpSink(port) as sink, caplog.at_level(logging.WARNING, "nexus_otel"):
         sink.answer = lambda number, names: Answer(400 if "poison" in names else 200)
         wait_until(lambda: nexus_otel.delivery_status().pending_batches == 0, "the spool is sent")
     assert sink.stored() == {"probe": 1, "before": 1, "after": 1}
     assert nexus_otel.delivery_status().refused_spans == 1
     assert any("refused 1 spans: HTTP 400" in r.getMessage() for r in caplog.records)
+
+
+def test_a_span_the_exporter_refuses_does_not_take_its_batch_with_it(
+    instrumented: Callable[..., Path],
+) -> None:
+    with OtlpSink() as sink:
+        sink.answer = lambda number, names: Answer(400 if "poison" in names else 200)
+        instrumented(sink.port)
+        names = [f"call-{n}" for n in range(7)]
+        emit(*names[:3], "poison", *names[3:])  # one batch
+        nexus_otel.force_flush()
+    assert sink.stored() == dict.fromkeys(names, 1)
+    status = nexus_otel.delivery_status()
+    assert (status.refused_spans, status.delivered_spans, status.spooled_spans) == (1, 7, 0)
 
 
 def test_a_full_spool_drops_its_oldest_batches_counts_them_and_says_so_once(
@@ -128,17 +144,17 @@ def test_a_full_spool_drops_its_oldest_batches_counts_them_and_says_so_once(
     names = [f"call-{n:02d}" for n in range(40)]
     with caplog.at_level(logging.WARNING, "nexus_otel"):
         emit(*names)
-    kept = sorted(p.name for p in spool.glob("*.otlp"))
-    sizes = sum(p.stat().st_size for p in spool.glob("*.otlp"))
+    files = list(spool.glob("*.otlp"))
+    kept = sum(count_spans(path.read_bytes()) for path in files)
     status = nexus_otel.delivery_status()
-    assert sizes <= 3000 and status.pending_bytes == sizes
-    assert status.dropped_spans == 41 - len(kept) > 0
+    assert status.pending_bytes == sum(path.stat().st_size for path in files) <= 3000
+    assert 0 < kept < 40 and status.dropped_spans == 41 - kept
     warnings = [r for r in caplog.records if "dropped from the spool" in r.getMessage()]
     assert len(warnings) == 1 and "3000 bytes" in warnings[0].getMessage()
     with OtlpSink(port) as sink:
         wait_until(lambda: nexus_otel.delivery_status().pending_batches == 0, "the spool is sent")
     # The newest were kept, all of them, and nothing else was lost.
-    assert sink.stored() == dict.fromkeys(names[-len(kept) :], 1)
+    assert sink.stored() == dict.fromkeys(names[-kept:], 1)
 
 
 def test_shutdown_stops_waiting_for_an_exporter_that_does_not_answer(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from exporter.simulator import ProviderSimulator
-from tests.support import fresh_database, free_port, query, start_exporter
+from tests.support import free_port, fresh_database, query, start_exporter
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
