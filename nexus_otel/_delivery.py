@@ -15,9 +15,11 @@ does not, and sent from there (oldest first, merged into bigger requests) once i
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,12 +99,30 @@ class SpoolingSpanExporter(SpanExporter):
         self.shutdown_seconds = shutdown_seconds
         self.spooled_spans = self.delivered_spans = self.refused_spans = 0
         self._deadline: float | None = None  # set when shutting down
+        self._start_drainer()
+        if hasattr(os, "register_at_fork"):  # a forked worker sends its own spool, as the SDK
+            weak = weakref.WeakMethod(self._after_fork)  # restarts its batch worker there
+
+            def after_in_child() -> None:
+                method = weak()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _start_drainer(self) -> None:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._drainer = threading.Thread(
             target=self._drain_forever, name="nexus_otel spool", daemon=True
         )
         self._drainer.start()
+
+    def _after_fork(self) -> None:
+        if self._deadline is None:
+            self.link = _Link()
+            self.spool.after_fork()
+            self._start_drainer()
 
     # -- the app's side ----------------------------------------------------------------------
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

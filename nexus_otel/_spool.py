@@ -209,6 +209,14 @@ class Spool:
             self._known_bytes += len(body)
             return True
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's segment stays the parent's (closing the child's copy
+        of its descriptor keeps the parent's lock), and the locks start afresh."""
+        self._lock = threading.Lock()
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            os.close(segment.fd)
+
     def close_segment(self) -> None:
         """Hands the open segment over to whoever sends the spool (this process or another)."""
         with self._lock:

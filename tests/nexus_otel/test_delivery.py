@@ -268,3 +268,38 @@ def test_an_app_with_its_own_provider_gets_the_spool_from_nexus_otel_endpoint(
             wait_until(lambda: sink.stored() == {"own-provider": 1}, "the spool is sent")
     finally:
         nexus_otel.uninstrument()
+
+
+FORKING = """
+import os, sys, time, nexus_otel
+from opentelemetry import trace
+nexus_otel.instrument(service_name="forked", endpoint=sys.argv[1], spool=sys.argv[2])
+tracer = trace.get_tracer("tests.delivery")
+tracer.start_span("parent").end()
+nexus_otel.force_flush()  # refused: the parent knows the exporter is away, and spools
+pid = os.fork()
+if pid == 0:  # a worker: its spans and its own sending, after the parent has gone
+    for n in range(5):
+        tracer.start_span(f"child-{n}").end()
+    deadline = time.monotonic() + 60
+    while nexus_otel.delivery_status().pending_batches and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(0 if nexus_otel.delivery_status().pending_batches == 0 else 3)
+nexus_otel.shutdown()  # the parent stops sending; only the child can deliver now
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_worker_sends_the_spool_itself(tmp_path: Path) -> None:
+    with OtlpSink() as sink:
+        sink.answer = lambda number, names: Answer(503) if number == 0 else Answer()
+        url, spool = sink.base_url, tmp_path / "spool"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(FORKING), url, str(spool)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        expected = {"parent": 1, **{f"child-{n}": 1 for n in range(5)}}
+        assert sink.stored() == expected
