@@ -48,9 +48,19 @@ def alertmanager_config(settings: Settings, *, fast: bool = False) -> dict[str, 
                 "target_matchers": ['severity="warning"', 'budget=~".+"'],
                 "equal": ["budget"],
             },
-            {  # no calls stored is a consequence while the exporter is down or cannot write
-                "source_matchers": ['alertname=~"NexusExporterDown|NexusStorageUnavailable"'],
+            {  # no calls stored is a consequence while the exporter or collector is down,
+                # or the exporter cannot write
+                "source_matchers": [
+                    'alertname=~"NexusExporterDown|NexusStorageUnavailable|NexusCollectorDown"'
+                ],
                 "target_matchers": ['alertname="LLMNoCallsIngested"'],
+            },
+            {  # the collector's queue fills and it refuses spans because the exporter does
+                # not take them: one cause, one page
+                "source_matchers": ['alertname=~"NexusExporterDown|NexusStorageUnavailable"'],
+                "target_matchers": [
+                    'alertname=~"NexusCollectorQueueNearlyFull|NexusCollectorRefusingSpans"'
+                ],
             },
         ],
     }

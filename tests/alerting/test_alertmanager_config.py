@@ -4,8 +4,11 @@ per severity, the shipped files in step with the generators."""
 from __future__ import annotations
 
 import subprocess
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -15,7 +18,7 @@ from exporter.alerting import (
     render_alertmanager_config,
 )
 from exporter.cli import main
-from tests.promstack import ROOT, binary
+from tests.promstack import ROOT, binary, running_alertmanager
 
 TOKEN = "987654:secret-bot-token"
 
@@ -42,7 +45,7 @@ def test_generated_config_passes_amtool_and_carries_telegram_and_webhook(
     output = tmp_path / "am" / "alertmanager.yml"
     assert main(["alertmanager-config", "--output", str(output), "--make-dirs"]) == 0
     out = run_tool("amtool", "prometheus-alertmanager", "check-config", str(output))
-    assert "4 receivers" in out and "2 inhibit rules" in out and "1 templates" in out
+    assert "4 receivers" in out and "3 inhibit rules" in out and "1 templates" in out
     assert (output.parent / "templates" / "telegram.tmpl").is_file()
     assert output.stat().st_mode & 0o077 == 0  # it holds the bot token
     config = yaml.safe_load(output.read_text())
@@ -201,3 +204,41 @@ def test_example_flag_writes_the_shipped_file(telegram_env: None, tmp_path: Path
     assert main(["alertmanager-config", "--example", "--output", str(output)]) == 0
     assert output.read_text() == (ROOT / "alertmanager" / "alertmanager.yml").read_text()
     assert TOKEN not in output.read_text()  # the environment's token stays out
+
+
+@pytest.mark.e2e
+def test_a_down_exporter_silences_the_collector_alerts_it_causes(tmp_path: Path) -> None:
+    """The real Alertmanager with the shipped config: while NexusExporterDown fires, the
+    collector's full queue and refusals (its consequences) and no-calls are suppressed; a
+    collector alert of its own (dropping spans) still goes out."""
+    starts = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+
+    def alert(name: str, severity: str) -> dict[str, object]:
+        labels = {"alertname": name, "severity": severity, "instance": "otel-collector:8888"}
+        return {"labels": labels, "annotations": {"summary": name}, "startsAt": starts}
+
+    names = {
+        "NexusExporterDown": "critical",
+        "NexusCollectorQueueNearlyFull": "warning",
+        "NexusCollectorRefusingSpans": "warning",
+        "LLMNoCallsIngested": "warning",
+        "NexusCollectorDroppingSpans": "critical",
+    }
+    with running_alertmanager(ROOT / "alertmanager" / "alertmanager.yml", tmp_path) as manager:
+        posted = [alert(name, severity) for name, severity in names.items()]
+        httpx.post(f"{manager.url}/api/v2/alerts", json=posted).raise_for_status()
+        deadline = time.monotonic() + 30
+        while True:
+            states = {a["labels"]["alertname"]: a["status"] for a in manager.alerts()}
+            suppressed = {n for n, s in states.items() if s["state"] == "suppressed"}
+            if len(states) == len(names) and len(suppressed) == 3:
+                break
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
+    down = states["NexusExporterDown"]
+    assert down["state"] == "active"
+    assert suppressed == {
+        "NexusCollectorQueueNearlyFull", "NexusCollectorRefusingSpans", "LLMNoCallsIngested",
+    }  # fmt: skip
+    assert states["NexusCollectorDroppingSpans"]["state"] == "active"
+    assert states["NexusCollectorQueueNearlyFull"]["inhibitedBy"]
