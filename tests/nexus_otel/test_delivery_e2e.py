@@ -75,6 +75,8 @@ class App:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        if self.process.returncode is not None:
+            return
         self.stop_file.touch()
         _, stderr = self.process.communicate(timeout=WAIT_SECONDS)
         self._reader.join(10)
@@ -123,13 +125,19 @@ def test_every_call_is_stored_once_through_a_minute_without_the_exporter(
         during_outage = len(app.calls) - before_outage
         exporter = start_exporter(database, tmp_path, port=port)
         app.wait_for_calls(len(app.calls) + 8)
-        rows = wait_until_stored(database, "outage", list(app.calls))
+        made = list(app.calls)  # the app goes on calling meanwhile
+        rows = wait_until_stored(database, "outage", made)
+        app.stop()
+        after_stop = stored(database, "outage")
     finally:
         app.stop()
         exporter.stop()
     assert during_outage >= 4 * OUTAGE_SECONDS // 2  # the app kept calling all along
-    assert rows == dict.fromkeys(app.calls, 1)
-    assert stored(database, "outage") == dict.fromkeys(app.calls, 1)  # what shutdown() sent
+    # Delivered while the app ran, each once ...
+    assert {call: rows.get(call) for call in made} == dict.fromkeys(made, 1)
+    assert set(rows.values()) == {1}
+    # ... and, after its shutdown(), every call it made.
+    assert after_stop == dict.fromkeys(app.calls, 1)
 
 
 def test_calls_made_before_a_sigkill_during_an_outage_are_stored_once_by_the_next_run(
