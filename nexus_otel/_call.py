@@ -18,6 +18,7 @@ import time
 import weakref
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from opentelemetry import context, trace
@@ -29,7 +30,7 @@ from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target
 from nexus_otel._estimate import estimate_source, estimate_tokens, price, span_time
 from nexus_otel._internal import guarded, internal_error, loads_json
-from nexus_otel._llm_providers import NOT_MODEL_CALLS
+from nexus_otel._llm_providers import MAX_REPORTED_COST_USD, NOT_MODEL_CALLS
 from nexus_otel._operation import CURRENT_OPERATION, CallRecord, record_call
 from nexus_otel._secrets import scrub_text
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage
@@ -184,7 +185,9 @@ class LLMCall:
         if self.operation is not None:  # priced here only for the handle: the exporter prices rows
             duration_ms = (ended - self._started) * 1000
             model, at = self.request.model or self._model(), span_time(self._start_ns)
-            cost = guarded(price, usage, model, self.target.provider, at, self.response.model)
+            cost = self._provider_cost()
+            if cost is None:
+                cost = guarded(price, usage, model, self.target.provider, at, self.response.model)
             record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
         # Nothing more is read: let the body, the span and the context go now, not when the
         # SDK's response (often in a reference cycle) is collected.
@@ -240,6 +243,12 @@ class LLMCall:
 
     def _model(self) -> str:
         return self.response.model or self.request.model or "unknown"
+
+    def _provider_cost(self) -> Decimal | None:
+        """What the provider says the call cost, when the exporter would take it too (the row's
+        cost and the handle's are the same)."""
+        cost = self.response.provider_cost_usd
+        return cost if cost is not None and cost <= MAX_REPORTED_COST_USD else None
 
     def _record(
         self, usage: TokenUsage, source: str, cost: Any, duration_ms: float, error_type: str | None
@@ -314,6 +323,10 @@ class LLMCall:
             values[a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
         if usage.reasoning_tokens or full:
             values[a.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        if response.provider_cost_usd is not None:  # the provider's own charge, in US dollars
+            values[a.GEN_AI_USAGE_COST_AMOUNT] = float(response.provider_cost_usd)
+            values[a.GEN_AI_USAGE_COST_CURRENCY] = "USD"
+            values[a.GEN_AI_USAGE_COST_SOURCE] = "provider"
         if response.model is not None:
             values[a.GEN_AI_RESPONSE_MODEL] = response.model
         if response.response_id is not None:

@@ -1,10 +1,11 @@
 """Which provider and wire format an HTTP request speaks, and what of it is safe to record.
 
-Provider, in order: the provider's own host; what the official SDK says about itself (User-Agent
-`Groq/Python` or `AsyncGroq/Python`, `OpenAI/Python`, `Anthropic/Python`,
-`google-genai-sdk/...`, else an `anthropic-version` header or
-`x-goog-api-client: google-genai-sdk/...`); the `instrument(providers={"host:port": "groq"})`
-mapping; and last the wire format's own provider. The wire format comes from the path.
+Provider, in order: the `instrument(providers={"host:port": "groq"})` mapping (the app knows
+what its gateways serve, whichever SDK it calls them with); the provider's own host; what the
+official SDK says about itself (User-Agent `Groq/Python` or `AsyncGroq/Python`, `OpenAI/Python`,
+`AzureOpenAI/Python`, `Anthropic/Python`, `google-genai-sdk/...`, else an `anthropic-version`
+header or `x-goog-api-client: google-genai-sdk/...`); and last the wire format's own provider.
+The wire format comes from the path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from nexus_otel import _anthropic, _gemini, _openai
 from nexus_otel import attributes as a
-from nexus_otel._llm_providers import provider_from_host
+from nexus_otel._llm_providers import normalize_provider, provider_from_host
 from nexus_otel._wire import WireFormat
 
 
@@ -42,6 +43,7 @@ WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini)
 _SDK_AGENTS = {
     "Groq": "groq",
     "OpenAI": "openai",
+    "AzureOpenAI": "azure.ai.openai",
     "Anthropic": "anthropic",
     "google-genai-sdk": "gcp.gemini",
 }
@@ -55,7 +57,8 @@ class Detector:
     the first request to a server and path decides its provider."""
 
     def __init__(self, providers: dict[str, str]) -> None:
-        self.providers = providers
+        # Stored as the exporter stores them: `together` is recorded as `together_ai`.
+        self.providers = {k: normalize_provider(v) for k, v in providers.items()}
         self._seen: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Target | None]] = (
             weakref.WeakKeyDictionary()
         )
@@ -93,10 +96,10 @@ def detect(request: Any, providers: dict[str, str], path: str | None = None) -> 
         return None
     host, port = url.host, url.port
     provider = (
-        provider_from_host(host)
-        or _from_sdk_headers(request.headers)
-        or providers.get(f"{host}:{port}")
+        providers.get(f"{host}:{port}")
         or providers.get(host)
+        or provider_from_host(host, path)
+        or _from_sdk_headers(request.headers)
         or wire.DEFAULT_PROVIDER
     )
     return Target(provider, wire, host, port, path)

@@ -2,21 +2,39 @@
 the genai-prices provider each is priced as. The one table both the app-side instrumentation and
 the exporter read, so a call is named and priced the same on both sides.
 
-Names are the OpenTelemetry GenAI `gen_ai.provider.name` values (`gcp.gemini`, `aws.bedrock`).
+Names are the OpenTelemetry GenAI `gen_ai.provider.name` well-known values (`gcp.gemini`,
+`mistral_ai`, `x_ai`, `azure.ai.openai`); a provider the conventions do not list has a lowercase
+name of its own (`together_ai`, `fireworks`, `openrouter`).
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Final
+
+# A reported cost above this is taken for a unit mistake (cents, micro-dollars, credits of another
+# kind): no call costs $1,000. Both sides ignore it and price the call from its tokens.
+MAX_REPORTED_COST_USD: Final = Decimal(1000)
 
 # Each provider's own API host: the name its calls are recorded under, whatever the client says.
 # fmt: off
 PROVIDER_HOSTS: Final[dict[str, str]] = {
     "api.groq.com": "groq", "api.openai.com": "openai", "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "gcp.gemini",
+    # OpenAI-compatible APIs
+    "api.deepseek.com": "deepseek", "api.mistral.ai": "mistral_ai", "api.x.ai": "x_ai",
+    "api.together.xyz": "together_ai", "api.together.ai": "together_ai",
+    "api.fireworks.ai": "fireworks", "openrouter.ai": "openrouter",
+    "api.openrouter.ai": "openrouter",
 }
 # Vertex AI answers on one host per region: `us-central1-aiplatform.googleapis.com` and so on.
 VERTEX_AI_HOST_SUFFIX: Final = "-aiplatform.googleapis.com"
+# Azure answers on one host per resource (`<resource>.openai.azure.com`; newer resources and
+# Azure AI Foundry `<resource>.cognitiveservices.azure.com` and `<resource>.services.ai.azure.com`,
+# the hosts genai-prices lists for Azure). On the Foundry host, only paths under `/openai/` are
+# the Azure OpenAI API; its other paths (`/models/...`) are the Azure AI model inference API.
+AZURE_OPENAI_HOST_SUFFIXES: Final = (".openai.azure.com", ".cognitiveservices.azure.com")
+AZURE_AI_FOUNDRY_HOST_SUFFIX: Final = ".services.ai.azure.com"
 
 # Other spellings of a provider name (libraries, older conventions, people) → the name stored.
 PROVIDER_ALIASES: Final[dict[str, str]] = {
@@ -27,7 +45,9 @@ PROVIDER_ALIASES: Final[dict[str, str]] = {
     "azure": "azure.ai.openai", "az.ai.openai": "azure.ai.openai",
     "azure_openai": "azure.ai.openai", "az.ai.inference": "azure.ai.inference",
     "bedrock": "aws.bedrock", "mistral": "mistral_ai", "mistralai": "mistral_ai",
-    "xai": "x_ai", "grok": "x_ai", "together": "together_ai",
+    "xai": "x_ai", "grok": "x_ai", "together": "together_ai", "together-ai": "together_ai",
+    "togetherai": "together_ai", "fireworks_ai": "fireworks", "fireworks-ai": "fireworks",
+    "open_router": "openrouter",
 }
 
 # Provider names (and deprecated gen_ai.system spellings) → genai-prices provider ids. Names not
@@ -42,12 +62,23 @@ PRICE_PROVIDER_IDS: Final[dict[str, str]] = {
     "gcp.gemini": "google", "gcp.vertex_ai": "google", "gcp.gen_ai": "google",
     "gemini": "google", "vertex_ai": "google",
     "mistral_ai": "mistral", "x_ai": "x-ai", "xai": "x-ai",
+    "together_ai": "together", "fireworks": "fireworks", "openrouter": "openrouter",
 }
 # fmt: on
 
 # gen_ai.operation.name values of spans around model calls that are no model call themselves
-# (an agent's run, a tool's execution): never a row, never the span a call's usage goes on.
-NOT_MODEL_CALLS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool"})
+# (an agent's run, a tool's execution), or of calls that bill no tokens (`fetch_response`: a
+# stored response retrieved again, whose usage was counted when it was made): never a row,
+# never the span a call's usage goes on.
+NOT_MODEL_CALLS: Final = frozenset(
+    {"invoke_agent", "create_agent", "execute_tool", "fetch_response"}
+)
+# Span names of SDKs' own tracing for calls that bill no tokens but name a model (the Anthropic
+# SDK's span of `messages.count_tokens` carries `gen_ai.request.model` and no operation name;
+# `sessions.create` names its agent's model): never a row.
+NOT_MODEL_CALL_SPANS: Final = frozenset(
+    {"anthropic.messages.count_tokens", "anthropic.sessions.create"}
+)
 
 
 def normalize_provider(value: str) -> str:
@@ -56,9 +87,17 @@ def normalize_provider(value: str) -> str:
     return PROVIDER_ALIASES.get(name, name)
 
 
-def provider_from_host(host: str) -> str | None:
-    """The provider whose own API `host` is, or None for any other host (a gateway, a proxy)."""
+def provider_from_host(host: str, path: str = "") -> str | None:
+    """The provider whose own API `host` is, or None for any other host (a gateway, a proxy).
+    `path`, when known, tells the two APIs of an Azure AI Foundry host apart."""
     host = host.lower()
+    found = PROVIDER_HOSTS.get(host)
+    if found is not None:
+        return found
     if host.endswith(VERTEX_AI_HOST_SUFFIX):
         return "gcp.vertex_ai"
-    return PROVIDER_HOSTS.get(host)
+    if host.endswith(AZURE_OPENAI_HOST_SUFFIXES):
+        return "azure.ai.openai"
+    if host.endswith(AZURE_AI_FOUNDRY_HOST_SUFFIX):
+        return "azure.ai.openai" if path.startswith("/openai/") else "azure.ai.inference"
+    return None

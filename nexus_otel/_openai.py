@@ -1,11 +1,27 @@
-"""OpenAI-compatible chat completions (OpenAI, Groq): request fields and usage extraction."""
+"""OpenAI-compatible chat completions (OpenAI, Groq, DeepSeek, Mistral, xAI, Together, Fireworks,
+OpenRouter, Azure OpenAI, any `base_url`): request fields and usage extraction.
+
+Azure OpenAI names the deployment in the path (`/openai/deployments/<name>/chat/completions`,
+the API version in the query): the request's model is the deployment when the body names none,
+and the response's `model` is the model the deployment runs, which prices the call.
+
+OpenRouter reports what it charged in `usage.cost` (credits, one credit one US dollar). With the
+user's own provider key (`usage.is_byok`), that is OpenRouter's fee alone, and
+`usage.cost_details.upstream_inference_cost` is what the provider charged the key: the call cost
+both. Without it, `upstream_inference_cost` is part of `cost`.
+"""
 
 from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
 
 from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
 
 OPERATION = "chat"
 DEFAULT_PROVIDER = "openai"
+_AZURE_DEPLOYMENT = re.compile(r"/deployments/(?P<name>[^/]+)/")
 
 
 def matches(path: str) -> bool:
@@ -15,8 +31,12 @@ def matches(path: str) -> bool:
 def request_info(path: str, body: dict[str, object]) -> RequestInfo:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     temperature = body.get("temperature")
+    model = body.get("model")
+    if not isinstance(model, str):
+        found = _AZURE_DEPLOYMENT.search(path)
+        model = found.group("name") if found else None
     return RequestInfo(
-        model=body.get("model") if isinstance(body.get("model"), str) else None,  # type: ignore[arg-type]
+        model=model,
         stream=body.get("stream") is True,
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         temperature=float(temperature) if isinstance(temperature, int | float) else None,
@@ -68,6 +88,8 @@ def _read_common(body: object, info: ResponseInfo) -> list[dict[str, object]]:
     usage = body.get("usage") or dig(body, "x_groq", "usage")
     if isinstance(usage, dict):
         info.usage = _usage(usage)
+        if "cost" in usage:
+            info.provider_cost_usd = _provider_cost(usage)
     if "error" in body:
         error = dig(body, "error", "message")
         if isinstance(error, str):
@@ -86,3 +108,21 @@ def _usage(usage: dict[str, object]) -> TokenUsage:
         reasoning = as_int(completion.get("reasoning_tokens"))
     input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return TokenUsage(as_int(input_tokens), as_int(output_tokens), cached, cache_write, reasoning)
+
+
+def _provider_cost(usage: dict[str, object]) -> Decimal | None:
+    """OpenRouter's `usage.cost`, plus the upstream provider's charge when the key was the user's
+    own; None when it is not a finite, non-negative number."""
+    total = _amount(usage.get("cost"))
+    if total is not None and usage.get("is_byok") is True:
+        upstream = _amount(dig(usage, "cost_details", "upstream_inference_cost"))
+        total = total + upstream if upstream is not None else None
+    return total
+
+
+def _amount(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return Decimal(str(value))  # via str: 0.0001 stays exactly 0.0001

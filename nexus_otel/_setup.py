@@ -96,8 +96,8 @@ def instrument(
       Without it, an SDK provider the app already set globally is joined the same way (its own
       exporters send our spans; an OTLP exporter to `endpoint` is added only when it is given),
       or a new one is created, with an OTLP exporter, and set globally.
-    - `providers`: `{"host:port": "groq"}` for raw REST calls to gateways the library cannot
-      recognise by host or SDK.
+    - `providers`: `{"host:port": "groq"}` names the provider of every call to that server (a
+      gateway, a self-hosted or OpenAI-compatible `base_url`), whatever the host or the SDK says.
     - `capture_content`: record prompts and completions (`gen_ai.input.messages`,
       `gen_ai.output.messages`); off unless this or `NEXUS_OTEL_CAPTURE_CONTENT=true`.
     - `http_spans`: also keep the HTTP span of `opentelemetry-instrumentation-httpx` under each

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import NamedTuple
 
 
@@ -56,6 +57,7 @@ class ResponseInfo:
     output_parts: list[str] = field(default_factory=list)
     complete: bool = False  # a JSON body fully read, or a stream's terminal event seen
     error_message: str | None = None
+    provider_cost_usd: Decimal | None = None  # what the provider says it charged (OpenRouter)
 
     @property
     def output_text(self) -> str:

@@ -53,7 +53,11 @@ SERVICE_NAME: Final = "service.name"  # resource attribute
 
 # --- Cost: no standard attribute yet; these are the spellings in use ------------------------
 GEN_AI_USAGE_COST: Final = "gen_ai.usage.cost"  # OpenLIT, Langfuse
-GEN_AI_USAGE_COST_AMOUNT: Final = "gen_ai.usage.cost.amount"  # proposed, not yet standard
+# Proposed (semantic-conventions-genai PR #443, not merged): the amount, its ISO 4217 currency
+# (absent: USD), and who priced it: `provider` (its own charge) or `local` (a price table).
+GEN_AI_USAGE_COST_AMOUNT: Final = "gen_ai.usage.cost.amount"
+GEN_AI_USAGE_COST_CURRENCY: Final = "gen_ai.usage.cost.currency"
+GEN_AI_USAGE_COST_SOURCE: Final = "gen_ai.usage.cost.source"
 OPERATION_COST: Final = "operation.cost"  # Logfire
 LLM_COST_TOTAL: Final = "llm.cost.total"  # OpenInference
 NEXUS_COST_USD: Final = "nexus.cost.usd"  # ours

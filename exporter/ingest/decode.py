@@ -149,6 +149,8 @@ def _batch(calls: list[LLMCall], rejections: list[str]) -> CallBatch | None:
 def price_call(prices: PriceBook, call: LLMCall) -> None:
     """Sets the call's cost and its source. Tokens are stored whatever happens here: a pricing
     failure leaves the call unpriced."""
+    if call.unpriced_reason is not None:  # told in the row's attributes
+        return
     try:
         price = prices.price(
             provider=call.provider,
@@ -160,6 +162,7 @@ def price_call(prices: PriceBook, call: LLMCall) -> None:
             cache_read_tokens=call.cache_read_tokens,
             cache_write_tokens=call.cache_write_tokens,
             reported_cost_usd=call.reported_cost_usd,
+            reported_by_provider=call.cost_reported_by_provider,
         )
     except Exception:
         log.exception("pricing %s/%s failed; stored unpriced", call.provider, call.model)

@@ -65,4 +65,7 @@ class LLMCall:
     reported_cost_usd: Decimal | None  # a cost the span itself carried, if any
     attributes: dict[str, Any] = field(default_factory=dict)  # extra, content-free attributes
     cost_usd: Decimal | None = None  # filled by pricing; None = unpriced, never a fake 0
-    cost_source: str | None = None  # genai-prices | override | span
+    cost_source: str | None = None  # provider | override | genai-prices | span
+    # reported_cost_usd is what the provider charged (gen_ai.usage.cost.source = provider)
+    cost_reported_by_provider: bool = False
+    unpriced_reason: str | None = None  # set: stored unpriced, whatever a price table says

@@ -11,7 +11,13 @@ from typing import Any
 from exporter.ingest.metrics import ERROR_CODE, OTHER_ERROR
 from exporter.ingest.model import TRUNCATED_MARKER, AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
-from nexus_otel._llm_providers import NOT_MODEL_CALLS, normalize_provider, provider_from_host
+from nexus_otel._llm_providers import (
+    MAX_REPORTED_COST_USD,
+    NOT_MODEL_CALL_SPANS,
+    NOT_MODEL_CALLS,
+    normalize_provider,
+    provider_from_host,
+)
 from nexus_otel._secrets import CACHED_LENGTH, REDACTED, is_secret_key, scrub_text
 from nexus_otel._secrets import scrubbed_before as _seen
 
@@ -26,10 +32,13 @@ MAX_TOKENS_PER_CALL = 10**8
 # No LLM call lasts a day; an end time far past its start (2^64 - 1 ns, an unset clock) is bad data.
 MAX_CALL_DURATION_NS = 24 * 3600 * 10**9
 _MAX_TTFC_SECONDS = MAX_CALL_DURATION_NS / 10**9
-# A span-reported cost above this is taken for a unit mistake (cents, micro-dollars, credits):
-# it is ignored and the call priced from its tokens like any other, the value kept beside it.
-MAX_REPORTED_COST_USD = Decimal(1000)
+# A span-reported cost above MAX_REPORTED_COST_USD ($1,000: a unit mistake, cents, micro-dollars,
+# credits) is ignored and the call priced from its tokens like any other, the value kept beside it.
 IGNORED_REPORTED_COST = "nexus.cost.ignored_reported_usd"
+# Why a call is stored unpriced although it reported a cost (one in another currency: never summed
+# as dollars, and no list price in dollars stands in for it).
+UNPRICED_REASON = "nexus.cost.unpriced_reason"
+MAX_CURRENCY_CHARS = 16  # of a currency quoted in UNPRICED_REASON; ISO 4217 codes have 3
 # Stored text, in characters. The four summary dimensions (service, provider, model, operation)
 # share one btree key, whose entry PostgreSQL refuses over 2,704 bytes: at 4 bytes a character
 # at worst, 128 + 64 + 256 + 128 characters is 2,304 bytes. Names and messages longer than
@@ -109,6 +118,8 @@ _MAPPED = frozenset(
         *_PROVIDER_KEYS,
         *_TTFC_KEYS,
         *a.COST_ATTRIBUTES,
+        a.GEN_AI_USAGE_COST_CURRENCY,
+        a.GEN_AI_USAGE_COST_SOURCE,
         a.GEN_AI_REQUEST_MODEL,
         a.GEN_AI_RESPONSE_MODEL,
         a.LLM_MODEL_NAME,
@@ -131,7 +142,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
     """The call a span describes, or None when it describes no LLM call."""
     attrs = span.attributes
     provider = _provider(attrs)
-    if provider is None or not _is_model_call(attrs):
+    if provider is None or not _is_model_call(attrs, span.name):
         return None
     request_model = _str(attrs.get(a.GEN_AI_REQUEST_MODEL))
     response_model = _str(attrs.get(a.GEN_AI_RESPONSE_MODEL))
@@ -149,7 +160,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
     if not 0 <= duration_ns <= MAX_CALL_DURATION_NS:
         _duration_out_of_range(span, duration_ns)
     error_type, error_message = _error(span)
-    reported_cost = _reported_cost(attrs)
+    reported_cost, cost_key = _reported_cost(attrs)
     call = LLMCall(
         trace_id=span.trace_id,
         span_id=span.span_id,
@@ -180,9 +191,8 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         reported_cost_usd=reported_cost,
         attributes=_kept_attributes(attrs, store_content),
     )
-    if reported_cost is not None and reported_cost > MAX_REPORTED_COST_USD:
-        call.reported_cost_usd = None
-        call.attributes[IGNORED_REPORTED_COST] = str(reported_cost)
+    if reported_cost is not None:
+        _judge_reported_cost(call, attrs, reported_cost, cost_key)
     # The common case (every text short) costs a few len() calls: one sum for the names every
     # call has, within each of their bounds (_TEXTS_AT_ONCE), then the optional ones.
     if (
@@ -272,8 +282,9 @@ def _provider(attrs: dict[str, AttributeValue]) -> str | None:
     return None
 
 
-def _is_model_call(attrs: dict[str, AttributeValue]) -> bool:
-    if _str(attrs.get(a.GEN_AI_OPERATION_NAME)) in NOT_MODEL_CALLS:
+def _is_model_call(attrs: dict[str, AttributeValue], name: str) -> bool:
+    operation = _str(attrs.get(a.GEN_AI_OPERATION_NAME))
+    if operation in NOT_MODEL_CALLS or (operation is None and name in NOT_MODEL_CALL_SPANS):
         return False
     kind = _str(attrs.get(a.OPENINFERENCE_SPAN_KIND))
     return kind is None or kind.upper() in _OPENINFERENCE_LLM_KINDS
@@ -418,7 +429,8 @@ def _ttfc_ms(attrs: dict[str, AttributeValue]) -> float | None:
     return None
 
 
-def _reported_cost(attrs: dict[str, AttributeValue]) -> Decimal | None:
+def _reported_cost(attrs: dict[str, AttributeValue]) -> tuple[Decimal | None, str]:
+    """The cost the span reports, and the attribute it is in."""
     for key in a.COST_ATTRIBUTES:
         value = attrs.get(key)
         if value is None or isinstance(value, bool | list):
@@ -428,8 +440,28 @@ def _reported_cost(attrs: dict[str, AttributeValue]) -> Decimal | None:
         except InvalidOperation:
             continue
         if cost.is_finite() and cost >= 0:
-            return cost
-    return None
+            return cost, key
+    return None, ""
+
+
+def _judge_reported_cost(
+    call: LLMCall, attrs: dict[str, AttributeValue], cost: Decimal, key: str
+) -> None:
+    """What a reported cost counts for: a cost in another currency leaves the call unpriced; a
+    cost past the bound is ignored; the provider's own charge is preferred to a price table."""
+    currency = _str(attrs.get(a.GEN_AI_USAGE_COST_CURRENCY)) if key != a.NEXUS_COST_USD else None
+    if currency is not None and currency.upper() != "USD":
+        currency = _short(scrub_text(currency), MAX_CURRENCY_CHARS)
+        call.reported_cost_usd = None
+        call.unpriced_reason = (
+            f"cost reported in {currency}, not US dollars: {key} = {cost} {currency}"
+        )
+        call.attributes[UNPRICED_REASON] = call.unpriced_reason
+    elif cost > MAX_REPORTED_COST_USD:
+        call.reported_cost_usd = None
+        call.attributes[IGNORED_REPORTED_COST] = str(cost)
+    elif _str(attrs.get(a.GEN_AI_USAGE_COST_SOURCE)) == "provider":
+        call.cost_reported_by_provider = True
 
 
 def _is_secret_key(key: str) -> bool:

@@ -1,8 +1,10 @@
 """What one LLM call costs, and where that price comes from.
 
-Order: a matching user override (NEXUS_PRICES_FILE), then genai-prices for the response model
-(more specific, e.g. a dated version) and then the request model, then a cost the span itself
-reported. Otherwise the call is unpriced: `Price(None, None)`, never a fake $0.
+Order: what the provider says it charged (a span's `gen_ai.usage.cost.amount` with
+`gen_ai.usage.cost.source` = `provider`, such as OpenRouter's `usage.cost`: source `provider`),
+then a matching user override (NEXUS_PRICES_FILE), then genai-prices for the response model (more
+specific, e.g. a dated version) and then the request model, then any other cost the span reported
+(source `span`). Otherwise the call is unpriced: `Price(None, None)`, never a fake $0.
 
 genai-prices costs are exactly `genai_prices.calc_price(...).total_price` for the same usage and
 timestamp. The library spends 30-150 µs a call resolving and validating a price set, so each
@@ -62,7 +64,7 @@ class Price:
     """The result of pricing one call."""
 
     cost_usd: Decimal | None  # None = unpriced (never a fake 0)
-    source: str | None  # "override" | "genai-prices" | "span" | None
+    source: str | None  # "provider" | "override" | "genai-prices" | "span" | None
 
 
 UNPRICED = Price(None, None)
@@ -221,7 +223,14 @@ class PriceBook:
         cache_read_tokens: int,
         cache_write_tokens: int,
         reported_cost_usd: Decimal | None = None,
+        reported_by_provider: bool = False,
     ) -> Price:
+        """`reported_by_provider`: `reported_cost_usd` is what the provider charged, which no
+        price table knows better."""
+        reported = reported_cost_usd
+        valid_reported = reported is not None and reported.is_finite() and reported >= 0
+        if reported_by_provider and valid_reported:
+            return Price(reported, "provider")
         usage = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
         # Which usage and models price a call: nexus_otel._pricing.list_price's rule, written
         # out here because it runs for every span.
@@ -237,8 +246,7 @@ class PriceBook:
                     cost = self._plan_at(found[1], found[2], timestamp).cost(*usage)
                     if cost is not None:
                         return Price(cost, "genai-prices")
-        reported = reported_cost_usd
-        if reported is not None and reported.is_finite() and reported >= 0:
+        if valid_reported:
             return Price(reported, "span")
         return UNPRICED
 

@@ -1,8 +1,16 @@
-"""OpenAI and Groq chat completions (`POST /openai/v1/chat/completions`), JSON and SSE."""
+"""OpenAI and Groq chat completions (`POST /openai/v1/chat/completions`), JSON and SSE; and the
+OpenAI-compatible providers' (any path ending `/chat/completions`).
+
+Two control headers shape what only some OpenAI-compatible providers answer: `x-sim-cost: 0.0042`
+adds OpenRouter's `usage.cost` (credits, USD), with `x-sim-cost-upstream: 0.01` the user's own
+key's upstream charge (`usage.is_byok`); `x-sim-response-model` is the `model` the answer names
+(Azure OpenAI names the model a deployment runs, not the deployment).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import Any
@@ -24,6 +32,9 @@ def parse(body: dict[str, Any], headers: dict[str, str]) -> Request:
         raise BadRequest("'model' is required")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array")
+    for header in _COST_HEADERS:
+        if header in headers:
+            _cost(header, headers[header])
     options = body.get("stream_options") or {}
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     return Request(
@@ -44,7 +55,29 @@ def _content_text(message: dict[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
-def new_reply_ids(gen: Generator, reply: Reply, groq: bool) -> None:
+_COST_HEADERS = ("x-sim-cost", "x-sim-cost-upstream")
+_EXTRA_HEADERS = {"x-sim-response-model": "response_model", **{h: h for h in _COST_HEADERS}}
+
+
+def _cost(header: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise BadRequest(f"{header} {raw!r}: expected a non-negative number of US dollars")
+    return value
+
+
+def reply_extras(headers: dict[str, str]) -> dict[str, str]:
+    """What the control headers add to every reply (checked by `parse`)."""
+    return {key: headers[h] for h, key in _EXTRA_HEADERS.items() if headers.get(h)}
+
+
+def new_reply_ids(
+    gen: Generator, reply: Reply, groq: bool, extras: dict[str, str] | None = None
+) -> None:
+    reply.extra.update(extras or {})
     reply.id = "chatcmpl-" + gen.token_id(29 if not groq else 26)
     reply.extra["fingerprint"] = "fp_" + gen.token_id(10, "0123456789abcdef")
     if groq:
@@ -79,6 +112,24 @@ def wire_usage(usage: Usage, groq: bool) -> dict[str, Any]:
     return out
 
 
+def _reply_usage(reply: Reply, groq: bool) -> dict[str, Any]:
+    """The usage object, with OpenRouter's cost fields when the request asked for them."""
+    out = wire_usage(reply.usage, groq)
+    if "x-sim-cost" in reply.extra:
+        cost = _cost("x-sim-cost", reply.extra["x-sim-cost"])
+        upstream = reply.extra.get("x-sim-cost-upstream")
+        out["cost"] = cost
+        out["is_byok"] = upstream is not None
+        # Without the user's own key, OpenRouter repeats the cost as the upstream's.
+        upstream_cost = cost if upstream is None else _cost("x-sim-cost-upstream", upstream)
+        out["cost_details"] = {"upstream_inference_cost": upstream_cost}
+    return out
+
+
+def _model(reply: Reply) -> str:
+    return reply.extra.get("response_model") or reply.request.model
+
+
 def reported_usage(usage: Usage, groq: bool) -> Usage:
     """What the wire format can carry: Groq has no cache-write count."""
     return Usage(**{**usage.__dict__, "cache_write_tokens": 0}) if groq else usage
@@ -94,11 +145,11 @@ def json_body(reply: Reply, groq: bool) -> dict[str, Any]:
         "id": reply.id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": reply.request.model,
+        "model": _model(reply),
         "choices": [
             {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(reply)}
         ],
-        "usage": wire_usage(reply.usage, groq),
+        "usage": _reply_usage(reply, groq),
         "system_fingerprint": reply.extra["fingerprint"],
     }
     if groq:
@@ -120,7 +171,7 @@ def sse_frames(reply: Reply, groq: bool, interrupted: bool) -> list[bytes]:
         "id": reply.id,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
-        "model": reply.request.model,
+        "model": _model(reply),
         "system_fingerprint": reply.extra["fingerprint"],
     }
     if not groq:
@@ -140,12 +191,12 @@ def sse_frames(reply: Reply, groq: bool, interrupted: bool) -> list[bytes]:
     if interrupted:
         return frames[:3]
     if groq:
-        x_groq = {"id": reply.extra["x_groq_id"], "usage": wire_usage(reply.usage, groq)}
+        x_groq = {"id": reply.extra["x_groq_id"], "usage": _reply_usage(reply, groq)}
         frames.append(chunk({}, _finish(reply), x_groq=x_groq))
     else:
         frames.append(chunk({}, _finish(reply)))
     if reply.request.include_usage:
-        usage = {"usage": wire_usage(reply.usage, groq)}
+        usage = {"usage": _reply_usage(reply, groq)}
         frames.append(_frame({**base, "choices": [], **usage}))
     frames.append(b"data: [DONE]\n\n")
     return frames

@@ -67,10 +67,10 @@ class _Wire:
         return "req_" + gen.token_id(26, "0123456789abcdefghjkmnpqrstvwxyz")
 
 
-def _openai_wire(groq: bool) -> _Wire:
+def _openai_wire(groq: bool, extras: dict[str, str] | None = None) -> _Wire:
     return _Wire(
         "openai",
-        lambda gen, reply: _openai.new_reply_ids(gen, reply, groq),
+        lambda gen, reply: _openai.new_reply_ids(gen, reply, groq, extras),
         lambda reply: _openai.json_body(reply, groq),
         lambda reply, cut: _openai.sse_frames(reply, groq, cut),
         lambda status, message, model, _: _openai.error_body(status, message, model, groq),
@@ -139,7 +139,12 @@ class ProviderSimulator:
             routes=[
                 Route("/openai/v1/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                # OpenAI-compatible providers' paths: `/chat/completions` (DeepSeek),
+                # `/api/v1/...` (OpenRouter), `/openai/deployments/<name>/...` (Azure), ...
+                Route("/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/{prefix:path}/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
                 Route("/{version}/models/{target}", self._generate_content, methods=["POST"]),
             ]
         )
@@ -207,9 +212,8 @@ class ProviderSimulator:
 
     async def _chat_completions(self, http: HttpRequest) -> Any:
         headers = _headers(http)
-        return await self._answer(
-            http, _openai_wire(_openai.is_groq(headers)), lambda body: _openai.parse(body, headers)
-        )
+        wire = _openai_wire(_openai.is_groq(headers), _openai.reply_extras(headers))
+        return await self._answer(http, wire, lambda body: _openai.parse(body, headers))
 
     async def _messages(self, http: HttpRequest) -> Any:
         headers = _headers(http)
@@ -218,11 +222,27 @@ class ProviderSimulator:
     async def _generate_content(self, http: HttpRequest) -> Any:
         version, target = http.path_params["version"], http.path_params["target"]
         model, _, method = target.partition(":")
+        if version in ("v1", "v1beta") and method == "countTokens":
+            return await self._count_tokens(http)
         if version not in ("v1", "v1beta") or method not in _gemini.METHODS:
             body = _gemini.error_body(404, f"{http.url.path} is not found")
             body["error"]["status"] = "NOT_FOUND"
             return JSONResponse(body, status_code=404)
         return await self._answer(http, _GEMINI, lambda body: _gemini.parse(body, model, method))
+
+    async def _count_tokens(self, http: HttpRequest) -> Any:
+        """Token counting (Anthropic `count_tokens`, Gemini `:countTokens`): a count, billed
+        nothing, so no usage. About four bytes of request a token."""
+        body = await http.body()
+        try:
+            model = json.loads(body).get("model") or ""
+        except (ValueError, AttributeError):
+            model = ""
+        _Recorder(self, "count_tokens", http, _headers(http))(200, str(model), False, None)
+        tokens = max(1, len(body) // 4)
+        if http.url.path.endswith(":countTokens"):
+            return JSONResponse({"totalTokens": tokens})
+        return JSONResponse({"input_tokens": tokens})
 
     async def _answer(
         self, http: HttpRequest, wire: _Wire, parse: Callable[[dict[str, Any]], Request]

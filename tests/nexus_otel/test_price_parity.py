@@ -46,6 +46,9 @@ PROVIDERS = {
     "mistral_ai": ("mistral", "mistral-large-latest"),
     "x_ai": ("x-ai", "grok-3"),
     "xai": ("x-ai", "grok-4"),
+    "together_ai": ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+    "fireworks": ("fireworks", "accounts/fireworks/models/deepseek-v3p2"),
+    "openrouter": ("openrouter", "anthropic/claude-sonnet-4.5"),
 }
 # Input includes the cache reads and writes, output the reasoning (the GenAI conventions). The
 # OpenAI wire format carries all four counts, so every call goes through it.

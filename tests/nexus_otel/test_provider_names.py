@@ -8,7 +8,7 @@ import pytest
 
 from exporter.ingest.model import RawSpan
 from exporter.ingest.normalize import to_llm_call
-from nexus_otel._detect import detect
+from nexus_otel._detect import Detector, detect
 
 START_NS = 1_763_800_000_123_456_789
 # host → (a model-call path on it, the provider its calls are stored under)
@@ -25,6 +25,20 @@ HOSTS = {
         ":generateContent",
         "gcp.vertex_ai",
     ),
+    "api.deepseek.com": ("/chat/completions", "deepseek"),
+    "api.mistral.ai": ("/v1/chat/completions", "mistral_ai"),
+    "api.x.ai": ("/v1/chat/completions", "x_ai"),
+    "api.together.xyz": ("/v1/chat/completions", "together_ai"),
+    "api.together.ai": ("/v1/chat/completions", "together_ai"),
+    "api.fireworks.ai": ("/inference/v1/chat/completions", "fireworks"),
+    "openrouter.ai": ("/api/v1/chat/completions", "openrouter"),
+    "res.openai.azure.com": ("/openai/deployments/gpt4o/chat/completions", "azure.ai.openai"),
+    "res.cognitiveservices.azure.com": (
+        "/openai/deployments/gpt4o/chat/completions",
+        "azure.ai.openai",
+    ),
+    # An Azure AI Foundry host outside `/openai/`: the Azure AI model inference API.
+    "res.services.ai.azure.com": ("/models/chat/completions", "azure.ai.inference"),
 }
 
 
@@ -53,3 +67,27 @@ def test_the_host_names_the_provider_on_both_sides(host: str) -> None:
     )
     call = to_llm_call(span)
     assert call is not None and call.provider == provider
+
+
+def test_the_foundry_host_serves_azure_openai_under_openai() -> None:
+    url = "https://res.services.ai.azure.com/openai/deployments/gpt4o/chat/completions"
+    target = detect(httpx.Request("POST", url), {})
+    assert target is not None and target.provider == "azure.ai.openai"
+
+
+def test_the_app_names_its_own_servers_whatever_the_sdk_says() -> None:
+    """An OpenAI-compatible server named by `providers=` is that provider, though the openai SDK
+    calls it (User-Agent `OpenAI/Python`); the name is stored as the exporter stores it."""
+    request = httpx.Request("POST", "https://llm.internal:8443/v1/chat/completions",
+                            headers={"User-Agent": "OpenAI/Python 3.54.0"})  # fmt: skip
+    assert detect(request, {}).provider == "openai"  # type: ignore[union-attr]
+    named = Detector({"llm.internal:8443": "Together"}).target(httpx.HTTPTransport(), request)
+    assert named is not None and named.provider == "together_ai"
+
+
+def test_azure_openai_sdk_names_itself() -> None:
+    request = httpx.Request("POST", "https://gateway.example/openai/deployments/x/chat/completions",
+                            headers={"User-Agent": "AzureOpenAI/Python 3.54.0"})  # fmt: skip
+    target = detect(request, {})
+    assert target is not None and (target.provider, target.wire.request_info(
+        target.path, {}).model) == ("azure.ai.openai", "x")  # fmt: skip
