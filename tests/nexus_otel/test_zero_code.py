@@ -34,9 +34,10 @@ ENTRY_POINT = "nexus_otel"
 GROUP = "opentelemetry_instrumentor"
 # Per provider, the usage the simulator reports for the call (input, output tokens).
 USAGE = {"groq": (1200, 300), "anthropic": (900, 250), "gcp.gemini": (700, 150)}
-# Other GenAI instrumentations a development environment may have installed (the benchmark's
-# OpenLLMetry Groq): left out, so each run loads the same instrumentors everywhere.
-OTHER_GENAI_INSTRUMENTORS = ["groq"]
+# Other GenAI instrumentations a development environment may have installed (OpenLLMetry's Groq
+# for the benchmark, its Anthropic for the test of two instrumentations on one call): left out,
+# so each run loads the same instrumentors everywhere.
+OTHER_GENAI_INSTRUMENTORS = ["groq", "anthropic"]
 SIMULATOR_URLS = ("groq_base_url", "openai_base_url", "anthropic_base_url", "gemini_base_url")
 
 APP = """
