@@ -16,7 +16,10 @@ DEFAULT_PROVIDER = "openai"
 
 
 def matches(path: str) -> bool:
-    return path.rstrip("/").endswith("/embeddings")
+    path = path.rstrip("/")
+    # Ollama's own `/api/embeddings` speaks another format (its OpenAI-compatible one is
+    # `/v1/embeddings`), as its `/api/chat` is not read as chat completions either.
+    return path.endswith("/embeddings") and not path.endswith("/api/embeddings")
 
 
 def request_info(path: str, body: dict[str, object]) -> RequestInfo:

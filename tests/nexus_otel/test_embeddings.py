@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from exporter.simulator import ProviderSimulator
+from nexus_otel._detect import wire_format
 from tests.nexus_otel.clients import GEMINI_KEY, OPENAI_KEY
 from tests.nexus_otel.scripted_server import ScriptedServer
 
@@ -135,3 +136,23 @@ def test_content_capture_records_the_input_only(spans: Spans, simulator: Provide
     assert inputs == [{"parts": [{"text": fact}], "role": "user"} for fact in FACTS[1:]]
     for attrs in (first, second):
         assert "gen_ai.output.messages" not in attrs  # vectors: never
+
+
+@pytest.mark.parametrize(
+    ("path", "wire"),
+    [
+        ("/v1/embeddings", "_openai_embeddings"),
+        ("/openai/v1/embeddings", "_openai_embeddings"),  # Groq
+        ("/openai/deployments/small/embeddings", "_openai_embeddings"),  # Azure OpenAI
+        ("/api/v1/embeddings", "_openai_embeddings"),  # OpenRouter
+        ("/inference/v1/embeddings/", "_openai_embeddings"),  # Fireworks, trailing slash
+        ("/v1beta/models/gemini-embedding-001:batchEmbedContents", "_gemini_embeddings"),
+        ("/v1beta/models/gemini-embedding-001:embedContent", "_gemini_embeddings"),
+        ("/api/embeddings", None),  # Ollama's own format
+        ("/v1/embeddings/other", None),
+        ("/v1beta/models/gemini-embedding-001:countTokens", None),
+    ],
+)
+def test_which_paths_are_embeddings(path: str, wire: str | None) -> None:
+    found = wire_format(path)
+    assert (found.__name__.rpartition(".")[2] if found else None) == wire
