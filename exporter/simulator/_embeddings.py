@@ -22,7 +22,8 @@ from exporter.simulator._model import BadRequest, Generator, Reply, Request, Usa
 
 DIMENSIONS = 32  # small: tests and the demo need similar texts near, not a real model's 1536
 GEMINI_METHODS = ("embedContent", "batchEmbedContents")
-MAX_INPUTS = 2048  # OpenAI's limit on inputs per request; Gemini's batch limit is lower (100)
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+MAX_GEMINI_REQUESTS = 100  # Gemini's limit on the requests of one batchEmbedContents
 _WORD = re.compile(r"\w+")
 
 
@@ -65,8 +66,13 @@ def parse_gemini(body: dict[str, Any], model: str, method: str) -> EmbeddingsReq
         contents = [body.get("content")]
     else:
         requests = body.get("requests")
-        if not isinstance(requests, list) or not requests or len(requests) > MAX_INPUTS:
+        if not isinstance(requests, list) or not requests:
             raise BadRequest("* BatchEmbedContentsRequest.requests: requests is not specified")
+        if len(requests) > MAX_GEMINI_REQUESTS:
+            raise BadRequest(
+                "* BatchEmbedContentsRequest.requests: at most "
+                f"{MAX_GEMINI_REQUESTS} requests can be in one batch"
+            )
         contents = [r.get("content") if isinstance(r, dict) else None for r in requests]
     texts = [_gemini_text(content) for content in contents]
     if not all(texts):

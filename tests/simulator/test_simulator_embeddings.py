@@ -127,6 +127,10 @@ def test_errors_use_each_provider_error_body(sim: ProviderSimulator) -> None:
          "requests is not specified"),
         ("/v1beta/models/gemini-embedding-001:embedContent", {"content": {"parts": []}},
          "content: contents is not specified"),
+        ("/v1beta/models/gemini-embedding-001:batchEmbedContents",
+         {"requests": [{"content": {"parts": [{"text": "x"}]}}] * 101},
+         "at most 100 requests can be in one batch"),
+        ("/openai/v1/embeddings", {"model": "m", "input": ["x"] * 2049}, "at most 2048"),
     ],
 )  # fmt: skip
 def test_bad_bodies_get_a_provider_400(
