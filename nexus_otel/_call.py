@@ -28,6 +28,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from nexus_otel import attributes as a
 from nexus_otel._body import BodyCopy
 from nexus_otel._detect import Target
+from nexus_otel._embeddings import EMBEDDINGS
 from nexus_otel._estimate import estimate_source, estimate_tokens, price, span_time
 from nexus_otel._internal import guarded, internal_error, loads_json
 from nexus_otel._llm_providers import MAX_REPORTED_COST_USD, NOT_MODEL_CALLS
@@ -351,14 +352,17 @@ class LLMCall:
         span.set_status(Status(StatusCode.ERROR, scrub_text(message, _MAX_STATUS_MESSAGE)))
 
     def _content(self) -> dict[str, str]:
+        # Prompts quote what users paste, keys included: recorded only once scrubbed.
+        content = {
+            a.GEN_AI_INPUT_MESSAGES: scrub_text(json.dumps(self.request.messages, default=str))
+        }
+        if self.target.wire.OPERATION == EMBEDDINGS:  # its output is vectors: never recorded
+            return content
         text = {"type": "text", "content": self.response.output_text}
         reasons = ",".join(self.response.finish_reasons)
         output = [{"role": "assistant", "parts": [text], "finish_reason": reasons}]
-        # Prompts quote what users paste, keys included: recorded only once scrubbed.
-        return {
-            a.GEN_AI_INPUT_MESSAGES: scrub_text(json.dumps(self.request.messages, default=str)),
-            a.GEN_AI_OUTPUT_MESSAGES: scrub_text(json.dumps(output)),
-        }
+        content[a.GEN_AI_OUTPUT_MESSAGES] = scrub_text(json.dumps(output))
+        return content
 
 
 _UNREAD = RequestInfo()  # `LLMCall.request` until `prepare()` has read it

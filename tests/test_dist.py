@@ -55,6 +55,7 @@ DEMO_TIMEOUT_SECONDS = 180
 FAILURE_EVERY = 8  # the demo's schedule, as the README states it: every eighth call fails
 STEPS = {
     ("groq", "fact_generation", "llama-3.3-70b-versatile"),
+    ("openai", "fact_dedup", "text-embedding-3-small"),
     ("gcp.gemini", "content_expansion", "gemini-2.5-flash"),
     ("anthropic", "caption", "claude-sonnet-4-5"),
 }

@@ -1,9 +1,9 @@
 """`nexus-otel demo`: the stack on the embedded PostgreSQL, fed by a carousel-generation workload.
 
-The workload calls local servers that speak the Groq, Gemini and Anthropic wire formats through the
-official SDKs, instrumented by `nexus_otel` as any app would be; the exporter stores the spans and a
-live view shows what it stored. At the end, what the provider servers reported is compared with
-what the database holds.
+The workload calls local servers that speak the Groq, OpenAI, Gemini and Anthropic wire formats
+through the official SDKs, instrumented by `nexus_otel` as any app would be; the exporter stores
+the spans and a live view shows what it stored. At the end, what the provider servers reported is
+compared with what the database holds.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def _print_endpoints(console: Console, stack: Stack, duration: float | None) -> 
         console.print(f"[bold]API[/]              {stack.api_url}  (docs: {stack.api_url}/docs)")
     console.print(f"[bold]database[/]         {_redacted(stack.database.url)}")
     how = "until Ctrl-C" if duration is None else f"for {duration:g} s"
-    console.print(f"generating carousels {how} through the Groq, Gemini and Anthropic SDKs")
+    console.print(f"generating carousels {how} through the Groq, OpenAI, Gemini and Anthropic SDKs")
 
 
 def _left(deadline: float) -> str:

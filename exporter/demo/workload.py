@@ -1,14 +1,16 @@
-"""The demo workload: carousel generation through the official Groq, Gemini and Anthropic SDKs.
+"""The demo workload: carousel generation through the official Groq, OpenAI, Gemini and
+Anthropic SDKs.
 
-Each carousel (correlation id `carousel-N`) is three LLM calls, as in the original pipeline: facts
-on Groq, content expansion on Gemini, captions on Claude. Some calls stream, some hit Claude's
-prompt cache, some think, and some fail (429, 500, 503) on a fixed schedule, so every run shows
-all of them.
+Each carousel (correlation id `carousel-N`) is four LLM calls: facts on Groq (as in the original
+pipeline), near-duplicate facts dropped by their OpenAI embeddings, content expansion on Gemini,
+captions on Claude. Some calls stream, some hit Claude's prompt cache, some think, and some fail
+(429, 500, 503) on a fixed schedule, so every run shows all of them.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import threading
 import time
@@ -19,6 +21,7 @@ from typing import Any
 
 import anthropic
 import groq
+import openai
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -28,11 +31,15 @@ from exporter.simulator import ProviderSimulator
 
 SERVICE_NAME = "carousel-bot"
 FACT_MODEL = "llama-3.3-70b-versatile"
+EMBEDDING_MODEL = "text-embedding-3-small"
+# Facts whose embeddings are at least this similar (cosine) say the same thing: one is kept.
+DUPLICATE_SIMILARITY = 0.9
 EXPANSION_MODEL = "gemini-2.5-flash"
 CAPTION_MODEL = "claude-sonnet-4-5"
 STREAM_EVERY = {"groq": 3, "gcp.gemini": 2, "anthropic": 3}  # see DemoWorkload._streams
-# Every FAILURE_EVERY-th call fails, cycling through these answers.
-FAILURE_EVERY = 8  # coprime with the three steps, so failures rotate across them
+# Every FAILURE_EVERY-th call fails, cycling through these answers. Several workers interleave
+# their calls, so which of the four steps fails varies from one failure to the next.
+FAILURE_EVERY = 8
 FAILURES = ("429", "503", "429", "500")
 TOPICS = (
     "coffee chemistry",
@@ -54,7 +61,7 @@ BRAND_GUIDE = (
     "precise, playful but never silly; short sentences; one emoji at most; end with a question "
     "that invites comments; never invent statistics; cite the fact the slide is built on. "
 ) * 24
-API_ERRORS = (groq.APIError, anthropic.APIError, genai_errors.APIError)
+API_ERRORS = (groq.APIError, openai.APIError, anthropic.APIError, genai_errors.APIError)
 
 
 @dataclass
@@ -104,6 +111,9 @@ class CarouselWorkload:
         self._groq = groq.Groq(
             api_key="demo-groq-key", base_url=simulator.groq_base_url, max_retries=0
         )
+        self._openai = openai.OpenAI(
+            api_key="demo-openai-key", base_url=simulator.openai_base_url, max_retries=0
+        )
         self._claude = anthropic.Anthropic(
             api_key="demo-anthropic-key", base_url=simulator.anthropic_base_url, max_retries=0
         )
@@ -133,7 +143,8 @@ class CarouselWorkload:
                 stop.wait(1)
 
     def carousel(self, number: int, rng: random.Random) -> bool:
-        """Facts, then content, then captions; a failed step abandons the carousel."""
+        """Facts, then the distinct ones, then content, then captions; a failed step abandons
+        the carousel."""
         with self.stats.lock:
             self.stats.carousels_started += 1
         correlation_id = f"carousel-{number}"
@@ -147,12 +158,17 @@ class CarouselWorkload:
         )
         if facts is None:
             return False
+        distinct = self._step(
+            "fact_dedup", "openai", correlation_id, False, lambda h, s: self._dedup(facts, h)
+        )
+        if distinct is None:
+            return False
         content = self._step(
             "content_expansion",
             "gcp.gemini",
             correlation_id,
             self._streams("gcp.gemini"),
-            lambda h, s: self._expand(facts, number, h, s, rng),
+            lambda h, s: self._expand(distinct, number, h, s, rng),
         )
         if content is None:
             return False
@@ -219,6 +235,18 @@ class CarouselWorkload:
         )
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
+    def _dedup(self, facts: str, headers: dict[str, str]) -> str:
+        """The facts without near-duplicates, told by their embeddings (one call for all)."""
+        lines = [line for line in facts.splitlines() if line.strip()] or [facts or "-"]
+        response = self._openai.embeddings.create(
+            model=EMBEDDING_MODEL, input=lines, extra_headers=headers
+        )
+        kept: list[tuple[str, list[float]]] = []
+        for line, item in zip(lines, response.data, strict=True):
+            if all(_cosine(item.embedding, seen) < DUPLICATE_SIMILARITY for _, seen in kept):
+                kept.append((line, item.embedding))
+        return "\n".join(line for line, _ in kept)
+
     def _expand(
         self, facts: str, number: int, headers: dict[str, str], stream: bool, rng: random.Random
     ) -> str:
@@ -261,6 +289,11 @@ class CarouselWorkload:
             with self._claude.messages.stream(**kwargs) as events:
                 message = events.get_final_message()
         return "".join(block.text for block in message.content if block.type == "text")
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norms if norms else 0.0
 
 
 def _describe(exc: Exception) -> str:

@@ -1,4 +1,5 @@
-"""Local servers that speak the Groq/OpenAI, Anthropic and Gemini wire formats.
+"""Local servers that speak the Groq/OpenAI, Anthropic and Gemini wire formats (chat, and
+embeddings for OpenAI-compatible clients and Gemini).
 
 The official SDKs talk to them unchanged (only their base URL differs), so tests, the demo and the
 benchmarks exercise real client code. Each answer can be steered per request with headers:

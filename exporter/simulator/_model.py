@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MIN_CACHEABLE_TOKENS = 1024  # shorter prefixes are not cached (Anthropic's minimum for Sonnet)
@@ -38,7 +39,7 @@ class Usage:
 class SimulatedResponse:
     """One per HTTP request answered, in order."""
 
-    wire_format: str  # "openai" (OpenAI and Groq chat completions) | "anthropic" | "gemini"
+    wire_format: str  # "openai" (OpenAI-compatible chat and embeddings) | "anthropic" | "gemini"
     path: str
     model: str
     stream: bool
@@ -179,6 +180,10 @@ class Generator:
     def text(self, output_tokens: int) -> str:
         words = max(1, min(output_tokens * 3 // 4, 60))
         return " ".join(self.rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
+
+
+# How a reply is made from a request and the usage `x-sim-usage` gave, if any.
+ReplyMaker = Callable[[Generator, Request, Usage | None], Reply]
 
 
 def realistic_or_given(gen: Generator, request: Request, given: Usage | None) -> Reply:

@@ -19,12 +19,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from exporter.simulator import _anthropic, _gemini, _openai
+from exporter.simulator import _anthropic, _embeddings, _gemini, _openai
 from exporter.simulator._model import (
     BadRequest,
     Controls,
     Generator,
     Reply,
+    ReplyMaker,
     Request,
     SimulatedResponse,
     Usage,
@@ -57,7 +58,7 @@ class _Wire:
     body: Callable[[Reply], dict[str, Any]]
     frames: Callable[[Reply, bool], list[bytes]]
     error: Callable[[int, str, str, str], dict[str, Any]]
-    reported: Callable[[Usage], Usage]
+    reported: Callable[[Usage], Usage | None]
     stream_type: str = "text/event-stream; charset=utf-8"
     request_id_header: str = ""  # the header each provider names its request id in
 
@@ -87,6 +88,28 @@ _ANTHROPIC = _Wire(
     _anthropic.error_body,
     lambda usage: usage,
     request_id_header="request-id",
+)
+
+
+def _openai_embeddings_wire(groq: bool) -> _Wire:
+    return _Wire(
+        "openai",
+        lambda gen, reply: None,  # an embeddings reply has no id
+        _embeddings.openai_body,
+        lambda reply, cut: [],  # never streamed
+        lambda status, message, model, _: _openai.error_body(status, message, model, groq),
+        lambda usage: usage,
+        request_id_header="x-request-id",
+    )
+
+
+_GEMINI_EMBEDDINGS = _Wire(
+    "gemini",
+    lambda gen, reply: None,
+    _embeddings.gemini_body,
+    lambda reply, cut: [],
+    lambda status, message, model, _: _gemini.error_body(status, message),
+    lambda usage: None,  # the Developer API reports no usage for embeddings
 )
 _GEMINI = _Wire(
     "gemini",
@@ -145,6 +168,8 @@ class ProviderSimulator:
                 Route("/{prefix:path}/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
                 Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
+                Route("/openai/v1/embeddings", self._openai_embeddings, methods=["POST"]),
+                Route("/v1/embeddings", self._openai_embeddings, methods=["POST"]),
                 Route("/{version}/models/{target}", self._generate_content, methods=["POST"]),
             ]
         )
@@ -224,6 +249,13 @@ class ProviderSimulator:
         model, _, method = target.partition(":")
         if version in ("v1", "v1beta") and method == "countTokens":
             return await self._count_tokens(http)
+        if version in ("v1", "v1beta") and method in _embeddings.GEMINI_METHODS:
+            return await self._answer(
+                http,
+                _GEMINI_EMBEDDINGS,
+                lambda body: _embeddings.parse_gemini(body, model, method),
+                _embeddings.reply,
+            )
         if version not in ("v1", "v1beta") or method not in _gemini.METHODS:
             body = _gemini.error_body(404, f"{http.url.path} is not found")
             body["error"]["status"] = "NOT_FOUND"
@@ -244,8 +276,16 @@ class ProviderSimulator:
             return JSONResponse({"totalTokens": tokens})
         return JSONResponse({"input_tokens": tokens})
 
+    async def _openai_embeddings(self, http: HttpRequest) -> Any:
+        wire = _openai_embeddings_wire(_openai.is_groq(_headers(http)))
+        return await self._answer(http, wire, _embeddings.parse_openai, _embeddings.reply)
+
     async def _answer(
-        self, http: HttpRequest, wire: _Wire, parse: Callable[[dict[str, Any]], Request]
+        self,
+        http: HttpRequest,
+        wire: _Wire,
+        parse: Callable[[dict[str, Any]], Request],
+        make_reply: ReplyMaker = realistic_or_given,
     ) -> Any:
         headers = _headers(http)
         record = _Recorder(self, wire.name, http, headers)
@@ -276,7 +316,7 @@ class ProviderSimulator:
             body = wire.error(status, "", request.model, request_id)
             return JSONResponse(body, status, headers=sent)
         with self._lock:
-            reply = realistic_or_given(self._generator, request, controls.usage)
+            reply = make_reply(self._generator, request, controls.usage)
             wire.ids(self._generator, reply)
         cut = controls.error == "interrupt"
         usage = None if cut else wire.reported(reply.usage)
