@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus_otel import _anthropic, _gemini, _openai
+from nexus_otel import _anthropic, _gemini, _openai, _openai_responses
 from nexus_otel import attributes as a
 from nexus_otel._llm_providers import provider_from_host
 from nexus_otel._wire import WireFormat
@@ -22,7 +22,7 @@ from nexus_otel._wire import WireFormat
 @dataclass(frozen=True, slots=True)
 class Target:
     provider: str
-    wire: WireFormat  # _openai, _anthropic or _gemini
+    wire: WireFormat  # _openai, _anthropic, _gemini or _openai_responses
     host: str
     port: int | None
     path: str  # remembered per path, so the request's path is read once a call
@@ -37,7 +37,7 @@ class Target:
             self.attributes[a.SERVER_PORT] = self.port
 
 
-WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini)
+WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini, _openai_responses)
 # The User-Agent's first word, read with one header lookup; the other headers are the fallback.
 _SDK_AGENTS = {
     "Groq": "groq",

@@ -56,6 +56,9 @@ class ResponseInfo:
     output_parts: list[str] = field(default_factory=list)
     complete: bool = False  # a JSON body fully read, or a stream's terminal event seen
     error_message: str | None = None
+    # A failure the body reports in a successful HTTP answer (a Responses API stream's
+    # `response.failed`): the call failed all the same.
+    error_type: str | None = None
 
     @property
     def output_text(self) -> str:
