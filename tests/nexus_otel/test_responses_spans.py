@@ -240,3 +240,16 @@ def test_a_compaction_is_a_call(spans: Spans) -> None:
     attrs = dict(span.attributes or {})
     assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (70, 30)
     assert attrs["gen_ai.request.model"] == "gpt-4.1" and "nexus.usage.source" not in attrs
+
+
+def test_a_refused_request_is_a_failed_call(spans: Spans, simulator: ProviderSimulator) -> None:
+    """A 400 with OpenAI's JSON error body: the span names the status and carries the message."""
+    memory = spans()
+    with pytest.raises(openai.BadRequestError):
+        sdk(simulator.openai_base_url).responses.create(model="o4-mini", input=[])
+    [span] = gen_ai_spans(memory)
+    attrs = dict(span.attributes or {})
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "Missing required parameter: 'input'."
+    assert (attrs["error.type"], attrs["http.response.status_code"]) == ("400", 400)
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (0, 0)
