@@ -32,17 +32,10 @@ DEFAULT_PROVIDER = "openai"
 _CREATE_PATHS = ("/responses", "/responses/compact")
 # Statuses after which a response does not change: its usage, when given, is final.
 _FINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
-# Stream events carrying the whole Response object (`response.queued` for background streams).
-_RESPONSE_EVENTS = frozenset(
-    {
-        "response.created",
-        "response.queued",
-        "response.in_progress",
-        "response.completed",
-        "response.incomplete",
-        "response.failed",
-    }
-)
+# Stream events carrying the whole Response object: the last of a stream, with its usage, and
+# those before it (`response.queued` in a background stream), whose status is not the call's.
+_LAST_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_EARLY_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress"})
 
 
 def matches(path: str) -> bool:
@@ -99,16 +92,19 @@ def read_event(event: str | None, data: object, info: ResponseInfo, state: None 
         delta = data.get("delta")
         if isinstance(delta, str):
             info.output_parts.append(delta)
-    elif kind in _RESPONSE_EVENTS:
+    elif kind in _LAST_EVENTS:
         _read_response(data.get("response"), info)
+    elif kind in _EARLY_EVENTS:
+        _read_response(data.get("response"), info, status=False)
     elif kind == "error":  # the stream ended on an error, with no final response
         message, code = data.get("message"), data.get("code")
         info.error_message = message if isinstance(message, str) else "stream error"
         info.error_type = code if isinstance(code, str) and code else "error"
 
 
-def _read_response(response: object, info: ResponseInfo) -> None:
-    """A Response object: model, id, usage, status and why it stopped."""
+def _read_response(response: object, info: ResponseInfo, status: bool = True) -> None:
+    """A Response object: model, id, usage, and (unless `status` is False) its status and why
+    it stopped."""
     if not isinstance(response, dict):
         return
     model, response_id = response.get("model"), response.get("id")
@@ -122,13 +118,13 @@ def _read_response(response: object, info: ResponseInfo) -> None:
     error = response.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         info.error_message = error["message"]  # a failed response's, or a 4xx body's
-    status = response.get("status")
-    if not isinstance(status, str):
+    state = response.get("status") if status else None
+    if not isinstance(state, str):
         return
     reason = dig(response, "incomplete_details", "reason")
-    info.finish_reasons = [reason if isinstance(reason, str) else status]
-    info.complete = status in _FINAL
-    if status == "failed":  # answered 200 (a stream) or in the body: a failed call all the same
+    info.finish_reasons = [reason if isinstance(reason, str) else state]
+    info.complete = state in _FINAL
+    if state == "failed":  # answered 200 (a stream) or in the body: a failed call all the same
         code = dig(error, "code")
         info.error_type = code if isinstance(code, str) and code else "failed"
 

@@ -254,3 +254,26 @@ def test_groqs_responses_endpoint_is_named_groq(stack: Stack) -> None:
     assert stack.sim.responses[-1].request_headers["host"] == "api.groq.com"
     [row] = stack.rows(correlation_id, 1)
     assert row == expected_row(correlation_id, usage, model=groq_model, provider="groq")
+
+
+def test_a_cut_stream_is_one_failed_row_estimated(stack: Stack) -> None:
+    """The connection cut after the first text: no final event, so the usage is estimated from
+    the prompt and the text that arrived, and marked so."""
+    correlation_id = f"cut-{uuid.uuid4().hex[:8]}"
+    received: list[str] = []
+    operation = nexus_otel.operation("fact_generation", correlation_id=correlation_id)
+    with operation, pytest.raises(openai.APIConnectionError):
+        answer = client(stack.sim).responses.create(
+            model=MODEL, instructions=INSTRUCTIONS, input=INPUT, stream=True,
+            extra_headers={"x-sim-error": "interrupt"})  # fmt: skip
+        for event in answer:
+            if event.type == "response.output_text.delta":
+                received.append(event.delta)
+    [row] = stack.rows(correlation_id, 1)
+    # Two messages (instructions, question): 3 framing tokens each and 3 priming the reply.
+    estimated = {"input": cl100k_tokens(f"{INSTRUCTIONS}\n{QUESTION}") + 3 * 2 + 3,
+                 "output": cl100k_tokens("".join(received)), "cache_read": 0, "cache_write": 0,
+                 "reasoning": 0}  # fmt: skip
+    assert len(received) == 1 and estimated["output"] > 0
+    assert row == {**expected_row(correlation_id, estimated), "success": False,
+                   "error_type": "RemoteProtocolError", "usage_source": "tiktoken"}  # fmt: skip

@@ -253,3 +253,19 @@ def test_a_refused_request_is_a_failed_call(spans: Spans, simulator: ProviderSim
     assert span.status.description == "Missing required parameter: 'input'."
     assert (attrs["error.type"], attrs["http.response.status_code"]) == ("400", 400)
     assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (0, 0)
+
+
+def test_a_cut_stream_is_estimated_and_failed(spans: Spans, simulator: ProviderSimulator) -> None:
+    """Cut after its first text: no final event, so no status and no usage from the provider."""
+    memory = spans()
+    cut = {"x-sim-error": "interrupt"}
+    with pytest.raises(openai.APIConnectionError):
+        responses = sdk(simulator.openai_base_url).responses
+        list(responses.create(model="o4-mini", input="hi", stream=True, extra_headers=cut))
+    [span] = gen_ai_spans(memory)
+    attrs = dict(span.attributes or {})
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs["nexus.usage.source"] in {"tiktoken", "chars"}
+    assert attrs["gen_ai.usage.output_tokens"] > 0  # type: ignore[operator]
+    assert "gen_ai.response.finish_reasons" not in attrs
+    assert str(attrs["gen_ai.response.id"]).startswith("resp_")  # read from `response.created`
