@@ -88,6 +88,8 @@ def read_event(event: str | None, data: object, info: ResponseInfo, state: None 
     if not isinstance(data, dict):
         return
     kind = data.get("type") or event
+    if not isinstance(kind, str):
+        return
     if kind == "response.output_text.delta":
         delta = data.get("delta")
         if isinstance(delta, str):
