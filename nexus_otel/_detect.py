@@ -22,7 +22,7 @@ from nexus_otel._wire import WireFormat
 @dataclass(frozen=True, slots=True)
 class Target:
     provider: str
-    wire: WireFormat  # _openai, _anthropic, _gemini or _openai_responses
+    wire: WireFormat  # _openai, _anthropic or _gemini
     host: str
     port: int | None
     path: str  # remembered per path, so the request's path is read once a call
