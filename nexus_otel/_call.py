@@ -223,7 +223,7 @@ class LLMCall:
             return "timeout" if "Timeout" in type(error).__name__ else type(error).__qualname__
         if self.status_code is not None and self.status_code >= 400:
             return str(self.status_code)
-        return None
+        return self.response.error_type
 
     def _usage(self, error_type: str | None) -> tuple[TokenUsage, str]:
         reported = self.response.usage

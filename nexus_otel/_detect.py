@@ -14,7 +14,14 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus_otel import _anthropic, _gemini, _gemini_embeddings, _openai, _openai_embeddings
+from nexus_otel import (
+    _anthropic,
+    _gemini,
+    _gemini_embeddings,
+    _openai,
+    _openai_embeddings,
+    _openai_responses,
+)
 from nexus_otel import attributes as a
 from nexus_otel._llm_providers import normalize_provider, provider_from_host
 from nexus_otel._wire import WireFormat
@@ -38,7 +45,7 @@ class Target:
             self.attributes[a.SERVER_PORT] = self.port
 
 
-WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini)
+WIRE_FORMATS: tuple[WireFormat, ...] = (_openai, _anthropic, _gemini, _openai_responses)
 WIRE_FORMATS += (_openai_embeddings, _gemini_embeddings)
 # The User-Agent's first word, read with one header lookup; the other headers are the fallback.
 _SDK_AGENTS = {

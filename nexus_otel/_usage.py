@@ -58,6 +58,9 @@ class ResponseInfo:
     complete: bool = False  # a JSON body fully read, or a stream's terminal event seen
     error_message: str | None = None
     provider_cost_usd: Decimal | None = None  # what the provider says it charged (OpenRouter)
+    # A failure the body reports in a successful HTTP answer (a Responses API stream's
+    # `response.failed`): the call failed all the same.
+    error_type: str | None = None
 
     @property
     def output_text(self) -> str:

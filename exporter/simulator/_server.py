@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from exporter.simulator import _anthropic, _embeddings, _gemini, _openai
+from exporter.simulator import _anthropic, _embeddings, _gemini, _openai, _openai_responses
 from exporter.simulator._model import (
     BadRequest,
     Controls,
@@ -122,6 +122,18 @@ _GEMINI = _Wire(
 )
 
 
+def _responses_wire(store: _openai_responses.Store) -> _Wire:
+    return _Wire(
+        _openai_responses.WIRE_FORMAT,
+        _openai_responses.new_reply_ids,
+        lambda reply: _openai_responses.json_body(reply, store),
+        lambda reply, cut: _openai_responses.sse_frames(reply, store, cut),
+        lambda status, message, model, _: _openai_responses.error_body(status, message, model),
+        lambda usage: usage,
+        request_id_header="x-request-id",
+    )
+
+
 class _RawResponse:
     """Writes frames one by one (with a delay between them); cuts the connection if told to."""
 
@@ -158,6 +170,8 @@ class ProviderSimulator:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
+        self._stored_responses = _openai_responses.Store()
+        self._responses_wire = _responses_wire(self._stored_responses)
         self.app = Starlette(
             routes=[
                 Route("/openai/v1/chat/completions", self._chat_completions, methods=["POST"]),
@@ -166,6 +180,10 @@ class ProviderSimulator:
                 # `/api/v1/...` (OpenRouter), `/openai/deployments/<name>/...` (Azure), ...
                 Route("/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/{prefix:path}/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/openai/v1/responses", self._responses, methods=["POST"]),
+                Route("/v1/responses", self._responses, methods=["POST"]),
+                *_openai_responses.routes("/openai/v1", self._stored_responses),
+                *_openai_responses.routes("/v1", self._stored_responses),
                 Route("/v1/messages", self._messages, methods=["POST"]),
                 Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
                 Route("/openai/v1/embeddings", self._openai_embeddings, methods=["POST"]),
@@ -239,6 +257,12 @@ class ProviderSimulator:
         headers = _headers(http)
         wire = _openai_wire(_openai.is_groq(headers), _openai.reply_extras(headers))
         return await self._answer(http, wire, lambda body: _openai.parse(body, headers))
+
+    async def _responses(self, http: HttpRequest) -> Any:
+        headers = _headers(http)
+        return await self._answer(
+            http, self._responses_wire, lambda body: _openai_responses.parse(body, headers)
+        )
 
     async def _messages(self, http: HttpRequest) -> Any:
         headers = _headers(http)
