@@ -20,6 +20,7 @@ STEPS = {
     ("openai", "fact_dedup", "text-embedding-3-small"),
     ("gcp.gemini", "content_expansion", "gemini-2.5-flash"),
     ("anthropic", "caption", "claude-sonnet-4-5"),
+    ("openai", "hashtags", "o4-mini"),
 }
 KINDS = ("calls", "failed", "input", "output", "cache_read", "cache_write", "reasoning")
 
@@ -87,10 +88,10 @@ def test_every_step_is_on_its_provider_with_operation_and_carousel_id(
     assert all(re.fullmatch(r"carousel-\d+", i or "") for i in ids)
     complete = query(database_url, """
         SELECT count(*) FROM (SELECT correlation_id FROM api_calls WHERE success
-        GROUP BY 1 HAVING count(DISTINCT operation) = 4) AS done""")[0][0]  # fmt: skip
+        GROUP BY 1 HAVING count(DISTINCT operation) = 5) AS done""")[0][0]  # fmt: skip
     assert complete >= 3
     priced = query(database_url, "SELECT count(*) FROM api_calls WHERE cost_usd > 0")[0][0]
-    assert priced >= complete * 4
+    assert priced >= complete * 5
 
 
 def test_some_calls_failed_with_provider_errors_and_some_streamed(
@@ -107,9 +108,8 @@ def test_some_calls_failed_with_provider_errors_and_some_streamed(
                    coalesce((attributes ->> 'gen_ai.request.stream')::boolean, false) AS stream
             FROM api_calls) AS calls
         GROUP BY 1 ORDER BY 1""")  # fmt: skip
-    assert streamed == [(p, True, False) for p in ("anthropic", "gcp.gemini", "groq")] + [
-        ("openai", False, False)  # embeddings are never streamed
-    ]
+    # OpenAI: embeddings never stream, the Responses API step does every second call.
+    assert streamed == [(p, True, False) for p in ("anthropic", "gcp.gemini", "groq", "openai")]
 
 
 def test_finished_carousels_are_registered_with_engagement(
@@ -121,7 +121,7 @@ def test_finished_carousels_are_registered_with_engagement(
         FROM carousel_performance c JOIN api_calls a USING (correlation_id)
         GROUP BY 1, 2""")  # fmt: skip
     assert len(rows) == finished >= 3
-    assert all(reach > 0 and operations == 4 for _, reach, operations in rows)
+    assert all(reach > 0 and operations == 5 for _, reach, operations in rows)
 
 
 def test_ctrl_c_stops_cleanly_with_a_summary_and_no_children_left(

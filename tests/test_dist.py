@@ -58,6 +58,7 @@ STEPS = {
     ("openai", "fact_dedup", "text-embedding-3-small"),
     ("gcp.gemini", "content_expansion", "gemini-2.5-flash"),
     ("anthropic", "caption", "claude-sonnet-4-5"),
+    ("openai", "hashtags", "o4-mini"),
 }
 KINDS = ("calls", "failed", "input", "output", "cache_read", "cache_write", "reasoning")
 

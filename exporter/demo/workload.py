@@ -36,9 +36,10 @@ EMBEDDING_MODEL = "text-embedding-3-small"
 DUPLICATE_SIMILARITY = 0.9
 EXPANSION_MODEL = "gemini-2.5-flash"
 CAPTION_MODEL = "claude-sonnet-4-5"
-STREAM_EVERY = {"groq": 3, "gcp.gemini": 2, "anthropic": 3}  # see DemoWorkload._streams
+HASHTAG_MODEL = "o4-mini"  # through OpenAI's Responses API, with reasoning tokens
+STREAM_EVERY = {"groq": 3, "gcp.gemini": 2, "anthropic": 3, "openai": 2}  # DemoWorkload._streams
 # Every FAILURE_EVERY-th call fails, cycling through these answers. Several workers interleave
-# their calls, so which of the four steps fails varies from one failure to the next.
+# their calls, so which of the five steps fails varies from one failure to the next.
 FAILURE_EVERY = 8
 FAILURES = ("429", "503", "429", "500")
 TOPICS = (
@@ -143,8 +144,8 @@ class CarouselWorkload:
                 stop.wait(1)
 
     def carousel(self, number: int, rng: random.Random) -> bool:
-        """Facts, then the distinct ones, then content, then captions; a failed step abandons
-        the carousel."""
+        """Facts, then the distinct ones, then content, then a caption and its hashtags; a
+        failed step abandons the carousel."""
         with self.stats.lock:
             self.stats.carousels_started += 1
         correlation_id = f"carousel-{number}"
@@ -180,6 +181,15 @@ class CarouselWorkload:
             lambda h, s: self._caption(content, number, h, s, rng),
         )
         if caption is None:
+            return False
+        hashtags = self._step(
+            "hashtags",
+            "openai",
+            correlation_id,
+            self._streams("openai"),
+            lambda h, s: self._hashtags(caption, h, s, rng),
+        )
+        if hashtags is None:
             return False
         with self.stats.lock:
             self.stats.carousels_finished += 1
@@ -289,6 +299,22 @@ class CarouselWorkload:
             with self._claude.messages.stream(**kwargs) as events:
                 message = events.get_final_message()
         return "".join(block.text for block in message.content if block.type == "text")
+
+    def _hashtags(
+        self, caption: str, headers: dict[str, str], stream: bool, rng: random.Random
+    ) -> str:
+        headers["x-sim-latency"] = f"{rng.uniform(0.2, 0.6):.2f}"
+        kwargs: Any = {
+            "model": HASHTAG_MODEL,
+            "instructions": "Suggest five hashtags, space-separated.",
+            "input": caption,
+            "max_output_tokens": 200,
+            "extra_headers": headers,
+        }
+        if not stream:
+            return str(self._openai.responses.create(**kwargs).output_text)
+        with self._openai.responses.stream(**kwargs) as events:
+            return str(events.get_final_response().output_text)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
