@@ -1,5 +1,6 @@
-"""Local servers that speak the Groq/OpenAI, Anthropic and Gemini wire formats (chat, and
-embeddings for OpenAI-compatible clients and Gemini).
+"""Local servers that speak the Groq/OpenAI, Anthropic and Gemini wire formats: chat, OpenAI's
+Responses API (JSON and its event stream, stored and background responses), embeddings for
+OpenAI-compatible clients and Gemini, and token counting.
 
 The official SDKs talk to them unchanged (only their base URL differs), so tests, the demo and the
 benchmarks exercise real client code. Each answer can be steered per request with headers:

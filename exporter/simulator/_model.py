@@ -39,7 +39,8 @@ class Usage:
 class SimulatedResponse:
     """One per HTTP request answered, in order."""
 
-    wire_format: str  # "openai" (OpenAI-compatible chat and embeddings) | "anthropic" | "gemini"
+    # "openai" (OpenAI-compatible chat and embeddings) | "openai_responses" | "anthropic" | "gemini"
+    wire_format: str
     path: str
     model: str
     stream: bool
