@@ -118,6 +118,11 @@ SELECT n_trace, n_span, n_timestamp, NULL FROM twins WHERE preferred
 UNION ALL
 SELECT trace_id, span_id, "timestamp", n_trace || n_span FROM twins WHERE NOT preferred
 """
+# Two writers (exporters on one database) storing two spans of one call at the same time would
+# each miss the other's uncommitted row. Finding and committing are one at a time: the lock is
+# held to commit, and each writer's rows are in before it waits, so writers still copy rows in
+# parallel and the later one to find sees the earlier one's rows.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('nexus-otel: one call, one row'))"
 # What _FIND found leaves api_calls; what was not set aside before is set aside now. Returns
 # what the summaries and metrics need of each row that left.
 _MOVE = f"""
@@ -148,7 +153,9 @@ async def resolve(conn: psycopg.AsyncConnection[Any], keys: Iterable[str]) -> li
     before) and, for a row stored before, `by`: the trace and span id of a span written now
     that it left for. Usually none."""
     joined = keys if isinstance(keys, str) else "\n".join(keys)
-    found = await conn.execute(_FIND, {"keys": joined, "window": SAME_CALL_WINDOW})
+    async with conn.pipeline():
+        await conn.execute(_LOCK)
+        found = await conn.execute(_FIND, {"keys": joined, "window": SAME_CALL_WINDOW})
     leaving = await found.fetchall()
     if not leaving:
         return []

@@ -4,6 +4,7 @@ arrives first and in whichever request. Through a real `nexus-otel serve` and Po
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -19,6 +21,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from exporter.ingest import otlp
+from exporter.ingest.normalize import to_llm_call
+from exporter.ingest.storage import CallBatch, write_batch
 from tests.ingest.otlp_helpers import ns, protobuf_body
 from tests.support import ExporterProcess, float_sum_slack, metric_value, query
 
@@ -276,3 +281,49 @@ def test_zz_summaries_and_dashboard_equal_the_rows_kept(
     assert stats["total_tokens"] == total_tokens
     # A float in JSON: one rounding of the exact sum, and one of its shortest repr.
     assert abs(Decimal(str(stats["cost_usd"])) - cost) <= float_sum_slack(cost, roundings=2)
+
+
+def _batch(spans: Sequence[ReadableSpan]) -> CallBatch:
+    request = otlp.parse_request(protobuf_body(spans), "application/x-protobuf")
+    calls = [to_llm_call(raw) for raw in otlp.iter_raw_spans(request, [])]
+    return CallBatch.of([c for c in calls if c is not None])
+
+
+def test_two_writers_storing_one_call_at_once_keep_one_row(database_url: str) -> None:
+    """Two exporters on one database, each writing one span of a call, at the same time: the
+    second to look waits for the first to commit, and sees its row."""
+    parent, child = _nested([_chat(output=41), _chat(output=40)], 400)
+
+    async def race() -> None:
+        first = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        second = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        try:
+            await first.execute("SELECT nexus_ensure_partition(%s)", (START.date(),))
+            async with first.transaction():  # held open: the parent is not committed yet
+                await write_batch(first, [_batch([parent])])
+                racing = asyncio.ensure_future(write_batch(second, [_batch([child])]))
+                await _waiting(database_url, second.info.backend_pid, racing)
+            await racing
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(race())
+    assert _rows(database_url, [parent, child]) == [(_span_id(child), MODEL, 40)]
+
+
+async def _waiting(
+    database_url: str, pid: int, racing: asyncio.Future[Any], polls: int = 2000
+) -> None:
+    """Returns once the backend `pid` waits for a lock the first writer holds (bounded: a
+    writer that never waits fails the test when it has finished instead, or after `polls`)."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        for _ in range(polls):
+            waiting = await conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            )
+            if (await waiting.fetchone()) == ("Lock",):
+                return
+            assert not racing.done(), "the second writer finished without waiting for the first"
+            await asyncio.sleep(0.01)  # polling a condition, not timing it
+    raise AssertionError("the second writer never waited for the first")
