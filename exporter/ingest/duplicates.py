@@ -5,9 +5,11 @@ tracing, say) send two spans for one call. Two stored spans describe the same ca
 have the same GenAI operation, model and service, and either
 
 - one is the other's parent (same trace): the child is closer to the wire and is kept; or
-- they carry the same provider response id (`gen_ai.response.id`, same provider) and overlap
-  in time: the one that started last (then: ended first, then: the higher span id) is kept,
-  an outer wrapper starting before and ending after the request it wraps.
+- they carry the same provider response id (`gen_ai.response.id`, same provider) and one
+  lasts within the other: the inner one is kept, as an instrumentation wrapping the SDK's
+  method starts before and ends after the SDK's own span of the request. (Two calls to a
+  server that answers every call with one fixed id are merged only if one lies within the
+  other too.)
 
 Spans that are no model call (agents, tools, workflows) never become rows, so they neither hide
 a call nor are hidden. The span not kept is moved from `api_calls` to `api_call_duplicates`,
@@ -43,8 +45,8 @@ _FACTS = (
 )  # fmt: skip
 _RID = f"left(%s.attributes ->> 'gen_ai.response.id', {RESPONSE_ID_CHARS})"
 _HAS_RID = "%s.attributes ? 'gen_ai.response.id'"
-# d is preferred to (closer to the wire than) n; both share a response id and overlap in time.
-# A total order (ids break ties), so exactly one span of a response id is kept.
+# d is preferred to (closer to the wire than) n, of two spans of one response id one of which
+# lies within the other: the later start, then the earlier end, then the ids (a total order).
 _PREFERRED = (
     '(d."timestamp", n.ended, d.span_id, d.trace_id) > (n."timestamp", '
     "d.\"timestamp\" + d.duration_ms * interval '1 millisecond', n.span_id, n.trace_id)"
@@ -54,10 +56,11 @@ _SAME_CALL = (
     "d.service_name = n.service_name AND "
     'd."timestamp" BETWEEN n."timestamp" - %(window)s AND n."timestamp" + %(window)s'
 )
+_D_ENDED = "d.\"timestamp\" + d.duration_ms * interval '1 millisecond'"
 _SAME_RESPONSE = (
     "d.provider = n.provider AND (d.trace_id, d.span_id) <> (n.trace_id, n.span_id) AND"
-    ' d."timestamp" <= n.ended AND'
-    ' n."timestamp" <= d."timestamp" + d.duration_ms * interval \'1 millisecond\''
+    f' ((d."timestamp" >= n."timestamp" AND {_D_ENDED} <= n.ended)'
+    f' OR (n."timestamp" >= d."timestamp" AND n.ended <= {_D_ENDED}))'
 )
 # How each lookup finds its rows: by an index alone, in a subquery of its own (OFFSET 0 keeps
 # both it a per-row probe and the other conditions out of it), so that no planner estimate

@@ -71,6 +71,20 @@ def _nested(levels: Sequence[dict[str, Any]], offset_s: int) -> list[ReadableSpa
     return [by_name[f"level {depth}"] for depth in range(len(levels))]
 
 
+def _root(attributes: dict[str, Any], offset_s: int, start_ms: int, end_ms: int) -> ReadableSpan:
+    """A span of its own trace, from `start_ms` to `end_ms` after START + `offset_s`."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "nested-app"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    start = ns(START + timedelta(seconds=offset_s))
+    span = provider.get_tracer("nexus-tests").start_span(
+        "root", kind=SpanKind.CLIENT, attributes=attributes, start_time=start + start_ms * 10**6
+    )
+    span.end(end_time=start + end_ms * 10**6)
+    provider.shutdown()
+    return memory.get_finished_spans()[0]
+
+
 def _post(exporter: ExporterProcess, spans: Sequence[ReadableSpan]) -> None:
     response = httpx.post(
         f"{exporter.base_url}/v1/traces", content=protobuf_body(spans), headers=PROTOBUF
@@ -221,10 +235,14 @@ def test_twins_by_response_id_in_two_traces_store_the_inner(
     _post(exporter, [outer])
     _post(exporter, [inner])
     assert _rows(database_url, [outer, inner]) == [(_span_id(inner), MODEL, 90)]
-    # The same response id long after (another run of a seeded simulator) is another call.
+    # The same response id long after (another run of a seeded simulator) is another call, and
+    # so is one that overlaps without either lying within the other (a server that answers
+    # every call with one fixed id).
     far = _nested([_chat(output=92, **{"gen_ai.response.id": "msg_twin_1"})], 100)[0]
     _post(exporter, [far])
-    assert len(_rows(database_url, [outer, inner, far])) == 2
+    overlapping = _root(_chat(output=93, **{"gen_ai.response.id": "msg_twin_1"}), 100, 250, 900)
+    _post(exporter, [overlapping])  # far lasts from 0 to 500 ms, this from 250 to 900 ms
+    assert len(_rows(database_url, [outer, inner, far, overlapping])) == 3
 
 
 @pytest.mark.parametrize("which", ["parent", "child", "both"])
