@@ -120,6 +120,12 @@ class ExporterMetrics:
         self.spans_duplicate = Counter(
             "nexus_exporter_spans_duplicate", "LLM spans already stored (replays).", registry=r
         )
+        self.spans_set_aside = Counter(
+            "nexus_exporter_spans_set_aside",
+            "LLM spans not stored as calls because another span of the same call, closer to"
+            " the wire, is (two instrumentations of one request).",
+            registry=r,
+        )
         self.rows_written = Counter(
             "nexus_exporter_rows_written", "Rows newly stored in api_calls.", registry=r
         )

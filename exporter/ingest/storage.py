@@ -5,7 +5,9 @@ queued into one transaction (group commit) and answers each request only once it
 committed. Rows go in with a binary COPY straight into `api_calls`; only when that hits a unique
 key (a replay) does the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO
 NOTHING path. Daily summaries are updated in the same transaction from the rows that were
-actually new, so a replay never counts twice.
+actually new, so a replay never counts twice. Two spans of one call (two instrumentations of one
+request) keep one row: in the same transaction, `exporter.ingest.duplicates.resolve` sets the
+other aside, and the summaries move by the rows that stay.
 
 A span is identified by its trace and span id alone: each monthly partition has a unique key on
 (trace_id, span_id), so a copy whose start time moved stays one row inside a month. Across a
@@ -48,6 +50,7 @@ try:
 except ImportError:  # a psycopg without it: the public path, slower, same bytes
     _format_row_binary = None
 
+from exporter.ingest.duplicates import counted_already, facts_of, resolve
 from exporter.ingest.metrics import MetricTotals, summarize_calls
 from exporter.ingest.model import LLMCall
 
@@ -181,6 +184,7 @@ class WriteResult:
     stored: int  # newly stored
     duplicates: int  # already there before
     refused: list[tuple[str, str]] = field(default_factory=list)  # (span id, why) the database
+    set_aside: int = 0  # another span of the same call was kept (exporter.ingest.duplicates)
 
 
 def call_key(trace_id: str, span_id: str, timestamp: datetime) -> str:
@@ -290,6 +294,8 @@ class Written:
     metrics: list[MetricTotals]
     stored: int
     refused: dict[str, str] = field(default_factory=dict)
+    set_aside_keys: set[str] = field(default_factory=set)  # written now, set aside at once
+    set_aside: int = 0  # spans set aside now (exporter.ingest.duplicates), these and older
 
 
 def call_row(call: LLMCall) -> tuple[Any, ...]:
@@ -394,7 +400,8 @@ def summary_columns(totals: _Totals) -> list[list[Any]]:
 
 async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> Written:
     """Stores the batches' rows in one transaction, with the summaries they move. Idempotent:
-    rows already stored are left alone and counted nowhere."""
+    rows already stored (or set aside as another span's duplicate) are left alone and counted
+    nowhere."""
     data = [batch.data for batch in batches]
     rows = sum(len(batch) for batch in batches)
     if all(b.hourly is not None and b.metrics is not None for b in batches) and not any(
@@ -403,6 +410,11 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
         try:
             async with conn.transaction():
                 await _copy(conn, _COPY_DIRECT, data)
+                joined_keys = "\n".join(b.joined_keys for b in batches)
+                gone = await resolve(conn, joined_keys)
+                if gone:  # two spans of one call: the summaries from the rows kept
+                    keys = joined_keys.split("\n")
+                    return await _keeping(conn, await facts_of(conn, keys), gone, set(keys))
                 await _summarize(
                     conn,
                     _merged(b.hourly for b in batches if b.hourly),
@@ -415,12 +427,42 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
             pass  # a replay (that transaction is undone): only the new rows count
     async with conn.transaction():
         facts = await _insert_new_only(conn, data)
-        if facts:
-            first = min(f.timestamp for f in facts)
-            last = max(f.timestamp for f in facts)
-            await _summarize(conn, hourly_totals(facts), first, last, len(facts))
-    keys = {call_key(f.trace_id, f.span_id, f.timestamp) for f in facts}
-    return Written(keys, [summarize_calls(facts)], len(facts))
+        written = [call_key(f.trace_id, f.span_id, f.timestamp) for f in facts]
+        gone = await resolve(conn, written) if written else []
+        return await _keeping(conn, facts, gone, set(written))
+
+
+async def _keeping(
+    conn: psycopg.AsyncConnection[Any], facts: list[Any], gone: list[Any], written: set[str]
+) -> Written:
+    """The summaries moved by the rows just written (keys `written`, `facts` of them) that
+    stayed, less the rows stored before that a span of their call replaced (`gone` holds
+    both kinds). The Prometheus metrics move by the new rows kept only: counters never go
+    down, and a call counted with its first span is not counted again."""
+    gone_keys = {_key(g) for g in gone}
+    kept = [f for f in facts if _key(f) not in gone_keys]
+    replaced = [g for g in gone if _key(g) not in written]
+    counted = counted_already(kept, replaced)
+    totals = hourly_totals(kept)
+    for key, values in hourly_totals(replaced).items():
+        t = totals[key]
+        for i, value in enumerate(values):
+            t[i] -= value
+    if totals:
+        first = min((f.timestamp for f in kept), default=None)
+        last = max((f.timestamp for f in kept), default=None)
+        await _summarize(conn, totals, first, last, len(kept))
+    return Written(
+        {_key(f) for f in kept},
+        [summarize_calls(f for f in kept if (f.trace_id, f.span_id) not in counted)],
+        len(kept),
+        set_aside_keys=written & {_key(g) for g in gone if g.set_aside},
+        set_aside=sum(1 for g in gone if g.set_aside),
+    )
+
+
+def _key(row: Any) -> str:
+    return call_key(row.trace_id, row.span_id, row.timestamp)
 
 
 def _near_month_boundary(hour: datetime) -> bool:
@@ -431,13 +473,18 @@ def _near_month_boundary(hour: datetime) -> bool:
 
 
 async def _summarize(
-    conn: psycopg.AsyncConnection[Any], hourly: _Totals, first: datetime, last: datetime, rows: int
+    conn: psycopg.AsyncConnection[Any],
+    hourly: _Totals,
+    first: datetime | None,
+    last: datetime | None,
+    rows: int,
 ) -> None:
-    """Moves the daily and hourly summaries and announces the rows, in one round trip."""
+    """Moves the daily and hourly summaries and announces the rows (if any), in one round trip."""
     async with conn.pipeline():
         await conn.execute(_SUMMARY_UPSERT, summary_columns(daily_totals(hourly)))
         await conn.execute(_HOURLY_UPSERT, summary_columns(hourly))
-        await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), rows))
+        if rows and first is not None and last is not None:
+            await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), rows))
 
 
 async def write_isolating(
@@ -498,6 +545,8 @@ async def _isolate(
         [totals for h in halves for totals in h.metrics],
         sum(h.stored for h in halves),
         {key: why for h in halves for key, why in h.refused.items()},
+        set().union(*(h.set_aside_keys for h in halves)),
+        sum(h.set_aside for h in halves),
     )
 
 

@@ -132,7 +132,9 @@ class CallWriter:
         # Counted over the whole group: a span repeated by two requests of one group is a
         # duplicate too, though only one of them reaches the table.
         rows = sum(len(b) for b in batches)
-        self._metrics.spans_duplicate.inc(rows - result.stored - len(result.refused))
+        not_stored = rows - result.stored - len(result.refused)
+        self._metrics.spans_duplicate.inc(not_stored - len(result.set_aside_keys))
+        self._metrics.spans_set_aside.inc(result.set_aside)
         if result.refused:
             log.warning(
                 "the database refused %d rows: %s",
@@ -182,11 +184,14 @@ def _resolve(pending: list[_Pending], result: Written) -> None:
             p.future.set_result(WriteResult(stored=len(p.batch), duplicates=0))
             continue
         keys = p.batch.keys
-        stored = 0
+        stored = set_aside = 0
         for key in keys:
             if key in new_keys:
                 new_keys.discard(key)  # a span sent twice (in one request or two) counts once
                 stored += 1
+            elif key in result.set_aside_keys:
+                result.set_aside_keys.discard(key)
+                set_aside += 1
         refused = [(span_id_of(k), result.refused[k]) for k in keys if k in result.refused]
-        duplicates = len(keys) - stored - len(refused)
-        p.future.set_result(WriteResult(stored=stored, duplicates=duplicates, refused=refused))
+        duplicates = len(keys) - stored - set_aside - len(refused)
+        p.future.set_result(WriteResult(stored, duplicates, refused=refused, set_aside=set_aside))

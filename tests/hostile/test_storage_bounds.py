@@ -433,11 +433,15 @@ def test_migration_keeps_existing_rows_and_removes_copies(
         _at(span, now)
     calls = [to_llm_call(raw) for raw in iter_raw_spans(request([*spans, copy], "migrated"))]
 
-    async def store() -> None:
+    async def store(before_005: bool = False) -> None:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            if before_005:  # today's writer on the old schema: a stand-in for 005's table
+                await conn.execute(
+                    "CREATE TEMP TABLE api_call_duplicates (LIKE api_calls INCLUDING DEFAULTS)"
+                )
             await storage.write_batch(conn, [CallBatch.of(calls)])  # type: ignore[arg-type]
 
-    asyncio.run(store())
+    asyncio.run(store(before_005=True))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO carousel_performance (correlation_id, likes, comments, shares, saves)"

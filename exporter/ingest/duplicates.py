@@ -1,0 +1,206 @@
+"""One call, one row, whoever instrumented it.
+
+Two instrumentations of one request (an instrumentation library and the provider SDK's own
+tracing, say) send two spans for one call. Two stored spans describe the same call when they
+have the same GenAI operation, model and service, and either
+
+- one is the other's parent (same trace): the child is closer to the wire and is kept; or
+- they carry the same provider response id (`gen_ai.response.id`, same provider) and one
+  lasts within the other: the inner one is kept, as an instrumentation wrapping the SDK's
+  method starts before and ends after the SDK's own span of the request. (Two calls to a
+  server that answers every call with one fixed id are merged only if one lies within the
+  other too.)
+
+Spans that are no model call (agents, tools, workflows) never become rows, so they neither hide
+a call nor are hidden. The span not kept is moved from `api_calls` to `api_call_duplicates`,
+where a replay of it, or a span of the same call arriving later, still finds it: the rule
+holds whichever span arrives first, in whichever batch, and a replayed batch changes nothing.
+
+`resolve` runs after a write's new rows are in `api_calls`, in the same transaction, as one
+statement over all of them (a few index probes per row, no round trip per row); a second
+statement moves what it found, when it found anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import namedtuple_row
+
+# Two spans of one call both start within the call: at most a call's longest duration apart
+# (MAX_CALL_DURATION_NS, 24 h). Bounds every lookup to the one or two monthly partitions
+# around a span's start.
+SAME_CALL_WINDOW = timedelta(hours=24)
+# The response id is compared on its first this-many characters, as indexed (migration 005:
+# an index row must stay under PostgreSQL's 2.7 kB limit).
+RESPONSE_ID_CHARS = 128
+
+_FACTS = (
+    "trace_id", "span_id", "timestamp", "service_name", "provider", "model", "gen_ai_operation",
+    "operation", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "total_tokens", "cost_usd", "duration_ms", "success", "error_type",
+)  # fmt: skip
+_RID = f"left(%s.attributes ->> 'gen_ai.response.id', {RESPONSE_ID_CHARS})"
+_HAS_RID = "%s.attributes ? 'gen_ai.response.id'"
+# d is preferred to (closer to the wire than) n, of two spans of one response id one of which
+# lies within the other: the later start, then the earlier end, then the ids (a total order).
+_PREFERRED = (
+    '(d."timestamp", n.ended, d.span_id, d.trace_id) > (n."timestamp", '
+    "d.\"timestamp\" + d.duration_ms * interval '1 millisecond', n.span_id, n.trace_id)"
+)
+_SAME_CALL = (
+    "d.gen_ai_operation = n.gen_ai_operation AND d.model = n.model AND "
+    "d.service_name = n.service_name AND "
+    'd."timestamp" BETWEEN n."timestamp" - %(window)s AND n."timestamp" + %(window)s'
+)
+_D_ENDED = "d.\"timestamp\" + d.duration_ms * interval '1 millisecond'"
+_SAME_RESPONSE = (
+    "d.provider = n.provider AND (d.trace_id, d.span_id) <> (n.trace_id, n.span_id) AND"
+    f' ((d."timestamp" >= n."timestamp" AND {_D_ENDED} <= n.ended)'
+    f' OR (n."timestamp" >= d."timestamp" AND n.ended <= {_D_ENDED}))'
+)
+# How each lookup finds its rows: by an index alone, in a subquery of its own (OFFSET 0 keeps
+# both it a per-row probe and the other conditions out of it), so that no planner estimate
+# (a table just filled has no statistics) can make it a scan of another index.
+_CHILDREN = "d.trace_id = n.trace_id AND d.parent_span_id = n.span_id"
+_PARENT = "d.trace_id = n.trace_id AND d.span_id = n.parent_span_id"
+_SAME_ID = "d.trace_id = n.trace_id AND d.span_id = n.span_id"
+_TWINS = f"n.rid IS NOT NULL AND {_HAS_RID % 'd'} AND {_RID % 'd'} = n.rid"
+
+
+_PREFERRED_TWIN = f"{_SAME_RESPONSE} AND {_SAME_CALL} AND {_PREFERRED}"
+
+
+def _probe(table: str, key: str) -> str:
+    return f"(SELECT d.* FROM {table} d WHERE {key} OFFSET 0) d"
+
+
+def _exists(table: str, key: str, condition: str = "true") -> str:
+    return f"EXISTS (SELECT FROM {_probe(table, key)} WHERE {condition} OFFSET 0)"
+
+
+# The spans written just now (`keys`, as storage.call_key makes them); those already set aside
+# before (a replay: removed again, counted nowhere); the stored spans a new one is closer to
+# the wire than (its parent, a response-id twin it is preferred to), each with the new span it
+# leaves for (`by`); the new spans something stored or set aside is closer to the wire than.
+# Every lookup is an index probe per new span (OFFSET 0 keeps each a per-row subplan: never a
+# join that scans a table, whatever the planner's statistics say). Usually finds nothing.
+_FIND = f"""
+WITH n AS MATERIALIZED (
+    SELECT a.* FROM unnest(string_to_array(%(keys)s, E'\\n')) AS k(key) CROSS JOIN LATERAL (
+        SELECT a.trace_id, a.span_id, a.parent_span_id, a."timestamp", a.provider, a.model,
+               a.gen_ai_operation, a.service_name,
+               a."timestamp" + a.duration_ms * interval '1 millisecond' AS ended,
+               CASE WHEN {_HAS_RID % "a"} THEN {_RID % "a"} END AS rid
+        FROM api_calls a
+        WHERE a.trace_id = substr(k.key, 1, 32) AND a.span_id = substr(k.key, 33, 16)
+          AND a."timestamp" = timestamptz 'epoch'
+              + substr(k.key, 49)::int8 * interval '1 microsecond'
+        OFFSET 0
+    ) a
+),
+twins AS MATERIALIZED (
+    SELECT n.trace_id AS n_trace, n.span_id AS n_span, n."timestamp" AS n_timestamp,
+           d.trace_id, d.span_id, d."timestamp", {_PREFERRED} AS preferred
+    FROM n CROSS JOIN LATERAL {_probe("api_calls", _TWINS)}
+    WHERE {_SAME_RESPONSE} AND {_SAME_CALL}
+)
+SELECT n.trace_id, n.span_id, n."timestamp", NULL AS by FROM n
+WHERE {_exists("api_call_duplicates", _SAME_ID)}
+   OR {_exists("api_calls", _CHILDREN, _SAME_CALL)}
+   OR {_exists("api_call_duplicates", _CHILDREN, _SAME_CALL)}
+   OR {_exists("api_call_duplicates", _TWINS, _PREFERRED_TWIN)}
+UNION ALL
+SELECT d.trace_id, d.span_id, d."timestamp", n.trace_id || n.span_id
+FROM n CROSS JOIN LATERAL {_probe("api_calls", _PARENT)} WHERE {_SAME_CALL}
+UNION ALL
+SELECT n_trace, n_span, n_timestamp, NULL FROM twins WHERE preferred
+UNION ALL
+SELECT trace_id, span_id, "timestamp", n_trace || n_span FROM twins WHERE NOT preferred
+"""
+# Two writers (exporters on one database) storing two spans of one call at the same time would
+# each miss the other's uncommitted row. Finding and committing are one at a time: the lock is
+# held to commit, and each writer's rows are in before it waits, so writers still copy rows in
+# parallel and the later one to find sees the earlier one's rows.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('nexus-otel: one call, one row'))"
+# What _FIND found leaves api_calls; what was not set aside before is set aside now. Returns
+# what the summaries and metrics need of each row that left.
+_MOVE = f"""
+WITH leaving AS (
+    SELECT trace_id, span_id, "timestamp", min(by) AS by
+    FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[])
+        AS l(trace_id, span_id, "timestamp", by)
+    GROUP BY trace_id, span_id, "timestamp"
+),
+gone AS (
+    DELETE FROM api_calls a USING leaving l
+    WHERE a.trace_id = l.trace_id AND a.span_id = l.span_id AND a."timestamp" = l."timestamp"
+    RETURNING a.*
+),
+aside AS (
+    INSERT INTO api_call_duplicates SELECT * FROM gone ON CONFLICT DO NOTHING
+    RETURNING trace_id, span_id
+)
+SELECT {", ".join(f'g."{c}"' for c in _FACTS)}, s.span_id IS NOT NULL AS set_aside, l.by
+FROM gone g JOIN leaving l ON l.trace_id = g.trace_id AND l.span_id = g.span_id
+LEFT JOIN aside s ON s.trace_id = g.trace_id AND s.span_id = g.span_id
+"""
+
+
+async def resolve(conn: psycopg.AsyncConnection[Any], keys: Iterable[str]) -> list[Any]:
+    """Applies the rule to the spans just written (their keys) inside the caller's transaction:
+    the rows that left api_calls, each with `set_aside` (False: a replay of a span set aside
+    before) and, for a row stored before, `by`: the trace and span id of a span written now
+    that it left for. Usually none."""
+    joined = keys if isinstance(keys, str) else "\n".join(keys)
+    async with conn.pipeline():
+        await conn.execute(_LOCK)
+        found = await conn.execute(_FIND, {"keys": joined, "window": SAME_CALL_WINDOW})
+    leaving = await found.fetchall()
+    if not leaving:
+        return []
+    cursor = conn.cursor(row_factory=namedtuple_row)
+    await cursor.execute(_MOVE, [list(column) for column in zip(*leaving, strict=True)])
+    return await cursor.fetchall()
+
+
+_FACT_COLUMNS = ", ".join(f'a."{c}"' for c in _FACTS)
+_FACTS_OF = (
+    f"SELECT {_FACT_COLUMNS} FROM unnest(%s::text[]) AS k(key) "
+    "JOIN api_calls a ON a.trace_id = substr(k.key, 1, 32) AND a.span_id = substr(k.key, 33, 16)"
+    " AND a.\"timestamp\" = timestamptz 'epoch'"
+    " + substr(k.key, 49)::int8 * interval '1 microsecond'"
+)
+
+
+async def facts_of(conn: psycopg.AsyncConnection[Any], keys: list[str]) -> list[Any]:
+    """What the summaries and metrics need of the stored rows with these keys."""
+    cursor = conn.cursor(row_factory=namedtuple_row)
+    return await (await cursor.execute(_FACTS_OF, (keys,))).fetchall()
+
+
+def counted_already(kept: list[Any], replaced: list[Any]) -> set[tuple[str, str]]:
+    """The new rows kept whose call the metrics counted already, with a span it replaces: the
+    span a replaced row left for, or (when that span left too, for one written with it) the
+    row kept of the same call in its trace."""
+    by_id = {(f.trace_id, f.span_id): f for f in kept}
+    counted: set[tuple[str, str]] = set()
+    for old in replaced:
+        by = (old.by[:32], old.by[32:]) if old.by else None
+        if by not in by_id:
+            same_call = (old.trace_id, old.service_name, old.model, old.gen_ai_operation)
+            by = next(
+                (
+                    k
+                    for k, f in by_id.items()
+                    if (f.trace_id, f.service_name, f.model, f.gen_ai_operation) == same_call
+                    and k not in counted
+                ),
+                None,
+            )
+        if by is not None:
+            counted.add(by)
+    return counted

@@ -1,0 +1,347 @@
+"""One call, one row, whoever instrumented it: two GenAI spans of one call (nested in one trace,
+or carrying one provider response id) become one row, the span closest to the wire, whichever
+arrives first and in whichever request. Through a real `nexus-otel serve` and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from exporter.ingest import otlp
+from exporter.ingest.normalize import to_llm_call
+from exporter.ingest.storage import CallBatch, write_batch
+from tests.ingest.otlp_helpers import ns, protobuf_body
+from tests.support import ExporterProcess, float_sum_slack, metric_value, query
+
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+# Minutes ago, so that "today" holds every span whatever the time of day but the first minutes.
+START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
+SET_ASIDE = "nexus_exporter_spans_set_aside_total"
+MODEL = "claude-sonnet-4-5"
+
+
+def _chat(model: str = MODEL, output: int = 50, operation: str = "chat", **extra: Any) -> Any:
+    return {
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.operation.name": operation,
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": output,
+        **extra,
+    }
+
+
+def _nested(levels: Sequence[dict[str, Any]], offset_s: int) -> list[ReadableSpan]:
+    """Spans each the child of the one before (the first outermost), each starting 1 ms after
+    and ending 1 ms before its parent. Returned outermost first."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "nested-app"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("nexus-tests")
+    start = ns(START + timedelta(seconds=offset_s))
+    opened, context = [], None
+    for depth, attributes in enumerate(levels):
+        span = tracer.start_span(
+            f"level {depth}",
+            context=context,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=start + depth * 1_000_000,
+        )
+        context = trace.set_span_in_context(span)
+        opened.append(span)
+    for depth, span in reversed(list(enumerate(opened))):
+        span.end(end_time=start + (500 - depth) * 1_000_000)
+    provider.shutdown()
+    by_name = {s.name: s for s in memory.get_finished_spans()}
+    return [by_name[f"level {depth}"] for depth in range(len(levels))]
+
+
+def _root(attributes: dict[str, Any], offset_s: int, start_ms: int, end_ms: int) -> ReadableSpan:
+    """A span of its own trace, from `start_ms` to `end_ms` after START + `offset_s`."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "nested-app"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    start = ns(START + timedelta(seconds=offset_s))
+    span = provider.get_tracer("nexus-tests").start_span(
+        "root", kind=SpanKind.CLIENT, attributes=attributes, start_time=start + start_ms * 10**6
+    )
+    span.end(end_time=start + end_ms * 10**6)
+    provider.shutdown()
+    return memory.get_finished_spans()[0]
+
+
+def _post(exporter: ExporterProcess, spans: Sequence[ReadableSpan]) -> None:
+    response = httpx.post(
+        f"{exporter.base_url}/v1/traces", content=protobuf_body(spans), headers=PROTOBUF
+    )
+    assert response.status_code == 200, response.text
+    assert response.content == b"", response.content  # no partial success: every span taken
+
+
+def _span_id(span: ReadableSpan) -> str:
+    return format(span.context.span_id, "016x")
+
+
+def _trace_id(span: ReadableSpan) -> str:
+    return format(span.context.trace_id, "032x")
+
+
+def _rows(database_url: str, spans: Sequence[ReadableSpan]) -> list[tuple[Any, ...]]:
+    """(span id, model, output tokens) of the stored rows among `spans`."""
+    ids = [_span_id(s) for s in spans]
+    return query(
+        database_url,
+        "SELECT span_id, model, output_tokens FROM api_calls WHERE span_id = ANY(%s)"
+        " ORDER BY span_id",
+        (ids,),
+    )
+
+
+def _set_aside(exporter: ExporterProcess) -> float:
+    return metric_value(httpx.get(f"{exporter.base_url}/metrics").text, SET_ASIDE)
+
+
+def _counted(exporter: ExporterProcess) -> tuple[float, float]:
+    """The calls and output tokens the Prometheus counters show."""
+    text = httpx.get(f"{exporter.base_url}/metrics").text
+    output = metric_value(text, "nexus_llm_tokens_total", gen_ai_token_type="output")
+    return metric_value(text, "nexus_llm_calls_total"), output
+
+
+def _state(database_url: str) -> tuple[Any, ...]:
+    """Everything a write moves: the rows, the rows set aside, and both summaries."""
+    return tuple(
+        query(database_url, statement)
+        for statement in (
+            "SELECT trace_id, span_id, output_tokens FROM api_calls ORDER BY 1, 2",
+            "SELECT trace_id, span_id FROM api_call_duplicates ORDER BY 1, 2",
+            "SELECT * FROM daily_usage_summary ORDER BY 1, 2, 3, 4, 5",
+            "SELECT * FROM hourly_usage_summary ORDER BY 1, 2, 3, 4, 5",
+        )
+    )
+
+
+def test_parent_and_child_in_one_request_store_the_child(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    parent, child = _nested([_chat(output=51), _chat(output=50)], offset_s=1)
+    before = _set_aside(exporter)
+    _post(exporter, [child, parent])
+    assert _rows(database_url, [parent, child]) == [(_span_id(child), MODEL, 50)]
+    assert _set_aside(exporter) - before == 1
+
+
+@pytest.mark.parametrize("parent_first", [True, False], ids=["parent first", "child first"])
+def test_parent_and_child_in_two_requests_store_the_child(
+    exporter: ExporterProcess, database_url: str, parent_first: bool
+) -> None:
+    parent, child = _nested([_chat(output=61), _chat(output=60)], offset_s=2 + parent_first)
+    before = _set_aside(exporter)
+    counted_before = _counted(exporter)
+    for span in [parent, child] if parent_first else [child, parent]:
+        _post(exporter, [span])
+    assert _rows(database_url, [parent, child]) == [(_span_id(child), MODEL, 60)]
+    assert _set_aside(exporter) - before == 1
+    # Counters never go down: the call counts once, with the values of the first of its spans
+    # stored (the parent's 61 output tokens when it came first; the rows say 60).
+    calls, output_tokens = (a - b for a, b in zip(_counted(exporter), counted_before, strict=True))
+    assert (calls, output_tokens) == (1, 61 if parent_first else 60)
+    stored_aside = query(
+        database_url, "SELECT span_id, output_tokens FROM api_call_duplicates WHERE span_id = %s",
+        (_span_id(parent),),
+    )  # fmt: skip
+    assert stored_aside == [(_span_id(parent), 61)]
+
+
+def test_nested_spans_of_two_models_are_two_calls(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    outer, inner = _nested([_chat(model="claude-opus-4-1"), _chat(model="claude-haiku-4-5")], 5)
+    _post(exporter, [inner, outer])
+    assert len(_rows(database_url, [outer, inner])) == 2
+
+
+def test_nested_spans_of_two_operations_are_two_calls(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    outer, inner = _nested([_chat(), _chat(operation="text_completion")], 6)
+    _post(exporter, [outer])
+    _post(exporter, [inner])
+    assert len(_rows(database_url, [outer, inner])) == 2
+
+
+def test_an_agent_span_wrapping_calls_hides_none(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    agent = _chat(operation="invoke_agent")
+    outer, first = _nested([agent, _chat(output=70)], 7)
+    _post(exporter, [first, outer])
+    assert _rows(database_url, [outer, first]) == [(_span_id(first), MODEL, 70)]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))), ids=str)
+def test_three_levels_store_the_innermost_in_any_order(
+    exporter: ExporterProcess, database_url: str, order: tuple[int, ...]
+) -> None:
+    offset = 10 + sum(o * 3**i for i, o in enumerate(order))
+    spans = _nested([_chat(output=82), _chat(output=81), _chat(output=80)], offset)
+    before, counted_before = _set_aside(exporter), _counted(exporter)
+    for index in order:
+        _post(exporter, [spans[index]])
+    assert _rows(database_url, spans) == [(_span_id(spans[2]), MODEL, 80)]
+    assert _set_aside(exporter) - before == 2
+    # Outer and inner stored before the middle one links them: two calls as far as anyone
+    # could tell then, counted twice by counters that never go down (the rows say one).
+    calls = _counted(exporter)[0] - counted_before[0]
+    assert calls == (2 if order[2] == 1 else 1)
+
+
+def test_a_stored_parent_replaced_by_two_levels_at_once_counts_once(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    spans = _nested([_chat(output=72), _chat(output=71), _chat(output=70)], 60)
+    counted_before = _counted(exporter)
+    _post(exporter, spans[:1])
+    _post(exporter, spans[1:])
+    assert _rows(database_url, spans) == [(_span_id(spans[2]), MODEL, 70)]
+    calls, output_tokens = (a - b for a, b in zip(_counted(exporter), counted_before, strict=True))
+    assert (calls, output_tokens) == (1, 72)
+
+
+def test_twins_by_response_id_in_two_traces_store_the_inner(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    """Two instrumentations that do not nest their spans (each a root of its own trace), as
+    OpenLLMetry's and the Anthropic SDK's: one provider response id, overlapping in time."""
+    twin = _chat(output=90, **{"gen_ai.response.id": "msg_twin_1"})
+    outer = _nested([_chat(output=91, **{"gen_ai.response.id": "msg_twin_1"})], 40)[0]
+    inner = _nested([{}, twin], 40)[1]  # 1 ms later, ending 1 ms sooner, in another trace
+    assert _trace_id(outer) != _trace_id(inner)
+    _post(exporter, [outer])
+    _post(exporter, [inner])
+    assert _rows(database_url, [outer, inner]) == [(_span_id(inner), MODEL, 90)]
+    # The same response id long after (another run of a seeded simulator) is another call, and
+    # so is one that overlaps without either lying within the other (a server that answers
+    # every call with one fixed id).
+    far = _nested([_chat(output=92, **{"gen_ai.response.id": "msg_twin_1"})], 100)[0]
+    _post(exporter, [far])
+    overlapping = _root(_chat(output=93, **{"gen_ai.response.id": "msg_twin_1"}), 100, 250, 900)
+    _post(exporter, [overlapping])  # far lasts from 0 to 500 ms, this from 250 to 900 ms
+    assert len(_rows(database_url, [outer, inner, far, overlapping])) == 3
+
+
+@pytest.mark.parametrize("which", ["parent", "child", "both"])
+def test_a_replay_of_either_request_changes_nothing(
+    exporter: ExporterProcess, database_url: str, which: str
+) -> None:
+    offset = {"parent": 200, "child": 210, "both": 220}[which]
+    parent, child = _nested([_chat(output=31), _chat(output=30)], offset)
+    _post(exporter, [parent])
+    _post(exporter, [child])
+    before_state = _state(database_url)
+    before_metrics = httpx.get(f"{exporter.base_url}/metrics").text
+    replay = {"parent": [parent], "child": [child], "both": [parent, child]}[which]
+    _post(exporter, replay)
+    assert _state(database_url) == before_state
+    after_metrics = httpx.get(f"{exporter.base_url}/metrics").text
+    for name in (SET_ASIDE, "nexus_llm_calls_total", "nexus_exporter_rows_written_total"):
+        assert metric_value(after_metrics, name) == metric_value(before_metrics, name), name
+    duplicates = "nexus_exporter_spans_duplicate_total"
+    replayed = metric_value(after_metrics, duplicates) - metric_value(before_metrics, duplicates)
+    assert replayed == len(replay)
+
+
+def test_zz_summaries_and_dashboard_equal_the_rows_kept(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    """After every case above (named to run last; each case leaves the invariant true on its
+    own too): the summaries and the API's totals are the stored rows', exactly."""
+    _post(exporter, _nested([_chat(output=11), _chat(output=10)], 300))
+    rows = query(
+        database_url,
+        "SELECT count(*), sum(input_tokens), sum(output_tokens), sum(total_tokens),"
+        " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL),"
+        " sum(duration_ms) FROM api_calls",
+    )[0]
+    for table in ("daily_usage_summary", "hourly_usage_summary"):
+        summary = query(
+            database_url,
+            "SELECT sum(calls), sum(input_tokens), sum(output_tokens), sum(total_tokens),"
+            f" sum(cost_usd), sum(unpriced_calls), sum(duration_ms_sum) FROM {table}",
+        )[0]
+        assert summary[:6] == rows[:6], table
+        # Float sums of the same durations added in another order: a few ulps apart at most.
+        assert abs(Decimal(summary[6]) - Decimal(rows[6])) <= float_sum_slack(
+            Decimal(rows[6]), roundings=4 * rows[0]
+        )
+    stats = httpx.get(f"{exporter.api_url}/api/dashboard/stats").json()["today"]
+    calls, input_tokens, output_tokens, total_tokens, cost = rows[:5]
+    assert (stats["calls"], stats["input_tokens"], stats["output_tokens"]) == (
+        calls,
+        input_tokens,
+        output_tokens,
+    )
+    assert stats["total_tokens"] == total_tokens
+    # A float in JSON: one rounding of the exact sum, and one of its shortest repr.
+    assert abs(Decimal(str(stats["cost_usd"])) - cost) <= float_sum_slack(cost, roundings=2)
+
+
+def _batch(spans: Sequence[ReadableSpan]) -> CallBatch:
+    request = otlp.parse_request(protobuf_body(spans), "application/x-protobuf")
+    calls = [to_llm_call(raw) for raw in otlp.iter_raw_spans(request, [])]
+    return CallBatch.of([c for c in calls if c is not None])
+
+
+def test_two_writers_storing_one_call_at_once_keep_one_row(database_url: str) -> None:
+    """Two exporters on one database, each writing one span of a call, at the same time: the
+    second to look waits for the first to commit, and sees its row."""
+    parent, child = _nested([_chat(output=41), _chat(output=40)], 400)
+
+    async def race() -> None:
+        first = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        second = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        try:
+            await first.execute("SELECT nexus_ensure_partition(%s)", (START.date(),))
+            async with first.transaction():  # held open: the parent is not committed yet
+                await write_batch(first, [_batch([parent])])
+                racing = asyncio.ensure_future(write_batch(second, [_batch([child])]))
+                await _waiting(database_url, second.info.backend_pid, racing)
+            await racing
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(race())
+    assert _rows(database_url, [parent, child]) == [(_span_id(child), MODEL, 40)]
+
+
+async def _waiting(
+    database_url: str, pid: int, racing: asyncio.Future[Any], polls: int = 2000
+) -> None:
+    """Returns once the backend `pid` waits for a lock the first writer holds (bounded: a
+    writer that never waits fails the test when it has finished instead, or after `polls`)."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        for _ in range(polls):
+            waiting = await conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            )
+            if (await waiting.fetchone()) == ("Lock",):
+                return
+            assert not racing.done(), "the second writer finished without waiting for the first"
+            await asyncio.sleep(0.01)  # polling a condition, not timing it
+    raise AssertionError("the second writer never waited for the first")
