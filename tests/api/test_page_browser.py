@@ -4,6 +4,8 @@ budget bars, the filters, the console, a phone's width and the token prompt."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -367,6 +369,7 @@ def test_unpriced_models_banner_provider_table_and_top_content(
     ))  # fmt: skip
     assert models == [f"anthropic/{MODEL_B}"]
     assert browser.find_element("id", "unpriced").is_displayed()
+    wait_until(lambda: browser.execute_script("return document.body.dataset.contentRenders"))
     content = browser.execute_script(
         "return [...document.querySelectorAll('#content tbody tr')].map(r =>"
         " [...r.cells].map(c => c.textContent))"
@@ -472,3 +475,59 @@ def test_with_a_token_nothing_loads_until_it_is_given(
     assert not browser.find_element("id", "auth").is_displayed()
     assert TOKEN not in guarded.log()
     browser.execute_script("sessionStorage.clear()")
+
+
+def test_the_charts_draw_the_stored_tokens_and_costs_per_provider_and_operation(
+    served: ExporterProcess, stored: Stored, browser: Any
+) -> None:
+    open_page(browser, served.api_url + "/?range=24h")
+    now = datetime.now(UTC)
+    day_ago = now - timedelta(hours=24)
+
+    def chart(name: str) -> dict[str, list[float]]:
+        return browser.execute_script(
+            "const c = Chart.getChart(document.getElementById(arguments[0]));"
+            "return Object.fromEntries(c.data.datasets.length > 1"
+            " ? c.data.datasets.map(d => [d.label, d.data])"
+            " : c.data.labels.map((l, i) => [l, c.data.datasets[0].data[i]]));",
+            name,
+        )
+
+    tokens = {provider: sum(values) for provider, values in chart("chart-tokens").items()}
+    providers = ("anthropic", "openai")
+    assert tokens == {
+        p: stored.totals(day_ago, now + timedelta(minutes=1), provider=p)["tokens"]
+        for p in providers
+    }
+    costs = chart("chart-cost-provider")
+    assert costs == {
+        p: api_usd(stored.totals(day_ago, now + timedelta(minutes=1), provider=p)["cost"])
+        for p in providers
+    }
+    operations = {
+        spec["attributes"]["nexus.operation"]
+        for _, spec in stored.calls
+        if day_ago <= spec["start"]
+    }
+    assert chart("chart-cost-operation") == {
+        o: api_usd(stored.totals(day_ago, now + timedelta(minutes=1), operation=o)["cost"])
+        for o in operations
+    }
+    assert console_errors(browser) == []
+
+
+def test_the_live_feed_refuses_a_wrong_token_in_its_subprotocol(guarded: ExporterProcess) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    def offered(token: str) -> list[Any]:
+        encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+        return ["nexus.live", f"nexus.bearer.{encoded}"]
+
+    ws_url = guarded.api_url.replace("http://", "ws://") + "/ws/metrics"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url, subprotocols=offered("wrong"), open_timeout=10)
+    assert refused.value.response.status_code == 401
+    with connect(ws_url, subprotocols=offered(TOKEN), open_timeout=10) as websocket:
+        assert websocket.subprotocol == "nexus.live"
+        assert json.loads(websocket.recv(timeout=10))["type"] == "hello"
