@@ -36,7 +36,7 @@ from tests.browser import (
     full_page_screenshot,
     phone_width,
 )
-from tests.support import ExporterProcess, api_usd, start_exporter
+from tests.support import ExporterProcess, api_ratio, api_usd, start_exporter
 
 pytestmark = pytest.mark.e2e
 
@@ -174,8 +174,10 @@ def test_the_cards_show_todays_totals_and_trends_from_the_stored_calls(
             assert shown["trend"] == "no calls yesterday by this time"
             continue
         change = (Decimal(today[key]) - Decimal(earlier[key])) * 100 / Decimal(earlier[key])
-        # The page rounds as JavaScript's toFixed does: a positive tie goes up.
-        shown_change = change.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+        # The API's percent is a float, within a few roundings of the exact change; the page
+        # writes that float as JavaScript's toFixed does (its exact binary value, a tie up).
+        assert float(shown["pct"]) == api_ratio(change), name
+        shown_change = Decimal(float(shown["pct"])).quantize(Decimal("0.1"), ROUND_HALF_UP)
         assert shown["trend"] == f"▲ +{shown_change}% vs yesterday at this time", name
     assert console_errors(browser) == []
 
