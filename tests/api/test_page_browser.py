@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,7 +39,7 @@ from tests.browser import (
     full_page_screenshot,
     phone_width,
 )
-from tests.support import ExporterProcess, api_ratio, api_usd, start_exporter
+from tests.support import ExporterProcess, api_ratio, api_usd, free_port, start_exporter
 
 pytestmark = pytest.mark.e2e
 
@@ -435,3 +438,30 @@ def test_the_live_feed_refuses_a_wrong_token_in_its_subprotocol(guarded: Exporte
     with connect(ws_url, subprotocols=offered(TOKEN), open_timeout=10) as websocket:
         assert websocket.subprotocol == "nexus.live"
         assert json.loads(websocket.recv(timeout=10))["type"] == "hello"
+
+
+def test_the_api_command_alone_serves_the_same_page(
+    database_url: str, stored: Stored, browser: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "exporter.cli", "api", "--database-url", database_url,
+               "--api-port", str(port)]  # fmt: skip
+    with (tmp_path / "api.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(base))
+        open_page(browser, base + "/")
+        expected = expected_cards(stored)
+        wait_until(lambda: shown_cards(browser) == expected)
+        assert console_errors(browser) == []
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
