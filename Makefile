@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .PHONY: demo test test-random lint typecheck unit bench setup clean dashboards alerting-tools rules \
-	dist
+	dist browser-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ alerting-tools:
 	  else echo "prometheus/prometheus-alertmanager missing and not root: install them"; fi; \
 	fi
 
+# The real Chromium the dashboard's browser tests and its benchmark drive (Debian packages,
+# installed as root when missing; elsewhere those tests skip, and fail under CI=true).
+browser-tools:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium/chromium-driver missing and not root: install them"; fi; \
+	fi
+
 # Prometheus config and rules (with their unit tests) and the shipped Alertmanager config
 # (skipped without the tools, except under CI=true).
 rules: alerting-tools
@@ -60,7 +70,7 @@ rules: alerting-tools
 	  amtool check-config alertmanager/alertmanager.yml; \
 	else echo "skipping promtool/amtool checks: not installed"; fi
 
-test: lint typecheck rules unit
+test: lint typecheck rules browser-tools unit
 
 dashboards: $(STAMP)
 	$(BIN)/nexus-otel dashboards --out grafana/dashboards
@@ -70,7 +80,7 @@ $(VENV)/.bench-installed: $(STAMP)
 	@touch $@
 
 # make bench ARGS="--quick"  (or --only ingest memory, --soak-seconds 60, ...)
-bench: $(VENV)/.bench-installed
+bench: $(VENV)/.bench-installed browser-tools
 	$(BIN)/python -m bench $(ARGS)
 
 # The sdist, and the wheel built from it, in dist/ (install with

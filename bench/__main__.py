@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, Runner] = {
     "delivery": _optional("bench.delivery"),
     "api": _optional("bench.api"),
     "dashboards": _optional("bench.dashboards"),
+    "page": _optional("bench.page"),
     "memory": _memory,
     "scrape": _optional("bench.scrape"),
     "faults": _optional("bench.faults"),

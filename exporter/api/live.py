@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from psycopg.rows import dict_row
 
 from exporter.api.deps import get_scope
+from exporter.core.security import LIVE_SUBPROTOCOL
 from exporter.ingest.storage import NOTIFY_CHANNEL
 from exporter.usage.totals import CALL_COLUMNS, Scope
 
@@ -157,7 +158,10 @@ async def live_calls(websocket: WebSocket, scope: Annotated[Scope, Depends(get_s
     provider, model, operation)."""
     broadcaster: Broadcaster = websocket.app.state.broadcaster
     subscriber = broadcaster.subscribe(scope, websocket.app.state.settings.ws_queue_max_bytes)
-    await websocket.accept()
+    # A browser that offered subprotocols (the page, for its token) fails the connection
+    # unless the server selects one: it selects the live feed's, never the token's.
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=LIVE_SUBPROTOCOL if LIVE_SUBPROTOCOL in offered else None)
     # Say "ready" only once the feed listens, so a client knows what it will not miss.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(broadcaster.listening.wait(), READY_TIMEOUT_SECONDS)
