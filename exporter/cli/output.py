@@ -10,7 +10,8 @@ from rich.markup import escape
 
 from exporter.core.settings import Settings
 
-console = Console(stderr=True)
+# Lines are never wrapped: a pipe or a log keeps each whole (rich would wrap at 80 columns).
+console = Console(stderr=True, soft_wrap=True)
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
