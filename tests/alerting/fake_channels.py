@@ -70,7 +70,7 @@ class Mail:
     def body(self, subtype: str) -> str:
         part = self.message.get_body(preferencelist=(subtype,))
         assert part is not None and part.get_content_subtype() == subtype, self.message
-        return str(part.get_content())
+        return str(part.get_content()).replace("\r\n", "\n")  # mail travels with CRLF
 
 
 @dataclass
