@@ -102,13 +102,16 @@ def _channels(settings: Settings) -> str:
 
 
 def cmd_prometheus_rules(settings: Settings, args: argparse.Namespace) -> int:
-    """Writes the rule files with another single-call threshold or runbook base URL."""
+    """Writes the rule files with another single-call threshold, runbook base URL or time
+    scale."""
     from pathlib import Path
 
     from exporter.alerting import AlertingConfigError, write_rules
 
     try:
-        paths = write_rules(Path(args.out), args.single_call_usd, args.runbook_base_url)
+        paths = write_rules(
+            Path(args.out), args.single_call_usd, args.runbook_base_url, args.time_scale
+        )
     except (AlertingConfigError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -188,6 +191,14 @@ def _prometheus_rules_arguments(command: argparse.ArgumentParser) -> None:
         "--runbook-base-url",
         default="https://github.com/nexus-otel/nexus-otel/blob/main",
         help="runbook_url = <this>/docs/RUNBOOK.md#<alert>",
+    )
+    command.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply every for:, range and offset of the rules by FACTOR, in (0, 1] "
+        "(0.01 turns 10m into 6s: to watch every alert fire in a test or a trial; default 1)",
     )
 
 

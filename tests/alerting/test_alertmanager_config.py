@@ -3,6 +3,7 @@ per severity, the shipped files in step with the generators."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -384,3 +385,52 @@ def test_channel_flags_are_accepted_like_their_variables(
     assert critical["email_configs"][0]["require_tls"] is False
     assert critical["slack_configs"][0]["api_url"].endswith("slack-key-42")
     assert critical["webhook_configs"][1]["url"] == "https://ops.example.org/hook"
+
+
+def _durations_ms(text: str) -> tuple[str, list[int]]:
+    """The text with each `for:`, range, step and offset duration replaced by `<D>`, and the
+    durations in milliseconds, in order."""
+    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+    found: list[int] = []
+
+    def take(match: re.Match[str]) -> str:
+        found.append(sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|[dhms])", match[2])))
+        return match[1] + "<D>"
+
+    duration = r"((?:\d+(?:ms|[dhms]))+)"
+    pattern = rf"(for: |\[|:|offset ){duration}(?=\s*$|\]|:|\)|\s)"
+    return re.sub(pattern, take, text, flags=re.MULTILINE), found
+
+
+@pytest.mark.parametrize("factor", [0.01, 0.5])
+def test_time_scale_multiplies_every_duration_of_the_rules_alike(
+    tmp_path: Path, factor: float
+) -> None:
+    assert main(["prometheus-rules", "--out", str(tmp_path), "--time-scale", str(factor)]) == 0
+    # 12 `for:`, 11 ranges and 3 offsets in the alerts; 7 ranges in the recording rules.
+    for name, count in (("alerts.yml", 26), ("recording.yml", 7)):
+        shipped, original = _durations_ms((ROOT / "prometheus" / "rules" / name).read_text())
+        assert len(original) == count
+        scaled_text, scaled = _durations_ms((tmp_path / name).read_text())
+        assert scaled_text == shipped  # nothing else changed
+        assert scaled == [ms * factor for ms in original]
+    shipped_rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "alerts.yml").read_text())
+    with_for = [r for g in shipped_rules["groups"] for r in g["rules"] if "for" in r]
+    assert len(with_for) == 12  # every alert but Watchdog, which fires at once
+    text = (tmp_path / "alerts.yml").read_text()
+    if factor == 0.01:  # spot checks, as a person reads them
+        assert "[36s] offset 14m24s" in text and "for: 1s200ms" in text and "[6s]" in text
+    run_tool("promtool", "prometheus", "check", "rules", *map(str, sorted(tmp_path.glob("*.yml"))))
+
+
+@pytest.mark.parametrize(
+    ("factor", "message"),
+    [("0", "--time-scale 0 is not in (0, 1]"), ("2", "--time-scale 2 is not in (0, 1]"),
+     ("1e-9", "--time-scale 1e-09 makes 5m shorter than a millisecond")],
+)  # fmt: skip
+def test_a_time_scale_out_of_range_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], factor: str, message: str
+) -> None:
+    assert main(["prometheus-rules", "--out", str(tmp_path), "--time-scale", factor]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "alerts.yml").exists()
