@@ -52,14 +52,18 @@ def email(settings: Settings) -> dict[str, Any] | None:
         )
     if bool(settings.smtp_auth_username) != bool(settings.smtp_auth_password):
         missing_auth = (
-            "NEXUS_SMTP_AUTH_PASSWORD" if settings.smtp_auth_username else "NEXUS_SMTP_AUTH_USERNAME"
+            "NEXUS_SMTP_AUTH_PASSWORD"
+            if settings.smtp_auth_username
+            else "NEXUS_SMTP_AUTH_USERNAME"
         )
         raise AlertingConfigError(
             f"{missing_auth} is not set: SMTP authentication needs both user and password"
         )
     html, text = EMAIL_HTML, EMAIL_TEXT
     if link := dashboards_link(settings):
-        html += f'\n<p style="margin:0"><a href="{_literal(escape(link))}">Open the dashboards</a></p>'
+        html += (
+            f'\n<p style="margin:0"><a href="{_literal(escape(link))}">Open the dashboards</a></p>'
+        )
         text += f"\n\nDashboards: {_literal(link)}"
     config: dict[str, Any] = {
         "to": settings.alert_email_to,

@@ -169,8 +169,8 @@ def _alertmanager_config_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--file-mode",
         default="600",
-        help="octal permissions of the file, which holds tokens and passwords (644 when Alertmanager "
-        "runs as another user, as in compose)",
+        help="octal permissions of the file, which holds tokens and passwords (644 when "
+        "Alertmanager runs as another user, as in compose)",
     )
     command.add_argument(
         "--example",

@@ -51,8 +51,7 @@ class Recorder(Generic[T]):
                     return item
             time.sleep(0.2)
         raise AssertionError(
-            f"nothing matching {what} within {timeout}s; got {self.items()}; "
-            f"refused {self.refused}"
+            f"nothing matching {what} within {timeout}s; got {self.items()}; refused {self.refused}"
         )
 
 
@@ -78,7 +77,7 @@ class FakeSMTP(Recorder[Mail]):
     host: str = "127.0.0.1"
     port: int = 0
     user: str = "alerts@example.org"
-    password: str = "smtp-secret"  # noqa: S105
+    password: str = "smtp-secret"
 
 
 class _SMTPSession:

@@ -91,7 +91,10 @@ def fake_telegram(token: str = "4242:test-token") -> Iterator[FakeTelegram]:
 MAX_TEXT = 4096  # Telegram's limit, in UTF-16 code units of the text after entity parsing
 # The tags parse_mode HTML supports, and the attributes each may carry.
 ALLOWED_TAGS: dict[str, set[str]] = {
-    **{tag: set() for tag in "b strong i em u ins s strike del pre tg-spoiler".split()},
+    **{
+        tag: set()
+        for tag in ["b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "pre", "tg-spoiler"]
+    },
     "span": {"class"},
     "a": {"href"},
     "code": {"class"},
@@ -149,5 +152,12 @@ def _parse_html(text: str) -> tuple[str | None, str]:
                 return 'Unsupported class of tag "span"', ""
         open_tags.append(tag)
     if open_tags:
-        return f"Can't find end tag corresponding to start tag \"{open_tags[-1]}\"", ""
+        return f'Can\'t find end tag corresponding to start tag "{open_tags[-1]}"', ""
     return None, "".join(shown)
+
+
+def displayed(text: str) -> str:
+    """An HTML message as the app shows it: tags gone, entities decoded."""
+    problem, shown = _parse_html(text)
+    assert problem is None, problem
+    return shown

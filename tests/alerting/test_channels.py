@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -160,7 +159,9 @@ def test_resolved_alerts_say_so_on_every_channel(channels: Channels) -> None:
     channels.slack.wait_for(lambda p: "o3-pro" in str(p), what="the firing alert")
     channels.post({**firing, "endsAt": datetime.now(UTC).isoformat()})
 
-    telegram = channels.telegram.wait_for(lambda t: t.startswith("✅ RESOLVED · <b>LLMExpensiveCall"))
+    telegram = channels.telegram.wait_for(
+        lambda t: t.startswith("✅ RESOLVED · <b>LLMExpensiveCall")
+    )
     assert "Model: <code>o3-pro</code> · openai" in telegram
     mail = channels.smtp.wait_for(lambda m: m.subject.startswith("[RESOLVED]"), what="the mail")
     assert mail.subject == "[RESOLVED] A call to o3-pro cost more than $0.50"
@@ -196,7 +197,7 @@ def test_hostile_values_and_long_groups_stay_valid_and_short(channels: Channels)
     assert "Model: <code>&lt;gpt&amp;co&gt;</code> · a&amp;b" in text
     assert "Spend &amp; &lt;tokens&gt; rose." in text
     # Cut to 400 characters of description, 64 of each label value, then escaped.
-    assert ("Spend &amp; &lt;tokens&gt; rose. " * 17 + "Spend &amp; &lt;…\n") in text  # 17 × 23 + 9
+    assert ("Spend &amp; &lt;tokens&gt; rose. " * 17 + "Spend &amp; &lt;…\n") in text  # 17 x 23 + 9
     assert "Service: <code>svc&lt;1&gt;&amp;" + "x" * 57 + "…</code>" in text
     assert channels.telegram.rejected == []
 
