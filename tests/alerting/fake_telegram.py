@@ -38,7 +38,11 @@ class FakeTelegram:
                 if predicate(text):
                     return text
             time.sleep(0.2)
-        raise AssertionError(f"no Telegram {what} within {timeout}s; got {self.texts()}")
+        with self.lock:
+            rejected = [reason for reason, _ in self.rejected]
+        raise AssertionError(
+            f"no Telegram {what} within {timeout}s; got {self.texts()}; refused {rejected}"
+        )
 
 
 @contextlib.contextmanager
