@@ -78,6 +78,7 @@ class FakeSMTP(Recorder[Mail]):
     port: int = 0
     user: str = "alerts@example.org"
     password: str = "smtp-secret"
+    logins: list[str] = field(default_factory=list)  # users that sent credentials
 
 
 class _SMTPSession:
@@ -128,6 +129,8 @@ class _SMTPSession:
         else:
             await self.reply("504 unrecognised authentication type")
             return
+        with self.fake.lock:
+            self.fake.logins.append(user)
         if (user, password) != (self.fake.user, self.fake.password):
             self.fake.refuse(f"bad credentials for {user!r}")
             await self.reply("535 authentication credentials invalid")
