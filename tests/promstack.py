@@ -10,9 +10,11 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -196,3 +198,58 @@ def _wait_ready(server: Server, timeout: float = 30) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"{server.process.args[0]} did not become ready:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def static_target(render: Callable[[int], str | None]) -> Iterator[str]:
+    """A /metrics endpoint for Prometheus to scrape, standing in for a part a test cannot run
+    or break for real (the collector, a second exporter): `render(n)` is the text of the n-th
+    scrape (from 1, so a counter can grow by scrape), None answers 503 (the target is down).
+    Yields its host:port."""
+    scrapes = 0
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            nonlocal scrapes
+            with lock:
+                scrapes += 1
+                text = render(scrapes)
+            data = (text or "down\n").encode()
+            self.send_response(503 if text is None else 200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def backfill(workdir: Path, samples: Sequence[tuple[str, float, float]]) -> None:
+    """Writes (series, value, unix time) samples from the past into the storage that
+    `running_prometheus(config, workdir)` opens, with promtool's OpenMetrics import: history
+    a test cannot wait for, such as the same hour yesterday. Each series' samples in time
+    order; `series` is `name_total{labels}` of a counter."""
+    lines = []
+    for family in dict.fromkeys(s.split("{")[0].removesuffix("_total") for s, _, _ in samples):
+        lines.append(f"# TYPE {family} counter")
+        lines += [f"{s} {v:g} {t:.3f}" for s, v, t in samples if s.startswith(family)]
+    source = workdir / "backfill.om"
+    workdir.mkdir(parents=True, exist_ok=True)
+    source.write_text("\n".join([*lines, "# EOF"]) + "\n")
+    result = subprocess.run(
+        [binary("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics",
+         str(source), str(workdir / "prometheus-data")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -29,6 +29,8 @@ def _refuse_output(settings: Settings, args: argparse.Namespace, output: Path) -
         for name, value in (
             ("the bot token (TELEGRAM_BOT_TOKEN)", settings.telegram_bot_token),
             ("the API token (NEXUS_API_TOKEN)", settings.api_token),
+            ("the SMTP password (NEXUS_SMTP_AUTH_PASSWORD)", settings.smtp_auth_password),
+            ("the Slack webhook URL (NEXUS_SLACK_WEBHOOK_URL)", settings.slack_webhook_url),
         )
         if value and not args.example  # the example's credentials are placeholders
     ]
@@ -64,7 +66,7 @@ def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int
             return 2
         console.print(
             "the config loads templates/*.tmpl from its own directory: --output PATH writes "
-            "both, the config and templates/telegram.tmpl beside it"
+            "both, the config and the templates beside it"
         )
         return 0
     try:
@@ -81,19 +83,35 @@ def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int
     except (AlertingConfigError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    telegram = "Telegram and " if settings.telegram_bot_token else "no Telegram (unset), only "
-    console.print(f"[green]written[/] {path}: {telegram}the alert-history webhook")
+    console.print(f"[green]written[/] {path}: {_channels(settings)}")
     return 0
 
 
+def _channels(settings: Settings) -> str:
+    """The channels the written config notifies, named without their secrets."""
+    named = [
+        ("Telegram", settings.telegram_bot_token),
+        (f"email to {settings.alert_email_to}", settings.alert_email_to),
+        ("Slack", settings.slack_webhook_url),
+        ("your webhook", settings.alert_notify_webhook_url),
+    ]
+    on = [name for name, value in named if value]
+    if not on:
+        return "no channel set (Telegram, email, Slack, webhook), only the alert-history webhook"
+    return ", ".join(on) + " and the alert-history webhook"
+
+
 def cmd_prometheus_rules(settings: Settings, args: argparse.Namespace) -> int:
-    """Writes the rule files with another single-call threshold or runbook base URL."""
+    """Writes the rule files with another single-call threshold, runbook base URL or time
+    scale."""
     from pathlib import Path
 
     from exporter.alerting import AlertingConfigError, write_rules
 
     try:
-        paths = write_rules(Path(args.out), args.single_call_usd, args.runbook_base_url)
+        paths = write_rules(
+            Path(args.out), args.single_call_usd, args.runbook_base_url, args.time_scale
+        )
     except (AlertingConfigError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -151,8 +169,8 @@ def _alertmanager_config_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--file-mode",
         default="600",
-        help="octal permissions of the file, which holds the bot token (644 when Alertmanager "
-        "runs as another user, as in compose)",
+        help="octal permissions of the file, which holds tokens and passwords (644 when "
+        "Alertmanager runs as another user, as in compose)",
     )
     command.add_argument(
         "--example",
@@ -173,6 +191,14 @@ def _prometheus_rules_arguments(command: argparse.ArgumentParser) -> None:
         "--runbook-base-url",
         default="https://github.com/nexus-otel/nexus-otel/blob/main",
         help="runbook_url = <this>/docs/RUNBOOK.md#<alert>",
+    )
+    command.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply every for:, range and offset of the rules by FACTOR, in (0, 1] "
+        "(0.01 turns 10m into 6s: to watch every alert fire in a test or a trial; default 1)",
     )
 
 

@@ -107,4 +107,6 @@ SERVE = (
 DEMO = DATABASE + setting_names("host otlp_port api_port api_token daily_budget_usd")
 ALERTMANAGER = TELEGRAM + setting_names(
     "alert_webhook_url alert_link_url watchdog_url api_port api_token"
+    " alert_email_to alert_email_from smtp_smarthost smtp_auth_username smtp_auth_password"
+    " smtp_require_tls slack_webhook_url slack_channel alert_notify_webhook_url"
 )

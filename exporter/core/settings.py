@@ -165,6 +165,36 @@ class Settings(BaseSettings):
     watchdog_url: str | None = Field(
         default=None, description="dead man's switch URL that receives the Watchdog alert"
     )
+    # Alert channels besides Telegram: each is on when its destination is set.
+    alert_email_to: str | None = Field(
+        default=None,
+        description="comma-separated addresses alerts are mailed to; unset = no email",
+    )
+    alert_email_from: str | None = Field(
+        default=None, description="sender address of alert mail (needed with --alert-email-to)"
+    )
+    smtp_smarthost: str | None = Field(
+        default=None, description="SMTP server host:port alert mail goes through (e.g. :587)"
+    )
+    smtp_auth_username: str | None = Field(
+        default=None, description="SMTP login; unset = no authentication"
+    )
+    smtp_auth_password: str | None = Field(default=None, description="SMTP password")
+    smtp_require_tls: bool = Field(
+        default=True,
+        description="refuse to send alert mail unless the server offers STARTTLS",
+    )
+    slack_webhook_url: str | None = Field(
+        default=None, description="Slack incoming-webhook URL alerts post to; unset = no Slack"
+    )
+    slack_channel: str | None = Field(
+        default=None, description="Slack channel (#name) to post to; unset = the webhook's own"
+    )
+    alert_notify_webhook_url: str | None = Field(
+        default=None,
+        description="your own URL that receives warning and critical alerts as Alertmanager's "
+        "webhook JSON (besides the alert history); unset = none",
+    )
     digest_time: time = Field(
         default=time(9, 0), description="local time (in --timezone) of the daily Telegram digest"
     )

@@ -12,14 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from exporter.alerting import write_alertmanager_config
+from exporter.alerting import write_alertmanager_config, write_rules
+from exporter.alerting.rules import DEFAULT_RUNBOOK_BASE_URL, DEFAULT_SINGLE_CALL_USD
 from exporter.core.settings import Settings
 from tests.alerting.fake_telegram import FakeTelegram, fake_telegram
 from tests.ingest.otlp_helpers import export_with_sdk, make_spans
 from tests.promstack import (
-    RULES_DIR,
     Alertmanager,
     Prometheus,
     prometheus_config,
@@ -63,18 +62,9 @@ class Stack:
 
 
 def fast_rules(directory: Path) -> list[Path]:
-    """The shipped rules with every `for` at zero, so the test runs in seconds."""
-    directory.mkdir()
-    paths = []
-    for source in sorted(RULES_DIR.glob("*.yml")):
-        document = yaml.safe_load(source.read_text())
-        for group in document["groups"]:
-            for rule in group["rules"]:
-                if "alert" in rule:
-                    rule["for"] = "0s"
-        paths.append(directory / source.name)
-        paths[-1].write_text(yaml.safe_dump(document, sort_keys=False))
-    return paths
+    """The shipped rules with every duration x 0.01, as `nexus-otel prometheus-rules
+    --time-scale 0.01` writes them, so the test runs in seconds."""
+    return write_rules(directory, DEFAULT_SINGLE_CALL_USD, DEFAULT_RUNBOOK_BASE_URL, 0.01)
 
 
 @pytest.fixture(scope="module")

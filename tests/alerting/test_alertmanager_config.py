@@ -3,6 +3,7 @@ per severity, the shipped files in step with the generators."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -242,3 +243,194 @@ def test_a_down_exporter_silences_the_collector_alerts_it_causes(tmp_path: Path)
     }  # fmt: skip
     assert states["NexusCollectorDroppingSpans"]["state"] == "active"
     assert states["NexusCollectorQueueNearlyFull"]["inhibitedBy"]
+
+
+CHANNEL_ENV = {
+    "email": {"NEXUS_ALERT_EMAIL_TO": "oncall@example.org", "NEXUS_ALERT_EMAIL_FROM":
+              "alerts@example.org", "NEXUS_SMTP_SMARTHOST": "smtp.example.org:587"},
+    "email-auth": {"NEXUS_ALERT_EMAIL_TO": "a@example.org,b@example.org",
+                   "NEXUS_ALERT_EMAIL_FROM": "alerts@example.org",
+                   "NEXUS_SMTP_SMARTHOST": "smtp.example.org:465",
+                   "NEXUS_SMTP_AUTH_USERNAME": "alerts", "NEXUS_SMTP_AUTH_PASSWORD": "smtp-pw-42",
+                   "NEXUS_SMTP_REQUIRE_TLS": "false"},
+    "slack": {"NEXUS_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T1/B2/slack-key-42",
+              "NEXUS_SLACK_CHANNEL": "#llm-alerts"},
+    "webhook": {"NEXUS_ALERT_NOTIFY_WEBHOOK_URL": "https://ops.example.org/hooks/nexus"},
+}  # fmt: skip
+CHANNEL_KEYS = {"email": "email_configs", "email-auth": "email_configs",
+                "slack": "slack_configs", "webhook": "webhook_configs"}  # fmt: skip
+SECRETS = ("smtp-pw-42", "slack-key-42", TOKEN)
+
+
+@pytest.fixture
+def no_channel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for env in {name for values in CHANNEL_ENV.values() for name in values}:
+        monkeypatch.delenv(env, raising=False)
+    for env in ("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "NEXUS_ALERT_LINK_URL"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("NEXUS_ALERT_WEBHOOK_URL", "http://api:8000/api/alerts/webhook")
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    "combination",
+    [("email",), ("email-auth",), ("slack",), ("webhook",), ("telegram", "email", "slack"),
+     ("telegram", "email-auth", "slack", "webhook")],
+    ids="+".join,
+)  # fmt: skip
+def test_each_combination_of_channels_passes_amtool(
+    no_channel_env: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], combination: tuple[str, ...],
+) -> None:  # fmt: skip
+    for channel in combination:
+        if channel == "telegram":
+            no_channel_env.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+            no_channel_env.setenv("TELEGRAM_CHAT_ID", "-1009876")
+        else:
+            for name, value in CHANNEL_ENV[channel].items():
+                no_channel_env.setenv(name, value)
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output)]) == 0
+    console = capsys.readouterr()
+    assert not any(secret in console.out + console.err for secret in SECRETS)
+    assert output.stat().st_mode & 0o777 == 0o600
+    out = run_tool("amtool", "prometheus-alertmanager", "check-config", str(output))
+    assert "4 receivers" in out
+    assert {p.name for p in (tmp_path / "templates").iterdir()} == {
+        "email.tmpl", "slack.tmpl", "telegram.tmpl",
+    }  # fmt: skip
+    receivers = {r["name"]: r for r in yaml.safe_load(output.read_text())["receivers"]}
+    wanted = {CHANNEL_KEYS.get(c, "telegram_configs") for c in combination} | {"webhook_configs"}
+    for name in ("critical", "warning"):
+        assert set(receivers[name]) - {"name"} == wanted
+        hooks = [h["url"] for h in receivers[name]["webhook_configs"]]
+        expected_hooks = ["http://api:8000/api/alerts/webhook"]
+        if "webhook" in combination:
+            expected_hooks.append("https://ops.example.org/hooks/nexus")
+        assert hooks == expected_hooks
+    for name in ("history", "watchdog"):  # the channels page people: not the heartbeat
+        assert set(receivers[name]) == {"name", "webhook_configs"}
+        assert len(receivers[name]["webhook_configs"]) == 1
+    critical = receivers["critical"]
+    if "email-auth" in combination:
+        (mail,) = critical["email_configs"]
+        assert (mail["to"], mail["from"], mail["smarthost"]) == (
+            "a@example.org,b@example.org", "alerts@example.org", "smtp.example.org:465",
+        )  # fmt: skip
+        assert (mail["auth_username"], mail["auth_password"]) == ("alerts", "smtp-pw-42")
+        assert mail["require_tls"] is False
+        assert mail["headers"] == {"Subject": '{{ template "nexus.email.subject" . }}'}
+    if "email" in combination:
+        (mail,) = critical["email_configs"]
+        assert mail["require_tls"] is True  # the default: no mail in clear text
+        assert "auth_username" not in mail and "auth_password" not in mail
+    if "slack" in combination:
+        (slack,) = critical["slack_configs"]
+        assert slack["api_url"] == "https://hooks.slack.com/services/T1/B2/slack-key-42"
+        assert slack["channel"] == "#llm-alerts"
+        assert slack["color"] == '{{ template "nexus.slack.colour" . }}'
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NEXUS_ALERT_EMAIL_TO": "a@example.org"},
+         "NEXUS_ALERT_EMAIL_FROM and NEXUS_SMTP_SMARTHOST not set: alert mail "
+         "(NEXUS_ALERT_EMAIL_TO) needs a sender and an SMTP server"),
+        ({**CHANNEL_ENV["email"], "NEXUS_SMTP_AUTH_PASSWORD": "smtp-pw-42"},
+         "NEXUS_SMTP_AUTH_USERNAME is not set: SMTP authentication needs both user and password"),
+    ],
+)  # fmt: skip
+def test_an_incomplete_email_setting_is_a_clear_error(
+    no_channel_env: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], env: dict[str, str], message: str,
+) -> None:  # fmt: skip
+    for name, value in env.items():
+        no_channel_env.setenv(name, value)
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and "smtp-pw-42" not in err
+    assert not output.exists()
+
+
+def test_channel_secrets_are_not_written_into_a_git_work_tree(
+    no_channel_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".git").mkdir()
+    for name, value in {**CHANNEL_ENV["email-auth"], **CHANNEL_ENV["slack"]}.items():
+        no_channel_env.setenv(name, value)
+    output = tmp_path / "alertmanager.yml"
+    assert main(["alertmanager-config", "--output", str(output)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the SMTP password (NEXUS_SMTP_AUTH_PASSWORD) and the Slack webhook URL" in err
+    assert not any(secret in err for secret in SECRETS)
+    assert not output.exists()
+
+
+def test_channel_flags_are_accepted_like_their_variables(
+    no_channel_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "alertmanager.yml"
+    assert main([
+        "alertmanager-config", "--output", str(output),
+        "--alert-email-to", "x@example.org", "--alert-email-from", "am@example.org",
+        "--smtp-smarthost", "127.0.0.1:25", "--smtp-require-tls", "false",
+        "--slack-webhook-url", "https://hooks.slack.com/services/slack-key-42",
+        "--alert-notify-webhook-url", "https://ops.example.org/hook",
+    ]) == 0  # fmt: skip
+    out = " ".join(capsys.readouterr().err.split())
+    assert "email to x@example.org, Slack, your webhook and the alert-history webhook" in out
+    (critical, *_) = yaml.safe_load(output.read_text())["receivers"]
+    assert critical["email_configs"][0]["require_tls"] is False
+    assert critical["slack_configs"][0]["api_url"].endswith("slack-key-42")
+    assert critical["webhook_configs"][1]["url"] == "https://ops.example.org/hook"
+
+
+def _durations_ms(text: str) -> tuple[str, list[int]]:
+    """The text with each `for:`, range, step and offset duration replaced by `<D>`, and the
+    durations in milliseconds, in order."""
+    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+    found: list[int] = []
+
+    def take(match: re.Match[str]) -> str:
+        found.append(sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|[dhms])", match[2])))
+        return match[1] + "<D>"
+
+    duration = r"((?:\d+(?:ms|[dhms]))+)"
+    pattern = rf"(for: |\[|:|offset ){duration}(?=\s*$|\]|:|\)|\s)"
+    return re.sub(pattern, take, text, flags=re.MULTILINE), found
+
+
+@pytest.mark.parametrize("factor", [0.01, 0.5])
+def test_time_scale_multiplies_every_duration_of_the_rules_alike(
+    tmp_path: Path, factor: float
+) -> None:
+    assert main(["prometheus-rules", "--out", str(tmp_path), "--time-scale", str(factor)]) == 0
+    # 12 `for:`, 11 ranges and 3 offsets in the alerts; 7 ranges in the recording rules.
+    for name, count in (("alerts.yml", 26), ("recording.yml", 7)):
+        shipped, original = _durations_ms((ROOT / "prometheus" / "rules" / name).read_text())
+        assert len(original) == count
+        scaled_text, scaled = _durations_ms((tmp_path / name).read_text())
+        assert scaled_text == shipped  # nothing else changed
+        assert scaled == [ms * factor for ms in original]
+    shipped_rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "alerts.yml").read_text())
+    with_for = [r for g in shipped_rules["groups"] for r in g["rules"] if "for" in r]
+    assert len(with_for) == 12  # every alert but Watchdog, which fires at once
+    text = (tmp_path / "alerts.yml").read_text()
+    if factor == 0.01:  # spot checks, as a person reads them
+        assert "[36s] offset 14m24s" in text and "for: 1s200ms" in text and "[6s]" in text
+    run_tool("promtool", "prometheus", "check", "rules", *map(str, sorted(tmp_path.glob("*.yml"))))
+
+
+@pytest.mark.parametrize(
+    ("factor", "message"),
+    [("0", "--time-scale 0 is not in (0, 1]"), ("2", "--time-scale 2 is not in (0, 1]"),
+     ("1e-9", "--time-scale 1e-09 makes 5m shorter than a millisecond")],
+)  # fmt: skip
+def test_a_time_scale_out_of_range_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], factor: str, message: str
+) -> None:
+    assert main(["prometheus-rules", "--out", str(tmp_path), "--time-scale", factor]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "alerts.yml").exists()
