@@ -20,6 +20,8 @@ from exporter.dashboards.common import (
 UID = "nexus-performance"
 DURATION = "gen_ai_client_operation_duration_seconds_bucket"
 BY_MODEL = "gen_ai_provider_name, gen_ai_request_model"
+# prometheus/rules/recording.yml
+ERROR_RATIO_RULE = "service_provider_model_operation:nexus_llm_calls_errors:ratio_rate5m"
 
 
 def _latency() -> list[object]:
@@ -109,12 +111,10 @@ def _errors() -> list[object]:
         f"(rate(nexus_llm_tokens_total{inputs}[$__rate_interval]))",
         "{{gen_ai_provider_name}}",
     )
-    # The recording rule the error-rate alert reads (it has no service label).
-    as_alerted = promql(
-        "provider_model_operation:nexus_llm_calls_errors:ratio_rate5m"
-        '{gen_ai_provider_name=~"$provider", gen_ai_request_model=~"$model", '
-        'nexus_operation=~"$operation"}',
-        "{{gen_ai_provider_name}} {{gen_ai_request_model}} {{nexus_operation}}",
+    # Recorded per service too, so the service filter applies like every other filter.
+    recorded = promql(
+        f"{ERROR_RATIO_RULE}{prom_filter()}",
+        "{{service_name}} {{gen_ai_provider_name}} {{gen_ai_request_model}} {{nexus_operation}}",
     )
     by_type = sql(f"""
         SELECT provider AS "Provider", model AS "Model", coalesce(error_type, 'error') AS "Error",
@@ -134,8 +134,9 @@ def _errors() -> list[object]:
         ),
         table_panel("Errors by type", "short", [by_type], "Failed calls in the range.", w=12),
         timeseries_panel(
-            "Error ratio over 5 m, as alerts see it", "percentunit", [as_alerted],
-            "The recorded series the error-rate alert evaluates, per provider, model, operation.",
+            "Error ratio over 5 m", "percentunit", [recorded],
+            "Share of calls that failed over the last 5 minutes, per service, provider, model and"
+            " operation (a recorded series).",
             w=24,
         ),
     ]  # fmt: skip
