@@ -324,3 +324,21 @@ def test_content_roi_numbers_equal_the_stored_rows(stack: Stack) -> None:
         assert row["LLM calls"] == len(cost[item["correlation_id"]])
         assert _same_ratio(row["Engagement per $"], _ratio(engagement(item), item_cost))
     assert {r["Correlation id"] for r in ranked} == {i["correlation_id"] for i in content}
+
+    content_hours: dict[int, list[Row]] = defaultdict(list)
+    for c in stored.in_hours():
+        if c["correlation_id"]:
+            content_hours[_epoch(_hour(c["timestamp"]))].append(c)
+    over_time = results["Spend vs engagement/A"].rows
+    assert {int(r["time"]): r["Content spend"] for r in over_time} == {
+        hour: _cost(rows) for hour, rows in content_hours.items()
+    }
+    seconds = int(stored.window.interval.total_seconds())
+    published_in_range: dict[int, int] = defaultdict(int)
+    for item in content:
+        if stored.window.start <= item["published_at"] <= stored.window.end:
+            published_in_range[_epoch(item["published_at"]) // seconds * seconds] += engagement(
+                item
+            )
+    engaged = results["Spend vs engagement/B"].rows
+    assert {int(r["time"]): r["Engagement"] for r in engaged} == published_in_range
