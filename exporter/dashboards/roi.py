@@ -19,31 +19,28 @@ from exporter.dashboards.common import (
 
 UID = "nexus-roi"
 ENGAGEMENT = "likes + comments + shares + saves"
-# Spend of priced calls; no priced call means no spend figure, not $0.
-SPEND = "CASE WHEN sum(priced_calls) > 0 THEN sum(cost_usd) END"
-# Generation cost per correlation id, honouring the dashboard's filters. The content summaries
-# are kept at ingest: a refresh never aggregates every call that carries a correlation id.
-CONTENT_COST = f"""
-    SELECT correlation_id, {SPEND} AS cost
-    FROM content_usage_summary WHERE {sql_filter()}
-    GROUP BY correlation_id
+# An item's calls, found through the correlation id index: a refresh reads the calls of the
+# items shown, never every call that carries a correlation id.
+ITEM_CALLS = """
+    SELECT count(*) AS calls, sum(a.cost_usd) AS cost FROM api_calls a
+    WHERE a.correlation_id = c.correlation_id
 """
 # Every content item with all of its generation's calls and cost (what v_carousel_roi says).
 ITEMS = f"""
     SELECT c.correlation_id, c.title, c.platform, c.published_at, c.reach,
-           {ENGAGEMENT} AS engagement, coalesce(k.calls, 0) AS llm_calls, k.cost,
+           {ENGAGEMENT} AS engagement, k.calls AS llm_calls, k.cost,
            ({ENGAGEMENT}) / NULLIF(k.cost, 0) AS per_dollar,
            k.cost / NULLIF({ENGAGEMENT}, 0) AS per_engagement
-    FROM carousel_performance c
-    LEFT JOIN (SELECT correlation_id, sum(calls) AS calls, {SPEND} AS cost
-               FROM content_usage_summary GROUP BY correlation_id) k USING (correlation_id)
+    FROM carousel_performance c CROSS JOIN LATERAL ({ITEM_CALLS}) k
 """
 
 
 def _totals() -> list[object]:
+    # Items published in the range with calls that pass the filters, and those calls' cost.
     totals = f"""
-        FROM carousel_performance c JOIN ({CONTENT_COST}) k USING (correlation_id)
-        WHERE $__timeFilter(c.published_at)
+        FROM carousel_performance c
+        CROSS JOIN LATERAL ({ITEM_CALLS} AND {sql_filter("a")}) k
+        WHERE $__timeFilter(c.published_at) AND k.calls > 0
     """
     return [
         stat_panel(
@@ -106,11 +103,12 @@ def _rankings() -> list[object]:
 def _over_time() -> list[object]:
     spend = sql(
         f"""
-        SELECT $__timeGroupAlias(hour, $__interval), {SPEND} AS "Content spend"
-        FROM hourly_content_summary
+        SELECT $__timeGroupAlias(hour, $__interval),
+               CASE WHEN sum(content_priced) > 0 THEN sum(content_cost_usd) END AS "Content spend"
+        FROM hourly_performance_summary
         WHERE hour >= date_trunc('hour', $__timeFrom()::timestamptz)
           AND hour <= $__timeTo()::timestamptz AND {sql_filter()}
-        GROUP BY 1 ORDER BY 1
+        GROUP BY 1 HAVING sum(content_calls) > 0 ORDER BY 1
         """,
         "time_series",
     )
