@@ -118,6 +118,20 @@ def _today_vs_yesterday(
     return now_value or 0, change
 
 
+def _assert_budget_usage(stored: Stored, shown: dict[str, Any]) -> None:
+    """Each budget seeded by the stack: its spend in the current period over its limit."""
+    midnight = stored.now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = midnight.replace(day=1)
+    anthropic = [c for c in stored.calls if c["provider"] == "anthropic"]
+    budgets = {  # as seeded: (spend in the current period, limit)
+        "anthropic-monthly": (_cost(c for c in anthropic if c["timestamp"] >= month), 20),
+        "daily-total": (_cost(c for c in stored.calls if c["timestamp"] >= midnight), "0.05"),
+    }
+    assert shown.keys() == budgets.keys()
+    for name, (spend, limit) in budgets.items():
+        assert _same_ratio(shown[name], _ratio(spend, limit)), name
+
+
 def test_overview_numbers_equal_the_stored_rows(stack: Stack) -> None:
     stored, results = _boards(stack, "overview")
     headline = {
@@ -157,17 +171,8 @@ def test_overview_numbers_equal_the_stored_rows(stack: Stack) -> None:
     shown_calls = [tuple(r.values()) for r in results["Recent calls/A"].rows]
     assert sorted(shown_calls, key=repr) == sorted(recent, key=repr)
 
-    midnight = stored.now.replace(hour=0, minute=0, second=0, microsecond=0)
-    month = midnight.replace(day=1)
-    anthropic = [c for c in stored.calls if c["provider"] == "anthropic"]
-    budgets = {  # as seeded: (spend in the current period, limit)
-        "anthropic-monthly": (_cost(c for c in anthropic if c["timestamp"] >= month), 20),
-        "daily-total": (_cost(c for c in stored.calls if c["timestamp"] >= midnight), "0.05"),
-    }
     shown_budgets = {r["Budget"]: r["Used"] for r in results["Budgets/A"].rows}
-    assert shown_budgets.keys() == budgets.keys()
-    for name, (spend, limit) in budgets.items():
-        assert _same_ratio(shown_budgets[name], _ratio(spend, limit)), name
+    _assert_budget_usage(stored, shown_budgets)
 
     history = [
         (r["Alert"], r["Status"], r["Severity"], r["Summary"])
@@ -215,6 +220,9 @@ def test_cost_numbers_equal_the_stored_rows(stack: Stack) -> None:
         per_hour[(_epoch(_hour(c["timestamp"])), c["provider"])].append(c)
     shown_hours = _by_time(results["Spend per provider/A"], "spend")
     assert shown_hours == {key: _cost(rows) for key, rows in per_hour.items()}
+
+    burn = sorted(results["Budget burn (current period)/A"].rows, key=lambda r: r["time"])
+    _assert_budget_usage(stored, {r["metric"]: r["used"] for r in burn})  # the latest point
 
     in_range = [c for c in stored.between() if c["cost_usd"] is not None]
     costliest = sorted((c["cost_usd"] for c in in_range), reverse=True)[:20]
