@@ -33,6 +33,9 @@ CREATE TABLE hourly_performance_summary (
     model            text    NOT NULL,
     operation        text    NOT NULL,
     error_type       text    NOT NULL,  -- '' for calls that succeeded
+    -- md5 of error_type: keyed by it, the key stays under PostgreSQL's 2,704-byte index entry
+    -- limit with every text at its longest (multi-byte) length.
+    error_key        text    NOT NULL,
     ttfc_bucket_ms   float8  NOT NULL,  -- nexus_ttfc_bucket, -1 when no first chunk was reported
     calls            bigint  NOT NULL,
     last_call        timestamptz NOT NULL,
@@ -45,7 +48,7 @@ CREATE TABLE hourly_performance_summary (
     content_calls    bigint  NOT NULL,
     content_priced   bigint  NOT NULL,
     content_cost_usd numeric NOT NULL,
-    PRIMARY KEY (hour, service_name, provider, model, operation, error_type, ttfc_bucket_ms)
+    PRIMARY KEY (hour, service_name, provider, model, operation, error_key, ttfc_bucket_ms)
 );
 
 CREATE FUNCTION nexus_add_performance() RETURNS trigger
@@ -54,6 +57,7 @@ BEGIN
     INSERT INTO hourly_performance_summary AS s
     SELECT date_trunc('hour', "timestamp", 'UTC'), service_name, provider, model, operation,
            CASE WHEN success THEN '' ELSE coalesce(error_type, 'error') END,
+           md5(CASE WHEN success THEN '' ELSE coalesce(error_type, 'error') END),
            CASE WHEN time_to_first_chunk_ms IS NULL THEN -1
                 ELSE (ARRAY[0, 25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 350, 400, 450, 500,
                             600, 700, 800, 900, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 4000,
@@ -71,9 +75,9 @@ BEGIN
            count(cost_usd) FILTER (WHERE correlation_id IS NOT NULL),
            coalesce(sum(cost_usd) FILTER (WHERE correlation_id IS NOT NULL), 0)
     FROM new_calls
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ORDER BY 1, 2, 3, 4, 5, 6, 7  -- one lock order for concurrent writers
-    ON CONFLICT (hour, service_name, provider, model, operation, error_type, ttfc_bucket_ms)
+    GROUP BY 1, 2, 3, 4, 5, 6, 8
+    ORDER BY 1, 2, 3, 4, 5, 7, 8  -- one lock order for concurrent writers
+    ON CONFLICT (hour, service_name, provider, model, operation, error_key, ttfc_bucket_ms)
     DO UPDATE SET calls = s.calls + EXCLUDED.calls,
                   last_call = greatest(s.last_call, EXCLUDED.last_call),
                   generated_tokens = s.generated_tokens + EXCLUDED.generated_tokens,
@@ -93,6 +97,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION nexus_add_performance();
 INSERT INTO hourly_performance_summary
 SELECT date_trunc('hour', "timestamp", 'UTC'), service_name, provider, model, operation,
        CASE WHEN success THEN '' ELSE coalesce(error_type, 'error') END,
+       md5(CASE WHEN success THEN '' ELSE coalesce(error_type, 'error') END),
        coalesce(nexus_ttfc_bucket(time_to_first_chunk_ms), -1),
        count(*), max("timestamp"),
        coalesce(sum(output_tokens) FILTER (WHERE success AND output_tokens > 0), 0),
@@ -102,4 +107,4 @@ SELECT date_trunc('hour', "timestamp", 'UTC'), service_name, provider, model, op
        count(cost_usd) FILTER (WHERE correlation_id IS NOT NULL),
        coalesce(sum(cost_usd) FILTER (WHERE correlation_id IS NOT NULL), 0)
 FROM api_calls
-GROUP BY 1, 2, 3, 4, 5, 6, 7;
+GROUP BY 1, 2, 3, 4, 5, 6, 8;
