@@ -1,6 +1,6 @@
-"""One refresh of each Grafana dashboard's SQL panels at 1 and 10 million rows in api_calls,
-against one plain scan of the last 24 hours of rows (the range the dashboards open on), measured
-in the same run on the same data.
+"""One refresh of each Grafana dashboard's SQL panels at 1 and 10 million rows in api_calls, each
+under TARGET_MS; one plain scan of the last 24 hours of rows (the range the dashboards open on),
+measured in the same run on the same data, is shown beside it for scale.
 
 Every panel query is expanded as Grafana expands it (macros, `$__interval`, variables on "All")
 and run against the real PostgreSQL; a refresh is all SQL panels of a dashboard, one after the
@@ -25,9 +25,17 @@ from tests.dashboards.grafana_expand import TimeRange, Variable, expand_sql, par
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "grafana" / "dashboards"
 REPEATS = 5
-# A refresh may cost this many one-day scans. Totals come from the hourly summaries; only the
-# performance panels (percentiles, time to first chunk) still read a day of raw calls.
-TARGET_RATIO = 8.0
+# Every dashboard refreshes within this, at any table size: its panels read the hourly summaries
+# kept at ingest and the raw calls only through a selective index (the latest calls, the
+# costliest, the unpriced ones, a content item's calls), never a whole day of them.
+TARGET_MS = 1000.0
+# Budgets as a user sets them (the demo's daily one, a monthly one per provider): the budget
+# panels read each budget's whole period.
+_BUDGETS = (
+    "INSERT INTO cost_budgets (name, period_type, budget_usd, provider) VALUES "
+    "('daily', 'daily', 5, NULL), ('anthropic-monthly', 'monthly', 500, 'anthropic') "
+    "ON CONFLICT (name) DO NOTHING"
+)
 _DAY_SCAN = (
     'SELECT count(*), sum(total_tokens), sum(cost_usd) FROM api_calls WHERE "timestamp" >= %s'
 )
@@ -82,6 +90,7 @@ def _refresh_ms(
 def _measure(console: Console, url: str, size: int) -> list[Result]:
     results = []
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(_BUDGETS)
         since = datetime.now(UTC) - timedelta(hours=24)
         scan_ms = statistics.median(_timed(lambda: conn.execute(_DAY_SCAN, (since,)).fetchall()))
         titles = {json.loads(p.read_text())["title"]: p.name for p in DASHBOARDS.glob("*.json")}
@@ -102,8 +111,8 @@ def _measure(console: Console, url: str, size: int) -> list[Result]:
                     result=f"{refresh:.0f} ms ({len(queries)} queries)",
                     baseline=f"24 h scan {scan_ms:.0f} ms",
                     ratio=ratio,
-                    target=f"<= {TARGET_RATIO:.0f}x",
-                    ok=ratio <= TARGET_RATIO,
+                    target=f"< {TARGET_MS:.0f} ms",
+                    ok=refresh < TARGET_MS,
                 )
             )
     return results

@@ -81,14 +81,16 @@ def _totals() -> list[object]:
 
 
 def _budgets() -> list[object]:
+    # Per hour from the hourly summaries (the hour holding the period's start counts whole), so
+    # a monthly budget never reads a month of raw calls.
     burn = sql(
         f"""
         SELECT time, metric, sum(spend) OVER (PARTITION BY metric ORDER BY time) / budget AS used
-        FROM (SELECT $__timeGroupAlias(a."timestamp", $__interval), b.name AS metric,
+        FROM (SELECT $__timeGroupAlias(a.hour, $__interval), b.name AS metric,
                      b.amount_usd AS budget, sum(a.cost_usd) AS spend
               FROM v_budget_status b
-              JOIN api_calls a ON a."timestamp" >= b.period_start AND a."timestamp" < now()
-               AND {BUDGET_SCOPE}
+              JOIN hourly_usage_summary a ON a.hour >= date_trunc('hour', b.period_start)
+               AND a.hour < now() AND {BUDGET_SCOPE}
               GROUP BY 1, 2, 3) per_interval
         ORDER BY 1
         """,
@@ -109,7 +111,8 @@ def _budgets() -> list[object]:
     return [
         timeseries_panel(
             "Budget burn (current period)", "percentunit", [burn],
-            "Cumulative spend of each budget since its period began, as a share of its limit.",
+            "Cumulative spend of each budget since its period began, per hour, as a share of its"
+            " limit.",
         ),
         gauge_panel(
             "Forecast at period end", "percentunit", [forecast],
@@ -165,7 +168,7 @@ def _calls() -> list[object]:
                nullif(operation, '') AS "Operation", service_name AS "Service",
                total_tokens AS "Tokens", cost_usd AS "Cost", correlation_id AS "Correlation"
         FROM api_calls WHERE cost_usd IS NOT NULL AND {IN_RANGE}
-        ORDER BY cost_usd DESC LIMIT 20
+        ORDER BY cost_usd DESC NULLS LAST LIMIT 20
     """)
     unpriced = sql(f"""
         SELECT provider AS "Provider", model AS "Model", count(*) AS "Calls",

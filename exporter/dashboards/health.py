@@ -21,9 +21,24 @@ UID = "nexus-exporter-health"
 INSTANCE = '{instance=~"$instance"}'
 
 
+# Counters with labels (a reject reason, a status code) have no series until their first event:
+# `or on() vector(0)` shows 0 then, not "No data", and adds nothing once a series exists.
+ZERO_UNTIL_FIRST = " or on() vector(0)"
+
+
 def _rate(metric: str, by: str = "") -> str:
     grouping = f" by ({by})" if by else ""
     return f"sum{grouping} (rate({metric}{INSTANCE}[$__rate_interval]))"
+
+
+def _counter_rate(metric: str, by: str = "") -> str:
+    """A counter's rate, 0 before its first sample."""
+    return _rate(metric, by) + ZERO_UNTIL_FIRST
+
+
+def _increase(metric: str) -> str:
+    """A counter's increase over the time range, 0 before its first sample."""
+    return f"sum(increase({metric}{INSTANCE}[$__range])){ZERO_UNTIL_FIRST}"
 
 
 def instance_variable() -> dashboard.QueryVariable:
@@ -51,12 +66,12 @@ def _status() -> list[object]:
         ).thresholds(thresholds((None, BAD), (1, OK))),
         stat_panel(
             "Spans received", "short",
-            [promql(f"sum(increase(nexus_exporter_spans_received_total{INSTANCE}[$__range]))")],
+            [promql(_increase("nexus_exporter_spans_received_total"))],
             "Spans received over OTLP in the time range.",
         ),
         stat_panel(
             "Spans rejected", "short",
-            [promql(f"sum(increase(nexus_exporter_spans_rejected_total{INSTANCE}[$__range]))")],
+            [promql(_increase("nexus_exporter_spans_rejected_total"))],
             "Spans refused as invalid (answered as OTLP partial success).",
         ).thresholds(thresholds((None, OK), (1, BAD))),
         stat_panel(
@@ -72,24 +87,24 @@ def _flow() -> list[object]:
         timeseries_panel(
             "Spans per second", "cps",
             [
-                promql(_rate("nexus_exporter_spans_received_total"), "received"),
-                promql(_rate("nexus_exporter_spans_ignored_total"), "not LLM calls"),
-                promql(_rate("nexus_exporter_rows_written_total"), "rows written"),
+                promql(_counter_rate("nexus_exporter_spans_received_total"), "received"),
+                promql(_counter_rate("nexus_exporter_spans_ignored_total"), "not LLM calls"),
+                promql(_counter_rate("nexus_exporter_rows_written_total"), "rows written"),
             ],
             "Spans in, spans that describe no LLM call, and rows newly stored.",
         ),
         timeseries_panel(
             "Rejected and duplicate spans", "cps",
             [
-                promql(_rate("nexus_exporter_spans_rejected_total", "reason"),
+                promql(_counter_rate("nexus_exporter_spans_rejected_total", "reason"),
                        "rejected: {{reason}}"),
-                promql(_rate("nexus_exporter_spans_duplicate_total"), "duplicates"),
+                promql(_counter_rate("nexus_exporter_spans_duplicate_total"), "duplicates"),
             ],
             "Invalid spans by reason, and replays already stored (counted once).",
         ),
         timeseries_panel(
             "OTLP requests by status", "reqps",
-            [promql(_rate("nexus_exporter_requests_total", "code"), "{{code}}")],
+            [promql(_counter_rate("nexus_exporter_requests_total", "code"), "{{code}}")],
             "Answers to senders: 503 means storage is behind and senders retry.",
         ),
         timeseries_panel(

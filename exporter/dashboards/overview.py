@@ -28,11 +28,12 @@ UID = "nexus-overview"
 
 
 def today_vs_yesterday(label: str, summed: str, raw: str | None = None) -> str:
-    """A total since midnight and its change against yesterday up to the same time. Whole hours
-    come from hourly_usage_summary (`summed`, over its columns), only the current hour and the
-    same hour yesterday from raw rows (`raw`, over api_calls): these panels refresh every 5 s."""
+    """A total since midnight and its change against yesterday up to the same time. Hours come
+    from hourly_usage_summary (`summed`, over its columns; the current hour is in it as soon as
+    its calls are stored), only yesterday's part of the same hour from raw rows (`raw`, over
+    api_calls): these panels refresh every 5 s."""
     raw = raw or summed
-    # Plain range conditions on now(): each raw part is one index range scan of one partition.
+    # A plain range condition on now(): the raw part is one index range scan of one partition.
     return f"""
         SELECT coalesce(sum(today), 0) AS "{label}",
                100.0 * (coalesce(sum(today), 0) - sum(yesterday)) / NULLIF(sum(yesterday), 0)
@@ -42,11 +43,7 @@ def today_vs_yesterday(label: str, summed: str, raw: str | None = None) -> str:
                    {summed} FILTER (WHERE hour < date_trunc('hour', now() - interval '1 day'))
                        AS yesterday
             FROM hourly_usage_summary
-            WHERE hour >= date_trunc('day', now()) - interval '1 day'
-              AND hour < date_trunc('hour', now()) AND {sql_filter()}
-            UNION ALL
-            SELECT {raw}, NULL FROM api_calls
-            WHERE "timestamp" >= date_trunc('hour', now()) AND {sql_filter()}
+            WHERE hour >= date_trunc('day', now()) - interval '1 day' AND {sql_filter()}
             UNION ALL
             SELECT NULL, {raw} FROM api_calls
             WHERE "timestamp" >= date_trunc('hour', now() - interval '1 day')

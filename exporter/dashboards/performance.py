@@ -20,6 +20,15 @@ from exporter.dashboards.common import (
 UID = "nexus-performance"
 DURATION = "gen_ai_client_operation_duration_seconds_bucket"
 BY_MODEL = "gen_ai_provider_name, gen_ai_request_model"
+# Raw calls are never read: a day of them is a second's scan at 10 million calls. The SQL panels
+# read hourly_performance_summary (kept at ingest); the hour holding the range's start counts whole.
+HOURS = (
+    "hourly_performance_summary WHERE hour >= date_trunc('hour', $__timeFrom()::timestamptz) "
+    f"AND hour <= $__timeTo()::timestamptz AND {sql_filter()}"
+)
+TTFC_QUANTILES = ((0.5, "p50"), (0.95, "p95"))
+# Recorded in prometheus/rules/recording.yml.
+ERROR_RATIO_RULE = "service_provider_model_operation:nexus_llm_calls_errors:ratio_rate5m"
 
 
 def _latency() -> list[object]:
@@ -50,28 +59,34 @@ def _latency() -> list[object]:
 def _throughput() -> list[object]:
     speed = sql(
         f"""
-        SELECT $__timeGroupAlias("timestamp", $__interval), model AS metric,
-               sum(output_tokens) / NULLIF(sum(duration_ms - coalesce(time_to_first_chunk_ms, 0))
-                                           / 1000.0, 0) AS tokens_per_second
-        FROM api_calls
-        WHERE success AND output_tokens > 0 AND $__timeFilter("timestamp") AND {sql_filter()}
+        SELECT $__timeGroupAlias(hour, $__interval), model AS metric,
+               sum(generated_tokens) / NULLIF(sum(generation_ms) / 1000.0, 0) AS tokens_per_second
+        FROM {HOURS} AND generated_tokens > 0
         GROUP BY 1, 2 ORDER BY 1
         """,
         "time_series",
     )
-    ttfc = [
-        sql(
-            f"""
-            SELECT $__timeGroupAlias("timestamp", $__interval),
-                   percentile_cont({q}) WITHIN GROUP (ORDER BY time_to_first_chunk_ms) AS "{name}"
-            FROM api_calls WHERE time_to_first_chunk_ms IS NOT NULL
-              AND $__timeFilter("timestamp") AND {sql_filter()}
-            GROUP BY 1 ORDER BY 1
-            """,
-            "time_series",
-        )
-        for q, name in ((0.5, "p50"), (0.95, "p95"))
-    ]
+    # Percentiles from the buckets, as Prometheus's histogram_quantile reads them: find the
+    # bucket holding the rank, interpolate linearly inside it (the last, open bucket: its bound).
+    quantiles = ",\n".join(
+        f"min(coalesce(bound + (bound_end - bound) * ({q} * total - before) / calls, bound))"
+        f' FILTER (WHERE before + calls >= {q} * total) AS "{name}"'
+        for q, name in TTFC_QUANTILES
+    )
+    ttfc = sql(
+        f"""
+        SELECT time, {quantiles}
+        FROM (SELECT time, bound, nexus_ttfc_bucket_end(bound) AS bound_end, calls,
+                     sum(calls) OVER (PARTITION BY time ORDER BY bound) - calls AS before,
+                     sum(calls) OVER (PARTITION BY time) AS total
+              FROM (SELECT $__timeGroupAlias(hour, $__interval), ttfc_bucket_ms AS bound,
+                           sum(calls) AS calls
+                    FROM {HOURS} AND ttfc_bucket_ms >= 0
+                    GROUP BY 1, 2) buckets) ranked
+        GROUP BY 1 ORDER BY 1
+        """,
+        "time_series",
+    )
     output = prom_filter('gen_ai_token_type="output"')
     output_rate = promql(
         f"sum by (gen_ai_provider_name) (rate(nexus_llm_tokens_total{output}[$__rate_interval]))",
@@ -80,7 +95,7 @@ def _throughput() -> list[object]:
     return [
         timeseries_panel(
             "Generation speed by model", "suffix: tok/s", [speed],
-            "Output tokens per second of generation (duration after the first chunk).",
+            "Output tokens per second of generation (duration after the first chunk), per hour.",
         ),
         timeseries_panel(
             "Output tokens per second", "suffix: tok/s", [output_rate],
@@ -88,8 +103,9 @@ def _throughput() -> list[object]:
             colors=PROVIDER_COLORS,
         ),
         timeseries_panel(
-            "Time to first chunk", "ms", ttfc,
-            "How long streaming calls wait for their first chunk (calls that report it).",
+            "Time to first chunk", "ms", [ttfc],
+            "How long streaming calls wait for their first chunk (calls that report it), per hour:"
+            " percentiles read from buckets, like Prometheus's histogram_quantile.",
         ),
     ]  # fmt: skip
 
@@ -109,18 +125,16 @@ def _errors() -> list[object]:
         f"(rate(nexus_llm_tokens_total{inputs}[$__rate_interval]))",
         "{{gen_ai_provider_name}}",
     )
-    # The recording rule the error-rate alert reads (it has no service label).
-    as_alerted = promql(
-        "provider_model_operation:nexus_llm_calls_errors:ratio_rate5m"
-        '{gen_ai_provider_name=~"$provider", gen_ai_request_model=~"$model", '
-        'nexus_operation=~"$operation"}',
-        "{{gen_ai_provider_name}} {{gen_ai_request_model}} {{nexus_operation}}",
+    # Recorded per service too, so the service filter applies like every other filter.
+    recorded = promql(
+        f"{ERROR_RATIO_RULE}{prom_filter()}",
+        "{{service_name}} {{gen_ai_provider_name}} {{gen_ai_request_model}} {{nexus_operation}}",
     )
     by_type = sql(f"""
-        SELECT provider AS "Provider", model AS "Model", coalesce(error_type, 'error') AS "Error",
-               count(*) AS "Calls", max("timestamp") AS "Last seen"
-        FROM api_calls WHERE NOT success AND $__timeFilter("timestamp") AND {sql_filter()}
-        GROUP BY 1, 2, 3 ORDER BY 4 DESC
+        SELECT provider AS "Provider", model AS "Model", error_type AS "Error",
+               sum(calls) AS "Calls", max(last_call) AS "Last seen"
+        FROM {HOURS} AND error_type <> ''
+        GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3
     """)
     return [
         timeseries_panel(
@@ -132,10 +146,13 @@ def _errors() -> list[object]:
             "Input tokens read from the provider's prompt cache, as a share of all input.",
             colors=PROVIDER_COLORS,
         ),
-        table_panel("Errors by type", "short", [by_type], "Failed calls in the range.", w=12),
+        table_panel(
+            "Errors by type", "short", [by_type], "Failed calls in the range (whole hours).", w=12
+        ),
         timeseries_panel(
-            "Error ratio over 5 m, as alerts see it", "percentunit", [as_alerted],
-            "The recorded series the error-rate alert evaluates, per provider, model, operation.",
+            "Error ratio over 5 m", "percentunit", [recorded],
+            "Share of calls that failed over the last 5 minutes, per service, provider, model and"
+            " operation (a recorded series).",
             w=24,
         ),
     ]  # fmt: skip

@@ -19,18 +19,28 @@ from exporter.dashboards.common import (
 
 UID = "nexus-roi"
 ENGAGEMENT = "likes + comments + shares + saves"
-# Generation cost per correlation id, honouring the dashboard's filters.
-CONTENT_COST = f"""
-    SELECT correlation_id, sum(cost_usd) AS cost
-    FROM api_calls WHERE correlation_id IS NOT NULL AND {sql_filter()}
-    GROUP BY correlation_id
+# An item's calls, found through the correlation id index: a refresh reads the calls of the
+# items shown, never every call that carries a correlation id.
+ITEM_CALLS = """
+    SELECT count(*) AS calls, sum(a.cost_usd) AS cost FROM api_calls a
+    WHERE a.correlation_id = c.correlation_id
+"""
+# Every content item with all of its generation's calls and cost (what v_carousel_roi says).
+ITEMS = f"""
+    SELECT c.correlation_id, c.title, c.platform, c.published_at, c.reach,
+           {ENGAGEMENT} AS engagement, k.calls AS llm_calls, k.cost,
+           ({ENGAGEMENT}) / NULLIF(k.cost, 0) AS per_dollar,
+           k.cost / NULLIF({ENGAGEMENT}, 0) AS per_engagement
+    FROM carousel_performance c CROSS JOIN LATERAL ({ITEM_CALLS}) k
 """
 
 
 def _totals() -> list[object]:
+    # Items published in the range with calls that pass the filters, and those calls' cost.
     totals = f"""
-        FROM carousel_performance c JOIN ({CONTENT_COST}) k USING (correlation_id)
-        WHERE $__timeFilter(c.published_at)
+        FROM carousel_performance c
+        CROSS JOIN LATERAL ({ITEM_CALLS} AND {sql_filter("a")}) k
+        WHERE $__timeFilter(c.published_at) AND k.calls > 0
     """
     return [
         stat_panel(
@@ -56,25 +66,23 @@ def _totals() -> list[object]:
 
 
 def _rankings() -> list[object]:
-    ranked = sql("""
+    ranked = sql(f"""
         SELECT correlation_id AS "Correlation id", title AS "Title", platform AS "Platform",
                published_at AS "Published", engagement AS "Engagement", reach AS "Reach",
-               llm_calls AS "LLM calls", generation_cost_usd AS "Cost",
-               engagement_per_dollar AS "Engagement per $",
-               cost_per_engagement_usd AS "Cost per engagement"
-        FROM v_carousel_roi ORDER BY engagement_per_dollar DESC NULLS LAST LIMIT 50
+               llm_calls AS "LLM calls", cost AS "Cost", per_dollar AS "Engagement per $",
+               per_engagement AS "Cost per engagement"
+        FROM ({ITEMS}) items ORDER BY per_dollar DESC NULLS LAST, correlation_id LIMIT 50
     """)
-    per_dollar = sql("""
-        SELECT coalesce(title, correlation_id) AS "Item",
-               engagement_per_dollar AS "Engagement per $"
-        FROM v_carousel_roi WHERE engagement_per_dollar IS NOT NULL
-        ORDER BY engagement_per_dollar DESC LIMIT 15
+    per_dollar = sql(f"""
+        SELECT coalesce(title, correlation_id) AS "Item", per_dollar AS "Engagement per $"
+        FROM ({ITEMS}) items WHERE per_dollar IS NOT NULL
+        ORDER BY per_dollar DESC LIMIT 15
     """)
-    per_engagement = sql("""
+    per_engagement = sql(f"""
         SELECT coalesce(title, correlation_id) AS "Item",
-               cost_per_engagement_usd AS "Cost per engagement"
-        FROM v_carousel_roi WHERE cost_per_engagement_usd IS NOT NULL
-        ORDER BY cost_per_engagement_usd ASC LIMIT 15
+               per_engagement AS "Cost per engagement"
+        FROM ({ITEMS}) items WHERE per_engagement IS NOT NULL
+        ORDER BY per_engagement ASC LIMIT 15
     """)
     return [
         table_panel(
@@ -95,10 +103,12 @@ def _rankings() -> list[object]:
 def _over_time() -> list[object]:
     spend = sql(
         f"""
-        SELECT $__timeGroupAlias("timestamp", $__interval), sum(cost_usd) AS "Content spend"
-        FROM api_calls WHERE correlation_id IS NOT NULL
-          AND $__timeFilter("timestamp") AND {sql_filter()}
-        GROUP BY 1 ORDER BY 1
+        SELECT $__timeGroupAlias(hour, $__interval),
+               CASE WHEN sum(content_priced) > 0 THEN sum(content_cost_usd) END AS "Content spend"
+        FROM hourly_performance_summary
+        WHERE hour >= date_trunc('hour', $__timeFrom()::timestamptz)
+          AND hour <= $__timeTo()::timestamptz AND {sql_filter()}
+        GROUP BY 1 HAVING sum(content_calls) > 0 ORDER BY 1
         """,
         "time_series",
     )
@@ -118,7 +128,8 @@ def _over_time() -> list[object]:
     return [
         timeseries_panel(
             "Spend vs engagement", "currencyUSD", [spend, engagement],
-            "LLM spend on content (left) and engagement of content published (right).", w=24,
+            "LLM spend on content per hour (left) and engagement of content published (right).",
+            w=24,
         ).override_by_name("Engagement", right_axis),
     ]  # fmt: skip
 

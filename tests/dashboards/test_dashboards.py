@@ -4,6 +4,7 @@ models, and every panel has a title, a unit and a query on a provisioned datasou
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,26 @@ UIDS = {
 LLM_VARIABLES = ["service", "provider", "model", "operation"]
 # Grafana's unit ids, as the foundation SDK lists them; `suffix:` is Grafana's custom unit.
 UNITS = {v for k, v in vars(units).items() if not k.startswith("_") and isinstance(v, str)}
+
+
+# Queries that do not take a dashboard variable, each with the reason; every other query of every
+# panel references every variable of its dashboard. Keys: (dashboard file, "panel title/refId").
+_BUDGETS = "a budget's scope is part of its definition; filtering would show another budget"
+_ALERTS = "alerts concern the whole stack (an exporter down has no service or provider)"
+_CONTENT = "an item's cost is all of its generation; a partial cost would rank items wrongly"
+NOT_FILTERED = {
+    ("overview", "Budgets/A"): _BUDGETS,
+    ("overview", "Active alerts/A"): _ALERTS,
+    ("overview", "Alert history/A"): _ALERTS,
+    ("costs", "Budget burn (current period)/A"): _BUDGETS,
+    ("costs", "Forecast at period end/A"): _BUDGETS,
+    ("costs", "Budget usage/A"): _BUDGETS,
+    ("costs", "Budgets/A"): _BUDGETS,
+    ("roi", "Content ranked by engagement per dollar/A"): _CONTENT,
+    ("roi", "Engagement per dollar by item/A"): _CONTENT,
+    ("roi", "Cost per engagement by item/A"): _CONTENT,
+    ("roi", "Spend vs engagement/B"): "engagement belongs to content, not to calls",
+}
 
 
 def _known_unit(unit: str) -> bool:
@@ -146,3 +167,37 @@ def test_dashboards_command_writes_and_checks(tmp_path: Path) -> None:
     assert main(["dashboards", "--check", "--out", out]) == 0
     (Path(out) / "roi.json").write_text("{}")
     assert main(["dashboards", "--check", "--out", out]) == 1
+
+
+def _references(query: str, variable: str) -> bool:
+    """Whether Grafana substitutes `variable` into `query` (`$name`, `${name}`, `${name:fmt}`)."""
+    return re.search(rf"\$(?:{variable}\b|\{{{variable}[}}:])", query) is not None
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_query_honours_every_dashboard_variable(name: str) -> None:
+    """A filter the user sets applies to every panel, unless the panel is listed as exempt."""
+    board = _committed()[name]
+    variables = [v["name"] for v in board["templating"]["list"]]
+    ignoring: dict[str, list[str]] = {}
+    for panel in _panels(board):
+        for target in panel["targets"]:
+            key = f"{panel['title']}/{target['refId']}"
+            query = target.get("expr") or target["rawSql"]
+            missing = [v for v in variables if not _references(query, v)]
+            if missing and (name, key) not in NOT_FILTERED:
+                ignoring[key] = missing
+            if (name, key) in NOT_FILTERED:
+                assert missing, f"{key} takes every variable now: drop its exemption"
+    assert ignoring == {}
+
+
+def test_every_provisioned_datasource_is_queried_by_a_panel() -> None:
+    provisioned = {d["uid"] for d in yaml.safe_load(DATASOURCES.read_text())["datasources"]}
+    queried = {
+        target["datasource"]["uid"]
+        for board in _committed().values()
+        for panel in _panels(board)
+        for target in panel["targets"]
+    } | {v["datasource"]["uid"] for b in _committed().values() for v in b["templating"]["list"]}
+    assert provisioned == queried
