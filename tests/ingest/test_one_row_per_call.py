@@ -289,6 +289,16 @@ def test_zz_summaries_and_dashboard_equal_the_rows_kept(
         assert abs(Decimal(summary[6]) - Decimal(rows[6])) <= float_sum_slack(
             Decimal(rows[6]), roundings=4 * rows[0]
         )
+    # The dashboards' performance summary (kept by a trigger) follows the rows that left too.
+    performance = query(
+        database_url,
+        "SELECT sum(calls), sum(content_calls) FROM hourly_performance_summary",
+    )[0]
+    kept = query(
+        database_url,
+        "SELECT count(*), count(*) FILTER (WHERE correlation_id IS NOT NULL) FROM api_calls",
+    )[0]
+    assert performance == kept
     stats = httpx.get(f"{exporter.api_url}/api/dashboard/stats").json()["today"]
     calls, input_tokens, output_tokens, total_tokens, cost = rows[:5]
     assert (stats["calls"], stats["input_tokens"], stats["output_tokens"]) == (
