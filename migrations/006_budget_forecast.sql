@@ -15,41 +15,50 @@ ALTER FUNCTION nexus_budget_status(timestamptz, bigint) RENAME TO nexus_budget_s
 
 -- When the priced spend of a scope (NULL: any value) counted from `from_at` first reached
 -- `limit_usd` before `until_at`: the timestamp of the call that took it there, or NULL. Whole
--- UTC hours are summed from hourly_usage_summary; only the hour of the crossing and the partial
--- hours at the edges are read from api_calls.
+-- UTC hours are summed from hourly_usage_summary (only the hours that have calls); only the
+-- partial hours at the edges and the stretch of the crossing are read from api_calls. A
+-- stretch runs to the next one with calls, so it holds the same calls as its hour.
 CREATE FUNCTION nexus_budget_exceeded_at(
     from_at timestamptz, until_at timestamptz, limit_usd numeric, for_service text,
     for_provider text, for_model text, for_operation text
 ) RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
-    WITH piece AS (
-        SELECT greatest(h, from_at) AS piece_start, least(h + interval '1 hour', until_at) AS piece_end,
-               h >= from_at AND h + interval '1 hour' <= until_at AS whole
-        FROM generate_series(date_trunc('hour', from_at, 'UTC'), until_at, interval '1 hour') h
-        WHERE h < until_at
-    ), hour_cost AS (
-        SELECT s.hour, sum(s.cost_usd) AS cost
-        FROM hourly_usage_summary s
-        WHERE s.hour >= from_at AND s.hour < until_at
-          AND (for_service IS NULL OR s.service_name = for_service)
+    WITH bounds AS (
+        SELECT date_trunc('hour', from_at, 'UTC')
+               + CASE WHEN date_trunc('hour', from_at, 'UTC') = from_at THEN interval '0'
+                      ELSE interval '1 hour' END AS first_hour,
+               date_trunc('hour', until_at, 'UTC') AS last_hour
+    ), piece AS (
+        -- The whole hours that have calls, from the summaries.
+        SELECT s.hour AS piece_start, sum(s.cost_usd) AS cost
+        FROM bounds b
+        JOIN hourly_usage_summary s ON s.hour >= b.first_hour AND s.hour < b.last_hour
+        WHERE (for_service IS NULL OR s.service_name = for_service)
           AND (for_provider IS NULL OR s.provider = for_provider)
           AND (for_model IS NULL OR s.model = for_model)
           AND (for_operation IS NULL OR s.operation = for_operation)
         GROUP BY s.hour
-    ), piece_cost AS (
-        SELECT p.piece_start, p.piece_end,
-               coalesce(CASE WHEN p.whole THEN hc.cost ELSE (
-                   SELECT sum(a.cost_usd) FROM api_calls a
-                   WHERE a."timestamp" >= p.piece_start AND a."timestamp" < p.piece_end
-                     AND (for_service IS NULL OR a.service_name = for_service)
-                     AND (for_provider IS NULL OR a.provider = for_provider)
-                     AND (for_model IS NULL OR a.model = for_model)
-                     AND (for_operation IS NULL OR a.operation = for_operation)) END, 0) AS cost
-        FROM piece p
-        LEFT JOIN hour_cost hc ON p.whole AND hc.hour = p.piece_start
+        UNION ALL
+        -- The partial hours before the first whole hour and after the last (or the whole
+        -- range, when it holds no whole hour), from the calls.
+        SELECT e.piece_start, (
+            SELECT sum(a.cost_usd) FROM api_calls a
+            WHERE a."timestamp" >= e.piece_start AND a."timestamp" < e.piece_end
+              AND (for_service IS NULL OR a.service_name = for_service)
+              AND (for_provider IS NULL OR a.provider = for_provider)
+              AND (for_model IS NULL OR a.model = for_model)
+              AND (for_operation IS NULL OR a.operation = for_operation))
+        FROM bounds b
+        CROSS JOIN LATERAL (VALUES
+            (from_at, least(b.first_hour, until_at)),
+            (greatest(b.last_hour, least(b.first_hour, until_at)), until_at)
+        ) e (piece_start, piece_end)
+        WHERE e.piece_start < e.piece_end
     ), running AS (
-        SELECT piece_start, piece_end, sum(cost) OVER w AS through, sum(cost) OVER w - cost AS before
-        FROM piece_cost WINDOW w AS (ORDER BY piece_start)
+        SELECT piece_start, lead(piece_start, 1, until_at) OVER w AS piece_end,
+               sum(cost) OVER w AS through, sum(cost) OVER w - cost AS before
+        FROM (SELECT piece_start, coalesce(cost, 0) AS cost FROM piece) p
+        WINDOW w AS (ORDER BY piece_start)
     ), crossing AS (
         SELECT * FROM running WHERE through >= limit_usd ORDER BY piece_start LIMIT 1
     )
