@@ -9,6 +9,7 @@ import pty
 import re
 import select
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -41,15 +42,14 @@ ROOT = Path(__file__).parent.parent
 RECENT_ROW = re.compile(
     r"^ ?(\d\d:\d\d:\d\d) +(\S+) +(\S+) +(carousel-\d+) +[\d,]+ +(?:\$[\d.]+|unpriced) +(\d+) +\S+"
 )
-# A stored call shows in the live view within this long of its write transaction: the view
-# redraws as soon as the exporter announces stored calls (at most every 0.1 s), and a redraw
-# reads the database once. Redrawn on a 0.5 s timer and refreshed on another, as before, a call
-# took up to a second.
-VIEW_LAG_SECONDS = 0.5
-# And within this long of the call's end: spans leave the app every 0.5 s (nexus_otel's batch
-# delay), then one request and one write, and the lag above: about a second, measured up to
-# 1.5 s on a shared machine under load; 2 s, as the dashboard page is held to.
+# A call shows in the live view within this long of its end: spans leave the app every 0.5 s
+# (nexus_otel's batch delay), then one request, one write and one redraw: about a second,
+# measured up to 1.5 s on a shared machine under load; 2 s, as the dashboard page is held to.
 LIVE_VIEW_SECONDS = 2.0
+# Half the calls show within this long of their write transaction: the view redraws as soon as
+# the exporter announces stored calls, so the lag is one redraw (measured: median 0.08 s, under
+# load). Redrawn on a 0.5 s timer and refreshed on another, as before: median 0.87 s.
+VIEW_LAG_MEDIAN_SECONDS = 0.35
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
@@ -354,9 +354,8 @@ def test_a_stored_call_shows_in_the_live_view_at_once(
         if len(times) == 1 and key in first_seen
     }
     assert len(seen) >= len(rows) // 2, (len(seen), len(rows))  # most calls were seen
-    late = {
-        key: (round(since_end, 3), round(since_stored, 3))
-        for key, (since_end, since_stored) in seen.items()
-        if since_end > LIVE_VIEW_SECONDS or since_stored > VIEW_LAG_SECONDS
-    }
+    lags = sorted(round(since_stored, 3) for _, since_stored in seen.values())
+    assert statistics.median(lags) <= VIEW_LAG_MEDIAN_SECONDS, lags
+    late = {key: round(since_end, 3) for key, (since_end, _) in seen.items()
+            if since_end > LIVE_VIEW_SECONDS}  # fmt: skip
     assert not late, late
