@@ -78,10 +78,13 @@ def status(conn: psycopg.Connection[Any], budget_id: int, now: datetime) -> dict
 
 
 def named_status(conn: psycopg.Connection[Any], name: str, now: datetime) -> dict[str, Any] | None:
-    """The enabled budget called `name` in its current period, as `statuses`; None if none."""
+    """The enabled budget called `name` in its current period, as `statuses`; None if none.
+    Reads that budget alone, however many others there are."""
     with conn.cursor(row_factory=dict_row) as cursor:
         row = cursor.execute(
-            "SELECT * FROM nexus_budget_status(%s) WHERE name = %s", (now, name)
+            "SELECT s.* FROM cost_budgets b CROSS JOIN LATERAL nexus_budget_status(%s, b.id) s"
+            " WHERE b.name = %s AND b.enabled",
+            (now, name),
         ).fetchone()
     return None if row is None else _in_utc(row)
 
