@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "dashboards": set(),
     "simulator": set(),
     "service": {"core", "ingest", "usage", "alerting", "api"},
-    "demo": {"core", "simulator", "service"},
+    "demo": {"core", "ingest", "usage", "simulator", "service"},
     "cli": {"core", "ingest", "usage", "alerting", "dashboards", "demo", "service", "simulator"},
     "entry_point": {"cli"},
 }

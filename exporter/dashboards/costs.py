@@ -36,11 +36,8 @@ BUDGET_SCOPE = " AND ".join(
     f"(b.{column} IS NULL OR a.{column} = b.{column})"
     for column in ("service_name", "provider", "model", "operation")
 )
-# Linear forecast: the spend so far, stretched over the whole period.
-FORECAST = (
-    "spend_usd * extract(epoch FROM period_end - period_start) "
-    "/ NULLIF(extract(epoch FROM now() - period_start), 0)"
-)
+# The budget status's own forecast: the last hour's pace carried on to the period's end.
+FORECAST = "forecast_usd"
 
 
 def _spend_by(column: str, label: str) -> object:
@@ -116,7 +113,7 @@ def _budgets() -> list[object]:
         ),
         gauge_panel(
             "Forecast at period end", "percentunit", [forecast],
-            "Spend so far, stretched linearly over the whole period, as a share of the limit.",
+            "Spend at period end at the pace of the last hour, as a share of the limit.",
             w=12, h=8,
         ),
         timeseries_panel(

@@ -31,6 +31,7 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.text import Text
 
 import nexus_otel
@@ -43,12 +44,21 @@ from exporter.demo.view import (
     summary_table,
 )
 from exporter.demo.workload import SERVICE_NAME, CarouselWorkload, WorkloadStats
+from exporter.ingest.storage import NOTIFY_CHANNEL
 from exporter.service import Database, open_database
 from exporter.simulator import ProviderSimulator
+from exporter.usage.budgets import DEFAULT_BUDGET_NAME
 
 DEFAULT_BUDGET_USD = Decimal(5)
+# The view redraws as soon as the exporter announces stored calls (NOTIFY); without any, this
+# often, for the countdown. A call thus shows as soon as it is stored, not on a timer's tick.
 REFRESH_SECONDS = 0.5
+# Redraws at most this often however fast calls are announced: a terminal cannot show more,
+# and each redraw reads the database.
+MIN_REDRAW_SECONDS = 0.1
 FLUSH_TIMEOUT_SECONDS = 20.0
+# How long the calls in flight may take to end once the demo is asked to stop.
+FINISH_SECONDS = 15.0
 
 
 class DemoError(RuntimeError):
@@ -72,15 +82,32 @@ def run_demo(settings: Settings, duration: float | None) -> int:
     console = output_console()
     _quiet_libraries()
     with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(_logs_through(console))
         try:
             stack = _start_stack(settings, console, cleanup)
         except DemoError as exc:
             console.print(f"[red]error:[/] {exc}")
             return 1
         _print_endpoints(console, stack, duration)
-        budget = settings.daily_budget_usd or DEFAULT_BUDGET_USD
-        return _run_workload(console, stack, duration, budget)
+        return _run_workload(console, stack, duration)
     return 1  # unreachable; keeps type checkers content with the ExitStack
+
+
+@contextlib.contextmanager
+def _logs_through(console: Console) -> Iterator[None]:
+    """Log records printed by the console that draws the spinners and the live view, above
+    them, instead of by a stream handler of their own that writes into the spinner's line."""
+    root = logging.getLogger()
+    previous = root.handlers[:]
+    handler = RichHandler(console=console, show_path=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # warnings too: they wrote to stderr past the console
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = previous
 
 
 def _start_stack(settings: Settings, console: Console, cleanup: contextlib.ExitStack) -> Stack:
@@ -109,7 +136,7 @@ def _start_stack(settings: Settings, console: Console, cleanup: contextlib.ExitS
     return Stack(database, otlp_url, api, settings.api_token, simulator, log_path)
 
 
-def _run_workload(console: Console, stack: Stack, duration: float | None, budget: Decimal) -> int:
+def _run_workload(console: Console, stack: Stack, duration: float | None) -> int:
     with psycopg.connect(stack.database.url) as conn:
         first = _last_carousel_number(conn) + 1  # ids stay unique across runs on one database
     workload = CarouselWorkload(stack.simulator, workers=3, seed=int(time.time()), first=first)
@@ -117,24 +144,24 @@ def _run_workload(console: Console, stack: Stack, duration: float | None, budget
         workload.on_carousel = ContentRegistrar(stack.api_url, stack.api_token, workload.stats)
     started = datetime.now(UTC)
     midnight = started.replace(hour=0, minute=0, second=0, microsecond=0)
-    view = View(SERVICE_NAME, started, midnight, budget)
+    view = View(SERVICE_NAME, started, midnight, DEFAULT_BUDGET_NAME)
     stop = threading.Event()
     deadline = None if duration is None else time.monotonic() + duration
     with (
         psycopg.connect(stack.database.url, autocommit=True) as conn,
-        Live(console=console, refresh_per_second=2) as live,
+        psycopg.connect(stack.database.url, autocommit=True) as listener,
+        Live(console=console, auto_refresh=False) as live,
     ):
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
         workload.start(stop)
         with _stop_on_signals(stop):
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 view.status = "Ctrl-C to stop" if deadline is None else _left(deadline)
                 _redraw(live, view, conn, workload)
-                stop.wait(REFRESH_SECONDS)
+                _wait_for_calls(listener, stop)
             stop.set()
             view.status = "stopping: finishing the calls in flight, flushing spans"
-            _redraw(live, view, conn, workload)
-            workload.join(timeout=15)
-            nexus_otel.force_flush()
+            _finish(live, view, (conn, listener), workload)
             _wait_for_rows(conn, started, workload.stats.calls)
             view.status = "done"
             _redraw(live, view, conn, workload)
@@ -144,13 +171,45 @@ def _run_workload(console: Console, stack: Stack, duration: float | None, budget
         return _summarize(console, conn, stack, started, workload)
 
 
+def _finish(
+    live: Live,
+    view: View,
+    connections: tuple[psycopg.Connection[object], psycopg.Connection[object]],
+    workload: CarouselWorkload,
+) -> None:
+    """The calls in flight end (for at most FINISH_SECONDS), shown as they are stored; then
+    the spans still waiting in the app are sent."""
+    conn, listener = connections
+    deadline = time.monotonic() + FINISH_SECONDS
+    pause = threading.Event()  # never set: the pauses between redraws are not cut short
+    while workload.running() and time.monotonic() < deadline:
+        _redraw(live, view, conn, workload)
+        _wait_for_calls(listener, pause)
+    nexus_otel.force_flush()
+
+
+def _wait_for_calls(listener: psycopg.Connection[object], stop: threading.Event) -> None:
+    """A short pause that caps the redraws (MIN_REDRAW_SECONDS), then until the exporter
+    announces stored calls (at once if it did meanwhile), or REFRESH_SECONDS."""
+    if stop.wait(MIN_REDRAW_SECONDS):
+        return
+    try:
+        for _ in listener.notifies(timeout=REFRESH_SECONDS, stop_after=1):
+            pass
+        for _ in listener.notifies(timeout=0):  # the rest: one redraw shows them all
+            pass
+    except psycopg.Error:  # the database went away: the redraw says so
+        stop.wait(REFRESH_SECONDS)
+
+
 def _redraw(
     live: Live, view: View, conn: psycopg.Connection[object], workload: CarouselWorkload
 ) -> None:
     try:
-        live.update(view.render(conn, workload.stats))  # type: ignore[arg-type]
+        frame: object = view.render(conn, workload.stats)  # type: ignore[arg-type]
     except psycopg.Error as exc:  # shown, and the demo carries on: the database may come back
-        live.update(Text(f"reading the database failed: {exc}", style="red"))
+        frame = Text(f"reading the database failed: {exc}", style="red")
+    live.update(frame, refresh=True)  # type: ignore[arg-type]
 
 
 def _summarize(
@@ -243,6 +302,7 @@ def _print_endpoints(console: Console, stack: Stack, duration: float | None) -> 
     console.print(f"[bold]OTLP/HTTP ingest[/] {stack.otlp_url}/v1/traces")
     console.print(f"[bold]metrics[/]          {stack.otlp_url}/metrics")
     if stack.api_url:
+        console.print(f"[bold]dashboard[/]        {stack.api_url}/")
         console.print(f"[bold]API[/]              {stack.api_url}  (docs: {stack.api_url}/docs)")
     console.print(f"[bold]database[/]         {_redacted(stack.database.url)}")
     how = "until Ctrl-C" if duration is None else f"for {duration:g} s"
@@ -292,9 +352,9 @@ def _start_exporter(
         "--api-port",
         str(api_port),
     ]
-    env = {**os.environ}
-    if settings.daily_budget_usd:
-        env["DAILY_BUDGET_USD"] = str(settings.daily_budget_usd)
+    # The demo's daily budget, as a user sets one: the server creates (or updates) the budget
+    # named default-daily at start, so the API, the gauges, Grafana and the view all show it.
+    env = {**os.environ, "DAILY_BUDGET_USD": str(settings.daily_budget_usd or DEFAULT_BUDGET_USD)}
     log_path = log_dir / "exporter.log"
     with log_path.open("wb") as log:
         # its own session: Ctrl-C reaches only the demo, which flushes before stopping it

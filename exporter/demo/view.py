@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,7 @@ from rich.table import Table
 
 from exporter.demo.workload import WorkloadStats
 from exporter.simulator import SimulatedResponse
+from exporter.usage import budgets
 
 _TOTALS = """
 SELECT count(*), count(*) FILTER (WHERE NOT success), coalesce(sum(input_tokens), 0),
@@ -32,7 +33,6 @@ _RECENT = """
 SELECT "timestamp", provider, operation, correlation_id, total_tokens, cost_usd, duration_ms,
        success, error_type
 FROM api_calls WHERE "timestamp" >= %s AND service_name = %s ORDER BY "timestamp" DESC LIMIT 8"""
-SHORT_NAMES = {"gcp.gemini": "gemini", "anthropic": "claude"}
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 _PIPED_WIDTH = 160
 
@@ -96,20 +96,27 @@ class View:
     service: str
     run_started: datetime
     today_started: datetime
-    budget_usd: Decimal
+    budget_name: str
     status: str = ""
 
     def render(self, conn: psycopg.Connection[Any], stats: WorkloadStats) -> Group:
         run = stored_totals(conn, self.run_started, self.service)
         today = stored_totals(conn, self.today_started)
+        budget = budgets.named_status(conn, self.budget_name, datetime.now(UTC))
         return Group(
-            Panel(self._header(run, today, stats), title="nexus-otel demo", subtitle=self.status),
+            Panel(
+                self._header(run, today, stats, budget),
+                title="nexus-otel demo",
+                subtitle=self.status,
+            ),
             self._providers(conn),
             self._recent(conn),
             *(f"[yellow]workload problem:[/] {p}" for p in list(stats.problems)[:3]),
         )
 
-    def _header(self, run: Totals, today: Totals, stats: WorkloadStats) -> Table:
+    def _header(
+        self, run: Totals, today: Totals, stats: WorkloadStats, budget: dict[str, Any] | None
+    ) -> Table:
         grid = Table.grid(padding=(0, 3))
         grid.add_row(
             "[bold]this run[/]",
@@ -125,10 +132,7 @@ class View:
             f"${today.cost_usd:.4f}",
             "",
         )
-        ratio = float(today.cost_usd / self.budget_usd) if self.budget_usd else 0.0
-        color = "red" if ratio >= 1 else "yellow" if ratio >= 0.8 else "green"
-        bar = ProgressBar(total=1.0, completed=min(ratio, 1.0), width=30, complete_style=color)
-        grid.add_row("[bold]budget[/]", bar, f"{100 * ratio:.2f}% of ${self.budget_usd}/day")
+        grid.add_row("[bold]budget[/]", *budget_cells(self.budget_name, budget))
         return grid
 
     def _providers(self, conn: psycopg.Connection[Any]) -> Table:
@@ -157,10 +161,9 @@ class View:
         for ts, provider, operation, correlation, tokens, cost, ms, ok, error in rows:
             price = f"${cost:.4f}" if cost is not None else "unpriced"
             outcome = "[green]ok[/]" if ok else f"[red]{error or 'error'}[/]"
-            name = SHORT_NAMES.get(provider, provider)
             table.add_row(
                 f"{ts:%H:%M:%S}",
-                name,
+                provider,
                 operation,
                 correlation or "",
                 f"{tokens:,}",
@@ -169,6 +172,32 @@ class View:
                 outcome,
             )
         return table
+
+
+STATE_COLORS = {"ok": "green", "warning": "yellow", "exceeded": "red"}
+
+
+def budget_cells(name: str, status: dict[str, Any] | None) -> tuple[Any, str, str]:
+    """The budget's bar, usage and outlook as `nexus_budget_status` gives them (the numbers of
+    the API, the gauges and Grafana), or why there are none."""
+    if status is None:
+        return "", f"no enabled budget named {name}", ""
+    usage, amount = Decimal(status["usage_pct"]), Decimal(status["amount_usd"])
+    color = STATE_COLORS[status["state"]]
+    shown = float(min(usage, Decimal(100)))
+    bar = ProgressBar(total=100, completed=shown, width=30, complete_style=color)
+    usage_text = (
+        f"{usage:.2f}% of ${amount.normalize():f}/{_PER[status['period']]}"
+        f" [{color}]{status['state']}[/]"
+    )
+    if status["exceeded_at"] is not None:
+        outlook = f"exceeded at {status['exceeded_at'].astimezone():%H:%M:%S}"
+    else:
+        outlook = f"forecast ${Decimal(status['forecast_usd']):.4f} ({status['forecast_method']})"
+    return bar, usage_text, outlook
+
+
+_PER = {"daily": "day", "weekly": "week", "monthly": "month"}
 
 
 def summary_table(simulated: Totals, stored: Totals, carousels: int) -> Table:

@@ -130,6 +130,9 @@ class CarouselWorkload:
             thread.start()
             self._threads.append(thread)
 
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for thread in self._threads:

@@ -1,5 +1,5 @@
-"""Budgets: their state as the database defines it (`nexus_budget_status`), the forecast, and
-their Prometheus gauges."""
+"""Budgets: their state and forecast as the database defines them (`nexus_budget_status`),
+and their Prometheus gauges."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -40,50 +39,33 @@ SCOPE_LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class Forecast:
-    spend_at_end: Decimal
-    exhausted_at: datetime | None
-
-
-def forecast(
-    spend: Decimal, limit: Decimal, start: datetime, end: datetime, now: datetime
-) -> Forecast:
-    """Linear in the spend so far: spend at period end at the same rate, and when spend reaches
-    the limit (in the past once exceeded; None if it will not within the period)."""
-    elapsed = (min(now, end) - start).total_seconds()
-    length = (end - start).total_seconds()
-    if elapsed <= 0 or spend <= 0:
-        return Forecast(spend, None)
-    at_end = spend * Decimal(length) / Decimal(elapsed)
-    seconds_to_limit = Decimal(elapsed) * limit / spend
-    if seconds_to_limit > Decimal(length):  # also keeps a tiny spend from overflowing timedelta
-        return Forecast(at_end, None)
-    return Forecast(at_end, start + timedelta(seconds=float(seconds_to_limit)))
-
-
 def statuses(conn: psycopg.Connection[Any], now: datetime) -> list[dict[str, Any]]:
     """Every enabled budget in its current period, by id: `nexus_budget_status`, the one
-    definition of spend, usage and state, with the forecast."""
-    return _read(conn, now, "ORDER BY id", None)
+    definition of spend, usage, state and forecast."""
+    return _read(conn, now, "ORDER BY id", None, with_exceeded_at=True)
 
 
 def highest_usage(conn: psycopg.Connection[Any], now: datetime, limit: int) -> list[dict[str, Any]]:
-    """The `limit` enabled budgets of highest usage, as `statuses`; each row also says how many
-    budgets are enabled (`enabled_budgets`)."""
-    return _read(conn, now, "ORDER BY usage_pct DESC, id", limit)
+    """The `limit` enabled budgets of highest usage, as `statuses` but without `exceeded_at`
+    (the gauges have none); each row also says how many budgets are enabled
+    (`enabled_budgets`)."""
+    return _read(conn, now, "ORDER BY usage_pct DESC, id", limit, with_exceeded_at=False)
 
 
 def _read(
-    conn: psycopg.Connection[Any], now: datetime, order: str, limit: int | None
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    order: str,
+    limit: int | None,
+    with_exceeded_at: bool,
 ) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute(
             "SELECT *, count(*) OVER () AS enabled_budgets"  # type: ignore[arg-type]
-            f" FROM nexus_budget_status(%s) {order} LIMIT %s",
-            (now, limit),
+            f" FROM nexus_budget_status(%s, NULL, %s) {order} LIMIT %s",
+            (now, with_exceeded_at, limit),
         ).fetchall()
-    return [_with_forecast(row, now) for row in rows]
+    return [_in_utc(row) for row in rows]
 
 
 def status(conn: psycopg.Connection[Any], budget_id: int, now: datetime) -> dict[str, Any] | None:
@@ -92,19 +74,28 @@ def status(conn: psycopg.Connection[Any], budget_id: int, now: datetime) -> dict
         row = cursor.execute(
             "SELECT * FROM nexus_budget_status(%s, %s)", (now, budget_id)
         ).fetchone()
-    return None if row is None else _with_forecast(row, now)
+    return None if row is None else _in_utc(row)
 
 
-def _with_forecast(row: dict[str, Any], now: datetime) -> dict[str, Any]:
-    start, end = row["period_start"].astimezone(UTC), row["period_end"].astimezone(UTC)
-    outlook = forecast(row["spend_usd"], row["amount_usd"], start, end, now)
-    return {
-        **row,
-        "period_start": start,
-        "period_end": end,
-        "forecast_usd": outlook.spend_at_end,
-        "projected_exhaustion_at": outlook.exhausted_at,
-    }
+def named_status(conn: psycopg.Connection[Any], name: str, now: datetime) -> dict[str, Any] | None:
+    """The enabled budget called `name` in its current period, as `statuses`; None if none.
+    Reads that budget alone, however many others there are."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(
+            "SELECT s.* FROM cost_budgets b CROSS JOIN LATERAL nexus_budget_status(%s, b.id) s"
+            " WHERE b.name = %s AND b.enabled",
+            (now, name),
+        ).fetchone()
+    return None if row is None else _in_utc(row)
+
+
+_TIMES = ("period_start", "period_end", "forecast_window_start", "projected_exhaustion_at",
+          "exceeded_at")  # fmt: skip
+
+
+def _in_utc(row: dict[str, Any]) -> dict[str, Any]:
+    """Times in UTC, whatever the session's zone."""
+    return {**row, **{k: row[k].astimezone(UTC) for k in _TIMES if row[k] is not None}}
 
 
 def list_budgets(conn: psycopg.Connection[Any], enabled_only: bool = False) -> list[dict[str, Any]]:
@@ -238,7 +229,10 @@ _GAUGES = {
     "spend": ("nexus_budget_spend_usd", "Spend in the budget's current period."),
     "usage": ("nexus_budget_usage_ratio", "Spend divided by the budget amount."),
     "warning": ("nexus_budget_warning_ratio", "Warning threshold as a ratio."),
-    "forecast": ("nexus_budget_forecast_usd", "Projected spend at period end."),
+    "forecast": (
+        "nexus_budget_forecast_usd",
+        "Projected spend at period end at the pace of the last hour.",
+    ),
     "end": ("nexus_budget_period_end_timestamp_seconds", "End of the current period."),
 }
 

@@ -1,5 +1,6 @@
 """Budgets against the real database: CRUD, spend per calendar period in non-UTC zones,
-forecasts, state transitions at the warning threshold and at 100%, and the budget gauges."""
+forecasts at the last hour's pace, when a budget was exceeded, state transitions at the
+warning threshold and at 100%, and the budget gauges."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from starlette.testclient import TestClient
 
 from exporter.api import create_api_app
 from exporter.core.settings import Settings
-from exporter.usage.budgets import BudgetCollector, Forecast, forecast
+from exporter.usage.budgets import BudgetCollector
 from exporter.usage.periods import period_bounds
 from tests.api.conftest import MODEL_B, call_spec, sending_to
 from tests.support import api_ratio, api_usd, fresh_database, metric_value
@@ -73,12 +74,6 @@ def spent(calls: Sequence[dict[str, Any]], period: str, zone: str) -> tuple[Deci
     return sum(costs, Decimal(0)), len(inside)
 
 
-def hours_into_today(zone: str) -> Decimal:
-    local = NOW.astimezone(ZoneInfo(zone))
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return Decimal((local - midnight).total_seconds()) / 3600
-
-
 @pytest.fixture(scope="module")
 def api(ingest: Callable[..., None], api_client: Callable[..., TestClient]) -> TestClient:
     ingest(KNOWN_CALLS, SVC)
@@ -131,18 +126,80 @@ def test_spend_per_calendar_period(api: TestClient, period: str, zone: str, call
     assert status["state"] == "ok"
 
 
-def test_forecast_is_linear_in_spend_so_far(api: TestClient) -> None:
-    # 15 of 24 hours gone with $5.00 spent: $8.00 at the end of the day.
-    at_end = spent(KNOWN_CALLS, "daily", SAO_PAULO)[0] * 24 / hours_into_today(SAO_PAULO)
-    roomy = status_of(api, create(api, name="roomy", period="daily", amount_usd=10)["id"])
-    assert roomy["timezone"] == SAO_PAULO  # the NEXUS_TIMEZONE default
-    assert roomy["forecast_usd"] == api_usd(at_end)
-    assert roomy["projected_exhaustion_at"] is None  # $10 is not reached today
-    tight = status_of(api, create(api, name="tight", period="daily", amount_usd=6)["id"])
-    assert tight["forecast_usd"] == api_usd(at_end)
-    # $6 at $5 per 15 h is reached after 18 h: 21:00 UTC.
-    assert datetime.fromisoformat(tight["projected_exhaustion_at"]) == at(20, 21)
-    assert tight["state"] == "warning"  # 83.3 %
+# A service of its own whose pace picks up in the last hour before NOW (17:00-18:00 UTC).
+PACE_SVC = "pace-svc"
+PACE_CALLS = [
+    (at(19, 18, 20), Decimal("1.00")),  # Kolkata: Nov 19, 23:50, before its day
+    (at(19, 18, 40), Decimal("0.10")),  # Kolkata: Nov 20, 00:10, in its day's partial hour
+    (at(20, 4, 0), Decimal("4.00")),
+    (at(20, 17, 30), Decimal("0.50")),  # the last hour
+    (at(20, 17, 45), Decimal("0.25")),  # the last hour
+]
+
+
+@pytest.fixture(scope="module")
+def paced(api: TestClient, ingest: Callable[..., None]) -> TestClient:
+    ingest([call_spec(t, str(cost)) for t, cost in PACE_CALLS], PACE_SVC)
+    return api
+
+
+def pace_budget(api: TestClient, name: str, amount: str, zone: str) -> dict[str, Any]:
+    body = {"service_name": PACE_SVC, "timezone": zone}
+    return status_of(api, create(api, name=name, period="daily", amount_usd=amount, **body)["id"])
+
+
+def test_forecast_carries_the_last_hours_pace_to_the_period_end(paced: TestClient) -> None:
+    # Sao Paulo's day: 03:00 to 03:00 UTC. $4.75 so far, $0.75 of it in the last hour; 9 hours
+    # left at $0.75 an hour: $11.50 at the end. (Spread evenly since 03:00: $7.60.)
+    status = pace_budget(paced, "pace-roomy", "20", SAO_PAULO)
+    assert (status["spend_usd"], status["forecast_usd"]) == (4.75, 11.5)
+    assert status["forecast_method"] == "last_hour"
+    assert datetime.fromisoformat(status["forecast_window_start"]) == at(20, 17)
+    assert status["projected_exhaustion_at"] is None  # $20 is not reached today
+    assert status["exceeded_at"] is None
+    # $10: $5.25 to go at $0.75 an hour is 7 hours: 01:00 UTC tomorrow, before 03:00.
+    tight = pace_budget(paced, "pace-tight", "10", SAO_PAULO)
+    assert tight["forecast_usd"] == 11.5
+    assert datetime.fromisoformat(tight["projected_exhaustion_at"]) == at(21, 1)
+    assert tight["exceeded_at"] is None and tight["state"] == "ok"
+
+
+def test_an_exceeded_budget_says_when_it_was_exceeded(paced: TestClient) -> None:
+    # $4.00 at 04:00, then $4.50 with the call of 17:30: reached then, exactly. A linear
+    # projection from 03:00 put it at 17:12:37, before the call that did it.
+    status = pace_budget(paced, "pace-exceeded", "4.5", SAO_PAULO)
+    assert status["state"] == "exceeded"
+    assert datetime.fromisoformat(status["exceeded_at"]) == at(20, 17, 30)
+    assert status["projected_exhaustion_at"] is None
+    assert status["forecast_usd"] == 11.5  # still the end-of-day outlook
+
+
+def test_exceeded_at_in_a_partial_hour_at_the_periods_start(paced: TestClient) -> None:
+    # Kolkata's day begins at 18:30 UTC: the $1.00 of 18:20 is the day before, though in the
+    # same UTC hour; the $0.10 of 18:40 alone reaches $0.10.
+    status = pace_budget(paced, "pace-kolkata", "0.1", "Asia/Kolkata")
+    assert status["spend_usd"] == 4.85
+    assert datetime.fromisoformat(status["exceeded_at"]) == at(19, 18, 40)
+    # $4.00 later, at 04:00, reaches $4.10 (the first whole-hour crossing).
+    later = pace_budget(paced, "pace-kolkata-later", "4.1", "Asia/Kolkata")
+    assert datetime.fromisoformat(later["exceeded_at"]) == at(20, 4)
+
+
+def test_a_period_younger_than_an_hour_forecasts_from_its_start(paced: TestClient) -> None:
+    # Yangon (UTC+6:30): the day began at 17:30 UTC, half an hour ago, with $0.75 spent since:
+    # 23.5 hours left at $1.50 an hour is $35.25 more.
+    status = pace_budget(paced, "pace-yangon", "100", "Asia/Yangon")
+    assert status["spend_usd"] == 0.75
+    assert status["forecast_method"] == "period_so_far"
+    assert datetime.fromisoformat(status["forecast_window_start"]) == at(20, 17, 30)
+    assert status["forecast_usd"] == 36.0
+
+
+def test_no_calls_in_the_window_forecast_the_spend_so_far(api: TestClient) -> None:
+    # carousel-bot's last priced call today was at 12:00: nothing in the last hour.
+    status = status_of(api, create(api, name="quiet", period="daily", amount_usd=6)["id"])
+    assert (status["spend_usd"], status["forecast_usd"]) == (5.0, 5.0)
+    assert status["projected_exhaustion_at"] is None and status["exceeded_at"] is None
 
 
 @pytest.mark.parametrize(
@@ -182,7 +239,8 @@ def test_state_transitions_as_calls_arrive(
     assert metric_value(text, "nexus_budget_limit_usd", **labels) == api_usd(amount)
     assert metric_value(text, "nexus_budget_warning_ratio", **labels) == 0.8
     assert metric_value(text, "nexus_budget_spend_usd", **labels) == api_usd(spends[-1])
-    at_end = spends[-1] * 24 / hours_into_today(SAO_PAULO)
+    # Only the first call (17:00) is in the last hour; 9 hours of the day are left.
+    at_end = spends[-1] + TRANSITION_COSTS[0] * 9
     assert metric_value(text, "nexus_budget_forecast_usd", **labels) == api_usd(at_end)
     end = metric_value(text, "nexus_budget_period_end_timestamp_seconds", **labels)
     assert end == at(21, 3).timestamp()
@@ -253,14 +311,3 @@ def test_default_budget_from_settings(postgres_server: str) -> None:
     # Every call of today so far, whichever service made it.
     today = spent(KNOWN_CALLS, "daily", "UTC")[0] + Decimal("0.75")
     assert status["spend_usd"] == api_usd(today)
-
-
-def test_forecast_edges() -> None:
-    start, end = at(20, 3), at(21, 3)
-    assert forecast(Decimal(0), Decimal(1), start, end, at(20, 15)) == Forecast(Decimal(0), None)
-    assert forecast(Decimal(1), Decimal(1), start, end, start) == Forecast(Decimal(1), None)
-    tiny = forecast(Decimal("1e-12"), Decimal("1e12"), start, end, at(20, 15))
-    assert tiny.exhausted_at is None and tiny.spend_at_end == Decimal("2e-12")
-    # 12 of 24 hours gone with $4 spent: $8 at the end; $2 was reached after 6 hours.
-    done = forecast(Decimal(4), Decimal(2), start, end, at(20, 15))
-    assert (done.spend_at_end, done.exhausted_at) == (Decimal(8), at(20, 9))

@@ -34,6 +34,7 @@ PERIODS = ("daily", "weekly", "monthly")
 AMOUNT_FACTORS = (Decimal(4), Decimal("1.1"), Decimal("0.5"))
 WARNING_PCT = Decimal(80)
 SECOND = timedelta(seconds=1)
+HOUR = timedelta(hours=1)
 DASHBOARDS = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
 ICONS = {"ok": "🟢", "warning": "🟠", "exceeded": "🔴"}
 
@@ -88,6 +89,30 @@ class Setup:
             found[name] = Expected(sum(costs, Decimal(0)), self.amounts[name])
         return found
 
+    def priced(self, name: str, since: datetime, until: datetime) -> list[tuple[datetime, Decimal]]:
+        """The budget's priced calls in [since, until), in time order."""
+        return sorted((t, c) for t, c in self.calls if since <= t < until and c is not None)
+
+    def forecast(self, name: str, at: datetime) -> Decimal:
+        """Spend at the period's end if the pace of the last hour (or of the period so far,
+        when it began less than an hour ago) goes on."""
+        start, end = local_period(*self.budgets[name], at)
+        window = max(start, at - HOUR)
+        spend = sum((c for _, c in self.priced(name, start, at)), Decimal(0))
+        recent = sum((c for _, c in self.priced(name, window, at)), Decimal(0))
+        seconds = Decimal((at - window).total_seconds())
+        return spend + recent * Decimal((end - at).total_seconds()) / seconds
+
+    def exceeded_at(self, name: str, at: datetime) -> datetime | None:
+        """The time of the call that took the period's spend to the amount, if any did."""
+        start, _ = local_period(*self.budgets[name], at)
+        spent = Decimal(0)
+        for moment, group in itertools.groupby(self.priced(name, start, at), lambda c: c[0]):
+            spent += sum(c for _, c in group)
+            if spent >= self.amounts[name]:
+                return moment
+        return None
+
 
 @pytest.fixture(scope="module")
 def setup(exporter: ExporterProcess, database_url: str) -> Setup:
@@ -98,6 +123,7 @@ def setup(exporter: ExporterProcess, database_url: str) -> Setup:
         moments += [start - SECOND, start, start + SECOND]  # before, at and after the start
         if end - now < timedelta(hours=23):  # a clock running ahead: due later, and too late
             moments += [end - SECOND, end]
+    moments += [now - timedelta(minutes=40), now - timedelta(minutes=20)]  # the last hour's pace
     moments = sorted({m for m in moments if m < now or m > now + timedelta(minutes=5)})
     calls: list[tuple[datetime, Decimal | None]] = [
         (moment, Decimal(number + 1) / 64)  # exact in binary: the span carries a float
@@ -124,6 +150,8 @@ def setup(exporter: ExporterProcess, database_url: str) -> Setup:
 
 @dataclass
 class Seen:
+    before: datetime
+    after: datetime
     api: dict[str, dict[str, Any]]
     gauges: str
     digest: Any
@@ -156,13 +184,15 @@ def _grafana(database_url: str, now: datetime) -> dict[str, list[dict[str, Any]]
 
 
 def _observe(exporter: ExporterProcess, database_url: str) -> Seen:
+    before = datetime.now(UTC)
     api = httpx.get(f"{exporter.api_url}/api/budget/status").json()
     gauges = BudgetCollector(database_url, ttl=0).exposition().decode()
     today = datetime.now(UTC).date()
     digest = build_digest(database_url, today, "UTC")
+    grafana = _grafana(database_url, datetime.now(UTC))
     return Seen(
-        {s["name"]: s for s in api}, gauges, digest, render_digest(digest),
-        _grafana(database_url, datetime.now(UTC)),
+        before, datetime.now(UTC), {s["name"]: s for s in api}, gauges, digest,
+        render_digest(digest), grafana,
     )  # fmt: skip
 
 
@@ -251,3 +281,39 @@ def test_grafana_says_the_same(seen: tuple[Seen, dict[str, Expected]]) -> None:
         # The burn chart sums the calls itself and divides in numeric, which PostgreSQL carries
         # to 16 significant digits (at least): it may differ from the exact ratio past that.
         assert float(burn.get(name, Decimal(0))) == pytest.approx(float(want.ratio), rel=1e-15)
+
+
+def test_every_consumer_gives_the_forecast_at_the_last_hours_pace(
+    setup: Setup, seen: tuple[Seen, dict[str, Expected]]
+) -> None:
+    observed, expected = seen
+    table = {row["Budget"]: row for row in observed.grafana["costs table"]}
+    assert any(
+        setup.forecast(name, observed.before) != want.spend for name, want in expected.items()
+    )  # some budgets spent in their last hour
+    for name in expected:
+        # Read between `before` and `after`: the forecast moves with the clock (the seconds left
+        # in the period, and the window), so each reader's lies between the two ends'.
+        ends = (setup.forecast(name, observed.before), setup.forecast(name, observed.after))
+        low, high = min(ends), max(ends)
+        gauge = metric_value(observed.gauges, "nexus_budget_forecast_usd", budget=name)
+        for said in (observed.api[name]["forecast_usd"], gauge):
+            assert float(low) <= said <= float(high), (name, said, ends)
+        assert low <= table[name]["Forecast"] <= high, name
+        method = observed.api[name]["forecast_method"]
+        start = local_period(*setup.budgets[name], observed.before)[0]
+        young = observed.after - HOUR < start
+        assert method == ("period_so_far" if young else "last_hour"), name
+
+
+def test_an_exceeded_budget_says_when_it_was_exceeded(
+    setup: Setup, seen: tuple[Seen, dict[str, Expected]]
+) -> None:
+    observed, expected = seen
+    for name, want in expected.items():
+        status = observed.api[name]
+        said = status["exceeded_at"] and datetime.fromisoformat(status["exceeded_at"])
+        assert said == setup.exceeded_at(name, observed.before), name
+        assert (said is not None) == (want.state == "exceeded"), name
+        if status["projected_exhaustion_at"] is not None:  # only ever ahead, never past
+            assert datetime.fromisoformat(status["projected_exhaustion_at"]) > observed.before

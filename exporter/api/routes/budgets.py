@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import psycopg
 from fastapi import APIRouter, HTTPException, Path, status
@@ -86,9 +86,20 @@ class BudgetStatusPublic(BudgetPublic):
     remaining_usd: float
     usage_pct: float
     state: budgets.State
-    forecast_usd: float = Field(description="spend at period end at the rate so far")
+    forecast_usd: float = Field(
+        description="spend at period end if the pace of the forecast window goes on"
+    )
+    forecast_method: Literal["last_hour", "period_so_far"] = Field(
+        description="the forecast window: the last hour, or the period so far when it began"
+        " less than an hour ago"
+    )
+    forecast_window_start: datetime = Field(description="where the forecast window begins")
     projected_exhaustion_at: datetime | None = Field(
-        description="when spend reaches the amount at that rate (None: not this period)"
+        description="when spend reaches the amount at that pace (None: not this period, or"
+        " already reached: see exceeded_at)"
+    )
+    exceeded_at: datetime | None = Field(
+        description="when the period's spend reached the amount (None: not exceeded)"
     )
 
 
