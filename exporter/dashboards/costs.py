@@ -78,16 +78,31 @@ def _totals() -> list[object]:
 
 
 def _budgets() -> list[object]:
-    # Per hour from the hourly summaries (the hour holding the period's start counts whole), so
-    # a monthly budget never reads a month of raw calls.
+    # Whole UTC hours from the hourly summaries, so a monthly budget never reads a month of raw
+    # calls; raw calls only for the hour the period starts in (a local midnight may fall within
+    # a UTC hour: +05:30, +13:45) and the current hour up to now.
+    first_hour = (
+        "date_trunc('hour', b.period_start, 'UTC') + CASE WHEN b.period_start ="
+        " date_trunc('hour', b.period_start, 'UTC') THEN interval '0' ELSE interval '1 hour' END"
+    )
+    this_hour = "date_trunc('hour', now(), 'UTC')"
     burn = sql(
         f"""
         SELECT time, metric, sum(spend) OVER (PARTITION BY metric ORDER BY time) / budget AS used
-        FROM (SELECT $__timeGroupAlias(a.hour, $__interval), b.name AS metric,
-                     b.amount_usd AS budget, sum(a.cost_usd) AS spend
-              FROM v_budget_status b
-              JOIN hourly_usage_summary a ON a.hour >= date_trunc('hour', b.period_start)
-               AND a.hour < now() AND {BUDGET_SCOPE}
+        FROM (SELECT $__timeGroupAlias(t, $__interval), metric, budget, sum(spend) AS spend
+              FROM (SELECT a.hour AS t, b.name AS metric, b.amount_usd AS budget,
+                           a.cost_usd AS spend
+                    FROM v_budget_status b
+                    JOIN hourly_usage_summary a ON a.hour >= {first_hour}
+                     AND a.hour < {this_hour} AND {BUDGET_SCOPE}
+                    UNION ALL
+                    SELECT a."timestamp", b.name, b.amount_usd, a.cost_usd
+                    FROM v_budget_status b
+                    JOIN api_calls a ON {BUDGET_SCOPE}
+                     AND ((a."timestamp" >= b.period_start
+                           AND a."timestamp" < least({first_hour}, {this_hour}))
+                       OR (a."timestamp" >= greatest({this_hour}, b.period_start)
+                           AND a."timestamp" < now()))) parts
               GROUP BY 1, 2, 3) per_interval
         ORDER BY 1
         """,
