@@ -19,9 +19,8 @@ from google import genai
 from google.genai import types
 
 import nexus_otel
-from exporter.simulator import ProviderSimulator
 from tests.nexus_otel.clients import GEMINI_KEY, OPENAI_KEY
-from tests.nexus_otel.test_providers_e2e import SERVICE, Stack
+from tests.nexus_otel.test_providers_e2e import SERVICE, Stack, instrumented_stack
 from tests.support import ExporterProcess, query
 
 pytestmark = pytest.mark.e2e
@@ -32,13 +31,8 @@ TOKEN_IDS = [[46, 18577, 5257, 617, 2380, 23546, 13], [40, 1303]]
 
 @pytest.fixture(scope="module")
 def stack(exporter: ExporterProcess, database_url: str) -> Iterator[Stack]:
-    with ProviderSimulator(seed=11) as sim, ProviderSimulator(seed=12) as gateway:
-        stack = Stack(exporter, database_url, sim, gateway)
-        stack.instrument()
-        try:
-            yield stack
-        finally:
-            nexus_otel.shutdown()
+    with instrumented_stack(exporter, database_url, seed=11) as stack:
+        yield stack
 
 
 def input_price(provider_id: str, model: str, input_tokens: int) -> Decimal:

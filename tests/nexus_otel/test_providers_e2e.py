@@ -3,6 +3,7 @@ serve`: one row per call, with exact token columns and cost."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -78,15 +79,23 @@ class Stack:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def stack(exporter: ExporterProcess, database_url: str) -> Iterator[Stack]:
-    with ProviderSimulator(seed=7) as sim, ProviderSimulator(seed=8) as gateway:
+@contextlib.contextmanager
+def instrumented_stack(exporter: ExporterProcess, database_url: str, seed: int) -> Iterator[Stack]:
+    """A simulator and a gateway (seeds `seed` and `seed + 1`), the app instrumented to send to
+    `exporter`; shut down afterwards. What each e2e module's `stack` fixture is."""
+    with ProviderSimulator(seed=seed) as sim, ProviderSimulator(seed=seed + 1) as gateway:
         stack = Stack(exporter, database_url, sim, gateway)
         stack.instrument()
         try:
             yield stack
         finally:
             nexus_otel.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(exporter: ExporterProcess, database_url: str) -> Iterator[Stack]:
+    with instrumented_stack(exporter, database_url, seed=7) as stack:
+        yield stack
 
 
 def cl100k_tokens(text: str) -> int:

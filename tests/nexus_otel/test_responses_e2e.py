@@ -26,6 +26,7 @@ from tests.nexus_otel.test_providers_e2e import (
     Stack,
     cl100k_tokens,
     expected_cost,
+    instrumented_stack,
     usage_header,
 )
 from tests.support import ExporterProcess, query
@@ -40,13 +41,8 @@ INPUT = [{"role": "user", "content": QUESTION}]
 
 @pytest.fixture(scope="module")
 def stack(exporter: ExporterProcess, database_url: str) -> Iterator[Stack]:
-    with ProviderSimulator(seed=11) as sim, ProviderSimulator(seed=12) as gateway:
-        stack = Stack(exporter, database_url, sim, gateway)
-        stack.instrument()
-        try:
-            yield stack
-        finally:
-            nexus_otel.shutdown()
+    with instrumented_stack(exporter, database_url, seed=11) as stack:
+        yield stack
 
 
 def client(sim: ProviderSimulator, is_async: bool = False, **options: Any) -> Any:
