@@ -30,7 +30,7 @@ GAUGES_TTL_SECONDS = 5.0
 DEFAULT_MAX_BUDGETS = 2000
 BUDGET_COLUMNS = (
     "id, name, period_type, budget_usd, warning_threshold_pct, timezone, service_name, provider, "
-    "model, operation, enabled, created_at, updated_at"
+    "model, operation, enabled, enforce, created_at, updated_at"
 )
 SCOPE_LABELS = {
     "service_name": "service_name",
@@ -80,8 +80,8 @@ def _read(
     with conn.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute(
             "SELECT *, count(*) OVER () AS enabled_budgets"  # type: ignore[arg-type]
-            f" FROM nexus_budget_status(%s) {order} LIMIT %s",
-            (now, limit),
+            f" FROM nexus_budget_status(%s) {_RESERVED} {order} LIMIT %s",
+            (now, now, limit),
         ).fetchall()
     return [_with_forecast(row, now) for row in rows]
 
@@ -90,9 +90,17 @@ def status(conn: psycopg.Connection[Any], budget_id: int, now: datetime) -> dict
     """One budget, enabled or not, in its current period; None if there is no such budget."""
     with conn.cursor(row_factory=dict_row) as cursor:
         row = cursor.execute(
-            "SELECT * FROM nexus_budget_status(%s, %s)", (now, budget_id)
+            f"SELECT * FROM nexus_budget_status(%s, %s) {_RESERVED}",  # type: ignore[arg-type]
+            (now, budget_id, now),
         ).fetchone()
     return None if row is None else _with_forecast(row, now)
+
+
+# What unexpired leases hold (migration 010), beside the spend, and whether the budget enforces.
+_RESERVED = (
+    "JOIN (SELECT budget_id AS id, reserved_usd, b.enforce FROM nexus_budget_reservations(%s)"
+    " JOIN cost_budgets b ON b.id = budget_id) reserved USING (id)"
+)
 
 
 def _with_forecast(row: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -220,6 +228,7 @@ def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetric
         limit = float(s["amount_usd"])
         families["limit"].add_metric(values, limit)
         families["spend"].add_metric(values, float(s["spend_usd"]))
+        families["reserved"].add_metric(values, float(s["reserved_usd"]))
         families["usage"].add_metric(values, float(s["usage_pct"] / 100))
         families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
         families["forecast"].add_metric(values, float(s["forecast_usd"]))
@@ -236,6 +245,7 @@ def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetric
 _GAUGES = {
     "limit": ("nexus_budget_limit_usd", "Budget amount in US dollars."),
     "spend": ("nexus_budget_spend_usd", "Spend in the budget's current period."),
+    "reserved": ("nexus_budget_reserved_usd", "What unexpired leases still hold, beside spend."),
     "usage": ("nexus_budget_usage_ratio", "Spend divided by the budget amount."),
     "warning": ("nexus_budget_warning_ratio", "Warning threshold as a ratio."),
     "forecast": ("nexus_budget_forecast_usd", "Projected spend at period end."),
