@@ -92,7 +92,8 @@ BEGIN
                 tight.spend_usd, tight.reserved_usd, tight.amount_usd;
             RETURN;
         END IF;
-        granted := least(amount, greatest(min_amount, headroom * share));
+        -- Cut to 12 decimal places, as amounts travel (never below min_amount, which fits).
+        granted := trunc(least(amount, greatest(min_amount, headroom * share)), 12);
     END IF;
     DELETE FROM budget_leases l WHERE l.expires_at < at - keep;
     INSERT INTO budget_leases AS l (service_name, provider, model, operation, granted_usd,

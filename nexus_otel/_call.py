@@ -219,6 +219,8 @@ class LLMCall:
 
     # --- results ----------------------------------------------------------------------------
     def _error_type(self, error: BaseException | None) -> str | None:
+        if error is not None and getattr(error, "budget_error_type", None):
+            return str(error.budget_error_type)  # type: ignore[attr-defined]  # BudgetExceeded
         if error is not None:
             return "timeout" if "Timeout" in type(error).__name__ else type(error).__qualname__
         if self.status_code is not None and self.status_code >= 400:

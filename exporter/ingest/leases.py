@@ -20,6 +20,7 @@ RESERVED_ATTRIBUTE = "nexus.budget.reserved_usd"
 # No lease or settlement is larger: a value past it is no amount an app took.
 MAX_LEASE_USD = Decimal("1e9")
 
+
 def settlements(attribute_pairs: Iterable[tuple[Any, Any]]) -> dict[uuid.UUID, Decimal]:
     """What stored calls took out of each lease, from their (lease id, reserved) attributes.
     A value that is no lease id or no amount settles nothing (its lease expires in time)."""

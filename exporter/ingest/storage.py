@@ -51,9 +51,9 @@ except ImportError:  # a psycopg without it: the public path, slower, same bytes
     _format_row_binary = None
 
 from exporter.ingest.duplicates import counted_already, facts_of, resolve
+from exporter.ingest.leases import LEASE_ID_ATTRIBUTE, RESERVED_ATTRIBUTE, settle, settlements
 from exporter.ingest.metrics import MetricTotals, summarize_calls
 from exporter.ingest.model import LLMCall
-from exporter.ingest.leases import LEASE_ID_ATTRIBUTE, RESERVED_ATTRIBUTE, settle, settlements
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 A lease is taken atomically in PostgreSQL (`nexus_budget_lease`, migration 010): the enforced
 budgets whose scope matches are locked, and the lease is granted only from what they have left
 (amount - stored spend - what unexpired leases still hold). The app spends it locally, call by
-call, and each call's stored row settles what the call took out of it
-(`exporter.ingest.leases`, in the transaction that stores the row). What the app does not use it returns; what a killed app held
-stops counting when the lease expires.
+call, and each call's stored row settles what the call took out of it (`exporter.ingest.leases`,
+in the transaction that stores the row). What the app does not use it returns; what a killed
+app held stops counting when the lease expires.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-
-from exporter.ingest.leases import MAX_LEASE_USD
 
 # A lease counts this long unless the taker asks otherwise: long enough for a call that used it
 # to end and its span to be stored (apps stop drawing on a lease well before), short enough that
@@ -54,10 +52,14 @@ def take(
     amount: Decimal,
     min_amount: Decimal,
     ttl_seconds: int,
+    returning: tuple[uuid.UUID, Decimal] | None = None,
 ) -> Grant:
     """A lease for `scope` (service, provider, model, operation) of up to `amount`, at least
-    `min_amount`, or a refusal; committed before it returns."""
+    `min_amount`, or a refusal; committed before it returns. `returning` (a lease id and an
+    amount) is given back first, in the same transaction."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        if returning is not None:
+            _give_back(conn, *returning)
         row = cursor.execute(
             "SELECT * FROM nexus_budget_lease(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
@@ -86,10 +88,14 @@ def give_back(conn: psycopg.Connection[Any], lease_id: uuid.UUID, unused: Decima
     """Returns `unused` of a lease (what it still holds, at most); False if there is no such
     lease."""
     with conn.transaction():
-        row = conn.execute(
-            "UPDATE budget_leases SET returned_usd = returned_usd"
-            " + least(%s, greatest(granted_usd - returned_usd - settled_usd, 0))"
-            " WHERE id = %s RETURNING id",
-            (unused, lease_id),
-        ).fetchone()
+        return _give_back(conn, lease_id, unused)
+
+
+def _give_back(conn: psycopg.Connection[Any], lease_id: uuid.UUID, unused: Decimal) -> bool:
+    row = conn.execute(
+        "UPDATE budget_leases SET returned_usd = returned_usd"
+        " + least(%s, greatest(granted_usd - returned_usd - settled_usd, 0))"
+        " WHERE id = %s RETURNING id",
+        (unused, lease_id),
+    ).fetchone()
     return row is not None

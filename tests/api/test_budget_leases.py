@@ -208,4 +208,7 @@ def test_bad_lease_requests_are_refused_clearly(api: httpx.Client) -> None:
     assert lease(api, "m", "1", "0", ttl=0).status_code == 422
     missing = api.post(f"/api/budget/leases/{uuid.uuid4()}/return", json={"unused_usd": "1"})
     assert missing.status_code == 404
-    assert api.post("/api/budget/leases/not-a-uuid/return", json={"unused_usd": "1"}).status_code == 422
+    assert (
+        api.post("/api/budget/leases/not-a-uuid/return", json={"unused_usd": "1"}).status_code
+        == 422
+    )

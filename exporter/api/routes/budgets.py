@@ -163,7 +163,14 @@ def get_budget(budget_id: BudgetId, conn: Conn) -> dict[str, Any]:
 def update_budget(budget_id: BudgetId, body: BudgetUpdate, conn: Conn) -> dict[str, Any]:
     """Changes only the fields given; a scope field given as null widens the scope."""
     values = body.model_dump(exclude_unset=True)
-    for required in ("name", "period", "amount_usd", "warning_threshold_pct", "timezone", "enforce"):
+    for required in (
+        "name",
+        "period",
+        "amount_usd",
+        "warning_threshold_pct",
+        "timezone",
+        "enforce",
+    ):
         if required in values and values[required] is None:
             raise unprocessable(("body", required), f"{required} cannot be null")
     if not values:

@@ -12,12 +12,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from exporter.api.deps import Conn
+from exporter.ingest.leases import MAX_LEASE_USD
 from exporter.usage import leases
 
 router = APIRouter(tags=["budgets"])
-LeaseMoney = Annotated[
-    Decimal, Field(ge=0, le=leases.MAX_LEASE_USD, max_digits=30, decimal_places=12)
-]
+LeaseMoney = Annotated[Decimal, Field(ge=0, le=MAX_LEASE_USD, max_digits=30, decimal_places=12)]
 ScopeName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -33,6 +32,10 @@ class LeaseRequest(BaseModel):
     ttl_seconds: int = Field(
         default=leases.DEFAULT_LEASE_SECONDS, ge=1, le=leases.MAX_LEASE_SECONDS
     )
+    return_lease_id: uuid.UUID | None = Field(
+        default=None, description="a lease to give back first, in the same transaction"
+    )
+    return_unused_usd: LeaseMoney = Decimal(0)
 
 
 class LeaseGranted(BaseModel):
@@ -74,13 +77,19 @@ def _refusal(grant: leases.Grant) -> JSONResponse:
 def take_lease(body: LeaseRequest, conn: Conn) -> Any:
     """Grants up to `amount_usd` (at least `min_amount_usd`) from every enabled budget whose scope
     matches, or answers 409 naming the tightest enforced budget, its spend, reserved amount and
-    limit. The lease counts against those budgets until `ttl_seconds` pass."""
+    limit. The lease counts against those budgets until `ttl_seconds` pass. `return_lease_id`
+    gives back `return_unused_usd` of an earlier lease first (a refill in one round trip)."""
     if body.min_amount_usd > body.amount_usd:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY, "min_amount_usd is more than amount_usd"
         )
     scope = (body.service, body.provider, body.model, body.operation)
-    grant = leases.take(conn, scope, body.amount_usd, body.min_amount_usd, body.ttl_seconds)
+    returning = (
+        None if body.return_lease_id is None else (body.return_lease_id, body.return_unused_usd)
+    )
+    grant = leases.take(
+        conn, scope, body.amount_usd, body.min_amount_usd, body.ttl_seconds, returning
+    )
     if grant.lease_id is None:
         return _refusal(grant)
     return {
