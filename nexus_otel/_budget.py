@@ -20,11 +20,13 @@ price is not guarded (its calls are stored unpriced and count in no budget's spe
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -36,8 +38,9 @@ from nexus_otel._usage import TokenUsage
 
 GUARD_MODES = ("off", "warn", "block")
 FAIL_POLICIES = ("open", "closed")
-# A refill asks for this many recent calls' worth: one API round trip per ~LEASE_CALLS calls.
-LEASE_CALLS = 50
+# A refill asks for this many recent calls' worth: one API round trip per ~LEASE_CALLS calls
+# (under 1 per 50) while a budget is far from its limit.
+LEASE_CALLS = 64
 # Leases the app takes count this long on the server (NEXUS_OTEL_BUDGET_LEASE_SECONDS): a killed
 # app's allowance is free again after it.
 DEFAULT_LEASE_SECONDS = 120
@@ -50,6 +53,10 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Input is at least this many characters per token for English text with every tokenizer we
 # know; the tokenizer's own count is used when higher (other scripts).
 CHARS_PER_TOKEN_BOUND = 3
+# Worst-case input is rounded up to this many significant bits (at most 1/16 more), so that
+# pricing it (some 70 µs with genai-prices) is cached for similar prompts.
+ROUNDED_BITS = 5
+PRICE_CACHE_SIZE = 4096  # (provider, model, tokens, hour) prices kept: a few hundred kB at most
 MESSAGE_OVERHEAD_TOKENS = 4  # per message, as providers count the chat format (at most)
 REPLY_PRIMING_TOKENS = 3
 _CENT_FRACTIONS = Decimal("1e-12")  # amounts go to the API with at most 12 decimal places
@@ -203,6 +210,24 @@ def worst_case_tokens(prompt_text: str, messages: int, counted: int) -> int:
     return max(counted, by_chars) + MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
 
 
+def rounded_up(tokens: int) -> int:
+    """`tokens` rounded up to ROUNDED_BITS significant bits (at most 1/16 more): estimates of
+    similar prompts then share one price in the cache, and stay upper bounds."""
+    step = 1 << max(0, tokens.bit_length() - ROUNDED_BITS)
+    return -(-tokens // step) * step
+
+
+@functools.lru_cache(maxsize=PRICE_CACHE_SIZE)
+def _worst_case_cost(
+    provider: str, model: str, input_tokens: int, output_tokens: int, hour: int
+) -> Decimal | None:
+    """The list price of that usage in that UTC hour (prices change by day, or by hour for
+    off-peak prices), cut up to 12 decimal places; None when the model is unpriced."""
+    at = datetime.fromtimestamp(hour * 3600, UTC)
+    cost = price(TokenUsage(input_tokens, output_tokens), model, provider, at)
+    return None if cost is None else cost.quantize(_CENT_FRACTIONS, ROUND_CEILING)
+
+
 def guard_from_settings(
     mode: str | None,
     fail: str | None,
@@ -241,26 +266,29 @@ def _positive_int(name: str, default: int) -> int:
 
 
 def admit(guard: Guard, call: Any) -> None:
-    """Reserves the call's worst-case cost before its request is sent, and says so on its span.
-    Raises BudgetExceeded (block mode, or fail closed) with the span marked `blocked`."""
-    call.prepare()  # reads the request now: the guard needs it before the request leaves
-    request, target = call.request, call.target
+    """Reserves the call's worst-case cost before its request is sent; its span (started once
+    the request is sent, as without the guard) says so. Raises BudgetExceeded (block mode, or
+    fail closed), the span then saying `blocked`."""
+    request, target = call.read_request(), call.target
     model = request.model or "unknown"
     provider = normalize_provider(target.provider or "")
     prompt = request.prompt_text
     input_tokens = worst_case_tokens(prompt, request.message_count, estimate_tokens(prompt))
     output_tokens = request.max_tokens or guard.max_output_tokens
-    cost = price(TokenUsage(input_tokens, output_tokens), model, provider)
-    if cost is None:  # unpriced: stored as such, counted in no spend
+    hour = int(time.time() // 3600)
+    estimate = _worst_case_cost(provider, model, rounded_up(input_tokens), output_tokens, hour)
+    if estimate is None:  # unpriced: stored as such, counted in no spend
         return
-    estimate = cost.quantize(_CENT_FRACTIONS, ROUND_CEILING)
     operation = call.operation.name if call.operation is not None else ""
-    span = call.span
     try:
         attributes = guard.reserve((guard.service_name, provider, model, operation), estimate)
     except BudgetExceeded as exc:
-        if span is not None:
-            span.set_attribute(BLOCKED_ATTRIBUTE, exc.budget or "unchecked")
+        _decided(call, {BLOCKED_ATTRIBUTE: exc.budget or "unchecked"})
         raise
-    if span is not None:
-        span.set_attributes(attributes)
+    _decided(call, attributes)
+
+
+def _decided(call: Any, attributes: dict[str, Any]) -> None:
+    call.budget_attributes = attributes
+    if call.span is not None:  # started already (with HTTP spans kept, before the request)
+        call.span.set_attributes(attributes)

@@ -34,9 +34,11 @@ INPUT_PRICE, OUTPUT_PRICE = Decimal("2.5") / 10**6, Decimal(10) / 10**6
 PROMPT = "word " * 60  # 300 characters, 60 tokens for cl100k
 MAX_TOKENS = 250
 # The guard's documented worst case for this request: input = max(tokenizer count, characters
-# / 3) + 4 per message + 3 = 100 + 4 + 3; output = max_tokens. The simulator is told to report
-# exactly that usage, so every estimate is exact and the documented overshoot bound is zero.
-WORST_INPUT = math.ceil(len(PROMPT) / 3) + 4 + 3
+# / 3) + 4 per message + 3 = 100 + 4 + 3 = 107, rounded up to 5 significant bits: 108; output =
+# max_tokens. The simulator is told to report exactly that usage, so every estimate is exact
+# and the documented overshoot bound is zero.
+assert math.ceil(len(PROMPT) / 3) + 4 + 3 == 107
+WORST_INPUT = 108
 CALL_COST = WORST_INPUT * INPUT_PRICE + MAX_TOKENS * OUTPUT_PRICE
 USAGE = f"input={WORST_INPUT},output={MAX_TOKENS}"
 LIMIT = Decimal("0.50")
@@ -181,8 +183,8 @@ def test_a_killed_apps_lease_expires(
             (service,),
         ).fetchone()  # type: ignore[misc]
     assert (returned, ttl.total_seconds()) == (0, 3)  # the app gave nothing back
-    # The first lease of a scope: 50 calls' worth (LEASE_CALLS), less than a quarter of $1.00.
-    assert granted == 50 * CALL_COST
+    # The first lease of a scope: 64 calls' worth (LEASE_CALLS), less than a quarter of $1.00.
+    assert granted == 64 * CALL_COST
     assert statuses(exporter)["guard-killed-budget"].reserved_usd > 0
     # Once the lease expires (on the database's clock), it counts no more.
     deadline = time.monotonic() + 60
