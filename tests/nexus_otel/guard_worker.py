@@ -14,7 +14,6 @@ import json
 import sys
 import threading
 import time
-from decimal import Decimal
 from typing import Any
 
 import openai
@@ -77,10 +76,6 @@ def main(config: dict[str, Any]) -> None:
     if config.get("hold"):
         time.sleep(config["hold"])  # killed meanwhile by the test
     nexus_otel.shutdown()
-
-
-def decimal(value: str) -> Decimal:
-    return Decimal(value)
 
 
 if __name__ == "__main__":
