@@ -54,6 +54,7 @@ BENCHMARKS: dict[str, Runner] = {
     "memory": _memory,
     "scrape": _optional("bench.scrape"),
     "faults": _optional("bench.faults"),
+    "guard": _optional("bench.guard"),
 }
 
 

@@ -55,11 +55,13 @@ class LLMCall:
         "_body",
         "_first_chunk",
         "_parent",
+        "_prepared",
         "_sent",
         "_start_ns",
         "_started",
         "_stream_state",
         "_unfinished",
+        "budget_attributes",
         "operation",
         "owns_span",
         "request",
@@ -76,6 +78,8 @@ class LLMCall:
         self.target, self.settings = target, settings
         self._sent: Any = sent
         self.request: RequestInfo = _UNREAD
+        self._prepared = False
+        self.budget_attributes: dict[str, Any] | None = None  # what the budget guard decided
         self.operation = CURRENT_OPERATION.get()
         self._started = time.monotonic()
         self._start_ns = time.time_ns()
@@ -86,22 +90,29 @@ class LLMCall:
         if settings.http_spans:  # started now, so the HTTP span can be its child
             self.prepare()
 
+    def read_request(self) -> RequestInfo:
+        """What the request says, read once (the budget guard needs it before it is sent)."""
+        if self.request is _UNREAD:
+            sent, self._sent = self._sent, None
+            try:
+                self.request = self.target.wire.request_info(self.target.path, _request_json(sent))
+            except Exception:
+                self.request = RequestInfo()
+                internal_error(self.target.wire.request_info)
+        return self.request
+
     def prepare(self) -> None:
         """Reads the request and starts our span with what it tells (or tags the GenAI span of
         another instrumentation open around the request); the first call does it. The transport
         calls this once the request's last byte is sent, while the server works."""
-        if self.request is not _UNREAD:
+        if self._prepared:
             return
-        sent, self._sent = self._sent, None
+        self._prepared = True
+        self.read_request()
         self.response = ResponseInfo()
         self._body: BodyCopy | None = BodyCopy()
         self._first_chunk: float | None = None
         self._stream_state: Any = None  # what the wire format's stream reading shares
-        try:
-            self.request = self.target.wire.request_info(self.target.path, _request_json(sent))
-        except Exception:
-            self.request = RequestInfo()
-            internal_error(self.target.wire.request_info)
         foreign = guarded(_open_gen_ai_span, self._parent)
         self.owns_span = foreign is None
         if foreign is not None:
@@ -219,6 +230,8 @@ class LLMCall:
 
     # --- results ----------------------------------------------------------------------------
     def _error_type(self, error: BaseException | None) -> str | None:
+        if error is not None and getattr(error, "budget_error_type", None):
+            return str(error.budget_error_type)  # type: ignore[attr-defined]  # BudgetExceeded
         if error is not None:
             return "timeout" if "Timeout" in type(error).__name__ else type(error).__qualname__
         if self.status_code is not None and self.status_code >= 400:
@@ -296,9 +309,13 @@ class LLMCall:
             attrs[a.NEXUS_OPERATION] = op.name
             if op.correlation_id:
                 attrs[a.NEXUS_CORRELATION_ID] = op.correlation_id
+        if self.budget_attributes:
+            attrs.update(self.budget_attributes)
         return attrs
 
     def _tag(self, span: Span) -> None:
+        if self.budget_attributes:
+            span.set_attributes(self.budget_attributes)
         if self.operation is not None:
             span.set_attribute(a.NEXUS_OPERATION, self.operation.name)
             if self.operation.correlation_id:

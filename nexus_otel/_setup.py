@@ -25,6 +25,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from nexus_otel._budget import guard_from_settings
+from nexus_otel._budget_api import BudgetApi, BudgetStatus
 from nexus_otel._call import CallSettings
 from nexus_otel._delivery import DeliveringSpanProcessor, DeliveryStatus
 from nexus_otel._delivery_settings import delivery_processor
@@ -52,6 +54,7 @@ class _Installed:
 
 _lock = threading.Lock()
 _installed: _Installed | None = None
+_api: BudgetApi | None = None  # the API `instrument()` was told of, for budget_status()
 _global_provider: SwappableTracerProvider | None = None  # set globally once, then kept
 
 
@@ -85,6 +88,10 @@ def instrument(
     capture_content: bool | None = None,
     http_spans: bool = False,
     spool: str | os.PathLike[str] | bool | None = None,
+    budget_guard: str | None = None,
+    budget_fail: str | None = None,
+    api_url: str | None = None,
+    api_token: str | None = None,
 ) -> None:
     """Turns every LLM call made through httpx or httpx2 into one GenAI span, exported over OTLP.
 
@@ -110,6 +117,14 @@ def instrument(
       `NEXUS_OTEL_SPOOL_DIR` (`off` turns it off), else a directory per endpoint under
       `~/.local/state/nexus-otel/spool`. Bounded by `NEXUS_OTEL_SPOOL_MAX_BYTES` (256 MiB).
 
+    - `budget_guard`: `block` reserves each call's worst-case cost against the budgets whose
+      scope matches before the request leaves, and raises `nexus_otel.BudgetExceeded` when
+      one has too little left; `warn` sends it anyway and marks its span; `off` (default; else
+      `NEXUS_OTEL_BUDGET_GUARD`). `budget_fail`: `open` (default) lets calls through while the
+      API cannot be reached (logged once), `closed` refuses them (`NEXUS_OTEL_BUDGET_FAIL`).
+    - `api_url`, `api_token`: the exporter's API, for the guard and `budget_status()` (else
+      `NEXUS_API_URL`, default http://127.0.0.1:8000, and `NEXUS_API_TOKEN`).
+
     Calling it again while instrumented does nothing. The same as
     `NexusInstrumentor().instrument(...)`, which `opentelemetry-instrument` calls."""
     with _lock:
@@ -123,6 +138,10 @@ def instrument(
                 capture_content=capture_content,
                 http_spans=http_spans,
                 spool=spool,
+                budget_guard=budget_guard,
+                budget_fail=budget_fail,
+                api_url=api_url,
+                api_token=api_token,
             )
 
 
@@ -153,6 +172,20 @@ def shutdown() -> None:
     uninstrument()
 
 
+def budget_status(name: str | None = None) -> list[BudgetStatus] | BudgetStatus:
+    """The enabled budgets in their current period (state ok/warning/exceeded, spend, what
+    leases reserve, limit, usage percent, remaining, forecast), from the exporter's API
+    (`instrument(api_url=...)`, else NEXUS_API_URL); `name`: that one budget (LookupError if
+    no enabled budget has it). Raises ApiUnreachable when the API does not answer."""
+    statuses = (_api or BudgetApi()).statuses()
+    if name is None:
+        return statuses
+    for found in statuses:
+        if found.name == name:
+            return found
+    raise LookupError(f"no enabled budget named {name!r}")
+
+
 def delivery_status() -> DeliveryStatus:
     """The spans on their way to the exporter: spooled, delivered, dropped, refused."""
     installed = _installed
@@ -169,12 +202,23 @@ def _install(
     capture_content: bool | None = None,
     http_spans: bool = False,
     spool: str | os.PathLike[str] | bool | None = None,
+    budget_guard: str | None = None,
+    budget_fail: str | None = None,
+    api_url: str | None = None,
+    api_token: str | None = None,
 ) -> _Installed:
+    global _api
+    _api = BudgetApi(api_url, api_token)
     if endpoint is None:  # lets `opentelemetry-instrument` apps have the spooling exporter too
         endpoint = os.environ.get("NEXUS_OTEL_ENDPOINT", "").strip() or None
     installed = _provider(service_name, endpoint, tracer_provider, spool)
     try:
         _instrument_http(installed, providers or {}, _capture(capture_content), http_spans)
+        assert installed.interceptor is not None
+        service = installed.provider.resource.attributes.get(SERVICE_NAME, "unknown_service")
+        installed.interceptor.guard = guard_from_settings(
+            budget_guard, budget_fail, api_url, api_token, str(service)
+        )
     except BaseException:
         _undo(installed)
         raise
@@ -278,6 +322,8 @@ async def _scrub_http_span_async(span: Any, request: Any) -> None:
 def _undo(installed: _Installed) -> None:
     if installed.interceptor is not None:
         installed.interceptor.enabled = False
+        if installed.interceptor.guard is not None:
+            installed.interceptor.guard.close()
     if not unwrap_all(installed.wrapped):
         log.warning(
             "nexus_otel: another wrapper sits on the httpx transports; ours stays, inactive"

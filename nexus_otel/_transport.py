@@ -17,6 +17,7 @@ from typing import Any
 
 import wrapt
 
+from nexus_otel._budget import BudgetExceeded, Guard, admit
 from nexus_otel._call import CallSettings, LLMCall
 from nexus_otel._detect import Detector
 from nexus_otel._internal import guarded, internal_error
@@ -31,6 +32,21 @@ class Interceptor:
         self.settings = settings
         self.detector = Detector(providers)
         self.enabled = True
+        self.guard: Guard | None = None  # the budget guard, when on
+
+    def admit(self, call: LLMCall) -> None:
+        """Checks the call against the budgets before its request is sent; raises
+        BudgetExceeded (the call then ends, as failed, before any byte is sent)."""
+        guard = self.guard
+        if guard is None:
+            return
+        try:
+            admit(guard, call)
+        except BudgetExceeded as exc:
+            guarded(call.finish, exc)
+            raise
+        except Exception:
+            internal_error(admit)
 
     def begin(self, transport: Any, request: Any) -> LLMCall | None:
         if not self.enabled:
@@ -69,6 +85,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
             call = None
         if call is None:
             return wrapped(*args, **kwargs)
+        interceptor.admit(call)
         send, token = _sender(call, wrapped)
         body = request.stream
         request.stream = sync_sent(body, call)
@@ -100,6 +117,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
             call = None
         if call is None:
             return await wrapped(*args, **kwargs)
+        interceptor.admit(call)  # a lease refill blocks the loop: one call in LEASE_CALLS
         send, token = _sender(call, wrapped)
         body = request.stream
         request.stream = async_sent(body, call)

@@ -51,6 +51,7 @@ except ImportError:  # a psycopg without it: the public path, slower, same bytes
     _format_row_binary = None
 
 from exporter.ingest.duplicates import counted_already, facts_of, resolve
+from exporter.ingest.leases import LEASE_ID_ATTRIBUTE, RESERVED_ATTRIBUTE, settle, settlements
 from exporter.ingest.metrics import MetricTotals, summarize_calls
 from exporter.ingest.model import LLMCall
 
@@ -95,6 +96,8 @@ _INSERT_NEW = (
     ' BETWEEN s."timestamp" - %(window)s AND s."timestamp" + %(window)s OFFSET 0) '
     'ORDER BY trace_id, span_id, "timestamp" ON CONFLICT DO NOTHING RETURNING '
     + ", ".join(f'"{c}"' for c in _FACTS)
+    + f", attributes ->> '{LEASE_ID_ATTRIBUTE}' AS lease_id,"
+    f" attributes ->> '{RESERVED_ATTRIBUTE}' AS lease_reserved"
 )
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
 _BINARY_TRAILER = b"\xff\xff"
@@ -211,6 +214,8 @@ class CallBatch:
     metrics: MetricTotals | None = None  # summarize_calls, likewise
     first: datetime | None = None
     last: datetime | None = None
+    # What the calls took from budget leases (exporter.usage.leases), for when every row is new.
+    leases: dict[Any, Decimal] | None = None
 
     @classmethod
     def of(cls, calls: Sequence[LLMCall], rows: list[bytes] | None = None) -> CallBatch:
@@ -225,6 +230,11 @@ class CallBatch:
             metrics=summarize_calls(calls),
             first=min((c.timestamp for c in calls), default=None),
             last=max((c.timestamp for c in calls), default=None),
+            leases=settlements(
+                (c.attributes[LEASE_ID_ATTRIBUTE], c.attributes.get(RESERVED_ATTRIBUTE))
+                for c in calls
+                if LEASE_ID_ATTRIBUTE in c.attributes
+            ),
         )
 
     @classmethod
@@ -411,6 +421,7 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
             async with conn.transaction():
                 await _copy(conn, _COPY_DIRECT, data)
                 joined_keys = "\n".join(b.joined_keys for b in batches)
+                await settle(conn, _lease_totals(b.leases for b in batches))
                 gone = await resolve(conn, joined_keys)
                 if gone:  # two spans of one call: the summaries from the rows kept
                     keys = joined_keys.split("\n")
@@ -427,6 +438,7 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
             pass  # a replay (that transaction is undone): only the new rows count
     async with conn.transaction():
         facts = await _insert_new_only(conn, data)
+        await settle(conn, settlements((f.lease_id, f.lease_reserved) for f in facts if f.lease_id))
         written = [call_key(f.trace_id, f.span_id, f.timestamp) for f in facts]
         gone = await resolve(conn, written) if written else []
         return await _keeping(conn, facts, gone, set(written))
@@ -459,6 +471,16 @@ async def _keeping(
         set_aside_keys=written & {_key(g) for g in gone if g.set_aside},
         set_aside=sum(1 for g in gone if g.set_aside),
     )
+
+
+def _lease_totals(parts: Iterable[dict[Any, Decimal] | None]) -> dict[Any, Decimal]:
+    """The batches' lease settlements added up. Every row written (kept, or set aside as
+    another span of its call) settles: its call's cost is in the spend either way."""
+    totals: dict[Any, Decimal] = {}
+    for part in parts:
+        for lease, amount in (part or {}).items():
+            totals[lease] = totals.get(lease, Decimal(0)) + amount
+    return totals
 
 
 def _key(row: Any) -> str:

@@ -29,7 +29,7 @@ GAUGES_TTL_SECONDS = 5.0
 DEFAULT_MAX_BUDGETS = 2000
 BUDGET_COLUMNS = (
     "id, name, period_type, budget_usd, warning_threshold_pct, timezone, service_name, provider, "
-    "model, operation, enabled, created_at, updated_at"
+    "model, operation, enabled, enforce, created_at, updated_at"
 )
 SCOPE_LABELS = {
     "service_name": "service_name",
@@ -62,8 +62,8 @@ def _read(
     with conn.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute(
             "SELECT *, count(*) OVER () AS enabled_budgets"  # type: ignore[arg-type]
-            f" FROM nexus_budget_status(%s, NULL, %s) {order} LIMIT %s",
-            (now, with_exceeded_at, limit),
+            f" FROM nexus_budget_status(%s, NULL, %s) {_RESERVED} {order} LIMIT %s",
+            (now, with_exceeded_at, now, limit),
         ).fetchall()
     return [_in_utc(row) for row in rows]
 
@@ -72,9 +72,17 @@ def status(conn: psycopg.Connection[Any], budget_id: int, now: datetime) -> dict
     """One budget, enabled or not, in its current period; None if there is no such budget."""
     with conn.cursor(row_factory=dict_row) as cursor:
         row = cursor.execute(
-            "SELECT * FROM nexus_budget_status(%s, %s)", (now, budget_id)
+            f"SELECT * FROM nexus_budget_status(%s, %s) {_RESERVED}",  # type: ignore[arg-type]
+            (now, budget_id, now),
         ).fetchone()
     return None if row is None else _in_utc(row)
+
+
+# What unexpired leases hold (migration 010), beside the spend, and whether the budget enforces.
+_RESERVED = (
+    "JOIN (SELECT budget_id AS id, reserved_usd, b.enforce FROM nexus_budget_reservations(%s)"
+    " JOIN cost_budgets b ON b.id = budget_id) reserved USING (id)"
+)
 
 
 def named_status(conn: psycopg.Connection[Any], name: str, now: datetime) -> dict[str, Any] | None:
@@ -82,9 +90,11 @@ def named_status(conn: psycopg.Connection[Any], name: str, now: datetime) -> dic
     Reads that budget alone, however many others there are."""
     with conn.cursor(row_factory=dict_row) as cursor:
         row = cursor.execute(
-            "SELECT s.* FROM cost_budgets b CROSS JOIN LATERAL nexus_budget_status(%s, b.id) s"
+            "SELECT s.*, reserved.reserved_usd, reserved.enforce FROM cost_budgets b"
+            " CROSS JOIN LATERAL nexus_budget_status(%s, b.id) s"
+            f" {_RESERVED.replace('USING (id)', 'ON reserved.id = s.id')}"
             " WHERE b.name = %s AND b.enabled",
-            (now, name),
+            (now, now, name),
         ).fetchone()
     return None if row is None else _in_utc(row)
 
@@ -211,6 +221,7 @@ def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetric
         limit = float(s["amount_usd"])
         families["limit"].add_metric(values, limit)
         families["spend"].add_metric(values, float(s["spend_usd"]))
+        families["reserved"].add_metric(values, float(s["reserved_usd"]))
         families["usage"].add_metric(values, float(s["usage_pct"] / 100))
         families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
         families["forecast"].add_metric(values, float(s["forecast_usd"]))
@@ -227,6 +238,7 @@ def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetric
 _GAUGES = {
     "limit": ("nexus_budget_limit_usd", "Budget amount in US dollars."),
     "spend": ("nexus_budget_spend_usd", "Spend in the budget's current period."),
+    "reserved": ("nexus_budget_reserved_usd", "What unexpired leases still hold, beside spend."),
     "usage": ("nexus_budget_usage_ratio", "Spend divided by the budget amount."),
     "warning": ("nexus_budget_warning_ratio", "Warning threshold as a ratio."),
     "forecast": (

@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from exporter.api.deps import Conn, Now, SettingsDep, unprocessable
+from exporter.api.routes import budgets_leases
 from exporter.core.zones import ZoneUnknownToDatabase, check_zone, check_zone_in_database
 from exporter.usage import budgets
 from exporter.usage.periods import Period
@@ -40,6 +41,7 @@ class BudgetCreate(BaseModel):
     model: ScopeValue = None
     operation: ScopeValue = None
     enabled: bool = True
+    enforce: bool = Field(default=True, description="refuse leases past the amount")
 
     _zone = field_validator("timezone")(_check_zone)
 
@@ -57,6 +59,7 @@ class BudgetUpdate(BaseModel):
     model: ScopeValue = None
     operation: ScopeValue = None
     enabled: bool | None = None
+    enforce: bool | None = None
 
     _zone = field_validator("timezone")(_check_zone)
 
@@ -73,6 +76,7 @@ class BudgetPublic(BaseModel):
     model: str | None
     operation: str | None
     enabled: bool
+    enforce: bool
     created_at: datetime
     updated_at: datetime
 
@@ -83,6 +87,7 @@ class BudgetStatusPublic(BudgetPublic):
     spend_usd: float
     calls: int
     unpriced_calls: int = Field(description="calls of unknown price, not counted in spend")
+    reserved_usd: float = Field(description="what unexpired leases still hold, beside spend")
     remaining_usd: float
     usage_pct: float
     state: budgets.State
@@ -169,7 +174,14 @@ def get_budget(budget_id: BudgetId, conn: Conn) -> dict[str, Any]:
 def update_budget(budget_id: BudgetId, body: BudgetUpdate, conn: Conn) -> dict[str, Any]:
     """Changes only the fields given; a scope field given as null widens the scope."""
     values = body.model_dump(exclude_unset=True)
-    for required in ("name", "period", "amount_usd", "warning_threshold_pct", "timezone"):
+    for required in (
+        "name",
+        "period",
+        "amount_usd",
+        "warning_threshold_pct",
+        "timezone",
+        "enforce",
+    ):
         if required in values and values[required] is None:
             raise unprocessable(("body", required), f"{required} cannot be null")
     if not values:
@@ -199,3 +211,6 @@ def budget_status(budget_id: BudgetId, conn: Conn, now: Now) -> dict[str, Any]:
 def all_budget_status(conn: Conn, now: Now) -> list[dict[str, Any]]:
     """Every enabled budget in its current period."""
     return budgets.statuses(conn, now)
+
+
+router.include_router(budgets_leases.router)

@@ -1,0 +1,294 @@
+"""The budget guard: before an LLM request leaves the app, its worst-case cost is reserved
+against the budgets whose scope matches the call (service, provider, model, operation).
+
+Reserving on the server for every call would add a network round trip to each. Instead the app
+leases an allowance per scope from the API (`POST /api/budget/leases`, atomic in PostgreSQL
+across every process and thread), spends it locally call by call, and refills it when short:
+one round trip per LEASE_CALLS calls in steady state. Each call's span carries its lease and the
+estimate it took (`nexus.budget.lease_id`, `nexus.budget.reserved_usd`); when the exporter
+stores the call, that estimate leaves the lease and the exact cost enters the spend, in one
+transaction. What a lease still holds is given back when it is refilled, at shutdown and at exit;
+a killed app's leases stop counting when they expire.
+
+The worst case: input tokens from the request body (the offline tokenizer, or characters /
+CHARS_PER_TOKEN_BOUND when that is more), plus the format's per-message overhead; output tokens
+bounded by the request's max_tokens (max_output_tokens, max_completion_tokens, maxOutputTokens),
+else DEFAULT_MAX_OUTPUT_TOKENS; priced at list price as the exporter prices. A model of unknown
+price is not guarded (its calls are stored unpriced and count in no budget's spend).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+from nexus_otel._budget_api import ApiUnreachable, BudgetApi, Lease, Refusal
+from nexus_otel._estimate import estimate_tokens, price
+from nexus_otel._internal import log
+from nexus_otel._llm_providers import normalize_provider
+from nexus_otel._usage import TokenUsage
+
+GUARD_MODES = ("off", "warn", "block")
+FAIL_POLICIES = ("open", "closed")
+# A refill asks for this many recent calls' worth: one API round trip per ~LEASE_CALLS calls
+# (under 1 per 50) while a budget is far from its limit.
+LEASE_CALLS = 64
+# Leases the app takes count this long on the server (NEXUS_OTEL_BUDGET_LEASE_SECONDS): a killed
+# app's allowance is free again after it.
+DEFAULT_LEASE_SECONDS = 120
+# The app draws on a lease for this share of its life only, then refills: the calls it paid
+# for then have the rest (90 s by default) to end and be stored while it still counts.
+LEASE_USE_SHARE = 0.25
+# Output tokens assumed when a request sets no output limit (NEXUS_OTEL_BUDGET_MAX_OUTPUT_TOKENS).
+# Not an upper bound for a model that writes more: set max_tokens on guarded calls.
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+# Input is at least this many characters per token for English text with every tokenizer we
+# know; the tokenizer's own count is used when higher (other scripts).
+CHARS_PER_TOKEN_BOUND = 3
+# Worst-case input is rounded up to this many significant bits (at most 1/16 more), so that
+# pricing it (some 70 µs with genai-prices) is cached for similar prompts.
+ROUNDED_BITS = 5
+PRICE_CACHE_SIZE = 4096  # (provider, model, tokens, hour) prices kept: a few hundred kB at most
+MESSAGE_OVERHEAD_TOKENS = 4  # per message, as providers count the chat format (at most)
+REPLY_PRIMING_TOKENS = 3
+_CENT_FRACTIONS = Decimal("1e-12")  # amounts go to the API with at most 12 decimal places
+# How fast the typical estimate follows the latest: a refill's size.
+_RECENT_WEIGHT = Decimal("0.2")
+
+LEASE_ID_ATTRIBUTE = "nexus.budget.lease_id"
+RESERVED_ATTRIBUTE = "nexus.budget.reserved_usd"
+BLOCKED_ATTRIBUTE = "nexus.budget.blocked"  # the budget that refused (block)
+EXCEEDED_ATTRIBUTE = "nexus.budget.exceeded"  # the budget that would have refused (warn)
+UNCHECKED_ATTRIBUTE = "nexus.budget.unchecked"  # the API could not be asked (fail open)
+
+
+class BudgetExceeded(Exception):
+    """A budget has too little left for this call: raised before any byte went to the provider.
+    `budget` is None when the API could not be asked and the guard fails closed."""
+
+    # The call's span and row say `error.type` budget_exceeded, with no tokens and no cost.
+    budget_error_type = "budget_exceeded"
+
+    def __init__(
+        self,
+        budget: str | None,
+        spend_usd: Decimal | None,
+        reserved_usd: Decimal | None,
+        limit_usd: Decimal | None,
+        estimate_usd: Decimal,
+        reason: str = "",
+    ) -> None:
+        self.budget, self.spend_usd, self.reserved_usd = budget, spend_usd, reserved_usd
+        self.limit_usd, self.estimate_usd = limit_usd, estimate_usd
+        if budget is None:
+            message = f"budget not checked ({reason}); the guard fails closed"
+        else:
+            message = (
+                f"budget {budget!r}: spend ${spend_usd} + reserved ${reserved_usd} leaves less"
+                f" than this call's worst case ${estimate_usd} of ${limit_usd}"
+            )
+        super().__init__(message)
+
+
+@dataclass
+class _Allowance:
+    """What the app holds of one scope's lease, and how big its calls have been."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    lease_id: str | None = None
+    left: Decimal = Decimal(0)
+    use_until: float = 0.0  # monotonic
+    recent: Decimal = Decimal(0)  # typical estimate
+
+
+class Guard:
+    def __init__(
+        self,
+        mode: str,
+        api: BudgetApi,
+        service_name: str,
+        fail_closed: bool = False,
+        lease_seconds: int = DEFAULT_LEASE_SECONDS,
+        max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+    ) -> None:
+        self.mode, self.api, self.service_name = mode, api, service_name
+        self.fail_closed = fail_closed
+        self.lease_seconds, self.max_output_tokens = lease_seconds, max_output_tokens
+        self._allowances: dict[tuple[str, str, str, str], _Allowance] = {}
+        self._unreachable_logged = False
+        atexit.register(self.close)
+
+    def reserve(self, scope: tuple[str, str, str, str], estimate: Decimal) -> dict[str, Any]:
+        """Takes `estimate` from the scope's allowance (refilling it when short): the span
+        attributes that say so. Raises BudgetExceeded in block mode when a budget refuses."""
+        allowance = self._allowances.get(scope)
+        if allowance is None:
+            allowance = self._allowances.setdefault(scope, _Allowance())
+        with allowance.lock:
+            if allowance.recent:
+                allowance.recent += (estimate - allowance.recent) * _RECENT_WEIGHT
+            else:  # the scope's first call
+                allowance.recent = estimate
+            if allowance.left >= estimate and time.monotonic() < allowance.use_until:
+                allowance.left -= estimate
+                return {LEASE_ID_ATTRIBUTE: allowance.lease_id, RESERVED_ATTRIBUTE: str(estimate)}
+            return self._refill(scope, allowance, estimate)
+
+    def _refill(
+        self, scope: tuple[str, str, str, str], allowance: _Allowance, estimate: Decimal
+    ) -> dict[str, Any]:
+        returning = None
+        if allowance.lease_id is not None:
+            returning = (allowance.lease_id, allowance.left.quantize(_CENT_FRACTIONS, ROUND_FLOOR))
+        wanted = max(estimate, allowance.recent * LEASE_CALLS).quantize(
+            _CENT_FRACTIONS, ROUND_CEILING
+        )
+        try:
+            answer = self.api.lease(scope, wanted, estimate, self.lease_seconds, returning)
+        except ApiUnreachable as exc:
+            return self._unreachable(exc, estimate)
+        allowance.lease_id, allowance.left = None, Decimal(0)
+        if isinstance(answer, Refusal):
+            return self._refused(answer, estimate)
+        assert isinstance(answer, Lease)
+        allowance.lease_id, allowance.left = answer.lease_id, answer.granted_usd - estimate
+        allowance.use_until = time.monotonic() + self.lease_seconds * LEASE_USE_SHARE
+        return {LEASE_ID_ATTRIBUTE: answer.lease_id, RESERVED_ATTRIBUTE: str(estimate)}
+
+    def _refused(self, refusal: Refusal, estimate: Decimal) -> dict[str, Any]:
+        if self.mode == "block":
+            raise BudgetExceeded(
+                refusal.budget,
+                refusal.spend_usd,
+                refusal.reserved_usd,
+                refusal.limit_usd,
+                estimate,
+            )
+        log.warning(
+            "nexus_otel: budget %r has too little left for a call (worst case $%s); "
+            "sent anyway (budget_guard=warn)",
+            refusal.budget,
+            estimate,
+        )
+        return {EXCEEDED_ATTRIBUTE: refusal.budget}
+
+    def _unreachable(self, error: ApiUnreachable, estimate: Decimal) -> dict[str, Any]:
+        if not self._unreachable_logged:
+            self._unreachable_logged = True
+            policy = "refusing calls" if self.fail_closed else "letting calls through"
+            log.warning("nexus_otel: budget API unreachable (%s); %s", error, policy)
+        if self.fail_closed:
+            raise BudgetExceeded(None, None, None, None, estimate, str(error))
+        return {UNCHECKED_ATTRIBUTE: True}
+
+    def close(self) -> None:
+        """Gives back what every allowance still holds (at shutdown and at exit)."""
+        atexit.unregister(self.close)
+        for allowance in list(self._allowances.values()):
+            with allowance.lock:
+                lease_id, left = allowance.lease_id, allowance.left
+                allowance.lease_id, allowance.left = None, Decimal(0)
+            if lease_id is not None and left > 0:
+                try:
+                    self.api.give_back(lease_id, left.quantize(_CENT_FRACTIONS, ROUND_FLOOR))
+                except ApiUnreachable as exc:  # it expires in time
+                    log.warning("nexus_otel: could not give back a budget lease: %s", exc)
+
+
+def worst_case_tokens(prompt_text: str, messages: int, counted: int) -> int:
+    """Input tokens at most: the tokenizer's count or the characters bound, plus the format's
+    overhead."""
+    by_chars = math.ceil(len(prompt_text) / CHARS_PER_TOKEN_BOUND)
+    return max(counted, by_chars) + MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
+
+
+def rounded_up(tokens: int) -> int:
+    """`tokens` rounded up to ROUNDED_BITS significant bits (at most 1/16 more): estimates of
+    similar prompts then share one price in the cache, and stay upper bounds."""
+    step = 1 << max(0, tokens.bit_length() - ROUNDED_BITS)
+    return -(-tokens // step) * step
+
+
+@functools.lru_cache(maxsize=PRICE_CACHE_SIZE)
+def _worst_case_cost(
+    provider: str, model: str, input_tokens: int, output_tokens: int, hour: int
+) -> Decimal | None:
+    """The list price of that usage in that UTC hour (prices change by day, or by hour for
+    off-peak prices), cut up to 12 decimal places; None when the model is unpriced."""
+    at = datetime.fromtimestamp(hour * 3600, UTC)
+    cost = price(TokenUsage(input_tokens, output_tokens), model, provider, at)
+    return None if cost is None else cost.quantize(_CENT_FRACTIONS, ROUND_CEILING)
+
+
+def guard_from_settings(
+    mode: str | None,
+    fail: str | None,
+    api_url: str | None,
+    api_token: str | None,
+    service_name: str,
+) -> Guard | None:
+    """The guard `instrument()` asked for (or NEXUS_OTEL_BUDGET_* says); None when off."""
+    mode = (mode or os.environ.get("NEXUS_OTEL_BUDGET_GUARD", "") or "off").strip().lower()
+    fail = (fail or os.environ.get("NEXUS_OTEL_BUDGET_FAIL", "") or "open").strip().lower()
+    if mode not in GUARD_MODES:
+        raise ValueError(f"budget_guard must be one of {', '.join(GUARD_MODES)}, not {mode!r}")
+    if fail not in FAIL_POLICIES:
+        raise ValueError(f"budget_fail must be one of {', '.join(FAIL_POLICIES)}, not {fail!r}")
+    if mode == "off":
+        return None
+    return Guard(
+        mode,
+        BudgetApi(api_url, api_token),
+        service_name,
+        fail_closed=fail == "closed",
+        lease_seconds=_positive_int("NEXUS_OTEL_BUDGET_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
+        max_output_tokens=_positive_int(
+            "NEXUS_OTEL_BUDGET_MAX_OUTPUT_TOKENS", DEFAULT_MAX_OUTPUT_TOKENS
+        ),
+    )
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"{name} must be a positive whole number, not {raw!r}")
+    return int(raw)
+
+
+def admit(guard: Guard, call: Any) -> None:
+    """Reserves the call's worst-case cost before its request is sent; its span (started once
+    the request is sent, as without the guard) says so. Raises BudgetExceeded (block mode, or
+    fail closed), the span then saying `blocked`."""
+    request, target = call.read_request(), call.target
+    model = request.model or "unknown"
+    provider = normalize_provider(target.provider or "")
+    prompt = request.prompt_text
+    input_tokens = worst_case_tokens(prompt, request.message_count, estimate_tokens(prompt))
+    output_tokens = request.max_tokens or guard.max_output_tokens
+    hour = int(time.time() // 3600)
+    estimate = _worst_case_cost(provider, model, rounded_up(input_tokens), output_tokens, hour)
+    if estimate is None:  # unpriced: stored as such, counted in no spend
+        return
+    operation = call.operation.name if call.operation is not None else ""
+    try:
+        attributes = guard.reserve((guard.service_name, provider, model, operation), estimate)
+    except BudgetExceeded as exc:
+        _decided(call, {BLOCKED_ATTRIBUTE: exc.budget or "unchecked"})
+        raise
+    _decided(call, attributes)
+
+
+def _decided(call: Any, attributes: dict[str, Any]) -> None:
+    call.budget_attributes = attributes
+    if call.span is not None:  # started already (with HTTP spans kept, before the request)
+        call.span.set_attributes(attributes)

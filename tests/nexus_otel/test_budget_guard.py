@@ -1,0 +1,224 @@
+"""The budget guard end to end: app processes calling the provider simulator through the real
+openai SDK, a real `nexus-otel serve` and PostgreSQL. Concurrency (4 processes x 8 threads
+against one $0.50 daily budget), `warn`, both fail policies, a SIGKILLed app's lease expiring,
+and `budget_status` against the API."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+
+import nexus_otel
+from exporter.simulator import ProviderSimulator
+from tests.support import ExporterProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "gpt-4o"
+# gpt-4o's list price (genai-prices): $2.50 per million input tokens, $10 per million output.
+INPUT_PRICE, OUTPUT_PRICE = Decimal("2.5") / 10**6, Decimal(10) / 10**6
+PROMPT = "word " * 60  # 300 characters, 60 tokens for cl100k
+MAX_TOKENS = 250
+# The guard's documented worst case for this request: input = max(tokenizer count, characters
+# / 3) + 4 per message + 3 = 100 + 4 + 3 = 107, rounded up to 5 significant bits: 108; output =
+# max_tokens. The simulator is told to report exactly that usage, so every estimate is exact
+# and the documented overshoot bound is zero.
+assert math.ceil(len(PROMPT) / 3) + 4 + 3 == 107
+WORST_INPUT = 108
+CALL_COST = WORST_INPUT * INPUT_PRICE + MAX_TOKENS * OUTPUT_PRICE
+USAGE = f"input={WORST_INPUT},output={MAX_TOKENS}"
+LIMIT = Decimal("0.50")
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[ProviderSimulator]:
+    with ProviderSimulator(seed=5) as sim:
+        yield sim
+
+
+def create_budget(api_url: str, name: str, amount: str, **fields: Any) -> None:
+    body = {"name": name, "period": "daily", "amount_usd": amount, "timezone": "UTC", **fields}
+    response = httpx.post(f"{api_url}/api/budgets", json=body)
+    assert response.status_code == 201, response.text
+
+
+def start_app(
+    exporter: ExporterProcess, sim: ProviderSimulator, service: str, **config: Any
+) -> subprocess.Popen[str]:
+    settings = {
+        "api_url": exporter.api_url, "endpoint": exporter.base_url,
+        "base_url": sim.openai_base_url, "address": urlsplit(sim.base_url).netloc,
+        "service": service, "model": MODEL, "threads": 1, "max_tokens": MAX_TOKENS,
+        "usage": USAGE, "prompt": PROMPT, "calls": 0, "guard": "block", **config,
+    }  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NEXUS_OTEL_RAISE_INTERNAL_ERRORS": "1"}
+    if "lease_seconds" in settings:
+        env["NEXUS_OTEL_BUDGET_LEASE_SECONDS"] = str(settings.pop("lease_seconds"))
+    # Its log goes to a file: a pipe nobody reads at the time would stall it once full.
+    with tempfile.NamedTemporaryFile("w+", prefix=f"{service}-", delete=False) as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.nexus_otel.guard_worker", json.dumps(settings)],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+    process.log_path = log.name  # type: ignore[attr-defined]
+    return process
+
+
+def outcome(process: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = process.communicate(timeout=600)
+    err = Path(process.log_path).read_text()  # type: ignore[attr-defined]
+    assert process.returncode == 0, err
+    result: dict[str, Any] = json.loads(out.splitlines()[0])
+    assert result["errors"] == [], err
+    return result
+
+
+def rows(database_url: str, service: str, expected: int) -> list[tuple[Any, ...]]:
+    """The service's stored calls, once `expected` of them have arrived."""
+    statement = (
+        "SELECT cost_usd, success, error_type, input_tokens, output_tokens FROM api_calls"
+        " WHERE service_name = %s"
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        with psycopg.connect(database_url) as conn:
+            found = conn.execute(statement, (service,)).fetchall()
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_concurrent_apps_never_overshoot_and_block_only_at_the_limit(
+    exporter: ExporterProcess, simulator: ProviderSimulator, database_url: str
+) -> None:
+    service = "guard-concurrent"
+    create_budget(exporter.api_url, "guard-daily", str(LIMIT), service_name=service)
+    simulator.clear()
+    apps = [start_app(exporter, simulator, service, threads=8) for _ in range(4)]
+    results = [outcome(app) for app in apps]
+    sent = sum(r["sent"] for r in results)
+    blocked = [b for r in results for b in r["blocked"]]
+    assert len(blocked) == 32  # every thread ran until it was blocked, once
+    # Every blocked call raised before its request left: the simulator saw only the calls sent.
+    assert len(simulator.responses) == sent
+    stored = rows(database_url, service, sent + len(blocked))
+    spend = sum((cost for cost, success, *_ in stored if success), Decimal(0))
+    assert spend == sent * CALL_COST
+    # Zero overshoot (every estimate exact), and nothing left unspent that a call could use.
+    assert spend <= LIMIT
+    assert LIMIT - spend < CALL_COST
+    for refusal in blocked:
+        assert refusal["budget"] == "guard-daily"
+        assert Decimal(refusal["estimate"]) == CALL_COST
+        headroom = Decimal(refusal["limit"]) - Decimal(refusal["spend"])
+        assert headroom - Decimal(refusal["reserved"]) < CALL_COST
+    # A blocked call is a failed row of no tokens and no cost.
+    failed = [r for r in stored if not r[1]]
+    assert failed == [(Decimal(0), False, "budget_exceeded", 0, 0)] * len(blocked)
+
+
+def test_warn_sends_and_marks_the_span(
+    exporter: ExporterProcess, simulator: ProviderSimulator, database_url: str
+) -> None:
+    service = "guard-warn"
+    create_budget(exporter.api_url, "guard-warn-budget", str(CALL_COST * 2), service_name=service)
+    simulator.clear()
+    result = outcome(start_app(exporter, simulator, service, guard="warn", calls=3))
+    assert (result["sent"], result["blocked"]) == (3, [])
+    assert len(simulator.responses) == 3
+    stored = rows(database_url, service, 3)
+    assert [r[:3] for r in stored] == [(CALL_COST, True, None)] * 3
+    with psycopg.connect(database_url) as conn:
+        marked = conn.execute(
+            "SELECT count(*) FROM api_calls WHERE service_name = %s"
+            " AND attributes ->> 'nexus.budget.exceeded' = 'guard-warn-budget'",
+            (service,),
+        ).fetchone()
+    assert marked == (1,)  # the third call: two fit the budget
+
+
+def test_fail_open_and_fail_closed(
+    exporter: ExporterProcess, simulator: ProviderSimulator, database_url: str
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    simulator.clear()
+    opened = outcome(start_app(exporter, simulator, "guard-open", api_url=nowhere, calls=2))
+    assert (opened["sent"], opened["blocked"]) == (2, [])
+    closed = outcome(
+        start_app(exporter, simulator, "guard-closed", api_url=nowhere, calls=2, fail="closed")
+    )
+    assert closed["sent"] == 0
+    assert [b["budget"] for b in closed["blocked"]] == [None, None]
+    assert len(simulator.responses) == 2
+
+
+def test_a_killed_apps_lease_expires(
+    exporter: ExporterProcess, simulator: ProviderSimulator, database_url: str
+) -> None:
+    service = "guard-killed"
+    create_budget(exporter.api_url, "guard-killed-budget", "1.00", service_name=service)
+    app = start_app(exporter, simulator, service, calls=1, hold=600, lease_seconds=3)
+    assert app.stdout is not None
+    assert json.loads(app.stdout.readline())["sent"] == 1  # then it holds its lease, idle
+    app.send_signal(signal.SIGKILL)
+    app.wait()
+    with psycopg.connect(database_url) as conn:
+        granted, returned, ttl = conn.execute(
+            "SELECT granted_usd, returned_usd, expires_at - created_at FROM budget_leases"
+            " WHERE service_name = %s",
+            (service,),
+        ).fetchone()  # type: ignore[misc]
+    assert (returned, ttl.total_seconds()) == (0, 3)  # the app gave nothing back
+    # The first lease of a scope: 64 calls' worth (LEASE_CALLS), less than a quarter of $1.00.
+    assert granted == 64 * CALL_COST
+    assert statuses(exporter)["guard-killed-budget"].reserved_usd > 0
+    # Once the lease expires (on the database's clock), it counts no more.
+    deadline = time.monotonic() + 60
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while conn.execute(
+            "SELECT expires_at > clock_timestamp() FROM budget_leases WHERE service_name = %s",
+            (service,),
+        ).fetchone() != (False,):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert statuses(exporter)["guard-killed-budget"].reserved_usd == 0
+
+
+def test_budget_status_from_the_api(
+    exporter: ExporterProcess, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    create_budget(exporter.api_url, "guard-status", "2.00", service_name="guard-status-app")
+    monkeypatch.setenv("NEXUS_API_URL", exporter.api_url)
+    monkeypatch.setattr("nexus_otel._setup._api", None)
+    found = nexus_otel.budget_status("guard-status")
+    assert isinstance(found, nexus_otel.BudgetStatus)
+    assert (found.name, found.period, found.state) == ("guard-status", "daily", "ok")
+    assert (found.spend_usd, found.reserved_usd, found.limit_usd) == (0, 0, 2)
+    assert (found.usage_pct, found.remaining_usd, found.forecast_usd) == (0, 2, 0)
+    every = nexus_otel.budget_status()
+    assert isinstance(every, list) and "guard-status" in [s.name for s in every]
+    with pytest.raises(LookupError, match="no enabled budget named 'nope'"):
+        nexus_otel.budget_status("nope")
+    monkeypatch.setenv("NEXUS_API_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(nexus_otel.ApiUnreachable):
+        nexus_otel.budget_status()
+
+
+def statuses(exporter: ExporterProcess) -> dict[str, nexus_otel.BudgetStatus]:
+    from nexus_otel._budget_api import BudgetApi
+
+    return {s.name: s for s in BudgetApi(exporter.api_url).statuses()}
