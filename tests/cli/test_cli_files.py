@@ -52,7 +52,7 @@ def test_alertmanager_config_prints_the_config_and_writes_nothing(tmp_path: Path
     assert config["templates"] == ["templates/*.tmpl"]
     assert result.stderr == (
         "the config loads templates/*.tmpl from its own directory: --output PATH writes both, "
-        "the config and templates/telegram.tmpl beside it\n"
+        "the config and the templates beside it\n"
     )
     assert (repo / "alertmanager" / "alertmanager.yml").read_text() == TRACKED
     assert sorted(p.name for p in repo.rglob("*")) == [".git", "alertmanager", "alertmanager.yml"]
