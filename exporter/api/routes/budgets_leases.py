@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from exporter.api.deps import Conn
 from exporter.ingest.leases import MAX_LEASE_USD
@@ -36,6 +36,13 @@ class LeaseRequest(BaseModel):
         default=None, description="a lease to give back first, in the same transaction"
     )
     return_unused_usd: LeaseMoney = Decimal(0)
+
+    @model_validator(mode="after")
+    def _minimum_within_amount(self) -> LeaseRequest:
+        # A validation error like every other 422 of the API (FastAPI's `detail` list).
+        if self.min_amount_usd > self.amount_usd:
+            raise ValueError("min_amount_usd is more than amount_usd")
+        return self
 
 
 class LeaseGranted(BaseModel):
@@ -79,10 +86,6 @@ def take_lease(body: LeaseRequest, conn: Conn) -> Any:
     matches, or answers 409 naming the tightest enforced budget, its spend, reserved amount and
     limit. The lease counts against those budgets until `ttl_seconds` pass. `return_lease_id`
     gives back `return_unused_usd` of an earlier lease first (a refill in one round trip)."""
-    if body.min_amount_usd > body.amount_usd:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, "min_amount_usd is more than amount_usd"
-        )
     scope = (body.service, body.provider, body.model, body.operation)
     returning = (
         None if body.return_lease_id is None else (body.return_lease_id, body.return_unused_usd)
