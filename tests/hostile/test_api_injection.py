@@ -8,6 +8,7 @@ ids answer 404. Also: the API token is compared in constant time."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ BUDGET_ROW = (
 class Api:
     client: TestClient
     budget_id: int
+    lease_id: str
 
 
 def create_budget(client: TestClient, **fields: Any) -> dict[str, Any]:
@@ -102,7 +104,11 @@ def api(exporter: ExporterProcess, database_url: str) -> Iterator[Api]:
         carousel = client.post("/api/carousels", json={"correlation_id": CAROUSEL})
         assert carousel.status_code == 201, carousel.text
         assert carousel.json()["correlation_id"] == CAROUSEL
-        yield Api(client, budget["id"])
+        scope = {"service": SERVICE, "provider": "openai", "model": "m", "operation": ""}
+        lease = client.post("/api/budget/leases", json={
+            **scope, "amount_usd": "0.01", "min_amount_usd": "0.01"})  # fmt: skip
+        assert lease.status_code == 201, lease.text
+        yield Api(client, budget["id"], lease.json()["lease_id"])
 
 
 def budget_row(database_url: str, budget_id: int) -> tuple[Any, ...]:
@@ -163,7 +169,10 @@ def _operations(client: TestClient) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _path_defaults(api: Api) -> dict[str, str]:
-    return {"budget_id": str(api.budget_id), "correlation_id": CAROUSEL, "period": "daily"}
+    return {
+        "budget_id": str(api.budget_id), "correlation_id": CAROUSEL, "period": "daily",
+        "lease_id": api.lease_id,
+    }  # fmt: skip
 
 
 def _call(client: TestClient, method: str, path: str, params: dict[str, str], body: Any) -> Any:
@@ -190,7 +199,10 @@ def _path_params(op: dict[str, Any], defaults: dict[str, str]) -> dict[str, str]
 def test_unknown_ids_answer_404_on_every_route(api: Api, database_url: str) -> None:
     client = api.client
     spec = client.app.openapi()  # type: ignore[attr-defined]
-    missing = {"budget_id": str(missing_budget_id(database_url)), "correlation_id": HARMLESS}
+    missing = {
+        "budget_id": str(missing_budget_id(database_url)), "correlation_id": HARMLESS,
+        "lease_id": str(uuid.uuid4()),
+    }  # fmt: skip
     counts_before = table_counts(database_url)
     tried = 0
     for method, path, op in _operations(client):
@@ -271,6 +283,7 @@ def test_every_api_parameter_shrugs_off_sql_injection(api: Api, database_url: st
         "cost_budgets": counts_before["cost_budgets"] + created["/api/budgets"],
         "carousel_performance": counts_before["carousel_performance"] + created["/api/carousels"],
         "content_engagement": counts_before["content_engagement"] + 1,  # one measurement at NOW
+        "budget_leases": counts_before["budget_leases"] + created["/api/budget/leases"],
     }
     assert table_counts(database_url) == expected
     assert query(database_url, "SELECT count(*) FROM injection_canary") == [(CANARY_ROWS,)]
