@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import free_port
+from tests.support import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "prometheus" / "rules"
@@ -225,14 +225,8 @@ def static_target(render: Callable[[int], str | None]) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
         yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def backfill(workdir: Path, samples: Sequence[tuple[str, float, float]]) -> None:

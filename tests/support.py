@@ -7,12 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +203,18 @@ RATIO_REL = 1e-12
 def api_ratio(exact: Decimal | int) -> Any:
     """Matches a ratio the API computed in floats, against the exact Decimal ratio."""
     return pytest.approx(float(exact), rel=RATIO_REL, abs=0)
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[ThreadingHTTPServer]:
+    """A local HTTP server (the fakes of Telegram, Slack, webhooks, scrape targets, OTLP
+    endpoints) on 127.0.0.1, answering on a thread of its own until the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

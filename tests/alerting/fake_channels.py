@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Generic, TypeVar
+
+from tests.support import serving
 
 T = TypeVar("T")
 
@@ -255,15 +257,9 @@ def fake_http(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}{path}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
+        fake.url = f"http://127.0.0.1:{server.server_address[1]}{path}"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def fake_slack() -> contextlib.AbstractContextManager[FakeHTTP]:
