@@ -191,14 +191,21 @@ def _return_freed_buffers() -> None:
     mallopt(_M_TRIM_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
+# uvicorn's default; it calls listen() again with its own, which only sets the backlog.
+_LISTEN_BACKLOG = 2048
+
+
 def bind_port(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port` as uvicorn binds one, for the server to listen on: the
-    command line binds the ports before anything starts, so a port in use is one clear error."""
+    """A socket bound to `host:port` as uvicorn binds one, listening already: the command line
+    binds the ports before anything starts, so a port in use is one clear error. Listening at
+    once matters: with SO_REUSEADDR two sockets may bind one port until either listens, so two
+    servers given the same port would otherwise both bind and the second die at start-up."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
+        sock.listen(_LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise

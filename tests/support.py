@@ -26,11 +26,19 @@ from psycopg import sql
 
 from exporter.core.db import migrate
 
+_ports_given: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and never given before in this run: the system hands a just-closed port
+    straight back, so two calls in a row (an OTLP and an API port) could otherwise be equal."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def with_database(server_url: str, name: str) -> str:

@@ -70,6 +70,8 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
     port in use is one line naming the setting to change, printed before any banner."""
     from exporter.service import bind_port
 
+    if not _ports_distinct(settings, list(ports.values())):
+        return None
     socks: dict[str, socket.socket] = {}
     for name, setting in ports.items():
         port = getattr(settings, setting)
@@ -84,6 +86,19 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
             )
             return None
     return socks
+
+
+def _ports_distinct(settings: Settings, names: list[str]) -> bool:
+    """Each server needs its own port (0, any free one, excepted)."""
+    owner: dict[int, str] = {}
+    for setting in names:
+        port = getattr(settings, setting)
+        flag = "--" + setting.replace("_", "-")
+        if port and port in owner:
+            error(f"{owner[port]} and {flag} are both {port}: give each server its own port")
+            return False
+        owner[port] = flag
+    return True
 
 
 def _close(socks: dict[str, socket.socket]) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 UNREACHABLE = "postgresql://user:s3cret@127.0.0.1:1/nexus"  # nothing listens on port 1
 SHOWN = "postgresql://user:***@127.0.0.1:1/nexus"
@@ -107,6 +109,17 @@ def test_a_port_in_use_is_one_line_naming_the_setting_before_anything_starts(
     assert _only_line(result) == (
         f"error: cannot listen on 127.0.0.1:{port} (Address already in use): choose another"
         f" port with {flag} or {variable}"
+    )
+
+
+def test_one_port_for_both_servers_is_one_line_naming_both_flags() -> None:
+    port = free_port()
+    result = _cli(
+        "serve", "--otlp-port", str(port), "--api-port", str(port), "--database-url", UNREACHABLE
+    )
+    assert result.returncode == 2
+    assert _only_line(result) == (
+        f"error: --otlp-port and --api-port are both {port}: give each server its own port"
     )
 
 
