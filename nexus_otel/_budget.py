@@ -35,6 +35,7 @@ from nexus_otel._estimate import estimate_tokens, price
 from nexus_otel._internal import log
 from nexus_otel._llm_providers import normalize_provider
 from nexus_otel._usage import TokenUsage
+from nexus_otel.attributes import BUDGET_EXCEEDED_ERROR
 
 GUARD_MODES = ("off", "warn", "block")
 FAIL_POLICIES = ("open", "closed")
@@ -75,7 +76,7 @@ class BudgetExceeded(Exception):
     `budget` is None when the API could not be asked and the guard fails closed."""
 
     # The call's span and row say `error.type` budget_exceeded, with no tokens and no cost.
-    budget_error_type = "budget_exceeded"
+    budget_error_type = BUDGET_EXCEEDED_ERROR
 
     def __init__(
         self,

@@ -49,6 +49,8 @@ SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
 HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"  # our spans: absent is 200
 ERROR_TYPE: Final = "error.type"
+# The error.type of a call the budget guard refused before any byte went to the provider.
+BUDGET_EXCEEDED_ERROR: Final = "budget_exceeded"
 SERVICE_NAME: Final = "service.name"  # resource attribute
 
 # --- Cost: no standard attribute yet; these are the spellings in use ------------------------

@@ -112,9 +112,10 @@ def _throughput() -> list[object]:
 
 def _errors() -> list[object]:
     errors = prom_filter('outcome="error"')
+    sent = prom_filter('outcome!="blocked"')  # blocked by a budget: never reached the provider
     error_rate = promql(
         f"sum by ({BY_MODEL}) (rate(nexus_llm_calls_total{errors}[$__rate_interval])) / "
-        f"sum by ({BY_MODEL}) (rate(nexus_llm_calls_total{prom_filter()}[$__rate_interval]))",
+        f"sum by ({BY_MODEL}) (rate(nexus_llm_calls_total{sent}[$__rate_interval]))",
         "{{gen_ai_provider_name}} {{gen_ai_request_model}}",
     )
     cached = prom_filter('gen_ai_token_type="cache_read"')

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.utils import floatToGoString
 
 from exporter.ingest.model import LLMCall
+from nexus_otel.attributes import BUDGET_EXCEEDED_ERROR
 
 # The label set every LLM metric carries. No per-call values in labels: series stay bounded.
 LLM_LABELS = (
@@ -61,7 +62,12 @@ FAMILIES = (
         "counter",
         "Tokens of LLM calls by type; cache and reasoning are subsets of input and output.",
     ),
-    ("nexus_llm_calls_total", "counter", "LLM calls stored, by outcome."),
+    (
+        "nexus_llm_calls_total",
+        "counter",
+        "LLM calls stored, by outcome: success, error, or blocked by the budget guard before"
+        " any request was sent.",
+    ),
     ("nexus_llm_cost_usd_total", "counter", "Cost of priced LLM calls in US dollars."),
     ("nexus_llm_call_cost_usd", "histogram", "Cost of single priced LLM calls in US dollars."),
     ("nexus_llm_unpriced_calls_total", "counter", "LLM calls of models with no known price."),
@@ -276,6 +282,7 @@ class _Series:
 
     __slots__ = (
         "_text",
+        "blocked",
         "call_cost",
         "cost",
         "durations",
@@ -296,7 +303,7 @@ class _Series:
         self.call_cost = _Buckets(len(_COST_BOUNDS))
         self.durations: dict[str, _Buckets] = {}  # by error type
         self.tokens = [0] * len(TOKEN_TYPES)
-        self.successes = self.errors = self.unpriced = 0
+        self.successes = self.errors = self.blocked = self.unpriced = 0
         self.cost = Decimal(0)  # exact: the counter shows the float nearest the stored sum
         self.version = 0
         self._text: tuple[int, tuple[bytes, ...]] | None = None
@@ -327,9 +334,12 @@ class _Series:
             f'nexus_llm_tokens_total{{{labels},gen_ai_token_type="{t}"}} {_count_text(n)}\n'
             for t, n in zip(TOKEN_TYPES, list(self.tokens), strict=True)
         ]
+        outcomes = [("success", self.successes), ("error", self.errors)]
+        if self.blocked:  # only where a budget guard refused calls: most series never have any
+            outcomes.append(("blocked", self.blocked))
         calls = [
             f'nexus_llm_calls_total{{{labels},outcome="{outcome}"}} {_count_text(n)}\n'
-            for outcome, n in (("success", self.successes), ("error", self.errors))
+            for outcome, n in outcomes
         ]
         cost = [f"nexus_llm_cost_usd_total{{{labels}}} {floatToGoString(self.cost)}\n"]
         call_cost = self.call_cost.lines("nexus_llm_call_cost_usd", labels, _COST_LE)
@@ -377,10 +387,16 @@ class LabelTotals:
     tokens: list[int] = field(default_factory=lambda: [0] * len(TOKEN_TYPES))
     successes: int = 0
     errors: int = 0
+    blocked: int = 0  # refused by the budget guard: not an error of the provider
     unpriced: int = 0
     cost: Decimal = Decimal(0)
 
     def add(self, call: LLMCall) -> None:
+        if call.error_type == BUDGET_EXCEEDED_ERROR and not call.success:
+            # Blocked before any request left the app: no tokens, no cost, no provider latency
+            # to observe, so it moves only its own count (histograms would read it as a $0 call).
+            self.blocked += 1
+            return
         self.input_usage.add(call.input_tokens, _TOKEN_BOUNDS)
         self.output_usage.add(call.output_tokens, _TOKEN_BOUNDS)
         tokens = self.tokens
@@ -406,7 +422,7 @@ class LabelTotals:
 
     @property
     def calls(self) -> int:
-        return self.successes + self.errors
+        return self.successes + self.errors + self.blocked
 
     def apply(self, series: _Series, metrics: ExporterMetrics) -> None:
         series.input_usage.add(self.input_usage)
@@ -421,6 +437,7 @@ class LabelTotals:
                 tokens[index] += count
         series.successes += self.successes
         series.errors += self.errors
+        series.blocked += self.blocked
         series.unpriced += self.unpriced
         series.cost += self.cost
 

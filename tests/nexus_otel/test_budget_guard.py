@@ -5,6 +5,7 @@ and `budget_status` against the API."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import pytest
 
 import nexus_otel
 from exporter.simulator import ProviderSimulator
-from tests.support import ExporterProcess, free_port
+from tests.support import ExporterProcess, free_port, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "gpt-4o"
@@ -129,6 +130,16 @@ def test_concurrent_apps_never_overshoot_and_block_only_at_the_limit(
     # A blocked call is a failed row of no tokens and no cost.
     failed = [r for r in stored if not r[1]]
     assert failed == [(Decimal(0), False, "budget_exceeded", 0, 0)] * len(blocked)
+    # Metrics count them as blocked, apart: not provider errors, not $0 calls.
+    metrics = httpx.get(f"{exporter.base_url}/metrics", timeout=10).text
+    calls = functools.partial(metric_value, metrics, "nexus_llm_calls_total", service_name=service)
+    assert (calls(outcome="success"), calls(outcome="error"), calls(outcome="blocked")) == (
+        sent,
+        0,
+        len(blocked),
+    )
+    priced = metric_value(metrics, "nexus_llm_call_cost_usd_count", service_name=service)
+    assert priced == sent
 
 
 def test_warn_sends_and_marks_the_span(
