@@ -28,11 +28,15 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy --strict -p nexus_otel
 
+# Test files run in TEST_WORKERS processes (pytest-xdist; each file in one process, so a file's
+# servers and database are set up once); TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+
 unit: $(STAMP)
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The suite in shuffled order (modules, then the tests inside each), so that a test that passes only
-# after another shows. `make test` keeps file order: the same run each time. The seed is printed
+# after another shows. `make test` keeps the order within each file: the same run each time. The seed is printed
 # first; `make test-random SEED=<seed>` replays that order.
 test-random: $(STAMP)
 	@seed="$(SEED)"; seed="$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \

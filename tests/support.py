@@ -26,19 +26,33 @@ from psycopg import sql
 
 from exporter.core.db import migrate
 
-_ports_given: set[int] = set()
+# Ports tests listen on come from below the system's ephemeral range (32768 and up on Linux),
+# which outgoing connections draw from, so a port picked and closed is not taken meanwhile by a
+# client socket; and each pytest-xdist worker has a block of its own, so no two workers pick one.
+_PORT_BASE = 20_000
+_PORTS_PER_WORKER = 1_000
+_next_port = [0]
+
+
+def _worker_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ... under -n
+    return int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
 
 
 def free_port() -> int:
-    """A port free now and never given before in this run: the system hands a just-closed port
-    straight back, so two calls in a row (an OTLP and an API port) could otherwise be equal."""
-    while True:
+    """A port free now and never given before in this run (the system would hand a just-closed
+    port straight back, so an OTLP and an API port picked in a row could otherwise be equal)."""
+    first = _PORT_BASE + _worker_index() * _PORTS_PER_WORKER
+    for _ in range(_PORTS_PER_WORKER):
+        port = first + _next_port[0] % _PORTS_PER_WORKER
+        _next_port[0] += 1
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # something else listens there: the next one
+                continue
+        return port
+    raise RuntimeError(f"no free port in {first}..{first + _PORTS_PER_WORKER - 1}")
 
 
 def with_database(server_url: str, name: str) -> str:
