@@ -19,6 +19,7 @@ price is not guarded (its calls are stored unpriced and count in no budget's spe
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import math
@@ -110,6 +111,14 @@ class _Allowance:
     recent: Decimal = Decimal(0)  # typical estimate
 
 
+def _note(allowance: _Allowance, estimate: Decimal) -> None:
+    """Moves the scope's typical estimate (what sizes its refills) towards this one."""
+    if allowance.recent:
+        allowance.recent += (estimate - allowance.recent) * _RECENT_WEIGHT
+    else:  # the scope's first call
+        allowance.recent = estimate
+
+
 class Guard:
     def __init__(
         self,
@@ -130,18 +139,41 @@ class Guard:
     def reserve(self, scope: tuple[str, str, str, str], estimate: Decimal) -> dict[str, Any]:
         """Takes `estimate` from the scope's allowance (refilling it when short): the span
         attributes that say so. Raises BudgetExceeded in block mode when a budget refuses."""
+        allowance = self._allowance(scope)
+        with allowance.lock:
+            _note(allowance, estimate)
+            return self._take(allowance, estimate) or self._refill(scope, allowance, estimate)
+
+    def reserve_at_once(
+        self, scope: tuple[str, str, str, str], estimate: Decimal
+    ) -> dict[str, Any] | None:
+        """`reserve` when the allowance has enough and no other call holds it; else None (the
+        caller then reserves in a thread: a refill, or a wait for one, would block)."""
+        allowance = self._allowance(scope)
+        if not allowance.lock.acquire(blocking=False):
+            return None
+        try:
+            taken = self._take(allowance, estimate)
+            if taken is not None:  # else `reserve` notes it, in the thread
+                _note(allowance, estimate)
+            return taken
+        finally:
+            allowance.lock.release()
+
+    def _allowance(self, scope: tuple[str, str, str, str]) -> _Allowance:
         allowance = self._allowances.get(scope)
         if allowance is None:
             allowance = self._allowances.setdefault(scope, _Allowance())
-        with allowance.lock:
-            if allowance.recent:
-                allowance.recent += (estimate - allowance.recent) * _RECENT_WEIGHT
-            else:  # the scope's first call
-                allowance.recent = estimate
-            if allowance.left >= estimate and time.monotonic() < allowance.use_until:
-                allowance.left -= estimate
-                return {LEASE_ID_ATTRIBUTE: allowance.lease_id, RESERVED_ATTRIBUTE: str(estimate)}
-            return self._refill(scope, allowance, estimate)
+        return allowance
+
+    @staticmethod
+    def _take(allowance: _Allowance, estimate: Decimal) -> dict[str, Any] | None:
+        """Takes `estimate` from the allowance when it holds enough (the lock held); None when
+        it needs a refill."""
+        if allowance.left >= estimate and time.monotonic() < allowance.use_until:
+            allowance.left -= estimate
+            return {LEASE_ID_ATTRIBUTE: allowance.lease_id, RESERVED_ATTRIBUTE: str(estimate)}
+        return None
 
     def _refill(
         self, scope: tuple[str, str, str, str], allowance: _Allowance, estimate: Decimal
@@ -270,6 +302,35 @@ def admit(guard: Guard, call: Any) -> None:
     """Reserves the call's worst-case cost before its request is sent; its span (started once
     the request is sent, as without the guard) says so. Raises BudgetExceeded (block mode, or
     fail closed), the span then saying `blocked`."""
+    wanted = _reservation(guard, call)
+    if wanted is None:  # unpriced: stored as such, counted in no spend
+        return
+    try:
+        attributes = guard.reserve(*wanted)
+    except BudgetExceeded as exc:
+        _decided(call, {BLOCKED_ATTRIBUTE: exc.budget or "unchecked"})
+        raise
+    _decided(call, attributes)
+
+
+async def admit_async(guard: Guard, call: Any) -> None:
+    """`admit` for a call made in an event loop: a refill (an API round trip) or a wait for
+    another call's refill runs in a thread, so the loop's other tasks go on meanwhile."""
+    wanted = _reservation(guard, call)
+    if wanted is None:
+        return
+    try:
+        attributes = guard.reserve_at_once(*wanted)
+        if attributes is None:
+            attributes = await asyncio.to_thread(guard.reserve, *wanted)
+    except BudgetExceeded as exc:
+        _decided(call, {BLOCKED_ATTRIBUTE: exc.budget or "unchecked"})
+        raise
+    _decided(call, attributes)
+
+
+def _reservation(guard: Guard, call: Any) -> tuple[tuple[str, str, str, str], Decimal] | None:
+    """The call's scope and worst-case cost; None when its model has no price."""
     request, target = call.read_request(), call.target
     model = request.model or "unknown"
     provider = normalize_provider(target.provider or "")
@@ -278,15 +339,10 @@ def admit(guard: Guard, call: Any) -> None:
     output_tokens = request.max_tokens or guard.max_output_tokens
     hour = int(time.time() // 3600)
     estimate = _worst_case_cost(provider, model, rounded_up(input_tokens), output_tokens, hour)
-    if estimate is None:  # unpriced: stored as such, counted in no spend
-        return
+    if estimate is None:
+        return None
     operation = call.operation.name if call.operation is not None else ""
-    try:
-        attributes = guard.reserve((guard.service_name, provider, model, operation), estimate)
-    except BudgetExceeded as exc:
-        _decided(call, {BLOCKED_ATTRIBUTE: exc.budget or "unchecked"})
-        raise
-    _decided(call, attributes)
+    return (guard.service_name, provider, model, operation), estimate
 
 
 def _decided(call: Any, attributes: dict[str, Any]) -> None:

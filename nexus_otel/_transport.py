@@ -17,7 +17,7 @@ from typing import Any
 
 import wrapt
 
-from nexus_otel._budget import BudgetExceeded, Guard, admit
+from nexus_otel._budget import BudgetExceeded, Guard, admit, admit_async
 from nexus_otel._call import CallSettings, LLMCall
 from nexus_otel._detect import Detector
 from nexus_otel._internal import guarded, internal_error
@@ -47,6 +47,19 @@ class Interceptor:
             raise
         except Exception:
             internal_error(admit)
+
+    async def admit_async(self, call: LLMCall) -> None:
+        """`admit` for a call made in an event loop (a refill does not block the loop)."""
+        guard = self.guard
+        if guard is None:
+            return
+        try:
+            await admit_async(guard, call)
+        except BudgetExceeded as exc:
+            guarded(call.finish, exc)
+            raise
+        except Exception:
+            internal_error(admit_async)
 
     def begin(self, transport: Any, request: Any) -> LLMCall | None:
         if not self.enabled:
@@ -117,7 +130,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
             call = None
         if call is None:
             return await wrapped(*args, **kwargs)
-        interceptor.admit(call)  # a lease refill blocks the loop: one call in LEASE_CALLS
+        await interceptor.admit_async(call)
         send, token = _sender(call, wrapped)
         body = request.stream
         request.stream = async_sent(body, call)

@@ -5,6 +5,7 @@ and `budget_status` against the API."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import math
@@ -13,16 +14,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import openai
 import psycopg
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import nexus_otel
 from exporter.simulator import ProviderSimulator
@@ -233,3 +237,63 @@ def statuses(exporter: ExporterProcess) -> dict[str, nexus_otel.BudgetStatus]:
     from nexus_otel._budget_api import BudgetApi
 
     return {s.name: s for s in BudgetApi(exporter.api_url).statuses()}
+
+
+def test_an_async_call_waiting_for_its_lease_leaves_the_event_loop_running(
+    exporter: ExporterProcess,
+    simulator: ProviderSimulator,
+    database_url: str,
+    spans: Callable[..., InMemorySpanExporter],
+) -> None:
+    """The first call of a scope takes a lease from the API. While the budget's row is locked in
+    PostgreSQL the lease waits; an async app's other tasks must go on meanwhile: here a task on
+    the same loop sees the lease wait, and only then lets the lock go."""
+    create_budget(exporter.api_url, "guard-async-budget", "1.00", operation="guard-async")
+    memory = spans(budget_guard="block", api_url=exporter.api_url)
+    release, released_by_the_app = threading.Event(), []
+    holding = threading.Event()
+
+    def hold_the_budget_row() -> None:
+        with psycopg.connect(database_url) as conn:
+            conn.execute("SELECT 1 FROM cost_budgets WHERE name = 'guard-async-budget' FOR UPDATE")
+            holding.set()
+            released_by_the_app.append(release.wait(timeout=10))  # else it lets go by itself
+
+    def a_lease_waits() -> bool:
+        statement = (
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE '%%nexus_budget_lease%%' AND datname = current_database()"
+        )
+        with psycopg.connect(database_url) as conn:
+            return bool(conn.execute(statement).fetchone()[0])  # type: ignore[index]
+
+    holder = threading.Thread(target=hold_the_budget_row)
+    holder.start()
+    assert holding.wait(timeout=30)
+
+    async def app() -> None:
+        client = openai.AsyncOpenAI(
+            base_url=simulator.openai_base_url, api_key="sk-test-guard-0000", max_retries=0
+        )
+        with nexus_otel.operation("guard-async"):
+            call = asyncio.ensure_future(
+                client.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": PROMPT}],
+                    max_tokens=MAX_TOKENS,
+                    extra_headers={"x-sim-usage": USAGE},
+                )
+            )
+        deadline = time.monotonic() + 30
+        while not await asyncio.to_thread(a_lease_waits):  # the loop runs while it waits
+            assert time.monotonic() < deadline and not call.done()
+            await asyncio.sleep(0.01)
+        release.set()
+        await call
+
+    asyncio.run(app())
+    holder.join()
+    assert released_by_the_app == [True]
+    (span,) = memory.get_finished_spans()
+    assert span.attributes is not None
+    assert Decimal(str(span.attributes["nexus.budget.reserved_usd"])) == CALL_COST
