@@ -85,7 +85,9 @@ def start_app(
 
 def outcome(process: subprocess.Popen[str]) -> dict[str, Any]:
     out, _ = process.communicate(timeout=600)
-    err = Path(process.log_path).read_text()  # type: ignore[attr-defined]
+    log = Path(process.log_path)  # type: ignore[attr-defined]
+    err = log.read_text()
+    log.unlink()
     assert process.returncode == 0, err
     result: dict[str, Any] = json.loads(out.splitlines()[0])
     assert result["errors"] == [], err
