@@ -1,0 +1,380 @@
+"""Repricing stored calls with today's prices and overrides, in one transaction, with a record.
+
+Calls are read as groups, not one by one: calls of one provider, model and response model, on
+one UTC day (or at one time, for a model genai-prices prices by time of day), with the same
+token counts and the same current cost and source, cost the same, so each group is priced once
+by the exporter's own PriceBook (the rule ingest prices by: the overrides' valid_from dates, a
+genai-prices price history by timestamp). The groups whose cost or source changes go to a
+temporary table with COPY, and one UPDATE ... FROM joins it to api_calls by the same key. The
+rows it changed (its RETURNING) correct the daily, hourly and performance summaries, and become
+the revision's call rows, in the same transaction: the API, budgets, reports and SQL dashboards
+move together, or not at all.
+
+Calls whose cost the provider reported (`cost_source` = provider) are left as they are unless
+`include_provider_costs`; repriced, they keep that cost when no price table knows the model.
+A call repriced to nothing known (an override removed, say) becomes unpriced, as ingest would
+store it today.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from exporter.ingest.pricing import PriceBook
+
+# Groups read per round trip: enough to keep PostgreSQL busy, a few MB of Python objects.
+FETCH_GROUPS = 20_000
+# api_calls.cost_usd is numeric(20, 12): a price is stored rounded half away from zero to
+# 12 places, so the new cost is rounded alike before it is compared with the stored one.
+COST_QUANTUM = Decimal("1e-12")
+# As at ingest (exporter.ingest.decode): no single call costs a million dollars, and
+# numeric(20, 12) holds less. A group priced at more is left as it is and counted.
+MAX_CALL_COST_USD = Decimal(1_000_000)
+# One reprice at a time: a second waits for the first to commit (it would see its result).
+REPRICE_LOCK = "LOCK TABLE price_revisions IN SHARE ROW EXCLUSIVE MODE"
+
+Progress = Callable[[int, int], None]  # (calls priced so far, calls to price)
+
+
+@dataclass(frozen=True)
+class RepriceRequest:
+    since: datetime
+    until: datetime
+    model_pattern: str | None = None  # fnmatch, case-insensitive, request or response model
+    provider: str | None = None
+    include_provider_costs: bool = False
+
+
+@dataclass
+class ModelChange:
+    """What repricing changes for one provider and (request) model."""
+
+    provider: str
+    model: str
+    calls_changed: int = 0
+    newly_priced: int = 0
+    newly_unpriced: int = 0
+    old_cost_usd: Decimal = Decimal(0)
+    new_cost_usd: Decimal = Decimal(0)
+
+    def add(self, calls: int, old: Decimal | None, new: Decimal | None) -> None:
+        self.calls_changed += calls
+        self.newly_priced += calls if old is None and new is not None else 0
+        self.newly_unpriced += calls if old is not None and new is None else 0
+        self.old_cost_usd += (old or 0) * calls
+        self.new_cost_usd += (new or 0) * calls
+
+
+@dataclass
+class RepricePlan:
+    calls_examined: int = 0
+    out_of_range: int = 0  # calls a new price would put at MAX_CALL_COST_USD or more: unchanged
+    models: dict[tuple[str, str], ModelChange] = field(default_factory=dict)
+    revision_id: int | None = None  # set once applied (None: nothing changed, or a dry run)
+
+    @property
+    def calls_changed(self) -> int:
+        return sum(m.calls_changed for m in self.models.values())
+
+    def change(self, provider: str, model: str) -> ModelChange:
+        key = (provider, model)
+        if key not in self.models:
+            self.models[key] = ModelChange(provider, model)
+        return self.models[key]
+
+
+_SCOPE = """
+SELECT provider, model, coalesce(response_model, ''), count(*) FROM api_calls
+WHERE "timestamp" >= %(since)s AND "timestamp" < %(until)s
+  AND (%(include_provider)s OR cost_source IS DISTINCT FROM 'provider')
+GROUP BY 1, 2, 3
+"""
+_MODELS_TABLE = """
+CREATE TEMP TABLE nexus_reprice_models (
+    provider text, model text, response_model text, by_time boolean
+) ON COMMIT DROP
+"""
+# The group key of a call, in the same terms in the read and in the update.
+_AT = "CASE WHEN m.by_time THEN a.\"timestamp\" ELSE date_trunc('day', a.\"timestamp\", 'UTC') END"
+_JOIN_MODELS = (
+    "a.provider = m.provider AND a.model = m.model"
+    " AND coalesce(a.response_model, '') = m.response_model"
+)
+_RANGE = (
+    'a."timestamp" >= %(since)s AND a."timestamp" < %(until)s'
+    " AND (%(include_provider)s OR a.cost_source IS DISTINCT FROM 'provider')"
+)
+_GROUPS = f"""
+SELECT a.provider, a.model, m.response_model, {_AT}, a.input_tokens, a.output_tokens,
+       a.cache_read_tokens, a.cache_write_tokens, a.cost_usd, coalesce(a.cost_source, ''),
+       count(*)
+FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
+WHERE {_RANGE}
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+"""
+_PRICES_TABLE = """
+CREATE TEMP TABLE nexus_reprice_prices (
+    provider text, model text, response_model text, at timestamptz, input_tokens bigint,
+    output_tokens bigint, cache_read_tokens bigint, cache_write_tokens bigint,
+    old_cost numeric, old_source text, new_cost numeric, new_source text, price_ref text
+) ON COMMIT DROP
+"""
+_PRICE_TYPES = [
+    "text", "text", "text", "timestamptz", "int8", "int8", "int8", "int8", "numeric", "text",
+    "numeric", "text", "text",
+]  # fmt: skip
+_CHANGED_TABLE = """
+CREATE TEMP TABLE nexus_reprice_changed (
+    trace_id text, span_id text, "timestamp" timestamptz, service_name text, provider text,
+    model text, operation text, content boolean, success boolean, error_type text,
+    time_to_first_chunk_ms float8, old_cost numeric, old_source text, new_cost numeric,
+    new_source text, price_ref text
+) ON COMMIT DROP
+"""
+_UPDATE = f"""
+WITH changed AS (
+    UPDATE api_calls a SET cost_usd = p.new_cost, cost_source = p.new_source
+    FROM nexus_reprice_prices p JOIN nexus_reprice_models m
+         ON m.provider = p.provider AND m.model = p.model AND m.response_model = p.response_model
+    WHERE {_RANGE} AND {_JOIN_MODELS}
+      AND a.provider = p.provider AND a.model = p.model
+      AND coalesce(a.response_model, '') = p.response_model AND {_AT} = p.at
+      AND a.input_tokens = p.input_tokens AND a.output_tokens = p.output_tokens
+      AND a.cache_read_tokens = p.cache_read_tokens
+      AND a.cache_write_tokens = p.cache_write_tokens
+      AND coalesce(a.cost_usd, -1) = coalesce(p.old_cost, -1)
+      AND coalesce(a.cost_source, '') = p.old_source
+    RETURNING a.trace_id, a.span_id, a."timestamp", a.service_name, a.provider, a.model,
+              a.operation, a.correlation_id IS NOT NULL AS content, a.success, a.error_type,
+              a.time_to_first_chunk_ms, p.old_cost, nullif(p.old_source, '') AS old_source,
+              p.new_cost, p.new_source, p.price_ref
+)
+INSERT INTO nexus_reprice_changed SELECT * FROM changed
+"""
+_REVISION = """
+INSERT INTO price_revisions (since, until, model_pattern, provider, include_provider_costs,
+    price_sources, calls_examined, calls_changed, newly_priced, newly_unpriced, old_cost_usd,
+    new_cost_usd)
+VALUES (%(since)s, %(until)s, %(pattern)s, %(provider)s, %(include_provider)s, %(sources)s,
+        %(examined)s, 0, 0, 0, 0, 0)
+RETURNING id
+"""
+_REVISION_CALLS = """
+INSERT INTO price_revision_calls
+SELECT %(revision)s, trace_id, span_id, "timestamp", old_cost, old_source, new_cost, new_source,
+       price_ref
+FROM nexus_reprice_changed
+"""
+_REVISION_MODELS = """
+INSERT INTO price_revision_models
+SELECT %(revision)s, provider, model, count(*),
+       count(*) FILTER (WHERE old_cost IS NULL AND new_cost IS NOT NULL),
+       count(*) FILTER (WHERE old_cost IS NOT NULL AND new_cost IS NULL),
+       coalesce(sum(old_cost), 0), coalesce(sum(new_cost), 0)
+FROM nexus_reprice_changed GROUP BY provider, model
+"""
+_REVISION_TOTALS = """
+UPDATE price_revisions r SET calls_changed = t.calls, newly_priced = t.priced,
+       newly_unpriced = t.unpriced, old_cost_usd = t.old, new_cost_usd = t.new
+FROM (SELECT sum(calls_changed) AS calls, sum(newly_priced) AS priced,
+             sum(newly_unpriced) AS unpriced, sum(old_cost_usd) AS old, sum(new_cost_usd) AS new
+      FROM price_revision_models WHERE revision_id = %(revision)s) t
+WHERE r.id = %(revision)s
+"""
+# The summaries move by each changed call's difference: cost, and unpriced count.
+_SUMMARY_DELTA = """
+UPDATE {table} s SET cost_usd = s.cost_usd + d.cost, unpriced_calls = s.unpriced_calls + d.unpriced,
+       updated_at = now()
+FROM (SELECT {key} AS key, service_name, provider, model, operation,
+             sum(coalesce(new_cost, 0) - coalesce(old_cost, 0)) AS cost,
+             sum((new_cost IS NULL)::int - (old_cost IS NULL)::int) AS unpriced
+      FROM nexus_reprice_changed GROUP BY 1, 2, 3, 4, 5) d
+WHERE (s.{column}, s.service_name, s.provider, s.model, s.operation)
+    = (d.key, d.service_name, d.provider, d.model, d.operation)
+"""
+_DAILY = _SUMMARY_DELTA.format(
+    table="daily_usage_summary", column="day", key="(\"timestamp\" AT TIME ZONE 'UTC')::date"
+)
+_HOURLY = _SUMMARY_DELTA.format(
+    table="hourly_usage_summary", column="hour", key="date_trunc('hour', \"timestamp\", 'UTC')"
+)
+# Content spend (calls with a correlation id) per the performance summary's own key.
+_PERFORMANCE = """
+UPDATE hourly_performance_summary s
+SET content_priced = s.content_priced + d.priced, content_cost_usd = s.content_cost_usd + d.cost
+FROM (SELECT date_trunc('hour', "timestamp", 'UTC') AS hour, service_name, provider, model,
+             operation,
+             md5(CASE WHEN success THEN '' ELSE coalesce(error_type, 'error') END) AS error_key,
+             coalesce(nexus_ttfc_bucket(time_to_first_chunk_ms), -1) AS ttfc_bucket_ms,
+             sum((new_cost IS NOT NULL)::int - (old_cost IS NOT NULL)::int) AS priced,
+             sum(coalesce(new_cost, 0) - coalesce(old_cost, 0)) AS cost
+      FROM nexus_reprice_changed WHERE content GROUP BY 1, 2, 3, 4, 5, 6, 7) d
+WHERE (s.hour, s.service_name, s.provider, s.model, s.operation, s.error_key, s.ttfc_bucket_ms)
+    = (d.hour, d.service_name, d.provider, d.model, d.operation, d.error_key, d.ttfc_bucket_ms)
+"""
+
+
+def reprice(
+    conn: psycopg.Connection[Any],
+    book: PriceBook,
+    request: RepriceRequest,
+    *,
+    apply: bool = True,
+    progress: Progress | None = None,
+) -> RepricePlan:
+    """Prices the calls of `request` again and, with `apply`, writes the changes and a revision,
+    all in one transaction (committed here). Without `apply`, nothing is written."""
+    params = {
+        "since": request.since,
+        "until": request.until,
+        "include_provider": request.include_provider_costs,
+    }
+    plan = RepricePlan()
+    with conn.transaction(force_rollback=not apply):
+        conn.execute(REPRICE_LOCK)
+        plan.calls_examined = _choose_models(conn, book, request, params)
+        conn.execute(_PRICES_TABLE)
+        _price_groups(conn, book, params, plan, progress)
+        if apply and plan.models:
+            conn.execute("ANALYZE nexus_reprice_models")
+            conn.execute("ANALYZE nexus_reprice_prices")
+            conn.execute(_CHANGED_TABLE)
+            conn.execute(_UPDATE, params)
+            plan.revision_id = _record(conn, book, request, params, plan)
+    return plan
+
+
+def _choose_models(
+    conn: psycopg.Connection[Any],
+    book: PriceBook,
+    request: RepriceRequest,
+    params: dict[str, Any],
+) -> int:
+    """Fills nexus_reprice_models with the models in range that the filters select; returns
+    how many calls they made."""
+    pattern = request.model_pattern.lower() if request.model_pattern else None
+    provider = request.provider.lower() if request.provider else None
+    chosen, calls = [], 0
+    for prov, model, response, count in conn.execute(_SCOPE, params).fetchall():
+        if provider is not None and prov.lower() != provider:
+            continue
+        names = (model.lower(), response.lower()) if response else (model.lower(),)
+        if pattern is not None and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            continue
+        chosen.append((prov, model, response, book.time_of_day_priced(prov, model, response)))
+        calls += count
+    conn.execute(_MODELS_TABLE)
+    with conn.cursor().copy("COPY nexus_reprice_models FROM STDIN") as copy:
+        for row in chosen:
+            copy.write_row(row)
+    return calls
+
+
+def _price_groups(
+    conn: psycopg.Connection[Any],
+    book: PriceBook,
+    params: dict[str, Any],
+    plan: RepricePlan,
+    progress: Progress | None,
+) -> None:
+    """Prices each group once; the ones that change go to nexus_reprice_prices."""
+    done = 0
+    with conn.cursor(name="nexus_reprice_groups") as groups:
+        groups.itersize = FETCH_GROUPS
+        groups.execute(_GROUPS, params)
+        while rows := groups.fetchmany(FETCH_GROUPS):
+            changed = []
+            for row in rows:
+                update = _priced(book, row)
+                if update is _OUT_OF_RANGE:
+                    plan.out_of_range += row[10]
+                elif update is not None:
+                    changed.append(update)
+                    plan.change(row[0], row[1]).add(row[10], row[8], update[10])
+                done += row[10]
+            if changed:
+                with conn.cursor().copy(
+                    "COPY nexus_reprice_prices FROM STDIN (FORMAT BINARY)"
+                ) as c:
+                    c.set_types(_PRICE_TYPES)
+                    for each in changed:
+                        c.write_row(each)
+            if progress is not None:
+                progress(done, plan.calls_examined)
+
+
+_OUT_OF_RANGE: tuple[Any, ...] = ("a cost of MAX_CALL_COST_USD or more",)  # a marker
+
+
+def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The nexus_reprice_prices row of a group whose cost or source changes, else None (or
+    _OUT_OF_RANGE)."""
+    provider, model, response, at, inp, out, read, write, old_cost, old_source, _ = row
+    by_provider = old_source == "provider"
+    reported = old_cost if old_source == "span" or by_provider else None
+    price = book.price(
+        provider=provider,
+        model=model,
+        response_model=response or None,
+        timestamp=at,
+        input_tokens=inp,
+        output_tokens=out,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        reported_cost_usd=reported,
+    )
+    cost, source = price.cost_usd, price.source
+    if by_provider and source == "span":
+        source = "provider"  # no price table knows it: the provider's charge stays
+    if cost is not None:
+        cost = cost.quantize(COST_QUANTUM, ROUND_HALF_UP)
+        if cost >= MAX_CALL_COST_USD:
+            return _OUT_OF_RANGE
+    if cost == old_cost and (source or "") == old_source:
+        return None
+    ref = book.reference(provider, model, response or None, at, source) if source else None
+    return (*row[:10], cost, source, ref)
+
+
+def _record(
+    conn: psycopg.Connection[Any],
+    book: PriceBook,
+    request: RepriceRequest,
+    params: dict[str, Any],
+    plan: RepricePlan,
+) -> int | None:
+    """The revision: its call rows, its totals per model, and the summaries corrected. None
+    when the update changed no row (calls removed since they were read)."""
+    changed = conn.execute("SELECT count(*) FROM nexus_reprice_changed").fetchone()
+    if not changed or not changed[0]:
+        return None
+    row = conn.execute(
+        _REVISION,
+        {
+            **params,
+            "pattern": request.model_pattern,
+            "provider": request.provider,
+            "sources": Jsonb(book.sources()),
+            "examined": plan.calls_examined,
+        },
+    ).fetchone()
+    assert row is not None
+    revision = {"revision": row[0]}
+    for statement in (_REVISION_CALLS, _REVISION_MODELS, _REVISION_TOTALS):
+        conn.execute(statement, revision)
+    for statement in (_DAILY, _HOURLY, _PERFORMANCE):
+        conn.execute(statement)
+    return int(row[0])
+
+
+def utc_day_start(day: Any) -> datetime:
+    """The start of a UTC calendar day, as a range bound."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
