@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +13,9 @@ from rich.table import Table
 
 from exporter.cli.output import console, error
 from exporter.core.settings import Settings
+
+if TYPE_CHECKING:
+    from exporter.usage.reprice import RepricePlan
 
 # `prices --unpriced` looks this far back without --since: a month of calls, as the reports.
 UNPRICED_DEFAULT_DAYS = 30
@@ -100,12 +103,21 @@ def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            plan = reprice(conn, book, request, apply=not args.dry_run, progress=advance)
+            def show(plan: RepricePlan) -> None:
+                progress.stop()
+                _show_plan(plan, since, until)
+                if plan.models and not args.dry_run:
+                    console.print("applying: calls, summaries and the record, in one transaction")
+
+            plan = reprice(
+                conn, book, request, apply=not args.dry_run, progress=advance, before_apply=show
+            )
     finally:
         database.close()
-    _show_plan(plan, since, until)
     if args.dry_run:
         console.print("[yellow]dry run:[/] nothing was changed")
+    elif plan.calls_examined == 0:
+        console.print("nothing to change: no stored call in that range matches the filters")
     elif plan.revision_id is None:
         console.print("nothing to change: every call already has these prices")
     else:
@@ -131,7 +143,7 @@ def _usd(value: Decimal) -> str:
     return f"${value.normalize():f}" if value else "$0"
 
 
-def _show_plan(plan: Any, since: date, until: date) -> None:
+def _show_plan(plan: RepricePlan, since: date, until: date) -> None:
     table = Table(
         title=f"Repricing calls of {since} to {until} (UTC): {plan.calls_examined:,} examined",
         title_justify="left",

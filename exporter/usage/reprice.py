@@ -19,7 +19,9 @@ store it today.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -38,6 +40,12 @@ COST_QUANTUM = Decimal("1e-12")
 # As at ingest (exporter.ingest.decode): no single call costs a million dollars, and
 # numeric(20, 12) holds less. A group priced at more is left as it is and counted.
 MAX_CALL_COST_USD = Decimal(1_000_000)
+# Grouping a million calls and joining a million groups in memory, not in batches on disk (the
+# server's default is 4 MB), and the temporary tables of a million rows each in memory too (the
+# default temp_buffers is 8 MB; it can be set only before the session's first temporary table,
+# so repricing runs on a connection of its own); for the reprice's own transaction only.
+SET_WORK_MEM = "SET LOCAL work_mem = '256MB'"
+SET_TEMP_BUFFERS = "SET LOCAL temp_buffers = '256MB'"
 # One reprice at a time: a second waits for the first to commit (it would see its result).
 REPRICE_LOCK = "LOCK TABLE price_revisions IN SHARE ROW EXCLUSIVE MODE"
 
@@ -76,9 +84,19 @@ class ModelChange:
 @dataclass
 class RepricePlan:
     calls_examined: int = 0
+    groups: int = 0  # distinct (model, day, token counts, old cost) priced
     out_of_range: int = 0  # calls a new price would put at MAX_CALL_COST_USD or more: unchanged
     models: dict[tuple[str, str], ModelChange] = field(default_factory=dict)
     revision_id: int | None = None  # set once applied (None: nothing changed, or a dry run)
+    seconds: dict[str, float] = field(default_factory=dict)  # by phase, for the benchmark
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = time.perf_counter() - started
 
     @property
     def calls_changed(self) -> int:
@@ -229,9 +247,12 @@ def reprice(
     *,
     apply: bool = True,
     progress: Progress | None = None,
+    before_apply: Callable[[RepricePlan], None] | None = None,
 ) -> RepricePlan:
     """Prices the calls of `request` again and, with `apply`, writes the changes and a revision,
-    all in one transaction (committed here). Without `apply`, nothing is written."""
+    all in one transaction (committed here). Without `apply`, nothing is written.
+    `before_apply` sees the plan (the changes per model) once priced, before anything is
+    written."""
     params = {
         "since": request.since,
         "until": request.until,
@@ -239,16 +260,23 @@ def reprice(
     }
     plan = RepricePlan()
     with conn.transaction(force_rollback=not apply):
-        conn.execute(REPRICE_LOCK)
-        plan.calls_examined = _choose_models(conn, book, request, params)
-        conn.execute(_PRICES_TABLE)
-        _price_groups(conn, book, params, plan, progress)
+        with plan.timed("read and price"):
+            conn.execute(SET_TEMP_BUFFERS)
+            conn.execute(REPRICE_LOCK)
+            conn.execute(SET_WORK_MEM)
+            plan.calls_examined = _choose_models(conn, book, request, params)
+            conn.execute(_PRICES_TABLE)
+            _price_groups(conn, book, params, plan, progress)
+        if before_apply is not None:
+            before_apply(plan)
         if apply and plan.models:
-            conn.execute("ANALYZE nexus_reprice_models")
-            conn.execute("ANALYZE nexus_reprice_prices")
-            conn.execute(_CHANGED_TABLE)
-            conn.execute(_UPDATE, params)
-            plan.revision_id = _record(conn, book, request, params, plan)
+            with plan.timed("update calls"):
+                conn.execute("ANALYZE nexus_reprice_models")
+                conn.execute("ANALYZE nexus_reprice_prices")
+                conn.execute(_CHANGED_TABLE)
+                conn.execute(_UPDATE, params)
+            with plan.timed("record and summaries"):
+                plan.revision_id = _record(conn, book, request, params, plan)
     return plan
 
 
@@ -287,10 +315,11 @@ def _price_groups(
 ) -> None:
     """Prices each group once; the ones that change go to nexus_reprice_prices."""
     done = 0
-    with conn.cursor(name="nexus_reprice_groups") as groups:
+    with conn.cursor(name="nexus_reprice_groups", binary=True) as groups:
         groups.itersize = FETCH_GROUPS
         groups.execute(_GROUPS, params)
         while rows := groups.fetchmany(FETCH_GROUPS):
+            plan.groups += len(rows)
             changed = []
             for row in rows:
                 update = _priced(book, row)

@@ -369,3 +369,60 @@ def test_bad_arguments_are_one_line_errors(
 ) -> None:
     result = nexus(database_url, "reprice", *args)
     assert (result.returncode, result.stderr.strip()) == (2, message)
+
+
+def test_filters_pick_the_calls_and_each_row_keeps_its_previous_cost(
+    database_url: str, overrides: Path, exporter: ExporterProcess, tmp_path: Path
+) -> None:
+    """A raised price for acme-unpriced-*: a run for another model changes nothing; the run for
+    it (a pattern in other case, the provider named) changes its three calls, and with
+    --include-provider-costs the provider-charged one too, each keeping its previous cost."""
+    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
+    raised = tmp_path / "raised.yaml"
+    raised.write_text(OVERRIDES.replace("input_mtok: 3", "input_mtok: 4"))
+    since = ("--since", str(DAY1), "--prices-file", str(raised))
+    other = nexus(database_url, "reprice", *since, "--model", "acme-later-*")
+    assert other.returncode == 0, other.stderr
+    assert "nothing to change" in other.stderr
+    result = nexus(
+        database_url, "reprice", *since, "--model", "ACME-UNPRICED-*", "--provider", "openai",
+        "--include-provider-costs",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "revision 2 applied: 4 calls repriced" in result.stderr
+    # One more dollar per million input tokens, cache reads excepted: (1000 - 100) more for the
+    # first call, 2500, 1234 and 800 for the others.
+    expected = [
+        (CALLS[0].start, CALLS[0].expected, "override", Decimal("0.00663"), "override"),
+        (CALLS[1].start, CALLS[1].expected, "override", Decimal("0.0205"), "override"),
+        (CALLS[3].start, CALLS[3].expected, "override", Decimal("0.013441"), "override"),
+        # 800 * 4 + 80 * 15 = 3200 + 1200 = 4400 per million, where the provider said 0.0042
+        (PROVIDER_CHARGED.start, Decimal("0.0042"), "provider", Decimal("0.0044"), "override"),
+    ]
+    assert (
+        query(
+            database_url,
+            'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source'
+            ' FROM price_revision_calls WHERE revision_id = 2 ORDER BY "timestamp"',
+        )
+        == expected
+    )
+    rows = {r[0]: (r[2], r[3]) for r in stored(database_url)}
+    assert [rows[e[0]] for e in expected] == [(e[3], e[4]) for e in expected]
+    assert summaries(database_url) == raw_summaries(database_url)
+    revisions = httpx.get(
+        f"{exporter.api_url}/api/prices/revisions", params={"limit": 1}, timeout=30
+    ).json()
+    assert [(r["id"], r["model_pattern"], r["provider"], r["include_provider_costs"],
+             r["newly_priced"], r["net_usd"]) for r in revisions] == [
+        (2, "ACME-UNPRICED-*", "openai", True, 0, api_usd(Decimal("0.004834")))
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "x"])
+def test_revisions_limit_out_of_range_is_a_422(exporter: ExporterProcess, limit: str) -> None:
+    response = httpx.get(
+        f"{exporter.api_url}/api/prices/revisions", params={"limit": limit}, timeout=30
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "limit"]
