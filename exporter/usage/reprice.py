@@ -18,6 +18,7 @@ store it today.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import time
 from collections.abc import Callable, Iterator
@@ -261,7 +262,7 @@ def reprice(
     plan = RepricePlan()
     with conn.transaction(force_rollback=not apply):
         with plan.timed("read and price"):
-            conn.execute(SET_TEMP_BUFFERS)
+            _larger_temp_buffers(conn)
             conn.execute(REPRICE_LOCK)
             conn.execute(SET_WORK_MEM)
             plan.calls_examined = _choose_models(conn, book, request, params)
@@ -278,6 +279,13 @@ def reprice(
             with plan.timed("record and summaries"):
                 plan.revision_id = _record(conn, book, request, params, plan)
     return plan
+
+
+def _larger_temp_buffers(conn: psycopg.Connection[Any]) -> None:
+    """SET_TEMP_BUFFERS, unless this session already used temporary tables with another size:
+    then PostgreSQL refuses it, and repricing goes on with the session's size."""
+    with contextlib.suppress(psycopg.errors.InvalidParameterValue), conn.transaction():
+        conn.execute(SET_TEMP_BUFFERS)
 
 
 def _choose_models(

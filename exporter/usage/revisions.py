@@ -88,7 +88,7 @@ def overrides_template(models: list[dict[str, Any]], since: str) -> str:
     ]
     for m in models:
         lines += [
-            f"  - model: {_yaml_string(m['model'])}",
+            f"  - model: {_yaml_string(_literal_pattern(m['model']))}",
             f"    provider: {_yaml_string(m['provider'])}",
             f"    # {m['calls']} calls, {m['input_tokens']} input and {m['output_tokens']} output"
             " tokens",
@@ -96,6 +96,12 @@ def overrides_template(models: list[dict[str, Any]], since: str) -> str:
             "    output_mtok: null",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _literal_pattern(name: str) -> str:
+    """An overrides `model` is an fnmatch pattern: a name with *, ? or [ in it matches itself
+    only with those characters bracketed."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _yaml_string(value: str) -> str:
