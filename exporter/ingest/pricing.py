@@ -306,6 +306,25 @@ class PriceBook:
         refs = (model,) if response_model in (None, model) else (response_model, model)
         return any(ref and (found := self._lookup(provider, ref)) and found[2] for ref in refs)
 
+    def price_set(
+        self, provider: str, model: str, response_model: str | None, at: datetime
+    ) -> _Override | _Plan | None:
+        """What `price` prices a call of this model at `at` with, for usage it accepts (no
+        negative count, cache counts within the input): the override entry, the first
+        genai-prices price set that prices anything, or None (then a reported cost, or none)."""
+        if self.overrides:
+            entry = self._override(provider, model, response_model, _utc_day(at))
+            if entry is not None:
+                return entry
+        self._check_snapshot()
+        refs = (model,) if response_model in (None, model) else (response_model, model)
+        for ref in refs:
+            if ref and (found := self._lookup(provider, ref)) is not None:
+                plan = self._plan_at(found[1], found[2], at)
+                if plan.priceable:
+                    return plan
+        return None
+
     def reference(
         self, provider: str, model: str, response_model: str | None, at: datetime, source: str
     ) -> str | None:

@@ -23,7 +23,7 @@ import fnmatch
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -32,6 +32,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from exporter.ingest.pricing import PriceBook
+from exporter.usage.linear_prices import COST_SQL, linear_price
 
 # Groups read per round trip: enough to keep PostgreSQL busy, a few MB of Python objects.
 FETCH_GROUPS = 20_000
@@ -74,6 +75,13 @@ class ModelChange:
     old_cost_usd: Decimal = Decimal(0)
     new_cost_usd: Decimal = Decimal(0)
 
+    def add_totals(self, calls: int, newly_priced: int, old: Decimal, new: Decimal) -> None:
+        """Calls a linear price changes (it prices every call: none becomes unpriced)."""
+        self.calls_changed += calls
+        self.newly_priced += newly_priced
+        self.old_cost_usd += old
+        self.new_cost_usd += new
+
     def add(self, calls: int, old: Decimal | None, new: Decimal | None) -> None:
         self.calls_changed += calls
         self.newly_priced += calls if old is None and new is not None else 0
@@ -85,7 +93,9 @@ class ModelChange:
 @dataclass
 class RepricePlan:
     calls_examined: int = 0
-    groups: int = 0  # distinct (model, day, token counts, old cost) priced
+    groups: int = 0  # distinct (model, day, token counts, old cost) priced in Python
+    linear_examined: int = 0  # calls priced in SQL by a linear price (their days', rather)
+    linear_calls: int = 0  # of those, the calls that change
     out_of_range: int = 0  # calls a new price would put at MAX_CALL_COST_USD or more: unchanged
     models: dict[tuple[str, str], ModelChange] = field(default_factory=dict)
     revision_id: int | None = None  # set once applied (None: nothing changed, or a dry run)
@@ -131,12 +141,56 @@ _RANGE = (
     'a."timestamp" >= %(since)s AND a."timestamp" < %(until)s'
     " AND (%(include_provider)s OR a.cost_source IS DISTINCT FROM 'provider')"
 )
+# The calls priced by a linear price in SQL (exporter.usage.linear_prices): one such price per
+# model and UTC day, for the usage PriceBook prices (cache counts within the input). A row with
+# no source marks a model and day no price source knows: its calls without a cost stay so.
+_LINEAR_TABLE = """
+CREATE TEMP TABLE nexus_reprice_linear (
+    provider text, model text, response_model text, day timestamptz, source text,
+    input_mtok numeric, output_mtok numeric, cache_read_mtok numeric, cache_write_mtok numeric,
+    per_call numeric, subtract_read boolean, subtract_write boolean, price_ref text
+) ON COMMIT DROP
+"""
+_JOIN_LINEAR = (
+    "l.provider = a.provider AND l.model = a.model"
+    " AND l.response_model = coalesce(a.response_model, '')"
+    " AND l.day = date_trunc('day', a.\"timestamp\", 'UTC')"
+)
+_VALID = "a.cache_read_tokens + a.cache_write_tokens <= a.input_tokens"
+_DAYS = f"""
+SELECT m.provider, m.model, m.response_model, date_trunc('day', a."timestamp", 'UTC'), count(*)
+FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
+WHERE {_RANGE} AND NOT m.by_time
+GROUP BY 1, 2, 3, 4
+"""
+# The calls a linear price changes, with their cost before and after, from one snapshot.
+_LINEAR_CHANGES = f"""
+SELECT * FROM (
+    SELECT a.tableoid AS part, a.ctid AS row_id, a.provider, a.model, a.cost_usd AS old_cost,
+           a.cost_source AS old_source, {COST_SQL} AS new_cost, l.source AS new_source,
+           l.price_ref
+    FROM api_calls a JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
+    WHERE {_RANGE} AND {_VALID} AND l.source IS NOT NULL
+) c
+WHERE (c.new_cost, c.new_source) IS DISTINCT FROM (c.old_cost, c.old_source)
+"""
+_LINEAR_PREVIEW = f"""
+SELECT provider, model, count(*) FILTER (WHERE new_cost < %(max_cost)s),
+       count(*) FILTER (WHERE new_cost < %(max_cost)s AND old_cost IS NULL),
+       coalesce(sum(old_cost) FILTER (WHERE new_cost < %(max_cost)s), 0),
+       coalesce(sum(new_cost) FILTER (WHERE new_cost < %(max_cost)s), 0),
+       count(*) FILTER (WHERE new_cost >= %(max_cost)s)
+FROM ({_LINEAR_CHANGES}) changes GROUP BY 1, 2
+"""
 _GROUPS = f"""
 SELECT a.provider, a.model, m.response_model, {_AT}, a.input_tokens, a.output_tokens,
        a.cache_read_tokens, a.cache_write_tokens, a.cost_usd, coalesce(a.cost_source, ''),
        count(*)
 FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
-WHERE {_RANGE}
+LEFT JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
+WHERE {_RANGE} AND NOT (l.source IS NOT NULL AND {_VALID})
+  AND NOT (l.provider IS NOT NULL AND l.source IS NULL AND a.cost_usd IS NULL
+           AND a.cost_source IS NULL)
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 """
 _PRICES_TABLE = """
@@ -157,6 +211,18 @@ CREATE TEMP TABLE nexus_reprice_changed (
     time_to_first_chunk_ms float8, old_cost numeric, old_source text, new_cost numeric,
     new_source text, price_ref text
 ) ON COMMIT DROP
+"""
+_UPDATE_LINEAR = f"""
+WITH changed AS (
+    UPDATE api_calls a SET cost_usd = c.new_cost, cost_source = c.new_source
+    FROM ({_LINEAR_CHANGES}) c
+    WHERE a.tableoid = c.part AND a.ctid = c.row_id AND c.new_cost < %(max_cost)s
+    RETURNING a.trace_id, a.span_id, a."timestamp", a.service_name, a.provider, a.model,
+              a.operation, a.correlation_id IS NOT NULL AS content, a.success, a.error_type,
+              a.time_to_first_chunk_ms, c.old_cost, c.old_source, c.new_cost, c.new_source,
+              c.price_ref
+)
+INSERT INTO nexus_reprice_changed SELECT * FROM changed
 """
 _UPDATE = f"""
 WITH changed AS (
@@ -258,6 +324,7 @@ def reprice(
         "since": request.since,
         "until": request.until,
         "include_provider": request.include_provider_costs,
+        "max_cost": MAX_CALL_COST_USD,
     }
     plan = RepricePlan()
     with conn.transaction(force_rollback=not apply):
@@ -266,6 +333,9 @@ def reprice(
             conn.execute(REPRICE_LOCK)
             conn.execute(SET_WORK_MEM)
             plan.calls_examined = _choose_models(conn, book, request, params)
+            _price_linear(conn, book, params, plan)
+            if progress is not None:
+                progress(plan.linear_examined, plan.calls_examined)
             conn.execute(_PRICES_TABLE)
             _price_groups(conn, book, params, plan, progress)
         if before_apply is not None:
@@ -275,6 +345,7 @@ def reprice(
                 conn.execute("ANALYZE nexus_reprice_models")
                 conn.execute("ANALYZE nexus_reprice_prices")
                 conn.execute(_CHANGED_TABLE)
+                conn.execute(_UPDATE_LINEAR, params)
                 conn.execute(_UPDATE, params)
             with plan.timed("record and summaries"):
                 plan.revision_id = _record(conn, book, request, params, plan)
@@ -314,6 +385,35 @@ def _choose_models(
     return calls
 
 
+def _price_linear(
+    conn: psycopg.Connection[Any], book: PriceBook, params: dict[str, Any], plan: RepricePlan
+) -> None:
+    """Fills nexus_reprice_linear with the linear prices of the models and days in range, and
+    adds what they change to the plan."""
+    conn.execute(_LINEAR_TABLE)
+    rows = []
+    for provider, model, response, day, calls in conn.execute(_DAYS, params).fetchall():
+        if book.price_set(provider, model, response or None, day) is None:
+            # No price source knows the model: its unpriced calls stay so, unread.
+            rows.append((provider, model, response, day, *[None] * 9))
+            plan.linear_examined += calls  # nearly all of them: those without a cost
+            continue
+        found = linear_price(book, provider, model, response or None, day)
+        if found is not None:
+            plan.linear_examined += calls
+            ref = book.reference(provider, model, response or None, day, found.source)
+            rows.append((provider, model, response, day, *astuple(found), ref))
+    with conn.cursor().copy("COPY nexus_reprice_linear FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    conn.execute("ANALYZE nexus_reprice_linear")
+    preview = conn.execute(_LINEAR_PREVIEW, params).fetchall()
+    for provider, model, calls, priced, old, new, out_of_range in preview:
+        plan.change(provider, model).add_totals(calls, priced, old, new)
+        plan.out_of_range += out_of_range
+        plan.linear_calls += calls
+
+
 def _price_groups(
     conn: psycopg.Connection[Any],
     book: PriceBook,
@@ -321,8 +421,9 @@ def _price_groups(
     plan: RepricePlan,
     progress: Progress | None,
 ) -> None:
-    """Prices each group once; the ones that change go to nexus_reprice_prices."""
-    done = 0
+    """Prices each group of the calls no linear price prices, once; the ones that change go
+    to nexus_reprice_prices."""
+    done = plan.linear_examined
     with conn.cursor(name="nexus_reprice_groups", binary=True) as groups:
         groups.itersize = FETCH_GROUPS
         groups.execute(_GROUPS, params)
@@ -345,7 +446,9 @@ def _price_groups(
                     for each in changed:
                         c.write_row(each)
             if progress is not None:
-                progress(done, plan.calls_examined)
+                progress(min(done, plan.calls_examined), plan.calls_examined)
+    if progress is not None:
+        progress(plan.calls_examined, plan.calls_examined)
 
 
 _OUT_OF_RANGE: tuple[Any, ...] = ("a cost of MAX_CALL_COST_USD or more",)  # a marker
