@@ -1,14 +1,16 @@
 """Repricing stored calls with today's prices and overrides, in one transaction, with a record.
 
-Calls are read as groups, not one by one: calls of one provider, model and response model, on
-one UTC day (or at one time, for a model genai-prices prices by time of day), with the same
-token counts and the same current cost and source, cost the same, so each group is priced once
-by the exporter's own PriceBook (the rule ingest prices by: the overrides' valid_from dates, a
-genai-prices price history by timestamp). The groups whose cost or source changes go to a
-temporary table with COPY, and one UPDATE ... FROM joins it to api_calls by the same key. The
-rows it changed (its RETURNING) correct the daily, hourly and performance summaries, and become
-the revision's call rows, in the same transaction: the API, budgets, reports and SQL dashboards
-move together, or not at all.
+Prices come from the exporter's own PriceBook, by the rule ingest prices by (the overrides'
+valid_from dates, a genai-prices price history by timestamp), per model and UTC day (or time,
+for a model genai-prices prices by time of day). Where that price is linear in the token counts
+(an override, a price set without tiers), it is reduced to coefficients, checked against
+PriceBook, and the database prices the calls itself (exporter.usage.linear_prices). The other
+calls are read as groups: calls of one model on one day with the same token counts and the same
+current cost and source cost the same, so each group is priced once in Python; the groups that
+change go to a temporary table with COPY, and an UPDATE ... FROM joins it to api_calls by the
+same key. The rows both updates changed (their RETURNING) correct the daily, hourly and
+performance summaries, and become the revision's call rows, in the same transaction: the API,
+budgets, reports and SQL dashboards move together, or not at all.
 
 Calls whose cost the provider reported (`cost_source` = provider) are left as they are unless
 `include_provider_costs`; repriced, they keep that cost when no price table knows the model.
@@ -29,10 +31,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from exporter.ingest.pricing import PriceBook
 from exporter.usage.linear_prices import COST_SQL, linear_price
+from exporter.usage.revision_record import record_revision
 
 # Groups read per round trip: enough to keep PostgreSQL busy, a few MB of Python objects.
 FETCH_GROUPS = 20_000
@@ -244,67 +246,6 @@ WITH changed AS (
 )
 INSERT INTO nexus_reprice_changed SELECT * FROM changed
 """
-_REVISION = """
-INSERT INTO price_revisions (since, until, model_pattern, provider, include_provider_costs,
-    price_sources, calls_examined, calls_changed, newly_priced, newly_unpriced, old_cost_usd,
-    new_cost_usd)
-VALUES (%(since)s, %(until)s, %(pattern)s, %(provider)s, %(include_provider)s, %(sources)s,
-        %(examined)s, 0, 0, 0, 0, 0)
-RETURNING id
-"""
-_REVISION_CALLS = """
-INSERT INTO price_revision_calls
-SELECT %(revision)s, trace_id, span_id, "timestamp", old_cost, old_source, new_cost, new_source,
-       price_ref
-FROM nexus_reprice_changed
-"""
-_REVISION_MODELS = """
-INSERT INTO price_revision_models
-SELECT %(revision)s, provider, model, count(*),
-       count(*) FILTER (WHERE old_cost IS NULL AND new_cost IS NOT NULL),
-       count(*) FILTER (WHERE old_cost IS NOT NULL AND new_cost IS NULL),
-       coalesce(sum(old_cost), 0), coalesce(sum(new_cost), 0)
-FROM nexus_reprice_changed GROUP BY provider, model
-"""
-_REVISION_TOTALS = """
-UPDATE price_revisions r SET calls_changed = t.calls, newly_priced = t.priced,
-       newly_unpriced = t.unpriced, old_cost_usd = t.old, new_cost_usd = t.new
-FROM (SELECT sum(calls_changed) AS calls, sum(newly_priced) AS priced,
-             sum(newly_unpriced) AS unpriced, sum(old_cost_usd) AS old, sum(new_cost_usd) AS new
-      FROM price_revision_models WHERE revision_id = %(revision)s) t
-WHERE r.id = %(revision)s
-"""
-# The summaries move by each changed call's difference: cost, and unpriced count.
-_SUMMARY_DELTA = """
-UPDATE {table} s SET cost_usd = s.cost_usd + d.cost, unpriced_calls = s.unpriced_calls + d.unpriced,
-       updated_at = now()
-FROM (SELECT {key} AS key, service_name, provider, model, operation,
-             sum(coalesce(new_cost, 0) - coalesce(old_cost, 0)) AS cost,
-             sum((new_cost IS NULL)::int - (old_cost IS NULL)::int) AS unpriced
-      FROM nexus_reprice_changed GROUP BY 1, 2, 3, 4, 5) d
-WHERE (s.{column}, s.service_name, s.provider, s.model, s.operation)
-    = (d.key, d.service_name, d.provider, d.model, d.operation)
-"""
-_DAILY = _SUMMARY_DELTA.format(
-    table="daily_usage_summary", column="day", key="(\"timestamp\" AT TIME ZONE 'UTC')::date"
-)
-_HOURLY = _SUMMARY_DELTA.format(
-    table="hourly_usage_summary", column="hour", key="date_trunc('hour', \"timestamp\", 'UTC')"
-)
-# Content spend (calls with a correlation id) per the performance summary's own key.
-_PERFORMANCE = """
-UPDATE hourly_performance_summary s
-SET content_priced = s.content_priced + d.priced, content_cost_usd = s.content_cost_usd + d.cost
-FROM (SELECT date_trunc('hour', "timestamp", 'UTC') AS hour, service_name, provider, model,
-             operation,
-             md5(CASE WHEN success THEN '' ELSE coalesce(error_type, 'error') END) AS error_key,
-             coalesce(nexus_ttfc_bucket(time_to_first_chunk_ms), -1) AS ttfc_bucket_ms,
-             sum((new_cost IS NOT NULL)::int - (old_cost IS NOT NULL)::int) AS priced,
-             sum(coalesce(new_cost, 0) - coalesce(old_cost, 0)) AS cost
-      FROM nexus_reprice_changed WHERE content GROUP BY 1, 2, 3, 4, 5, 6, 7) d
-WHERE (s.hour, s.service_name, s.provider, s.model, s.operation, s.error_key, s.ttfc_bucket_ms)
-    = (d.hour, d.service_name, d.provider, d.model, d.operation, d.error_key, d.ttfc_bucket_ms)
-"""
 
 
 def reprice(
@@ -348,7 +289,12 @@ def reprice(
                 conn.execute(_UPDATE_LINEAR, params)
                 conn.execute(_UPDATE, params)
             with plan.timed("record and summaries"):
-                plan.revision_id = _record(conn, book, request, params, plan)
+                plan.revision_id = record_revision(
+                    conn,
+                    {**params, "pattern": request.model_pattern, "provider": request.provider},
+                    book.sources(),
+                    plan.calls_examined,
+                )
     return plan
 
 
@@ -482,37 +428,6 @@ def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
         return None
     ref = book.reference(provider, model, response or None, at, source) if source else None
     return (*row[:10], cost, source, ref)
-
-
-def _record(
-    conn: psycopg.Connection[Any],
-    book: PriceBook,
-    request: RepriceRequest,
-    params: dict[str, Any],
-    plan: RepricePlan,
-) -> int | None:
-    """The revision: its call rows, its totals per model, and the summaries corrected. None
-    when the update changed no row (calls removed since they were read)."""
-    changed = conn.execute("SELECT count(*) FROM nexus_reprice_changed").fetchone()
-    if not changed or not changed[0]:
-        return None
-    row = conn.execute(
-        _REVISION,
-        {
-            **params,
-            "pattern": request.model_pattern,
-            "provider": request.provider,
-            "sources": Jsonb(book.sources()),
-            "examined": plan.calls_examined,
-        },
-    ).fetchone()
-    assert row is not None
-    revision = {"revision": row[0]}
-    for statement in (_REVISION_CALLS, _REVISION_MODELS, _REVISION_TOTALS):
-        conn.execute(statement, revision)
-    for statement in (_DAILY, _HOURLY, _PERFORMANCE):
-        conn.execute(statement)
-    return int(row[0])
 
 
 def utc_day_start(day: Any) -> datetime:
