@@ -217,7 +217,11 @@ def cmd_unpriced(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
 
     from exporter.service import open_database
-    from exporter.usage.revisions import overrides_template, unpriced_models
+    from exporter.usage.revisions import (
+        MAX_UNPRICED_MODELS,
+        overrides_template,
+        unpriced_models,
+    )
 
     try:
         since = _day("--since", args.since)
@@ -234,6 +238,12 @@ def cmd_unpriced(settings: Settings, args: argparse.Namespace) -> int:
     if not models:
         console.print(f"every call since {since} has a price")
         return 0
+    if len(models) > MAX_UNPRICED_MODELS:
+        models = models[:MAX_UNPRICED_MODELS]
+        console.print(
+            f"[yellow]more than {MAX_UNPRICED_MODELS} models stored without a price:[/] the"
+            f" {MAX_UNPRICED_MODELS} with the most calls are listed; a later --since shows fewer"
+        )
     table = Table(title=f"Models stored without a price since {since}", title_justify="left")
     for column in ("provider", "model", "calls", "input tokens", "output tokens", "last call"):
         table.add_column(column)

@@ -42,6 +42,8 @@ COST_SQL = (
 
 @dataclass(frozen=True)
 class LinearPrice:
+    """One piece of a price: linear for calls whose input count is in (above, up_to]."""
+
     source: str  # the cost_source it gives: override | genai-prices
     input_mtok: Decimal  # input tokens not counted as cache reads or writes (the leaf)
     output_mtok: Decimal
@@ -50,6 +52,8 @@ class LinearPrice:
     per_call: Decimal
     subtract_read: bool  # cache reads are priced apart from the input (else within it)
     subtract_write: bool
+    above: int = -1  # a tier applies to calls with more input tokens than its start
+    up_to: int | None = None
 
     def cost(self, inp: int, out: int, read: int, write: int) -> Decimal:
         """COST_SQL in Python, for the check against PriceBook."""
@@ -65,48 +69,80 @@ class LinearPrice:
             )
             return total.quantize(Decimal("1e-12"), ROUND_HALF_UP)
 
+    def probes(self) -> list[tuple[int, int, int, int]]:
+        """_PROBES within this piece, and usages at both ends of its input range."""
+        ends = [self.above + 1, self.up_to if self.up_to is not None else self.above + 10**6]
+        edges = [(i, 7, 0, 0) for i in ends] + [(i, 3, i // 3, i // 5) for i in ends]
+        inside = [
+            p for p in _PROBES if p[0] > self.above and (self.up_to is None or p[0] <= self.up_to)
+        ]
+        return inside + edges
+
 
 def linear_price(
     book: PriceBook, provider: str, model: str, response_model: str | None, at: datetime
-) -> LinearPrice | None:
-    """The linear form of the price of this model's calls on `at`'s UTC day, checked against
-    PriceBook; None when there is none (no price, tiers, a library rule) or it differs."""
+) -> list[LinearPrice] | None:
+    """The price of this model's calls on `at`'s UTC day as linear pieces by input size, each
+    checked against PriceBook; None when there is none (no price, a library rule) or any piece
+    differs."""
     price_set = book.price_set(provider, model, response_model, at)
     if isinstance(price_set, _Override):
-        found: LinearPrice | None = LinearPrice(
-            "override", price_set.input, price_set.output, price_set.cache_read,
-            price_set.cache_write, Decimal(0), True, True,
-        )  # fmt: skip
+        found: list[LinearPrice] | None = [
+            LinearPrice(
+                "override", price_set.input, price_set.output, price_set.cache_read,
+                price_set.cache_write, Decimal(0), True, True,
+            )
+        ]  # fmt: skip
     elif isinstance(price_set, _Plan):
         found = _from_plan(price_set)
     else:
         return None
-    if found is None:
-        return None
-    for probe in _PROBES:
-        expected = book.price(
-            provider=provider, model=model, response_model=response_model, timestamp=at,
-            input_tokens=probe[0], output_tokens=probe[1], cache_read_tokens=probe[2],
-            cache_write_tokens=probe[3],
-        )  # fmt: skip
-        if expected.cost_usd is None or expected.source != found.source:
-            return None
-        if found.cost(*probe) != expected.cost_usd.quantize(Decimal("1e-12"), ROUND_HALF_UP):
-            return None
+    for piece in found or ():
+        for probe in piece.probes():
+            expected = book.price(
+                provider=provider, model=model, response_model=response_model, timestamp=at,
+                input_tokens=probe[0], output_tokens=probe[1], cache_read_tokens=probe[2],
+                cache_write_tokens=probe[3],
+            )  # fmt: skip
+            if expected.cost_usd is None or expected.source != piece.source:
+                return None
+            exact = expected.cost_usd.quantize(Decimal("1e-12"), ROUND_HALF_UP)
+            if piece.cost(*probe) != exact:
+                return None
     return found
 
 
-def _from_plan(plan: _Plan) -> LinearPrice | None:
+def _unit_price(price: Decimal | TieredPrices, inp: int) -> Decimal:
+    """The library's cliff rule: the last tier whose start the call's input exceeds."""
+    if not isinstance(price, TieredPrices):
+        return price
+    return next((t.price for t in reversed(price.tiers) if inp > t.start), price.base)
+
+
+def _from_plan(plan: _Plan) -> list[LinearPrice] | None:
+    """A piece per stretch of input sizes between tier starts (the library's cliff rule: a
+    call's whole input size sets the rate of every tiered price)."""
     if plan.use_library or not plan.priceable:
         return None
-    slots = [Decimal(0)] * 5
-    for slot, price, per in plan.terms:
-        if isinstance(price, TieredPrices):
-            return None  # the input size sets the rate: priced the Python way
-        if slot < 4 and per != 1_000_000:
-            return None
-        slots[slot] = price if slot < 4 else price / per  # a request counts 1
-    inp, out, read, write, per_call = slots
-    return LinearPrice(
-        "genai-prices", inp, out, read, write, per_call, plan.subtract_read, plan.subtract_write
-    )
+    if any(slot < 4 and per != 1_000_000 for slot, _, per in plan.terms):
+        return None
+    starts = sorted(
+        {t.start for _, price, _ in plan.terms if isinstance(price, TieredPrices)
+         for t in price.tiers}
+    )  # fmt: skip
+    bounds = [-1, *starts]
+    pieces = []
+    for index, above in enumerate(bounds):
+        up_to = bounds[index + 1] if index + 1 < len(bounds) else None
+        slots = [Decimal(0)] * 5
+        for slot, price, per in plan.terms:
+            unit = _unit_price(price, above + 1)  # every input in (above, up_to] alike
+            slots[slot] = unit if slot < 4 else unit / per  # a request counts 1
+        inp, out, read, write, per_call = slots
+        pieces.append(
+            LinearPrice(
+                "genai-prices", inp, out, read, write, per_call, plan.subtract_read,
+                plan.subtract_write, above, up_to,
+            )
+        )  # fmt: skip
+    return pieces

@@ -150,13 +150,15 @@ _LINEAR_TABLE = """
 CREATE TEMP TABLE nexus_reprice_linear (
     provider text, model text, response_model text, day timestamptz, source text,
     input_mtok numeric, output_mtok numeric, cache_read_mtok numeric, cache_write_mtok numeric,
-    per_call numeric, subtract_read boolean, subtract_write boolean, price_ref text
+    per_call numeric, subtract_read boolean, subtract_write boolean, above bigint, up_to bigint,
+    price_ref text
 ) ON COMMIT DROP
 """
 _JOIN_LINEAR = (
     "l.provider = a.provider AND l.model = a.model"
     " AND l.response_model = coalesce(a.response_model, '')"
     " AND l.day = date_trunc('day', a.\"timestamp\", 'UTC')"
+    " AND a.input_tokens > l.above AND (l.up_to IS NULL OR a.input_tokens <= l.up_to)"
 )
 _VALID = "a.cache_read_tokens + a.cache_write_tokens <= a.input_tokens"
 _DAYS = f"""
@@ -341,14 +343,14 @@ def _price_linear(
     for provider, model, response, day, calls in conn.execute(_DAYS, params).fetchall():
         if book.price_set(provider, model, response or None, day) is None:
             # No price source knows the model: its unpriced calls stay so, unread.
-            rows.append((provider, model, response, day, *[None] * 9))
+            rows.append((provider, model, response, day, *[None] * 8, -1, None, None))
             plan.linear_examined += calls  # nearly all of them: those without a cost
             continue
-        found = linear_price(book, provider, model, response or None, day)
-        if found is not None:
+        pieces = linear_price(book, provider, model, response or None, day)
+        if pieces:
             plan.linear_examined += calls
-            ref = book.reference(provider, model, response or None, day, found.source)
-            rows.append((provider, model, response, day, *astuple(found), ref))
+            ref = book.reference(provider, model, response or None, day, pieces[0].source)
+            rows += [(provider, model, response, day, *astuple(p), ref) for p in pieces]
     with conn.cursor().copy("COPY nexus_reprice_linear FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)

@@ -72,9 +72,10 @@ def revisions(conn: psycopg.Connection[Any], limit: int) -> list[dict[str, Any]]
 
 
 def unpriced_models(conn: psycopg.Connection[Any], since: datetime) -> list[dict[str, Any]]:
-    """Models with calls stored without a price since `since`, the most calls first."""
+    """Models with calls stored without a price since `since`, the most calls first: at most
+    MAX_UNPRICED_MODELS, and one more when there are more (the caller says so)."""
     with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(_UNPRICED, (since, MAX_UNPRICED_MODELS)).fetchall()
+        return cursor.execute(_UNPRICED, (since, MAX_UNPRICED_MODELS + 1)).fetchall()
 
 
 def overrides_template(models: list[dict[str, Any]], since: str) -> str:
