@@ -123,10 +123,12 @@ class RepricePlan:
 
 
 _SCOPE = """
-SELECT provider, model, coalesce(response_model, ''), count(*) FROM api_calls
+SELECT provider, model, coalesce(response_model, ''), date_trunc('day', "timestamp", 'UTC'),
+       count(*)
+FROM api_calls
 WHERE "timestamp" >= %(since)s AND "timestamp" < %(until)s
   AND (%(include_provider)s OR cost_source IS DISTINCT FROM 'provider')
-GROUP BY 1, 2, 3
+GROUP BY 1, 2, 3, 4
 """
 _MODELS_TABLE = """
 CREATE TEMP TABLE nexus_reprice_models (
@@ -161,12 +163,6 @@ _JOIN_LINEAR = (
     " AND a.input_tokens > l.above AND (l.up_to IS NULL OR a.input_tokens <= l.up_to)"
 )
 _VALID = "a.cache_read_tokens + a.cache_write_tokens <= a.input_tokens"
-_DAYS = f"""
-SELECT m.provider, m.model, m.response_model, date_trunc('day', a."timestamp", 'UTC'), count(*)
-FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
-WHERE {_RANGE} AND NOT m.by_time
-GROUP BY 1, 2, 3, 4
-"""
 # The calls a linear price changes, with their cost before and after, from one snapshot.
 _LINEAR_CHANGES = f"""
 SELECT * FROM (
@@ -178,13 +174,32 @@ SELECT * FROM (
 ) c
 WHERE (c.new_cost, c.new_source) IS DISTINCT FROM (c.old_cost, c.old_source)
 """
+# What the linear prices change per model (over the calls they price and change), and how many
+# calls are left to price the Python way (in no model and day with a linear price or a marker;
+# with cache counts beyond the input; without a price source but with a cost to reconsider).
 _LINEAR_PREVIEW = f"""
-SELECT provider, model, count(*) FILTER (WHERE new_cost < %(max_cost)s),
-       count(*) FILTER (WHERE new_cost < %(max_cost)s AND old_cost IS NULL),
-       coalesce(sum(old_cost) FILTER (WHERE new_cost < %(max_cost)s), 0),
-       coalesce(sum(new_cost) FILTER (WHERE new_cost < %(max_cost)s), 0),
-       count(*) FILTER (WHERE new_cost >= %(max_cost)s)
-FROM ({_LINEAR_CHANGES}) changes GROUP BY 1, 2
+SELECT provider, model,
+       count(*) FILTER (WHERE changes AND new_cost < %(max_cost)s),
+       count(*) FILTER (WHERE changes AND new_cost < %(max_cost)s AND old_cost IS NULL),
+       coalesce(sum(old_cost) FILTER (WHERE changes AND new_cost < %(max_cost)s), 0),
+       coalesce(sum(new_cost) FILTER (WHERE changes AND new_cost < %(max_cost)s), 0),
+       count(*) FILTER (WHERE changes AND new_cost >= %(max_cost)s),
+       count(*) FILTER (WHERE python)
+FROM (
+    SELECT a.provider, a.model, a.cost_usd AS old_cost, x.new_cost,
+           x.new_cost IS NOT NULL
+           AND (x.new_cost, l.source) IS DISTINCT FROM (a.cost_usd, a.cost_source) AS changes,
+           l.provider IS NULL OR (l.source IS NOT NULL AND NOT ({_VALID}))
+           OR (l.source IS NULL AND (a.cost_usd IS NOT NULL OR a.cost_source IS NOT NULL))
+           AS python
+    FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
+    LEFT JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN l.source IS NOT NULL AND {_VALID} THEN {COST_SQL} END AS new_cost
+    ) x
+    WHERE {_RANGE}
+) calls
+GROUP BY 1, 2
 """
 _GROUPS = f"""
 SELECT a.provider, a.model, m.response_model, {_AT}, a.input_tokens, a.output_tokens,
@@ -275,12 +290,13 @@ def reprice(
             _larger_temp_buffers(conn)
             conn.execute(REPRICE_LOCK)
             conn.execute(SET_WORK_MEM)
-            plan.calls_examined = _choose_models(conn, book, request, params)
-            _price_linear(conn, book, params, plan)
+            plan.calls_examined, days = _choose_models(conn, book, request, params)
+            left = _price_linear(conn, book, params, plan, days)
             if progress is not None:
                 progress(plan.linear_examined, plan.calls_examined)
             conn.execute(_PRICES_TABLE)
-            _price_groups(conn, book, params, plan, progress)
+            if left:  # else no call needs it: not read again
+                _price_groups(conn, book, params, plan, progress)
         if before_apply is not None:
             before_apply(plan)
         if apply and plan.models:
@@ -312,35 +328,43 @@ def _choose_models(
     book: PriceBook,
     request: RepriceRequest,
     params: dict[str, Any],
-) -> int:
+) -> tuple[int, list[tuple[str, str, str, datetime, int]]]:
     """Fills nexus_reprice_models with the models in range that the filters select; returns
-    how many calls they made."""
+    how many calls they made, and their calls per UTC day (provider, model, response model,
+    day, calls) but those of models priced by time of day."""
     pattern = request.model_pattern.lower() if request.model_pattern else None
     provider = request.provider.lower() if request.provider else None
-    chosen, calls = [], 0
-    for prov, model, response, count in conn.execute(_SCOPE, params).fetchall():
+    chosen: dict[tuple[str, str, str], bool] = {}
+    days = []
+    for prov, model, response, day, count in conn.execute(_SCOPE, params).fetchall():
         if provider is not None and prov.lower() != provider:
             continue
         names = (model.lower(), response.lower()) if response else (model.lower(),)
         if pattern is not None and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
             continue
-        chosen.append((prov, model, response, book.time_of_day_priced(prov, model, response)))
-        calls += count
+        key = (prov, model, response)
+        if key not in chosen:
+            chosen[key] = book.time_of_day_priced(prov, model, response)
+        days.append((prov, model, response, day, count))
     conn.execute(_MODELS_TABLE)
     with conn.cursor().copy("COPY nexus_reprice_models FROM STDIN") as copy:
-        for row in chosen:
-            copy.write_row(row)
-    return calls
+        for key, by_time in chosen.items():
+            copy.write_row((*key, by_time))
+    return sum(d[4] for d in days), [d for d in days if not chosen[d[:3]]]
 
 
 def _price_linear(
-    conn: psycopg.Connection[Any], book: PriceBook, params: dict[str, Any], plan: RepricePlan
-) -> None:
+    conn: psycopg.Connection[Any],
+    book: PriceBook,
+    params: dict[str, Any],
+    plan: RepricePlan,
+    days: list[tuple[str, str, str, datetime, int]],
+) -> int:
     """Fills nexus_reprice_linear with the linear prices of the models and days in range, and
-    adds what they change to the plan."""
+    adds what they change to the plan. Returns how many calls are left to price in Python."""
     conn.execute(_LINEAR_TABLE)
     rows = []
-    for provider, model, response, day, calls in conn.execute(_DAYS, params).fetchall():
+    for provider, model, response, day, calls in days:
         if book.price_set(provider, model, response or None, day) is None:
             # No price source knows the model: its unpriced calls stay so, unread.
             rows.append((provider, model, response, day, *[None] * 8, -1, None, None))
@@ -356,10 +380,14 @@ def _price_linear(
             copy.write_row(row)
     conn.execute("ANALYZE nexus_reprice_linear")
     preview = conn.execute(_LINEAR_PREVIEW, params).fetchall()
-    for provider, model, calls, priced, old, new, out_of_range in preview:
-        plan.change(provider, model).add_totals(calls, priced, old, new)
+    left = 0
+    for provider, model, calls, priced, old, new, out_of_range, python in preview:
+        if calls:
+            plan.change(provider, model).add_totals(calls, priced, old, new)
         plan.out_of_range += out_of_range
         plan.linear_calls += calls
+        left += python
+    return left
 
 
 def _price_groups(
