@@ -426,3 +426,31 @@ def test_revisions_limit_out_of_range_is_a_422(exporter: ExporterProcess, limit:
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_calls_no_price_source_knows_any_more_become_unpriced(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The acme-unpriced-* entry removed: its calls (the provider-charged one, repriced by the
+    override, too) go back to unpriced, and the summaries follow."""
+    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(2,)]
+    removed = tmp_path / "removed.yaml"
+    removed.write_text(OVERRIDES.split("  - model: acme-unpriced-*")[0])
+    before = {r[0]: r[2] for r in stored(database_url)}
+    result = nexus(
+        database_url, "reprice", "--since", str(DAY1), "--prices-file", str(removed),
+        "--include-provider-costs",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "revision 3 applied: 4 calls repriced" in result.stderr
+    gone = [CALLS[0].start, CALLS[1].start, CALLS[3].start, PROVIDER_CHARGED.start]
+    assert query(
+        database_url,
+        'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source'
+        ' FROM price_revision_calls WHERE revision_id = 3 ORDER BY "timestamp"',
+    ) == [(start, before[start], "override", None, None) for start in gone]
+    assert query(
+        database_url,
+        "SELECT calls_changed, newly_priced, newly_unpriced FROM price_revisions WHERE id = 3",
+    ) == [(4, 0, 4)]
+    assert summaries(database_url) == raw_summaries(database_url)
