@@ -55,6 +55,7 @@ BENCHMARKS: dict[str, Runner] = {
     "scrape": _optional("bench.scrape"),
     "faults": _optional("bench.faults"),
     "guard": _optional("bench.guard"),
+    "reprice": _optional("bench.reprice"),
 }
 
 

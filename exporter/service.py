@@ -219,11 +219,13 @@ def serve(
     `socks` (by name: ingest, api) where given."""
     from exporter.api import create_api_app
     from exporter.usage.budgets import BudgetCollector
+    from exporter.usage.revisions import RevisionGauge
 
     metrics = ExporterMetrics(max_series=settings.metrics_max_series)
     metrics.expositions.append(
         BudgetCollector(database.url, max_budgets=settings.metrics_max_budgets, read_now=True)
     )
+    metrics.expositions.append(RevisionGauge(database.url))
     socks = socks or {}
     served = [
         Served("ingest", create_ingest_app(settings, database.url, metrics), settings.otlp_port),

@@ -29,6 +29,7 @@ from exporter.api.routes import budgets as routes_budgets
 from exporter.api.routes import content as routes_content
 from exporter.api.routes import dashboard as routes_dashboard
 from exporter.api.routes import page as routes_page
+from exporter.api.routes import prices as routes_prices
 from exporter.api.routes import reports as routes_reports
 from exporter.core.security import BearerAuth
 from exporter.core.settings import Settings
@@ -117,6 +118,7 @@ def create_api_app(settings: Settings, database_url: str, clock: Clock = utc_now
         routes_content,
         routes_alerts,
         routes_reports,
+        routes_prices,
         routes_page,
     ):
         app.include_router(module.router)

@@ -75,8 +75,17 @@ def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
+    from exporter.cli.repricing import cmd_unpriced
     from exporter.ingest.pricing import PriceBook, PriceOverridesError, render_price_table
 
+    if args.unpriced:
+        return cmd_unpriced(settings, args)
+    if not args.model:
+        error("name a model (e.g. nexus-otel prices claude-sonnet-4-5), or pass --unpriced")
+        return 2
+    if args.since:
+        error(f"--since {args.since!r} goes with --unpriced only")
+        return 2
     try:
         book = PriceBook(settings.prices_file)
         if args.provider and (unknown := book.unknown_provider(args.provider)):

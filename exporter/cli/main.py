@@ -38,6 +38,7 @@ from exporter.cli.flags import (
     settings_error,
 )
 from exporter.cli.output import Command, console, error
+from exporter.cli.repricing import add_reprice_arguments, add_unpriced_arguments, cmd_reprice
 from exporter.cli.serving import cmd_api, cmd_serve
 
 
@@ -67,8 +68,15 @@ COMMANDS: dict[str, Subcommand] = {
     ),
     "prices": Subcommand(
         cmd_prices,
-        "show what a model costs and where the price comes from",
-        setting_names("prices_file"),
+        "show what a model costs and where the price comes from (--unpriced: the models"
+        " stored without a price)",
+        DATABASE + setting_names("prices_file"),
+    ),
+    "reprice": Subcommand(
+        cmd_reprice,
+        "recompute stored calls' costs with today's prices and overrides, with a record"
+        " (--history lists the records)",
+        DATABASE + setting_names("prices_file"),
     ),
     "dashboards": Subcommand(
         cmd_dashboards, "regenerate the Grafana dashboards JSON from code", ()
@@ -103,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, subcommand in COMMANDS.items():
         command = sub.add_parser(name, help=subcommand.help, description=subcommand.help)
         if name == "prices":
-            command.add_argument("model", help="model name, e.g. claude-sonnet-4-5")
+            command.add_argument("model", nargs="?", help="model name, e.g. claude-sonnet-4-5")
             command.add_argument("--provider", help="provider, e.g. anthropic, gcp.gemini, groq")
+            add_unpriced_arguments(command)
+        if name == "reprice":
+            add_reprice_arguments(command)
         if name == "dashboards":
             command.add_argument("--out", default="grafana/dashboards", help="output directory")
             command.add_argument(

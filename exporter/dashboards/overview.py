@@ -119,7 +119,10 @@ def _charts() -> list[object]:
                 f"(rate(nexus_llm_cost_usd_total{prom_filter()}[$__rate_interval])) * 3600",
                 "{{gen_ai_provider_name}}",
             )],
-            "US dollars per hour at the current pace, from the exporter's cost counter.",
+            "US dollars per hour at the current pace, from the exporter's cost counter: each call"
+            " at the cost it was stored with. A counter cannot be rewritten: `nexus-otel reprice`"
+            " corrects the SQL panels, the API and budgets, not this; the gauge"
+            " nexus_llm_cost_revisions_usd holds what revisions added.",
             colors=PROVIDER_COLORS,
         ),
         timeseries_panel(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -277,7 +278,7 @@ class PriceBook:
                 source = f"override: {self.overrides_path} (models[{entry.index}])"
                 costs = (entry.input, entry.output, entry.cache_read, entry.cache_write)
                 return ModelPriceInfo(model, None, provider or entry.provider, source, at, *costs)
-        snapshot = self._check_snapshot()
+        self._check_snapshot()
         found = self._lookup(provider, model) if provider else self._lookup_anywhere(model)
         if found is None:
             raise LookupError(self._unknown_message(model, provider))
@@ -292,14 +293,73 @@ class PriceBook:
                 return value.base
             return value
 
-        data = "bundled data"
-        if snapshot.from_auto_update:
-            data = f"data of {snapshot.timestamp.isoformat(timespec='seconds')}"
-        source = f"genai-prices {genai_prices.__version__} ({data})"
+        source = self._library_reference()
         inp, out, read, write = (base(key) for key in _TOKEN_PRICE_KEYS)
         return ModelPriceInfo(
             info.id, info.name, prov.id, source, at, inp, out, read, write, tuple(tiers)
         )
+
+    def time_of_day_priced(self, provider: str, model: str, response_model: str | None) -> bool:
+        """Whether genai-prices prices this model by time of day (off-peak hours), so that a
+        call's price depends on its time, not only on its UTC day."""
+        self._check_snapshot()
+        refs = (model,) if response_model in (None, model) else (response_model, model)
+        return any(ref and (found := self._lookup(provider, ref)) and found[2] for ref in refs)
+
+    def price_set(
+        self, provider: str, model: str, response_model: str | None, at: datetime
+    ) -> _Override | _Plan | None:
+        """What `price` prices a call of this model at `at` with, for usage it accepts (no
+        negative count, cache counts within the input): the override entry, the first
+        genai-prices price set that prices anything, or None (then a reported cost, or none)."""
+        if self.overrides:
+            entry = self._override(provider, model, response_model, _utc_day(at))
+            if entry is not None:
+                return entry
+        self._check_snapshot()
+        refs = (model,) if response_model in (None, model) else (response_model, model)
+        for ref in refs:
+            if ref and (found := self._lookup(provider, ref)) is not None:
+                plan = self._plan_at(found[1], found[2], at)
+                if plan.priceable:
+                    return plan
+        return None
+
+    def reference(
+        self, provider: str, model: str, response_model: str | None, at: datetime, source: str
+    ) -> str | None:
+        """Where a price of `source` for this call comes from, precisely enough to reproduce
+        it: the overrides entry and its valid_from, or the genai-prices version and data."""
+        if source == "override":
+            entry = self._override(provider, model, response_model, _utc_day(at))
+            if entry is not None:
+                return self._entry_reference(entry)
+        if source == "genai-prices":
+            return self._library_reference()
+        return None
+
+    def sources(self) -> dict[str, Any]:
+        """The price sources in force, for a record of what priced something."""
+        overrides: dict[str, Any] | None = None
+        if self.overrides_path is not None:
+            overrides = {
+                "file": str(self.overrides_path),
+                "sha256": hashlib.sha256(self.overrides_path.read_bytes()).hexdigest(),
+                "entries": [self._entry_reference(entry) for entry in self.overrides],
+            }
+        return {"genai_prices": self._library_reference(), "overrides": overrides}
+
+    def _entry_reference(self, entry: _Override) -> str:
+        where = f"{self.overrides_path} models[{entry.index}] ({entry.pattern}"
+        where += f", provider {entry.provider})" if entry.provider else ")"
+        return where + (f" valid_from {entry.valid_from}" if entry.valid_from else "")
+
+    def _library_reference(self) -> str:
+        snapshot = self._check_snapshot()
+        data = "bundled data"
+        if snapshot.from_auto_update:
+            data = f"data of {snapshot.timestamp.isoformat(timespec='seconds')}"
+        return f"genai-prices {genai_prices.__version__} ({data})"
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -54,4 +54,6 @@ def apply_retention(database_url: str, retention_days: int, now: datetime) -> Re
         # Spans set aside as another span's duplicate (exporter.ingest.duplicates) go with the
         # calls of their time: a span older than the cutoff is refused on arrival anyway.
         conn.execute('DELETE FROM api_call_duplicates WHERE "timestamp" < %s', (result.cutoff,))
+        # And the price revisions' record of calls no longer stored.
+        conn.execute('DELETE FROM price_revision_calls WHERE "timestamp" < %s', (result.cutoff,))
     return result

@@ -46,7 +46,7 @@ CHAT_ID = -100888
 PHASE_ONE = {"LLMNoCallsIngested", "NexusCollectorDroppingSpans", "NexusCollectorRefusingSpans",
              "NexusCollectorQueueNearlyFull"}  # fmt: skip
 PHASE_TWO = {"LLMBudgetWarning", "LLMBudgetExceeded", "LLMBudgetForecastExceeded",
-             "LLMExpensiveCall", "LLMHighErrorRate", "NexusExporterDown",
+             "LLMExpensiveCall", "LLMHighErrorRate", "LLMUnpricedCalls", "NexusExporterDown",
              "NexusStorageUnavailable", "NexusCollectorDown"}  # fmt: skip
 COLLECTOR_EXPORTER = 'exporter="otlphttp/nexus"'
 
@@ -58,7 +58,7 @@ def shipped_alerts() -> set[str]:
 
 def test_the_phases_cover_every_shipped_alert() -> None:
     assert shipped_alerts() == PHASE_ONE | PHASE_TWO | {"Watchdog"}
-    assert len(shipped_alerts()) == 13
+    assert len(shipped_alerts()) == 14
 
 
 class Receivers:
@@ -119,13 +119,15 @@ class Receivers:
             time.sleep(0.5)
 
 
-def send(exporter: ExporterProcess, service: str, model: str, cost: float, count: int = 1,
+def send(exporter: ExporterProcess, service: str, model: str, cost: float | None, count: int = 1,
          error: str | None = None) -> None:  # fmt: skip
+    """`count` calls; `cost` None: of a model no price is known for, and no cost reported."""
+    reported = {} if cost is None else {"gen_ai.usage.cost": cost}
     spans = make_spans(
         [{"start": datetime.now(UTC), "duration_ms": 400, "name": f"chat {model}", "error": error,
           "attributes": {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat",
                          "gen_ai.request.model": model, "gen_ai.usage.input_tokens": 100,
-                         "gen_ai.usage.output_tokens": 50, "gen_ai.usage.cost": cost,
+                         "gen_ai.usage.output_tokens": 50, **reported,
                          "nexus.operation": "caption"}}] * count,
         service_name=service,
     )  # fmt: skip
@@ -255,7 +257,7 @@ def cause_llm_and_budget_alerts(
     exporter: ExporterProcess, prometheus: Prometheus, receivers: Receivers
 ) -> None:
     """Two budgets (one exceeded; one at 60 % an hour into its day), an expensive call, and
-    failing calls until their alert is delivered."""
+    failing calls and calls of an unpriced model until their alerts are delivered."""
     zone = early_day_zone(datetime.now(UTC))
     for name, amount, service in (("over", 1.0, "svc-over"), ("pace", 2.0, "svc-pace")):
         response = httpx.post(
@@ -268,7 +270,8 @@ def cause_llm_and_budget_alerts(
     send(exporter, "svc-over", "big-model", 0.70, count=2)  # $1.40 of $1: exceeded, expensive
     send(exporter, "svc-pace", "small-model", 0.40, count=3)  # $1.20 of $2: warning, forecast
     deadline = time.monotonic() + 60
-    while "LLMHighErrorRate" not in receivers.arrived()["telegram"]:
+    while {"LLMHighErrorRate", "LLMUnpricedCalls"} - receivers.arrived()["telegram"]:
         assert time.monotonic() < deadline, prometheus.alerts()
         send(exporter, "svc-errors", "flaky-model", 0.001, count=10, error="rate limited")
+        send(exporter, "svc-new-model", "unpriced-model", None)
         time.sleep(0.5)

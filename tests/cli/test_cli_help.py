@@ -46,7 +46,8 @@ def _setting_lines(command: str) -> dict[str, str]:
         ("migrate", DATABASE),
         ("report", [*DATABASE, "--timezone"]),
         ("retention", [*DATABASE, "--retention-days"]),
-        ("prices", ["--prices-file"]),
+        ("prices", [*DATABASE, "--prices-file"]),  # --unpriced reads the stored calls
+        ("reprice", [*DATABASE, "--prices-file"]),
         ("dashboards", []),
         ("prometheus-rules", []),
         ("digest", [*DATABASE, "--timezone", *TELEGRAM]),
