@@ -337,8 +337,9 @@ def _iter_spans(
 
 def _names_none(encoded: Any, markers: tuple[bytes, ...]) -> bool:
     """Whether no encoded attribute holds any of `markers` and every one is a readable
-    KeyValue. A key is stored as its bytes are (NUL and invalid UTF-8 become U+FFFD, a long key
-    ends in a marker), so a key equal to a marker's name holds the marker's bytes verbatim."""
+    KeyValue. A key is read as its bytes are (NUL and invalid UTF-8 become U+FFFD, a key cut for
+    length ends in TRUNCATED_MARKER), so a key read as a marker's name holds its bytes verbatim;
+    a marker's bytes inside a value only send the span the usual way."""
     joined = b"".join(encoded)
     for marker in markers:
         if marker in joined:
