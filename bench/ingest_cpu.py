@@ -26,7 +26,7 @@ from exporter.ingest.decode import price_call
 from exporter.ingest.leases import LEASE_ID_ATTRIBUTE, RESERVED_ATTRIBUTE, settlements
 from exporter.ingest.metrics import summarize_calls
 from exporter.ingest.model import LLMCall
-from exporter.ingest.normalize import MODEL_CALL_MARKERS, to_llm_call
+from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.pricing import PriceBook
 from exporter.ingest.storage import CallBatch, call_key, encode_row, hourly_totals
 
@@ -55,10 +55,8 @@ def stage_cpu(bodies: Sequence[bytes]) -> dict[str, float]:
 def _time_stages(body: bytes, prices: PriceBook, totals: dict[str, float]) -> int:
     clock = time.process_time
     started = clock()
-    request = otlp.parse_request(body, otlp.PROTOBUF)
-    spans = list(otlp.iter_spans_naming(request, [], MODEL_CALL_MARKERS))  # as decode.convert
+    raws = list(otlp.iter_raw_spans(otlp.parse_request(body, otlp.PROTOBUF), []))
     decoded = clock()
-    raws = [raw for raw in spans if raw is not None]
     calls: list[LLMCall] = [c for c in map(to_llm_call, raws) if c is not None]
     normalized = clock()
     for call in calls:
@@ -83,7 +81,7 @@ def _time_stages(body: bytes, prices: PriceBook, totals: dict[str, float]) -> in
         strict=True,
     ):  # fmt: skip
         totals[stage] += seconds
-    return len(spans)
+    return len(raws)
 
 
 @dataclass(frozen=True)

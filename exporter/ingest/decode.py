@@ -28,12 +28,7 @@ from google.protobuf.message import Message
 
 from exporter.ingest import otlp
 from exporter.ingest.model import LLMCall, RawSpan
-from exporter.ingest.normalize import (
-    MODEL_CALL_MARKERS,
-    InvalidSpan,
-    accepted_start_times,
-    to_llm_call,
-)
+from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_call
 from exporter.ingest.pricing import PriceBook
 from exporter.ingest.storage import CallBatch, encode_row
 from nexus_otel._secrets import scrub_text
@@ -91,11 +86,8 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
     earliest, latest = accepted_start_times(datetime.now(UTC), options.retention_days)
     calls: list[LLMCall] = []
     unreadable: list[str] = []  # spans left out of iter_raw_spans, each with its reason
-    for raw in otlp.iter_spans_naming(request, unreadable, MODEL_CALL_MARKERS):
+    for raw in otlp.iter_raw_spans(request, unreadable):
         result.received += 1
-        if raw is None:  # names no provider: no model call
-            result.ignored += 1
-            continue
         try:
             call = to_llm_call(raw, store_content=options.store_content)
         except InvalidSpan as exc:

@@ -107,9 +107,6 @@ _CURRENT_SPELLINGS = tuple(
 )
 _OTHER_SPELLINGS = _TOKEN_KEYS - frozenset(_CURRENT_SPELLINGS)
 _PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM, a.LLM_PROVIDER, a.LLM_SYSTEM)
-# A span with none of these attributes is no model call (`_provider` finds none): their names
-# encoded, for `otlp.iter_spans_naming` to pass such spans over without decoding them.
-MODEL_CALL_MARKERS = tuple(k.encode() for k in (*_PROVIDER_KEYS, a.OPENINFERENCE_SPAN_KIND))
 _TTFC_KEYS = (
     a.NEXUS_TIME_TO_FIRST_CHUNK,
     "gen_ai.response.time_to_first_chunk",
@@ -135,7 +132,6 @@ _MAPPED = frozenset(
     )
 )
 _ABSENT = object()
-_isfinite = math.isfinite
 
 
 class InvalidSpan(ValueError):
@@ -494,11 +490,10 @@ def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> d
     kept: dict[str, Any] = {}
     for key, _kind in plan:
         value = attrs[key]
-        kind = value.__class__
-        if kind is str:  # the common values, inline
-            kept[key] = _seen(value) or scrub_text(value, _MAX_STRING)  # type: ignore[arg-type]
-        elif kind is int or kind is bool or (kind is float and _isfinite(value)):  # type: ignore[arg-type]
+        if value.__class__ is int:  # the common values, inline
             kept[key] = value
+        elif value.__class__ is str:
+            kept[key] = _seen(value) or scrub_text(value, _MAX_STRING)  # type: ignore[arg-type]
         else:
             kept[key] = _bounded(value)
     return kept

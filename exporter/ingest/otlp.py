@@ -9,7 +9,7 @@ import re
 import sys
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
@@ -296,62 +296,21 @@ def iter_raw_spans(request: Message, unreadable: list[str] | None = None) -> Ite
     """The spans of a request from `parse_request` (or a plain ExportTraceServiceRequest). A span
     that cannot be read is left out, its rejection ("span <id>: <why>") added to `unreadable`;
     without that list, it raises PayloadError instead."""
-    return cast(Iterator[RawSpan], _iter_spans(request, unreadable, None))
-
-
-def iter_spans_naming(
-    request: Message, unreadable: list[str], markers: tuple[bytes, ...]
-) -> Iterator[RawSpan | None]:
-    """`iter_raw_spans`, but a span of a lazily parsed request none of whose attributes holds
-    any of `markers` (the encoded names of the attributes that make a span a model call) comes
-    as None, its attributes never decoded: HTTP, database and other spans an app sends beside
-    its model calls cost a few substring searches. Only once every one of its attributes is
-    known to be readable: a span with one that is not is read, and refused, as ever."""
-    return _iter_spans(request, unreadable, markers)
-
-
-def _iter_spans(
-    request: Message, unreadable: list[str] | None, markers: tuple[bytes, ...] | None
-) -> Iterator[RawSpan | None]:
     if isinstance(request, TolerantRequest):
         yield from _iter_tolerant(request, unreadable)
         return
     read_attributes = encoded_attributes_dict if isinstance(request, LazyRequest) else None
-    if read_attributes is None:
-        markers = None  # attributes already decoded: nothing to save
     for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
         resource = attributes_dict(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             scope_name = scope_spans.scope.name
             for span in scope_spans.spans:
-                if markers is not None and _names_none(span.attributes, markers):
-                    yield None
-                    continue
                 try:
                     attributes = (read_attributes or attributes_dict)(span.attributes)
                 except UnreadableValue as exc:
                     _refuse(span, str(exc), unreadable)
                     continue
                 yield _raw_span(span, attributes, resource, scope_name)
-
-
-def _names_none(encoded: Any, markers: tuple[bytes, ...]) -> bool:
-    """Whether no encoded attribute holds any of `markers` and every one is a readable
-    KeyValue. A key is read as its bytes are (NUL and invalid UTF-8 become U+FFFD, a key cut for
-    length ends in TRUNCATED_MARKER), so a key read as a marker's name holds its bytes verbatim;
-    a marker's bytes inside a value only send the span the usual way."""
-    joined = b"".join(encoded)
-    for marker in markers:
-        if marker in joined:
-            return False
-    known = _DECODED
-    for item in encoded:
-        if item not in known:
-            try:
-                KeyValue.FromString(item)
-            except (DecodeError, RecursionError, ValueError):
-                return False  # read as ever: tolerantly, or refused with its reason
-    return True
 
 
 def _iter_tolerant(request: Message, unreadable: list[str] | None) -> Iterator[RawSpan]:

@@ -1,6 +1,6 @@
-"""Spans that are no model call (HTTP, database, anything an app sends beside its LLM calls) are
-passed over without their attributes being decoded; what they come to is unchanged: each is
-counted as ignored, a span with an attribute that is no KeyValue is still refused and named, and
+"""Spans that are no model call (HTTP, database, anything an app sends beside its LLM calls)
+are each counted as ignored and stored nowhere, a provider's attribute name inside a value or a
+key spoiled by NUL included; one with an attribute that is no KeyValue is refused and named;
 every span that names a provider, in any spelling, or is an OpenInference LLM span, is stored."""
 
 from __future__ import annotations
