@@ -23,7 +23,7 @@ Runner = Callable[[Console, argparse.Namespace], list[Result]]
 def _ingest(console: Console, args: argparse.Namespace) -> list[Result]:
     from bench import ingest
 
-    return ingest.run(console, spans=args.spans, batch=args.batch)
+    return ingest.run(console, spans=args.spans, batch=args.batch, runs=args.runs or 5)
 
 
 def _memory(console: Console, args: argparse.Namespace) -> list[Result]:
@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="shorter runs of every benchmark")
     parser.add_argument("--spans", type=int, default=None, help="spans per ingest run")
     parser.add_argument("--batch", type=int, default=1000, help="spans per OTLP request")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs of each side (ingest: 5, each run must pass)"
+    )
     parser.add_argument("--soak-seconds", type=float, default=None, help="memory soak length")
     parser.add_argument("--senders", type=int, default=64, help="concurrent senders in the soak")
     parser.add_argument("--queue-rows", type=int, default=50_000, help="exporter queue bound")

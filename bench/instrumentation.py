@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -151,6 +152,9 @@ def _switch(mode: str, provider: Any, groq_instrumentor: Any, bare: BareSpans) -
         bare.switch(True)
 
 
+_METADATA_ONLY: Any = {"traces": {"content_mode": "metadata_only"}}
+
+
 def _operations(url: str, anthropic_tracing: bool) -> dict[str, Callable[[], Any]]:
     """Fresh clients, so an instrumentation that hooks client construction sees them."""
     import anthropic
@@ -161,7 +165,8 @@ def _operations(url: str, anthropic_tracing: bool) -> dict[str, Callable[[], Any
         api_key="sk-ant-bench",
         base_url=url,
         max_retries=0,
-        open_telemetry={} if anthropic_tracing else False,
+        # Metadata only, its default, said outright: no prompts or completions, as ours.
+        open_telemetry=_METADATA_ONLY if anthropic_tracing else False,
     )
     groq_model, claude_model = "llama-3.3-70b-versatile", "claude-sonnet-4-5"
 
@@ -197,6 +202,9 @@ def worker(url: str, calls: int, stream_calls: int, block: int = 50) -> None:
     slows all of them alike. Prints nanoseconds per call and spans recorded, by configuration."""
     from opentelemetry.instrumentation.groq import GroqInstrumentor
 
+    # Configured like ours: no prompts or completions on the span. OpenLLMetry records them by
+    # default (it reads this at each call); ours never records content unless asked.
+    os.environ["TRACELOOP_TRACE_CONTENT"] = "false"
     provider = _tracer_provider()
     groq_instrumentor = GroqInstrumentor()
     bare = BareSpans(provider)

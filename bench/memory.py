@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bench.common import Result
-from bench.ingest import _span_specs
+from bench.ingest_spans import light_specs
 from exporter.core.db import EmbeddedPostgres
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import fresh_database, metric_value, start_exporter
@@ -48,7 +48,7 @@ class UniqueBatches:
         start = datetime.now(UTC) - timedelta(hours=1)
         self._template = ExportTraceServiceRequest()
         self._template.ParseFromString(
-            protobuf_body(make_spans(_span_specs(BATCH, start), "memory-soak"))
+            protobuf_body(make_spans(light_specs(BATCH, start), "memory-soak"))
         )
         self._spans = list(self._template.resource_spans[0].scope_spans[0].spans)
         self._count = 0
