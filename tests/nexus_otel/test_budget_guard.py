@@ -193,6 +193,7 @@ def test_a_killed_apps_lease_expires(
     assert json.loads(app.stdout.readline())["sent"] == 1  # then it holds its lease, idle
     app.send_signal(signal.SIGKILL)
     app.wait()
+    Path(app.log_path).unlink()  # type: ignore[attr-defined]
     with psycopg.connect(database_url) as conn:
         granted, returned, ttl = conn.execute(
             "SELECT granted_usd, returned_usd, expires_at - created_at FROM budget_leases"
