@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import free_port, serving
+from tests.support import QuietHandler, free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "prometheus" / "rules"
@@ -209,21 +208,14 @@ def static_target(render: Callable[[int], str | None]) -> Iterator[str]:
     scrapes = 0
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             nonlocal scrapes
             with lock:
                 scrapes += 1
                 text = render(scrapes)
             data = (text or "down\n").encode()
-            self.send_response(503 if text is None else 200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+            self.answer(503 if text is None else 200, data, "text/plain; version=0.0.4")
 
     with serving(Handler) as server:
         yield f"127.0.0.1:{server.server_address[1]}"

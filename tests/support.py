@@ -227,6 +227,21 @@ def api_ratio(exact: Decimal | int) -> Any:
     return pytest.approx(float(exact), rel=RATIO_REL, abs=0)
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """The request handler of a fake server: answers in one call and logs nothing (a test's
+    output shows what it asserts, not every request a fake saw)."""
+
+    def answer(self, status: int, body: bytes = b"", content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def serving(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[ThreadingHTTPServer]:
     """A local HTTP server (the fakes of Telegram, Slack, webhooks, scrape targets, OTLP

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Generic, TypeVar
 
-from tests.support import serving
+from tests.support import QuietHandler, serving
 
 T = TypeVar("T")
 
@@ -232,7 +231,7 @@ def fake_http(
     answers 400 with the problem otherwise."""
     fake = FakeHTTP(path=path)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             try:
@@ -242,20 +241,10 @@ def fake_http(
             problem = "not found" if self.path != fake.path else check(payload)
             if problem:
                 fake.refuse(problem)
-                self._answer(404 if problem == "not found" else 400, problem.encode())
+                self.answer(404 if problem == "not found" else 400, problem.encode())
                 return
             fake.add(payload)
-            self._answer(200, ok_body)
-
-        def _answer(self, status: int, data: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+            self.answer(200, ok_body)
 
     with serving(Handler) as server:
         fake.url = f"http://127.0.0.1:{server.server_address[1]}{path}"

@@ -13,10 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support import serving
+from tests.support import QuietHandler, serving
 
 
 @dataclass
@@ -51,7 +50,7 @@ class FakeTelegram:
 def fake_telegram(token: str = "4242:test-token") -> Iterator[FakeTelegram]:
     fake = FakeTelegram(url="", token=token)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.path != f"/bot{fake.token}/sendMessage":
@@ -73,15 +72,7 @@ def fake_telegram(token: str = "4242:test-token") -> Iterator[FakeTelegram]:
             self._answer(200, {"ok": True, "result": result})
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+            self.answer(status, json.dumps(body).encode(), "application/json")
 
     with serving(Handler) as server:
         fake.url = f"http://127.0.0.1:{server.server_address[1]}"

@@ -8,8 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 import groq
 import httpx
@@ -35,7 +34,7 @@ from tests.hostile.payloads import (
     to_json,
 )
 from tests.hostile.secrets_corpus import PLACEMENTS, Corpus, build, marker
-from tests.support import ExporterProcess, query
+from tests.support import ExporterProcess, QuietHandler, query
 
 pytestmark = pytest.mark.e2e
 
@@ -119,21 +118,13 @@ class EchoingProvider:
     and self-hosted servers do."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 quoted = self.headers.get("authorization", "")
                 message = f"Incorrect API key provided: {quoted} (from {self.path})"
                 error = {"message": message, "type": "invalid_request_error"}
-                body = json.dumps({"error": error}).encode()
-                self.send_response(401)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.answer(401, json.dumps({"error": error}).encode(), "application/json")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"

@@ -7,8 +7,9 @@ chunk) and reading gzip-encoded bodies."""
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
+
+from tests.support import QuietHandler
 
 
 class ScriptedServer:
@@ -18,7 +19,7 @@ class ScriptedServer:
         self.release = threading.Event()  # set to send everything after the first part
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.0"  # no content-length: the body is read until close
 
             def do_POST(self) -> None:
@@ -32,9 +33,6 @@ class ScriptedServer:
                         server.release.wait(10)
                     self.wfile.write(part)
                     self.wfile.flush()
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"

@@ -8,7 +8,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import groq
@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import nexus_otel
 from tests.nexus_otel.clients import MESSAGES
-from tests.support import free_port
+from tests.support import QuietHandler, free_port
 
 MODEL = "llama-3.3-70b-versatile"
 REPLY = {"id": "chatcmpl-9", "object": "chat.completion", "model": MODEL,
@@ -49,20 +49,12 @@ class WaitingServer:
         self.started_before_reply: list[bool] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["content-length"]))
                 server.started_before_reply.append(signal.started.wait(5))
                 signal.started.clear()
-                body = json.dumps(REPLY).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.answer(200, json.dumps(REPLY).encode(), "application/json")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.root = f"http://127.0.0.1:{self._server.server_address[1]}"
