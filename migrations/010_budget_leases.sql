@@ -47,6 +47,9 @@ $$;
 -- `share` of the tightest budget's headroom (amount - spend - reserved) and, at least,
 -- `min_amount`; or, when that headroom is below `min_amount`, nothing: lease_id is NULL and the
 -- row names the tightest budget. Leases expired for more than `keep` are deleted on the way.
+-- It reads each budget's spend (nexus_budget_spend, one pass over the period), not its status:
+-- the forecast's second pass, and an exceeded budget's search for when it was exceeded, would
+-- only make a refill wait longer (60 ms instead of 32 over 500,000 calls and 10 budgets).
 CREATE FUNCTION nexus_budget_lease(
     scope_service text, scope_provider text, scope_model text, scope_operation text,
     amount numeric, min_amount numeric, ttl interval, share numeric, keep interval
@@ -75,7 +78,7 @@ BEGIN
     SELECT s.id, s.name, s.spend_usd, r.reserved_usd, s.amount_usd,
            s.amount_usd - s.spend_usd - r.reserved_usd AS headroom
     INTO tight
-    FROM nexus_budget_status(at) s
+    FROM nexus_budget_spend(at) s
     JOIN cost_budgets b ON b.id = s.id
     JOIN nexus_budget_reservations(at) r ON r.budget_id = s.id
     WHERE b.enforce
