@@ -51,8 +51,12 @@ SELECT md5(g::text), lpad(to_hex(g), 16, '0'),
        CASE WHEN g %% 50 = 0 THEN NULL ELSE (tokens.i * 3 + tokens.o * 15) / 1e6 END,
        100 + random() * 2000, g %% 40 <> 0, 'response'
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
-     LATERAL (SELECT (50 + random() * 4000)::int AS i, (10 + random() * 1500)::int AS o) tokens
+     LATERAL (SELECT (50 + random() * 4000{each})::int AS i,
+                     (10 + random() * 1500{each})::int AS o) tokens
 """
+# Refers to the row, so PostgreSQL draws the token counts again for each call instead of once
+# per statement: calls of a model then have token counts (and costs) of their own.
+_EACH_CALL = " + 0 * g"
 _SUMMARIES = """
 TRUNCATE hourly_usage_summary, daily_usage_summary;
 INSERT INTO hourly_usage_summary (hour, service_name, provider, model, operation, calls,
@@ -108,8 +112,11 @@ def table_sizes(args: argparse.Namespace, chosen: list[int] | None) -> list[int]
     return sorted(chosen or ([200_000] if args.quick else [1_000_000, 10_000_000]))
 
 
-def grown_tables(console: Console, sizes: list[int], now: datetime) -> Iterator[tuple[str, int]]:
-    """A fresh embedded database whose api_calls grows to each size in turn: (url, size)."""
+def grown_tables(
+    console: Console, sizes: list[int], now: datetime, tokens_per_call: bool = False
+) -> Iterator[tuple[str, int]]:
+    """A fresh embedded database whose api_calls grows to each size in turn: (url, size).
+    `tokens_per_call`: token counts drawn for each call, not once per chunk of calls."""
     with tempfile.TemporaryDirectory(prefix="nexus-bench-rows-") as tmp:
         server = EmbeddedPostgres(Path(tmp))
         try:
@@ -117,7 +124,7 @@ def grown_tables(console: Console, sizes: list[int], now: datetime) -> Iterator[
                 _prepare_partitions(url, now)
                 present = 0
                 for size in sizes:
-                    _generate(console, url, now, present, size)
+                    _generate(console, url, now, present, size, tokens_per_call)
                     present = size
                     yield url, size
         finally:
@@ -136,7 +143,9 @@ def _prepare_partitions(url: str, now: datetime) -> None:
         ensure_partitions_around(conn, (now - timedelta(days=DAYS)).date())
 
 
-def _generate(console: Console, url: str, now: datetime, present: int, size: int) -> None:
+def _generate(
+    console: Console, url: str, now: datetime, present: int, size: int, tokens_per_call: bool
+) -> None:
     """Bulk load as one would: indexes dropped, rows in, indexes built again (a sort each,
     instead of millions of random B-tree inserts)."""
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}")]
@@ -147,10 +156,11 @@ def _generate(console: Console, url: str, now: datetime, present: int, size: int
         conn.execute("SET maintenance_work_mem = '256MB'")
         indexes = _drop_indexes(conn)
         task = progress.add_task(f"api_calls to {size:,} rows", total=size, completed=present)
+        generate = _GENERATE.replace("{each}", _EACH_CALL if tokens_per_call else "")
         for first in range(present + 1, size + 1, CHUNK):
             last = min(first + CHUNK - 1, size)
             params = {"now": now, "span": f"{DAYS} days", "first": first, "last": last}
-            conn.execute(_GENERATE, params)
+            conn.execute(generate, params)  # type: ignore[arg-type]
             progress.update(task, completed=last)
         task = progress.add_task("indexes", total=len(indexes))
         for statement in indexes:

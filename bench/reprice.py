@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,12 +22,10 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.api import _SUMMARIES, CHUNK, DAYS, _drop_indexes, _prepare_partitions
+from bench.api import DAYS, grown_tables
 from bench.common import Result
-from exporter.core.db import EmbeddedPostgres
 from exporter.ingest.pricing import PriceBook
 from exporter.usage.reprice import RepricePlan, RepriceRequest, reprice
-from tests.support import fresh_database
 
 # The issue's target: a month of a busy app's calls repriced within a minute.
 TARGET_SECONDS = 60.0
@@ -37,27 +34,6 @@ OVERRIDES = """models:
     provider: openai
     input_mtok: 0.2
     output_mtok: 0.8
-"""
-# As bench.api generates calls, but the token counts drawn for each call (the LATERAL refers to
-# the row, so it is evaluated per row) and the cost written without a source.
-_GENERATE = """
-INSERT INTO api_calls (trace_id, span_id, "timestamp", service_name, provider, model,
-    gen_ai_operation, operation, correlation_id, input_tokens, output_tokens, total_tokens,
-    cost_usd, duration_ms, success, usage_source)
-SELECT md5(g::text), lpad(to_hex(g), 16, '0'),
-       %(now)s::timestamptz - (%(span)s::interval * random()),
-       'svc-' || (g %% 3),
-       (ARRAY['groq', 'anthropic', 'gcp.gemini', 'openai'])[1 + g %% 4],
-       (ARRAY['llama-3.3-70b', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'gpt-4o-mini'])[1 + g %% 4],
-       'chat',
-       (ARRAY['fact_generation', 'caption', 'hashtags'])[1 + g %% 3],
-       'carousel-' || (g %% 5000),
-       tokens.i, tokens.o, tokens.i + tokens.o,
-       CASE WHEN g %% 50 = 0 THEN NULL ELSE (tokens.i * 3 + tokens.o * 15) / 1e6 END,
-       100 + random() * 2000, g %% 40 <> 0, 'response'
-FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
-     LATERAL (SELECT (50 + random() * 4000 + 0 * g)::int AS i,
-                     (10 + random() * 1500 + 0 * g)::int AS o) tokens
 """
 _PLAIN_UPDATE = 'UPDATE api_calls SET cost_usd = cost_usd WHERE "timestamp" >= %s'
 Timed = tuple[float, float, RepricePlan]  # reprice seconds, baseline seconds, the plan
@@ -71,45 +47,10 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
     results = []
     with tempfile.TemporaryDirectory(prefix="nexus-bench-prices-") as tmp:
         prices = Path(tmp) / "prices.yaml"
-        for url, rows in _grown(console, sorted(sizes), now):
+        for url, rows in grown_tables(console, sorted(sizes), now, tokens_per_call=True):
             prices.write_text(OVERRIDES)
             results.extend(_measure(console, url, rows, now, prices))
     return results
-
-
-def _grown(console: Console, sizes: list[int], now: datetime) -> Iterator[tuple[str, int]]:
-    """A fresh embedded database whose api_calls grows to each size in turn: (url, size)."""
-    with tempfile.TemporaryDirectory(prefix="nexus-bench-reprice-") as tmp:
-        server = EmbeddedPostgres(Path(tmp))
-        try:
-            with fresh_database(server.url) as url:
-                _prepare_partitions(url, now)
-                present = 0
-                for size in sizes:
-                    _generate(console, url, now, present, size)
-                    present = size
-                    yield url, size
-        finally:
-            server.stop()
-
-
-def _generate(console: Console, url: str, now: datetime, present: int, size: int) -> None:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with (
-        Progress(*columns, console=console, transient=True) as progress,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        conn.execute("SET maintenance_work_mem = '256MB'")
-        indexes = _drop_indexes(conn)
-        task = progress.add_task(f"api_calls to {size:,} rows", total=size, completed=present)
-        for first in range(present + 1, size + 1, CHUNK):
-            last = min(first + CHUNK - 1, size)
-            params = {"now": now, "span": f"{DAYS} days", "first": first, "last": last}
-            conn.execute(_GENERATE, params)
-            progress.update(task, completed=last)
-        for statement in indexes:
-            conn.execute(statement)  # type: ignore[arg-type]
-        conn.execute(_SUMMARIES)
 
 
 def _measure(console: Console, url: str, size: int, now: datetime, prices: Path) -> list[Result]:
