@@ -50,25 +50,14 @@ LIVE_SECONDS = 2
 
 
 @pytest.fixture(scope="module")
-def served(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ExporterProcess]:
-    process = start_exporter(database_url, tmp_path_factory.mktemp("page"))
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def stored(served: ExporterProcess) -> Stored:
+def stored(exporter: ExporterProcess) -> Stored:
     """Calls today, yesterday at an earlier time of day, two providers, two services, three
     operations, a failed call, an unpriced model, and a content item with its engagement."""
     ledger = Stored()
     now = datetime.now(UTC).replace(microsecond=0)
     minutes = [timedelta(minutes=m) for m in (2, 3, 5, 8, 13, 21)]
     send(
-        served,
+        exporter,
         ledger,
         [
             call_spec(
@@ -107,7 +96,7 @@ def stored(served: ExporterProcess) -> Stored:
         "carousel-bot",
     )
     send(
-        served,
+        exporter,
         ledger,
         [
             call_spec(
@@ -127,7 +116,7 @@ def stored(served: ExporterProcess) -> Stored:
         ],
         "ops-bot",
     )
-    api = served.api_url
+    api = exporter.api_url
     assert (
         httpx.post(
             api + "/api/carousels", json={"correlation_id": "carousel-1", "title": "Ten facts"}
@@ -142,7 +131,7 @@ def stored(served: ExporterProcess) -> Stored:
 
 
 @pytest.fixture(scope="module")
-def budgets(served: ExporterProcess, stored: Stored) -> dict[str, str]:
+def budgets(exporter: ExporterProcess, stored: Stored) -> dict[str, str]:
     """Three daily budgets against today's spend: one well under it, one in its warning band
     (80 % by default) and one spent past its amount. Name -> the state each must be in."""
     now = datetime.now(UTC)
@@ -151,7 +140,7 @@ def budgets(served: ExporterProcess, stored: Stored) -> dict[str, str]:
     for name, amount in amounts.items():
         exact = str(amount.quantize(Decimal("0.000001")))
         body = {"name": name, "period": "daily", "amount_usd": exact}
-        assert httpx.post(served.api_url + "/api/budgets", json=body).status_code == 201
+        assert httpx.post(exporter.api_url + "/api/budgets", json=body).status_code == 201
     return {"roomy": "ok", "tight": "warning", "blown": "exceeded"}
 
 
@@ -162,9 +151,9 @@ def browser() -> Iterator[Any]:
 
 
 def test_the_cards_show_todays_totals_and_trends_from_the_stored_calls(
-    served: ExporterProcess, stored: Stored, browser: Any
+    exporter: ExporterProcess, stored: Stored, browser: Any
 ) -> None:
-    open_page(browser, served.api_url + "/")
+    open_page(browser, exporter.api_url + "/")
     expected = expected_cards(stored)
     wait_until(lambda: shown_cards(browser) == expected)
     now = datetime.now(UTC)
@@ -186,14 +175,14 @@ def test_the_cards_show_todays_totals_and_trends_from_the_stored_calls(
 
 
 def test_a_call_stored_now_appears_in_recent_calls_without_a_reload(
-    served: ExporterProcess, stored: Stored, browser: Any
+    exporter: ExporterProcess, stored: Stored, browser: Any
 ) -> None:
-    open_page(browser, served.api_url + "/")
+    open_page(browser, exporter.api_url + "/")
     wait_until(lambda: browser.execute_script(
         "return document.getElementById('live').dataset.state === 'on'"))  # fmt: skip
     browser.execute_script("window.sameDocument = true")
     spec = call_spec(datetime.now(UTC), "0.0125", operation="live_check", model=MODEL_A)
-    [span] = send(served, stored, [spec], "live-bot")
+    [span] = send(exporter, stored, [spec], "live-bot")
     stored_at = time.monotonic()
     span_id = format(span.context.span_id, "016x")
     row = wait_until(
@@ -211,10 +200,10 @@ def test_a_call_stored_now_appears_in_recent_calls_without_a_reload(
 
 
 def test_budget_bars_have_the_states_of_the_budget_status_api(
-    served: ExporterProcess, budgets: dict[str, str], browser: Any
+    exporter: ExporterProcess, budgets: dict[str, str], browser: Any
 ) -> None:
-    open_page(browser, served.api_url + "/")
-    api = httpx.get(served.api_url + "/api/budget/status").json()
+    open_page(browser, exporter.api_url + "/")
+    api = httpx.get(exporter.api_url + "/api/budget/status").json()
     assert {b["name"]: b["state"] for b in api} == budgets
     shown = wait_until(lambda: browser.execute_script(
         "return Object.fromEntries([...document.querySelectorAll('#budgets .budget')]"
@@ -244,17 +233,17 @@ def test_budget_bars_have_the_states_of_the_budget_status_api(
 
 
 def test_filters_change_the_numbers_as_the_api_does_and_stay_in_the_url(
-    served: ExporterProcess, stored: Stored, browser: Any
+    exporter: ExporterProcess, stored: Stored, browser: Any
 ) -> None:
     from selenium.webdriver.support.ui import Select
 
-    open_page(browser, served.api_url + "/")
+    open_page(browser, exporter.api_url + "/")
     wait_until(lambda: shown_cards(browser) == expected_cards(stored))
     Select(browser.find_element("id", "provider")).select_by_value("anthropic")
     expected = expected_cards(stored, provider="anthropic")
     wait_until(lambda: shown_cards(browser) == expected)
-    assert browser.current_url == served.api_url + "/?provider=anthropic"
-    api = httpx.get(served.api_url + "/api/dashboard/stats", params={"provider": "anthropic"})
+    assert browser.current_url == exporter.api_url + "/?provider=anthropic"
+    api = httpx.get(exporter.api_url + "/api/dashboard/stats", params={"provider": "anthropic"})
     today = api.json()["today"]
     assert expected["calls"][1] == str(today["calls"])
     assert expected["tokens"][1] == str(today["total_tokens"])
@@ -264,7 +253,7 @@ def test_filters_change_the_numbers_as_the_api_does_and_stay_in_the_url(
     assert providers == ["anthropic"]
 
     # A link with filters opens filtered: here the service and the operation.
-    browser.get(served.api_url + "/?service=carousel-bot&operation=hashtags&range=7d")
+    browser.get(exporter.api_url + "/?service=carousel-bot&operation=hashtags&range=7d")
     expected = expected_cards(stored, service="carousel-bot", operation="hashtags")
     wait_until(lambda: shown_cards(browser) == expected)
     assert browser.execute_script(
@@ -275,9 +264,9 @@ def test_filters_change_the_numbers_as_the_api_does_and_stay_in_the_url(
 
 
 def test_unpriced_models_banner_provider_table_and_top_content(
-    served: ExporterProcess, stored: Stored, browser: Any
+    exporter: ExporterProcess, stored: Stored, browser: Any
 ) -> None:
-    open_page(browser, served.api_url + "/")
+    open_page(browser, exporter.api_url + "/")
     models = wait_until(lambda: browser.execute_script(
         "return [...document.querySelectorAll('#unpriced-models code')].map(c => c.dataset.model)"
     ))  # fmt: skip
@@ -294,14 +283,14 @@ def test_unpriced_models_banner_provider_table_and_top_content(
 
 
 def test_usable_at_a_phone_width_and_screenshots(
-    served: ExporterProcess, stored: Stored, budgets: dict[str, str], browser: Any
+    exporter: ExporterProcess, stored: Stored, budgets: dict[str, str], browser: Any
 ) -> None:
-    open_page(browser, served.api_url + "/")
+    open_page(browser, exporter.api_url + "/")
     wait_until(lambda: shown_cards(browser) == expected_cards(stored))
     desktop = full_page_screenshot(browser, "dashboard-desktop.png")
     try:
         phone_width(browser)
-        open_page(browser, served.api_url + "/")
+        open_page(browser, exporter.api_url + "/")
         wait_until(lambda: shown_cards(browser) == expected_cards(stored))
         widths = browser.execute_script(
             "return [document.documentElement.clientWidth, document.documentElement.scrollWidth,"
@@ -324,19 +313,19 @@ def test_usable_at_a_phone_width_and_screenshots(
 
 
 def test_the_page_has_a_content_security_policy_and_serves_only_its_files(
-    served: ExporterProcess,
+    exporter: ExporterProcess,
 ) -> None:
-    page = httpx.get(served.api_url + "/")
+    page = httpx.get(exporter.api_url + "/")
     assert page.status_code == 200
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
     assert "<script>" not in page.text and " on" not in page.text.split("<body>")[1].split("=")[0]
-    script = httpx.get(served.api_url + "/page/app.js")
+    script = httpx.get(exporter.api_url + "/page/app.js")
     assert (script.status_code, script.headers["content-type"]) == (
         200, "text/javascript; charset=utf-8",
     )  # fmt: skip
-    assert httpx.get(served.api_url + "/page/../app.py").status_code == 404
-    assert httpx.get(served.api_url + "/page/vendor/chart.js.LICENSE.md").status_code == 200
+    assert httpx.get(exporter.api_url + "/page/../app.py").status_code == 404
+    assert httpx.get(exporter.api_url + "/page/vendor/chart.js.LICENSE.md").status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -385,9 +374,9 @@ def test_with_a_token_nothing_loads_until_it_is_given(
 
 
 def test_the_charts_draw_the_stored_tokens_and_costs_per_provider_and_operation(
-    served: ExporterProcess, stored: Stored, browser: Any
+    exporter: ExporterProcess, stored: Stored, browser: Any
 ) -> None:
-    open_page(browser, served.api_url + "/?range=24h")
+    open_page(browser, exporter.api_url + "/?range=24h")
     now = datetime.now(UTC)
     day_ago = now - timedelta(hours=24)
 
