@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -31,7 +32,7 @@ from exporter.core.db import migrate
 # client socket; and each pytest-xdist worker has a block of its own, so no two workers pick one.
 _PORT_BASE = 20_000
 _PORTS_PER_WORKER = 1_000
-_next_port = [0]
+_port_picks = itertools.count()
 
 
 def _worker_index() -> int:
@@ -44,8 +45,7 @@ def free_port() -> int:
     port straight back, so an OTLP and an API port picked in a row could otherwise be equal)."""
     first = _PORT_BASE + _worker_index() * _PORTS_PER_WORKER
     for _ in range(_PORTS_PER_WORKER):
-        port = first + _next_port[0] % _PORTS_PER_WORKER
-        _next_port[0] += 1
+        port = first + next(_port_picks) % _PORTS_PER_WORKER
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
