@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 
 from exporter.ingest.pricing import PriceBook
+from exporter.usage.cost_writes import write_changed_costs
 from exporter.usage.linear_prices import COST_SQL, linear_price
 from exporter.usage.revision_record import record_revision
 
@@ -50,6 +51,10 @@ MAX_CALL_COST_USD = Decimal(1_000_000)
 # so repricing runs on a connection of its own); for the reprice's own transaction only.
 SET_WORK_MEM = "SET LOCAL work_mem = '256MB'"
 SET_TEMP_BUFFERS = "SET LOCAL temp_buffers = '256MB'"
+# The groups are read through a cursor, which PostgreSQL plans for its first tenth by default
+# (a merge join without the day in its key: 30 s instead of 2 s at a million calls); every
+# group is read.
+SET_READ_ALL = "SET LOCAL cursor_tuple_fraction = 1.0"
 # One reprice at a time: a second waits for the first to commit (it would see its result).
 REPRICE_LOCK = "LOCK TABLE price_revisions IN SHARE ROW EXCLUSIVE MODE"
 
@@ -102,6 +107,7 @@ class RepricePlan:
     models: dict[tuple[str, str], ModelChange] = field(default_factory=dict)
     revision_id: int | None = None  # set once applied (None: nothing changed, or a dry run)
     seconds: dict[str, float] = field(default_factory=dict)  # by phase, for the benchmark
+    writes: dict[str, int] = field(default_factory=dict)  # how the costs were written
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -163,44 +169,14 @@ _JOIN_LINEAR = (
     " AND a.input_tokens > l.above AND (l.up_to IS NULL OR a.input_tokens <= l.up_to)"
 )
 _VALID = "a.cache_read_tokens + a.cache_write_tokens <= a.input_tokens"
-# The calls a linear price changes, with their cost before and after, from one snapshot.
-_LINEAR_CHANGES = f"""
-SELECT * FROM (
-    SELECT a.tableoid AS part, a.ctid AS row_id, a.provider, a.model, a.cost_usd AS old_cost,
-           a.cost_source AS old_source, {COST_SQL} AS new_cost, l.source AS new_source,
-           l.price_ref
-    FROM api_calls a JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
-    WHERE {_RANGE} AND {_VALID} AND l.source IS NOT NULL
-) c
-WHERE (c.new_cost, c.new_source) IS DISTINCT FROM (c.old_cost, c.old_source)
+# What the linear prices change, per model, from the calls they change (out-of-range costs
+# taken out first).
+_LINEAR_TOTALS = """
+SELECT provider, model, count(*), count(*) FILTER (WHERE old_cost IS NULL),
+       coalesce(sum(old_cost), 0), coalesce(sum(new_cost), 0)
+FROM nexus_reprice_changed GROUP BY 1, 2
 """
-# What the linear prices change per model (over the calls they price and change), and how many
-# calls are left to price the Python way (in no model and day with a linear price or a marker;
-# with cache counts beyond the input; without a price source but with a cost to reconsider).
-_LINEAR_PREVIEW = f"""
-SELECT provider, model,
-       count(*) FILTER (WHERE changes AND new_cost < %(max_cost)s),
-       count(*) FILTER (WHERE changes AND new_cost < %(max_cost)s AND old_cost IS NULL),
-       coalesce(sum(old_cost) FILTER (WHERE changes AND new_cost < %(max_cost)s), 0),
-       coalesce(sum(new_cost) FILTER (WHERE changes AND new_cost < %(max_cost)s), 0),
-       count(*) FILTER (WHERE changes AND new_cost >= %(max_cost)s),
-       count(*) FILTER (WHERE python)
-FROM (
-    SELECT a.provider, a.model, a.cost_usd AS old_cost, x.new_cost,
-           x.new_cost IS NOT NULL
-           AND (x.new_cost, l.source) IS DISTINCT FROM (a.cost_usd, a.cost_source) AS changes,
-           l.provider IS NULL OR (l.source IS NOT NULL AND NOT ({_VALID}))
-           OR (l.source IS NULL AND (a.cost_usd IS NOT NULL OR a.cost_source IS NOT NULL))
-           AS python
-    FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
-    LEFT JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN l.source IS NOT NULL AND {_VALID} THEN {COST_SQL} END AS new_cost
-    ) x
-    WHERE {_RANGE}
-) calls
-GROUP BY 1, 2
-"""
+_OUT_OF_RANGE_LINEAR = "DELETE FROM nexus_reprice_changed WHERE new_cost >= %(max_cost)s"
 _GROUPS = f"""
 SELECT a.provider, a.model, m.response_model, {_AT}, a.input_tokens, a.output_tokens,
        a.cache_read_tokens, a.cache_write_tokens, a.cost_usd, coalesce(a.cost_source, ''),
@@ -225,44 +201,49 @@ _PRICE_TYPES = [
 ]  # fmt: skip
 _CHANGED_TABLE = """
 CREATE TEMP TABLE nexus_reprice_changed (
+    part oid, row_id tid,
     trace_id text, span_id text, "timestamp" timestamptz, service_name text, provider text,
     model text, operation text, content boolean, success boolean, error_type text,
     time_to_first_chunk_ms float8, old_cost numeric, old_source text, new_cost numeric,
     new_source text, price_ref text
 ) ON COMMIT DROP
 """
-_UPDATE_LINEAR = f"""
-WITH changed AS (
-    UPDATE api_calls a SET cost_usd = c.new_cost, cost_source = c.new_source
-    FROM ({_LINEAR_CHANGES}) c
-    WHERE a.tableoid = c.part AND a.ctid = c.row_id AND c.new_cost < %(max_cost)s
-    RETURNING a.trace_id, a.span_id, a."timestamp", a.service_name, a.provider, a.model,
-              a.operation, a.correlation_id IS NOT NULL AS content, a.success, a.error_type,
-              a.time_to_first_chunk_ms, c.old_cost, c.old_source, c.new_cost, c.new_source,
-              c.price_ref
-)
-INSERT INTO nexus_reprice_changed SELECT * FROM changed
+# What a changed call's row says of it, for the record and the summaries.
+_CALL_FACTS = """a.trace_id, a.span_id, a."timestamp", a.service_name, a.provider, a.model,
+       a.operation, a.correlation_id IS NOT NULL, a.success, a.error_type,
+       a.time_to_first_chunk_ms"""
+# The calls to change, chosen while api_calls is held in SHARE mode: written by
+# exporter.usage.cost_writes, recorded by exporter.usage.revision_record.
+_CHANGED_LINEAR = f"""
+INSERT INTO nexus_reprice_changed
+SELECT * FROM (
+    SELECT a.tableoid, a.ctid, {_CALL_FACTS}, a.cost_usd AS old_cost,
+           a.cost_source AS old_source, {COST_SQL} AS new_cost, l.source AS new_source,
+           l.price_ref
+    FROM api_calls a JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
+    WHERE {_RANGE} AND {_VALID} AND l.source IS NOT NULL
+) c
+WHERE (c.new_cost, c.new_source) IS DISTINCT FROM (c.old_cost, c.old_source)
 """
-_UPDATE = f"""
-WITH changed AS (
-    UPDATE api_calls a SET cost_usd = p.new_cost, cost_source = p.new_source
-    FROM nexus_reprice_prices p JOIN nexus_reprice_models m
-         ON m.provider = p.provider AND m.model = p.model AND m.response_model = p.response_model
-    WHERE {_RANGE} AND {_JOIN_MODELS}
-      AND a.provider = p.provider AND a.model = p.model
-      AND coalesce(a.response_model, '') = p.response_model AND {_AT} = p.at
-      AND a.input_tokens = p.input_tokens AND a.output_tokens = p.output_tokens
-      AND a.cache_read_tokens = p.cache_read_tokens
-      AND a.cache_write_tokens = p.cache_write_tokens
-      AND coalesce(a.cost_usd, -1) = coalesce(p.old_cost, -1)
-      AND coalesce(a.cost_source, '') = p.old_source
-    RETURNING a.trace_id, a.span_id, a."timestamp", a.service_name, a.provider, a.model,
-              a.operation, a.correlation_id IS NOT NULL AS content, a.success, a.error_type,
-              a.time_to_first_chunk_ms, p.old_cost, nullif(p.old_source, '') AS old_source,
-              p.new_cost, p.new_source, p.price_ref
-)
-INSERT INTO nexus_reprice_changed SELECT * FROM changed
+_CHANGED_GROUPS = f"""
+INSERT INTO nexus_reprice_changed
+SELECT a.tableoid, a.ctid, {_CALL_FACTS}, p.old_cost, nullif(p.old_source, ''), p.new_cost,
+       p.new_source, p.price_ref
+FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
+     JOIN nexus_reprice_prices p
+     ON m.provider = p.provider AND m.model = p.model AND m.response_model = p.response_model
+WHERE {_RANGE}
+  AND a.provider = p.provider AND a.model = p.model
+  AND coalesce(a.response_model, '') = p.response_model AND {_AT} = p.at
+  AND a.input_tokens = p.input_tokens AND a.output_tokens = p.output_tokens
+  AND a.cache_read_tokens = p.cache_read_tokens
+  AND a.cache_write_tokens = p.cache_write_tokens
+  AND coalesce(a.cost_usd, -1) = coalesce(p.old_cost, -1)
+  AND coalesce(a.cost_source, '') = p.old_source
 """
+# From here to the commit, stored calls wait to be written: none arrives, moves or changes
+# between choosing the calls to change and writing them (readers go on).
+HOLD_WRITERS = "LOCK TABLE api_calls IN SHARE MODE"
 
 
 def reprice(
@@ -289,23 +270,24 @@ def reprice(
         with plan.timed("read and price"):
             _larger_temp_buffers(conn)
             conn.execute(REPRICE_LOCK)
+            if apply:
+                conn.execute(HOLD_WRITERS)
             conn.execute(SET_WORK_MEM)
+            conn.execute(SET_READ_ALL)
             plan.calls_examined, days = _choose_models(conn, book, request, params)
-            left = _price_linear(conn, book, params, plan, days)
+            _price_linear(conn, book, params, plan, days)
             if progress is not None:
                 progress(plan.linear_examined, plan.calls_examined)
             conn.execute(_PRICES_TABLE)
-            if left:  # else no call needs it: not read again
-                _price_groups(conn, book, params, plan, progress)
+            _price_groups(conn, book, params, plan, progress)
         if before_apply is not None:
             before_apply(plan)
         if apply and plan.models:
-            with plan.timed("update calls"):
-                conn.execute("ANALYZE nexus_reprice_models")
+            with plan.timed("write calls"):
                 conn.execute("ANALYZE nexus_reprice_prices")
-                conn.execute(_CHANGED_TABLE)
-                conn.execute(_UPDATE_LINEAR, params)
-                conn.execute(_UPDATE, params)
+                conn.execute(_CHANGED_GROUPS, params)
+                conn.execute("ANALYZE nexus_reprice_changed")
+                plan.writes = write_changed_costs(conn)
             with plan.timed("record and summaries"):
                 plan.revision_id = record_revision(
                     conn,
@@ -350,6 +332,7 @@ def _choose_models(
     with conn.cursor().copy("COPY nexus_reprice_models FROM STDIN") as copy:
         for key, by_time in chosen.items():
             copy.write_row((*key, by_time))
+    conn.execute("ANALYZE nexus_reprice_models")  # else joins with it are planned blind
     return sum(d[4] for d in days), [d for d in days if not chosen[d[:3]]]
 
 
@@ -359,9 +342,9 @@ def _price_linear(
     params: dict[str, Any],
     plan: RepricePlan,
     days: list[tuple[str, str, str, datetime, int]],
-) -> int:
+) -> None:
     """Fills nexus_reprice_linear with the linear prices of the models and days in range, and
-    adds what they change to the plan. Returns how many calls are left to price in Python."""
+    nexus_reprice_changed with the calls they change, and adds those to the plan."""
     conn.execute(_LINEAR_TABLE)
     rows = []
     for provider, model, response, day, calls in days:
@@ -379,15 +362,12 @@ def _price_linear(
         for row in rows:
             copy.write_row(row)
     conn.execute("ANALYZE nexus_reprice_linear")
-    preview = conn.execute(_LINEAR_PREVIEW, params).fetchall()
-    left = 0
-    for provider, model, calls, priced, old, new, out_of_range, python in preview:
-        if calls:
-            plan.change(provider, model).add_totals(calls, priced, old, new)
-        plan.out_of_range += out_of_range
+    conn.execute(_CHANGED_TABLE)
+    conn.execute(_CHANGED_LINEAR, params)
+    plan.out_of_range += conn.execute(_OUT_OF_RANGE_LINEAR, params).rowcount
+    for provider, model, calls, priced, old, new in conn.execute(_LINEAR_TOTALS).fetchall():
+        plan.change(provider, model).add_totals(calls, priced, old, new)
         plan.linear_calls += calls
-        left += python
-    return left
 
 
 def _price_groups(
