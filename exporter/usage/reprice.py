@@ -15,7 +15,9 @@ budgets, reports and SQL dashboards move together, or not at all.
 Calls whose cost the provider reported (`cost_source` = provider) are left as they are unless
 `include_provider_costs`; repriced, they keep that cost when no price table knows the model.
 A call repriced to nothing known (an override removed, say) becomes unpriced, as ingest would
-store it today.
+store it today. A call changes when its cost or its source's kind (`cost_source`) does; then
+it gets the new `price_ref` too. A call whose cost and kind stay keeps its `price_ref`, which
+still reproduces its cost: a new genai-prices version with the same prices changes nothing.
 """
 
 from __future__ import annotations
@@ -233,7 +235,8 @@ CREATE TEMP TABLE nexus_reprice_changed (
 """
 _UPDATE_LINEAR = f"""
 WITH changed AS (
-    UPDATE api_calls a SET cost_usd = c.new_cost, cost_source = c.new_source
+    UPDATE api_calls a
+    SET cost_usd = c.new_cost, cost_source = c.new_source, price_ref = c.price_ref
     FROM ({_LINEAR_CHANGES}) c
     WHERE a.tableoid = c.part AND a.ctid = c.row_id AND c.new_cost < %(max_cost)s
     RETURNING a.trace_id, a.span_id, a."timestamp", a.service_name, a.provider, a.model,
@@ -245,7 +248,8 @@ INSERT INTO nexus_reprice_changed SELECT * FROM changed
 """
 _UPDATE = f"""
 WITH changed AS (
-    UPDATE api_calls a SET cost_usd = p.new_cost, cost_source = p.new_source
+    UPDATE api_calls a
+    SET cost_usd = p.new_cost, cost_source = p.new_source, price_ref = p.price_ref
     FROM nexus_reprice_prices p JOIN nexus_reprice_models m
          ON m.provider = p.provider AND m.model = p.model AND m.response_model = p.response_model
     WHERE {_RANGE} AND {_JOIN_MODELS}
