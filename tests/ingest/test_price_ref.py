@@ -142,7 +142,7 @@ def test_migration_keeps_the_duplicates_and_their_column_order(
     set_aside_at = datetime(2026, 11, 2, 3, 4, 5, tzinfo=UTC)
     started = datetime.now(UTC).replace(microsecond=0)
     insert = (
-        "INSERT INTO api_calls (trace_id, span_id, \"timestamp\", service_name, provider, model,"
+        'INSERT INTO api_calls (trace_id, span_id, "timestamp", service_name, provider, model,'
         " gen_ai_operation, success) VALUES (%s, %s, %s, 's', 'openai', 'm', 'chat', true)"
     )
     with psycopg.connect(url, autocommit=True) as conn:
