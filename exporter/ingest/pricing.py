@@ -4,7 +4,9 @@ Order: what the provider says it charged (a span's `gen_ai.usage.cost.amount` wi
 `gen_ai.usage.cost.source` = `provider`, such as OpenRouter's `usage.cost`: source `provider`),
 then a matching user override (NEXUS_PRICES_FILE), then genai-prices for the response model (more
 specific, e.g. a dated version) and then the request model, then any other cost the span reported
-(source `span`). Otherwise the call is unpriced: `Price(None, None)`, never a fake $0.
+(source `span`). Otherwise the call is unpriced: `Price(None, None)`, never a fake $0. A price
+from a table carries its `reference` (the row's `price_ref`): the genai-prices version and data,
+or the overrides entry and its valid_from, built once per snapshot and per entry.
 
 genai-prices costs are exactly `genai_prices.calc_price(...).total_price` for the same usage and
 timestamp. The library spends 30-150 µs a call resolving and validating a price set, so each
