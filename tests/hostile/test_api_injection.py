@@ -3,7 +3,8 @@
 causes a 5xx or a slow answer, a GET answers exactly as for any unknown value, a stored string
 comes back verbatim, and no table is harmed: every table keeps its exact rows. The attacks go
 to resources that exist (a budget and a content item created through the API first, a price
-revision made by repricing the stored calls); unknown ids answer 404. Also: the API token is compared in constant time."""
+revision made by repricing the stored calls); unknown ids answer 404. Also: the API token is
+compared in constant time."""
 
 from __future__ import annotations
 
