@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 UNPRICED_DEFAULT_DAYS = 30
 # `reprice --history` lists this many revisions, newest first.
 HISTORY_DEFAULT = 20
+# `reprice --history --revision ID` shows this many of its calls, and says how many more (the
+# API pages through them all): a terminal's worth, not a million rows.
+REVISION_CALLS_SHOWN = 50
 
 
 def add_reprice_arguments(command: argparse.ArgumentParser) -> None:
@@ -40,6 +43,12 @@ def add_reprice_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--dry-run", action="store_true", help="show the changes, apply none")
     command.add_argument(
         "--history", action="store_true", help="list the past revisions instead, newest first"
+    )
+    command.add_argument(
+        "--revision",
+        metavar="ID",
+        type=int,
+        help="with --history: the calls this revision changed, each with its previous cost",
     )
 
 
@@ -73,7 +82,12 @@ def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.service import open_database
     from exporter.usage.reprice import RepriceRequest, reprice, utc_day_start
 
+    if args.revision is not None and not args.history:
+        error("--revision goes with --history only (it lists the calls a revision changed)")
+        return 2
     if args.history:
+        if args.revision is not None:
+            return _revision_calls(settings, args.revision)
         return _history(settings)
     try:
         since, until = _day("--since", args.since), _day("--until", args.until)
@@ -209,6 +223,56 @@ def _history(settings: Settings) -> int:
     if not found:
         console.print("no revisions yet")
     return 0
+
+
+def _revision_calls(settings: Settings, revision_id: int) -> int:
+    import psycopg
+
+    from exporter.service import open_database
+    from exporter.usage.revisions import revision_calls, revision_calls_after
+
+    if not 1 <= revision_id < 2**63:
+        error(f"no price revision with id {revision_id}")
+        return 2
+    database = open_database(settings)
+    try:
+        with psycopg.connect(database.url, autocommit=True) as conn:
+            page = revision_calls(conn, revision_id, 0, REVISION_CALLS_SHOWN)
+            more = 0
+            if page is not None and page["next_cursor"] is not None:
+                more = revision_calls_after(conn, revision_id, page["next_cursor"])
+    finally:
+        database.close()
+    if page is None:
+        error(f"no price revision with id {revision_id}")
+        return 2
+    table = Table(title=f"Calls changed by price revision {revision_id}", title_justify="left")
+    for column in ("time (UTC)", "provider", "model", "tokens in / out", "previous cost",
+                   "new cost", "new price from"):  # fmt: skip
+        table.add_column(column)
+    for c in page["calls"]:
+        tokens = (
+            "—" if c["input_tokens"] is None else f"{c['input_tokens']:,} / {c['output_tokens']:,}"
+        )
+        table.add_row(
+            f"{c['timestamp'].astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            c["provider"] or "—",
+            c["model"] or "—",
+            tokens,
+            _cost(c["previous_cost_usd"], c["previous_cost_source"]),
+            _cost(c["cost_usd"], c["cost_source"]),
+            c["price_ref"] or "—",
+        )
+    Console().print(table)
+    if more:
+        console.print(
+            f"{more:,} more calls; GET /api/prices/revisions/{revision_id}/calls lists them all"
+        )
+    return 0
+
+
+def _cost(value: Decimal | None, source: str | None) -> str:
+    return "unpriced" if value is None else f"{_usd(value)} ({source})"
 
 
 def cmd_unpriced(settings: Settings, args: argparse.Namespace) -> int:

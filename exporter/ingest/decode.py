@@ -167,7 +167,9 @@ def price_call(prices: PriceBook, call: LLMCall) -> None:
     except Exception:
         log.exception("pricing %s/%s failed; stored unpriced", call.provider, call.model)
         return
-    call.cost_usd, call.cost_source = price.cost_usd, price.source
+    call.cost_usd, call.cost_source, call.price_ref = price.cost_usd, price.source, price.reference
+    if price.reference is None and price.cost_usd is not None:  # the span's reported cost
+        call.price_ref = call.reported_cost_key
 
 
 def default_processes() -> int:

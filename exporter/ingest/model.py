@@ -66,6 +66,10 @@ class LLMCall:
     attributes: dict[str, Any] = field(default_factory=dict)  # extra, content-free attributes
     cost_usd: Decimal | None = None  # filled by pricing; None = unpriced, never a fake 0
     cost_source: str | None = None  # provider | override | genai-prices | span
+    # Where exactly the cost comes from: the genai-prices version and data, the overrides entry
+    # and its valid_from, or the span attribute a reported cost was read from.
+    price_ref: str | None = None
+    reported_cost_key: str | None = None  # the attribute reported_cost_usd was read from
     # reported_cost_usd is what the provider charged (gen_ai.usage.cost.source = provider)
     cost_reported_by_provider: bool = False
     unpriced_reason: str | None = None  # set: stored unpriced, whatever a price table says

@@ -189,6 +189,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         span_name=_seen(span.name) or _scrubbed_cut(span.name, MAX_SPAN_NAME),
         time_to_first_chunk_ms=_ttfc_ms(attrs),
         reported_cost_usd=reported_cost,
+        reported_cost_key=cost_key or None,
         attributes=_kept_attributes(attrs, store_content),
     )
     if reported_cost is not None:

@@ -4,7 +4,9 @@ Order: what the provider says it charged (a span's `gen_ai.usage.cost.amount` wi
 `gen_ai.usage.cost.source` = `provider`, such as OpenRouter's `usage.cost`: source `provider`),
 then a matching user override (NEXUS_PRICES_FILE), then genai-prices for the response model (more
 specific, e.g. a dated version) and then the request model, then any other cost the span reported
-(source `span`). Otherwise the call is unpriced: `Price(None, None)`, never a fake $0.
+(source `span`). Otherwise the call is unpriced: `Price(None, None)`, never a fake $0. A price
+from a table carries its `reference` (the row's `price_ref`): the genai-prices version and data,
+or the overrides entry and its valid_from, built once per snapshot and per entry.
 
 genai-prices costs are exactly `genai_prices.calc_price(...).total_price` for the same usage and
 timestamp. The library spends 30-150 µs a call resolving and validating a price set, so each
@@ -30,7 +32,7 @@ import contextlib
 import difflib
 import fnmatch
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -66,6 +68,10 @@ class Price:
 
     cost_usd: Decimal | None  # None = unpriced (never a fake 0)
     source: str | None  # "provider" | "override" | "genai-prices" | "span" | None
+    # Where exactly a price table's price comes from (the row's price_ref): the genai-prices
+    # version and data, or the overrides entry with its valid_from; None for a reported cost.
+    # Not part of equality: two prices are equal when they cost the same by the same kind.
+    reference: str | None = field(default=None, compare=False)
 
 
 UNPRICED = Price(None, None)
@@ -206,6 +212,9 @@ class PriceBook:
     def __init__(self, overrides_path: Path | None = None) -> None:
         self.overrides_path = overrides_path
         self.overrides = _load_overrides(overrides_path) if overrides_path else ()
+        # Each entry's reference, built once: pricing a call only picks one up.
+        self._entry_references = tuple(self._entry_reference(e) for e in self.overrides)
+        self._library_ref = ""  # set with the snapshot, by _check_snapshot
         self._override_hits: dict[tuple[str, str, str | None], tuple[_Override, ...]] = {}
         self._snapshot: data_snapshot.DataSnapshot | None = None
         self._models: dict[tuple[str, str], tuple[Provider, ModelInfo, bool] | None] = {}
@@ -239,14 +248,15 @@ class PriceBook:
             if self.overrides:
                 entry = self._override(provider, model, response_model, _utc_day(timestamp))
                 if entry is not None:
-                    return Price(entry.cost(*usage), "override")
+                    reference = self._entry_references[entry.index]
+                    return Price(entry.cost(*usage), "override", reference)
             self._check_snapshot()
             refs = (model,) if response_model in (None, model) else (response_model, model)
             for ref in refs:
                 if ref and (found := self._lookup(provider, ref)) is not None:
                     cost = self._plan_at(found[1], found[2], timestamp).cost(*usage)
                     if cost is not None:
-                        return Price(cost, "genai-prices")
+                        return Price(cost, "genai-prices", self._library_ref)
         if valid_reported:
             return Price(reported, "span")
         return UNPRICED
@@ -333,7 +343,7 @@ class PriceBook:
         if source == "override":
             entry = self._override(provider, model, response_model, _utc_day(at))
             if entry is not None:
-                return self._entry_reference(entry)
+                return self._entry_references[entry.index]
         if source == "genai-prices":
             return self._library_reference()
         return None
@@ -345,7 +355,7 @@ class PriceBook:
             overrides = {
                 "file": str(self.overrides_path),
                 "sha256": hashlib.sha256(self.overrides_path.read_bytes()).hexdigest(),
-                "entries": [self._entry_reference(entry) for entry in self.overrides],
+                "entries": list(self._entry_references),
             }
         return {"genai_prices": self._library_reference(), "overrides": overrides}
 
@@ -355,11 +365,8 @@ class PriceBook:
         return where + (f" valid_from {entry.valid_from}" if entry.valid_from else "")
 
     def _library_reference(self) -> str:
-        snapshot = self._check_snapshot()
-        data = "bundled data"
-        if snapshot.from_auto_update:
-            data = f"data of {snapshot.timestamp.isoformat(timespec='seconds')}"
-        return f"genai-prices {genai_prices.__version__} ({data})"
+        self._check_snapshot()
+        return self._library_ref
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -370,6 +377,7 @@ class PriceBook:
             self._snapshot = snapshot
             for cache in (self._models, self._day_plans, self._plans):
                 cache.clear()
+            self._library_ref = _library_reference(snapshot)
         return snapshot
 
     def _override(
@@ -437,6 +445,14 @@ class PriceBook:
             f"No price known for model {model!r}{where}.{hint} "
             "Add it to the price overrides file (NEXUS_PRICES_FILE) to price it."
         )
+
+
+def _library_reference(snapshot: data_snapshot.DataSnapshot) -> str:
+    """The genai-prices version and its data: bundled with it, or refreshed at a time."""
+    data = "bundled data"
+    if snapshot.from_auto_update:
+        data = f"data of {snapshot.timestamp.isoformat(timespec='seconds')}"
+    return f"genai-prices {genai_prices.__version__} ({data})"
 
 
 def _load_overrides(path: Path) -> tuple[_Override, ...]:

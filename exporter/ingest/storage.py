@@ -63,11 +63,12 @@ COLUMNS = (
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "total_tokens", "cost_usd", "cost_source", "duration_ms", "time_to_first_chunk_ms", "success",
     "error_type", "error_message", "usage_source", "server_address", "span_name", "attributes",
+    "price_ref",
 )  # fmt: skip
 COLUMN_TYPES = (
     "text", "text", "text", "timestamptz", "text", "text", "text", "text", "text", "text", "text",
     "int8", "int8", "int8", "int8", "int8", "int8", "numeric", "text", "float8", "float8", "bool",
-    "text", "text", "text", "text", "text", "jsonb",
+    "text", "text", "text", "text", "text", "jsonb", "text",
 )  # fmt: skip
 _COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
 _COPY_DIRECT = f"COPY api_calls ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
@@ -316,7 +317,7 @@ def call_row(call: LLMCall) -> tuple[Any, ...]:
         call.cache_write_tokens, call.reasoning_tokens, call.total_tokens, call.cost_usd,
         call.cost_source, call.duration_ms, call.time_to_first_chunk_ms, call.success,
         call.error_type, call.error_message, call.usage_source, call.server_address,
-        call.span_name, Jsonb(call.attributes, _json),
+        call.span_name, Jsonb(call.attributes, _json), call.price_ref,
     )  # fmt: skip
 
 

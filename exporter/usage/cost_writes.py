@@ -1,8 +1,8 @@
 """Writing repriced costs into api_calls: in place, or by rewriting a partition.
 
 The calls to change are in the temporary table nexus_reprice_changed (`part`: the partition's
-oid, `row_id`: the row's ctid, `new_cost`, `new_source`), chosen while the reprice holds
-api_calls in SHARE mode, so no row moves or arrives until it commits.
+oid, `row_id`: the row's ctid, `new_cost`, `new_source`, `price_ref`), chosen while the reprice
+holds api_calls in SHARE mode, so no row moves or arrives until it commits.
 
 An UPDATE of a call's cost is never a HOT update (cost_usd is indexed, and a full page has no
 room for the new version), so each changed row is written again with an entry in each of the
@@ -35,7 +35,7 @@ FROM nexus_reprice_changed c JOIN pg_class p ON p.oid = c.part
 GROUP BY c.part, p.reltuples
 """
 _UPDATE_IN_PLACE = """
-UPDATE {part} a SET cost_usd = c.new_cost, cost_source = c.new_source
+UPDATE {part} a SET cost_usd = c.new_cost, cost_source = c.new_source, price_ref = c.price_ref
 FROM nexus_reprice_changed c
 WHERE c.part = %(part)s AND a.ctid = c.row_id
 """
@@ -67,6 +67,7 @@ FROM {old} a LEFT JOIN nexus_reprice_changed c ON c.part = %(part)s AND c.row_id
 _REPRICED_COLUMNS = {
     "cost_usd": "CASE WHEN c.row_id IS NULL THEN a.cost_usd ELSE c.new_cost END",
     "cost_source": "CASE WHEN c.row_id IS NULL THEN a.cost_source ELSE c.new_source END",
+    "price_ref": "CASE WHEN c.row_id IS NULL THEN a.price_ref ELSE c.price_ref END",
 }
 
 

@@ -15,7 +15,9 @@ budgets, reports and SQL dashboards move together, or not at all.
 Calls whose cost the provider reported (`cost_source` = provider) are left as they are unless
 `include_provider_costs`; repriced, they keep that cost when no price table knows the model.
 A call repriced to nothing known (an override removed, say) becomes unpriced, as ingest would
-store it today.
+store it today. A call changes when its cost or its source's kind (`cost_source`) does; then
+it gets the new `price_ref` too. A call whose cost and kind stay keeps its `price_ref`, which
+still reproduces its cost: a new genai-prices version with the same prices changes nothing.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ MAX_REVISION_SERIES = 2000
 MAX_REVISIONS_LISTED = 1000
 # Models listed by `prices --unpriced`; more than this is a misconfiguration to fix first.
 MAX_UNPRICED_MODELS = 500
+# Calls of a revision per page of `GET /api/prices/revisions/{id}/calls`: a revision may change
+# a million calls; a page of this many is a few hundred kB of JSON, read by one index range.
+MAX_REVISION_CALLS_PAGE = 1000
 
 _REVISIONS = """
 SELECT id, created_at, since, until, model_pattern, provider, include_provider_costs,
@@ -44,6 +47,22 @@ SELECT revision_id, provider, model, calls_changed, newly_priced, newly_unpriced
        new_cost_usd, new_cost_usd - old_cost_usd AS net_usd
 FROM price_revision_models WHERE revision_id = ANY(%s) ORDER BY revision_id, provider, model
 """
+_REVISION_EXISTS = "SELECT calls_changed FROM price_revisions WHERE id = %s"
+# A revision's calls after a cursor (the last row number seen), with what they are from the
+# stored call (gone from api_calls, set aside as a duplicate since: NULL).
+_REVISION_CALLS = """
+SELECT c.id, c.trace_id, c.span_id, c."timestamp", a.provider, a.model, a.response_model,
+       a.input_tokens, a.output_tokens, a.cache_read_tokens, a.cache_write_tokens,
+       c.previous_cost_usd, c.previous_cost_source, c.cost_usd, c.cost_source, c.price_ref
+FROM price_revision_calls c
+LEFT JOIN api_calls a
+       ON a.trace_id = c.trace_id AND a.span_id = c.span_id AND a."timestamp" = c."timestamp"
+WHERE c.revision_id = %(revision)s AND c.id > %(after)s
+ORDER BY c.id LIMIT %(limit)s
+"""
+_REVISION_CALLS_AFTER = (
+    "SELECT count(*) FROM price_revision_calls WHERE revision_id = %s AND id > %s"
+)
 _UNPRICED = """
 SELECT provider, model, count(*) AS calls, sum(input_tokens) AS input_tokens,
        sum(output_tokens) AS output_tokens, min("timestamp") AS first_call,
@@ -69,6 +88,35 @@ def revisions(conn: psycopg.Connection[Any], limit: int) -> list[dict[str, Any]]
             if m["revision_id"] == revision["id"]
         ]
     return found
+
+
+def revision_calls(
+    conn: psycopg.Connection[Any], revision_id: int, after: int, limit: int
+) -> dict[str, Any] | None:
+    """A page of the calls a revision changed, in the order it recorded them, after row number
+    `after` (0: from the first): `calls` (each with its previous and new cost and source, and
+    where the new price comes from), `next_cursor` (the `after` of the next page; None: the
+    last page) and the revision's `calls_changed`. None when there is no such revision."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        found = cursor.execute(_REVISION_EXISTS, (revision_id,)).fetchone()
+        if found is None:
+            return None
+        params = {"revision": revision_id, "after": after, "limit": limit + 1}
+        calls = cursor.execute(_REVISION_CALLS, params).fetchall()
+    more = len(calls) > limit
+    calls = calls[:limit]
+    return {
+        "revision_id": revision_id,
+        "calls_changed": found["calls_changed"],
+        "calls": calls,
+        "next_cursor": calls[-1]["id"] if more else None,
+    }
+
+
+def revision_calls_after(conn: psycopg.Connection[Any], revision_id: int, after: int) -> int:
+    """How many calls of the revision come after row number `after`."""
+    row = conn.execute(_REVISION_CALLS_AFTER, (revision_id, after)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def unpriced_models(conn: psycopg.Connection[Any], since: datetime) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 (so a new route is covered the day it appears): a crafted value is an ordinary value. It never
 causes a 5xx or a slow answer, a GET answers exactly as for any unknown value, a stored string
 comes back verbatim, and no table is harmed: every table keeps its exact rows. The attacks go
-to resources that exist (a budget and a content item created through the API first); unknown
-ids answer 404. Also: the API token is compared in constant time."""
+to resources that exist (a budget and a content item created through the API first, a price
+revision made by repricing the stored calls); unknown ids answer 404. Also: the API token is
+compared in constant time."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +23,8 @@ from starlette.testclient import TestClient
 
 from exporter.api.app import create_api_app
 from exporter.core.settings import Settings
+from exporter.ingest.pricing import PriceBook
+from exporter.usage.reprice import RepriceRequest, reprice
 from tests.hostile.payloads import (
     SQL_INJECTIONS,
     llm_attributes,
@@ -69,6 +73,7 @@ class Api:
     client: TestClient
     budget_id: int
     lease_id: str
+    revision_id: int
 
 
 def create_budget(client: TestClient, **fields: Any) -> dict[str, Any]:
@@ -81,8 +86,20 @@ def create_budget(client: TestClient, **fields: Any) -> dict[str, Any]:
     return created
 
 
+def make_revision(database_url: str, prices: Path) -> int:
+    """Reprices the stored calls at another price: a revision with calls to list."""
+    prices.write_text("models:\n  - model: '*'\n    input_mtok: 1\n    output_mtok: 2\n")
+    request = RepriceRequest(since=CALLS_AT - timedelta(days=1), until=NOW + timedelta(days=1))
+    with psycopg.connect(database_url) as conn:
+        plan = reprice(conn, PriceBook(prices), request)
+    assert plan.revision_id is not None and plan.calls_changed == CALLS
+    return plan.revision_id
+
+
 @pytest.fixture(scope="module")
-def api(exporter: ExporterProcess, database_url: str) -> Iterator[Api]:
+def api(
+    exporter: ExporterProcess, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE injection_canary (x int)")
         conn.execute("INSERT INTO injection_canary SELECT generate_series(1, %s)", (CANARY_ROWS,))
@@ -99,6 +116,7 @@ def api(exporter: ExporterProcess, database_url: str) -> Iterator[Api]:
         database_url, "SELECT count(*) FROM api_calls WHERE service_name = %s", (SERVICE,)
     )
     assert stored == [(CALLS,)]
+    revision_id = make_revision(database_url, tmp_path_factory.mktemp("prices") / "prices.yaml")
     with TestClient(create_api_app(Settings(), database_url, clock=lambda: NOW)) as client:
         budget = create_budget(client, **TARGET_BUDGET)
         carousel = client.post("/api/carousels", json={"correlation_id": CAROUSEL})
@@ -108,7 +126,7 @@ def api(exporter: ExporterProcess, database_url: str) -> Iterator[Api]:
         lease = client.post("/api/budget/leases", json={
             **scope, "amount_usd": "0.01", "min_amount_usd": "0.01"})  # fmt: skip
         assert lease.status_code == 201, lease.text
-        yield Api(client, budget["id"], lease.json()["lease_id"])
+        yield Api(client, budget["id"], lease.json()["lease_id"], revision_id)
 
 
 def budget_row(database_url: str, budget_id: int) -> tuple[Any, ...]:
@@ -171,7 +189,7 @@ def _operations(client: TestClient) -> list[tuple[str, str, dict[str, Any]]]:
 def _path_defaults(api: Api) -> dict[str, str]:
     return {
         "budget_id": str(api.budget_id), "correlation_id": CAROUSEL, "period": "daily",
-        "lease_id": api.lease_id,
+        "lease_id": api.lease_id, "revision_id": str(api.revision_id),
     }  # fmt: skip
 
 
@@ -201,18 +219,19 @@ def test_unknown_ids_answer_404_on_every_route(api: Api, database_url: str) -> N
     spec = client.app.openapi()  # type: ignore[attr-defined]
     missing = {
         "budget_id": str(missing_budget_id(database_url)), "correlation_id": HARMLESS,
-        "lease_id": str(uuid.uuid4()),
+        "lease_id": str(uuid.uuid4()), "revision_id": str(api.revision_id + 1000),
     }  # fmt: skip
     counts_before = table_counts(database_url)
-    tried = 0
+    tried: set[str] = set()
     for method, path, op in _operations(client):
         path_params = _path_params(op, {**_path_defaults(api), **missing})
         if not set(path_params) & set(missing):
             continue
         response, _ = _call(client, method, path, path_params, _body(spec, op))
         assert response.status_code == 404, f"{method} {path}: {response.text}"
-        tried += 1
-    assert tried >= 6  # get, patch, delete and status of a budget; get and engage an item
+        tried.add(f"{method} {path}")
+    # get, patch, delete and status of a budget; get and engage an item; a revision's calls
+    assert len(tried) >= 7 and "GET /api/prices/revisions/{revision_id}/calls" in tried
     assert table_counts(database_url) == counts_before
 
 

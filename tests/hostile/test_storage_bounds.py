@@ -439,7 +439,11 @@ def test_migration_keeps_existing_rows_and_removes_copies(
                 await conn.execute(
                     "CREATE TEMP TABLE api_call_duplicates (LIKE api_calls INCLUDING DEFAULTS)"
                 )
+                # and for 013's column, there only while the writer writes
+                await conn.execute("ALTER TABLE api_calls ADD COLUMN price_ref text")
             await storage.write_batch(conn, [CallBatch.of(calls)])  # type: ignore[arg-type]
+            if before_005:
+                await conn.execute("ALTER TABLE api_calls DROP COLUMN price_ref")
 
     asyncio.run(store(before_005=True))
     with psycopg.connect(url, autocommit=True) as conn:

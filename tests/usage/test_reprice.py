@@ -18,7 +18,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import genai_prices
 import httpx
+import psycopg
 import pytest
 import yaml
 from starlette.testclient import TestClient
@@ -100,6 +102,14 @@ ALL = (*CALLS, PROVIDER_CHARGED, LISTED)
 NEW_COST = sum((c.expected for c in CALLS if c.expected), Decimal(0))
 DAY1_NEW = CALLS[0].expected + CALLS[1].expected  # type: ignore[operator]
 DAY2_NEW = CALLS[3].expected + CALLS[4].expected  # type: ignore[operator]
+GENAI_PRICES = f"genai-prices {genai_prices.__version__} (bundled data)"
+
+
+def override_ref(path: Path, model: str) -> str:
+    """The reference of the OVERRIDES entry that prices `model`, as written in that file."""
+    if model == LATER:
+        return f"{path} models[0] ({LATER}, provider openai) valid_from {DAY2}"
+    return f"{path} models[1] (acme-unpriced-*)"
 
 
 def nexus(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,6 +125,13 @@ def stored(database_url: str) -> list[tuple[Any, ...]]:
     return query(
         database_url,
         'SELECT "timestamp", model, cost_usd, cost_source FROM api_calls ORDER BY "timestamp"',
+    )
+
+
+def price_refs(database_url: str) -> list[tuple[Any, ...]]:
+    return query(
+        database_url,
+        'SELECT "timestamp", cost_source, price_ref FROM api_calls ORDER BY "timestamp"',
     )
 
 
@@ -293,6 +310,15 @@ def test_reprice_prices_the_calls_and_everything_moves_by_the_same_amount(
     assert [(r[0], r[2], r[3]) for r in rows] == [
         (c.start, c.expected, "override" if c.expected is not None else None) for c in CALLS
     ] + [(r[0], r[2], r[3]) for r in calls_stored[5:]]
+    # Each repriced call says which entry priced it; the calls left alone keep theirs.
+    assert price_refs(database_url) == [
+        (c.start, "override", override_ref(overrides, c.model)) if c.expected is not None
+        else (c.start, None, None)
+        for c in CALLS
+    ] + [
+        (PROVIDER_CHARGED.start, "provider", "gen_ai.usage.cost.amount"),
+        (LISTED.start, "genai-prices", GENAI_PRICES),
+    ]  # fmt: skip
     assert summaries(database_url) == raw_summaries(database_url)
     after = views(api)
     assert after.today_cost == api_usd(Decimal(str(before.today_cost)) + DAY2_NEW)
@@ -321,10 +347,7 @@ def test_reprice_prices_the_calls_and_everything_moves_by_the_same_amount(
         'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source,'
         ' price_ref FROM price_revision_calls WHERE revision_id = 1 ORDER BY "timestamp"',
     ) == [
-        (c.start, None, None, c.expected, "override",
-         f"{overrides} models[{0 if c.model == LATER else 1}] "
-         + (f"({LATER}, provider openai) valid_from {DAY2}" if c.model == LATER
-            else "(acme-unpriced-*)"))
+        (c.start, None, None, c.expected, "override", override_ref(overrides, c.model))
         for c in CALLS if c.expected is not None
     ]  # fmt: skip
     # The counter keeps what it counted; the revisions' net amount is its own gauge.
@@ -350,6 +373,26 @@ def test_a_second_reprice_with_nothing_new_changes_nothing(
     assert result.returncode == 0, result.stderr
     assert "nothing to change: every call already has these prices" in result.stderr
     assert (stored(database_url), summaries(database_url), views(api)) == (rows, totals, answers)
+    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
+
+
+def test_a_call_whose_cost_stays_keeps_its_price_reference(
+    database_url: str, overrides: Path, api: TestClient
+) -> None:
+    """A call priced by another genai-prices version at the same cost is not changed: its
+    reference still reproduces its cost, and no revision records a change of version alone."""
+    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
+    older = "genai-prices 0.0.1 (bundled data)"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            'UPDATE api_calls SET price_ref = %s WHERE "timestamp" = %s', (older, LISTED.start)
+        )
+    rows, refs = stored(database_url), price_refs(database_url)
+    assert (LISTED.start, "genai-prices", older) in refs
+    result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
+    assert result.returncode == 0, result.stderr
+    assert "nothing to change: every call already has these prices" in result.stderr
+    assert (stored(database_url), price_refs(database_url)) == (rows, refs)
     assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
 
 
@@ -409,6 +452,8 @@ def test_filters_pick_the_calls_and_each_row_keeps_its_previous_cost(
     )
     rows = {r[0]: (r[2], r[3]) for r in stored(database_url)}
     assert [rows[e[0]] for e in expected] == [(e[3], e[4]) for e in expected]
+    refs = {r[0]: r[2] for r in price_refs(database_url)}
+    assert [refs[e[0]] for e in expected] == [override_ref(raised, UNPRICED)] * 4
     assert summaries(database_url) == raw_summaries(database_url)
     revisions = httpx.get(
         f"{exporter.api_url}/api/prices/revisions", params={"limit": 1}, timeout=30
@@ -449,6 +494,8 @@ def test_calls_no_price_source_knows_any_more_become_unpriced(
         'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source'
         ' FROM price_revision_calls WHERE revision_id = 3 ORDER BY "timestamp"',
     ) == [(start, before[start], "override", None, None) for start in gone]
+    refs = {r[0]: r[1:] for r in price_refs(database_url)}
+    assert [refs[start] for start in gone] == [(None, None)] * 4
     assert query(
         database_url,
         "SELECT calls_changed, newly_priced, newly_unpriced FROM price_revisions WHERE id = 3",

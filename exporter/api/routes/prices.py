@@ -1,17 +1,26 @@
-"""GET /api/prices/revisions: the record of every repricing (`nexus-otel reprice`)."""
+"""GET /api/prices/revisions: the record of every repricing (`nexus-otel reprice`), and
+GET /api/prices/revisions/{id}/calls: the calls one revision changed, page by page."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
 from exporter.api.deps import Conn
-from exporter.usage.revisions import MAX_REVISIONS_LISTED, revisions
+from exporter.usage.revisions import (
+    MAX_REVISION_CALLS_PAGE,
+    MAX_REVISIONS_LISTED,
+    revision_calls,
+    revisions,
+)
 
 router = APIRouter(tags=["prices"])
+
+_BIGINT = 2**63 - 1  # revision ids and row numbers are bigint: larger ones match nothing
+RevisionId = Annotated[int, Path(ge=1, le=_BIGINT)]
 
 
 class RevisionModelPublic(BaseModel):
@@ -63,3 +72,58 @@ def list_revisions(
     """Every repricing that changed stored costs, newest first: when, the range and filters,
     the price sources, how many calls changed and the totals before and after, per model."""
     return revisions(conn, limit)
+
+
+class RevisionCallPublic(BaseModel):
+    """One call a revision changed: its cost and source before and after."""
+
+    trace_id: str
+    span_id: str
+    timestamp: datetime = Field(description="the call's start time")
+    provider: str | None = Field(description="null: the call is no longer stored")
+    model: str | None
+    response_model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    previous_cost_usd: float | None = Field(description="null: unpriced before")
+    previous_cost_source: str | None
+    cost_usd: float | None = Field(description="null: unpriced since")
+    cost_source: str | None = Field(description="provider | override | genai-prices | span")
+    price_ref: str | None = Field(
+        description="where the new price comes from: the genai-prices version and data, or"
+        " the overrides file entry and its valid_from"
+    )
+
+
+class RevisionCallsPublic(BaseModel):
+    revision_id: int
+    calls_changed: int = Field(description="the calls the revision changed, as recorded")
+    calls: list[RevisionCallPublic] = Field(description="in the order the revision recorded them")
+    next_cursor: int | None = Field(
+        description="pass as `cursor` for the next page; null: this is the last page"
+    )
+
+
+@router.get(
+    "/api/prices/revisions/{revision_id}/calls",
+    response_model=RevisionCallsPublic,
+    status_code=status.HTTP_200_OK,
+)
+def list_revision_calls(
+    revision_id: RevisionId,
+    conn: Conn,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_REVISION_CALLS_PAGE, description="calls per page")
+    ] = 100,
+    cursor: Annotated[
+        int, Query(ge=0, le=_BIGINT, description="the previous page's next_cursor; 0: first")
+    ] = 0,
+) -> dict[str, Any]:
+    """The calls one revision changed, each with its previous and new cost and source and
+    where the new price comes from: how a revision's totals came about, call by call."""
+    found = revision_calls(conn, revision_id, cursor, limit)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no price revision with id {revision_id}")
+    return found
