@@ -52,6 +52,8 @@ MAX_CALL_COST_USD = Decimal(1_000_000)
 # default temp_buffers is 8 MB; it can be set only before the session's first temporary table,
 # so repricing runs on a connection of its own); for the reprice's own transaction only.
 SET_WORK_MEM = "SET LOCAL work_mem = '256MB'"
+# A partition written anew has its indexes built by sorting: in memory, not in runs on disk.
+SET_SORT_MEM = "SET LOCAL maintenance_work_mem = '256MB'"
 SET_TEMP_BUFFERS = "SET LOCAL temp_buffers = '256MB'"
 # The groups are read through a cursor, which PostgreSQL plans for its first tenth by default
 # (a merge join without the day in its key: 30 s instead of 2 s at a million calls); every
@@ -207,7 +209,7 @@ CREATE TEMP TABLE nexus_reprice_changed (
     trace_id text, span_id text, "timestamp" timestamptz, service_name text, provider text,
     model text, operation text, content boolean, success boolean, error_type text,
     time_to_first_chunk_ms float8, old_cost numeric, old_source text, new_cost numeric,
-    new_source text, price_ref text
+    new_source text, price_ref text, old_ref text
 ) ON COMMIT DROP
 """
 # What a changed call's row says of it, for the record and the summaries.
@@ -221,7 +223,7 @@ INSERT INTO nexus_reprice_changed
 SELECT * FROM (
     SELECT a.tableoid, a.ctid, {_CALL_FACTS}, a.cost_usd AS old_cost,
            a.cost_source AS old_source, {COST_SQL} AS new_cost, l.source AS new_source,
-           l.price_ref
+           l.price_ref, a.price_ref AS old_ref
     FROM api_calls a JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
     WHERE {_RANGE} AND {_VALID} AND l.source IS NOT NULL
 ) c
@@ -230,7 +232,7 @@ WHERE (c.new_cost, c.new_source) IS DISTINCT FROM (c.old_cost, c.old_source)
 _CHANGED_GROUPS = f"""
 INSERT INTO nexus_reprice_changed
 SELECT a.tableoid, a.ctid, {_CALL_FACTS}, p.old_cost, nullif(p.old_source, ''), p.new_cost,
-       p.new_source, p.price_ref
+       p.new_source, p.price_ref, a.price_ref
 FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
      JOIN nexus_reprice_prices p
      ON m.provider = p.provider AND m.model = p.model AND m.response_model = p.response_model
@@ -276,6 +278,7 @@ def reprice(
                 conn.execute(HOLD_WRITERS)
             conn.execute(SET_WORK_MEM)
             conn.execute(SET_READ_ALL)
+            conn.execute(SET_SORT_MEM)
             plan.calls_examined, days = _choose_models(conn, book, request, params)
             _price_linear(conn, book, params, plan, days)
             if progress is not None:

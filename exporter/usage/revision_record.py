@@ -18,9 +18,10 @@ VALUES (%(since)s, %(until)s, %(pattern)s, %(provider)s, %(include_provider)s, %
 RETURNING id
 """
 _REVISION_CALLS = """
-INSERT INTO price_revision_calls
-SELECT %(revision)s, trace_id, span_id, "timestamp", old_cost, old_source, new_cost, new_source,
-       price_ref
+INSERT INTO price_revision_calls (revision_id, trace_id, span_id, "timestamp",
+    previous_cost_usd, previous_cost_source, previous_price_ref, cost_usd, cost_source, price_ref)
+SELECT %(revision)s, trace_id, span_id, "timestamp", old_cost, old_source, old_ref, new_cost,
+       new_source, price_ref
 FROM nexus_reprice_changed
 """
 _REVISION_MODELS = """

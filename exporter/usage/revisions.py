@@ -53,7 +53,8 @@ _REVISION_EXISTS = "SELECT calls_changed FROM price_revisions WHERE id = %s"
 _REVISION_CALLS = """
 SELECT c.id, c.trace_id, c.span_id, c."timestamp", a.provider, a.model, a.response_model,
        a.input_tokens, a.output_tokens, a.cache_read_tokens, a.cache_write_tokens,
-       c.previous_cost_usd, c.previous_cost_source, c.cost_usd, c.cost_source, c.price_ref
+       c.previous_cost_usd, c.previous_cost_source, c.previous_price_ref, c.cost_usd,
+       c.cost_source, c.price_ref
 FROM price_revision_calls c
 LEFT JOIN api_calls a
        ON a.trace_id = c.trace_id AND a.span_id = c.span_id AND a."timestamp" = c."timestamp"

@@ -233,6 +233,7 @@ def test_updating_in_place_gives_the_same_costs(
 ) -> None:
     path = tmp_path / "prices.yaml"
     path.write_text(prices(5))
+    references = dict(query(database_url, "SELECT span_id, price_ref FROM api_calls"))
 
     plan = run_reprice(database_url, path)
 
@@ -241,6 +242,16 @@ def test_updating_in_place_gives_the_same_costs(
     by_start = {r[0]: r for r in costs(database_url) if r[1] == MODEL}
     for start, tokens in _unpriced():
         assert by_start[start][3:] == (expected_cost(tokens, 5), "override")
+    # Each changed call's record keeps the reference its previous cost came from.
+    recorded = query(
+        database_url,
+        "SELECT span_id, previous_price_ref, price_ref FROM price_revision_calls"
+        " WHERE revision_id = %s",
+        (plan.revision_id,),
+    )
+    assert len(recorded) == plan.calls_changed
+    assert all(previous == references[span] for span, previous, _ in recorded)
+    assert {new for *_, new in recorded} == {f"{path} models[0] (acme-rewrite-*)"}
 
 
 def _unpriced() -> list[tuple[datetime, tuple[int, int]]]:

@@ -82,7 +82,7 @@ def expected(
             "timestamp": started.isoformat().replace("+00:00", "Z"), "provider": "openai",
             "model": MODEL, "response_model": None, "input_tokens": 1000 + number,
             "output_tokens": 100, "cache_read_tokens": 0, "cache_write_tokens": 0,
-            "previous_cost_usd": None, "previous_cost_source": None,
+            "previous_cost_usd": None, "previous_cost_source": None, "previous_price_ref": None,
             "cost_usd": api_usd(expected_cost(number)), "cost_source": "override",
             "price_ref": f"{overrides} models[0] (acme-bulk-*)",
         }  # fmt: skip

@@ -89,6 +89,7 @@ class RevisionCallPublic(BaseModel):
     cache_write_tokens: int | None
     previous_cost_usd: float | None = Field(description="null: unpriced before")
     previous_cost_source: str | None
+    previous_price_ref: str | None = Field(description="where the previous price came from")
     cost_usd: float | None = Field(description="null: unpriced since")
     cost_source: str | None = Field(description="provider | override | genai-prices | span")
     price_ref: str | None = Field(
