@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from exporter.ingest import otlp
 from exporter.ingest.model import LLMCall, RawSpan
 from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_call
-from exporter.ingest.pricing import PriceBook
+from exporter.ingest.pricing import PriceBook, PriceOverridesError
 from exporter.ingest.storage import CallBatch, encode_row
 from nexus_otel._secrets import scrub_text
 
@@ -61,14 +61,58 @@ class Conversion:
     rejections: list[str] = field(default_factory=list)
 
 
-_PRICE_BOOKS: dict[Path | None, PriceBook] = {}
+# A prices file edited while the exporter runs prices the calls stored from then on, without
+# a restart: each process looks at the file's modification time and size at most this often.
+PRICES_RECHECK_SECONDS = 2.0
+
+
+@dataclass
+class _LoadedPrices:
+    book: PriceBook
+    stamp: tuple[int, int] | None  # the file's (mtime_ns, size) when read; None: unreadable
+    next_check: float
+
+
+_PRICE_BOOKS: dict[Path | None, _LoadedPrices] = {}
 
 
 def _price_book(prices_file: Path | None) -> PriceBook:
-    book = _PRICE_BOOKS.get(prices_file)
-    if book is None:
-        book = _PRICE_BOOKS[prices_file] = PriceBook(prices_file)
-    return book
+    loaded = _PRICE_BOOKS.get(prices_file)
+    now = time.monotonic()
+    if loaded is None:
+        stamp = _file_stamp(prices_file)
+        loaded = _LoadedPrices(PriceBook(prices_file), stamp, now + PRICES_RECHECK_SECONDS)
+        _PRICE_BOOKS[prices_file] = loaded
+    elif prices_file is not None and now >= loaded.next_check:
+        loaded.next_check = now + PRICES_RECHECK_SECONDS
+        stamp = _file_stamp(prices_file)
+        if stamp != loaded.stamp:
+            loaded.stamp = stamp
+            _reload(loaded, prices_file)
+    return loaded.book
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int] | None:
+    try:
+        found = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size) if found is not None else None
+
+
+def _reload(loaded: _LoadedPrices, prices_file: Path) -> None:
+    """The edited file's prices from now on; a file that cannot be read leaves the prices as
+    they were (said once per edit), so a half-saved file never unprices calls."""
+    try:
+        loaded.book = PriceBook(prices_file)
+    except (OSError, PriceOverridesError) as exc:
+        log.error(
+            "prices file %s changed but cannot be used (%s): calls are priced as before",
+            prices_file,
+            exc,
+        )
+        return
+    log.warning("prices file %s changed: calls stored from now on are priced with it", prices_file)
 
 
 def decode_body(
