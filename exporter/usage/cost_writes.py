@@ -41,7 +41,10 @@ WHERE c.part = %(part)s AND a.ctid = c.row_id
 """
 _PARTITION = """
 SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid),
-       EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+       c.relkind <> 'r'
+       OR EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+       OR EXISTS (SELECT FROM pg_policy y WHERE y.polrelid = c.oid)
+       OR EXISTS (SELECT FROM pg_constraint f WHERE f.confrelid = c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = %(part)s
 """
@@ -77,6 +80,7 @@ class _Partition:
     schema: str
     name: str
     bound: str
+    swappable: bool
 
     def table(self, name: str | None = None) -> sql.Composed:
         return sql.SQL("{}.{}").format(
@@ -90,26 +94,21 @@ def write_changed_costs(conn: psycopg.Connection[Any]) -> dict[str, int]:
     done = {"updated in place": 0, "partitions rewritten": 0}
     for part, changed, estimated in conn.execute(_BY_PARTITION).fetchall():
         partition = _partition(conn, part)
-        if partition is not None and _worth_rewriting(conn, partition, changed, estimated):
+        if partition.swappable and _worth_rewriting(conn, partition, changed, estimated):
             _rewrite(conn, partition)
             done["partitions rewritten"] += 1
             continue
-        target = (
-            sql.SQL("{}").format(sql.Identifier("api_calls"))
-            if partition is None
-            else (partition.table())
-        )
-        statement = sql.SQL(_UPDATE_IN_PLACE).format(part=target)
+        statement = sql.SQL(_UPDATE_IN_PLACE).format(part=partition.table())
         done["updated in place"] += conn.execute(statement, {"part": part}).rowcount
     return done
 
 
-def _partition(conn: psycopg.Connection[Any], part: int) -> _Partition | None:
-    """The partition, or None when it cannot be swapped safely (it has triggers of its own)."""
+def _partition(conn: psycopg.Connection[Any], part: int) -> _Partition:
+    """The partition; not swappable when a copy of its rows would lack something it has
+    (partitions of its own, triggers, row security policies, references from other tables)."""
     row = conn.execute(_PARTITION, {"part": part}).fetchone()
-    if row is None or row[2] is None or row[3]:
-        return None
-    return _Partition(part, row[0], row[1], row[2])
+    assert row is not None  # api_calls is held in SHARE mode: no partition comes or goes
+    return _Partition(part, row[0], row[1], row[2], swappable=not row[3])
 
 
 def _worth_rewriting(

@@ -167,29 +167,33 @@ def test_a_rewritten_partition_keeps_every_call_its_name_bounds_and_indexes(
     sent: bytes,
 ) -> None:
     before = partitions(database_url)
+    rows_before = rows_but_prices(database_url)
     listed = [r for r in costs(database_url) if r[1] == "gpt-4o-mini"]
+    [(of_model,)] = query(database_url, "SELECT count(*) FROM api_calls WHERE model = %s", (MODEL,))
     path = tmp_path / "prices.yaml"
-    path.write_text(prices(3))
+    path.write_text(prices(3))  # no other test uses this price: every call of MODEL changes
 
     plan = run_reprice(database_url, path)
 
     assert plan.writes == {"updated in place": 0, "partitions rewritten": 2}
-    assert plan.calls_changed == 10
+    assert plan.calls_changed == of_model
     after = partitions(database_url)
     assert [b[:2] for b in after["bounds"]] == [b[:2] for b in before["bounds"]]
     swapped = {b[0] for b, a in zip(before["bounds"], after["bounds"], strict=True) if b[2] != a[2]}
     assert swapped == {f"api_calls_{d:%Y_%m}" for d in (LAST_MONTH, TODAY)}
     assert after["indexes"] == before["indexes"]
     assert after["attached"] == before["attached"]
-    assert rows_but_prices(database_url) == stored
-    assert costs(database_url) == sorted(
-        [(start, MODEL, t[0], expected_cost(t, 3), "override") for start, t in _unpriced()] + listed
-    )
+    assert rows_but_prices(database_url) == rows_before
+    now = costs(database_url)
+    assert [r for r in now if r[1] == "gpt-4o-mini"] == listed
+    by_start = {r[0]: r for r in now if r[1] == MODEL}
+    for start, tokens in _unpriced():
+        assert by_start[start][3:] == (expected_cost(tokens, 3), "override")
     # The unique key of the new partitions still turns a replay away; new calls are stored.
     send(exporter, sent)
-    assert rows_but_prices(database_url) == stored
+    assert rows_but_prices(database_url) == rows_before
     send(exporter, body([spec(at(TODAY, 45), MODEL, (10, 10))]))
-    assert len(rows_but_prices(database_url)) == len(SPECS) + 1
+    assert len(rows_but_prices(database_url)) == len(rows_before) + 1
 
 
 def test_a_call_sent_while_a_partition_is_rewritten_waits_and_is_stored_once(
@@ -270,3 +274,38 @@ def _waiting_on_a_lock(database_url: str) -> bool:
             " AND query ILIKE '%api_calls%' AND pid <> pg_backend_pid()",
         )[0][0]
     )
+
+
+def test_a_partition_with_a_trigger_of_its_own_is_updated_in_place(
+    stored: list[tuple[Any, ...]],
+    database_url: str,
+    tmp_path: Path,
+    rewrite_every_partition: None,
+) -> None:
+    """A copy of the partition would lose its trigger: it is updated in place, trigger kept."""
+    part = f"api_calls_{TODAY:%Y_%m}"
+    path = tmp_path / "prices.yaml"
+    path.write_text(prices(6))
+    [(in_part,)] = query(database_url, f"SELECT count(*) FROM {part} WHERE model = %s", (MODEL,))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION nexus_test_unchanged() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RETURN NEW; END $$"
+        )
+        conn.execute(
+            f"CREATE TRIGGER nexus_test_kept BEFORE UPDATE ON {part}"
+            " FOR EACH ROW EXECUTE FUNCTION nexus_test_unchanged()"
+        )
+    try:
+        plan = run_reprice(database_url, path)
+        kept = query(
+            database_url, "SELECT count(*) FROM pg_trigger WHERE tgname = 'nexus_test_kept'"
+        )
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP FUNCTION nexus_test_unchanged() CASCADE")
+    assert plan.writes == {"updated in place": in_part, "partitions rewritten": 1}
+    assert kept == [(1,)]
+    by_start = {r[0]: r for r in costs(database_url) if r[1] == MODEL}
+    for start, tokens in _unpriced():
+        assert by_start[start][3:] == (expected_cost(tokens, 6), "override")
