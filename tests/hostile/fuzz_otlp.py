@@ -13,7 +13,7 @@ import atheris
 with atheris.instrument_imports():
     from exporter.ingest import otlp
     from exporter.ingest.normalize import InvalidSpan, to_llm_call
-    from exporter.ingest.storage import call_row
+    from exporter.ingest.storage import COLUMNS, call_row
 
 _LIMIT = 1 << 20
 _ENCODINGS = ("identity", "gzip", "deflate")
@@ -48,7 +48,7 @@ def _check_storable(row: tuple) -> None:
             value.encode()  # no lone surrogates
         elif isinstance(value, int) and not isinstance(value, bool):
             assert 0 <= value < 2**63, row
-    attributes = row[-1].obj
+    attributes = row[COLUMNS.index("attributes")].obj
     text = json.dumps(attributes, allow_nan=False)  # jsonb takes no NaN, no Infinity
     assert "\\u0000" not in text
 
