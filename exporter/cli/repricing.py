@@ -121,7 +121,10 @@ def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
                 progress.stop()
                 _show_plan(plan, since, until)
                 if plan.models and not args.dry_run:
-                    console.print("applying: calls, summaries and the record, in one transaction")
+                    console.print(
+                        "applying: calls, summaries and the record, in one transaction"
+                        " (stored calls wait until it commits)"
+                    )
 
             plan = reprice(
                 conn, book, request, apply=not args.dry_run, progress=advance, before_apply=show
