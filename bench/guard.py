@@ -54,11 +54,11 @@ def _conversations() -> Iterator[Messages]:
     for number in itertools.count():
         if number % HISTORY_TURNS == 0:
             history = [{"role": "system", "content": "You answer in one sentence."}]
-        question = f"Write fact number {number} about coffee mornings."
+        question = f"Tell me, in turn {number}, what tea goes with rain."
         yield [*history, {"role": "user", "content": question}]
         history += [
             {"role": "user", "content": question},
-            {"role": "assistant", "content": f"Fact {number}: coffee smells best at dawn."},
+            {"role": "assistant", "content": f"Turn {number}: a smoky black tea, hot."},
         ]
 
 

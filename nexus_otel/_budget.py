@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import os
 import threading
@@ -60,9 +59,10 @@ CHARS_PER_TOKEN_BOUND = 3
 ROUNDED_BITS = 5
 PRICE_CACHE_SIZE = 4096  # (provider, model, tokens, hour) prices kept: a few hundred kB at most
 # Token counts kept, by text: a chat app sends its whole history again with every call, so only
-# its newest messages are new. Memory: the texts of this many messages (the app holds them
-# too) and an int each; the oldest counted is forgotten first.
+# its newest messages are new. At most this many texts and characters in all (1 to 4 MB: a
+# character takes 1 to 4 bytes), the oldest counted forgotten first; a longer text is not kept.
 TOKEN_COUNT_CACHE_SIZE = 1024
+TOKEN_COUNT_CACHE_CHARS = 1_000_000
 SEPARATOR_TOKENS = 1  # a prompt's texts are joined by a newline: one token
 MESSAGE_OVERHEAD_TOKENS = 4  # per message, as providers count the chat format (at most)
 REPLY_PRIMING_TOKENS = 3
@@ -140,6 +140,8 @@ def _note(allowance: _Allowance, estimate: int) -> None:
 
 
 _TOKEN_COUNTS: dict[str, int] = {}  # by text, oldest first (see TOKEN_COUNT_CACHE_SIZE)
+_token_counts_chars = 0  # the characters of its texts
+_token_counts_lock = threading.Lock()  # taken only to add a text: reads go without it
 
 
 def _usd(units: int) -> Decimal:
@@ -279,18 +281,11 @@ def worst_case_tokens(prompt: object, messages: int) -> int:
     texts: list[str] = []
     _texts_of(prompt, texts)
     separators = max(0, len(texts) - 1)
-    characters = separators
-    counted = SEPARATOR_TOKENS * separators
-    new: list[str] = []
-    for text in texts:
-        characters += len(text)
-        known = _TOKEN_COUNTS.get(text)
-        if known is None:
-            new.append(text)
-        else:
-            counted += known
-    by_chars = -(-characters // CHARS_PER_TOKEN_BOUND)
-    if new:
+    by_chars = -(-(sum(map(len, texts)) + separators) // CHARS_PER_TOKEN_BOUND)
+    known = list(map(_TOKEN_COUNTS.get, texts))  # a text has a token at least: None is unknown
+    counted = SEPARATOR_TOKENS * separators + sum(filter(None, known))
+    if None in known:
+        new = [text for text, count in zip(texts, known, strict=True) if count is None]
         counted += _count_new(new, by_chars - counted)
     return max(counted, by_chars) + MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
 
@@ -315,32 +310,45 @@ def _count_new(texts: list[str], room: int) -> int:
 
 
 def _remember(text: str, tokens: int) -> None:
-    """Keeps a text's count, forgetting the oldest beyond TOKEN_COUNT_CACHE_SIZE. Threads may
-    race here: at worst a count is forgotten early or kept once more than the size."""
-    if len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE:
-        # another thread may have changed it meanwhile
-        with contextlib.suppress(KeyError, RuntimeError, StopIteration):
-            del _TOKEN_COUNTS[next(iter(_TOKEN_COUNTS))]
-    _TOKEN_COUNTS[text] = tokens
+    """Keeps a text's count, forgetting the oldest beyond the cache's bounds."""
+    global _token_counts_chars
+    if len(text) > TOKEN_COUNT_CACHE_CHARS:
+        return
+    with _token_counts_lock:
+        if text in _TOKEN_COUNTS:
+            return
+        _token_counts_chars += len(text)
+        while _TOKEN_COUNTS and (
+            len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE
+            or _token_counts_chars > TOKEN_COUNT_CACHE_CHARS
+        ):
+            oldest = next(iter(_TOKEN_COUNTS))
+            del _TOKEN_COUNTS[oldest]
+            _token_counts_chars -= len(oldest)
+        _TOKEN_COUNTS[text] = tokens
 
 
 def _texts_of(value: object, found: list[str]) -> None:
-    """The non-empty texts `text_of` joins, in its order. A message's text field that is a
-    string is taken without a call of its own: most are."""
+    """The non-empty texts `text_of` joins (the order aside, which changes no count). A list of
+    messages whose text is a string, the usual prompt, is read without a call per message."""
     if isinstance(value, str):
         if value:
             found.append(value)
     elif isinstance(value, list):
         for item in value:
-            _texts_of(item, found)
+            if type(item) is dict:
+                for key in item.keys() & TEXT_KEYS:
+                    part = item[key]
+                    if type(part) is str:
+                        if part:
+                            found.append(part)
+                    else:
+                        _texts_of(part, found)
+            else:
+                _texts_of(item, found)
     elif isinstance(value, dict):
-        for key, item in value.items():
-            if key in TEXT_KEYS:
-                if type(item) is str:
-                    if item:
-                        found.append(item)
-                else:
-                    _texts_of(item, found)
+        for key in value.keys() & TEXT_KEYS:
+            _texts_of(value[key], found)
 
 
 def rounded_up(tokens: int) -> int:
