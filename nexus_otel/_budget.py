@@ -25,6 +25,7 @@ import functools
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -139,7 +140,9 @@ def _note(allowance: _Allowance, estimate: int) -> None:
         allowance.recent = estimate
 
 
-_TOKEN_COUNTS: dict[str, int] = {}  # by text, oldest first (see TOKEN_COUNT_CACHE_SIZE)
+# By text, oldest first (see TOKEN_COUNT_CACHE_SIZE). Ordered: a dict would have to walk past
+# every entry deleted at its front to find the oldest one left.
+_TOKEN_COUNTS: OrderedDict[str, int] = OrderedDict()
 _token_counts_chars = 0  # the characters of its texts
 _token_counts_lock = threading.Lock()  # taken only to add a text: reads go without it
 
@@ -322,23 +325,23 @@ def _remember(text: str, tokens: int) -> None:
             len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE
             or _token_counts_chars > TOKEN_COUNT_CACHE_CHARS
         ):
-            oldest = next(iter(_TOKEN_COUNTS))
-            del _TOKEN_COUNTS[oldest]
+            oldest, _ = _TOKEN_COUNTS.popitem(last=False)
             _token_counts_chars -= len(oldest)
         _TOKEN_COUNTS[text] = tokens
 
 
 def _texts_of(value: object, found: list[str]) -> None:
-    """The non-empty texts `text_of` joins (the order aside, which changes no count). A list of
-    messages whose text is a string, the usual prompt, is read without a call per message."""
+    """The non-empty texts `text_of` joins, in its order. A list of messages whose text is a
+    string, the usual prompt, is read without a call per message."""
     if isinstance(value, str):
         if value:
             found.append(value)
     elif isinstance(value, list):
         for item in value:
             if type(item) is dict:
-                for key in item.keys() & TEXT_KEYS:
-                    part = item[key]
+                for key, part in item.items():
+                    if key not in TEXT_KEYS:
+                        continue
                     if type(part) is str:
                         if part:
                             found.append(part)
@@ -347,8 +350,9 @@ def _texts_of(value: object, found: list[str]) -> None:
             else:
                 _texts_of(item, found)
     elif isinstance(value, dict):
-        for key in value.keys() & TEXT_KEYS:
-            _texts_of(value[key], found)
+        for key, item in value.items():
+            if key in TEXT_KEYS:
+                _texts_of(item, found)
 
 
 def rounded_up(tokens: int) -> int:
