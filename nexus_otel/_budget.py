@@ -288,7 +288,7 @@ def worst_case_tokens(prompt: object, messages: int) -> int:
     known = list(map(_TOKEN_COUNTS.get, texts))  # a text has a token at least: None is unknown
     counted = SEPARATOR_TOKENS * separators + sum(filter(None, known))
     if None in known:
-        new = [text for text, count in zip(texts, known, strict=True) if count is None]
+        new = [texts[index] for index, count in enumerate(known) if count is None]
         counted += _count_new(new, by_chars - counted)
     return max(counted, by_chars) + MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
 
@@ -297,19 +297,19 @@ def _count_new(texts: list[str], room: int) -> int:
     """The tokens of texts not counted before, or their bytes (an upper bound) once their
     bytes fit in `room`: the tokenizer, on a text it has not seen, costs some 50 µs inside a
     call (its tables are out of the CPU's caches by then) against 10 µs in a loop."""
-    sizes = [
-        len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-        for text in texts
-    ]
-    bound = sum(sizes)
+    bound = sum(map(_utf8_size, texts))
     counted = 0
-    for text, size in zip(texts, sizes, strict=True):
+    for text in texts:
         if counted + bound <= room:
             break
         tokens = estimate_tokens(text)
         _remember(text, tokens)
-        counted, bound = counted + tokens, bound - size
+        counted, bound = counted + tokens, bound - _utf8_size(text)
     return counted + bound
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _remember(text: str, tokens: int) -> None:
@@ -325,7 +325,7 @@ def _remember(text: str, tokens: int) -> None:
             len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE
             or _token_counts_chars > TOKEN_COUNT_CACHE_CHARS
         ):
-            oldest, _ = _TOKEN_COUNTS.popitem(last=False)
+            oldest, _ = _TOKEN_COUNTS.popitem(False)  # the oldest
             _token_counts_chars -= len(oldest)
         _TOKEN_COUNTS[text] = tokens
 
