@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import os
 import threading
@@ -60,10 +61,11 @@ CHARS_PER_TOKEN_BOUND = 3
 ROUNDED_BITS = 5
 PRICE_CACHE_SIZE = 4096  # (provider, model, tokens, hour) prices kept: a few hundred kB at most
 # Token counts kept, by text: a chat app sends its whole history again with every call, so only
-# its newest messages are new. At most this many texts and characters in all (1 to 4 MB: a
-# character takes 1 to 4 bytes), the oldest counted forgotten first; a longer text is not kept.
+# its newest messages are new. At most this many texts, the oldest counted forgotten first, of
+# at most TOKEN_COUNT_CACHE_TEXT_CHARS each (a longer one is not kept): 4,194,304 characters at
+# most, 4 to 16 MB (a character takes 1 to 4 bytes); a chat's messages are far shorter.
 TOKEN_COUNT_CACHE_SIZE = 1024
-TOKEN_COUNT_CACHE_CHARS = 1_000_000
+TOKEN_COUNT_CACHE_TEXT_CHARS = 4096
 SEPARATOR_TOKENS = 1  # a prompt's texts are joined by a newline: one token
 MESSAGE_OVERHEAD_TOKENS = 4  # per message, as providers count the chat format (at most)
 REPLY_PRIMING_TOKENS = 3
@@ -143,8 +145,6 @@ def _note(allowance: _Allowance, estimate: int) -> None:
 # By text, oldest first (see TOKEN_COUNT_CACHE_SIZE). Ordered: a dict would have to walk past
 # every entry deleted at its front to find the oldest one left.
 _TOKEN_COUNTS: OrderedDict[str, int] = OrderedDict()
-_token_counts_chars = 0  # the characters of its texts
-_token_counts_lock = threading.Lock()  # taken only to add a text: reads go without it
 
 
 def _usd(units: int) -> Decimal:
@@ -313,21 +313,14 @@ def _utf8_size(text: str) -> int:
 
 
 def _remember(text: str, tokens: int) -> None:
-    """Keeps a text's count, forgetting the oldest beyond the cache's bounds."""
-    global _token_counts_chars
-    if len(text) > TOKEN_COUNT_CACHE_CHARS:
+    """Keeps a text's count, forgetting the oldest beyond TOKEN_COUNT_CACHE_SIZE. No lock: each
+    step is one operation of the OrderedDict; threads adding at once may forget one more."""
+    if len(text) > TOKEN_COUNT_CACHE_TEXT_CHARS:
         return
-    with _token_counts_lock:
-        if text in _TOKEN_COUNTS:
-            return
-        _token_counts_chars += len(text)
-        while _TOKEN_COUNTS and (
-            len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE
-            or _token_counts_chars > TOKEN_COUNT_CACHE_CHARS
-        ):
-            oldest, _ = _TOKEN_COUNTS.popitem(False)  # the oldest
-            _token_counts_chars -= len(oldest)
-        _TOKEN_COUNTS[text] = tokens
+    if len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE:
+        with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
+            _TOKEN_COUNTS.popitem(False)  # the oldest
+    _TOKEN_COUNTS[text] = tokens
 
 
 def _texts_of(value: object, found: list[str]) -> None:
