@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
-import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -35,7 +36,7 @@ from nexus_otel._budget_api import ApiUnreachable, BudgetApi, Lease, Refusal
 from nexus_otel._estimate import estimate_tokens, price
 from nexus_otel._internal import log
 from nexus_otel._llm_providers import normalize_provider
-from nexus_otel._usage import TokenUsage
+from nexus_otel._usage import TEXT_KEYS, TokenUsage
 from nexus_otel.attributes import BUDGET_EXCEEDED_ERROR
 
 GUARD_MODES = ("off", "warn", "block")
@@ -59,11 +60,21 @@ CHARS_PER_TOKEN_BOUND = 3
 # pricing it (some 70 µs with genai-prices) is cached for similar prompts.
 ROUNDED_BITS = 5
 PRICE_CACHE_SIZE = 4096  # (provider, model, tokens, hour) prices kept: a few hundred kB at most
+# Token counts kept, by text: a chat app sends its whole history again with every call, so only
+# its newest messages are new. At most this many texts, the oldest counted forgotten first, of
+# at most TOKEN_COUNT_CACHE_TEXT_CHARS each (a longer one is not kept): 4,194,304 characters at
+# most, 4 to 16 MB (a character takes 1 to 4 bytes); a chat's messages are far shorter.
+TOKEN_COUNT_CACHE_SIZE = 1024
+TOKEN_COUNT_CACHE_TEXT_CHARS = 4096
+SEPARATOR_TOKENS = 1  # a prompt's texts are joined by a newline: one token
 MESSAGE_OVERHEAD_TOKENS = 4  # per message, as providers count the chat format (at most)
 REPLY_PRIMING_TOKENS = 3
 _CENT_FRACTIONS = Decimal("1e-12")  # amounts go to the API with at most 12 decimal places
-# How fast the typical estimate follows the latest: a refill's size.
-_RECENT_WEIGHT = Decimal("0.2")
+# The allowance counts in those units (whole pico-dollars): taking from it is integer
+# arithmetic, which costs a fraction of Decimal's.
+_UNITS_PER_USD = 10**12
+# The typical estimate (a refill's size) moves this fraction of the way to each call's: 1/5.
+_RECENT_SHARE = 5
 
 LEASE_ID_ATTRIBUTE = "nexus.budget.lease_id"
 RESERVED_ATTRIBUTE = "nexus.budget.reserved_usd"
@@ -106,17 +117,38 @@ class _Allowance:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     lease_id: str | None = None
-    left: Decimal = Decimal(0)
+    left: int = 0  # pico-dollars (_UNITS_PER_USD)
     use_until: float = 0.0  # monotonic
-    recent: Decimal = Decimal(0)  # typical estimate
+    recent: int = 0  # typical estimate, pico-dollars
 
 
-def _note(allowance: _Allowance, estimate: Decimal) -> None:
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A call's worst-case cost: in pico-dollars for the allowance, and as its span says it."""
+
+    units: int
+    text: str  # the Decimal's string, 12 decimal places
+
+    @property
+    def usd(self) -> Decimal:
+        return Decimal(self.text)
+
+
+def _note(allowance: _Allowance, estimate: int) -> None:
     """Moves the scope's typical estimate (what sizes its refills) towards this one."""
     if allowance.recent:
-        allowance.recent += (estimate - allowance.recent) * _RECENT_WEIGHT
+        allowance.recent += (estimate - allowance.recent) // _RECENT_SHARE
     else:  # the scope's first call
         allowance.recent = estimate
+
+
+# By text, oldest first (see TOKEN_COUNT_CACHE_SIZE). Ordered: a dict would have to walk past
+# every entry deleted at its front to find the oldest one left.
+_TOKEN_COUNTS: OrderedDict[str, int] = OrderedDict()
+
+
+def _usd(units: int) -> Decimal:
+    return Decimal(units).scaleb(-12)
 
 
 class Guard:
@@ -136,16 +168,20 @@ class Guard:
         self._unreachable_logged = False
         atexit.register(self.close)
 
-    def reserve(self, scope: tuple[str, str, str, str], estimate: Decimal) -> dict[str, Any]:
+    def reserve(self, scope: tuple[str, str, str, str], estimate: Estimate) -> dict[str, Any]:
         """Takes `estimate` from the scope's allowance (refilling it when short): the span
         attributes that say so. Raises BudgetExceeded in block mode when a budget refuses."""
-        allowance = self._allowance(scope)
+        allowance = self._allowances.get(scope) or self._allowance(scope)
+        units = estimate.units
         with allowance.lock:
-            _note(allowance, estimate)
-            return self._take(allowance, estimate) or self._refill(scope, allowance, estimate)
+            _note(allowance, units)
+            if allowance.left >= units and time.monotonic() < allowance.use_until:
+                allowance.left -= units  # the common case, inline: no call, integers only
+                return {LEASE_ID_ATTRIBUTE: allowance.lease_id, RESERVED_ATTRIBUTE: estimate.text}
+            return self._refill(scope, allowance, estimate)
 
     def reserve_at_once(
-        self, scope: tuple[str, str, str, str], estimate: Decimal
+        self, scope: tuple[str, str, str, str], estimate: Estimate
     ) -> dict[str, Any] | None:
         """`reserve` when the allowance has enough and no other call holds it; else None (the
         caller then reserves in a thread: a refill, or a wait for one, would block)."""
@@ -155,7 +191,7 @@ class Guard:
         try:
             taken = self._take(allowance, estimate)
             if taken is not None:  # else `reserve` notes it, in the thread
-                _note(allowance, estimate)
+                _note(allowance, estimate.units)
             return taken
         finally:
             allowance.lock.release()
@@ -167,59 +203,58 @@ class Guard:
         return allowance
 
     @staticmethod
-    def _take(allowance: _Allowance, estimate: Decimal) -> dict[str, Any] | None:
+    def _take(allowance: _Allowance, estimate: Estimate) -> dict[str, Any] | None:
         """Takes `estimate` from the allowance when it holds enough (the lock held); None when
         it needs a refill."""
-        if allowance.left >= estimate and time.monotonic() < allowance.use_until:
-            allowance.left -= estimate
-            return {LEASE_ID_ATTRIBUTE: allowance.lease_id, RESERVED_ATTRIBUTE: str(estimate)}
+        if allowance.left >= estimate.units and time.monotonic() < allowance.use_until:
+            allowance.left -= estimate.units
+            return {LEASE_ID_ATTRIBUTE: allowance.lease_id, RESERVED_ATTRIBUTE: estimate.text}
         return None
 
     def _refill(
-        self, scope: tuple[str, str, str, str], allowance: _Allowance, estimate: Decimal
+        self, scope: tuple[str, str, str, str], allowance: _Allowance, estimate: Estimate
     ) -> dict[str, Any]:
         returning = None
         if allowance.lease_id is not None:
-            returning = (allowance.lease_id, allowance.left.quantize(_CENT_FRACTIONS, ROUND_FLOOR))
-        wanted = max(estimate, allowance.recent * LEASE_CALLS).quantize(
-            _CENT_FRACTIONS, ROUND_CEILING
-        )
+            returning = (allowance.lease_id, _usd(allowance.left))
+        wanted = _usd(max(estimate.units, allowance.recent * LEASE_CALLS))
         try:
-            answer = self.api.lease(scope, wanted, estimate, self.lease_seconds, returning)
+            answer = self.api.lease(scope, wanted, estimate.usd, self.lease_seconds, returning)
         except ApiUnreachable as exc:
             return self._unreachable(exc, estimate)
-        allowance.lease_id, allowance.left = None, Decimal(0)
+        allowance.lease_id, allowance.left = None, 0
         if isinstance(answer, Refusal):
             return self._refused(answer, estimate)
         assert isinstance(answer, Lease)
-        allowance.lease_id, allowance.left = answer.lease_id, answer.granted_usd - estimate
+        granted = int((answer.granted_usd * _UNITS_PER_USD).to_integral_value(ROUND_FLOOR))
+        allowance.lease_id, allowance.left = answer.lease_id, granted - estimate.units
         allowance.use_until = time.monotonic() + self.lease_seconds * LEASE_USE_SHARE
-        return {LEASE_ID_ATTRIBUTE: answer.lease_id, RESERVED_ATTRIBUTE: str(estimate)}
+        return {LEASE_ID_ATTRIBUTE: answer.lease_id, RESERVED_ATTRIBUTE: estimate.text}
 
-    def _refused(self, refusal: Refusal, estimate: Decimal) -> dict[str, Any]:
+    def _refused(self, refusal: Refusal, estimate: Estimate) -> dict[str, Any]:
         if self.mode == "block":
             raise BudgetExceeded(
                 refusal.budget,
                 refusal.spend_usd,
                 refusal.reserved_usd,
                 refusal.limit_usd,
-                estimate,
+                estimate.usd,
             )
         log.warning(
             "nexus_otel: budget %r has too little left for a call (worst case $%s); "
             "sent anyway (budget_guard=warn)",
             refusal.budget,
-            estimate,
+            estimate.text,
         )
         return {EXCEEDED_ATTRIBUTE: refusal.budget}
 
-    def _unreachable(self, error: ApiUnreachable, estimate: Decimal) -> dict[str, Any]:
+    def _unreachable(self, error: ApiUnreachable, estimate: Estimate) -> dict[str, Any]:
         if not self._unreachable_logged:
             self._unreachable_logged = True
             policy = "refusing calls" if self.fail_closed else "letting calls through"
             log.warning("nexus_otel: budget API unreachable (%s); %s", error, policy)
         if self.fail_closed:
-            raise BudgetExceeded(None, None, None, None, estimate, str(error))
+            raise BudgetExceeded(None, None, None, None, estimate.usd, str(error))
         return {UNCHECKED_ATTRIBUTE: True}
 
     def close(self) -> None:
@@ -228,19 +263,89 @@ class Guard:
         for allowance in list(self._allowances.values()):
             with allowance.lock:
                 lease_id, left = allowance.lease_id, allowance.left
-                allowance.lease_id, allowance.left = None, Decimal(0)
+                allowance.lease_id, allowance.left = None, 0
             if lease_id is not None and left > 0:
                 try:
-                    self.api.give_back(lease_id, left.quantize(_CENT_FRACTIONS, ROUND_FLOOR))
+                    self.api.give_back(lease_id, _usd(left))
                 except ApiUnreachable as exc:  # it expires in time
                     log.warning("nexus_otel: could not give back a budget lease: %s", exc)
 
 
-def worst_case_tokens(prompt_text: str, messages: int, counted: int) -> int:
-    """Input tokens at most: the tokenizer's count or the characters bound, plus the format's
-    overhead."""
-    by_chars = math.ceil(len(prompt_text) / CHARS_PER_TOKEN_BOUND)
+def worst_case_tokens(prompt: object, messages: int) -> int:
+    """Input tokens at most: the tokenizer's count or the characters bound of the prompt's text,
+    whichever is more, plus the format's overhead.
+
+    The text is the prompt's texts joined by newlines (as `text_of` joins them). Each text is
+    counted on its own (from the cache when an earlier prompt had it) and each newline as a
+    token: never less than counting the joined text at once, where a newline can merge with
+    its neighbours. A text not counted before is counted only when it can matter: a token is
+    at least one byte, so when the counts known plus the other texts' bytes stay within the
+    characters bound, that bound is the answer, whatever the tokenizer would say."""
+    texts: list[str] = []
+    _texts_of(prompt, texts)
+    separators = max(0, len(texts) - 1)
+    by_chars = -(-(sum(map(len, texts)) + separators) // CHARS_PER_TOKEN_BOUND)
+    known = list(map(_TOKEN_COUNTS.get, texts))  # a text has a token at least: None is unknown
+    counted = SEPARATOR_TOKENS * separators + sum(filter(None, known))
+    if None in known:
+        new = [texts[index] for index, count in enumerate(known) if count is None]
+        counted += _count_new(new, by_chars - counted)
     return max(counted, by_chars) + MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
+
+
+def _count_new(texts: list[str], room: int) -> int:
+    """The tokens of texts not counted before, or their bytes (an upper bound) once their
+    bytes fit in `room`: the tokenizer, on a text it has not seen, costs some 50 µs inside a
+    call (its tables are out of the CPU's caches by then) against 10 µs in a loop."""
+    bound = sum(map(_utf8_size, texts))
+    counted = 0
+    for text in texts:
+        if counted + bound <= room:
+            break
+        tokens = estimate_tokens(text)
+        _remember(text, tokens)
+        counted, bound = counted + tokens, bound - _utf8_size(text)
+    return counted + bound
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _remember(text: str, tokens: int) -> None:
+    """Keeps a text's count, forgetting the oldest beyond TOKEN_COUNT_CACHE_SIZE. No lock: each
+    step is one operation of the OrderedDict; threads adding at once may forget one more."""
+    if len(text) > TOKEN_COUNT_CACHE_TEXT_CHARS:
+        return
+    if len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE:
+        with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
+            _TOKEN_COUNTS.popitem(False)  # the oldest
+    _TOKEN_COUNTS[text] = tokens
+
+
+def _texts_of(value: object, found: list[str]) -> None:
+    """The non-empty texts `text_of` joins, in its order. A list of messages whose text is a
+    string, the usual prompt, is read without a call per message."""
+    if isinstance(value, str):
+        if value:
+            found.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            if type(item) is dict:
+                for key, part in item.items():
+                    if key not in TEXT_KEYS:
+                        continue
+                    if type(part) is str:
+                        if part:
+                            found.append(part)
+                    else:
+                        _texts_of(part, found)
+            else:
+                _texts_of(item, found)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key in TEXT_KEYS:
+                _texts_of(item, found)
 
 
 def rounded_up(tokens: int) -> int:
@@ -253,12 +358,15 @@ def rounded_up(tokens: int) -> int:
 @functools.lru_cache(maxsize=PRICE_CACHE_SIZE)
 def _worst_case_cost(
     provider: str, model: str, input_tokens: int, output_tokens: int, hour: int
-) -> Decimal | None:
+) -> Estimate | None:
     """The list price of that usage in that UTC hour (prices change by day, or by hour for
     off-peak prices), cut up to 12 decimal places; None when the model is unpriced."""
     at = datetime.fromtimestamp(hour * 3600, UTC)
     cost = price(TokenUsage(input_tokens, output_tokens), model, provider, at)
-    return None if cost is None else cost.quantize(_CENT_FRACTIONS, ROUND_CEILING)
+    if cost is None:
+        return None
+    cost = cost.quantize(_CENT_FRACTIONS, ROUND_CEILING)
+    return Estimate(int(cost.scaleb(12)), str(cost))
 
 
 def guard_from_settings(
@@ -329,13 +437,12 @@ async def admit_async(guard: Guard, call: Any) -> None:
     _decided(call, attributes)
 
 
-def _reservation(guard: Guard, call: Any) -> tuple[tuple[str, str, str, str], Decimal] | None:
+def _reservation(guard: Guard, call: Any) -> tuple[tuple[str, str, str, str], Estimate] | None:
     """The call's scope and worst-case cost; None when its model has no price."""
     request, target = call.read_request(), call.target
     model = request.model or "unknown"
     provider = normalize_provider(target.provider or "")
-    prompt = request.prompt_text
-    input_tokens = worst_case_tokens(prompt, request.message_count, estimate_tokens(prompt))
+    input_tokens = worst_case_tokens(request.prompt, request.message_count)
     output_tokens = request.max_tokens or guard.max_output_tokens
     hour = int(time.time() // 3600)
     estimate = _worst_case_cost(provider, model, rounded_up(input_tokens), output_tokens, hour)

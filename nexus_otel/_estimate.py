@@ -48,7 +48,7 @@ def estimate_tokens(text: str, model: str | None = None) -> int:
     encoding = _encoding()
     if encoding is None:
         return math.ceil(len(text) / 4)
-    return len(encoding.encode(text, disallowed_special=()))
+    return len(encoding.encode_ordinary(text))  # special tokens' text counted as text
 
 
 def estimate_cost(

@@ -95,7 +95,7 @@ def text_of(value: object) -> str:
     if isinstance(value, list):
         return _joined(text_of(v) for v in value)
     if isinstance(value, dict):
-        return _joined(text_of(v) for k, v in value.items() if k in _TEXT_KEYS)
+        return _joined(text_of(v) for k, v in value.items() if k in TEXT_KEYS)
     return ""
 
 
@@ -103,7 +103,7 @@ def _joined(texts: Iterable[str]) -> str:
     return "\n".join(t for t in texts if t)
 
 
-_TEXT_KEYS = frozenset(
+TEXT_KEYS = frozenset(
     {
         "content",
         "text",

