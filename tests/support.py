@@ -154,6 +154,27 @@ def start_exporter(
     raise RuntimeError(f"nexus-otel serve did not become healthy:\n{exporter.log()}")
 
 
+def write_prices_file(factory: pytest.TempPathFactory, text: str) -> Path:
+    """A price overrides file holding `text`, in a directory of its own."""
+    path = factory.mktemp("prices") / "prices.yaml"
+    path.write_text(text)
+    return path
+
+
+@contextlib.contextmanager
+def exporter_pricing_with(
+    database_url: str, prices: Path, factory: pytest.TempPathFactory
+) -> Iterator[ExporterProcess]:
+    """A running `nexus-otel serve` that prices with the overrides file `prices`."""
+    process = start_exporter(
+        database_url, factory.mktemp("exporter"), {"NEXUS_PRICES_FILE": str(prices)}
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
 def metric_samples(metrics_text: str, name: str) -> list[tuple[dict[str, str], float]]:
     """The (labels, value) of every sample named `name`."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -24,7 +24,14 @@ import pytest
 from exporter.core.db import migrate
 from exporter.core.files import bundled_dir
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
-from tests.support import ExporterProcess, fresh_database, list_price, query, start_exporter
+from tests.support import (
+    ExporterProcess,
+    exporter_pricing_with,
+    fresh_database,
+    list_price,
+    query,
+    write_prices_file,
+)
 
 TODAY = datetime.now(UTC).date()
 BEFORE, VALID_FROM = TODAY - timedelta(days=3), TODAY - timedelta(days=1)
@@ -59,22 +66,15 @@ def call(start: datetime, model: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def overrides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("prices") / "prices.yaml"
-    path.write_text(OVERRIDES)
-    return path
+    return write_prices_file(tmp_path_factory, OVERRIDES)
 
 
 @pytest.fixture(scope="module")
 def priced_exporter(
     database_url: str, overrides: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ExporterProcess]:
-    process = start_exporter(
-        database_url, tmp_path_factory.mktemp("exporter"), {"NEXUS_PRICES_FILE": str(overrides)}
-    )
-    try:
+    with exporter_pricing_with(database_url, overrides, tmp_path_factory) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_each_row_says_where_its_price_comes_from(

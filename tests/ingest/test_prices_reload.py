@@ -17,7 +17,7 @@ import pytest
 
 from exporter.ingest.decode import PRICES_RECHECK_SECONDS
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
-from tests.support import ExporterProcess, query, start_exporter
+from tests.support import ExporterProcess, exporter_pricing_with, query, write_prices_file
 
 MODEL = "acme-reload-1"
 # 1000 input and 200 output tokens: at $3 / $15 per million, 3000 + 3000 = $0.006; at $5 / $15,
@@ -33,22 +33,15 @@ def prices(input_mtok: int) -> str:
 
 @pytest.fixture(scope="module")
 def prices_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("prices") / "prices.yaml"
-    path.write_text(prices(3))
-    return path
+    return write_prices_file(tmp_path_factory, prices(3))
 
 
 @pytest.fixture(scope="module")
 def priced_exporter(
     database_url: str, prices_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ExporterProcess]:
-    process = start_exporter(
-        database_url, tmp_path_factory.mktemp("exporter"), {"NEXUS_PRICES_FILE": str(prices_file)}
-    )
-    try:
+    with exporter_pricing_with(database_url, prices_file, tmp_path_factory) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def store_one(exporter: ExporterProcess, database_url: str) -> Decimal | None:

@@ -26,7 +26,14 @@ import yaml
 from starlette.testclient import TestClient
 
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
-from tests.support import ExporterProcess, api_usd, list_price, metric_value, query
+from tests.support import (
+    ExporterProcess,
+    api_usd,
+    list_price,
+    metric_value,
+    query,
+    write_prices_file,
+)
 
 TODAY = datetime.now(UTC).date()
 DAY1, DAY2 = TODAY - timedelta(days=3), TODAY - timedelta(days=1)
@@ -205,9 +212,7 @@ def views(client: TestClient) -> Views:
 
 @pytest.fixture(scope="module")
 def overrides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("prices") / "prices.yaml"
-    path.write_text(OVERRIDES)
-    return path
+    return write_prices_file(tmp_path_factory, OVERRIDES)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
-from tests.support import ExporterProcess, api_usd, query
+from tests.support import ExporterProcess, api_usd, query, write_prices_file
 from tests.usage.test_reprice import nexus
 
 DAY = datetime.now(UTC).date() - timedelta(days=1)
@@ -39,9 +39,7 @@ def expected_cost(number: int) -> Decimal:
 
 @pytest.fixture(scope="module")
 def overrides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("prices") / "prices.yaml"
-    path.write_text(OVERRIDES)
-    return path
+    return write_prices_file(tmp_path_factory, OVERRIDES)
 
 
 @pytest.fixture(scope="module")
