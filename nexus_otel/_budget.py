@@ -168,20 +168,44 @@ class Guard:
         self._unreachable_logged = False
         atexit.register(self.close)
 
-    def reserve(self, scope: tuple[str, str, str, str], estimate: Estimate) -> dict[str, Any]:
+    def reserve(
+        self, scope: tuple[str, str, str, str], estimate: Estimate, typical: bool = True
+    ) -> dict[str, Any]:
         """Takes `estimate` from the scope's allowance (refilling it when short): the span
-        attributes that say so. Raises BudgetExceeded in block mode when a budget refuses."""
+        attributes that say so. Raises BudgetExceeded in block mode when a budget refuses.
+        `typical`: the estimate sizes the scope's refills (not a quick bound that the exact
+        count will lower: `give_back` notes that one)."""
         allowance = self._allowances.get(scope) or self._allowance(scope)
         units = estimate.units
         with allowance.lock:
-            _note(allowance, units)
+            if typical:
+                _note(allowance, units)
             if allowance.left >= units and time.monotonic() < allowance.use_until:
                 allowance.left -= units  # the common case, inline: no call, integers only
                 return {LEASE_ID_ATTRIBUTE: allowance.lease_id, RESERVED_ATTRIBUTE: estimate.text}
             return self._refill(scope, allowance, estimate)
 
+    def sized(self, scope: tuple[str, str, str, str]) -> bool:
+        """Whether the scope has a typical estimate yet (its first call's sets its lease)."""
+        allowance = self._allowances.get(scope)
+        return allowance is not None and allowance.recent > 0
+
+    def give_back(
+        self, scope: tuple[str, str, str, str], lease_id: str, taken: Estimate, exact: Estimate
+    ) -> bool:
+        """Returns to the allowance what a call took beyond its exact estimate, while the
+        allowance still holds the lease it took it from (else the lease's settlement frees it);
+        True when it did. The exact estimate sizes the refills."""
+        allowance = self._allowance(scope)
+        with allowance.lock:
+            _note(allowance, exact.units)
+            if allowance.lease_id != lease_id:
+                return False
+            allowance.left += taken.units - exact.units
+            return True
+
     def reserve_at_once(
-        self, scope: tuple[str, str, str, str], estimate: Estimate
+        self, scope: tuple[str, str, str, str], estimate: Estimate, typical: bool = True
     ) -> dict[str, Any] | None:
         """`reserve` when the allowance has enough and no other call holds it; else None (the
         caller then reserves in a thread: a refill, or a wait for one, would block)."""
@@ -190,7 +214,7 @@ class Guard:
             return None
         try:
             taken = self._take(allowance, estimate)
-            if taken is not None:  # else `reserve` notes it, in the thread
+            if taken is not None and typical:  # else `reserve` notes it (or `give_back`)
                 _note(allowance, estimate.units)
             return taken
         finally:
@@ -271,9 +295,10 @@ class Guard:
                     log.warning("nexus_otel: could not give back a budget lease: %s", exc)
 
 
-def worst_case_tokens(prompt: object, messages: int) -> int:
+def worst_case_tokens(prompt: object, messages: int, exact: bool = True) -> int:
     """Input tokens at most: the tokenizer's count or the characters bound of the prompt's text,
-    whichever is more, plus the format's overhead.
+    whichever is more, plus the format's overhead. Not `exact`: texts not counted before are
+    taken at their bytes (a token is a byte at least), without the tokenizer.
 
     The text is the prompt's texts joined by newlines (as `text_of` joins them). Each text is
     counted on its own (from the cache when an earlier prompt had it) and each newline as a
@@ -289,8 +314,12 @@ def worst_case_tokens(prompt: object, messages: int) -> int:
     counted = SEPARATOR_TOKENS * separators + sum(filter(None, known))
     if None in known:
         new = [texts[index] for index, count in enumerate(known) if count is None]
-        counted += _count_new(new, by_chars - counted)
+        counted += _count_new(new, by_chars - counted) if exact else _bytes(new)
     return max(counted, by_chars) + MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
+
+
+def _bytes(texts: list[str]) -> int:
+    return sum(map(_utf8_size, texts))
 
 
 def _count_new(texts: list[str], room: int) -> int:
@@ -409,47 +438,125 @@ def _positive_int(name: str, default: int) -> int:
 def admit(guard: Guard, call: Any) -> None:
     """Reserves the call's worst-case cost before its request is sent; its span (started once
     the request is sent, as without the guard) says so. Raises BudgetExceeded (block mode, or
-    fail closed), the span then saying `blocked`."""
-    wanted = _reservation(guard, call)
-    if wanted is None:  # unpriced: stored as such, counted in no spend
+    fail closed), the span then saying `blocked`.
+
+    The reservation counts the prompt's new texts at their bytes, an upper bound of their
+    tokens, so the tokenizer stays off the call's path: the exact count is taken while the
+    request is in flight, and what the bound took beyond it goes back to the allowance. A
+    budget that refuses the bound is asked again with the exact count before a call is
+    refused or flagged, so a call is refused exactly as with the exact count alone."""
+    wanted = _Wanted.of(guard, call)
+    first = not guard.sized(wanted.scope)  # a scope's first call sizes its leases: exact
+    quick = wanted.estimate(exact=first)
+    if quick is None:  # unpriced: stored as such, counted in no spend
         return
     try:
-        attributes = guard.reserve(*wanted)
+        attributes = guard.reserve(wanted.scope, quick, typical=first)
+        if EXCEEDED_ATTRIBUTE in attributes:  # warn mode: flagged on the bound alone
+            attributes = _again_exactly(guard, wanted, attributes)
     except BudgetExceeded as exc:
-        _decided(call, {BLOCKED_ATTRIBUTE: exc.budget or "unchecked"})
-        raise
+        try:
+            attributes = _again_exactly(guard, wanted, None, exc)
+        except BudgetExceeded as refused:
+            _decided(call, {BLOCKED_ATTRIBUTE: refused.budget or "unchecked"})
+            raise
     _decided(call, attributes)
+    _count_in_flight(guard, call, wanted, quick, attributes)
 
 
 async def admit_async(guard: Guard, call: Any) -> None:
     """`admit` for a call made in an event loop: a refill (an API round trip) or a wait for
     another call's refill runs in a thread, so the loop's other tasks go on meanwhile."""
-    wanted = _reservation(guard, call)
-    if wanted is None:
+    wanted = _Wanted.of(guard, call)
+    first = not guard.sized(wanted.scope)
+    quick = wanted.estimate(exact=first)
+    if quick is None:
         return
     try:
-        attributes = guard.reserve_at_once(*wanted)
+        attributes = guard.reserve_at_once(wanted.scope, quick, typical=first)
         if attributes is None:
-            attributes = await asyncio.to_thread(guard.reserve, *wanted)
+            attributes = await asyncio.to_thread(guard.reserve, wanted.scope, quick, first)
+        if EXCEEDED_ATTRIBUTE in attributes:
+            attributes = await asyncio.to_thread(_again_exactly, guard, wanted, attributes)
     except BudgetExceeded as exc:
-        _decided(call, {BLOCKED_ATTRIBUTE: exc.budget or "unchecked"})
-        raise
+        try:
+            attributes = await asyncio.to_thread(_again_exactly, guard, wanted, None, exc)
+        except BudgetExceeded as refused:
+            _decided(call, {BLOCKED_ATTRIBUTE: refused.budget or "unchecked"})
+            raise
     _decided(call, attributes)
+    _count_in_flight(guard, call, wanted, quick, attributes)
 
 
-def _reservation(guard: Guard, call: Any) -> tuple[tuple[str, str, str, str], Estimate] | None:
-    """The call's scope and worst-case cost; None when its model has no price."""
-    request, target = call.read_request(), call.target
-    model = request.model or "unknown"
-    provider = normalize_provider(target.provider or "")
-    input_tokens = worst_case_tokens(request.prompt, request.message_count)
-    output_tokens = request.max_tokens or guard.max_output_tokens
-    hour = int(time.time() // 3600)
-    estimate = _worst_case_cost(provider, model, rounded_up(input_tokens), output_tokens, hour)
-    if estimate is None:
-        return None
-    operation = call.operation.name if call.operation is not None else ""
-    return (guard.service_name, provider, model, operation), estimate
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """What a call's worst case is made of, read from its request once."""
+
+    scope: tuple[str, str, str, str]
+    provider: str
+    model: str
+    prompt: object
+    messages: int
+    output_tokens: int
+    hour: int
+
+    @classmethod
+    def of(cls, guard: Guard, call: Any) -> _Wanted:
+        request, target = call.read_request(), call.target
+        model = request.model or "unknown"
+        provider = normalize_provider(target.provider or "")
+        operation = call.operation.name if call.operation is not None else ""
+        return cls(
+            (guard.service_name, provider, model, operation),
+            provider,
+            model,
+            request.prompt,
+            request.message_count,
+            request.max_tokens or guard.max_output_tokens,
+            int(time.time() // 3600),
+        )
+
+    def estimate(self, exact: bool) -> Estimate | None:
+        """The worst-case cost; None when the model has no price."""
+        tokens = worst_case_tokens(self.prompt, self.messages, exact)
+        return _worst_case_cost(
+            self.provider, self.model, rounded_up(tokens), self.output_tokens, self.hour
+        )
+
+
+def _again_exactly(
+    guard: Guard,
+    wanted: _Wanted,
+    flagged: dict[str, Any] | None,
+    refused: BudgetExceeded | None = None,
+) -> dict[str, Any]:
+    """After a budget refused the bytes bound (`refused`, or `flagged` in warn mode): the
+    same with the exact count, which raises or flags only if that too is refused. A guard
+    that could not ask (the API unreachable, fail closed) does not ask twice."""
+    if refused is not None and refused.budget is None:
+        raise refused
+    exact = wanted.estimate(exact=True)
+    assert exact is not None  # priced at the bound, priced exactly: the same model and hour
+    return guard.reserve(wanted.scope, exact)
+
+
+def _count_in_flight(
+    guard: Guard, call: Any, wanted: _Wanted, taken: Estimate, attributes: dict[str, Any]
+) -> None:
+    """Has the call count its prompt exactly once its request is sent (call.prepare), and
+    give back what the bound took beyond that. The span says what stays reserved."""
+    lease_id = attributes.get(LEASE_ID_ATTRIBUTE)
+    if lease_id is None or attributes.get(RESERVED_ATTRIBUTE) != taken.text:
+        return  # nothing taken from an allowance, or taken exactly already
+
+    def in_flight() -> None:
+        exact = wanted.estimate(exact=True)
+        if exact is None or exact.units >= taken.units:
+            return
+        if guard.give_back(wanted.scope, lease_id, taken, exact):
+            _decided(call, {**attributes, RESERVED_ATTRIBUTE: exact.text})
+
+    call.budget_in_flight = in_flight
 
 
 def _decided(call: Any, attributes: dict[str, Any]) -> None:

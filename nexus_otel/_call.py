@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -62,6 +63,7 @@ class LLMCall:
         "_stream_state",
         "_unfinished",
         "budget_attributes",
+        "budget_in_flight",
         "operation",
         "owns_span",
         "request",
@@ -80,6 +82,8 @@ class LLMCall:
         self.request: RequestInfo = _UNREAD
         self._prepared = False
         self.budget_attributes: dict[str, Any] | None = None  # what the budget guard decided
+        # What the guard finishes while the request is in flight (its exact count), if anything.
+        self.budget_in_flight: Callable[[], None] | None = None
         self.operation = CURRENT_OPERATION.get()
         self._started = time.monotonic()
         self._start_ns = time.time_ns()
@@ -108,6 +112,8 @@ class LLMCall:
         if self._prepared:
             return
         self._prepared = True
+        if self.budget_in_flight is not None:
+            guarded(self.budget_in_flight)
         self.read_request()
         self.response = ResponseInfo()
         self._body: BodyCopy | None = BodyCopy()

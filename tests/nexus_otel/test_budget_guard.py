@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -349,3 +349,55 @@ def test_a_chats_texts_are_counted_one_by_one_and_again_from_the_cache(
         for span in memory.get_finished_spans()
     ]
     assert reserved == [documented_cost(texts) for texts in chats]
+
+
+# 400 characters of prose: its bytes (400) are far above its exact worst case (characters / 3,
+# which is more than its cl100k tokens), so the bound the guard reserves first is refused where
+# the exact count fits.
+PROSE = ("Budgets that act before the money is gone, in the app itself. " * 7)[:400]
+
+
+def test_a_call_that_fits_exactly_is_not_refused_on_its_bytes(
+    exporter: ExporterProcess,
+    simulator: ProviderSimulator,
+    spans: Callable[..., InMemorySpanExporter],
+) -> None:
+    """New text is reserved at its bytes first and counted exactly while the request is in
+    flight. A budget with room for the exact worst case but not for the bytes is asked again
+    with the exact count: the call goes through, the span says the exact reservation, and the
+    next call, with no room left, is refused before its request is sent."""
+    first, second = ["1; 2; 3!"], [PROSE]
+    # At its bytes: 400 + 4 + 3 = 407, rounded up to 5 significant bits 416 tokens; exactly,
+    # characters / 3 = 134 (+ 7 = 141, rounded 144): the bound costs more.
+    assert documented_cost(second) == 144 * INPUT_PRICE + MAX_TOKENS * OUTPUT_PRICE
+    # Both exact worst cases, up to the budget's 6 decimal places: the third call has no room.
+    room = (documented_cost(first) + documented_cost(second)).quantize(Decimal("1e-6"), ROUND_UP)
+    create_budget(exporter.api_url, "guard-bound-budget", str(room), operation="guard-bound")
+    memory = spans(budget_guard="block", api_url=exporter.api_url)
+    client = openai.OpenAI(
+        base_url=simulator.openai_base_url, api_key="sk-test-guard-0000", max_retries=0
+    )
+    simulator.clear()
+
+    def chat(texts: list[str]) -> None:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": text} for text in texts],
+            max_tokens=MAX_TOKENS,
+            extra_headers={"x-sim-usage": USAGE},
+        )
+
+    with nexus_otel.operation("guard-bound"):
+        chat(first)  # a scope's first call is counted exactly: it sizes the leases
+        chat(second)
+        with pytest.raises(nexus_otel.BudgetExceeded):
+            chat(first)
+    assert len(simulator.responses) == 2  # the refused call never reached it
+    reserved = [
+        (span.attributes or {}).get("nexus.budget.reserved_usd")
+        for span in memory.get_finished_spans()
+    ]
+    assert [Decimal(str(r)) for r in reserved[:2]] == [
+        documented_cost(first),
+        documented_cost(second),
+    ]
