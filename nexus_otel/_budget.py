@@ -295,10 +295,11 @@ class Guard:
                     log.warning("nexus_otel: could not give back a budget lease: %s", exc)
 
 
-def worst_case_tokens(prompt: object, messages: int, exact: bool = True) -> int:
+def worst_case_tokens(prompt: object, messages: int, exact: bool = True) -> tuple[int, bool]:
     """Input tokens at most: the tokenizer's count or the characters bound of the prompt's text,
-    whichever is more, plus the format's overhead. Not `exact`: texts not counted before are
-    taken at their bytes (a token is a byte at least), without the tokenizer.
+    whichever is more, plus the format's overhead; and whether that is more than the exact
+    count may be. Not `exact`: texts not counted before are taken at their bytes (a token is a
+    byte at least), without the tokenizer, and when those bytes decide, the second is True.
 
     The text is the prompt's texts joined by newlines (as `text_of` joins them). Each text is
     counted on its own (from the cache when an earlier prompt had it) and each newline as a
@@ -312,10 +313,16 @@ def worst_case_tokens(prompt: object, messages: int, exact: bool = True) -> int:
     by_chars = -(-(sum(map(len, texts)) + separators) // CHARS_PER_TOKEN_BOUND)
     known = list(map(_TOKEN_COUNTS.get, texts))  # a text has a token at least: None is unknown
     counted = SEPARATOR_TOKENS * separators + sum(filter(None, known))
+    bounded = False
     if None in known:
         new = [texts[index] for index, count in enumerate(known) if count is None]
-        counted += _count_new(new, by_chars - counted) if exact else _bytes(new)
-    return max(counted, by_chars) + MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
+        if exact:
+            counted += _count_new(new, by_chars - counted)
+        else:
+            counted += _bytes(new)
+            bounded = counted > by_chars  # else the characters bound decides, as it would
+    overhead = MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
+    return max(counted, by_chars) + overhead, bounded
 
 
 def _bytes(texts: list[str]) -> int:
@@ -326,7 +333,7 @@ def _count_new(texts: list[str], room: int) -> int:
     """The tokens of texts not counted before, or their bytes (an upper bound) once their
     bytes fit in `room`: the tokenizer, on a text it has not seen, costs some 50 µs inside a
     call (its tables are out of the CPU's caches by then) against 10 µs in a loop."""
-    bound = sum(map(_utf8_size, texts))
+    bound = _bytes(texts)
     counted = 0
     for text in texts:
         if counted + bound <= room:
@@ -447,21 +454,24 @@ def admit(guard: Guard, call: Any) -> None:
     refused or flagged, so a call is refused exactly as with the exact count alone."""
     wanted = _Wanted.of(guard, call)
     first = not guard.sized(wanted.scope)  # a scope's first call sizes its leases: exact
-    quick = wanted.estimate(exact=first)
+    quick, bounded = wanted.estimate(exact=first)
     if quick is None:  # unpriced: stored as such, counted in no spend
         return
     try:
         attributes = guard.reserve(wanted.scope, quick, typical=first)
-        if EXCEEDED_ATTRIBUTE in attributes:  # warn mode: flagged on the bound alone
-            attributes = _again_exactly(guard, wanted, attributes)
+        if bounded and EXCEEDED_ATTRIBUTE in attributes:  # warn mode: flagged on the bound
+            attributes = _exactly(guard, wanted)
     except BudgetExceeded as exc:
         try:
-            attributes = _again_exactly(guard, wanted, None, exc)
+            if not _ask_again(bounded, exc):
+                raise
+            attributes = _exactly(guard, wanted)
         except BudgetExceeded as refused:
             _decided(call, {BLOCKED_ATTRIBUTE: refused.budget or "unchecked"})
             raise
     _decided(call, attributes)
-    _count_in_flight(guard, call, wanted, quick, attributes)
+    if bounded:
+        _count_in_flight(guard, call, wanted, quick, attributes)
 
 
 async def admit_async(guard: Guard, call: Any) -> None:
@@ -469,23 +479,26 @@ async def admit_async(guard: Guard, call: Any) -> None:
     another call's refill runs in a thread, so the loop's other tasks go on meanwhile."""
     wanted = _Wanted.of(guard, call)
     first = not guard.sized(wanted.scope)
-    quick = wanted.estimate(exact=first)
+    quick, bounded = wanted.estimate(exact=first)
     if quick is None:
         return
     try:
         attributes = guard.reserve_at_once(wanted.scope, quick, typical=first)
         if attributes is None:
             attributes = await asyncio.to_thread(guard.reserve, wanted.scope, quick, first)
-        if EXCEEDED_ATTRIBUTE in attributes:
-            attributes = await asyncio.to_thread(_again_exactly, guard, wanted, attributes)
+        if bounded and EXCEEDED_ATTRIBUTE in attributes:
+            attributes = await asyncio.to_thread(_exactly, guard, wanted)
     except BudgetExceeded as exc:
         try:
-            attributes = await asyncio.to_thread(_again_exactly, guard, wanted, None, exc)
+            if not _ask_again(bounded, exc):
+                raise
+            attributes = await asyncio.to_thread(_exactly, guard, wanted)
         except BudgetExceeded as refused:
             _decided(call, {BLOCKED_ATTRIBUTE: refused.budget or "unchecked"})
             raise
     _decided(call, attributes)
-    _count_in_flight(guard, call, wanted, quick, attributes)
+    if bounded:
+        _count_in_flight(guard, call, wanted, quick, attributes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,26 +529,27 @@ class _Wanted:
             int(time.time() // 3600),
         )
 
-    def estimate(self, exact: bool) -> Estimate | None:
-        """The worst-case cost; None when the model has no price."""
-        tokens = worst_case_tokens(self.prompt, self.messages, exact)
-        return _worst_case_cost(
+    def estimate(self, exact: bool) -> tuple[Estimate | None, bool]:
+        """The worst-case cost (None when the model has no price), and whether a bytes bound
+        made it more than the exact count may (see worst_case_tokens)."""
+        tokens, bounded = worst_case_tokens(self.prompt, self.messages, exact)
+        cost = _worst_case_cost(
             self.provider, self.model, rounded_up(tokens), self.output_tokens, self.hour
         )
+        return cost, bounded
 
 
-def _again_exactly(
-    guard: Guard,
-    wanted: _Wanted,
-    flagged: dict[str, Any] | None,
-    refused: BudgetExceeded | None = None,
-) -> dict[str, Any]:
-    """After a budget refused the bytes bound (`refused`, or `flagged` in warn mode): the
-    same with the exact count, which raises or flags only if that too is refused. A guard
-    that could not ask (the API unreachable, fail closed) does not ask twice."""
-    if refused is not None and refused.budget is None:
-        raise refused
-    exact = wanted.estimate(exact=True)
+def _ask_again(bounded: bool, refused: BudgetExceeded) -> bool:
+    """Whether a refused call is asked for again with its exact count: only when a bytes bound
+    made its estimate, and a budget refused it (a guard that could not ask, the API
+    unreachable and failing closed, does not ask twice)."""
+    return bounded and refused.budget is not None
+
+
+def _exactly(guard: Guard, wanted: _Wanted) -> dict[str, Any]:
+    """`reserve` with the exact count, after a budget refused or flagged the bytes bound: it
+    raises or flags only if that too is refused."""
+    exact, _ = wanted.estimate(exact=True)
     assert exact is not None  # priced at the bound, priced exactly: the same model and hour
     return guard.reserve(wanted.scope, exact)
 
@@ -550,7 +564,7 @@ def _count_in_flight(
         return  # nothing taken from an allowance, or taken exactly already
 
     def in_flight() -> None:
-        exact = wanted.estimate(exact=True)
+        exact, _ = wanted.estimate(exact=True)
         if exact is None or exact.units >= taken.units:
             return
         if guard.give_back(wanted.scope, lease_id, taken, exact):
