@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from exporter.cli.output import console, error
+from exporter.core.db import BIGINT_MAX
 from exporter.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -234,7 +235,7 @@ def _revision_calls(settings: Settings, revision_id: int) -> int:
     from exporter.service import open_database
     from exporter.usage.revisions import revision_calls, revision_calls_after
 
-    if not 1 <= revision_id < 2**63:
+    if not 1 <= revision_id <= BIGINT_MAX:
         error(f"no price revision with id {revision_id}")
         return 2
     database = open_database(settings)

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 MIGRATIONS_LOCK_ID = 0x6E657875  # advisory lock: one migrator at a time
 PARTITION_MONTHS_BEHIND = 1
 PARTITION_MONTHS_AHEAD = 2
+# Ids and row numbers are bigint: an id past this matches no row, and is refused as such.
+BIGINT_MAX = 2**63 - 1
 
 
 class EmbeddedDatabaseError(RuntimeError):

@@ -80,7 +80,7 @@ def _price_book(prices_file: Path | None) -> PriceBook:
     loaded = _PRICE_BOOKS.get(prices_file)
     now = time.monotonic()
     if loaded is None:
-        stamp = _file_stamp(prices_file)
+        stamp = _file_stamp(prices_file) if prices_file is not None else None
         loaded = _LoadedPrices(PriceBook(prices_file), stamp, now + PRICES_RECHECK_SECONDS)
         _PRICE_BOOKS[prices_file] = loaded
     elif prices_file is not None and now >= loaded.next_check:
@@ -92,12 +92,12 @@ def _price_book(prices_file: Path | None) -> PriceBook:
     return loaded.book
 
 
-def _file_stamp(path: Path | None) -> tuple[int, int] | None:
+def _file_stamp(path: Path) -> tuple[int, int] | None:
     try:
-        found = path.stat() if path is not None else None
+        found = path.stat()
     except OSError:
         return None
-    return (found.st_mtime_ns, found.st_size) if found is not None else None
+    return found.st_mtime_ns, found.st_size
 
 
 def _reload(loaded: _LoadedPrices, prices_file: Path) -> None:

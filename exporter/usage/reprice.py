@@ -7,10 +7,11 @@ for a model genai-prices prices by time of day). Where that price is linear in t
 PriceBook, and the database prices the calls itself (exporter.usage.linear_prices). The other
 calls are read as groups: calls of one model on one day with the same token counts and the same
 current cost and source cost the same, so each group is priced once in Python; the groups that
-change go to a temporary table with COPY, and an UPDATE ... FROM joins it to api_calls by the
-same key. The rows both updates changed (their RETURNING) correct the daily, hourly and
-performance summaries, and become the revision's call rows, in the same transaction: the API,
-budgets, reports and SQL dashboards move together, or not at all.
+change go to a temporary table with COPY. The calls either way changes are chosen once, into
+the temporary table nexus_reprice_changed, and written by exporter.usage.cost_writes (in place,
+or a partition written anew). They correct the daily, hourly and performance summaries, and
+become the revision's call rows, in the same transaction: the API, budgets, reports and SQL
+dashboards move together, or not at all.
 
 Calls whose cost the provider reported (`cost_source` = provider) are left as they are unless
 `include_provider_costs`; repriced, they keep that cost when no price table knows the model.
@@ -106,7 +107,6 @@ class RepricePlan:
     calls_examined: int = 0
     groups: int = 0  # distinct (model, day, token counts, old cost) priced in Python
     linear_examined: int = 0  # calls priced in SQL by a linear price (their days', rather)
-    linear_calls: int = 0  # of those, the calls that change
     out_of_range: int = 0  # calls a new price would put at MAX_CALL_COST_USD or more: unchanged
     models: dict[tuple[str, str], ModelChange] = field(default_factory=dict)
     revision_id: int | None = None  # set once applied (None: nothing changed, or a dry run)
@@ -216,7 +216,7 @@ CREATE TEMP TABLE nexus_reprice_changed (
 _CALL_FACTS = """a.trace_id, a.span_id, a."timestamp", a.service_name, a.provider, a.model,
        a.operation, a.correlation_id IS NOT NULL, a.success, a.error_type,
        a.time_to_first_chunk_ms"""
-# The calls to change, chosen while api_calls is held in SHARE mode: written by
+# The calls to change (in a run that applies, chosen under HOLD_WRITERS): written by
 # exporter.usage.cost_writes, recorded by exporter.usage.revision_record.
 _CHANGED_LINEAR = f"""
 INSERT INTO nexus_reprice_changed
@@ -245,8 +245,9 @@ WHERE {_RANGE}
   AND coalesce(a.cost_usd, -1) = coalesce(p.old_cost, -1)
   AND coalesce(a.cost_source, '') = p.old_source
 """
-# From here to the commit, stored calls wait to be written: none arrives, moves or changes
-# between choosing the calls to change and writing them (readers go on).
+# Taken first by a run that applies, to its commit: stored calls wait to be written, so none
+# arrives, moves or changes between choosing the calls to change and writing them (readers go
+# on). Row ids chosen before it could point at another row by the time they are written.
 HOLD_WRITERS = "LOCK TABLE api_calls IN SHARE MODE"
 
 
@@ -372,7 +373,6 @@ def _price_linear(
     plan.out_of_range += conn.execute(_OUT_OF_RANGE_LINEAR, params).rowcount
     for provider, model, calls, priced, old, new in conn.execute(_LINEAR_TOTALS).fetchall():
         plan.change(provider, model).add_totals(calls, priced, old, new)
-        plan.linear_calls += calls
 
 
 def _price_groups(

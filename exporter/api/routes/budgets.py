@@ -13,12 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from exporter.api.deps import Conn, Now, SettingsDep, unprocessable
 from exporter.api.routes import budgets_leases
+from exporter.core.db import BIGINT_MAX
 from exporter.core.zones import ZoneUnknownToDatabase, check_zone, check_zone_in_database
 from exporter.usage import budgets
 from exporter.usage.periods import Period
 
 router = APIRouter(tags=["budgets"])
-BudgetId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+BudgetId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 Money = Annotated[Decimal, Field(gt=0, le=Decimal("1e12"), max_digits=20, decimal_places=6)]
 Threshold = Annotated[Decimal, Field(gt=0, le=100, max_digits=5, decimal_places=2)]
 ScopeValue = Annotated[str | None, Field(default=None, min_length=1, max_length=200)]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
 from exporter.api.deps import Conn
+from exporter.core.db import BIGINT_MAX
 from exporter.usage.revisions import (
     MAX_REVISION_CALLS_PAGE,
     MAX_REVISIONS_LISTED,
@@ -19,8 +20,7 @@ from exporter.usage.revisions import (
 
 router = APIRouter(tags=["prices"])
 
-_BIGINT = 2**63 - 1  # revision ids and row numbers are bigint: larger ones match nothing
-RevisionId = Annotated[int, Path(ge=1, le=_BIGINT)]
+RevisionId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 
 
 class RevisionModelPublic(BaseModel):
@@ -119,7 +119,7 @@ def list_revision_calls(
         int, Query(ge=1, le=MAX_REVISION_CALLS_PAGE, description="calls per page")
     ] = 100,
     cursor: Annotated[
-        int, Query(ge=0, le=_BIGINT, description="the previous page's next_cursor; 0: first")
+        int, Query(ge=0, le=BIGINT_MAX, description="the previous page's next_cursor; 0: first")
     ] = 0,
 ) -> dict[str, Any]:
     """The calls one revision changed, each with its previous and new cost and source and
