@@ -74,8 +74,16 @@ _TWINS = f"n.rid IS NOT NULL AND {_HAS_RID % 'd'} AND {_RID % 'd'} = n.rid"
 _PREFERRED_TWIN = f"{_SAME_RESPONSE} AND {_SAME_CALL} AND {_PREFERRED}"
 
 
+# Inside each probe, so that only the monthly partitions around the span are searched (run-time
+# partition pruning): outside it, as part of the condition, every partition kept was probed.
+_WITHIN_WINDOW = 'd."timestamp" BETWEEN n."timestamp" - %(window)s AND n."timestamp" + %(window)s'
+
+
 def _probe(table: str, key: str) -> str:
-    return f"(SELECT d.* FROM {table} d WHERE {key} OFFSET 0) d"
+    """The rows of `table` found by `key` through an index, among those starting within
+    SAME_CALL_WINDOW of n's start (every probe but a replay's looks for another span of n's
+    call, which starts within it)."""
+    return f"(SELECT d.* FROM {table} d WHERE {key} AND {_WITHIN_WINDOW} OFFSET 0) d"
 
 
 def _exists(table: str, key: str, condition: str = "true") -> str:
@@ -88,7 +96,17 @@ def _exists(table: str, key: str, condition: str = "true") -> str:
 # leaves for (`by`); the new spans something stored or set aside is closer to the wire than.
 # Every lookup is an index probe per new span (OFFSET 0 keeps each a per-row subplan: never a
 # join that scans a table, whatever the planner's statistics say). Usually finds nothing.
-_FIND = f"""
+def _find(any_set_aside: bool) -> str:
+    """_FIND; without the lookups in api_call_duplicates when it holds no span at all."""
+    set_aside = (
+        f"""
+   OR EXISTS (SELECT FROM api_call_duplicates d WHERE {_SAME_ID})  -- a replay, at any start
+   OR {_exists("api_call_duplicates", _CHILDREN, _SAME_CALL)}
+   OR {_exists("api_call_duplicates", _TWINS, _PREFERRED_TWIN)}"""
+        if any_set_aside
+        else ""
+    )
+    return f"""
 WITH n AS MATERIALIZED (
     SELECT a.* FROM unnest(string_to_array(%(keys)s, E'\\n')) AS k(key) CROSS JOIN LATERAL (
         SELECT a.trace_id, a.span_id, a.parent_span_id, a."timestamp", a.provider, a.model,
@@ -109,10 +127,7 @@ twins AS MATERIALIZED (
     WHERE {_SAME_RESPONSE} AND {_SAME_CALL}
 )
 SELECT n.trace_id, n.span_id, n."timestamp", NULL AS by FROM n
-WHERE {_exists("api_call_duplicates", _SAME_ID)}
-   OR {_exists("api_calls", _CHILDREN, _SAME_CALL)}
-   OR {_exists("api_call_duplicates", _CHILDREN, _SAME_CALL)}
-   OR {_exists("api_call_duplicates", _TWINS, _PREFERRED_TWIN)}
+WHERE {_exists("api_calls", _CHILDREN, _SAME_CALL)}{set_aside}
 UNION ALL
 SELECT d.trace_id, d.span_id, d."timestamp", n.trace_id || n.span_id
 FROM n CROSS JOIN LATERAL {_probe("api_calls", _PARENT)} WHERE {_SAME_CALL}
@@ -121,6 +136,11 @@ SELECT n_trace, n_span, n_timestamp, NULL FROM twins WHERE preferred
 UNION ALL
 SELECT trace_id, span_id, "timestamp", n_trace || n_span FROM twins WHERE NOT preferred
 """
+
+
+_FIND = _find(any_set_aside=True)
+_FIND_NONE_SET_ASIDE = _find(any_set_aside=False)
+_ANY_SET_ASIDE = "SELECT EXISTS (SELECT FROM api_call_duplicates)"
 # Two writers (exporters on one database) storing two spans of one call at the same time would
 # each miss the other's uncommitted row. Finding and committing are one at a time: the lock is
 # held to commit, and each writer's rows are in before it waits, so writers still copy rows in
@@ -158,7 +178,12 @@ async def resolve(conn: psycopg.AsyncConnection[Any], keys: Iterable[str]) -> li
     joined = keys if isinstance(keys, str) else "\n".join(keys)
     async with conn.pipeline():
         await conn.execute(_LOCK)
-        found = await conn.execute(_FIND, {"keys": joined, "window": SAME_CALL_WINDOW})
+        any_set_aside = await conn.execute(_ANY_SET_ASIDE)
+    # Read under the lock: every writer that sets spans aside has committed them by now. Most
+    # databases hold none (one instrumentation per call): three probes a span fewer.
+    found_any = await any_set_aside.fetchone()
+    find = _FIND if found_any and found_any[0] else _FIND_NONE_SET_ASIDE
+    found = await conn.execute(find, {"keys": joined, "window": SAME_CALL_WINDOW})
     leaving = await found.fetchall()
     if not leaving:
         return []
