@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from exporter.ingest import otlp
+from exporter.ingest import duplicates, otlp
 from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.storage import CallBatch, write_batch
 from tests.ingest.otlp_helpers import ns, protobuf_body
@@ -355,3 +355,48 @@ async def _waiting(
             assert not racing.done(), "the second writer finished without waiting for the first"
             await asyncio.sleep(0.01)  # polling a condition, not timing it
     raise AssertionError("the second writer never waited for the first")
+
+
+def _probed_partitions(plan: dict[str, Any]) -> set[str]:
+    """The api_calls partitions an executed plan (EXPLAIN ANALYZE, JSON) read at least once."""
+    found, nodes = set(), [plan["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", ()))
+        name = node.get("Relation Name", "")
+        if name.startswith("api_calls_") and node.get("Actual Loops", 0) > 0:
+            found.add(name)
+    return found
+
+
+@pytest.mark.parametrize("any_set_aside", [False, True])
+def test_finding_a_calls_spans_reads_only_the_months_around_it(
+    database_url: str, any_set_aside: bool
+) -> None:
+    """With a year of monthly partitions kept, the lookups for other spans of a new span's call
+    read only the partitions within a day of its start: their cost does not grow with the
+    months a database keeps."""
+    parent, child = _nested([_chat(output=31), _chat(output=30)], 500)
+    months = {(START + timedelta(days=31 * m)).replace(day=1).date() for m in range(-12, 3)}
+    near = {
+        f"api_calls_{day:%Y_%m}"
+        for day in (START - duplicates.SAME_CALL_WINDOW, START, START + duplicates.SAME_CALL_WINDOW)
+    }
+    find = duplicates._FIND if any_set_aside else duplicates._FIND_NONE_SET_ASIDE
+
+    async def probed() -> set[str]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            for month in sorted(months):
+                await conn.execute("SELECT nexus_ensure_partition(%s)", (month,))
+            await write_batch(conn, [_batch([parent, child])])
+            keys = "\n".join(_batch([parent, child]).keys)
+            cursor = await conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
+                {"keys": keys, "window": duplicates.SAME_CALL_WINDOW},
+            )
+            plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
+            await conn.rollback()  # the partitions and rows go: the module's totals stay
+        return _probed_partitions(plan)
+
+    read = asyncio.run(probed())
+    assert read and read <= near, f"read {sorted(read - near)} too"
