@@ -23,8 +23,9 @@ statement moves what it found, when it found anything.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -74,16 +75,24 @@ _TWINS = f"n.rid IS NOT NULL AND {_HAS_RID % 'd'} AND {_RID % 'd'} = n.rid"
 _PREFERRED_TWIN = f"{_SAME_RESPONSE} AND {_SAME_CALL} AND {_PREFERRED}"
 
 
-# Inside each probe, so that only the monthly partitions around the span are searched (run-time
-# partition pruning): outside it, as part of the condition, every partition kept was probed.
-_WITHIN_WINDOW = 'd."timestamp" BETWEEN n."timestamp" - %(window)s AND n."timestamp" + %(window)s'
-
-
 def _probe(table: str, key: str) -> str:
-    """The rows of `table` found by `key` through an index, among those starting within
-    SAME_CALL_WINDOW of n's start (every probe but a replay's looks for another span of n's
-    call, which starts within it)."""
-    return f"(SELECT d.* FROM {table} d WHERE {key} AND {_WITHIN_WINDOW} OFFSET 0) d"
+    return f"(SELECT d.* FROM {table} d WHERE {key} OFFSET 0) d"
+
+
+# The columns the lookups read of a stored span.
+_PROBED = (
+    'trace_id, span_id, parent_span_id, "timestamp", provider, model, gen_ai_operation, '
+    "service_name, duration_ms, attributes"
+)
+
+
+def _calls_in(partitions: tuple[str, ...]) -> str:
+    """api_calls as its partitions that can hold another span of a call being written (those
+    within SAME_CALL_WINDOW of the write's spans), so each lookup probes only them. A condition
+    on the start time cannot do it: whatever it is written as, the planner may then scan the
+    start time's index for it, every row of a day, for each span."""
+    union = " UNION ALL ".join(f"SELECT {_PROBED} FROM {name}" for name in partitions)
+    return f"({union})"
 
 
 def _exists(table: str, key: str, condition: str = "true") -> str:
@@ -96,8 +105,11 @@ def _exists(table: str, key: str, condition: str = "true") -> str:
 # leaves for (`by`); the new spans something stored or set aside is closer to the wire than.
 # Every lookup is an index probe per new span (OFFSET 0 keeps each a per-row subplan: never a
 # join that scans a table, whatever the planner's statistics say). Usually finds nothing.
-def _find(any_set_aside: bool) -> str:
-    """_FIND; without the lookups in api_call_duplicates when it holds no span at all."""
+@functools.lru_cache(maxsize=64)
+def _find(any_set_aside: bool, partitions: tuple[str, ...] | None) -> str:
+    """_FIND: without the lookups in api_call_duplicates when it holds no span at all, and
+    (`partitions`) with the lookups in api_calls made in these partitions only."""
+    calls = "api_calls" if partitions is None else _calls_in(partitions)
     set_aside = (
         f"""
    OR EXISTS (SELECT FROM api_call_duplicates d WHERE {_SAME_ID})  -- a replay, at any start
@@ -123,14 +135,14 @@ WITH n AS MATERIALIZED (
 twins AS MATERIALIZED (
     SELECT n.trace_id AS n_trace, n.span_id AS n_span, n."timestamp" AS n_timestamp,
            d.trace_id, d.span_id, d."timestamp", {_PREFERRED} AS preferred
-    FROM n CROSS JOIN LATERAL {_probe("api_calls", _TWINS)}
+    FROM n CROSS JOIN LATERAL {_probe(calls, _TWINS)}
     WHERE {_SAME_RESPONSE} AND {_SAME_CALL}
 )
 SELECT n.trace_id, n.span_id, n."timestamp", NULL AS by FROM n
-WHERE {_exists("api_calls", _CHILDREN, _SAME_CALL)}{set_aside}
+WHERE {_exists(calls, _CHILDREN, _SAME_CALL)}{set_aside}
 UNION ALL
 SELECT d.trace_id, d.span_id, d."timestamp", n.trace_id || n.span_id
-FROM n CROSS JOIN LATERAL {_probe("api_calls", _PARENT)} WHERE {_SAME_CALL}
+FROM n CROSS JOIN LATERAL {_probe(calls, _PARENT)} WHERE {_SAME_CALL}
 UNION ALL
 SELECT n_trace, n_span, n_timestamp, NULL FROM twins WHERE preferred
 UNION ALL
@@ -138,9 +150,21 @@ SELECT trace_id, span_id, "timestamp", n_trace || n_span FROM twins WHERE NOT pr
 """
 
 
-_FIND = _find(any_set_aside=True)
-_FIND_NONE_SET_ASIDE = _find(any_set_aside=False)
-_ANY_SET_ASIDE = "SELECT EXISTS (SELECT FROM api_call_duplicates)"
+_FIND = _find(any_set_aside=True, partitions=None)
+# Whether any span is set aside at all, and the partitions of api_calls whose range meets
+# (%(low)s, %(high)s) (one whose bound is not of the FROM ... TO form, DEFAULT, always does).
+_BEFORE_FIND = r"""
+SELECT EXISTS (SELECT FROM api_call_duplicates), ARRAY(
+    SELECT c.oid::regclass::text
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL regexp_match(
+        pg_get_expr(c.relpartbound, c.oid), '^FOR VALUES FROM \((.*)\) TO \((.*)\)$') AS b
+    WHERE i.inhparent = 'api_calls'::regclass
+      AND (b IS NULL OR (
+          (b[1] = 'MINVALUE' OR trim(both chr(39) from b[1])::timestamptz <= %(high)s)
+          AND (b[2] = 'MAXVALUE' OR trim(both chr(39) from b[2])::timestamptz > %(low)s)))
+    ORDER BY 1)
+"""
 # Two writers (exporters on one database) storing two spans of one call at the same time would
 # each miss the other's uncommitted row. Finding and committing are one at a time: the lock is
 # held to commit, and each writer's rows are in before it waits, so writers still copy rows in
@@ -170,19 +194,30 @@ LEFT JOIN aside s ON s.trace_id = g.trace_id AND s.span_id = g.span_id
 """
 
 
-async def resolve(conn: psycopg.AsyncConnection[Any], keys: Iterable[str]) -> list[Any]:
-    """Applies the rule to the spans just written (their keys) inside the caller's transaction:
-    the rows that left api_calls, each with `set_aside` (False: a replay of a span set aside
-    before) and, for a row stored before, `by`: the trace and span id of a span written now
-    that it left for. Usually none."""
-    joined = keys if isinstance(keys, str) else "\n".join(keys)
+async def find_statement(
+    conn: psycopg.AsyncConnection[Any], first: datetime, last: datetime
+) -> str:
+    """Takes the lock finding is done under, and returns the statement that finds the other
+    spans of the calls of spans starting from `first` to `last` (parameters: keys, window)."""
+    span = {"low": first - SAME_CALL_WINDOW, "high": last + SAME_CALL_WINDOW}
     async with conn.pipeline():
         await conn.execute(_LOCK)
-        any_set_aside = await conn.execute(_ANY_SET_ASIDE)
+        before = await conn.execute(_BEFORE_FIND, span)
     # Read under the lock: every writer that sets spans aside has committed them by now. Most
     # databases hold none (one instrumentation per call): three probes a span fewer.
-    found_any = await any_set_aside.fetchone()
-    find = _FIND if found_any and found_any[0] else _FIND_NONE_SET_ASIDE
+    any_set_aside, partitions = await before.fetchone() or (True, None)
+    return _find(any_set_aside, tuple(partitions) if partitions else None)
+
+
+async def resolve(
+    conn: psycopg.AsyncConnection[Any], keys: Iterable[str], first: datetime, last: datetime
+) -> list[Any]:
+    """Applies the rule to the spans just written (their keys; the earliest and latest start
+    among them) inside the caller's transaction: the rows that left api_calls, each with
+    `set_aside` (False: a replay of a span set aside before) and, for a row stored before,
+    `by`: the trace and span id of a span written now that it left for. Usually none."""
+    joined = keys if isinstance(keys, str) else "\n".join(keys)
+    find = await find_statement(conn, first, last)
     found = await conn.execute(find, {"keys": joined, "window": SAME_CALL_WINDOW})
     leaving = await found.fetchall()
     if not leaving:

@@ -422,18 +422,15 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
             async with conn.transaction():
                 await _copy(conn, _COPY_DIRECT, data)
                 joined_keys = "\n".join(b.joined_keys for b in batches)
+                first = min(b.first for b in batches if b.first)
+                last = max(b.last for b in batches if b.last)
                 await settle(conn, _lease_totals(b.leases for b in batches))
-                gone = await resolve(conn, joined_keys)
+                gone = await resolve(conn, joined_keys, first, last)
                 if gone:  # two spans of one call: the summaries from the rows kept
                     keys = joined_keys.split("\n")
                     return await _keeping(conn, await facts_of(conn, keys), gone, set(keys))
-                await _summarize(
-                    conn,
-                    _merged(b.hourly for b in batches if b.hourly),
-                    min(b.first for b in batches if b.first),
-                    max(b.last for b in batches if b.last),
-                    rows,
-                )
+                hourly = _merged(b.hourly for b in batches if b.hourly)
+                await _summarize(conn, hourly, first, last, rows)
             return Written(None, [b.metrics for b in batches if b.metrics], rows)
         except errors.UniqueViolation:
             pass  # a replay (that transaction is undone): only the new rows count
@@ -441,7 +438,10 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
         facts = await _insert_new_only(conn, data)
         await settle(conn, settlements((f.lease_id, f.lease_reserved) for f in facts if f.lease_id))
         written = [call_key(f.trace_id, f.span_id, f.timestamp) for f in facts]
-        gone = await resolve(conn, written) if written else []
+        gone = []
+        if written:
+            starts = [f.timestamp for f in facts]
+            gone = await resolve(conn, written, min(starts), max(starts))
         return await _keeping(conn, facts, gone, set(written))
 
 

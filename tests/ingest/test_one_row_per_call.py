@@ -357,46 +357,71 @@ async def _waiting(
     raise AssertionError("the second writer never waited for the first")
 
 
-def _probed_partitions(plan: dict[str, Any]) -> set[str]:
-    """The api_calls partitions an executed plan (EXPLAIN ANALYZE, JSON) read at least once."""
-    found, nodes = set(), [plan["Plan"]]
+def _read_by_finding(plan: dict[str, Any]) -> tuple[set[str], int]:
+    """The api_calls partitions an executed plan (EXPLAIN ANALYZE, JSON) read at least once,
+    and the most index entries any index scan of it read in one loop."""
+    partitions, most, nodes = set(), 0, [plan["Plan"]]
     while nodes:
         node = nodes.pop()
         nodes.extend(node.get("Plans", ()))
-        name = node.get("Relation Name", "")
-        if name.startswith("api_calls_") and node.get("Actual Loops", 0) > 0:
-            found.add(name)
-    return found
+        if node.get("Actual Loops", 0) == 0:
+            continue
+        if node.get("Relation Name", "").startswith("api_calls_"):
+            partitions.add(node["Relation Name"])
+        if "Index Name" in node:
+            most = max(most, node["Actual Rows"])
+    return partitions, most
+
+
+# A day of calls beside the ones looked for, analyzed: the start time's index then looks
+# selective to the planner, and a lookup that could use it for a window on the start time did
+# (every row of the day read for each span).
+_A_DAY_OF_CALLS = """
+INSERT INTO api_calls (trace_id, span_id, "timestamp", service_name, provider, model,
+    gen_ai_operation, operation, input_tokens, output_tokens, total_tokens, duration_ms,
+    success, usage_source, attributes)
+SELECT md5(g::text), lpad(to_hex(g), 16, '0'), %s - g * interval '1 second', 'nested-app',
+    'anthropic', %s, 'chat', '', 1000, 50, 1050, 100, true, 'response',
+    jsonb_build_object('gen_ai.response.id', 'resp-' || g)
+FROM generate_series(1, 20000) AS g
+"""
 
 
 @pytest.mark.parametrize("any_set_aside", [False, True])
 def test_finding_a_calls_spans_reads_only_the_months_around_it(
     database_url: str, any_set_aside: bool
 ) -> None:
-    """With a year of monthly partitions kept, the lookups for other spans of a new span's call
-    read only the partitions within a day of its start: their cost does not grow with the
-    months a database keeps."""
+    """With a year of monthly partitions kept and a day of calls stored, the lookups for other
+    spans of a new span's call read only the partitions within a day of its start, through
+    the indexes on ids: their cost grows neither with the months kept nor with the calls."""
     parent, child = _nested([_chat(output=31), _chat(output=30)], 500)
     months = {(START + timedelta(days=31 * m)).replace(day=1).date() for m in range(-12, 3)}
     near = {
         f"api_calls_{day:%Y_%m}"
         for day in (START - duplicates.SAME_CALL_WINDOW, START, START + duplicates.SAME_CALL_WINDOW)
     }
-    find = duplicates._FIND if any_set_aside else duplicates._FIND_NONE_SET_ASIDE
 
-    async def probed() -> set[str]:
+    async def read() -> tuple[set[str], int]:
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
             for month in sorted(months):
                 await conn.execute("SELECT nexus_ensure_partition(%s)", (month,))
-            await write_batch(conn, [_batch([parent, child])])
-            keys = "\n".join(_batch([parent, child]).keys)
+            await conn.execute(_A_DAY_OF_CALLS, (START, MODEL))
+            await conn.execute("ANALYZE api_calls")
+            if any_set_aside:
+                await conn.execute(
+                    "INSERT INTO api_call_duplicates SELECT * FROM api_calls LIMIT 1"
+                )
+            batch = _batch([parent, child])
+            await write_batch(conn, [batch])
+            find = await duplicates.find_statement(conn, START, START)
             cursor = await conn.execute(
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
-                {"keys": keys, "window": duplicates.SAME_CALL_WINDOW},
+                {"keys": batch.joined_keys, "window": duplicates.SAME_CALL_WINDOW},
             )
             plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
             await conn.rollback()  # the partitions and rows go: the module's totals stay
-        return _probed_partitions(plan)
+        return _read_by_finding(plan)
 
-    read = asyncio.run(probed())
-    assert read and read <= near, f"read {sorted(read - near)} too"
+    partitions, most_entries = asyncio.run(read())
+    assert partitions and partitions <= near, f"read {sorted(partitions - near)} too"
+    assert most_entries <= 2  # each lookup finds the span itself at most: not a day of calls
