@@ -1,9 +1,10 @@
 """Usage totals over any time range, answered from the hourly summaries.
 
 Whole UTC hours inside the range come from `hourly_usage_summary`; only the partial hours at
-its edges (a zone such as Asia/Kolkata starts its days at :30) are read from `api_calls`, through
-its time index. So a day, a week or a month costs a few hundred summary rows, not a scan of
-millions of raw rows.
+its edges (a zone such as Asia/Kolkata starts its days at :30; "yesterday up to this time") are
+read from `api_calls`, through its time index. So a day, a week or a month costs a few hundred
+summary rows, not a scan of millions of raw rows. Of an edge longer than half its hour, the rest
+of the hour is read instead and taken from the hour's summary: at most half an hour of rows.
 """
 
 from __future__ import annotations
@@ -94,14 +95,11 @@ def usage_query(
         if name not in DIMENSIONS:
             raise ValueError(f"cannot group by {name!r}")
     (hours_start, hours_end), edges = split_range(start, end)
+    # Only ungrouped: a group whose calls all lie in the rest of the hour would come out as a
+    # row of zeros rather than no row.
+    hours_less, edges = _rest_of_hours(edges) if not group_by else ([], edges)
     scope_sql, scope_params = scope.condition()
     params: dict[str, Any] = {**scope_params, "hours_start": hours_start, "hours_end": hours_end}
-    edge_sql = " OR ".join(
-        f'("timestamp" >= %(edge{i}_start)s AND "timestamp" < %(edge{i}_end)s)'
-        for i in range(len(edges))
-    )
-    for i, (a, b) in enumerate(edges):
-        params[f"edge{i}_start"], params[f"edge{i}_end"] = a, b
     summary_dims = [f"{DIMENSIONS[d][0]} AS {d}" for d in group_by]
     raw_dims = [f"{DIMENSIONS[d][1]} AS {d}" for d in group_by]
     parts = [
@@ -111,13 +109,51 @@ def usage_query(
     if edges:
         raw = [f"{e} AS {c}" for e, c in zip(_RAW_TOTALS, TOTALS, strict=True)]
         parts.append(
-            f"SELECT {', '.join([*raw_dims, *raw])} FROM api_calls WHERE ({edge_sql}){scope_sql}"
+            f"SELECT {', '.join([*raw_dims, *raw])} FROM api_calls"
+            f" WHERE ({_ranges(edges, 'edge', params)}){scope_sql}"
+        )
+    if hours_less:
+        params["hours_less"] = [hour for hour, _ in hours_less]
+        rest = [piece for _, pieces in hours_less for piece in pieces]
+        less = [f"-({e}) AS {c}" for e, c in zip(_RAW_TOTALS, TOTALS, strict=True)]
+        parts.append(
+            f"SELECT {', '.join(TOTALS)} FROM hourly_usage_summary"
+            f" WHERE hour = ANY(%(hours_less)s){scope_sql}"
+        )
+        parts.append(
+            f"SELECT {', '.join(less)} FROM api_calls"
+            f" WHERE ({_ranges(rest, 'rest', params)}){scope_sql}"
         )
     sums = [f"coalesce(sum({c}), 0) AS {c}" for c in TOTALS]
     statement = f"SELECT {', '.join([*group_by, *sums])} FROM ({' UNION ALL '.join(parts)}) u"
     if group_by:
         statement += f" GROUP BY {', '.join(group_by)} ORDER BY {', '.join(group_by)}"
     return statement, params
+
+
+def _rest_of_hours(
+    edges: list[Any],
+) -> tuple[list[tuple[datetime, list[tuple[datetime, datetime]]]], list[Any]]:
+    """Of the edges, those longer than half of the UTC hour they lie in, each as its hour and
+    the rest of that hour (to be taken from the hour's summary); and the other edges."""
+    less, kept = [], []
+    for a, b in edges:
+        hour = floor_hour(a)
+        if b - a > HOUR / 2 and b <= hour + HOUR:
+            less.append((hour, [(x, y) for x, y in ((hour, a), (b, hour + HOUR)) if x < y]))
+        else:
+            kept.append((a, b))
+    return less, kept
+
+
+def _ranges(ranges: Sequence[tuple[datetime, datetime]], name: str, params: dict[str, Any]) -> str:
+    """A condition on the start time: within any of the ranges (each [start, end))."""
+    for i, (a, b) in enumerate(ranges):
+        params[f"{name}{i}_start"], params[f"{name}{i}_end"] = a, b
+    return " OR ".join(
+        f'("timestamp" >= %({name}{i}_start)s AND "timestamp" < %({name}{i}_end)s)'
+        for i in range(len(ranges))
+    )
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
