@@ -133,9 +133,17 @@ def grown_tables(
 
 
 def run(console: Console, args: argparse.Namespace) -> list[Result]:
-    now = datetime.now(UTC)
+    now = worst_minute(datetime.now(UTC))
     sizes = table_sizes(args, getattr(args, "api_rows", None) or args.rows)
     return [_measure(console, url, now, size) for url, size in grown_tables(console, sizes, now)]
+
+
+def worst_minute(moment: datetime) -> datetime:
+    """The last half past the hour at or before `moment`. "Yesterday up to now" ends inside an
+    hour, read from raw rows: at half past, the most of them (half an hour either way, the
+    edge or the rest of its hour), so the run does not depend on when it was started."""
+    half_past = moment.replace(minute=30, second=0, microsecond=0)
+    return half_past if half_past <= moment else half_past - timedelta(hours=1)
 
 
 def _prepare_partitions(url: str, now: datetime) -> None:
