@@ -125,7 +125,7 @@ WITH n AS MATERIALIZED (
                a.gen_ai_operation, a.service_name,
                a."timestamp" + a.duration_ms * interval '1 millisecond' AS ended,
                CASE WHEN {_HAS_RID % "a"} THEN {_RID % "a"} END AS rid
-        FROM api_calls a
+        FROM {calls} a
         WHERE a.trace_id = substr(k.key, 1, 32) AND a.span_id = substr(k.key, 33, 16)
           AND a."timestamp" = timestamptz 'epoch'
               + substr(k.key, 49)::int8 * interval '1 microsecond'
