@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -425,3 +426,25 @@ def test_finding_a_calls_spans_reads_only_the_months_around_it(
     partitions, most_entries = asyncio.run(read())
     assert partitions and partitions <= near, f"read {sorted(partitions - near)} too"
     assert most_entries <= 2  # each lookup finds the span itself at most: not a day of calls
+
+
+def test_the_lookup_names_the_partitions_whose_bounds_meet_the_spans(database_url: str) -> None:
+    """Partitions are chosen by their bounds as the catalogue states them: a default partition
+    (any start) is always searched, one that ends long before the spans never."""
+    near = f"api_calls_{START:%Y_%m}"
+
+    async def chosen() -> str:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await conn.execute("SELECT nexus_ensure_partition(%s)", (START.date(),))
+            await conn.execute(
+                "CREATE TABLE nexus_test_early PARTITION OF api_calls"
+                " FOR VALUES FROM (MINVALUE) TO ('2001-01-01')"
+            )
+            await conn.execute("CREATE TABLE nexus_test_default PARTITION OF api_calls DEFAULT")
+            statement = await duplicates.find_statement(conn, START, START)
+            await conn.rollback()
+        return statement
+
+    searched = set(re.findall(r"FROM (\w+)", asyncio.run(chosen())))
+    assert {near, "nexus_test_default"} <= searched
+    assert "nexus_test_early" not in searched
