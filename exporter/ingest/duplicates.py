@@ -17,8 +17,9 @@ where a replay of it, or a span of the same call arriving later, still finds it:
 holds whichever span arrives first, in whichever batch, and a replayed batch changes nothing.
 
 `resolve` runs after a write's new rows are in `api_calls`, in the same transaction, as one
-statement over all of them (a few index probes per row, no round trip per row); a second
-statement moves what it found, when it found anything.
+statement over all of them (a few index probes per row, no round trip per row, in the monthly
+partitions within a day of them only); a second statement moves what it found, when it found
+anything.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def _exists(table: str, key: str, condition: str = "true") -> str:
 # join that scans a table, whatever the planner's statistics say). Usually finds nothing.
 @functools.lru_cache(maxsize=64)
 def _find(any_set_aside: bool, partitions: tuple[str, ...] | None) -> str:
-    """_FIND: without the lookups in api_call_duplicates when it holds no span at all, and
-    (`partitions`) with the lookups in api_calls made in these partitions only."""
+    """The statement finding the other spans of the new spans' calls: without the lookups in
+    api_call_duplicates when it holds no span at all, and (`partitions`) with the lookups in
+    api_calls made in these partitions only."""
     calls = "api_calls" if partitions is None else _calls_in(partitions)
     set_aside = (
         f"""
@@ -150,7 +152,6 @@ SELECT trace_id, span_id, "timestamp", n_trace || n_span FROM twins WHERE NOT pr
 """
 
 
-_FIND = _find(any_set_aside=True, partitions=None)
 # Whether any span is set aside at all, and the partitions of api_calls whose range meets
 # (%(low)s, %(high)s) (one whose bound is not of the FROM ... TO form, DEFAULT, always does).
 _BEFORE_FIND = r"""
@@ -170,7 +171,7 @@ SELECT EXISTS (SELECT FROM api_call_duplicates), ARRAY(
 # held to commit, and each writer's rows are in before it waits, so writers still copy rows in
 # parallel and the later one to find sees the earlier one's rows.
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('nexus-otel: one call, one row'))"
-# What _FIND found leaves api_calls; what was not set aside before is set aside now. Returns
+# What the lookup found leaves api_calls; what was not set aside before is set aside now. Returns
 # what the summaries and metrics need of each row that left.
 _MOVE = f"""
 WITH leaving AS (
