@@ -104,6 +104,16 @@ class ExporterProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def post_traces(self, body: bytes, timeout: float = 30) -> None:
+        """Posts an OTLP protobuf request body and checks it is taken (200)."""
+        response = httpx.post(
+            f"{self.base_url}/v1/traces",
+            content=body,
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=timeout,
+        )
+        assert response.status_code == 200, response.text
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

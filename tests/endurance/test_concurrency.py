@@ -160,16 +160,6 @@ def _assert_float_counter(counted: float, costs: list[Decimal]) -> None:
     assert abs(Decimal(counted) - exact) <= slack, (counted, exact)
 
 
-def _post(exporter: ExporterProcess, body: bytes) -> None:
-    response = httpx.post(
-        f"{exporter.base_url}/v1/traces",
-        content=body,
-        headers={"Content-Type": "application/x-protobuf"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-
-
 def _counters(exporter: ExporterProcess) -> tuple[float, float, float]:
     text = httpx.get(f"{exporter.base_url}/metrics").text
     return (
@@ -186,16 +176,16 @@ def test_restart_resets_counters_and_never_doubles_them(database_url: str, tmp_p
     exporter = start_exporter(database_url, tmp_path)
     port = int(exporter.base_url.rsplit(":", 1)[1])
     try:
-        _post(exporter, first)
+        exporter.post_traces(first)
         calls_before, cost_before, _ = _counters(exporter)
         assert calls_before == 120
         exporter.process.kill()
         exporter.process.wait(10)
         exporter = start_exporter(database_url, tmp_path, port=port)
         assert _counters(exporter) == (0, 0, 0)  # a reset, which rate() and increase() handle
-        _post(exporter, first)  # a sender that never saw the answer sends the batch again
+        exporter.post_traces(first)  # a sender that never saw the answer sends the batch again
         assert _counters(exporter) == (0, 0, 120)
-        _post(exporter, second)
+        exporter.post_traces(second)
         calls_after, cost_after, _ = _counters(exporter)
     finally:
         exporter.stop()

@@ -374,9 +374,10 @@ def _read_by_finding(plan: dict[str, Any]) -> tuple[set[str], int]:
     return partitions, most
 
 
-# A day of calls beside the ones looked for, analyzed: the start time's index then looks
-# selective to the planner, and a lookup that could use it for a window on the start time did
-# (every row of the day read for each span).
+# A day of calls beside the ones looked for, analyzed, so the planner has statistics as in a
+# live database: a lookup must still read its few rows by id, not a range of start times. (This
+# many rows did not make a start-time window inside a probe go wrong here; 100,000 in the
+# ingest benchmark did, see docs/BENCHMARKS.md. The partitions read is what fails here.)
 _A_DAY_OF_CALLS = """
 INSERT INTO api_calls (trace_id, span_id, "timestamp", service_name, provider, model,
     gen_ai_operation, operation, input_tokens, output_tokens, total_tokens, duration_ms,

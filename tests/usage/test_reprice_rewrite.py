@@ -18,7 +18,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -31,6 +30,8 @@ from tests.support import ExporterProcess, query
 TODAY = datetime.now(UTC).date()
 LAST_MONTH = TODAY.replace(day=1) - timedelta(days=2)
 MODEL = "acme-rewrite-1"
+# A request sent while a partition is rewritten waits for the reprice to commit.
+SEND_SECONDS = 120
 REQUEST = RepriceRequest(
     since=datetime.combine(LAST_MONTH - timedelta(days=1), datetime.min.time(), UTC),
     until=datetime.combine(TODAY + timedelta(days=1), datetime.min.time(), UTC),
@@ -84,16 +85,6 @@ def body(specs: list[dict[str, Any]]) -> bytes:
     return protobuf_body(make_spans(specs, "rewrite-bot"))
 
 
-def send(exporter: ExporterProcess, content: bytes) -> None:
-    response = httpx.post(
-        f"{exporter.base_url}/v1/traces",
-        content=content,
-        headers={"Content-Type": "application/x-protobuf"},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-
-
 def rows_but_prices(database_url: str) -> list[tuple[Any, ...]]:
     """Every stored column but cost_usd, cost_source and price_ref, of every call."""
     with psycopg.connect(database_url) as conn:
@@ -145,7 +136,7 @@ def sent() -> bytes:
 
 @pytest.fixture(scope="module")
 def stored(exporter: ExporterProcess, database_url: str, sent: bytes) -> list[tuple[Any, ...]]:
-    send(exporter, sent)
+    exporter.post_traces(sent, SEND_SECONDS)
     rows = rows_but_prices(database_url)
     assert len(rows) == len(SPECS)
     return rows
@@ -190,9 +181,9 @@ def test_a_rewritten_partition_keeps_every_call_its_name_bounds_and_indexes(
     for start, tokens in _unpriced():
         assert by_start[start][3:] == (expected_cost(tokens, 3), "override")
     # The unique key of the new partitions still turns a replay away; new calls are stored.
-    send(exporter, sent)
+    exporter.post_traces(sent, SEND_SECONDS)
     assert rows_but_prices(database_url) == rows_before
-    send(exporter, body([spec(at(TODAY, 45), MODEL, (10, 10))]))
+    exporter.post_traces(body([spec(at(TODAY, 45), MODEL, (10, 10))]), SEND_SECONDS)
     assert len(rows_but_prices(database_url)) == len(rows_before) + 1
 
 
@@ -206,7 +197,7 @@ def test_a_call_sent_while_a_partition_is_rewritten_waits_and_is_stored_once(
     path = tmp_path / "prices.yaml"
     path.write_text(prices(4))
     late = spec(at(TODAY, 50), MODEL, (20, 20))
-    sender = threading.Thread(target=send, args=(exporter, body([late])))
+    sender = threading.Thread(target=exporter.post_traces, args=(body([late]), SEND_SECONDS))
 
     def send_and_wait_until_it_waits(plan: RepricePlan) -> None:
         sender.start()
