@@ -59,15 +59,23 @@ FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
 # per statement: calls of a model then have token counts (and costs) of their own.
 _EACH_CALL = " + 0 * g"
 _SUMMARIES = """
-TRUNCATE hourly_usage_summary, daily_usage_summary;
-INSERT INTO hourly_usage_summary (hour, service_name, provider, model, operation, calls,
+TRUNCATE ten_minute_usage_summary, hourly_usage_summary, daily_usage_summary;
+INSERT INTO ten_minute_usage_summary (bucket, service_name, provider, model, operation, calls,
     failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
     cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
-SELECT date_trunc('hour', "timestamp", 'UTC'), service_name, provider, model, operation,
+SELECT nexus_ten_minutes("timestamp"), service_name, provider, model, operation,
        count(*), count(*) FILTER (WHERE NOT success), count(*) FILTER (WHERE cost_usd IS NULL),
        sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
        sum(reasoning_tokens), sum(total_tokens), coalesce(sum(cost_usd), 0), sum(duration_ms)
 FROM api_calls GROUP BY 1, 2, 3, 4, 5;
+INSERT INTO hourly_usage_summary (hour, service_name, provider, model, operation, calls,
+    failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
+    cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
+SELECT date_trunc('hour', bucket, 'UTC'), service_name, provider, model, operation, sum(calls),
+       sum(failed_calls), sum(unpriced_calls), sum(input_tokens), sum(output_tokens),
+       sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
+       sum(total_tokens), sum(cost_usd), sum(duration_ms_sum)
+FROM ten_minute_usage_summary GROUP BY 1, 2, 3, 4, 5;
 INSERT INTO daily_usage_summary (day, service_name, provider, model, operation, calls,
     failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
     cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
@@ -76,7 +84,7 @@ SELECT (hour AT TIME ZONE 'UTC')::date, service_name, provider, model, operation
        sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
        sum(total_tokens), sum(cost_usd), sum(duration_ms_sum)
 FROM hourly_usage_summary GROUP BY 1, 2, 3, 4, 5;
-ANALYZE api_calls, hourly_usage_summary, daily_usage_summary;
+ANALYZE api_calls, ten_minute_usage_summary, hourly_usage_summary, daily_usage_summary;
 """
 # The dashboard's question over raw rows: today, yesterday to the same time, all of yesterday,
 # today's hourly series per provider, and the latest calls. The three totals come from one pass
@@ -139,11 +147,12 @@ def run(console: Console, args: argparse.Namespace) -> list[Result]:
 
 
 def worst_minute(moment: datetime) -> datetime:
-    """The last half past the hour at or before `moment`. "Yesterday up to now" ends inside an
-    hour, read from raw rows: at half past, the most of them (half an hour either way, the
-    edge or the rest of its hour), so the run does not depend on when it was started."""
-    half_past = moment.replace(minute=30, second=0, microsecond=0)
-    return half_past if half_past <= moment else half_past - timedelta(hours=1)
+    """The last instant five minutes past a UTC ten minutes' start, at or before `moment`.
+    "Yesterday up to now" ends inside ten minutes, read from raw rows: there, the most of them
+    (five minutes either way, the piece or the rest of its ten minutes), so the run does not
+    depend on when it was started."""
+    five_past = moment.replace(minute=moment.minute // 10 * 10 + 5, second=0, microsecond=0)
+    return five_past if five_past <= moment else five_past - timedelta(minutes=10)
 
 
 def _prepare_partitions(url: str, now: datetime) -> None:

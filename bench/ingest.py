@@ -50,7 +50,7 @@ SENDERS = 4  # concurrent OTLP senders, and concurrent COPY connections for the 
 STAGE_SAMPLE_SPANS = 30_000  # spans of each set timed stage by stage, over PASSES passes
 _EMPTY = (
     "TRUNCATE api_calls, api_call_duplicates, daily_usage_summary, hourly_usage_summary,"
-    " hourly_performance_summary"
+    " ten_minute_usage_summary, hourly_performance_summary"
 )
 
 

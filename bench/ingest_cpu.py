@@ -28,7 +28,8 @@ from exporter.ingest.metrics import summarize_calls
 from exporter.ingest.model import LLMCall
 from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.pricing import PriceBook
-from exporter.ingest.storage import CallBatch, call_key, encode_row, hourly_totals
+from exporter.ingest.storage import CallBatch, call_key, encode_row
+from exporter.ingest.summaries import ten_minute_totals
 
 STAGES = ("decode", "normalize", "price", "encode", "metrics")
 # Stages are timed over this many passes, each over bodies of its own, and the fastest pass
@@ -66,7 +67,7 @@ def _time_stages(body: bytes, prices: PriceBook, totals: dict[str, float]) -> in
     keys = [call_key(c.trace_id, c.span_id, c.timestamp) for c in calls]
     CallBatch.packed(rows, keys, frozenset())
     encoded = clock()
-    dict(hourly_totals(calls))
+    dict(ten_minute_totals(calls))
     summarize_calls(calls)
     settlements(
         (c.attributes[LEASE_ID_ATTRIBUTE], c.attributes.get(RESERVED_ATTRIBUTE))

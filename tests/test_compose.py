@@ -395,8 +395,9 @@ def test_grafana_database_role_reads_everything_and_writes_nothing(postgres_serv
         migrate(url)
         as_reader = psycopg.conninfo.make_conninfo(url, user=reader, password="s3cret'quote")
         with psycopg.connect(as_reader) as conn:
-            relations = ("api_calls", "hourly_usage_summary", "daily_usage_summary",
-                         "v_budget_status", "v_carousel_roi", "alert_history")  # fmt: skip
+            relations = ("api_calls", "ten_minute_usage_summary", "hourly_usage_summary",
+                         "daily_usage_summary", "v_budget_status", "v_carousel_roi",
+                         "alert_history")  # fmt: skip
             for relation in relations:
                 conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(relation)))
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):

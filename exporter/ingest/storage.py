@@ -4,8 +4,9 @@ Requests hand their calls to one `CallWriter` (`exporter.ingest.writer`), which 
 queued into one transaction (group commit) and answers each request only once its rows are
 committed. Rows go in with a binary COPY straight into `api_calls`; only when that hits a unique
 key (a replay) does the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO
-NOTHING path. Daily summaries are updated in the same transaction from the rows that were
-actually new, so a replay never counts twice. Two spans of one call (two instrumentations of one
+NOTHING path. The summaries (per day, hour and ten minutes: `exporter.ingest.summaries`) are
+updated in the same transaction from the rows that were actually new, so a replay never counts
+twice. Two spans of one call (two instrumentations of one
 request) keep one row: in the same transaction, `exporter.ingest.duplicates.resolve` sets the
 other aside, and the summaries move by the rows that stay.
 
@@ -26,7 +27,6 @@ import json
 import logging
 import struct
 from array import array
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -54,6 +54,14 @@ from exporter.ingest.duplicates import counted_already, facts_of, resolve
 from exporter.ingest.leases import LEASE_ID_ATTRIBUTE, RESERVED_ATTRIBUTE, settle, settlements
 from exporter.ingest.metrics import MetricTotals, summarize_calls
 from exporter.ingest.model import LLMCall
+from exporter.ingest.summaries import (
+    Totals,
+    difference,
+    hour_of,
+    merged,
+    ten_minute_totals,
+    upserts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,37 +116,6 @@ _NULL_FIELD = struct.pack(">i", -1)  # a NULL is a length of -1 and no bytes
 _field_length = struct.Struct(">i").pack
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# The summaries' counts are bigint: a call counts at most MAX_TOKENS_PER_CALL (10^8) tokens of
-# each kind, so a row overflows only past 9.2 * 10^10 calls in one day on one key (see
-# exporter.ingest.normalize); cost_usd is unbounded numeric (migration 003).
-_SUMMARY_UPSERT = """
-INSERT INTO daily_usage_summary AS s (day, service_name, provider, model, operation, calls,
-    failed_calls, unpriced_calls, input_tokens, output_tokens, cache_read_tokens,
-    cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, duration_ms_sum)
-SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[],
-    %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
-    %s::int8[], %s::numeric[], %s::float8[])
-ORDER BY 1, 2, 3, 4, 5
-ON CONFLICT (day, service_name, provider, model, operation) DO UPDATE SET
-    calls = s.calls + EXCLUDED.calls,
-    failed_calls = s.failed_calls + EXCLUDED.failed_calls,
-    unpriced_calls = s.unpriced_calls + EXCLUDED.unpriced_calls,
-    input_tokens = s.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = s.output_tokens + EXCLUDED.output_tokens,
-    cache_read_tokens = s.cache_read_tokens + EXCLUDED.cache_read_tokens,
-    cache_write_tokens = s.cache_write_tokens + EXCLUDED.cache_write_tokens,
-    reasoning_tokens = s.reasoning_tokens + EXCLUDED.reasoning_tokens,
-    total_tokens = s.total_tokens + EXCLUDED.total_tokens,
-    cost_usd = s.cost_usd + EXCLUDED.cost_usd,
-    duration_ms_sum = s.duration_ms_sum + EXCLUDED.duration_ms_sum,
-    updated_at = now()
-"""
-# The same totals per UTC hour: the API answers "today", budgets and dashboards from these.
-_HOURLY_UPSERT = (
-    _SUMMARY_UPSERT.replace("daily_usage_summary", "hourly_usage_summary")
-    .replace("(day,", "(hour,")
-    .replace("%s::date[]", "%s::timestamptz[]")
-)
 # Each batch of new calls is announced on this channel (LISTEN/NOTIFY) once committed: the
 # API's live feed. The message only says where the rows are (their time span and the batch's
 # ingested_at, which is the transaction's now()), so announcing costs the writer nothing per row.
@@ -211,7 +188,7 @@ class CallBatch:
     ends: array[int]  # where each tuple ends in `data`
     joined_keys: str  # the calls' keys, one per line
     months: frozenset[date]  # the api_calls partitions the rows go to
-    hourly: dict[Any, list[Any]] | None = None  # hourly_totals, for when every row is new
+    totals: Totals | None = None  # ten_minute_totals, for when every row is new
     metrics: MetricTotals | None = None  # summarize_calls, likewise
     first: datetime | None = None
     last: datetime | None = None
@@ -227,7 +204,7 @@ class CallBatch:
             rows,
             keys,
             frozenset(d.replace(day=1) for d in {c.timestamp.date() for c in calls}),
-            hourly=dict(hourly_totals(calls)),
+            totals=dict(ten_minute_totals(calls)),
             metrics=summarize_calls(calls),
             first=min((c.timestamp for c in calls), default=None),
             last=max((c.timestamp for c in calls), default=None),
@@ -349,64 +326,7 @@ def _bounded_json(value: dict[str, Any]) -> bytes:
     return _dumps(kept)
 
 
-_Totals = dict[tuple[Any, str, str, str, str], list[Any]]
 _HOUR = timedelta(hours=1)
-
-
-def _new_totals() -> _Totals:
-    return defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0])
-
-
-def hourly_totals(calls: Iterable[Any]) -> _Totals:
-    """Totals per UTC hour and dimension, in one pass over the calls."""
-    totals = _new_totals()
-    hour = end = datetime.max.replace(tzinfo=UTC)
-    for c in calls:
-        if not hour <= c.timestamp < end:  # calls come mostly in time order: reuse the hour
-            hour = c.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-            end = hour + _HOUR
-        t = totals[(hour, c.service_name, c.provider, c.model, c.operation)]
-        t[0] += 1
-        t[1] += not c.success
-        t[2] += c.cost_usd is None
-        t[3] += c.input_tokens
-        t[4] += c.output_tokens
-        t[5] += c.cache_read_tokens
-        t[6] += c.cache_write_tokens
-        t[7] += c.reasoning_tokens
-        t[8] += c.total_tokens
-        t[9] += c.cost_usd or 0
-        t[10] += c.duration_ms
-    return totals
-
-
-def _merged(parts: Iterable[dict[Any, list[Any]]]) -> _Totals:
-    totals = _new_totals()
-    for part in parts:
-        for key, values in part.items():
-            t = totals[key]
-            for i, value in enumerate(values):
-                t[i] += value
-    return totals
-
-
-def daily_totals(hourly: _Totals) -> _Totals:
-    """The hourly totals rolled up to UTC days (few keys: cheap)."""
-    totals = _new_totals()
-    for (hour, *dimensions), values in hourly.items():
-        t = totals[(hour.date(), *dimensions)]
-        for i, value in enumerate(values):
-            t[i] += value
-    return totals
-
-
-def summary_columns(totals: _Totals) -> list[list[Any]]:
-    """The column arrays of _SUMMARY_UPSERT (and _HOURLY_UPSERT)."""
-    columns: list[list[Any]] = [[] for _ in range(16)]
-    for key, values in totals.items():
-        for i, v in enumerate((*key, *values)):
-            columns[i].append(v)
-    return columns
 
 
 async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> Written:
@@ -415,8 +335,8 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
     nowhere."""
     data = [batch.data for batch in batches]
     rows = sum(len(batch) for batch in batches)
-    if all(b.hourly is not None and b.metrics is not None for b in batches) and not any(
-        _near_month_boundary(hour) for b in batches for (hour, *_) in b.hourly or ()
+    if all(b.totals is not None and b.metrics is not None for b in batches) and not any(
+        _near_month_boundary(hour_of(start)) for b in batches for (start, *_) in b.totals or ()
     ):
         try:
             async with conn.transaction():
@@ -429,8 +349,8 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
                 if gone:  # two spans of one call: the summaries from the rows kept
                     keys = joined_keys.split("\n")
                     return await _keeping(conn, await facts_of(conn, keys), gone, set(keys))
-                hourly = _merged(b.hourly for b in batches if b.hourly)
-                await _summarize(conn, hourly, first, last, rows)
+                totals = merged(b.totals for b in batches if b.totals)
+                await _summarize(conn, totals, first, last, rows)
             return Written(None, [b.metrics for b in batches if b.metrics], rows)
         except errors.UniqueViolation:
             pass  # a replay (that transaction is undone): only the new rows count
@@ -456,11 +376,7 @@ async def _keeping(
     kept = [f for f in facts if _key(f) not in gone_keys]
     replaced = [g for g in gone if _key(g) not in written]
     counted = counted_already(kept, replaced)
-    totals = hourly_totals(kept)
-    for key, values in hourly_totals(replaced).items():
-        t = totals[key]
-        for i, value in enumerate(values):
-            t[i] -= value
+    totals = difference(ten_minute_totals(kept), ten_minute_totals(replaced))
     if totals:
         first = min((f.timestamp for f in kept), default=None)
         last = max((f.timestamp for f in kept), default=None)
@@ -497,15 +413,16 @@ def _near_month_boundary(hour: datetime) -> bool:
 
 async def _summarize(
     conn: psycopg.AsyncConnection[Any],
-    hourly: _Totals,
+    totals: Totals,
     first: datetime | None,
     last: datetime | None,
     rows: int,
 ) -> None:
-    """Moves the daily and hourly summaries and announces the rows (if any), in one round trip."""
+    """Moves the summaries by the ten-minute totals and announces the rows (if any), in one
+    round trip."""
     async with conn.pipeline():
-        await conn.execute(_SUMMARY_UPSERT, summary_columns(daily_totals(hourly)))
-        await conn.execute(_HOURLY_UPSERT, summary_columns(hourly))
+        for statement, columns in upserts(totals):
+            await conn.execute(statement, columns)
         if rows and first is not None and last is not None:
             await conn.execute(_NOTIFY, (first.isoformat(), last.isoformat(), rows))
 

@@ -9,9 +9,9 @@ calls are read as groups: calls of one model on one day with the same token coun
 current cost and source cost the same, so each group is priced once in Python; the groups that
 change go to a temporary table with COPY. The calls either way changes are chosen once, into
 the temporary table nexus_reprice_changed, and written by exporter.usage.cost_writes (in place,
-or a partition written anew). They correct the daily, hourly and performance summaries, and
-become the revision's call rows, in the same transaction: the API, budgets, reports and SQL
-dashboards move together, or not at all.
+or a partition written anew). They correct the daily, hourly, ten-minute and performance
+summaries, and become the revision's call rows, in the same transaction: the API, budgets,
+reports and SQL dashboards move together, or not at all.
 
 Calls whose cost the provider reported (`cost_source` = provider) are left as they are unless
 `include_provider_costs`; repriced, they keep that cost when no price table knows the model.

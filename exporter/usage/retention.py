@@ -1,7 +1,9 @@
 """Retention: raw calls older than the configured time go, a whole monthly partition at a time.
 
-Dropping a partition is instant and leaves no dead rows behind, unlike DELETE. The daily and
-hourly summaries are separate tables and are kept forever, so totals of old periods remain."""
+Dropping a partition is instant and leaves no dead rows behind, unlike DELETE. The daily,
+hourly and ten-minute summaries are separate tables and are kept forever, so totals of old
+periods remain (to the ten minutes: a range's pieces shorter than that are read from the rows
+that are left)."""
 
 from __future__ import annotations
 

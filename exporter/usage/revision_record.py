@@ -57,6 +57,9 @@ _DAILY = _SUMMARY_DELTA.format(
 _HOURLY = _SUMMARY_DELTA.format(
     table="hourly_usage_summary", column="hour", key="date_trunc('hour', \"timestamp\", 'UTC')"
 )
+_TEN_MINUTES = _SUMMARY_DELTA.format(
+    table="ten_minute_usage_summary", column="bucket", key='nexus_ten_minutes("timestamp")'
+)
 # Content spend (calls with a correlation id) per the performance summary's own key.
 _PERFORMANCE = """
 UPDATE hourly_performance_summary s
@@ -96,6 +99,6 @@ def record_revision(
     revision = {"revision": row[0]}
     for statement in (_REVISION_CALLS, _REVISION_MODELS, _REVISION_TOTALS):
         conn.execute(statement, revision)
-    for statement in (_DAILY, _HOURLY, _PERFORMANCE):
+    for statement in (_DAILY, _HOURLY, _TEN_MINUTES, _PERFORMANCE):
         conn.execute(statement)
     return int(row[0])

@@ -1,17 +1,19 @@
-"""Usage totals over any time range, answered from the hourly summaries.
+"""Usage totals over any time range, answered from the summaries.
 
-Whole UTC hours inside the range come from `hourly_usage_summary`; only the partial hours at
-its edges (a zone such as Asia/Kolkata starts its days at :30; "yesterday up to this time") are
-read from `api_calls`, through its time index. So a day, a week or a month costs a few hundred
-summary rows, not a scan of millions of raw rows. Of an edge longer than half its hour, the rest
-of the hour is read instead and taken from the hour's summary: at most half an hour of rows.
+Whole UTC hours inside the range come from `hourly_usage_summary`, whole ten minutes of the
+partial hours at its edges (a zone such as Asia/Kolkata starts its days at :30; "yesterday up to
+this time") from `ten_minute_usage_summary`, and only what is left, less than ten minutes at
+each end, from `api_calls` through its time index. Of such a piece longer than half its ten
+minutes, the rest of the ten minutes is read instead and taken from their summary: at most five
+minutes of raw rows at each end. So a day, a week or a month costs a few hundred summary rows,
+not a scan of millions of raw rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +21,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 HOUR = timedelta(hours=1)
+TEN_MINUTES = timedelta(minutes=10)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOTALS = (
     "calls", "failed_calls", "unpriced_calls", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
@@ -30,13 +34,17 @@ _RAW_TOTALS = (
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens",
     "coalesce(cost_usd, 0)", "duration_ms",
 )  # fmt: skip
-# What a result can be grouped by: (summary expression, raw expression).
+# What a result can be grouped by: (hourly summary, ten-minute summary, raw row) expressions.
 DIMENSIONS = {
-    "service_name": ("service_name", "service_name"),
-    "provider": ("provider", "provider"),
-    "model": ("model", "model"),
-    "operation": ("operation", "operation"),
-    "hour": ("hour", "date_trunc('hour', \"timestamp\", 'UTC')"),
+    "service_name": ("service_name", "service_name", "service_name"),
+    "provider": ("provider", "provider", "provider"),
+    "model": ("model", "model", "model"),
+    "operation": ("operation", "operation", "operation"),
+    "hour": (
+        "hour",
+        "date_trunc('hour', bucket, 'UTC')",
+        "date_trunc('hour', \"timestamp\", 'UTC')",
+    ),
 }
 
 
@@ -56,19 +64,22 @@ class Scope:
         return clause, params
 
 
-def floor_hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+def floor_to(moment: datetime, unit: timedelta) -> datetime:
+    """The start of the UTC `unit` (an hour, ten minutes) holding `moment`."""
+    return _EPOCH + (moment - _EPOCH) // unit * unit
 
 
-def ceil_hour(moment: datetime) -> datetime:
-    floored = floor_hour(moment)
-    return floored if floored == moment else floored + HOUR
+def ceil_to(moment: datetime, unit: timedelta) -> datetime:
+    floored = floor_to(moment, unit)
+    return floored if floored == moment else floored + unit
 
 
-def split_range(start: datetime, end: datetime) -> tuple[tuple[datetime, datetime], list[Any]]:
-    """The whole-hour part of [start, end) and the partial-hour pieces around it."""
-    first, last = ceil_hour(start), floor_hour(end)
-    if first >= last:
+def split_range(
+    start: datetime, end: datetime, unit: timedelta = HOUR
+) -> tuple[tuple[datetime, datetime], list[Any]]:
+    """The whole-`unit` part of [start, end) and the partial pieces around it."""
+    first, last = ceil_to(start, unit), floor_to(end, unit)
+    if first > last:  # both within one unit
         return (start, start), [(start, end)] if start < end else []
     edges = [(a, b) for a, b in ((start, first), (last, end)) if a < b]
     return (first, last), edges
@@ -95,30 +106,35 @@ def usage_query(
         if name not in DIMENSIONS:
             raise ValueError(f"cannot group by {name!r}")
     (hours_start, hours_end), edges = split_range(start, end)
-    # Only ungrouped: a group whose calls all lie in the rest of the hour would come out as a
-    # row of zeros rather than no row.
-    hours_less, edges = _rest_of_hours(edges) if not group_by else ([], edges)
+    tens, pieces = _ten_minutes_of(edges)
+    # Only ungrouped: a group whose calls all lie in the rest of the ten minutes would come out
+    # as a row of zeros rather than no row.
+    tens_less, pieces = _rest_of_ten_minutes(pieces) if not group_by else ([], pieces)
     scope_sql, scope_params = scope.condition()
     params: dict[str, Any] = {**scope_params, "hours_start": hours_start, "hours_end": hours_end}
-    summary_dims = [f"{DIMENSIONS[d][0]} AS {d}" for d in group_by]
-    raw_dims = [f"{DIMENSIONS[d][1]} AS {d}" for d in group_by]
+    hourly, ten_minute, raw = ([f"{DIMENSIONS[d][i]} AS {d}" for d in group_by] for i in range(3))
     parts = [
-        f"SELECT {', '.join([*summary_dims, *TOTALS])} FROM hourly_usage_summary"
+        f"SELECT {', '.join([*hourly, *TOTALS])} FROM hourly_usage_summary"
         f" WHERE hour >= %(hours_start)s AND hour < %(hours_end)s{scope_sql}"
     ]
-    if edges:
-        raw = [f"{e} AS {c}" for e, c in zip(_RAW_TOTALS, TOTALS, strict=True)]
+    if tens:
         parts.append(
-            f"SELECT {', '.join([*raw_dims, *raw])} FROM api_calls"
-            f" WHERE ({_ranges(edges, 'edge', params)}){scope_sql}"
+            f"SELECT {', '.join([*ten_minute, *TOTALS])} FROM ten_minute_usage_summary"
+            f" WHERE ({_ranges(tens, 'tens', params, 'bucket')}){scope_sql}"
         )
-    if hours_less:
-        params["hours_less"] = [hour for hour, _ in hours_less]
-        rest = [piece for _, pieces in hours_less for piece in pieces]
+    if pieces:
+        columns = [f"{e} AS {c}" for e, c in zip(_RAW_TOTALS, TOTALS, strict=True)]
+        parts.append(
+            f"SELECT {', '.join([*raw, *columns])} FROM api_calls"
+            f" WHERE ({_ranges(pieces, 'edge', params)}){scope_sql}"
+        )
+    if tens_less:
+        params["tens_less"] = [bucket for bucket, _ in tens_less]
+        rest = [piece for _, rests in tens_less for piece in rests]
         less = [f"-({e}) AS {c}" for e, c in zip(_RAW_TOTALS, TOTALS, strict=True)]
         parts.append(
-            f"SELECT {', '.join(TOTALS)} FROM hourly_usage_summary"
-            f" WHERE hour = ANY(%(hours_less)s){scope_sql}"
+            f"SELECT {', '.join(TOTALS)} FROM ten_minute_usage_summary"
+            f" WHERE bucket = ANY(%(tens_less)s){scope_sql}"
         )
         parts.append(
             f"SELECT {', '.join(less)} FROM api_calls"
@@ -131,27 +147,43 @@ def usage_query(
     return statement, params
 
 
-def _rest_of_hours(
-    edges: list[Any],
-) -> tuple[list[tuple[datetime, list[tuple[datetime, datetime]]]], list[Any]]:
-    """Of the edges, those longer than half of the UTC hour they lie in, each as its hour and
-    the rest of that hour (to be taken from the hour's summary); and the other edges."""
-    less, kept = [], []
+def _ten_minutes_of(edges: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Of the partial hours, the whole ten minutes inside them, and the pieces left."""
+    tens, pieces = [], []
     for a, b in edges:
-        hour = floor_hour(a)
-        if b - a > HOUR / 2 and b <= hour + HOUR:
-            less.append((hour, [(x, y) for x, y in ((hour, a), (b, hour + HOUR)) if x < y]))
+        whole, rest = split_range(a, b, TEN_MINUTES)
+        tens += [whole] if whole[0] < whole[1] else []
+        pieces += rest
+    return tens, pieces
+
+
+def _rest_of_ten_minutes(
+    pieces: list[Any],
+) -> tuple[list[tuple[datetime, list[tuple[datetime, datetime]]]], list[Any]]:
+    """Of the pieces, those longer than half of the UTC ten minutes they lie in, each as its
+    ten minutes and the rest of them (to be taken from their summary); and the other pieces."""
+    less, kept = [], []
+    for a, b in pieces:
+        bucket = floor_to(a, TEN_MINUTES)
+        if b - a > TEN_MINUTES / 2 and b <= bucket + TEN_MINUTES:
+            rest = ((bucket, a), (b, bucket + TEN_MINUTES))
+            less.append((bucket, [(x, y) for x, y in rest if x < y]))
         else:
             kept.append((a, b))
     return less, kept
 
 
-def _ranges(ranges: Sequence[tuple[datetime, datetime]], name: str, params: dict[str, Any]) -> str:
-    """A condition on the start time: within any of the ranges (each [start, end))."""
+def _ranges(
+    ranges: Sequence[tuple[datetime, datetime]],
+    name: str,
+    params: dict[str, Any],
+    column: str = '"timestamp"',
+) -> str:
+    """A condition on `column`: within any of the ranges (each [start, end))."""
     for i, (a, b) in enumerate(ranges):
         params[f"{name}{i}_start"], params[f"{name}{i}_end"] = a, b
     return " OR ".join(
-        f'("timestamp" >= %({name}{i}_start)s AND "timestamp" < %({name}{i}_end)s)'
+        f"({column} >= %({name}{i}_start)s AND {column} < %({name}{i}_end)s)"
         for i in range(len(ranges))
     )
 

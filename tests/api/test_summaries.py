@@ -1,7 +1,9 @@
-"""The hourly summaries the API answers from: exactly once, like the raw rows."""
+"""The summaries the API answers from (hourly, ten-minute): exactly once, like the raw rows;
+and totals over any range made of them equal the raw rows'."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -9,7 +11,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from exporter.usage.totals import Scope, usage
+from exporter.usage.totals import TEN_MINUTES, Scope, floor_to, usage, usage_query
 from tests.api.conftest import call_spec
 from tests.ingest.otlp_helpers import make_spans
 from tests.support import query
@@ -53,6 +55,23 @@ def test_replayed_batches_count_once_in_hourly_summaries(
         ]
     )
     assert raw == hourly
+    tens = query(
+        database_url,
+        "SELECT bucket, sum(calls), sum(unpriced_calls), sum(total_tokens), sum(cost_usd)"
+        " FROM ten_minute_usage_summary GROUP BY 1 ORDER BY 1",
+    )
+    raw_tens = query(
+        database_url,
+        "SELECT date_bin('10 minutes', \"timestamp\", TIMESTAMPTZ '2026-01-01 00:00+00'),"
+        " count(*), count(*) FILTER (WHERE cost_usd IS NULL), sum(total_tokens), sum(cost_usd)"
+        " FROM api_calls GROUP BY 1 ORDER BY 1",
+    )
+    # 9:59:30 and :50 in one ten minutes, the rest from 10:00:10 to 10:01:10 in the next.
+    assert [row[:2] for row in tens] == [
+        (datetime(2026, 11, 10, 9, 50, tzinfo=UTC), 3),
+        (datetime(2026, 11, 10, 10, 0, tzinfo=UTC), 4),
+    ]
+    assert tens == raw_tens
 
 
 DAY = datetime(2026, 11, 12, tzinfo=UTC)
@@ -75,14 +94,34 @@ _RAW_TOTALS = (
         ("12:00", "14:00"),  # whole hours
         ("11:50", "12:00"),  # an hour without calls
         ("13:00", "13:59:59.999999"),  # all of an hour but its last microsecond
+        ("12:11", "12:19"),  # within ten minutes, most of them: the rest is read
+        ("12:13", "12:17"),  # within ten minutes, less than half
+        ("12:03", "12:57"),  # whole ten minutes of one hour, long pieces at both ends
+        ("12:08", "13:42:30"),  # short pieces, ten minutes and a whole hour between them
+        ("12:17", "12:23"),  # across a ten-minute boundary, no whole ten minutes
+        ("13:50", "14:10"),  # whole ten minutes on both sides of an hour boundary
     ],
 )
 @pytest.mark.parametrize("providers", [("openai", "anthropic"), ("anthropic",)])
 def test_totals_over_any_range_equal_the_raw_rows(
     ingest: Callable[..., None], database_url: str, start: str, end: str, providers: tuple[str]
 ) -> None:
-    """Usage totals, whole hours from the summaries and edges from the rows (or a long edge as
-    its hour's summary less the rest of the hour), equal the raw rows' totals exactly."""
+    """Usage totals, whole hours and ten minutes from the summaries and the pieces left from
+    the rows (or a long piece as its ten minutes' summary less the rest of them), equal the raw
+    rows' totals exactly."""
+    _calls_of_the_day(ingest, database_url)
+    bounds = [DAY + timedelta(hours=float(t[:2])) + _minutes(t[3:]) for t in (start, end)]
+    scope = Scope(provider=providers[0]) if len(providers) == 1 else Scope()
+    with psycopg.connect(database_url) as conn:
+        totals = usage(conn, bounds[0], bounds[1], scope)[0]
+    raw = query(database_url, _RAW_TOTALS, (*bounds, list(providers)))[0]
+    assert [totals[c] for c in ("calls", "failed_calls", "unpriced_calls")] == list(raw[:3])
+    assert (totals["input_tokens"], totals["output_tokens"], totals["cost_usd"]) == raw[3:6]
+    assert totals["duration_ms_sum"] == pytest.approx(raw[6], rel=1e-12)
+
+
+def _calls_of_the_day(ingest: Callable[..., None], database_url: str) -> None:
+    """Calls from 12:00 to 14:28 on DAY, every 4 minutes, at seconds of their own; once."""
     if not query(database_url, 'SELECT FROM api_calls WHERE "timestamp"::date = %s', (DAY,)):
         ingest(
             [
@@ -97,16 +136,59 @@ def test_totals_over_any_range_equal_the_raw_rows(
                 for m in range(0, 150, 4)  # 12:00 to 14:28, every 4 minutes
             ]
         )
-    bounds = [DAY + timedelta(hours=float(t[:2])) + _minutes(t[3:]) for t in (start, end)]
-    scope = Scope(provider=providers[0]) if len(providers) == 1 else Scope()
-    with psycopg.connect(database_url) as conn:
-        totals = usage(conn, bounds[0], bounds[1], scope)[0]
-    raw = query(database_url, _RAW_TOTALS, (*bounds, list(providers)))[0]
-    assert [totals[c] for c in ("calls", "failed_calls", "unpriced_calls")] == list(raw[:3])
-    assert (totals["input_tokens"], totals["output_tokens"], totals["cost_usd"]) == raw[3:6]
-    assert totals["duration_ms_sum"] == pytest.approx(raw[6], rel=1e-12)
 
 
 def _minutes(text: str) -> timedelta:
     minutes, _, seconds = text.partition(":")
     return timedelta(minutes=int(minutes), seconds=float(seconds or 0))
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("12:05", "14:25"), ("12:17", "12:43"), ("13:10", "13:30"), ("11:55", "12:06:30")],
+)
+def test_totals_per_hour_and_provider_equal_the_raw_rows(
+    ingest: Callable[..., None], database_url: str, start: str, end: str
+) -> None:
+    """Grouped (the dashboard's hourly series): no rest taken away, so a group never comes out
+    as a row of zeros; each hour's and provider's totals are the raw rows'."""
+    _calls_of_the_day(ingest, database_url)
+    bounds = [DAY + timedelta(hours=float(t[:2])) + _minutes(t[3:]) for t in (start, end)]
+    with psycopg.connect(database_url) as conn:
+        rows = usage(conn, bounds[0], bounds[1], group_by=("hour", "provider"))
+    raw = query(
+        database_url,
+        "SELECT date_trunc('hour', \"timestamp\", 'UTC'), provider, count(*),"
+        " coalesce(sum(input_tokens), 0), coalesce(sum(cost_usd), 0) FROM api_calls"
+        ' WHERE "timestamp" >= %s AND "timestamp" < %s GROUP BY 1, 2 ORDER BY 1, 2',
+        bounds,
+    )
+    assert raw, "a range without calls tests nothing"
+    assert [
+        (r["hour"], r["provider"], r["calls"], r["input_tokens"], r["cost_usd"]) for r in rows
+    ] == raw
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_range_reads_more_than_five_minutes_of_raw_rows_at_either_end(seed: int) -> None:
+    """Any range, to the microsecond: the raw rows it reads (added, or taken from a summary)
+    lie in at most two ten minutes, five minutes of each at most; all else is summaries."""
+    rng = random.Random(seed)
+    for _ in range(2000):
+        start = DAY + timedelta(microseconds=rng.randrange(3 * 86_400 * 10**6))
+        end = start + timedelta(microseconds=rng.randrange(1, 2 * 86_400 * 10**6))
+        _, params = usage_query(start, end, Scope(), ())
+        read: dict[datetime, timedelta] = {}
+        for name in (k.removesuffix("_start") for k in params if k.endswith("_start")):
+            if name.startswith(("edge", "rest")):
+                a, b = params[f"{name}_start"], params[f"{name}_end"]
+                assert floor_to(a, TEN_MINUTES) == floor_to(b - MICROSECOND, TEN_MINUTES)
+                read[floor_to(a, TEN_MINUTES)] = read.get(floor_to(a, TEN_MINUTES), ZERO) + b - a
+        assert len(read) <= 2 and all(t <= timedelta(minutes=5) for t in read.values()), (
+            start,
+            end,
+            read,
+        )
+
+
+MICROSECOND, ZERO = timedelta(microseconds=1), timedelta()

@@ -441,6 +441,15 @@ def test_migration_keeps_existing_rows_and_removes_copies(
                 )
                 # and for 013's column, there only while the writer writes
                 await conn.execute("ALTER TABLE api_calls ADD COLUMN price_ref text")
+                # and for 014's table (numeric cost, like 003 makes the others')
+                await conn.execute(
+                    "CREATE TEMP TABLE ten_minute_usage_summary (LIKE hourly_usage_summary"
+                    " INCLUDING DEFAULTS, PRIMARY KEY (hour, service_name, provider, model,"
+                    " operation))"
+                )
+                await conn.execute(
+                    "ALTER TABLE ten_minute_usage_summary RENAME COLUMN hour TO bucket"
+                )
             await storage.write_batch(conn, [CallBatch.of(calls)])  # type: ignore[arg-type]
             if before_005:
                 await conn.execute("ALTER TABLE api_calls DROP COLUMN price_ref")
@@ -457,6 +466,8 @@ def test_migration_keeps_existing_rows_and_removes_copies(
     assert query(url, "SELECT count(*) FROM api_calls") == [(3,)]
     assert query(url, "SELECT calls, input_tokens FROM daily_usage_summary") == [(3, 1500)]
     assert query(url, "SELECT calls FROM hourly_usage_summary") == [(3,)]
+    # 014 builds the ten-minute summary from the rows there are
+    assert query(url, "SELECT bucket, calls FROM ten_minute_usage_summary") == [(now, 3)]
     assert query(url, 'SELECT "timestamp" FROM api_calls WHERE span_id = %s',
                  (copy.span_id.hex(),)) == [(now,)]  # fmt: skip
     assert query(url, "SELECT engagement FROM v_carousel_roi WHERE correlation_id = 'huge'") == [

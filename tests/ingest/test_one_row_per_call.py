@@ -279,7 +279,7 @@ def test_zz_summaries_and_dashboard_equal_the_rows_kept(
         " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL),"
         " sum(duration_ms) FROM api_calls",
     )[0]
-    for table in ("daily_usage_summary", "hourly_usage_summary"):
+    for table in ("daily_usage_summary", "hourly_usage_summary", "ten_minute_usage_summary"):
         summary = query(
             database_url,
             "SELECT sum(calls), sum(input_tokens), sum(output_tokens), sum(total_tokens),"

@@ -154,6 +154,11 @@ def summaries(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
             "SELECT hour, model, calls, unpriced_calls, cost_usd FROM hourly_usage_summary"
             " ORDER BY hour, model",
         ),
+        "ten_minutes": query(
+            database_url,
+            "SELECT bucket, model, calls, unpriced_calls, cost_usd FROM ten_minute_usage_summary"
+            " ORDER BY bucket, model",
+        ),
         "content": query(
             database_url,
             "SELECT hour, model, sum(content_calls), sum(content_priced), sum(content_cost_usd)"
@@ -176,6 +181,9 @@ def raw_summaries(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
         ),
         "hourly": query(
             database_url, f"""SELECT date_trunc('hour', "timestamp", 'UTC'), model, {totals}"""
+        ),
+        "ten_minutes": query(
+            database_url, f"""SELECT nexus_ten_minutes("timestamp"), model, {totals}"""
         ),
         "content": query(
             database_url,
