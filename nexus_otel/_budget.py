@@ -11,32 +11,32 @@ transaction. What a lease still holds is given back when it is refilled, at shut
 a killed app's leases stop counting when they expire.
 
 The worst case: input tokens from the request body (the offline tokenizer, or characters /
-CHARS_PER_TOKEN_BOUND when that is more), plus the format's per-message overhead; output tokens
-bounded by the request's max_tokens (max_output_tokens, max_completion_tokens, maxOutputTokens),
-else DEFAULT_MAX_OUTPUT_TOKENS; priced at list price as the exporter prices. A model of unknown
-price is not guarded (its calls are stored unpriced and count in no budget's spend).
+CHARS_PER_TOKEN_BOUND when that is more), plus the format's per-message overhead (both in
+`nexus_otel._worst_case`); output tokens bounded by the request's max_tokens
+(max_output_tokens, max_completion_tokens, maxOutputTokens), else DEFAULT_MAX_OUTPUT_TOKENS;
+priced at list price as the exporter prices. A model of unknown price is not guarded (its calls
+are stored unpriced and count in no budget's spend).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from nexus_otel._budget_api import ApiUnreachable, BudgetApi, Lease, Refusal
-from nexus_otel._estimate import estimate_tokens, price
+from nexus_otel._estimate import price
 from nexus_otel._internal import log
 from nexus_otel._llm_providers import normalize_provider
-from nexus_otel._usage import TEXT_KEYS, TokenUsage
+from nexus_otel._usage import TokenUsage
+from nexus_otel._worst_case import worst_case_tokens
 from nexus_otel.attributes import BUDGET_EXCEEDED_ERROR
 
 GUARD_MODES = ("off", "warn", "block")
@@ -53,22 +53,10 @@ LEASE_USE_SHARE = 0.25
 # Output tokens assumed when a request sets no output limit (NEXUS_OTEL_BUDGET_MAX_OUTPUT_TOKENS).
 # Not an upper bound for a model that writes more: set max_tokens on guarded calls.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
-# Input is at least this many characters per token for English text with every tokenizer we
-# know; the tokenizer's own count is used when higher (other scripts).
-CHARS_PER_TOKEN_BOUND = 3
 # Worst-case input is rounded up to this many significant bits (at most 1/16 more), so that
 # pricing it (some 70 µs with genai-prices) is cached for similar prompts.
 ROUNDED_BITS = 5
 PRICE_CACHE_SIZE = 4096  # (provider, model, tokens, hour) prices kept: a few hundred kB at most
-# Token counts kept, by text: a chat app sends its whole history again with every call, so only
-# its newest messages are new. At most this many texts, the oldest counted forgotten first, of
-# at most TOKEN_COUNT_CACHE_TEXT_CHARS each (a longer one is not kept): 4,194,304 characters at
-# most, 4 to 16 MB (a character takes 1 to 4 bytes); a chat's messages are far shorter.
-TOKEN_COUNT_CACHE_SIZE = 1024
-TOKEN_COUNT_CACHE_TEXT_CHARS = 4096
-SEPARATOR_TOKENS = 1  # a prompt's texts are joined by a newline: one token
-MESSAGE_OVERHEAD_TOKENS = 4  # per message, as providers count the chat format (at most)
-REPLY_PRIMING_TOKENS = 3
 _CENT_FRACTIONS = Decimal("1e-12")  # amounts go to the API with at most 12 decimal places
 # The allowance counts in those units (whole pico-dollars): taking from it is integer
 # arithmetic, which costs a fraction of Decimal's.
@@ -140,11 +128,6 @@ def _note(allowance: _Allowance, estimate: int) -> None:
         allowance.recent += (estimate - allowance.recent) // _RECENT_SHARE
     else:  # the scope's first call
         allowance.recent = estimate
-
-
-# By text, oldest first (see TOKEN_COUNT_CACHE_SIZE). Ordered: a dict would have to walk past
-# every entry deleted at its front to find the oldest one left.
-_TOKEN_COUNTS: OrderedDict[str, int] = OrderedDict()
 
 
 def _usd(units: int) -> Decimal:
@@ -293,95 +276,6 @@ class Guard:
                     self.api.give_back(lease_id, _usd(left))
                 except ApiUnreachable as exc:  # it expires in time
                     log.warning("nexus_otel: could not give back a budget lease: %s", exc)
-
-
-def worst_case_tokens(prompt: object, messages: int, exact: bool = True) -> tuple[int, bool]:
-    """Input tokens at most: the tokenizer's count or the characters bound of the prompt's text,
-    whichever is more, plus the format's overhead; and whether that is more than the exact
-    count may be. Not `exact`: texts not counted before are taken at their bytes (a token is a
-    byte at least), without the tokenizer, and when those bytes decide, the second is True.
-
-    The text is the prompt's texts joined by newlines (as `text_of` joins them). Each text is
-    counted on its own (from the cache when an earlier prompt had it) and each newline as a
-    token: never less than counting the joined text at once, where a newline can merge with
-    its neighbours. A text not counted before is counted only when it can matter: a token is
-    at least one byte, so when the counts known plus the other texts' bytes stay within the
-    characters bound, that bound is the answer, whatever the tokenizer would say."""
-    texts: list[str] = []
-    _texts_of(prompt, texts)
-    separators = max(0, len(texts) - 1)
-    by_chars = -(-(sum(map(len, texts)) + separators) // CHARS_PER_TOKEN_BOUND)
-    known = list(map(_TOKEN_COUNTS.get, texts))  # a text has a token at least: None is unknown
-    counted = SEPARATOR_TOKENS * separators + sum(filter(None, known))
-    bounded = False
-    if None in known:
-        new = [texts[index] for index, count in enumerate(known) if count is None]
-        if exact:
-            counted += _count_new(new, by_chars - counted)
-        else:
-            counted += _bytes(new)
-            bounded = counted > by_chars  # else the characters bound decides, as it would
-    overhead = MESSAGE_OVERHEAD_TOKENS * messages + REPLY_PRIMING_TOKENS
-    return max(counted, by_chars) + overhead, bounded
-
-
-def _bytes(texts: list[str]) -> int:
-    return sum(map(_utf8_size, texts))
-
-
-def _count_new(texts: list[str], room: int) -> int:
-    """The tokens of texts not counted before, or their bytes (an upper bound) once their
-    bytes fit in `room`: the tokenizer, on a text it has not seen, costs some 50 µs inside a
-    call (its tables are out of the CPU's caches by then) against 10 µs in a loop."""
-    bound = _bytes(texts)
-    counted = 0
-    for text in texts:
-        if counted + bound <= room:
-            break
-        tokens = estimate_tokens(text)
-        _remember(text, tokens)
-        counted, bound = counted + tokens, bound - _utf8_size(text)
-    return counted + bound
-
-
-def _utf8_size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _remember(text: str, tokens: int) -> None:
-    """Keeps a text's count, forgetting the oldest beyond TOKEN_COUNT_CACHE_SIZE. No lock: each
-    step is one operation of the OrderedDict; threads adding at once may forget one more."""
-    if len(text) > TOKEN_COUNT_CACHE_TEXT_CHARS:
-        return
-    if len(_TOKEN_COUNTS) >= TOKEN_COUNT_CACHE_SIZE:
-        with contextlib.suppress(KeyError):  # another thread emptied it meanwhile
-            _TOKEN_COUNTS.popitem(False)  # the oldest
-    _TOKEN_COUNTS[text] = tokens
-
-
-def _texts_of(value: object, found: list[str]) -> None:
-    """The non-empty texts `text_of` joins, in its order. A list of messages whose text is a
-    string, the usual prompt, is read without a call per message."""
-    if isinstance(value, str):
-        if value:
-            found.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            if type(item) is dict:
-                for key, part in item.items():
-                    if key not in TEXT_KEYS:
-                        continue
-                    if type(part) is str:
-                        if part:
-                            found.append(part)
-                    else:
-                        _texts_of(part, found)
-            else:
-                _texts_of(item, found)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if key in TEXT_KEYS:
-                _texts_of(item, found)
 
 
 def rounded_up(tokens: int) -> int:
