@@ -57,7 +57,7 @@ def dashboard_stats(
     recent: Annotated[int, Query(ge=0, le=100, description="how many recent calls")] = 10,
 ) -> dict[str, Any]:
     """Today's tokens, cost and calls (today in NEXUS_TIMEZONE), trends against yesterday, the
-    hourly series per provider, and the most recent calls. Totals come from hourly summaries."""
+    hourly series per provider, and the most recent calls. Totals come from the summaries."""
     start, end = periods.period_bounds(conn, "daily", settings.timezone, now)
     yesterday_start = periods.previous_period(conn, "daily", settings.timezone, start)[0]
     same_time = yesterday_start + (now - start)
