@@ -31,6 +31,7 @@ from exporter.ingest.otlp_wire import (
     bounded_key,
     bounded_value,
     repaired_text,
+    scalar_pair,
     storable,
 )
 
@@ -399,13 +400,9 @@ def encoded_attributes_dict(encoded: Any) -> dict[str, AttributeValue]:
 
 def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
     global _decoded_bytes
-    try:
-        key_value = KeyValue.FromString(item)
-    except (DecodeError, RecursionError, ValueError):
-        pair = _decode_tolerantly(item)  # invalid UTF-8, or nested past the parser's limit
-    else:
-        key = key_value.key
-        pair = (storable(key) if "\x00" in key else key, any_value(key_value.value))
+    pair = scalar_pair(item)
+    if pair is None:
+        pair = _parsed_pair(item)
     if len(pair[0]) > MAX_ATTRIBUTE_KEY_CHARS:  # only for pairs not seen before: no cost after
         pair = (bounded_key(pair[0]), pair[1])
     size = len(item)
@@ -420,6 +417,15 @@ def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
             _decoded_bytes = cost
         _DECODED[item] = pair
     return pair
+
+
+def _parsed_pair(item: bytes) -> tuple[str, AttributeValue]:
+    try:
+        key_value = KeyValue.FromString(item)
+    except (DecodeError, RecursionError, ValueError):
+        return _decode_tolerantly(item)  # invalid UTF-8, or nested past the parser's limit
+    key = key_value.key
+    return storable(key) if "\x00" in key else key, any_value(key_value.value)
 
 
 def _decode_tolerantly(item: bytes) -> tuple[str, AttributeValue]:
