@@ -424,6 +424,8 @@ def _usage_source(attrs: dict[str, AttributeValue]) -> str:
 def _ttfc_ms(attrs: dict[str, AttributeValue]) -> float | None:
     for key in _TTFC_KEYS:
         value = attrs.get(key)
+        if value is None:  # most spans carry none: the isinstance tests cost more
+            continue
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             # Seconds; past the longest call it is bad data, and an optional measure: left out.
             return max(0.0, float(value) * 1000) if value <= _MAX_TTFC_SECONDS else None
@@ -491,9 +493,12 @@ def _kept_attributes(attrs: dict[str, AttributeValue], store_content: bool) -> d
     kept: dict[str, Any] = {}
     for key, _kind in plan:
         value = attrs[key]
-        if value.__class__ is int:  # the common values, inline
+        cls = value.__class__
+        # The common values inline: _bounded keeps an int, a bool and a finite float (whose
+        # difference with itself is 0) as they are.
+        if cls is int or cls is bool or (cls is float and value - value == 0):  # type: ignore[operator]
             kept[key] = value
-        elif value.__class__ is str:
+        elif cls is str:
             kept[key] = _seen(value) or scrub_text(value, _MAX_STRING)  # type: ignore[arg-type]
         else:
             kept[key] = _bounded(value)
@@ -527,7 +532,11 @@ def _bounded(value: AttributeValue) -> Any:
         # A key-value list arrives as [[key, value], ...]: a secret key's value is not kept.
         if len(value) == 2 and isinstance(value[0], str) and is_secret_key(value[0]):
             return [_scrubbed(value[0]), REDACTED]
-        return [_bounded(v) for v in value[:_MAX_LIST]]
+        # Lists of names (finish reasons, stop sequences) come on most spans: strings inline.
+        return [
+            (_seen(v) or _scrubbed(v)) if v.__class__ is str else _bounded(v)
+            for v in value[:_MAX_LIST]
+        ]
     return value
 
 

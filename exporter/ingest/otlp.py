@@ -373,7 +373,7 @@ def _raw_span(
         resource_attributes=resource,
         scope_name=text(scope_name),
     )
-    for event in span.events:
+    for event in span.events or ():  # an iterator over no events costs more than the test
         if text(event.name) == _EXCEPTION_EVENT:
             details = read_attributes(event.attributes)
             raw.exception_type = _str_or_none(details.get("exception.type"))
