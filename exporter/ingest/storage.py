@@ -261,18 +261,21 @@ class CallBatch:
         return len(self.ends)
 
 
-_TRANSFORMERS: list[Any] = []
+_TRANSFORMERS: dict[bool, Any] = {}
+_JSONB_VERSION = b"\x01"  # begins a jsonb value in binary format, before its JSON text
 
 
-def _transformer() -> Any:
+def _transformer(jsonb_as_bytes: bool = False) -> Any:
     """psycopg's Transformer with the binary dumpers of api_calls' column types, as
-    `Copy.set_types(COLUMN_TYPES)` sets them; made once per process."""
-    if not _TRANSFORMERS:
+    `Copy.set_types(COLUMN_TYPES)` sets them; made once per process. `jsonb_as_bytes`: the
+    attributes' jsonb is dumped as bytea, as binary COPY frames both, so encode_row hands the
+    jsonb bytes made already (a Python-level dumper and a wrapper less per row)."""
+    if jsonb_as_bytes not in _TRANSFORMERS:
         transformer = adapt.Transformer()
-        oids = [adapters.types[name].oid for name in COLUMN_TYPES]
-        transformer.set_dumper_types(oids, pq.Format.BINARY)
-        _TRANSFORMERS.append(transformer)
-    return _TRANSFORMERS[0]
+        types = ["bytea" if t == "jsonb" and jsonb_as_bytes else t for t in COLUMN_TYPES]
+        transformer.set_dumper_types([adapters.types[t].oid for t in types], pq.Format.BINARY)
+        _TRANSFORMERS[jsonb_as_bytes] = transformer
+    return _TRANSFORMERS[jsonb_as_bytes]
 
 
 def encode_row_public(call: LLMCall) -> bytes:
@@ -292,7 +295,8 @@ def encode_row(call: LLMCall) -> bytes:
     if _format_row_binary is None:
         return encode_row_public(call)
     out = bytearray()
-    _format_row_binary(call_row(call), _transformer(), out)
+    row = call_row(call, _JSONB_VERSION + _json(call.attributes))
+    _format_row_binary(row, _transformer(jsonb_as_bytes=True), out)
     return bytes(out)
 
 
@@ -309,7 +313,8 @@ class Written:
     set_aside: int = 0  # spans set aside now (exporter.ingest.duplicates), these and older
 
 
-def call_row(call: LLMCall) -> tuple[Any, ...]:
+def call_row(call: LLMCall, jsonb: bytes | None = None) -> tuple[Any, ...]:
+    """The row's values; the attributes as Jsonb, or as their binary `jsonb` value when given."""
     return (
         call.trace_id, call.span_id, call.parent_span_id, call.timestamp, call.service_name,
         call.provider, call.model, call.response_model, call.gen_ai_operation, call.operation,
@@ -317,15 +322,12 @@ def call_row(call: LLMCall) -> tuple[Any, ...]:
         call.cache_write_tokens, call.reasoning_tokens, call.total_tokens, call.cost_usd,
         call.cost_source, call.duration_ms, call.time_to_first_chunk_ms, call.success,
         call.error_type, call.error_message, call.usage_source, call.server_address,
-        call.span_name, Jsonb(call.attributes, _json), call.price_ref,
+        call.span_name, Jsonb(call.attributes, _json) if jsonb is None else jsonb, call.price_ref,
     )  # fmt: skip
 
 
 def _json(value: Any) -> bytes:
-    try:
-        document = orjson.dumps(value)  # several times faster than json.dumps, same document
-    except TypeError:  # what orjson refuses (integers beyond 64 bits): the standard encoder
-        document = json.dumps(value).encode()
+    document = _dumps(value)
     return document if len(document) <= MAX_ATTRIBUTES_JSON_BYTES else _bounded_json(value)
 
 
