@@ -359,19 +359,21 @@ def _raw_span(
 ) -> RawSpan:
     """`text` and `read_attributes` read the span's text and its events' attributes: as
     messages parsed strictly, or as the bytes of a `TolerantRequest`."""
+    status = span.status
+    # In RawSpan's order: passed by keyword, its fields cost 0.6 us more, a sixth of this call.
     raw = RawSpan(
-        trace_id=span.trace_id.hex(),
-        span_id=span.span_id.hex(),
-        parent_span_id=span.parent_span_id.hex() or None,
-        name=text(span.name),
-        kind=span.kind,
-        start_time_unix_nano=span.start_time_unix_nano,
-        end_time_unix_nano=span.end_time_unix_nano,
-        status_code=span.status.code,
-        status_message=text(span.status.message),
-        attributes=attributes,
-        resource_attributes=resource,
-        scope_name=text(scope_name),
+        span.trace_id.hex(),  # trace_id
+        span.span_id.hex(),  # span_id
+        span.parent_span_id.hex() or None,  # parent_span_id
+        text(span.name),  # name
+        span.kind,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+        status.code,  # status_code
+        text(status.message),  # status_message
+        attributes,
+        resource,  # resource_attributes
+        text(scope_name),
     )
     for event in span.events or ():  # an iterator over no events costs more than the test
         if text(event.name) == _EXCEPTION_EVENT:
