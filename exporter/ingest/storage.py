@@ -269,9 +269,13 @@ def _transformer(jsonb_as_bytes: bool = False) -> Any:
     """psycopg's Transformer with the binary dumpers of api_calls' column types, as
     `Copy.set_types(COLUMN_TYPES)` sets them; made once per process. `jsonb_as_bytes`: the
     attributes' jsonb is dumped as bytea, as binary COPY frames both, so encode_row hands the
-    jsonb bytes made already (a Python-level dumper and a wrapper less per row)."""
+    jsonb bytes made already (two Python-level dumpers and a wrapper less per row)."""
     if jsonb_as_bytes not in _TRANSFORMERS:
-        transformer = adapt.Transformer()
+        context = adapters
+        if jsonb_as_bytes:  # bytea by psycopg's C dumper of bytes, not dbapi20's Binary one
+            context = adapt.AdaptersMap(adapters)
+            context.register_dumper(bytes, adapters.get_dumper(bytes, PyFormat.BINARY))
+        transformer = adapt.Transformer(context)
         types = ["bytea" if t == "jsonb" and jsonb_as_bytes else t for t in COLUMN_TYPES]
         transformer.set_dumper_types([adapters.types[t].oid for t in types], pq.Format.BINARY)
         _TRANSFORMERS[jsonb_as_bytes] = transformer
