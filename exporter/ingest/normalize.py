@@ -159,37 +159,38 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         _duration_out_of_range(span, duration_ns)
     error_type, error_message = _error(span)
     reported_cost, cost_key = _reported_cost(attrs)
+    # By position, in LLMCall's order (a test checks each field's source): by keyword, its 27
+    # fields cost 2 us more, a sixth of this function.
     call = LLMCall(
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        parent_span_id=span.parent_span_id,
-        timestamp=_timestamp(span.start_time_unix_nano),
-        service_name=_scrubbed(_str(span.resource_attributes.get(a.SERVICE_NAME)))
-        or "unknown_service",
-        provider=_seen(provider) or scrub_text(provider),
-        model=_seen(model) or _scrubbed(model) or "unknown",  # type: ignore[arg-type]
-        response_model=_seen(response_model) or _scrubbed(response_model),  # type: ignore[arg-type]
-        gen_ai_operation=scrub_text(_gen_ai_operation(attrs)),
-        operation=_scrubbed(_tag(span, a.NEXUS_OPERATION)) or "",
-        correlation_id=_scrubbed(_tag(span, a.NEXUS_CORRELATION_ID)),
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        reasoning_tokens=reasoning,
-        total_tokens=total,
-        duration_ms=duration_ns / 1e6,
-        success=error_type is None,
-        error_type=error_type,
-        error_message=error_message,
-        usage_source=_usage_source(attrs),
-        server_address=_scrubbed(_str(attrs.get(a.SERVER_ADDRESS))),
-        span_name=_seen(span.name) or _scrubbed_cut(span.name, MAX_SPAN_NAME),
-        time_to_first_chunk_ms=_ttfc_ms(attrs),
-        reported_cost_usd=reported_cost,
-        reported_cost_key=cost_key or None,
-        attributes=kept_attributes(attrs, store_content, _MAPPED),
+        span.trace_id,
+        span.span_id,
+        span.parent_span_id,
+        _timestamp(span.start_time_unix_nano),
+        _scrubbed(_str(span.resource_attributes.get(a.SERVICE_NAME))) or "unknown_service",
+        _seen(provider) or scrub_text(provider),
+        _seen(model) or _scrubbed(model) or "unknown",  # type: ignore[arg-type]
+        _seen(response_model) or _scrubbed(response_model),  # type: ignore[arg-type]
+        scrub_text(_gen_ai_operation(attrs)),  # gen_ai_operation
+        _scrubbed(_tag(span, a.NEXUS_OPERATION)) or "",  # operation
+        _scrubbed(_tag(span, a.NEXUS_CORRELATION_ID)),  # correlation_id
+        input_tokens,
+        output_tokens,
+        cache_read,
+        cache_write,
+        reasoning,
+        total,
+        duration_ns / 1e6,  # duration_ms
+        error_type is None,  # success
+        error_type,
+        error_message,
+        _usage_source(attrs),
+        _scrubbed(_str(attrs.get(a.SERVER_ADDRESS))),  # server_address
+        _seen(span.name) or _scrubbed_cut(span.name, MAX_SPAN_NAME),  # span_name
+        _ttfc_ms(attrs),  # time_to_first_chunk_ms
+        reported_cost,  # reported_cost_usd
+        kept_attributes(attrs, store_content, _MAPPED),  # attributes
     )
+    call.reported_cost_key = cost_key or None
     if reported_cost is not None:
         _judge_reported_cost(call, attrs, reported_cost, cost_key)
     # The common case (every text short) costs a few len() calls: one sum for the names every
