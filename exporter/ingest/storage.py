@@ -262,23 +262,19 @@ class CallBatch:
 
 
 _TRANSFORMERS: dict[bool, Any] = {}
-_JSONB_VERSION = b"\x01"  # begins a jsonb value in binary format, before its JSON text
 
 
 def _transformer(jsonb_as_bytes: bool = False) -> Any:
     """psycopg's Transformer with the binary dumpers of api_calls' column types, as
-    `Copy.set_types(COLUMN_TYPES)` sets them; made once per process. `jsonb_as_bytes`: the
-    attributes' jsonb is dumped as bytea, as binary COPY frames both, so encode_row hands the
-    jsonb bytes made already (two Python-level dumpers and a wrapper less per row)."""
+    `Copy.set_types(COLUMN_TYPES)` sets them, made once per process; `jsonb_as_bytes`: the
+    attributes as the jsonb bytes encode_row makes, framed as bytea (the same in binary COPY)."""
     if jsonb_as_bytes not in _TRANSFORMERS:
-        context = adapters
-        if jsonb_as_bytes:  # bytea by psycopg's C dumper of bytes, not dbapi20's Binary one
-            context = adapt.AdaptersMap(adapters)
+        context = adapt.AdaptersMap(adapters)
+        if jsonb_as_bytes:  # by psycopg's C dumper of bytes, not dbapi20's bytea one, in Python
             context.register_dumper(bytes, adapters.get_dumper(bytes, PyFormat.BINARY))
-        transformer = adapt.Transformer(context)
         types = ["bytea" if t == "jsonb" and jsonb_as_bytes else t for t in COLUMN_TYPES]
+        transformer = _TRANSFORMERS[jsonb_as_bytes] = adapt.Transformer(context)
         transformer.set_dumper_types([adapters.types[t].oid for t in types], pq.Format.BINARY)
-        _TRANSFORMERS[jsonb_as_bytes] = transformer
     return _TRANSFORMERS[jsonb_as_bytes]
 
 
@@ -299,8 +295,9 @@ def encode_row(call: LLMCall) -> bytes:
     if _format_row_binary is None:
         return encode_row_public(call)
     out = bytearray()
-    row = call_row(call, _JSONB_VERSION + _json(call.attributes))
-    _format_row_binary(row, _transformer(jsonb_as_bytes=True), out)
+    # The attributes' jsonb made here, not by psycopg's Jsonb dumper, which is Python-level.
+    jsonb = b"\x01" + _json(call.attributes)  # jsonb in binary: its format's version, then JSON
+    _format_row_binary(call_row(call, jsonb), _transformer(jsonb_as_bytes=True), out)
     return bytes(out)
 
 
