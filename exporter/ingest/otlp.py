@@ -31,6 +31,7 @@ from exporter.ingest.otlp_wire import (
     bounded_key,
     bounded_value,
     repaired_text,
+    scalar_pair,
     storable,
 )
 
@@ -50,7 +51,16 @@ _MAX_GZIP_MEMBERS = 64
 # in bytes, not entries, so unique large values cannot grow a process: a value encoded in more
 # than _DECODED_MAX_ITEM_BYTES is never kept (large values are almost never repeated), and
 # the cache is emptied when its estimated size would pass _DECODED_BUDGET_BYTES.
-_DECODED: dict[bytes, tuple[str, AttributeValue]] = {}
+class _DecodedPairs(dict[bytes, tuple[str, AttributeValue]]):
+    """The cache; a pair not in it is decoded (and kept, if it may be) on lookup."""
+
+    __slots__ = ()
+
+    def __missing__(self, item: bytes) -> tuple[str, AttributeValue]:
+        return _decode_key_value(item)
+
+
+_DECODED = _DecodedPairs()
 _DECODED_BUDGET_BYTES = 4 * 1024 * 1024  # per process
 _DECODED_MAX_ITEM_BYTES = 1024
 # What an entry costs besides its text (measured with tracemalloc: 200-230 bytes for a short
@@ -58,6 +68,7 @@ _DECODED_MAX_ITEM_BYTES = 1024
 # object, the pair's tuple, the key and value objects' headers and the dict's slot.
 _ENTRY_OVERHEAD_BYTES = 160
 _decoded_bytes = 0
+_lookup = _DECODED.__getitem__
 
 
 class PayloadError(ValueError):
@@ -358,21 +369,23 @@ def _raw_span(
 ) -> RawSpan:
     """`text` and `read_attributes` read the span's text and its events' attributes: as
     messages parsed strictly, or as the bytes of a `TolerantRequest`."""
+    status = span.status
+    # In RawSpan's order: passed by keyword, its fields cost 0.6 us more, a sixth of this call.
     raw = RawSpan(
-        trace_id=span.trace_id.hex(),
-        span_id=span.span_id.hex(),
-        parent_span_id=span.parent_span_id.hex() or None,
-        name=text(span.name),
-        kind=span.kind,
-        start_time_unix_nano=span.start_time_unix_nano,
-        end_time_unix_nano=span.end_time_unix_nano,
-        status_code=span.status.code,
-        status_message=text(span.status.message),
-        attributes=attributes,
-        resource_attributes=resource,
-        scope_name=text(scope_name),
+        span.trace_id.hex(),  # trace_id
+        span.span_id.hex(),  # span_id
+        span.parent_span_id.hex() or None,  # parent_span_id
+        text(span.name),  # name
+        span.kind,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+        status.code,  # status_code
+        text(status.message),  # status_message
+        attributes,
+        resource,  # resource_attributes
+        text(scope_name),
     )
-    for event in span.events:
+    for event in span.events or ():  # an iterator over no events costs more than the test
         if text(event.name) == _EXCEPTION_EVENT:
             details = read_attributes(event.attributes)
             raw.exception_type = _str_or_none(details.get("exception.type"))
@@ -387,25 +400,16 @@ def _str_or_none(value: AttributeValue) -> str | None:
 def encoded_attributes_dict(encoded: Any) -> dict[str, AttributeValue]:
     """Attributes from encoded KeyValue messages, as `attributes_dict` reads them; raises
     UnreadableValue for a pair that is not a KeyValue even read tolerantly."""
-    result: dict[str, AttributeValue] = {}
-    decoded = _DECODED.get
-    for item in encoded:
-        pair = decoded(item)
-        if pair is None:
-            pair = _decode_key_value(item)
-        result[pair[0]] = pair[1]
-    return result
+    # The pairs looked up and the dict built in C, with no Python loop: dict() of pairs keeps
+    # a key's first place and its last value, as assigning them one by one does.
+    return dict(map(_lookup, encoded))
 
 
 def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
     global _decoded_bytes
-    try:
-        key_value = KeyValue.FromString(item)
-    except (DecodeError, RecursionError, ValueError):
-        pair = _decode_tolerantly(item)  # invalid UTF-8, or nested past the parser's limit
-    else:
-        key = key_value.key
-        pair = (storable(key) if "\x00" in key else key, any_value(key_value.value))
+    pair = scalar_pair(item)
+    if pair is None:
+        pair = _parsed_pair(item)
     if len(pair[0]) > MAX_ATTRIBUTE_KEY_CHARS:  # only for pairs not seen before: no cost after
         pair = (bounded_key(pair[0]), pair[1])
     size = len(item)
@@ -420,6 +424,15 @@ def _decode_key_value(item: bytes) -> tuple[str, AttributeValue]:
             _decoded_bytes = cost
         _DECODED[item] = pair
     return pair
+
+
+def _parsed_pair(item: bytes) -> tuple[str, AttributeValue]:
+    try:
+        key_value = KeyValue.FromString(item)
+    except (DecodeError, RecursionError, ValueError):
+        return _decode_tolerantly(item)  # invalid UTF-8, or nested past the parser's limit
+    key = key_value.key
+    return storable(key) if "\x00" in key else key, any_value(key_value.value)
 
 
 def _decode_tolerantly(item: bytes) -> tuple[str, AttributeValue]:

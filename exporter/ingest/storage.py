@@ -238,18 +238,21 @@ class CallBatch:
         return len(self.ends)
 
 
-_TRANSFORMERS: list[Any] = []
+_TRANSFORMERS: dict[bool, Any] = {}
 
 
-def _transformer() -> Any:
+def _transformer(jsonb_as_bytes: bool = False) -> Any:
     """psycopg's Transformer with the binary dumpers of api_calls' column types, as
-    `Copy.set_types(COLUMN_TYPES)` sets them; made once per process."""
-    if not _TRANSFORMERS:
-        transformer = adapt.Transformer()
-        oids = [adapters.types[name].oid for name in COLUMN_TYPES]
-        transformer.set_dumper_types(oids, pq.Format.BINARY)
-        _TRANSFORMERS.append(transformer)
-    return _TRANSFORMERS[0]
+    `Copy.set_types(COLUMN_TYPES)` sets them, made once per process; `jsonb_as_bytes`: the
+    attributes as the jsonb bytes encode_row makes, framed as bytea (the same in binary COPY)."""
+    if jsonb_as_bytes not in _TRANSFORMERS:
+        context = adapt.AdaptersMap(adapters)
+        if jsonb_as_bytes:  # by psycopg's C dumper of bytes, not dbapi20's bytea one, in Python
+            context.register_dumper(bytes, adapters.get_dumper(bytes, PyFormat.BINARY))
+        types = ["bytea" if t == "jsonb" and jsonb_as_bytes else t for t in COLUMN_TYPES]
+        transformer = _TRANSFORMERS[jsonb_as_bytes] = adapt.Transformer(context)
+        transformer.set_dumper_types([adapters.types[t].oid for t in types], pq.Format.BINARY)
+    return _TRANSFORMERS[jsonb_as_bytes]
 
 
 def encode_row_public(call: LLMCall) -> bytes:
@@ -269,7 +272,9 @@ def encode_row(call: LLMCall) -> bytes:
     if _format_row_binary is None:
         return encode_row_public(call)
     out = bytearray()
-    _format_row_binary(call_row(call), _transformer(), out)
+    # The attributes' jsonb made here, not by psycopg's Jsonb dumper, which is Python-level.
+    jsonb = b"\x01" + _json(call.attributes)  # jsonb in binary: its format's version, then JSON
+    _format_row_binary(call_row(call, jsonb), _transformer(jsonb_as_bytes=True), out)
     return bytes(out)
 
 
@@ -286,7 +291,8 @@ class Written:
     set_aside: int = 0  # spans set aside now (exporter.ingest.duplicates), these and older
 
 
-def call_row(call: LLMCall) -> tuple[Any, ...]:
+def call_row(call: LLMCall, jsonb: bytes | None = None) -> tuple[Any, ...]:
+    """The row's values; the attributes as Jsonb, or as their binary `jsonb` value when given."""
     return (
         call.trace_id, call.span_id, call.parent_span_id, call.timestamp, call.service_name,
         call.provider, call.model, call.response_model, call.gen_ai_operation, call.operation,
@@ -294,15 +300,12 @@ def call_row(call: LLMCall) -> tuple[Any, ...]:
         call.cache_write_tokens, call.reasoning_tokens, call.total_tokens, call.cost_usd,
         call.cost_source, call.duration_ms, call.time_to_first_chunk_ms, call.success,
         call.error_type, call.error_message, call.usage_source, call.server_address,
-        call.span_name, Jsonb(call.attributes, _json), call.price_ref,
+        call.span_name, Jsonb(call.attributes, _json) if jsonb is None else jsonb, call.price_ref,
     )  # fmt: skip
 
 
 def _json(value: Any) -> bytes:
-    try:
-        document = orjson.dumps(value)  # several times faster than json.dumps, same document
-    except TypeError:  # what orjson refuses (integers beyond 64 bits): the standard encoder
-        document = json.dumps(value).encode()
+    document = _dumps(value)
     return document if len(document) <= MAX_ATTRIBUTES_JSON_BYTES else _bounded_json(value)
 
 

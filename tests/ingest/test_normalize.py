@@ -121,3 +121,39 @@ def test_invalid_ids_are_rejected() -> None:
     with pytest.raises(InvalidSpan, match="trace id"):
         to_llm_call(_span({"gen_ai.provider.name": "groq", "gen_ai.request.model": "m"},
                           trace_id="0" * 32))  # fmt: skip
+
+
+def test_every_field_comes_from_its_own_attribute() -> None:
+    """Each column's value is read from its own attribute, never a neighbour's: every value
+    differs here (to_llm_call passes LLMCall's fields by position)."""
+    call = to_llm_call(
+        _span({
+            "gen_ai.provider.name": "groq", "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "req-model", "gen_ai.response.model": "resp-model",
+            "gen_ai.usage.input_tokens": 101, "gen_ai.usage.output_tokens": 102,
+            "gen_ai.usage.cache_read.input_tokens": 3,
+            "gen_ai.usage.cache_creation.input_tokens": 4,
+            "gen_ai.usage.reasoning.output_tokens": 5, "gen_ai.usage.total_tokens": 999,
+            "nexus.operation": "op", "nexus.correlation_id": "corr", "nexus.usage.source": "chars",
+            "server.address": "host.example", "gen_ai.response.time_to_first_chunk": 0.25,
+            "nexus.cost.usd": 0.5, "error.type": "timeout", "app.kept": "kept",
+        }, parent_span_id="3" * 16, status_code=2, status_message="failed")
+    )  # fmt: skip
+    assert call is not None
+    assert (call.trace_id, call.span_id, call.parent_span_id) == ("1" * 32, "2" * 16, "3" * 16)
+    assert call.timestamp.isoformat() == "2025-11-22T08:26:40.123456+00:00"
+    assert (call.service_name, call.provider, call.model, call.response_model) == (
+        "svc", "groq", "req-model", "resp-model",
+    )  # fmt: skip
+    assert (call.gen_ai_operation, call.operation, call.correlation_id) == ("chat", "op", "corr")
+    counts = (call.input_tokens, call.output_tokens, call.cache_read_tokens)
+    assert (*counts, call.cache_write_tokens, call.reasoning_tokens, call.total_tokens) == (
+        101, 102, 3, 4, 5, 999,
+    )  # fmt: skip
+    assert (call.duration_ms, call.success, call.error_type) == (2.5, False, "timeout")
+    assert (call.error_message, call.usage_source, call.server_address) == (
+        "failed", "chars", "host.example",
+    )  # fmt: skip
+    assert (call.span_name, call.time_to_first_chunk_ms) == ("chat m", 250.0)
+    assert (str(call.reported_cost_usd), call.reported_cost_key) == ("0.5", "nexus.cost.usd")
+    assert call.attributes == {"app.kept": "kept"}
