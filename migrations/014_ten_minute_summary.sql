@@ -6,28 +6,13 @@
 -- The same columns and key as hourly_usage_summary, maintained in the same transaction as the
 -- raw rows and the other summaries, and corrected by repricing like them. Kept forever, like
 -- them: about 150 rows a day for each service, provider, model and operation.
-CREATE TABLE ten_minute_usage_summary (
-    bucket             timestamptz NOT NULL,  -- the first instant of the ten minutes (UTC)
-    service_name       text    NOT NULL,
-    provider           text    NOT NULL,
-    model              text    NOT NULL,
-    operation          text    NOT NULL,
-    calls              bigint  NOT NULL DEFAULT 0,
-    failed_calls       bigint  NOT NULL DEFAULT 0,
-    unpriced_calls     bigint  NOT NULL DEFAULT 0,
-    input_tokens       bigint  NOT NULL DEFAULT 0,
-    output_tokens      bigint  NOT NULL DEFAULT 0,
-    cache_read_tokens  bigint  NOT NULL DEFAULT 0,
-    cache_write_tokens bigint  NOT NULL DEFAULT 0,
-    reasoning_tokens   bigint  NOT NULL DEFAULT 0,
-    total_tokens       bigint  NOT NULL DEFAULT 0,
-    cost_usd           numeric NOT NULL DEFAULT 0,
-    duration_ms_sum    double precision NOT NULL DEFAULT 0,
-    updated_at         timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (bucket, service_name, provider, model, operation)
-);
+CREATE TABLE ten_minute_usage_summary (LIKE hourly_usage_summary INCLUDING DEFAULTS);
+ALTER TABLE ten_minute_usage_summary RENAME COLUMN hour TO bucket;
+ALTER TABLE ten_minute_usage_summary
+    ADD PRIMARY KEY (bucket, service_name, provider, model, operation);
+COMMENT ON COLUMN ten_minute_usage_summary.bucket IS 'the first instant of the ten minutes (UTC)';
 
--- The ten minutes holding a start time: the same instants exporter.ingest.storage computes.
+-- The ten minutes holding a start time (exporter.ingest.summaries.ten_minutes_of in Python).
 CREATE FUNCTION nexus_ten_minutes(at timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_bin('10 minutes', at, TIMESTAMPTZ '2000-01-01 00:00:00+00');
