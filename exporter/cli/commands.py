@@ -76,7 +76,8 @@ def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.cli.repricing import cmd_unpriced
-    from exporter.ingest.pricing import PriceBook, PriceOverridesError, render_price_table
+    from exporter.ingest.price_overrides import PriceOverridesError
+    from exporter.ingest.pricing import PriceBook, render_price_table
 
     if args.unpriced:
         return cmd_unpriced(settings, args)

@@ -79,7 +79,8 @@ def _day(flag: str, value: str | None) -> date | None:
 def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
 
-    from exporter.ingest.pricing import PriceBook, PriceOverridesError
+    from exporter.ingest.price_overrides import PriceOverridesError
+    from exporter.ingest.pricing import PriceBook
     from exporter.service import open_database
     from exporter.usage.reprice import RepriceRequest, reprice, utc_day_start
 

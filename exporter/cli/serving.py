@@ -116,7 +116,8 @@ def _with_bound_ports(
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from exporter.ingest.pricing import PriceBook, PriceOverridesError
+    from exporter.ingest.price_overrides import PriceOverridesError
+    from exporter.ingest.pricing import PriceBook
     from exporter.service import open_database, serve
 
     try:  # read here, so a bad file is one clear error, not a failure in every decode worker

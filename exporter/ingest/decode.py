@@ -31,7 +31,8 @@ from google.protobuf.message import Message
 from exporter.ingest import otlp
 from exporter.ingest.model import LLMCall, RawSpan
 from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_call
-from exporter.ingest.pricing import PriceBook, PriceOverridesError
+from exporter.ingest.price_overrides import PriceOverridesError
+from exporter.ingest.pricing import PriceBook
 from exporter.ingest.storage import CallBatch, encode_row
 from nexus_otel._secrets import scrub_text
 

@@ -20,30 +20,26 @@ app-side handle (`op.cost_usd`) prices by too: without overrides, the handle's c
 stored row's are the same. A call genai-prices cannot price falls through to a span-reported
 cost.
 
-Overrides (YAML, USD per million tokens) are tried in file order and the first match wins, so
-list specific entries (a provider, an exact name, a later valid_from) before general ones.
-valid_from is a UTC date; before it, the entry is skipped and the next source is tried.
-A model pattern (fnmatch, case-insensitive) matches the request or the response model.
+Overrides: `exporter.ingest.price_overrides`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import genai_prices
-import yaml
 from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, TimeOfDateConstraint
 from rich.table import Table
 
+from exporter.ingest.price_overrides import TOKEN_PRICE_KEYS, Override, load_overrides, utc_day
 from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
 from nexus_otel._pricing import find_model, token_priced
 
@@ -55,11 +51,8 @@ _SLOTS = {
 }
 # fmt: on
 
-_MTOK = Decimal(1_000_000)
-_TOKEN_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
 _PROBES = ((0, 0, 0, 0), (1_234, 567, 89, 10), (10_000_001, 54_321, 1_000_000, 300_000))
 _CACHE_MAX = 50_000  # entries per cache; span attributes are untrusted, so bound what they key
-_ENTRY_KEYS = {"model", "provider", "valid_from", *_TOKEN_PRICE_KEYS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,40 +89,6 @@ class ModelPriceInfo:
     def tiered(self) -> bool:
         """Whether the price depends on the size of the call (tiers on total input tokens)."""
         return bool(self.tiers)
-
-
-class PriceOverridesError(ValueError):
-    """The overrides file is unreadable or invalid; the message names file, entry and value."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Override:
-    index: int
-    pattern: str  # lowercased fnmatch pattern
-    provider: str | None  # lowercased semconv name or pattern; None = any provider
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal
-    cache_write: Decimal
-    valid_from: date | None
-
-    def matches(self, provider: str | None, models: tuple[str, ...]) -> bool:
-        """Models and provider are lowercased; provider None matches any entry."""
-        if (
-            provider is not None
-            and self.provider is not None
-            and not fnmatch.fnmatchcase(provider, self.provider)
-        ):
-            return False
-        return any(fnmatch.fnmatchcase(m, self.pattern) for m in models)
-
-    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> Decimal:
-        return (
-            Decimal(inp - cache_read - cache_write) * self.input
-            + Decimal(cache_read) * self.cache_read
-            + Decimal(cache_write) * self.cache_write
-            + Decimal(out) * self.output
-        ) / _MTOK
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +155,6 @@ def _usage(*counts: int) -> genai_prices.Usage:
     return genai_prices.Usage(**dict(zip(keys, counts, strict=True)))
 
 
-def _utc_day(ts: datetime) -> date:
-    return ts.date() if ts.tzinfo is None or ts.tzinfo is UTC else ts.astimezone(UTC).date()
-
-
 def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) >= _CACHE_MAX:
         cache.clear()
@@ -211,11 +166,11 @@ class PriceBook:
 
     def __init__(self, overrides_path: Path | None = None) -> None:
         self.overrides_path = overrides_path
-        self.overrides = _load_overrides(overrides_path) if overrides_path else ()
+        self.overrides = load_overrides(overrides_path) if overrides_path else ()
         # Each entry's reference, built once: pricing a call only picks one up.
         self._entry_references = tuple(self._entry_reference(e) for e in self.overrides)
         self._library_ref = ""  # set with the snapshot, by _check_snapshot
-        self._override_hits: dict[tuple[str, str, str | None], tuple[_Override, ...]] = {}
+        self._override_hits: dict[tuple[str, str, str | None], tuple[Override, ...]] = {}
         self._snapshot: data_snapshot.DataSnapshot | None = None
         self._models: dict[tuple[str, str], tuple[Provider, ModelInfo, bool] | None] = {}
         self._day_plans: dict[tuple[int, date], _Plan] = {}
@@ -246,7 +201,7 @@ class PriceBook:
         # out here because it runs for every span.
         if min(usage) >= 0 and cache_read_tokens + cache_write_tokens <= input_tokens:
             if self.overrides:
-                entry = self._override(provider, model, response_model, _utc_day(timestamp))
+                entry = self._override(provider, model, response_model, utc_day(timestamp))
                 if entry is not None:
                     reference = self._entry_references[entry.index]
                     return Price(entry.cost(*usage), "override", reference)
@@ -282,7 +237,7 @@ class PriceBook:
     ) -> ModelPriceInfo:
         at = at or datetime.now(UTC)
         for entry in self.overrides:
-            if entry.valid_from is not None and entry.valid_from > _utc_day(at):
+            if entry.valid_from is not None and entry.valid_from > utc_day(at):
                 continue
             if entry.matches(provider.lower() if provider else None, (model.lower(),)):
                 source = f"override: {self.overrides_path} (models[{entry.index}])"
@@ -304,7 +259,7 @@ class PriceBook:
             return value
 
         source = self._library_reference()
-        inp, out, read, write = (base(key) for key in _TOKEN_PRICE_KEYS)
+        inp, out, read, write = (base(key) for key in TOKEN_PRICE_KEYS)
         return ModelPriceInfo(
             info.id, info.name, prov.id, source, at, inp, out, read, write, tuple(tiers)
         )
@@ -318,12 +273,12 @@ class PriceBook:
 
     def price_set(
         self, provider: str, model: str, response_model: str | None, at: datetime
-    ) -> _Override | _Plan | None:
+    ) -> Override | _Plan | None:
         """What `price` prices a call of this model at `at` with, for usage it accepts (no
         negative count, cache counts within the input): the override entry, the first
         genai-prices price set that prices anything, or None (then a reported cost, or none)."""
         if self.overrides:
-            entry = self._override(provider, model, response_model, _utc_day(at))
+            entry = self._override(provider, model, response_model, utc_day(at))
             if entry is not None:
                 return entry
         self._check_snapshot()
@@ -341,7 +296,7 @@ class PriceBook:
         """Where a price of `source` for this call comes from, precisely enough to reproduce
         it: the overrides entry and its valid_from, or the genai-prices version and data."""
         if source == "override":
-            entry = self._override(provider, model, response_model, _utc_day(at))
+            entry = self._override(provider, model, response_model, utc_day(at))
             if entry is not None:
                 return self._entry_references[entry.index]
         if source == "genai-prices":
@@ -359,7 +314,7 @@ class PriceBook:
             }
         return {"genai_prices": self._library_reference(), "overrides": overrides}
 
-    def _entry_reference(self, entry: _Override) -> str:
+    def _entry_reference(self, entry: Override) -> str:
         where = f"{self.overrides_path} models[{entry.index}] ({entry.pattern}"
         where += f", provider {entry.provider})" if entry.provider else ")"
         return where + (f" valid_from {entry.valid_from}" if entry.valid_from else "")
@@ -382,7 +337,7 @@ class PriceBook:
 
     def _override(
         self, provider: str, model: str, response: str | None, day: date
-    ) -> _Override | None:
+    ) -> Override | None:
         key = (provider, model, response)
         hits = self._override_hits.get(key)
         if hits is None:
@@ -412,7 +367,7 @@ class PriceBook:
 
     def _plan_at(self, info: ModelInfo, by_hour: bool, ts: datetime) -> _Plan:
         """Prices change by UTC day (price history), or by hour for off-peak pricing."""
-        key = (id(info), _utc_day(ts))
+        key = (id(info), utc_day(ts))
         if by_hour or (plan := self._day_plans.get(key)) is None:
             model_price = info.get_prices(ts)
             # By identity: the plan holds its price set, and the snapshot holds the models.
@@ -453,66 +408,6 @@ def _library_reference(snapshot: data_snapshot.DataSnapshot) -> str:
     if snapshot.from_auto_update:
         data = f"data of {snapshot.timestamp.isoformat(timespec='seconds')}"
     return f"genai-prices {genai_prices.__version__} ({data})"
-
-
-def _load_overrides(path: Path) -> tuple[_Override, ...]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PriceOverridesError(f"{path}: cannot read price overrides: {exc}") from exc
-    if data is None:
-        return ()
-    entries = data.get("models") if isinstance(data, dict) and set(data) == {"models"} else 0
-    if not isinstance(entries, list | None):
-        raise PriceOverridesError(f"{path}: expected one key, 'models', holding a list")
-    return tuple(_parse_entry(path, i, raw) for i, raw in enumerate(entries or []))
-
-
-def _parse_entry(path: Path, index: int, raw: object) -> _Override:
-    def bad(what: str, value: object) -> PriceOverridesError:
-        return PriceOverridesError(f"{path}: models[{index}]: {what}, got {value!r}")
-
-    if not isinstance(raw, dict):
-        raise bad("expected a mapping", raw)
-    for key in raw:
-        if key not in _ENTRY_KEYS:
-            raise bad(f"unknown key (allowed: {', '.join(sorted(_ENTRY_KEYS))})", key)
-    model, provider, valid_from = raw.get("model"), raw.get("provider"), raw.get("valid_from")
-    if not isinstance(model, str) or not model.strip():
-        raise bad("'model' must be a model name or pattern", model)
-    if provider is not None and (not isinstance(provider, str) or not provider.strip()):
-        raise bad("'provider' must be a provider name", provider)
-    if isinstance(valid_from, str):
-        with contextlib.suppress(ValueError):
-            valid_from = date.fromisoformat(valid_from.strip())
-    if isinstance(valid_from, datetime):
-        valid_from = _utc_day(valid_from)
-    if valid_from is not None and not isinstance(valid_from, date):
-        raise bad("'valid_from' must be a date (YYYY-MM-DD)", valid_from)
-
-    def price(key: str, default: Decimal | None = None) -> Decimal:
-        value = raw.get(key)
-        if value is None and default is not None:
-            return default
-        parsed = Decimal("NaN")
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            with contextlib.suppress(InvalidOperation):
-                parsed = Decimal(str(value).strip())  # via str: 0.1 stays exactly 0.1
-        if not parsed.is_finite() or parsed < 0:
-            raise bad(f"'{key}' must be a non-negative number of USD per million tokens", value)
-        return parsed
-
-    inp = price("input_mtok")
-    return _Override(
-        index=index,
-        pattern=model.strip().lower(),
-        provider=provider.strip().lower() if provider else None,
-        input=inp,
-        output=price("output_mtok"),
-        cache_read=price("cache_read_mtok", inp),
-        cache_write=price("cache_write_mtok", inp),
-        valid_from=valid_from,
-    )
 
 
 def render_price_table(info: ModelPriceInfo) -> Table:

@@ -19,7 +19,8 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 from genai_prices.types import TieredPrices
 
-from exporter.ingest.pricing import PriceBook, _Override, _Plan
+from exporter.ingest.price_overrides import Override
+from exporter.ingest.pricing import PriceBook, _Plan
 
 _MTOK = Decimal(1_000_000)
 # Usages the linear form must price as PriceBook does (input, output, cache read, cache write):
@@ -86,7 +87,7 @@ def linear_price(
     checked against PriceBook; None when there is none (no price, a library rule) or any piece
     differs."""
     price_set = book.price_set(provider, model, response_model, at)
-    if isinstance(price_set, _Override):
+    if isinstance(price_set, Override):
         found: list[LinearPrice] | None = [
             LinearPrice(
                 "override", price_set.input, price_set.output, price_set.cache_read,

@@ -11,13 +11,8 @@ import pytest
 from genai_prices import Usage, calc_price, data_snapshot
 from rich.console import Console
 
-from exporter.ingest.pricing import (
-    ModelPriceInfo,
-    Price,
-    PriceBook,
-    PriceOverridesError,
-    render_price_table,
-)
+from exporter.ingest.price_overrides import PriceOverridesError
+from exporter.ingest.pricing import ModelPriceInfo, Price, PriceBook, render_price_table
 
 TS = datetime(2026, 5, 1, 12, tzinfo=UTC)
 

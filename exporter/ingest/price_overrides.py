@@ -1,0 +1,120 @@
+"""Price overrides: the user's YAML file of prices (NEXUS_PRICES_FILE), in USD per million tokens.
+
+Entries are tried in file order and the first match wins, so list specific entries (a provider,
+an exact name, a later valid_from) before general ones. valid_from is a UTC date; before it, the
+entry is skipped and the next source is tried. A model pattern (fnmatch, case-insensitive)
+matches the request or the response model. A file that cannot be read or holds an invalid entry
+is refused as a whole, with a message naming the file, the entry and the value."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import yaml
+
+MTOK = Decimal(1_000_000)
+TOKEN_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+_ENTRY_KEYS = {"model", "provider", "valid_from", *TOKEN_PRICE_KEYS}
+
+
+def utc_day(ts: datetime) -> date:
+    return ts.date() if ts.tzinfo is None or ts.tzinfo is UTC else ts.astimezone(UTC).date()
+
+
+class PriceOverridesError(ValueError):
+    """The overrides file is unreadable or invalid; the message names file, entry and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    index: int
+    pattern: str  # lowercased fnmatch pattern
+    provider: str | None  # lowercased semconv name or pattern; None = any provider
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    valid_from: date | None
+
+    def matches(self, provider: str | None, models: tuple[str, ...]) -> bool:
+        """Models and provider are lowercased; provider None matches any entry."""
+        if (
+            provider is not None
+            and self.provider is not None
+            and not fnmatch.fnmatchcase(provider, self.provider)
+        ):
+            return False
+        return any(fnmatch.fnmatchcase(m, self.pattern) for m in models)
+
+    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> Decimal:
+        return (
+            Decimal(inp - cache_read - cache_write) * self.input
+            + Decimal(cache_read) * self.cache_read
+            + Decimal(cache_write) * self.cache_write
+            + Decimal(out) * self.output
+        ) / MTOK
+
+
+def load_overrides(path: Path) -> tuple[Override, ...]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PriceOverridesError(f"{path}: cannot read price overrides: {exc}") from exc
+    if data is None:
+        return ()
+    entries = data.get("models") if isinstance(data, dict) and set(data) == {"models"} else 0
+    if not isinstance(entries, list | None):
+        raise PriceOverridesError(f"{path}: expected one key, 'models', holding a list")
+    return tuple(_parse_entry(path, i, raw) for i, raw in enumerate(entries or []))
+
+
+def _parse_entry(path: Path, index: int, raw: object) -> Override:
+    def bad(what: str, value: object) -> PriceOverridesError:
+        return PriceOverridesError(f"{path}: models[{index}]: {what}, got {value!r}")
+
+    if not isinstance(raw, dict):
+        raise bad("expected a mapping", raw)
+    for key in raw:
+        if key not in _ENTRY_KEYS:
+            raise bad(f"unknown key (allowed: {', '.join(sorted(_ENTRY_KEYS))})", key)
+    model, provider, valid_from = raw.get("model"), raw.get("provider"), raw.get("valid_from")
+    if not isinstance(model, str) or not model.strip():
+        raise bad("'model' must be a model name or pattern", model)
+    if provider is not None and (not isinstance(provider, str) or not provider.strip()):
+        raise bad("'provider' must be a provider name", provider)
+    if isinstance(valid_from, str):
+        with contextlib.suppress(ValueError):
+            valid_from = date.fromisoformat(valid_from.strip())
+    if isinstance(valid_from, datetime):
+        valid_from = utc_day(valid_from)
+    if valid_from is not None and not isinstance(valid_from, date):
+        raise bad("'valid_from' must be a date (YYYY-MM-DD)", valid_from)
+
+    def price(key: str, default: Decimal | None = None) -> Decimal:
+        value = raw.get(key)
+        if value is None and default is not None:
+            return default
+        parsed = Decimal("NaN")
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            with contextlib.suppress(InvalidOperation):
+                parsed = Decimal(str(value).strip())  # via str: 0.1 stays exactly 0.1
+        if not parsed.is_finite() or parsed < 0:
+            raise bad(f"'{key}' must be a non-negative number of USD per million tokens", value)
+        return parsed
+
+    inp = price("input_mtok")
+    return Override(
+        index=index,
+        pattern=model.strip().lower(),
+        provider=provider.strip().lower() if provider else None,
+        input=inp,
+        output=price("output_mtok"),
+        cache_read=price("cache_read_mtok", inp),
+        cache_write=price("cache_write_mtok", inp),
+        valid_from=valid_from,
+    )
