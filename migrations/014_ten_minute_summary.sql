@@ -12,7 +12,7 @@ ALTER TABLE ten_minute_usage_summary
     ADD PRIMARY KEY (bucket, service_name, provider, model, operation);
 COMMENT ON COLUMN ten_minute_usage_summary.bucket IS 'the first instant of the ten minutes (UTC)';
 
--- The ten minutes holding a start time (exporter.ingest.summaries.ten_minutes_of in Python).
+-- The ten minutes holding a start time (exporter.ingest.summaries.floor_to in Python).
 CREATE FUNCTION nexus_ten_minutes(at timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_bin('10 minutes', at, TIMESTAMPTZ '2000-01-01 00:00:00+00');

@@ -133,7 +133,7 @@ def decode_body(
 def convert(request: Message, options: DecodeOptions) -> Conversion:
     """The request's spans to priced calls, CONVERT_CHUNK spans at a time, each step over the
     whole chunk before the next: run one span through every step at a time, the same work costs
-    a third more CPU (each step's code and data leave the CPU's caches between two spans)."""
+    a quarter more CPU (each step's code and data leave the CPU's caches between two spans)."""
     result = Conversion()
     prices = _price_book(options.prices_file)
     window = accepted_start_times(datetime.now(UTC), options.retention_days)

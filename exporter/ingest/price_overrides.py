@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-MTOK = Decimal(1_000_000)
+_MTOK = Decimal(1_000_000)
 TOKEN_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
 _ENTRY_KEYS = {"model", "provider", "valid_from", *TOKEN_PRICE_KEYS}
 
@@ -57,7 +57,7 @@ class Override:
             + Decimal(cache_read) * self.cache_read
             + Decimal(cache_write) * self.cache_write
             + Decimal(out) * self.output
-        ) / MTOK
+        ) / _MTOK
 
 
 def load_overrides(path: Path) -> tuple[Override, ...]:

@@ -6,9 +6,9 @@ committed. Rows go in with a binary COPY straight into `api_calls`; only when th
 key (a replay) does the batch take the slower COPY-into-temp-table and INSERT ... ON CONFLICT DO
 NOTHING path. The summaries (per day, hour and ten minutes: `exporter.ingest.summaries`) are
 updated in the same transaction from the rows that were actually new, so a replay never counts
-twice. Two spans of one call (two instrumentations of one
-request) keep one row: in the same transaction, `exporter.ingest.duplicates.resolve` sets the
-other aside, and the summaries move by the rows that stay.
+twice. Two spans of one call (two instrumentations of one request) keep one row: in the same
+transaction, `exporter.ingest.duplicates.resolve` sets the other aside, and the summaries move
+by the rows that stay.
 
 A span is identified by its trace and span id alone: each monthly partition has a unique key on
 (trace_id, span_id), so a copy whose start time moved stays one row inside a month. Across a

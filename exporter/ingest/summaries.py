@@ -16,6 +16,7 @@ from typing import Any
 
 Totals = dict[tuple[Any, str, str, str, str], list[Any]]
 TEN_MINUTES = timedelta(minutes=10)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The summaries' counts are bigint: a call counts at most MAX_TOKENS_PER_CALL (10^8) tokens of
 # each kind, so a row overflows only past 9.2 * 10^10 calls in one day on one key (see
@@ -60,10 +61,10 @@ def new_totals() -> Totals:
     return defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0])
 
 
-def ten_minutes_of(moment: datetime) -> datetime:
-    """The first instant of the UTC ten minutes holding `moment` (nexus_ten_minutes in SQL)."""
-    utc = moment.astimezone(UTC)
-    return utc.replace(minute=utc.minute - utc.minute % 10, second=0, microsecond=0)
+def floor_to(moment: datetime, unit: timedelta) -> datetime:
+    """The start of the UTC `unit` (an hour, ten minutes) holding `moment`; of ten minutes, the
+    instant nexus_ten_minutes gives in SQL."""
+    return _EPOCH + (moment - _EPOCH) // unit * unit
 
 
 def ten_minute_totals(calls: Iterable[Any]) -> Totals:
@@ -72,7 +73,7 @@ def ten_minute_totals(calls: Iterable[Any]) -> Totals:
     bucket = end = datetime.max.replace(tzinfo=UTC)
     for c in calls:
         if not bucket <= c.timestamp < end:  # calls come mostly in time order: reuse the bucket
-            bucket = ten_minutes_of(c.timestamp)
+            bucket = floor_to(c.timestamp, TEN_MINUTES)
             end = bucket + TEN_MINUTES
         t = totals[(bucket, c.service_name, c.provider, c.model, c.operation)]
         t[0] += 1
@@ -89,30 +90,37 @@ def ten_minute_totals(calls: Iterable[Any]) -> Totals:
     return totals
 
 
-def merged(parts: Iterable[dict[Any, list[Any]]], sign: int = 1) -> Totals:
-    """The parts added up (`sign` -1: taken away from nothing)."""
+def merged(parts: Iterable[Totals]) -> Totals:
+    """The parts added up."""
     totals = new_totals()
     for part in parts:
-        for key, values in part.items():
-            t = totals[key]
-            for i, value in enumerate(values):
-                t[i] += sign * value
+        _add(totals, part)
     return totals
 
 
 def difference(totals: Totals, less: Totals) -> Totals:
-    return merged([totals, merged([less], sign=-1)])
+    result = new_totals()
+    _add(result, totals)
+    _add(result, less, sign=-1)
+    return result
 
 
 def rolled_up(totals: Totals, period: Callable[[Any], Any]) -> Totals:
     """The totals rolled up to longer periods: `period` maps a key's start to its period's
     (few keys: cheap)."""
     rolled = new_totals()
-    for (start, *dimensions), values in totals.items():
-        t = rolled[(period(start), *dimensions)]
-        for i, value in enumerate(values):
-            t[i] += value
+    _add(rolled, totals, period=period)
     return rolled
+
+
+def _add(
+    into: Totals, part: Totals, sign: int = 1, period: Callable[[Any], Any] | None = None
+) -> None:
+    """Adds `part` (times `sign`) into `into`, each key's start mapped by `period` if given."""
+    for key, values in part.items():
+        t = into[key if period is None else (period(key[0]), *key[1:])]
+        for i, value in enumerate(values):
+            t[i] += sign * value
 
 
 def hour_of(start: datetime) -> datetime:

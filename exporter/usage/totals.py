@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from exporter.ingest.summaries import TEN_MINUTES, floor_to
+
 HOUR = timedelta(hours=1)
-TEN_MINUTES = timedelta(minutes=10)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOTALS = (
     "calls", "failed_calls", "unpriced_calls", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
@@ -62,11 +62,6 @@ class Scope:
         params = {f"scope_{k}": v for k, v in self.__dict__.items() if v is not None}
         clause = "".join(f" AND {key[6:]} = %({key})s" for key in params)
         return clause, params
-
-
-def floor_to(moment: datetime, unit: timedelta) -> datetime:
-    """The start of the UTC `unit` (an hour, ten minutes) holding `moment`."""
-    return _EPOCH + (moment - _EPOCH) // unit * unit
 
 
 def ceil_to(moment: datetime, unit: timedelta) -> datetime:

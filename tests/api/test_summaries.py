@@ -11,7 +11,8 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from exporter.usage.totals import TEN_MINUTES, Scope, floor_to, usage, usage_query
+from exporter.ingest.summaries import TEN_MINUTES, floor_to
+from exporter.usage.totals import Scope, usage, usage_query
 from tests.api.conftest import call_spec
 from tests.ingest.otlp_helpers import make_spans
 from tests.support import query
