@@ -1,5 +1,6 @@
 """GET /api/dashboard/stats at 1 and 10 million rows in api_calls, against the same question
-answered by plain aggregates over the raw rows, measured in the same run on the same data.
+answered by plain aggregates over the raw rows, measured in the same run on the same data; and
+budget spend on the same rows (`bench.budgets`).
 
 Rows are generated inside PostgreSQL (INSERT ... SELECT over generate_series, in chunks shown
 as progress), spread over the last 30 days; the summaries are then built from them as the writer
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from starlette.testclient import TestClient
 
+from bench import budgets
 from bench.common import Result
 from exporter.api.app import create_api_app
 from exporter.core.db import EmbeddedPostgres, ensure_partitions_around
@@ -143,7 +145,10 @@ def grown_tables(
 def run(console: Console, args: argparse.Namespace) -> list[Result]:
     now = worst_minute(datetime.now(UTC))
     sizes = table_sizes(args, getattr(args, "api_rows", None) or args.rows)
-    return [_measure(console, url, now, size) for url, size in grown_tables(console, sizes, now)]
+    results = []
+    for url, size in grown_tables(console, sizes, now):
+        results += [_measure(console, url, now, size), budgets.measure(console, url, now, size)]
+    return results
 
 
 def worst_minute(moment: datetime) -> datetime:

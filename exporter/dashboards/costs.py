@@ -78,31 +78,35 @@ def _totals() -> list[object]:
 
 
 def _budgets() -> list[object]:
-    # Whole UTC hours from the hourly summaries, so a monthly budget never reads a month of raw
-    # calls; raw calls only for the hour the period starts in (a local midnight may fall within
-    # a UTC hour: +05:30, +13:45) and the current hour up to now.
-    first_hour = (
-        "date_trunc('hour', b.period_start, 'UTC') + CASE WHEN b.period_start ="
-        " date_trunc('hour', b.period_start, 'UTC') THEN interval '0' ELSE interval '1 hour' END"
-    )
-    this_hour = "date_trunc('hour', now(), 'UTC')"
+    # Each budget's period so far cut as its spend is (nexus_usage_pieces, migration 015): whole
+    # UTC hours and ten minutes from the summaries, so a monthly budget never reads a month of
+    # raw calls, and raw calls for under ten minutes at each end (a local midnight may fall
+    # within a UTC hour, +05:30, +13:45; now is within the current ten minutes).
     burn = sql(
         f"""
+        WITH piece AS MATERIALIZED (
+            SELECT b.name, b.amount_usd, b.service_name, b.provider, b.model, b.operation,
+                   p.kind, p.piece_start, p.piece_end
+            FROM v_budget_status b
+            CROSS JOIN LATERAL nexus_usage_pieces(b.period_start, least(now(), b.period_end)) p
+        )
         SELECT time, metric, sum(spend) OVER (PARTITION BY metric ORDER BY time) / budget AS used
         FROM (SELECT $__timeGroupAlias(t, $__interval), metric, budget, sum(spend) AS spend
               FROM (SELECT a.hour AS t, b.name AS metric, b.amount_usd AS budget,
                            a.cost_usd AS spend
-                    FROM v_budget_status b
-                    JOIN hourly_usage_summary a ON a.hour >= {first_hour}
-                     AND a.hour < {this_hour} AND {BUDGET_SCOPE}
+                    FROM piece b
+                    JOIN hourly_usage_summary a ON b.kind = 'h' AND a.hour >= b.piece_start
+                     AND a.hour < b.piece_end AND {BUDGET_SCOPE}
+                    UNION ALL
+                    SELECT a.bucket, b.name, b.amount_usd, a.cost_usd
+                    FROM piece b
+                    JOIN ten_minute_usage_summary a ON b.kind = 't'
+                     AND a.bucket >= b.piece_start AND a.bucket < b.piece_end AND {BUDGET_SCOPE}
                     UNION ALL
                     SELECT a."timestamp", b.name, b.amount_usd, a.cost_usd
-                    FROM v_budget_status b
-                    JOIN api_calls a ON {BUDGET_SCOPE}
-                     AND ((a."timestamp" >= b.period_start
-                           AND a."timestamp" < least({first_hour}, {this_hour}))
-                       OR (a."timestamp" >= greatest({this_hour}, b.period_start)
-                           AND a."timestamp" < now()))) parts
+                    FROM piece b
+                    JOIN api_calls a ON b.kind IN ('e', 'c') AND a."timestamp" >= b.piece_start
+                     AND a."timestamp" < b.piece_end AND {BUDGET_SCOPE}) parts
               GROUP BY 1, 2, 3) per_interval
         ORDER BY 1
         """,
