@@ -95,6 +95,17 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     WHERE p.piece_start < p.piece_end
 $$;
 
+-- Whether a call (or summary row) of these labels is within a budget's scope (NULL: any value).
+CREATE FUNCTION nexus_in_scope(
+    service_name text, provider text, model text, operation text, for_service text,
+    for_provider text, for_model text, for_operation text
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (for_service IS NULL OR service_name = for_service)
+   AND (for_provider IS NULL OR provider = for_provider)
+   AND (for_model IS NULL OR model = for_model)
+   AND (for_operation IS NULL OR operation = for_operation);
+
 -- Cost, calls and calls of unknown price of the raw rows in [from_at, until_at) within one scope
 -- (NULL: any value), for the pieces of nexus_usage_pieces read from raw rows: 'e' as it is, 'c'
 -- as its ten minutes' summary less the rest of them.
@@ -106,27 +117,21 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce(sum(x.cost), 0) FROM (
         SELECT a.cost_usd AS cost FROM api_calls a
         WHERE kind = 'e' AND a."timestamp" >= from_at AND a."timestamp" < until_at
-          AND (for_service IS NULL OR a.service_name = for_service)
-          AND (for_provider IS NULL OR a.provider = for_provider)
-          AND (for_model IS NULL OR a.model = for_model)
-          AND (for_operation IS NULL OR a.operation = for_operation)
+          AND nexus_in_scope(a.service_name, a.provider, a.model, a.operation,
+                             for_service, for_provider, for_model, for_operation)
         UNION ALL
         SELECT s.cost_usd FROM ten_minute_usage_summary s
         WHERE kind = 'c' AND s.bucket = nexus_ten_minutes(from_at)
-          AND (for_service IS NULL OR s.service_name = for_service)
-          AND (for_provider IS NULL OR s.provider = for_provider)
-          AND (for_model IS NULL OR s.model = for_model)
-          AND (for_operation IS NULL OR s.operation = for_operation)
+          AND nexus_in_scope(s.service_name, s.provider, s.model, s.operation,
+                             for_service, for_provider, for_model, for_operation)
         UNION ALL
         SELECT -a.cost_usd FROM api_calls a
         WHERE kind = 'c'
           AND ((a."timestamp" >= nexus_ten_minutes(from_at) AND a."timestamp" < from_at)
                OR (a."timestamp" >= until_at
                    AND a."timestamp" < nexus_ten_minutes(from_at) + interval '10 minutes'))
-          AND (for_service IS NULL OR a.service_name = for_service)
-          AND (for_provider IS NULL OR a.provider = for_provider)
-          AND (for_model IS NULL OR a.model = for_model)
-          AND (for_operation IS NULL OR a.operation = for_operation)
+          AND nexus_in_scope(a.service_name, a.provider, a.model, a.operation,
+                             for_service, for_provider, for_model, for_operation)
     ) x
 $$;
 
@@ -148,20 +153,16 @@ LANGUAGE sql STABLE SET enable_seqscan = off AS $$
         FROM cut c
         JOIN hourly_usage_summary s ON s.hour >= c.piece_start AND s.hour < c.piece_end
         WHERE c.kind = 'h'
-          AND (for_service IS NULL OR s.service_name = for_service)
-          AND (for_provider IS NULL OR s.provider = for_provider)
-          AND (for_model IS NULL OR s.model = for_model)
-          AND (for_operation IS NULL OR s.operation = for_operation)
+          AND nexus_in_scope(s.service_name, s.provider, s.model, s.operation,
+                             for_service, for_provider, for_model, for_operation)
         GROUP BY s.hour
         UNION ALL
         SELECT 't', s.bucket, s.bucket + interval '10 minutes', sum(s.cost_usd)
         FROM cut c
         JOIN ten_minute_usage_summary s ON s.bucket >= c.piece_start AND s.bucket < c.piece_end
         WHERE c.kind = 't'
-          AND (for_service IS NULL OR s.service_name = for_service)
-          AND (for_provider IS NULL OR s.provider = for_provider)
-          AND (for_model IS NULL OR s.model = for_model)
-          AND (for_operation IS NULL OR s.operation = for_operation)
+          AND nexus_in_scope(s.service_name, s.provider, s.model, s.operation,
+                             for_service, for_provider, for_model, for_operation)
         GROUP BY s.bucket
         UNION ALL
         SELECT 'e', c.piece_start, c.piece_end,
@@ -183,10 +184,8 @@ LANGUAGE sql STABLE SET enable_seqscan = off AS $$
         FROM crossing x
         JOIN ten_minute_usage_summary s ON s.bucket >= x.piece_start AND s.bucket < x.piece_end
         WHERE x.kind = 'h'
-          AND (for_service IS NULL OR s.service_name = for_service)
-          AND (for_provider IS NULL OR s.provider = for_provider)
-          AND (for_model IS NULL OR s.model = for_model)
-          AND (for_operation IS NULL OR s.operation = for_operation)
+          AND nexus_in_scope(s.service_name, s.provider, s.model, s.operation,
+                             for_service, for_provider, for_model, for_operation)
         GROUP BY x.before, s.bucket
         WINDOW w AS (ORDER BY s.bucket)
         UNION ALL
@@ -201,10 +200,8 @@ LANGUAGE sql STABLE SET enable_seqscan = off AS $$
         FROM fine_crossing x
         JOIN api_calls a ON a."timestamp" >= x.piece_start AND a."timestamp" < x.piece_end
         WHERE a.cost_usd IS NOT NULL
-          AND (for_service IS NULL OR a.service_name = for_service)
-          AND (for_provider IS NULL OR a.provider = for_provider)
-          AND (for_model IS NULL OR a.model = for_model)
-          AND (for_operation IS NULL OR a.operation = for_operation)
+          AND nexus_in_scope(a.service_name, a.provider, a.model, a.operation,
+                             for_service, for_provider, for_model, for_operation)
     ) c
     WHERE c.spent >= limit_usd
 $$;
