@@ -55,6 +55,21 @@ def local_date(conn: psycopg.Connection[Any], zone: str, at: datetime) -> date:
     return row[0]  # type: ignore[no-any-return]
 
 
+def today_and_yesterday(
+    conn: psycopg.Connection[Any], zone: str, at: datetime
+) -> tuple[datetime, datetime, datetime, date]:
+    """The local day (in `zone`) holding `at`, the start of the day before, and the local date:
+    period_bounds, previous_period and local_date in one round trip."""
+    row = conn.execute(
+        "SELECT t.period_start, t.period_end, y.period_start, (%(at)s AT TIME ZONE %(zone)s)::date"
+        " FROM nexus_period_bounds('daily', %(zone)s, %(at)s) t CROSS JOIN LATERAL"
+        " nexus_period_bounds('daily', %(zone)s, t.period_start - %(just_before)s) y",
+        {"zone": zone, "at": at, "just_before": JUST_BEFORE},
+    ).fetchone()
+    assert row is not None
+    return row[0].astimezone(UTC), row[1].astimezone(UTC), row[2].astimezone(UTC), row[3]
+
+
 def previous_period(
     conn: psycopg.Connection[Any], period: str, zone: str, start: datetime
 ) -> tuple[datetime, datetime]:

@@ -96,3 +96,26 @@ def test_an_instant_in_a_repeated_hour_belongs_to_its_local_day(
         assert periods.local_date(conn, "America/Havana", moment) == date(2026, 11, 1)
     before = utc(2026, 11, 1, 4) - periods.JUST_BEFORE
     assert periods.local_date(conn, "America/Havana", before) == date(2026, 10, 31)
+
+
+@pytest.mark.parametrize(("zone", "day", "start", "end"), DAYS)
+def test_today_and_yesterday_in_one_round_trip(
+    conn: psycopg.Connection[tuple[object, ...]],
+    zone: str,
+    day: date,
+    start: datetime,
+    end: datetime,
+) -> None:
+    """The dashboard's day, the day before it and the local date, asked at the day's first and
+    last instants, equal the same asked one by one, across every day of odd length above."""
+    for moment in (start, end - periods.JUST_BEFORE):
+        today = periods.period_bounds(conn, "daily", zone, moment)
+        yesterday = periods.previous_period(conn, "daily", zone, today[0])
+        assert today == (start, end)
+        assert periods.today_and_yesterday(conn, zone, moment) == (
+            start,
+            end,
+            yesterday[0],
+            periods.local_date(conn, zone, moment),
+        )
+        assert periods.local_date(conn, zone, moment) == day

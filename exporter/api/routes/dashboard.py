@@ -58,8 +58,9 @@ def dashboard_stats(
 ) -> dict[str, Any]:
     """Today's tokens, cost and calls (today in NEXUS_TIMEZONE), trends against yesterday, the
     hourly series per provider, and the most recent calls. Totals come from the summaries."""
-    start, end = periods.period_bounds(conn, "daily", settings.timezone, now)
-    yesterday_start = periods.previous_period(conn, "daily", settings.timezone, start)[0]
+    start, end, yesterday_start, local_date = periods.today_and_yesterday(
+        conn, settings.timezone, now
+    )
     same_time = yesterday_start + (now - start)
     today = usage(conn, start, end, scope)[0]
     earlier = usage(conn, yesterday_start, same_time, scope)[0]
@@ -67,7 +68,7 @@ def dashboard_stats(
     hourly = usage(conn, start, end, scope, group_by=("hour", "provider"))
     return {
         "timezone": settings.timezone,
-        "date": periods.local_date(conn, settings.timezone, now),
+        "date": local_date,
         "day_start": start,
         "now": now,
         "today": totals_public(today),
