@@ -41,8 +41,9 @@ class Soak:
 
 
 class UniqueBatches:
-    """One real SDK-made batch as a template; each copy gets fresh trace ids, so every span is
-    new to the database (replays would take the slower duplicate path and understate the load)."""
+    """One real SDK-made batch as a template; each copy gets fresh trace ids and response ids, so
+    every span is a new call to the database (replays would take the slower duplicate path, and
+    copies sharing a response id and their times would be one call's spans to it)."""
 
     def __init__(self) -> None:
         start = datetime.now(UTC) - timedelta(hours=1)
@@ -51,13 +52,18 @@ class UniqueBatches:
             protobuf_body(make_spans(light_specs(BATCH, start), "memory-soak"))
         )
         self._spans = list(self._template.resource_spans[0].scope_spans[0].spans)
+        self._response_ids = [
+            next(a.value for a in span.attributes if a.key == "gen_ai.response.id")
+            for span in self._spans
+        ]
         self._count = 0
 
     def next(self) -> bytes:
         self._count += 1
         prefix = os.urandom(8)
-        for i, span in enumerate(self._spans):
+        for i, (span, response_id) in enumerate(zip(self._spans, self._response_ids, strict=True)):
             span.trace_id = prefix + i.to_bytes(8, "big")
+            response_id.string_value = f"resp-{prefix.hex()}-{i}"
         scope = self._template.resource_spans[0].scope_spans[0]
         del scope.spans[:]
         scope.spans.extend(self._spans)
