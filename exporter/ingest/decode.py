@@ -14,6 +14,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import select
 import threading
 import time
 import traceback
@@ -258,17 +259,37 @@ def default_processes() -> int:
 def _start_worker(prices_file: Path | None, exporter_pid: int) -> None:
     threading.Thread(target=_exit_with, args=(exporter_pid,), daemon=True).start()
     _price_book(prices_file)  # loaded once per worker, before the first request
-    # Decoding allocates many short-lived containers and few reference cycles.
+    # Decoding allocates many short-lived containers and few reference cycles. Frozen, the
+    # objects the fork server imported stay pages shared with it and the other worker.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
 
 
 def _exit_with(exporter_pid: int) -> None:
     """Ends this worker once the exporter is gone. A worker waits on a queue whose other end
-    it holds too, so an exporter killed outright (SIGKILL) would leave it waiting forever."""
-    while os.getppid() == exporter_pid:  # an orphan is adopted by another process at once
-        time.sleep(_PARENT_CHECK_SECONDS)
+    it holds too, so an exporter killed outright (SIGKILL) would leave it waiting forever; and
+    it is the fork server's child, not the exporter's, so it watches the exporter itself: by a
+    pidfd, readable once the process has ended (reaped or not), where the system has them."""
+    if not hasattr(os, "pidfd_open"):  # not Linux
+        while _exists(exporter_pid):
+            time.sleep(_PARENT_CHECK_SECONDS)
+        os._exit(0)
+    try:
+        exporter = os.pidfd_open(exporter_pid)
+    except ProcessLookupError:
+        os._exit(0)
+    select.select([exporter], [], [])
     os._exit(0)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class DecoderUnavailable(RuntimeError):
@@ -297,9 +318,11 @@ class Decoder:
 
     def start(self) -> None:
         if self.processes > 0:
-            # spawn: a fresh interpreter, whatever threads this process runs, and a child of
-            # this process, so it can tell when the exporter is gone.
-            context = multiprocessing.get_context("spawn")
+            # Forked from a fork server: a process started afresh (whatever threads this one
+            # runs) that imported this module once, so the workers share those pages with it
+            # and each other instead of importing everything again (about 37 MB less, PSS).
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])
             self._executor = ProcessPoolExecutor(
                 self.processes,
                 mp_context=context,

@@ -23,6 +23,20 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
+def _descendants(pid: int) -> list[int]:
+    return [d for child in _children(pid) for d in (child, *_descendants(child))]
+
+
+def _decode_workers(exporter_pid: int) -> list[int]:
+    """The workers: children of the fork server, the exporter's child that forks them."""
+    (server,) = [
+        pid
+        for pid in _children(exporter_pid)
+        if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return _children(server)
+
+
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -37,9 +51,12 @@ def test_the_same_rows_whether_decoded_in_processes_or_on_a_thread(
 ) -> None:
     exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": processes})
     try:
-        workers = [p for p in _children(exporter.process.pid) if _running(p)]
-        # Two workers, plus multiprocessing's resource tracker; none when decoding on a thread.
-        assert len(workers) == (3 if processes == "2" else 0)
+        helpers = [p for p in _descendants(exporter.process.pid) if _running(p)]
+        # Two workers, the fork server they are forked from and multiprocessing's resource
+        # tracker; none when decoding on a thread.
+        assert len(helpers) == (4 if processes == "2" else 0)
+        if processes == "2":
+            assert len(_decode_workers(exporter.process.pid)) == 2
         spans = [new_span(llm_attributes(input_tokens=100 + i, output_tokens=i)) for i in range(50)]
         body = request(spans, f"svc-{processes}").SerializeToString()
         assert post(exporter.base_url, body).status_code == 200
@@ -59,8 +76,8 @@ def test_the_same_rows_whether_decoded_in_processes_or_on_a_thread(
 
 def test_workers_end_when_the_exporter_is_killed(database_url: str, tmp_path: Path) -> None:
     exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": "2"})
-    children = _children(exporter.process.pid)
-    assert len(children) == 3
+    children = _descendants(exporter.process.pid)
+    assert len(children) == 4 and len(_decode_workers(exporter.process.pid)) == 2
     os.kill(exporter.process.pid, signal.SIGKILL)  # no chance to shut its workers down
     deadline = time.monotonic() + 10
     while any(_running(c) for c in children) and time.monotonic() < deadline:
@@ -179,12 +196,7 @@ def test_a_worker_that_dies_is_replaced_and_costs_at_most_a_retry(
 ) -> None:
     exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": "2"})
     try:
-        workers = [
-            pid
-            for pid in _children(exporter.process.pid)
-            if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
-        os.kill(workers[0], signal.SIGKILL)  # out of memory, say
+        os.kill(_decode_workers(exporter.process.pid)[0], signal.SIGKILL)  # out of memory, say
         spans = [new_span(llm_attributes()) for _ in range(20)]
         body = request(spans, "svc-worker-died").SerializeToString()
         answers = [post(exporter.base_url, body).status_code for _ in range(3)]
