@@ -286,3 +286,19 @@ def serving(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[Th
     finally:
         server.shutdown()
         server.server_close()
+
+
+def child_pids(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def decode_workers(exporter_pid: int) -> list[int]:
+    """An exporter's decode workers: children of the fork server, the exporter's child that
+    forks them (none when it decodes on a thread)."""
+    servers = [
+        pid
+        for pid in child_pids(exporter_pid)
+        if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return [worker for server in servers for worker in child_pids(server)]

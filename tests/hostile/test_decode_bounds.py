@@ -31,7 +31,7 @@ from tests.hostile.payloads import (
     request,
     to_json,
 )
-from tests.support import ExporterProcess, query, start_exporter
+from tests.support import ExporterProcess, decode_workers, query, start_exporter
 
 pytestmark = pytest.mark.e2e
 
@@ -297,11 +297,9 @@ def _rss_bytes(pid: int) -> int:
 
 
 def _decode_worker(exporter: ExporterProcess) -> int:
-    pid = exporter.process.pid
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    raise AssertionError("no decode worker")
+    workers = decode_workers(exporter.process.pid)
+    assert workers, "no decode worker"
+    return workers[0]
 
 
 def test_unique_large_attribute_values_do_not_grow_a_decode_worker(

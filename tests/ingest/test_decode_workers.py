@@ -13,28 +13,13 @@ from typing import Any
 import pytest
 
 from tests.hostile.payloads import llm_attributes, new_span, post, request
-from tests.support import query, start_exporter
+from tests.support import child_pids, decode_workers, query, start_exporter
 
 pytestmark = pytest.mark.e2e
 
 
-def _children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(child) for child in text.split()]
-
-
 def _descendants(pid: int) -> list[int]:
-    return [d for child in _children(pid) for d in (child, *_descendants(child))]
-
-
-def _decode_workers(exporter_pid: int) -> list[int]:
-    """The workers: children of the fork server, the exporter's child that forks them."""
-    (server,) = [
-        pid
-        for pid in _children(exporter_pid)
-        if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    return _children(server)
+    return [d for child in child_pids(pid) for d in (child, *_descendants(child))]
 
 
 def _running(pid: int) -> bool:
@@ -56,7 +41,7 @@ def test_the_same_rows_whether_decoded_in_processes_or_on_a_thread(
         # tracker; none when decoding on a thread.
         assert len(helpers) == (4 if processes == "2" else 0)
         if processes == "2":
-            assert len(_decode_workers(exporter.process.pid)) == 2
+            assert len(decode_workers(exporter.process.pid)) == 2
         spans = [new_span(llm_attributes(input_tokens=100 + i, output_tokens=i)) for i in range(50)]
         body = request(spans, f"svc-{processes}").SerializeToString()
         assert post(exporter.base_url, body).status_code == 200
@@ -77,7 +62,7 @@ def test_the_same_rows_whether_decoded_in_processes_or_on_a_thread(
 def test_workers_end_when_the_exporter_is_killed(database_url: str, tmp_path: Path) -> None:
     exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": "2"})
     children = _descendants(exporter.process.pid)
-    assert len(children) == 4 and len(_decode_workers(exporter.process.pid)) == 2
+    assert len(children) == 4 and len(decode_workers(exporter.process.pid)) == 2
     os.kill(exporter.process.pid, signal.SIGKILL)  # no chance to shut its workers down
     deadline = time.monotonic() + 10
     while any(_running(c) for c in children) and time.monotonic() < deadline:
@@ -196,7 +181,7 @@ def test_a_worker_that_dies_is_replaced_and_costs_at_most_a_retry(
 ) -> None:
     exporter = start_exporter(database_url, tmp_path, {"NEXUS_DECODE_PROCESSES": "2"})
     try:
-        os.kill(_decode_workers(exporter.process.pid)[0], signal.SIGKILL)  # out of memory, say
+        os.kill(decode_workers(exporter.process.pid)[0], signal.SIGKILL)  # out of memory, say
         spans = [new_span(llm_attributes()) for _ in range(20)]
         body = request(spans, "svc-worker-died").SerializeToString()
         answers = [post(exporter.base_url, body).status_code for _ in range(3)]
