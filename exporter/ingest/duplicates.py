@@ -71,6 +71,10 @@ _CHILDREN = "d.trace_id = n.trace_id AND d.parent_span_id = n.span_id"
 _PARENT = "d.trace_id = n.trace_id AND d.span_id = n.parent_span_id"
 _SAME_ID = "d.trace_id = n.trace_id AND d.span_id = n.span_id"
 _TWINS = f"n.rid IS NOT NULL AND {_HAS_RID % 'd'} AND {_RID % 'd'} = n.rid"
+# Spans of one response id read per lookup, on each side of the new span's start: twins of one
+# call start milliseconds apart, and an id that a server gives every call (thousands of stored
+# spans) must not make each lookup read them all (migration 016 indexes the id with the start).
+TWIN_PROBES = 16
 
 
 _PREFERRED_TWIN = f"{_SAME_RESPONSE} AND {_SAME_CALL} AND {_PREFERRED}"
@@ -100,6 +104,17 @@ def _exists(table: str, key: str, condition: str = "true") -> str:
     return f"EXISTS (SELECT FROM {_probe(table, key)} WHERE {condition} OFFSET 0)"
 
 
+def _twins_probe(table: str) -> str:
+    """The spans of the new span's response id in `table` nearest its start: TWIN_PROBES
+    starting with or after it, as many before it, each side an index scan in time order."""
+    sides = (
+        f'(SELECT d.* FROM {table} d WHERE {_TWINS} AND d."timestamp" {op} n."timestamp"'
+        f' ORDER BY d."timestamp" {order} LIMIT {TWIN_PROBES})'
+        for op, order in ((">=", "ASC"), ("<", "DESC"))
+    )
+    return f"({' UNION ALL '.join(sides)}) d"
+
+
 # The spans written just now (`keys`, as storage.call_key makes them); those already set aside
 # before (a replay: removed again, counted nowhere); the stored spans a new one is closer to
 # the wire than (its parent, a response-id twin it is preferred to), each with the new span it
@@ -116,7 +131,7 @@ def _find(any_set_aside: bool, partitions: tuple[str, ...] | None) -> str:
         f"""
    OR EXISTS (SELECT FROM api_call_duplicates d WHERE {_SAME_ID})  -- a replay, at any start
    OR {_exists("api_call_duplicates", _CHILDREN, _SAME_CALL)}
-   OR {_exists("api_call_duplicates", _TWINS, _PREFERRED_TWIN)}"""
+   OR EXISTS (SELECT FROM {_twins_probe("api_call_duplicates")} WHERE {_PREFERRED_TWIN})"""
         if any_set_aside
         else ""
     )
@@ -137,7 +152,7 @@ WITH n AS MATERIALIZED (
 twins AS MATERIALIZED (
     SELECT n.trace_id AS n_trace, n.span_id AS n_span, n."timestamp" AS n_timestamp,
            d.trace_id, d.span_id, d."timestamp", {_PREFERRED} AS preferred
-    FROM n CROSS JOIN LATERAL {_probe(calls, _TWINS)}
+    FROM n CROSS JOIN LATERAL {_twins_probe(calls)}
     WHERE {_SAME_RESPONSE} AND {_SAME_CALL}
 )
 SELECT n.trace_id, n.span_id, n."timestamp", NULL AS by FROM n

@@ -449,3 +449,55 @@ def test_the_lookup_names_the_partitions_whose_bounds_meet_the_spans(database_ur
     searched = set(re.findall(r"FROM (\w+)", asyncio.run(chosen())))
     assert {near, "nexus_test_default"} <= searched
     assert "nexus_test_early" not in searched
+
+
+@pytest.mark.parametrize("any_set_aside", [False, True])
+def test_a_response_id_every_call_shares_costs_a_few_entries_per_lookup(
+    database_url: str, any_set_aside: bool
+) -> None:
+    """A server that answers every call with one fixed id: 20,000 stored spans share it (and as
+    many set aside). Looking for a new span's twins reads the few spans of that id nearest its
+    start, not all of them, so ingest does not slow down as they pile up; and a twin among
+    them (one lying within the other, milliseconds apart) is still found."""
+    fixed = {"gen_ai.response.id": "resp-fixed"}
+    outer = _nested([_chat(output=71, **fixed)], 700)[0]
+    twin = _root(_chat(output=70, **fixed), 700, 10, 400)
+
+    async def read() -> tuple[int, list[Any]]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await conn.execute("SELECT nexus_ensure_partition(%s)", (START.date(),))
+            one_id = _A_DAY_OF_CALLS.replace("'resp-' || g", "'resp-fixed'")
+            await conn.execute(one_id, (START, MODEL))
+            if any_set_aside:
+                await conn.execute(
+                    "INSERT INTO api_call_duplicates SELECT * FROM api_calls"
+                    " WHERE \"timestamp\" > %s - interval '2 hours'",
+                    (START,),
+                )
+            await conn.execute("ANALYZE api_calls")
+            await conn.execute("ANALYZE api_call_duplicates")
+            await write_batch(conn, [_batch([outer])])
+            batch = _batch([twin])
+            await write_batch(conn, [batch])
+            find = await duplicates.find_statement(conn, START, START + timedelta(seconds=700))
+            cursor = await conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
+                {"keys": batch.joined_keys, "window": duplicates.SAME_CALL_WINDOW},
+            )
+            plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
+            kept = await (
+                await conn.execute(
+                    "SELECT span_id, output_tokens FROM api_calls WHERE span_id = ANY(%s)",
+                    ([_span_id(outer), _span_id(twin)],),
+                )
+            ).fetchall()
+            await conn.rollback()
+        return _most_entries(plan), kept
+
+    most_entries, kept = asyncio.run(read())
+    assert most_entries <= duplicates.TWIN_PROBES  # not 20,000
+    assert kept == [(_span_id(twin), 70)]  # the outer span left for its twin, closer to the wire
+
+
+def _most_entries(plan: dict[str, Any]) -> int:
+    return _read_by_finding(plan)[1]
