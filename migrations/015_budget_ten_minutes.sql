@@ -228,7 +228,8 @@ DECLARE
     named text;
     mask int;
 BEGIN
-    -- Only the scopes some budget has: planning 16 branches cost more than most answers.
+    -- Only the scopes some budget has (so no branch needs to check that one does): planning
+    -- 16 branches cost more than most answers.
     FOR mask IN
         SELECT DISTINCT CASE WHEN b.service_name IS NULL THEN 8 ELSE 0 END
                         + CASE WHEN b.provider IS NULL THEN 4 ELSE 0 END
@@ -245,14 +246,13 @@ BEGIN
             'SELECT p.range_id, %s, %s AS scope_mask, sum(t.cost) AS cost,'
             ' sum(t.calls) AS calls, sum(t.unpriced) AS unpriced'
             ' FROM (SELECT piece, piece_start, piece_end%s, sum(cost) AS cost,'
-            ' sum(calls) AS calls, sum(unpriced) AS unpriced FROM piece_total'
-            ' WHERE EXISTS (SELECT FROM budget WHERE scope_mask = %s)%s'
+            ' sum(calls) AS calls, sum(unpriced) AS unpriced FROM piece_total%s'
             ' GROUP BY piece, piece_start, piece_end%s) t'
             ' JOIN range_piece p ON p.piece = t.piece AND p.piece_start = t.piece_start'
             ' AND p.piece_end = t.piece_end GROUP BY p.range_id%s',
-            array_to_string(selected, ', '), mask, named, mask,
+            array_to_string(selected, ', '), mask, named,
             CASE WHEN cardinality(kept) > 0 THEN format(
-                ' AND (%s) IN (SELECT %s FROM budget WHERE scope_mask = %s)',
+                ' WHERE (%s) IN (SELECT %s FROM budget WHERE scope_mask = %s)',
                 array_to_string(kept, ', '), array_to_string(kept, ', '), mask) ELSE '' END,
             named, named);
     END LOOP;

@@ -492,12 +492,8 @@ def test_a_response_id_every_call_shares_costs_a_few_entries_per_lookup(
                 )
             ).fetchall()
             await conn.rollback()
-        return _most_entries(plan), kept
+        return _read_by_finding(plan)[1], kept
 
     most_entries, kept = asyncio.run(read())
     assert most_entries <= duplicates.TWIN_PROBES  # not 20,000
     assert kept == [(_span_id(twin), 70)]  # the outer span left for its twin, closer to the wire
-
-
-def _most_entries(plan: dict[str, Any]) -> int:
-    return _read_by_finding(plan)[1]
