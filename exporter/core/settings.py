@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         "none on a single core; 0 decodes in the exporter process)",
     )
     batch_max_rows: int = Field(default=5000, gt=0, description="rows per database transaction")
+    write_connections: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="database connections ingest stores calls on at once",
+    )
     queue_max_rows: int = Field(
         default=50_000, gt=0, description="rows waiting for the database before ingest says 503"
     )

@@ -74,6 +74,7 @@ class Ingestor:
             metrics,
             batch_max_rows=settings.batch_max_rows,
             queue_max_rows=settings.queue_max_rows,
+            connections=settings.write_connections,
         )
         self.body_bytes_limit = _BODIES_IN_FLIGHT * settings.max_body_bytes
         self.body_share = self.body_bytes_limit // _BODY_SHARES

@@ -23,8 +23,10 @@ unavailable, and the writer answers 503.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import struct
 from array import array
 from collections.abc import Iterable, Sequence
@@ -144,6 +146,10 @@ ROW_ERROR_CLASSES = frozenset({"22", "23", "54"})
 # many writes in one group the rows not yet isolated are refused too, so a batch full of bad
 # rows costs a bounded time, not one transaction per row.
 ISOLATION_MAX_WRITES = 256
+# Transactions PostgreSQL rolled back to break a deadlock are written again, up to this many
+# attempts in all (see _write_whole); past it, the database is treated as unavailable (503).
+WRITE_ATTEMPTS = 5
+_RETRY_PAUSE_SECONDS = (0.05, 0.2)  # before the next attempt, times the attempts made
 # Attributes are stored as one jsonb document of at most this many bytes: past it, the keys
 # that do not fit are left out (in the span's order) and ATTRIBUTES_CUT counts them.
 MAX_ATTRIBUTES_JSON_BYTES = 64 * 1024
@@ -437,7 +443,7 @@ async def write_isolating(
     reported, so it cannot take the rest of its batch, or other requests' rows, down with it.
     Errors that are not about the rows (is_row_error) are raised."""
     try:
-        return await write_batch(conn, batches)
+        return await _write_whole(conn, batches)
     except (psycopg.Error, UnicodeError) as exc:
         if not is_row_error(exc):
             raise
@@ -446,6 +452,29 @@ async def write_isolating(
     keys = [key for batch in batches for key in batch.keys]
     months = frozenset(m for batch in batches for m in batch.months)
     return await _isolate(conn, rows, keys, months, reason, [ISOLATION_MAX_WRITES - 1])
+
+
+async def _write_whole(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> Written:
+    """write_batch, written again when PostgreSQL rolled its transaction back (nothing of it
+    kept) to break a deadlock: two writers storing the same spans in different orders (a
+    batch sent twice at once, reordered) each wait for the other's uncommitted key. The
+    transaction PostgreSQL kept goes on meanwhile; written again at once, the same rows would
+    likely cross it again, so each attempt waits a little longer first (with jitter)."""
+    for attempt in range(1, WRITE_ATTEMPTS):
+        try:
+            return await write_batch(conn, batches)
+        except psycopg.OperationalError as exc:
+            if not _rolled_back(exc):
+                raise
+            log.info("write rolled back by the database (%s): writing it again", exc.sqlstate)
+        await asyncio.sleep(attempt * random.uniform(*_RETRY_PAUSE_SECONDS))
+    return await write_batch(conn, batches)
+
+
+def _rolled_back(exc: psycopg.Error) -> bool:
+    """Whether PostgreSQL rolled the transaction back for it to be tried again (SQLSTATE class
+    40: a deadlock, a serialization failure; psycopg raises the deadlock as OperationalError)."""
+    return (exc.sqlstate or "")[:2] == "40"
 
 
 def _reason(exc: BaseException) -> str:
@@ -476,7 +505,7 @@ async def _isolate(
         writes_left[0] -= 1
         try:
             batch = CallBatch.packed(rows[part], keys[part], months)
-            halves.append(await write_batch(conn, [batch]))
+            halves.append(await _write_whole(conn, [batch]))
         except (psycopg.Error, UnicodeError) as exc:
             if not is_row_error(exc):
                 raise

@@ -1,8 +1,11 @@
-"""The writer ingest hands its calls to: one database connection, one queue, group commit.
+"""The writer ingest hands its calls to: one queue, a few database connections, group commit.
 
-Requests queue their `CallBatch`es; the writer takes whatever is queued (up to a transaction's
-worth of rows), stores it with `write_isolating` in one transaction and answers each request only
-once its rows are committed. A row the database refuses is refused alone; only a database that
+Requests queue their `CallBatch`es; each of the writer's connections takes whatever is queued
+(up to a transaction's worth of rows), stores it with `write_isolating` in one transaction and
+answers each request only once its rows are committed. With one connection PostgreSQL stores on
+one core, whatever the machine has; two write at once (the rule that keeps one row per call
+holds across writers: exporter.ingest.duplicates). A row the database refuses is refused alone;
+a transaction the database rolled back to break a deadlock is written again; only a database that
 cannot be reached makes requests wait for a retry (503).
 """
 
@@ -40,7 +43,7 @@ class _Pending:
 
 
 class CallWriter:
-    """One database connection, one queue, group commit. Answers only after commit."""
+    """A few database connections, one queue, group commit. Answers only after commit."""
 
     def __init__(
         self,
@@ -49,6 +52,7 @@ class CallWriter:
         *,
         batch_max_rows: int = 5000,
         queue_max_rows: int = 50_000,
+        connections: int = 2,
     ) -> None:
         self._url = database_url
         self._metrics = metrics
@@ -56,22 +60,27 @@ class CallWriter:
         self._queue_max_rows = queue_max_rows
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._queued_rows = 0
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._conns: list[psycopg.AsyncConnection[Any] | None] = [None] * connections
         self._months: set[date] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="nexus-call-writer")
+        self._tasks = [
+            asyncio.create_task(self._run(slot), name=f"nexus-call-writer-{slot}")
+            for slot in range(len(self._conns))
+        ]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks = []
         while not self._queue.empty():
             self._queue.get_nowait().future.set_exception(StorageUnavailable("shutting down"))
-        if self._conn:
-            await self._conn.close()
+        for slot in range(len(self._conns)):
+            await self._drop_connection(slot)
 
     @property
     def queued_rows(self) -> int:
@@ -94,40 +103,49 @@ class CallWriter:
         self._queued_rows = rows
         self._metrics.queue_depth.set(rows)
 
-    async def _run(self) -> None:
+    async def _run(self, slot: int) -> None:
         while True:
             group = [await self._queue.get()]
             rows = len(group[0].batch)
             while rows < self._batch_max_rows and not self._queue.empty():
                 group.append(self._queue.get_nowait())
                 rows += len(group[-1].batch)
-            await self._write_group(group)
-            self._set_queued(self._queued_rows - rows)
+            try:
+                await self._write_group(slot, group)
+            finally:
+                self._set_queued(self._queued_rows - rows)
 
-    async def _write_group(self, group: list[_Pending]) -> None:
+    async def _write_group(self, slot: int, group: list[_Pending]) -> None:
         live = [p for p in group if not p.future.done()]  # a timed-out request gave up
         batches = [p.batch for p in live]
         started = time.perf_counter()
         try:
-            conn = await self._connection()
-            await self._ensure_partitions(conn, batches)
-            result = await write_isolating(conn, batches)
+            result = await self._write(slot, batches)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             # Row errors never get here (write_isolating reports them per row, whatever their
             # class): this is the database being unreachable, shutting down, out of resources.
-            await self._drop_connection()
+            await self._drop_connection(slot)
             self._metrics.storage_up.set(0)
             log.warning("database unavailable: %s", exc)
             _fail(live, StorageUnavailable(f"database unavailable: {exc}"))
             return
         except Exception as exc:
             log.exception("writing %d calls failed", sum(len(b) for b in batches))
-            await self._drop_connection()
+            await self._drop_connection(slot)
             self._months.clear()  # a partition may have been dropped under us
             _fail(live, StorageUnavailable(f"write failed: {exc}"))
             return
         self._metrics.storage_up.set(1)
         self._metrics.write_duration.observe(time.perf_counter() - started)
+        self._count(batches, result)
+        _resolve(live, result)
+
+    async def _write(self, slot: int, batches: list[CallBatch]) -> Written:
+        conn = await self._connection(slot)
+        await self._ensure_partitions(conn, batches)
+        return await write_isolating(conn, batches)
+
+    def _count(self, batches: list[CallBatch], result: Written) -> None:
         self._metrics.rows_written.inc(result.stored)
         # Counted over the whole group: a span repeated by two requests of one group is a
         # duplicate too, though only one of them reaches the table.
@@ -145,20 +163,21 @@ class CallWriter:
             self._months.clear()  # in case a partition was dropped under us: check them again
         for totals in result.metrics:
             self._metrics.apply(totals)
-        _resolve(live, result)
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
+    async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
+        conn = self._conns[slot]
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
                 self._url, autocommit=True, connect_timeout=5
             )
-        return self._conn
+            self._conns[slot] = conn
+        return conn
 
-    async def _drop_connection(self) -> None:
-        if self._conn is not None:
+    async def _drop_connection(self, slot: int) -> None:
+        conn, self._conns[slot] = self._conns[slot], None
+        if conn is not None:
             with contextlib.suppress(Exception):
-                await self._conn.close()
-        self._conn = None
+                await conn.close()
 
     async def _ensure_partitions(
         self, conn: psycopg.AsyncConnection[Any], batches: list[CallBatch]
