@@ -9,7 +9,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from exporter.ingest import otlp
 from exporter.ingest.model import TRUNCATED_MARKER
 from exporter.ingest.otlp_wire import MAX_ATTRIBUTE_KEY_CHARS
+from exporter.service import TRIM_SECONDS
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     JSON,
@@ -323,6 +326,51 @@ def test_unique_large_attribute_values_do_not_grow_a_decode_worker(
     # the parsed copy of its values and their decoded text, about 3 x 24 MiB (measured: it
     # kept none). An entry-bounded cache kept all 16 requests' values (measured: 819 MiB).
     assert grown < 96 * 1024 * 1024, f"the decode worker grew by {grown // 1024 // 1024} MiB"
+
+
+BURST_REQUESTS = 32
+BURST_SENDERS = 8
+
+
+def _send_until_taken(base_url: str, body: bytes) -> None:
+    for _ in range(600):
+        response = post(base_url, body)
+        if response.status_code == 200:
+            return
+        assert response.status_code == 503, response.content
+        time.sleep(0.05)
+    raise AssertionError("a burst request was never taken")
+
+
+def test_the_exporter_gives_a_bursts_memory_back(database_url: str, tmp_path: Path) -> None:
+    """Large bodies are copied several times per request, from buffers the allocator keeps
+    for reuse; a burst of them must not leave the exporter at the burst's high-water mark
+    (given back within seconds: service.TRIM_SECONDS)."""
+    exporter = start_exporter(database_url, tmp_path)
+    try:
+        pid = exporter.process.pid
+        spans = [new_span({"blob": os.urandom(8).hex() + "x" * (256 << 10)}) for _ in range(16)]
+        body = request(spans).SerializeToString()  # 4 MiB, none of it an LLM call
+        _send_until_taken(exporter.base_url, body)
+        time.sleep(3 * TRIM_SECONDS)
+        before = _rss_bytes(pid)
+        with ThreadPoolExecutor(BURST_SENDERS) as senders:
+            list(
+                senders.map(
+                    lambda _: _send_until_taken(exporter.base_url, body), range(BURST_REQUESTS)
+                )
+            )
+        peak = _rss_bytes(pid)
+        deadline = time.monotonic() + 10 * TRIM_SECONDS
+        while (after := _rss_bytes(pid)) - before > 24 << 20 and time.monotonic() < deadline:
+            time.sleep(TRIM_SECONDS / 4)
+    finally:
+        exporter.stop()
+    mib = 1 << 20
+    assert after - before <= 24 * mib, (
+        f"the exporter kept {(after - before) // mib} MiB of a burst that took it"
+        f" {(peak - before) // mib} MiB past {before // mib} MiB"
+    )
 
 
 @pytest.mark.parametrize("content_type", ["protobuf", JSON])
