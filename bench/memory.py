@@ -38,6 +38,7 @@ class Soak:
     retry_after_missing: int = 0
     max_queue_rows: float = 0.0
     unavailable: dict[str, int] = field(default_factory=dict)  # 503s by reason
+    transport_errors: dict[str, int] = field(default_factory=dict)  # answers 0, by error
 
 
 class UniqueBatches:
@@ -78,8 +79,10 @@ async def _sender(
     while time.monotonic() < deadline:
         try:
             response = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
             soak.answers[0] = soak.answers.get(0, 0) + 1
+            error = type(exc).__name__
+            soak.transport_errors[error] = soak.transport_errors.get(error, 0) + 1
             continue
         code = response.status_code
         soak.answers[code] = soak.answers.get(code, 0) + 1
@@ -190,7 +193,8 @@ def run(console: Console, seconds: float, senders: int, queue_max_rows: int) -> 
     console.print(
         f"  exporter and decode workers: PSS summed peak {peak:.0f} MB, median {median:.0f} MB"
         f" (RSS summed peak {rss_peak:.0f} MB); {rate:,.0f} spans/s accepted; "
-        f"answers {dict(sorted(soak.answers.items()))} {soak.unavailable}; "
+        f"answers {dict(sorted(soak.answers.items()))} {soak.unavailable}"
+        f"{' ' + str(soak.transport_errors) if soak.transport_errors else ''}; "
         f"queue peak {soak.max_queue_rows:,.0f} rows"
     )
     bounded = soak.max_queue_rows <= queue_max_rows and soak.retry_after_missing == 0

@@ -8,6 +8,7 @@ import ctypes
 import functools
 import gc
 import logging
+import math
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Generator, Sequence
@@ -113,7 +114,11 @@ async def run_servers(
 
 
 def _server_config(served: Served, host: str, limits: ConnectionLimits) -> uvicorn.Config:
-    """uvicorn's h11 server with the deadlines and cap of `limits` (see connection_limits)."""
+    """uvicorn's h11 server with the deadlines and cap of `limits` (see connection_limits).
+    An idle connection stays open as long as a request's head may take to come (10 s by
+    default), not uvicorn's 5 s: that is also the Retry-After of a 503 by default, so a sender
+    waiting it out and sending on the same connection met the server closing it, and lost the
+    request to the race."""
     http, ws = guarded_protocols(limits)
     return uvicorn.Config(
         served.app,
@@ -123,6 +128,7 @@ def _server_config(served: Served, host: str, limits: ConnectionLimits) -> uvico
         lifespan="on",
         http=http,
         ws=ws,
+        timeout_keep_alive=math.ceil(limits.header_timeout),
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from exporter.core.settings import Settings
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import llm_attributes, new_span, post, request
 from tests.support import ExporterProcess, start_exporter
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.e2e
 LARGEST_BODY = 32 * 1024 * 1024  # the default NEXUS_MAX_BODY_BYTES
 # Guards against a hang, not timing assertions: far longer than any deadline set here.
 WAIT_SECONDS = 60.0
+RETRY_AFTER_SECONDS = Settings().retry_after_seconds  # the default, as senders are told
 
 
 def address(exporter: ExporterProcess) -> tuple[str, int]:
@@ -204,3 +206,41 @@ def _wait_for_health(exporter: ExporterProcess) -> None:
                 return
         time.sleep(0.1)
     raise AssertionError("the exporter did not answer after the held connections closed")
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole response (head and Content-Length body); b"" when the server closed."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = (
+            next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            if head
+            else 0
+        )
+        while len(body) < length and (chunk := sock.recv(65536)):
+            body += chunk
+        return head + b"\r\n\r\n" + body if head else b""
+    return b""
+
+
+def test_a_sender_waiting_out_retry_after_finds_its_connection_open(
+    exporter: ExporterProcess,
+) -> None:
+    """A 503 says Retry-After: 5 (the default); a sender that waits that long and sends its next
+    request on the same connection must find it open, not closed under it by the server's
+    idle timeout at the same moment (uvicorn's is 5 s: the request was lost to the race)."""
+    request_head = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with raw_connection(exporter, request_head) as sock:
+        sock.settimeout(WAIT_SECONDS)
+        assert _response(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(RETRY_AFTER_SECONDS + 0.5)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request_head)
+        assert _response(sock).startswith(b"HTTP/1.1 200"), "the idle connection was closed"
