@@ -150,6 +150,12 @@ class ExporterMetrics:
             buckets=WRITE_BUCKETS,
             registry=r,
         )
+        self.writes_rolled_back = Counter(
+            "nexus_exporter_writes_rolled_back",
+            "Write transactions PostgreSQL rolled back to break a deadlock (the same spans"
+            " written at once in two orders), each written again.",
+            registry=r,
+        )
         self.storage_up = Gauge(
             "nexus_exporter_storage_up", "1 when the last database write succeeded.", registry=r
         )

@@ -295,6 +295,7 @@ class Written:
     refused: dict[str, str] = field(default_factory=dict)
     set_aside_keys: set[str] = field(default_factory=set)  # written now, set aside at once
     set_aside: int = 0  # spans set aside now (exporter.ingest.duplicates), these and older
+    rolled_back: int = 0  # transactions PostgreSQL rolled back (deadlocks) and written again
 
 
 def call_row(call: LLMCall, jsonb: bytes | None = None) -> tuple[Any, ...]:
@@ -462,13 +463,18 @@ async def _write_whole(conn: psycopg.AsyncConnection[Any], batches: Sequence[Cal
     likely cross it again, so each attempt waits a little longer first (with jitter)."""
     for attempt in range(1, WRITE_ATTEMPTS):
         try:
-            return await write_batch(conn, batches)
+            written = await write_batch(conn, batches)
         except psycopg.OperationalError as exc:
             if not _rolled_back(exc):
                 raise
             log.info("write rolled back by the database (%s): writing it again", exc.sqlstate)
-        await asyncio.sleep(attempt * random.uniform(*_RETRY_PAUSE_SECONDS))
-    return await write_batch(conn, batches)
+            await asyncio.sleep(attempt * random.uniform(*_RETRY_PAUSE_SECONDS))
+            continue
+        written.rolled_back = attempt - 1
+        return written
+    written = await write_batch(conn, batches)
+    written.rolled_back = WRITE_ATTEMPTS - 1
+    return written
 
 
 def _rolled_back(exc: psycopg.Error) -> bool:
@@ -519,6 +525,7 @@ async def _isolate(
         {key: why for h in halves for key, why in h.refused.items()},
         set().union(*(h.set_aside_keys for h in halves)),
         sum(h.set_aside for h in halves),
+        sum(h.rolled_back for h in halves),
     )
 
 

@@ -147,6 +147,7 @@ class CallWriter:
 
     def _count(self, batches: list[CallBatch], result: Written) -> None:
         self._metrics.rows_written.inc(result.stored)
+        self._metrics.writes_rolled_back.inc(result.rolled_back)
         # Counted over the whole group: a span repeated by two requests of one group is a
         # duplicate too, though only one of them reaches the table.
         rows = sum(len(b) for b in batches)
