@@ -125,12 +125,19 @@ def _storage() -> list[object]:
                 promql(f"histogram_quantile({q}, {_rate(write, 'le')})", f"p{round(q * 100)}")
                 for q in (0.5, 0.99)
             ],
-            "Time to store one batch durably (COPY and commit).",
+            "Time to store one batch durably (COPY and commit).", w=8,
+        ),
+        timeseries_panel(
+            "Writes rolled back", "ops",
+            [promql(_counter_rate("nexus_exporter_writes_rolled_back_total"), "rolled back")],
+            "Write transactions PostgreSQL rolled back to break a deadlock (the same spans"
+            " written at once in two orders), each written again: a few are harmless, a steady"
+            " rate means senders replay batches in parallel.", w=8,
         ),
         timeseries_panel(
             "Exporters up", "short",
             [promql(f"up{INSTANCE}", "{{instance}}")],
-            "1 while Prometheus can scrape the exporter.",
+            "1 while Prometheus can scrape the exporter.", w=8,
         ).min(0).max(1),
     ]  # fmt: skip
 
