@@ -461,20 +461,19 @@ async def _write_whole(conn: psycopg.AsyncConnection[Any], batches: Sequence[Cal
     batch sent twice at once, reordered) each wait for the other's uncommitted key. The
     transaction PostgreSQL kept goes on meanwhile; written again at once, the same rows would
     likely cross it again, so each attempt waits a little longer first (with jitter)."""
-    for attempt in range(1, WRITE_ATTEMPTS):
+    rolled_back = 0
+    while True:
         try:
             written = await write_batch(conn, batches)
         except psycopg.OperationalError as exc:
-            if not _rolled_back(exc):
+            rolled_back += 1
+            if not _rolled_back(exc) or rolled_back == WRITE_ATTEMPTS:
                 raise
             log.info("write rolled back by the database (%s): writing it again", exc.sqlstate)
-            await asyncio.sleep(attempt * random.uniform(*_RETRY_PAUSE_SECONDS))
+            await asyncio.sleep(rolled_back * random.uniform(*_RETRY_PAUSE_SECONDS))
             continue
-        written.rolled_back = attempt - 1
+        written.rolled_back = rolled_back
         return written
-    written = await write_batch(conn, batches)
-    written.rolled_back = WRITE_ATTEMPTS - 1
-    return written
 
 
 def _rolled_back(exc: psycopg.Error) -> bool:
