@@ -100,7 +100,8 @@ SERVE = (
     + TELEGRAM
     + setting_names(
         "otlp_port ingest_token metrics_token prices_file store_content max_body_bytes"
-        " decode_processes batch_max_rows queue_max_rows write_timeout_seconds retry_after_seconds"
+        " decode_processes batch_max_rows write_connections queue_max_rows write_timeout_seconds"
+        " retry_after_seconds"
         " metrics_max_series metrics_max_budgets retention_days digest_time"
     )
 )

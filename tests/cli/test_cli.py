@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import start_exporter
@@ -30,6 +31,17 @@ def test_bad_setting_is_a_cli_error_naming_the_value() -> None:
     result = _cli("serve", "--otlp-port", "99999")
     assert result.returncode == 2
     assert "--otlp-port" in result.stderr and "99999" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "17", "two", "-1"])
+def test_write_connections_out_of_range_is_a_cli_error_naming_the_value(value: str) -> None:
+    """From 1 to 16, as a flag or in the environment; anything else stops serve at once."""
+    flag = _cli("serve", "--write-connections", value)
+    env = _cli("serve", env={**os.environ, "NEXUS_WRITE_CONNECTIONS": value})
+    for result, source in ((flag, "--write-connections"), (env, "NEXUS_WRITE_CONNECTIONS")):
+        assert result.returncode == 2, result.stderr
+        assert f"{source} = '{value}'" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_serve_refuses_a_bad_price_file_with_one_clear_error(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ def test_serve_help_lists_its_settings_with_environment_names_and_defaults() -> 
             "--max-body-bytes",
             "--decode-processes",
             "--batch-max-rows",
+            "--write-connections",
             "--queue-max-rows",
             "--write-timeout-seconds",
             "--retry-after-seconds",
