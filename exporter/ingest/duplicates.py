@@ -104,6 +104,19 @@ def _exists(table: str, key: str, condition: str = "true") -> str:
     return f"EXISTS (SELECT FROM {_probe(table, key)} WHERE {condition} OFFSET 0)"
 
 
+def _another_of_its_response(table: str) -> str:
+    """Whether `table` holds a span other than the new one of its response id starting within
+    SAME_CALL_WINDOW of it: every twin satisfies this, and for an id no other span has (nearly
+    every span) it is one index probe that reads the span's own entry and stops, where the
+    probe of both sides (_twins_probe) is two, each sorted and limited: a fifth of the lookup's
+    cost per span. Only spans for which it holds are probed for their twins."""
+    return (
+        f"EXISTS (SELECT FROM {table} d WHERE {_TWINS}"
+        f' AND d."timestamp" BETWEEN n."timestamp" - %(window)s AND n."timestamp" + %(window)s'
+        " AND (d.trace_id, d.span_id) <> (n.trace_id, n.span_id) OFFSET 0)"
+    )
+
+
 def _twins_probe(table: str) -> str:
     """The spans of the new span's response id in `table` nearest its start: TWIN_PROBES
     starting with or after it, as many before it, each side an index scan in time order."""
@@ -131,7 +144,8 @@ def _find(any_set_aside: bool, partitions: tuple[str, ...] | None) -> str:
         f"""
    OR EXISTS (SELECT FROM api_call_duplicates d WHERE {_SAME_ID})  -- a replay, at any start
    OR {_exists("api_call_duplicates", _CHILDREN, _SAME_CALL)}
-   OR EXISTS (SELECT FROM {_twins_probe("api_call_duplicates")} WHERE {_PREFERRED_TWIN})"""
+   OR ({_another_of_its_response("api_call_duplicates")}
+       AND EXISTS (SELECT FROM {_twins_probe("api_call_duplicates")} WHERE {_PREFERRED_TWIN}))"""
         if any_set_aside
         else ""
     )
@@ -152,7 +166,8 @@ WITH n AS MATERIALIZED (
 twins AS MATERIALIZED (
     SELECT n.trace_id AS n_trace, n.span_id AS n_span, n."timestamp" AS n_timestamp,
            d.trace_id, d.span_id, d."timestamp", {_PREFERRED} AS preferred
-    FROM n CROSS JOIN LATERAL {_twins_probe(calls)}
+    FROM (SELECT * FROM n WHERE {_another_of_its_response(calls)}) n
+    CROSS JOIN LATERAL {_twins_probe(calls)}
     WHERE {_SAME_RESPONSE} AND {_SAME_CALL}
 )
 SELECT n.trace_id, n.span_id, n."timestamp", NULL AS by FROM n

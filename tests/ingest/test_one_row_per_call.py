@@ -429,6 +429,52 @@ def test_finding_a_calls_spans_reads_only_the_months_around_it(
     assert most_entries <= 2  # each lookup finds the span itself at most: not a day of calls
 
 
+def _response_id_probes(plan: dict[str, Any]) -> int:
+    """How many times an executed plan (EXPLAIN ANALYZE, JSON) scanned api_calls' index of
+    response ids (migration 016), over all its loops."""
+    probes, nodes = 0, [plan["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", ()))
+        if "left" in node.get("Index Name", ""):  # named by its expression's function
+            probes += node.get("Actual Loops", 0)
+    return probes
+
+
+def test_a_response_id_no_other_span_has_costs_one_probe(database_url: str) -> None:
+    """Nearly every span's response id is its own: looking for its twins then reads the
+    response-id index once, finds the span itself and stops, instead of reading both sides of
+    its start in time order (two sorted probes). With a day of other ids stored, analyzed."""
+    spans = [_root(_chat(output=40 + i, **{"gen_ai.response.id": f"own-{i}"}), 800, i, 300)
+             for i in range(6)]  # fmt: skip
+
+    async def probes() -> tuple[int, int]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await conn.execute("SELECT nexus_ensure_partition(%s)", (START.date(),))
+            await conn.execute(_A_DAY_OF_CALLS, (START, MODEL))
+            await conn.execute("ANALYZE api_calls")
+            batch = _batch(spans)
+            await write_batch(conn, [batch])
+            find = await duplicates.find_statement(conn, START, START + timedelta(seconds=800))
+            cursor = await conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
+                {"keys": batch.joined_keys, "window": duplicates.SAME_CALL_WINDOW},
+            )
+            plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
+            stored = await (
+                await conn.execute(
+                    "SELECT count(*) FROM api_calls WHERE attributes ->> 'gen_ai.response.id'"
+                    " LIKE 'own-%'"
+                )
+            ).fetchone()
+            await conn.rollback()
+        return _response_id_probes(plan), stored[0]  # type: ignore[index]
+
+    probed, stored = asyncio.run(probes())
+    assert stored == len(spans)  # none of them set aside: no twins
+    assert probed == len(spans)
+
+
 def test_the_lookup_names_the_partitions_whose_bounds_meet_the_spans(database_url: str) -> None:
     """Partitions are chosen by their bounds as the catalogue states them: a default partition
     (any start) is always searched, one that ends long before the spans never."""
