@@ -3,7 +3,7 @@
 Two views. `stage_cpu` runs the exporter's own decode path (what `exporter.ingest.decode.convert`
 and `CallBatch.of` run in a decode worker) one stage at a time over the benchmark's bodies, in
 this process, and times each stage with the process's CPU clock: decode (protobuf to spans),
-normalize, price, encode (binary COPY tuples and keys), metrics (summary and metric totals,
+normalize, price, encode (binary COPY tuples and lookup lines), metrics (summary and metric totals,
 lease settlements). Nothing is added to the exporter to measure it.
 
 `TreeCpu` reads the CPU time the operating system counts for a process and its descendants
@@ -28,7 +28,7 @@ from exporter.ingest.metrics import summarize_calls
 from exporter.ingest.model import LLMCall
 from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.pricing import PriceBook
-from exporter.ingest.storage import CallBatch, call_key, encode_row
+from exporter.ingest.storage import CallBatch, encode_row, lookups_for
 from exporter.ingest.summaries import ten_minute_totals
 
 STAGES = ("decode", "normalize", "price", "encode", "metrics")
@@ -64,8 +64,7 @@ def _time_stages(body: bytes, prices: PriceBook, totals: dict[str, float]) -> in
         price_call(prices, call)
     priced = clock()
     rows = [encode_row(c) for c in calls]
-    keys = [call_key(c.trace_id, c.span_id, c.timestamp) for c in calls]
-    CallBatch.packed(rows, keys, frozenset())
+    CallBatch.packed(rows, lookups_for(calls), frozenset())
     encoded = clock()
     dict(ten_minute_totals(calls))
     summarize_calls(calls)

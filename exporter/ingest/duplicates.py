@@ -78,6 +78,48 @@ TWIN_PROBES = 16
 
 
 _PREFERRED_TWIN = f"{_SAME_RESPONSE} AND {_SAME_CALL} AND {_PREFERRED}"
+_RESPONSE_ID = "gen_ai.response.id"
+_NO_RESPONSE_ID: Any = object()
+# A lookup line's response id when it is not known for sure where the line is made: the row
+# is read for it (and the span looked up whole, as if it had a twin).
+READ_FROM_ROW = "?"
+
+
+def lookup_line(key: str, parent_span_id: str | None, attributes: dict[str, Any]) -> str:
+    """What the lookup needs of a span about to be written, known where it was decoded, as one
+    line: its key (storage.call_key), its parent span id (16 hex characters, or nothing) and
+    its response id as the index holds it (the stored attribute's first RESPONSE_ID_CHARS
+    characters), in hex since any text can be an id; nothing without one, READ_FROM_ROW when
+    it is not text (its stored text is read). An id left out of a row whose attributes were cut
+    to their bound is stored as none: then no span is its twin, and looking for one is only
+    wasted (the span is read whole before anything is decided about it)."""
+    rid = attributes.get(_RESPONSE_ID, _NO_RESPONSE_ID)
+    if rid is _NO_RESPONSE_ID:
+        code = ""
+    elif rid.__class__ is str and "\x00" not in rid:
+        try:
+            code = rid[:RESPONSE_ID_CHARS].encode().hex()
+        except UnicodeEncodeError:  # a lone surrogate: the database refuses the row anyway
+            code = READ_FROM_ROW
+    else:
+        code = READ_FROM_ROW
+    return f"{key}|{parent_span_id or ''}|{code}"
+
+
+def key_of(line: str) -> str:
+    """The key a lookup line starts with."""
+    return line[: line.index("|")]
+
+
+def lookups_of(keys: set[str], lines: Iterable[str]) -> str:
+    """The lookup lines of `keys` among `lines`, one per key, joined: a span sent twice with the
+    same key and something else different is read from its row, as stored (either copy)."""
+    chosen: dict[str, str] = {}
+    for line in lines:
+        key = key_of(line)
+        if key in keys and chosen.setdefault(key, line) != line:
+            chosen[key] = f"{key}||{READ_FROM_ROW}"
+    return "\n".join(chosen.values())
 
 
 def _probe(table: str, key: str) -> str:
@@ -128,10 +170,13 @@ def _twins_probe(table: str) -> str:
     return f"({' UNION ALL '.join(sides)}) d"
 
 
-# The spans written just now (`keys`, as storage.call_key makes them); those already set aside
-# before (a replay: removed again, counted nowhere); the stored spans a new one is closer to
-# the wire than (its parent, a response-id twin it is preferred to), each with the new span it
-# leaves for (`by`); the new spans something stored or set aside is closer to the wire than.
+# The spans written just now (`lookups`, lines of lookup_line) that another stored or set-aside
+# span may share a call with, by the indexes alone (k: a child, the parent, another span of the
+# response id; replays and the like among those set aside), read whole (n): nearly every span
+# has none, and reading each new row back cost half the lookup. Then, of those: the ones set
+# aside before (a replay: removed again, counted nowhere); the stored spans a new one is closer
+# to the wire than (its parent, a response-id twin it is preferred to), each with the new span
+# it leaves for (`by`); the new spans something stored or set aside is closer to the wire than.
 # Every lookup is an index probe per new span (OFFSET 0 keeps each a per-row subplan: never a
 # join that scans a table, whatever the planner's statistics say). Usually finds nothing.
 @functools.lru_cache(maxsize=64)
@@ -140,6 +185,14 @@ def _find(any_set_aside: bool, partitions: tuple[str, ...] | None) -> str:
     api_call_duplicates when it holds no span at all, and (`partitions`) with the lookups in
     api_calls made in these partitions only."""
     calls = "api_calls" if partitions is None else _calls_in(partitions)
+    maybe_set_aside = (
+        f"""
+       OR EXISTS (SELECT FROM api_call_duplicates d WHERE {_SAME_ID} OFFSET 0)
+       OR EXISTS (SELECT FROM api_call_duplicates d WHERE {_CHILDREN} OFFSET 0)
+       OR (n.rid IS NOT NULL AND {_another_of_its_response("api_call_duplicates")})"""
+        if any_set_aside
+        else ""
+    )
     set_aside = (
         f"""
    OR EXISTS (SELECT FROM api_call_duplicates d WHERE {_SAME_ID})  -- a replay, at any start
@@ -150,16 +203,38 @@ def _find(any_set_aside: bool, partitions: tuple[str, ...] | None) -> str:
         else ""
     )
     return f"""
-WITH n AS MATERIALIZED (
-    SELECT a.* FROM unnest(string_to_array(%(keys)s, E'\\n')) AS k(key) CROSS JOIN LATERAL (
+WITH k AS MATERIALIZED (
+    -- convert_from's text takes the collation of its encoding's name ("C"): compared in it,
+    -- the index of response ids (in the default one) could not be used
+    SELECT k.*, CASE WHEN k.rid_code NOT IN ('', '{READ_FROM_ROW}')
+                THEN convert_from(decode(k.rid_code, 'hex'), 'UTF8') COLLATE "default" END AS rid
+    FROM (
+        SELECT split_part(l.line, '|', 1) AS key, substr(l.line, 1, 32) AS trace_id,
+               substr(l.line, 33, 16) AS span_id,
+               timestamptz 'epoch' + split_part(substr(l.line, 49), '|', 1)::int8
+                   * interval '1 microsecond' AS "timestamp",
+               nullif(split_part(l.line, '|', 2), '') AS parent_span_id,
+               split_part(l.line, '|', 3) AS rid_code
+        FROM unnest(string_to_array(%(lookups)s, E'\\n')) AS l(line)
+    ) k
+),
+c AS MATERIALIZED (
+    SELECT n.key FROM k n
+    WHERE n.rid_code = '{READ_FROM_ROW}'
+       OR EXISTS (SELECT FROM {calls} d WHERE {_CHILDREN} OFFSET 0)
+       OR (n.parent_span_id IS NOT NULL AND EXISTS (SELECT FROM {calls} d WHERE {_PARENT} OFFSET 0))
+       OR (n.rid IS NOT NULL AND {_another_of_its_response(calls)}){maybe_set_aside}
+),
+n AS MATERIALIZED (
+    SELECT a.* FROM c CROSS JOIN LATERAL (
         SELECT a.trace_id, a.span_id, a.parent_span_id, a."timestamp", a.provider, a.model,
                a.gen_ai_operation, a.service_name,
                a."timestamp" + a.duration_ms * interval '1 millisecond' AS ended,
                CASE WHEN {_HAS_RID % "a"} THEN {_RID % "a"} END AS rid
         FROM {calls} a
-        WHERE a.trace_id = substr(k.key, 1, 32) AND a.span_id = substr(k.key, 33, 16)
+        WHERE a.trace_id = substr(c.key, 1, 32) AND a.span_id = substr(c.key, 33, 16)
           AND a."timestamp" = timestamptz 'epoch'
-              + substr(k.key, 49)::int8 * interval '1 microsecond'
+              + substr(c.key, 49)::int8 * interval '1 microsecond'
         OFFSET 0
     ) a
 ),
@@ -229,7 +304,7 @@ async def find_statement(
     conn: psycopg.AsyncConnection[Any], first: datetime, last: datetime
 ) -> str:
     """Takes the lock finding is done under, and returns the statement that finds the other
-    spans of the calls of spans starting from `first` to `last` (parameters: keys, window)."""
+    spans of the calls of spans starting from `first` to `last` (parameters: lookups, window)."""
     span = {"low": first - SAME_CALL_WINDOW, "high": last + SAME_CALL_WINDOW}
     async with conn.pipeline():
         await conn.execute(_LOCK)
@@ -241,15 +316,14 @@ async def find_statement(
 
 
 async def resolve(
-    conn: psycopg.AsyncConnection[Any], keys: Iterable[str], first: datetime, last: datetime
+    conn: psycopg.AsyncConnection[Any], lookups: str, first: datetime, last: datetime
 ) -> list[Any]:
     """Applies the rule to the spans just written (their keys; the earliest and latest start
     among them) inside the caller's transaction: the rows that left api_calls, each with
     `set_aside` (False: a replay of a span set aside before) and, for a row stored before,
     `by`: the trace and span id of a span written now that it left for. Usually none."""
-    joined = keys if isinstance(keys, str) else "\n".join(keys)
     find = await find_statement(conn, first, last)
-    found = await conn.execute(find, {"keys": joined, "window": SAME_CALL_WINDOW})
+    found = await conn.execute(find, {"lookups": lookups, "window": SAME_CALL_WINDOW})
     leaving = await found.fetchall()
     if not leaving:
         return []

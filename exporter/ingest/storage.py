@@ -52,7 +52,14 @@ try:
 except ImportError:  # a psycopg without it: the public path, slower, same bytes
     _format_row_binary = None
 
-from exporter.ingest.duplicates import counted_already, facts_of, resolve
+from exporter.ingest.duplicates import (
+    counted_already,
+    facts_of,
+    key_of,
+    lookup_line,
+    lookups_of,
+    resolve,
+)
 from exporter.ingest.leases import LEASE_ID_ATTRIBUTE, RESERVED_ATTRIBUTE, settle, settlements
 from exporter.ingest.metrics import MetricTotals, summarize_calls
 from exporter.ingest.model import LLMCall
@@ -185,14 +192,15 @@ def span_id_of(key: str) -> str:
 
 @dataclass(slots=True)
 class CallBatch:
-    """Calls as the writer takes them: their binary COPY tuples, their keys, and what storing
-    all of them moves (summaries, metrics). Cheap to build where the calls were decoded and to
+    """Calls as the writer takes them: their binary COPY tuples, what finding the other spans of
+    their calls needs of them (their keys first), and what storing all of them moves
+    (summaries, metrics). Cheap to build where the calls were decoded and to
     pass between processes (a few large strings, not a thousand small ones); the writer never
     needs the calls themselves."""
 
     data: bytes  # the binary COPY tuples, one after another
     ends: array[int]  # where each tuple ends in `data`
-    joined_keys: str  # the calls' keys, one per line
+    joined_lookups: str  # duplicates.lookup_line of each call, one per line
     months: frozenset[date]  # the api_calls partitions the rows go to
     totals: Totals | None = None  # ten_minute_totals, for when every row is new
     metrics: MetricTotals | None = None  # summarize_calls, likewise
@@ -205,10 +213,9 @@ class CallBatch:
     def of(cls, calls: Sequence[LLMCall], rows: list[bytes] | None = None) -> CallBatch:
         """The batch of `calls`, whose `rows` (encode_row of each) may be made already."""
         rows = [encode_row(c) for c in calls] if rows is None else rows
-        keys = [call_key(c.trace_id, c.span_id, c.timestamp) for c in calls]
         return cls.packed(
             rows,
-            keys,
+            lookups_for(calls),
             frozenset(d.replace(day=1) for d in {c.timestamp.date() for c in calls}),
             totals=dict(ten_minute_totals(calls)),
             metrics=summarize_calls(calls),
@@ -223,10 +230,10 @@ class CallBatch:
 
     @classmethod
     def packed(
-        cls, rows: Sequence[bytes], keys: Sequence[str], months: frozenset[date], **totals: Any
+        cls, rows: Sequence[bytes], lookups: Sequence[str], months: frozenset[date], **totals: Any
     ) -> CallBatch:
         ends = array("Q", accumulate(map(len, rows)))
-        return cls(b"".join(rows), ends, "\n".join(keys), months, **totals)
+        return cls(b"".join(rows), ends, "\n".join(lookups), months, **totals)
 
     @property
     def rows(self) -> list[bytes]:
@@ -237,8 +244,12 @@ class CallBatch:
         return rows
 
     @property
+    def lookups(self) -> list[str]:
+        return self.joined_lookups.split("\n") if self.ends else []
+
+    @property
     def keys(self) -> list[str]:
-        return self.joined_keys.split("\n") if self.ends else []
+        return [key_of(line) for line in self.lookups]
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -282,6 +293,14 @@ def encode_row(call: LLMCall) -> bytes:
     jsonb = b"\x01" + _json(call.attributes)  # jsonb in binary: its format's version, then JSON
     _format_row_binary(call_row(call, jsonb), _transformer(jsonb_as_bytes=True), out)
     return bytes(out)
+
+
+def lookups_for(calls: Sequence[LLMCall]) -> list[str]:
+    """duplicates.lookup_line of each call."""
+    return [
+        lookup_line(call_key(c.trace_id, c.span_id, c.timestamp), c.parent_span_id, c.attributes)
+        for c in calls
+    ]
 
 
 @dataclass
@@ -351,13 +370,13 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
         try:
             async with conn.transaction():
                 await _copy(conn, _COPY_DIRECT, data)
-                joined_keys = "\n".join(b.joined_keys for b in batches)
+                lookups = "\n".join(b.joined_lookups for b in batches)
                 first = min(b.first for b in batches if b.first)
                 last = max(b.last for b in batches if b.last)
                 await settle(conn, _lease_totals(b.leases for b in batches))
-                gone = await resolve(conn, joined_keys, first, last)
+                gone = await resolve(conn, lookups, first, last)
                 if gone:  # two spans of one call: the summaries from the rows kept
-                    keys = joined_keys.split("\n")
+                    keys = [key_of(line) for line in lookups.split("\n")]
                     return await _keeping(conn, await facts_of(conn, keys), gone, set(keys))
                 totals = merged(b.totals for b in batches if b.totals)
                 await _summarize(conn, totals, first, last, rows)
@@ -367,12 +386,13 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
     async with conn.transaction():
         facts = await _insert_new_only(conn, data)
         await settle(conn, settlements((f.lease_id, f.lease_reserved) for f in facts if f.lease_id))
-        written = [call_key(f.trace_id, f.span_id, f.timestamp) for f in facts]
+        written = {call_key(f.trace_id, f.span_id, f.timestamp) for f in facts}
         gone = []
         if written:
             starts = [f.timestamp for f in facts]
-            gone = await resolve(conn, written, min(starts), max(starts))
-        return await _keeping(conn, facts, gone, set(written))
+            lookups = lookups_of(written, (line for b in batches for line in b.lookups))
+            gone = await resolve(conn, lookups, min(starts), max(starts))
+        return await _keeping(conn, facts, gone, written)
 
 
 async def _keeping(
@@ -450,9 +470,9 @@ async def write_isolating(
             raise
         reason = _reason(exc)
     rows = [row for batch in batches for row in batch.rows]
-    keys = [key for batch in batches for key in batch.keys]
+    lookups = [line for batch in batches for line in batch.lookups]
     months = frozenset(m for batch in batches for m in batch.months)
-    return await _isolate(conn, rows, keys, months, reason, [ISOLATION_MAX_WRITES - 1])
+    return await _isolate(conn, rows, lookups, months, reason, [ISOLATION_MAX_WRITES - 1])
 
 
 async def _write_whole(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> Written:
@@ -489,14 +509,15 @@ def _reason(exc: BaseException) -> str:
 async def _isolate(
     conn: psycopg.AsyncConnection[Any],
     rows: list[bytes],
-    keys: list[str],
+    lookups: list[str],
     months: frozenset[date],
     reason: str,
     writes_left: list[int],
 ) -> Written:
-    """Stores what it can of rows the database refused together, in halves."""
+    """Stores what it can of rows the database refused together (`lookups`: theirs, as
+    CallBatch holds them), in halves."""
     if len(rows) == 1:
-        return Written(set(), [], 0, {keys[0]: reason})
+        return Written(set(), [], 0, {key_of(lookups[0]): reason})
     middle = len(rows) // 2
     halves = []
     for part in (slice(None, middle), slice(middle, None)):
@@ -505,17 +526,17 @@ async def _isolate(
                 f"not stored: the database refused rows written with it ({reason}), and"
                 f" {ISOLATION_MAX_WRITES} writes did not isolate them"
             )
-            halves.append(Written(set(), [], 0, dict.fromkeys(keys[part], why)))
+            halves.append(Written(set(), [], 0, dict.fromkeys(map(key_of, lookups[part]), why)))
             continue
         writes_left[0] -= 1
         try:
-            batch = CallBatch.packed(rows[part], keys[part], months)
+            batch = CallBatch.packed(rows[part], lookups[part], months)
             halves.append(await _write_whole(conn, [batch]))
         except (psycopg.Error, UnicodeError) as exc:
             if not is_row_error(exc):
                 raise
             halves.append(
-                await _isolate(conn, rows[part], keys[part], months, _reason(exc), writes_left)
+                await _isolate(conn, rows[part], lookups[part], months, _reason(exc), writes_left)
             )
     return Written(
         set().union(*(h.new_keys or () for h in halves)),

@@ -5,6 +5,7 @@ arrives first and in whichever request. Through a real `nexus-otel serve` and Po
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import re
 from collections.abc import Sequence
@@ -246,6 +247,43 @@ def test_twins_by_response_id_in_two_traces_store_the_inner(
     assert len(_rows(database_url, [outer, inner, far, overlapping])) == 3
 
 
+# Response ids as a careless or hostile instrumentation writes them: the line that carries
+# each new span's id to the lookup must neither split on nor mangle any of them.
+_AWKWARD_IDS = {
+    "separators": "msg|twin\n2|\\x|",
+    "long multibyte": "é🙂ß" * 60,  # 180 characters: compared on the first 128
+    "a number": 1.5e20,  # not text: its stored text (150000000000000000000) is read for it
+    "cut attributes": "msg_twin_cut",  # the span's attributes too large to be stored whole
+}
+
+
+@pytest.mark.parametrize("kind", list(_AWKWARD_IDS))
+def test_twins_with_an_awkward_response_id_store_the_inner(
+    exporter: ExporterProcess, database_url: str, kind: str
+) -> None:
+    """Twins (one response id, one lying within the other, two traces) are found whatever the
+    id: text with the lookup's separators in it, longer than the part indexed and compared,
+    a number, or on spans whose attributes were too large to be stored whole."""
+    offset = 600 + 10 * list(_AWKWARD_IDS).index(kind)
+    extra: dict[str, Any] = {"gen_ai.response.id": _AWKWARD_IDS[kind]}
+    if kind == "cut attributes":
+        # After the id, 90 kB of kept text (30 attributes of 1,000 three-byte characters, a
+        # kept string's most): past the 64 kB stored, so the last of them are left out.
+        extra.update({f"app.padding.{i}": "€" * 1000 for i in range(30)})
+    outer = _nested([_chat(output=81, **extra)], offset)[0]
+    inner = _nested([{}, _chat(output=80, **extra)], offset)[1]
+    _post(exporter, [outer])
+    _post(exporter, [inner])
+    assert _rows(database_url, [outer, inner]) == [(_span_id(inner), MODEL, 80)]
+    if kind == "cut attributes":
+        cut = query(
+            database_url,
+            "SELECT attributes ->> 'nexus.attributes_left_out' FROM api_calls WHERE span_id = %s",
+            (_span_id(inner),),
+        )
+        assert cut and int(cut[0][0]) > 0
+
+
 @pytest.mark.parametrize("which", ["parent", "child", "both"])
 def test_a_replay_of_either_request_changes_nothing(
     exporter: ExporterProcess, database_url: str, which: str
@@ -316,6 +354,59 @@ def _batch(spans: Sequence[ReadableSpan]) -> CallBatch:
     request = otlp.parse_request(protobuf_body(spans), "application/x-protobuf")
     calls = [to_llm_call(raw) for raw in otlp.iter_raw_spans(request, [])]
     return CallBatch.of([c for c in calls if c is not None])
+
+
+def _calls(spans: Sequence[ReadableSpan]) -> list[Any]:
+    request = otlp.parse_request(protobuf_body(spans), "application/x-protobuf")
+    return [to_llm_call(raw) for raw in otlp.iter_raw_spans(request, [])]
+
+
+@pytest.mark.parametrize("order", ["a first", "b first"])
+def test_one_span_sent_twice_at_once_with_two_response_ids_is_judged_as_stored(
+    database_url: str, order: str
+) -> None:
+    """One span (same ids and start) sent in two requests written together, each copy claiming
+    another response id, one of them a stored span's: one copy is stored, and the stored span
+    leaves for it exactly when the copy stored carries that span's id."""
+    offset = 900 if order == "a first" else 920
+    stored = _calls(_nested([_chat(output=71, **{"gen_ai.response.id": "msg_two_a"})], offset))
+    (copy_a,) = _calls(_nested([{}, _chat(output=70, **{"gen_ai.response.id": "msg_two_a"})],
+                               offset)[1:])  # fmt: skip
+    copy_b = dataclasses.replace(copy_a, attributes={**copy_a.attributes})
+    copy_b.attributes["gen_ai.response.id"] = "msg_two_b"
+    copies = [copy_a, copy_b] if order == "a first" else [copy_b, copy_a]
+
+    async def write() -> list[tuple[Any, ...]]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await write_batch(conn, [CallBatch.of(stored)])
+            await write_batch(conn, [CallBatch.of([c]) for c in copies])
+            rows = await (
+                await conn.execute(
+                    "SELECT span_id, attributes ->> 'gen_ai.response.id' FROM api_calls"
+                    " WHERE span_id = ANY(%s) ORDER BY span_id",
+                    ([stored[0].span_id, copy_a.span_id],),
+                )
+            ).fetchall()
+            await conn.rollback()
+        return rows
+
+    rows = asyncio.run(write())
+    kept_copy = [rid for span_id, rid in rows if span_id == copy_a.span_id]
+    assert len(kept_copy) == 1
+    stored_left = all(span_id != stored[0].span_id for span_id, _ in rows)
+    assert stored_left == (kept_copy[0] == "msg_two_a"), rows
+
+
+def test_lookup_lines_of_one_key_that_differ_read_the_row() -> None:
+    key = "ab" * 16 + "cd" * 8 + "1700000000000000"
+    line = duplicates.lookup_line(key, None, {"gen_ai.response.id": "x"})
+    other = duplicates.lookup_line(key, None, {"gen_ai.response.id": "y"})
+    single = duplicates.lookup_line(key.replace("ab", "ef"), "12" * 8, {})
+    assert duplicates.key_of(line) == key
+    assert duplicates.lookups_of({key}, [line, line]) == line
+    assert duplicates.lookups_of({key}, [line, other, line]) == f"{key}||?"
+    assert duplicates.lookups_of({key}, [single, line]) == line
+    assert single.endswith(f"|{'12' * 8}|")
 
 
 def test_two_writers_storing_one_call_at_once_keep_one_row(database_url: str) -> None:
@@ -418,7 +509,7 @@ def test_finding_a_calls_spans_reads_only_the_months_around_it(
             find = await duplicates.find_statement(conn, START, START)
             cursor = await conn.execute(
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
-                {"keys": batch.joined_keys, "window": duplicates.SAME_CALL_WINDOW},
+                {"lookups": batch.joined_lookups, "window": duplicates.SAME_CALL_WINDOW},
             )
             plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
             await conn.rollback()  # the partitions and rows go: the module's totals stay
@@ -458,7 +549,7 @@ def test_a_response_id_no_other_span_has_costs_one_probe(database_url: str) -> N
             find = await duplicates.find_statement(conn, START, START + timedelta(seconds=800))
             cursor = await conn.execute(
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
-                {"keys": batch.joined_keys, "window": duplicates.SAME_CALL_WINDOW},
+                {"lookups": batch.joined_lookups, "window": duplicates.SAME_CALL_WINDOW},
             )
             plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
             stored = await (
@@ -528,7 +619,7 @@ def test_a_response_id_every_call_shares_costs_a_few_entries_per_lookup(
             find = await duplicates.find_statement(conn, START, START + timedelta(seconds=700))
             cursor = await conn.execute(
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
-                {"keys": batch.joined_keys, "window": duplicates.SAME_CALL_WINDOW},
+                {"lookups": batch.joined_lookups, "window": duplicates.SAME_CALL_WINDOW},
             )
             plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
             kept = await (
