@@ -143,6 +143,16 @@ class QueueFull(StorageUnavailable):
     """More rows are waiting than the queue allows: backpressure, not growth."""
 
 
+class PartlyWritten(Exception):
+    """The database failed (the `__cause__`) while rows refused together were being stored in
+    parts, after some parts were committed (`written`): those rows are stored and must be
+    counted; the others are not, and their requests are to be sent again."""
+
+    def __init__(self, written: Written) -> None:
+        super().__init__(f"{written.stored} rows stored before the database failed")
+        self.written = written
+
+
 # Errors about the rows themselves, not about the database being reachable: retrying the same
 # rows would fail the same way. Told apart by SQLSTATE class, not by exception class: psycopg
 # raises "index row size exceeds maximum" (54000) as OperationalError, like a lost connection.
@@ -519,7 +529,7 @@ async def _isolate(
     if len(rows) == 1:
         return Written(set(), [], 0, {key_of(lookups[0]): reason})
     middle = len(rows) // 2
-    halves = []
+    halves: list[Written] = []
     for part in (slice(None, middle), slice(middle, None)):
         if writes_left[0] <= 0:
             why = (
@@ -530,22 +540,42 @@ async def _isolate(
             continue
         writes_left[0] -= 1
         try:
-            batch = CallBatch.packed(rows[part], lookups[part], months)
-            halves.append(await _write_whole(conn, [batch]))
-        except (psycopg.Error, UnicodeError) as exc:
-            if not is_row_error(exc):
-                raise
-            halves.append(
-                await _isolate(conn, rows[part], lookups[part], months, _reason(exc), writes_left)
-            )
+            halves.append(await _write_part(conn, rows[part], lookups[part], months, writes_left))
+        except PartlyWritten as exc:  # committed deeper down, then the database failed
+            raise PartlyWritten(_joined([*halves, exc.written])) from exc.__cause__
+        except (psycopg.Error, UnicodeError) as exc:  # not about the rows (_write_part)
+            if any(h.stored or h.set_aside or h.rolled_back for h in halves):
+                raise PartlyWritten(_joined(halves)) from exc
+            raise
+    return _joined(halves)
+
+
+async def _write_part(
+    conn: psycopg.AsyncConnection[Any],
+    rows: list[bytes],
+    lookups: list[str],
+    months: frozenset[date],
+    writes_left: list[int],
+) -> Written:
+    """One part of rows refused together, written whole or, refused again, in halves."""
+    try:
+        return await _write_whole(conn, [CallBatch.packed(rows, lookups, months)])
+    except (psycopg.Error, UnicodeError) as exc:
+        if not is_row_error(exc):
+            raise
+        return await _isolate(conn, rows, lookups, months, _reason(exc), writes_left)
+
+
+def _joined(parts: list[Written]) -> Written:
+    """What the parts of one write did, together."""
     return Written(
-        set().union(*(h.new_keys or () for h in halves)),
-        [totals for h in halves for totals in h.metrics],
-        sum(h.stored for h in halves),
-        {key: why for h in halves for key, why in h.refused.items()},
-        set().union(*(h.set_aside_keys for h in halves)),
-        sum(h.set_aside for h in halves),
-        sum(h.rolled_back for h in halves),
+        set().union(*(p.new_keys or () for p in parts)),
+        [totals for p in parts for totals in p.metrics],
+        sum(p.stored for p in parts),
+        {key: why for p in parts for key, why in p.refused.items()},
+        set().union(*(p.set_aside_keys for p in parts)),
+        sum(p.set_aside for p in parts),
+        sum(p.rolled_back for p in parts),
     )
 
 

@@ -24,6 +24,7 @@ import psycopg
 from exporter.ingest.metrics import ExporterMetrics
 from exporter.ingest.storage import (
     CallBatch,
+    PartlyWritten,
     QueueFull,
     StorageUnavailable,
     WriteResult,
@@ -121,13 +122,14 @@ class CallWriter:
         started = time.perf_counter()
         try:
             result = await self._write(slot, batches)
+        except PartlyWritten as exc:  # rows refused, some parts stored, then the database failed
+            self._count_stored(exc.written)
+            await self._unavailable(slot, live, exc.__cause__ or exc)
+            return
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             # Row errors never get here (write_isolating reports them per row, whatever their
             # class): this is the database being unreachable, shutting down, out of resources.
-            await self._drop_connection(slot)
-            self._metrics.storage_up.set(0)
-            log.warning("database unavailable: %s", exc)
-            _fail(live, StorageUnavailable(f"database unavailable: {exc}"))
+            await self._unavailable(slot, live, exc)
             return
         except Exception as exc:
             log.exception("writing %d calls failed", sum(len(b) for b in batches))
@@ -145,15 +147,29 @@ class CallWriter:
         await self._ensure_partitions(conn, batches)
         return await write_isolating(conn, batches)
 
-    def _count(self, batches: list[CallBatch], result: Written) -> None:
+    async def _unavailable(self, slot: int, live: list[_Pending], exc: BaseException) -> None:
+        await self._drop_connection(slot)
+        self._metrics.storage_up.set(0)
+        log.warning("database unavailable: %s", exc)
+        _fail(live, StorageUnavailable(f"database unavailable: {exc}"))
+
+    def _count_stored(self, result: Written) -> None:
+        """The metrics of rows committed. When a write failed after some were (PartlyWritten),
+        this is all that is counted: its requests are answered 503 and sent again, and the
+        rows stored now are duplicates then, never counted again."""
         self._metrics.rows_written.inc(result.stored)
         self._metrics.writes_rolled_back.inc(result.rolled_back)
+        self._metrics.spans_set_aside.inc(result.set_aside)
+        for totals in result.metrics:
+            self._metrics.apply(totals)
+
+    def _count(self, batches: list[CallBatch], result: Written) -> None:
+        self._count_stored(result)
         # Counted over the whole group: a span repeated by two requests of one group is a
         # duplicate too, though only one of them reaches the table.
         rows = sum(len(b) for b in batches)
         not_stored = rows - result.stored - len(result.refused)
         self._metrics.spans_duplicate.inc(not_stored - len(result.set_aside_keys))
-        self._metrics.spans_set_aside.inc(result.set_aside)
         if result.refused:
             log.warning(
                 "the database refused %d rows: %s",
@@ -162,8 +178,6 @@ class CallWriter:
             )
             self._metrics.spans_rejected.labels("refused_by_database").inc(len(result.refused))
             self._months.clear()  # in case a partition was dropped under us: check them again
-        for totals in result.metrics:
-            self._metrics.apply(totals)
 
     async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
         conn = self._conns[slot]

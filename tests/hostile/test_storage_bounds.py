@@ -41,6 +41,7 @@ from exporter.ingest.storage import (
     ISOLATION_MAX_WRITES,
     MAX_ATTRIBUTES_JSON_BYTES,
     CallBatch,
+    StorageUnavailable,
 )
 from exporter.ingest.writer import CallWriter
 from tests.hostile.conftest import stored_span_ids
@@ -156,6 +157,63 @@ async def test_a_row_error_raised_as_operational_error_is_refused_alone(database
     assert metrics.registry.get_sample_value("nexus_exporter_storage_up") == 1
     stored = _ids(spans) - {calls[2].span_id}  # type: ignore[union-attr]
     assert stored_span_ids(database_url, spans) == stored
+
+
+# A database that fails for one row (a trigger raising disk_full, class 53: no row error),
+# the way a disk filling up fails a write whatever its rows.
+_FAIL_FOR_SPAN = """
+CREATE FUNCTION nexus_test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.span_id = %(span_id)s THEN
+        RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER nexus_test_disk_full BEFORE INSERT ON api_calls
+    FOR EACH ROW EXECUTE FUNCTION nexus_test_disk_full();
+"""
+
+
+async def test_rows_stored_before_the_database_fails_mid_isolation_are_counted(
+    database_url: str,
+) -> None:
+    """A refused row splits its write into parts; some parts are committed; then the database
+    fails (disk full). The request is answered 503 and sent again, when the rows already
+    stored are duplicates: so the metrics count them now, once, and the retry adds nothing."""
+    spans = _valid(6)
+    calls = [to_llm_call(raw) for raw in iter_raw_spans(request(spans))]
+    calls[1].model = LONG  # type: ignore[union-attr]  # refused (index row too large)
+    failing = calls[4].span_id  # type: ignore[union-attr]
+    metrics = ExporterMetrics()
+    writer = CallWriter(database_url, metrics, connections=1)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(_FAIL_FOR_SPAN.replace("%(span_id)s", f"'{failing}'"))
+    await writer.start()
+    try:
+        with pytest.raises(StorageUnavailable, match="No space left"):
+            await writer.submit(CallBatch.of(calls))  # type: ignore[arg-type]
+        stored = stored_span_ids(database_url, spans)
+        # Halves of [0, 1, 2] (row 1 refused) were committed; [3, 4, 5] failed on row 4.
+        assert stored == {calls[0].span_id, calls[2].span_id}  # type: ignore[union-attr]
+        assert _counted(metrics) == (2, 2 * 50)
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            await conn.execute("DROP TRIGGER nexus_test_disk_full ON api_calls")
+            await conn.execute("DROP FUNCTION nexus_test_disk_full")
+        retried = await writer.submit(CallBatch.of(calls))  # type: ignore[arg-type]
+    finally:
+        await writer.stop()
+    assert (retried.stored, retried.duplicates, len(retried.refused)) == (3, 2, 1)
+    assert _counted(metrics) == (5, 5 * 50)  # each stored call once
+    assert stored_span_ids(database_url, spans) == _ids(spans) - {calls[1].span_id}  # type: ignore[union-attr]
+
+
+def _counted(metrics: ExporterMetrics) -> tuple[float, float]:
+    """Rows written and output tokens, as the exporter's metrics say."""
+    text = metrics.exposition().decode()
+    return (
+        metric_value(text, "nexus_exporter_rows_written_total"),
+        metric_value(text, "nexus_llm_tokens_total", gen_ai_token_type="output"),
+    )
 
 
 async def test_isolating_refused_rows_is_bounded(
