@@ -171,7 +171,7 @@ def _twins_probe(table: str) -> str:
 
 
 # The spans written just now (`lookups`, lines of lookup_line) that another stored or set-aside
-# span may share a call with, by the indexes alone (k: a child, the parent, another span of the
+# span may share a call with, by the indexes alone (c: a child, the parent, another span of the
 # response id; replays and the like among those set aside), read whole (n): nearly every span
 # has none, and reading each new row back cost half the lookup. Then, of those: the ones set
 # aside before (a replay: removed again, counted nowhere); the stored spans a new one is closer
@@ -318,8 +318,8 @@ async def find_statement(
 async def resolve(
     conn: psycopg.AsyncConnection[Any], lookups: str, first: datetime, last: datetime
 ) -> list[Any]:
-    """Applies the rule to the spans just written (their keys; the earliest and latest start
-    among them) inside the caller's transaction: the rows that left api_calls, each with
+    """Applies the rule to the spans just written (their lookup lines, joined; the earliest
+    and latest start among them) inside the caller's transaction: the rows that left api_calls, each with
     `set_aside` (False: a replay of a span set aside before) and, for a row stored before,
     `by`: the trace and span id of a span written now that it left for. Usually none."""
     find = await find_statement(conn, first, last)
