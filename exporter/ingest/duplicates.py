@@ -319,9 +319,10 @@ async def resolve(
     conn: psycopg.AsyncConnection[Any], lookups: str, first: datetime, last: datetime
 ) -> list[Any]:
     """Applies the rule to the spans just written (their lookup lines, joined; the earliest
-    and latest start among them) inside the caller's transaction: the rows that left api_calls, each with
-    `set_aside` (False: a replay of a span set aside before) and, for a row stored before,
-    `by`: the trace and span id of a span written now that it left for. Usually none."""
+    and latest start among them) inside the caller's transaction: the rows that left
+    api_calls, each with `set_aside` (False: a replay of a span set aside before) and, for a
+    row stored before, `by`: the trace and span id of a span written now that it left for.
+    Usually none."""
     find = await find_statement(conn, first, last)
     found = await conn.execute(find, {"lookups": lookups, "window": SAME_CALL_WINDOW})
     leaving = await found.fetchall()
