@@ -194,3 +194,37 @@ def test_a_worker_that_dies_is_replaced_and_costs_at_most_a_retry(
         database_url, "SELECT count(*) FROM api_calls WHERE service_name = 'svc-worker-died'"
     )
     assert rows == 20
+
+
+_WATCH_WITHOUT_PIDFD = """
+import os, sys
+from exporter.ingest import decode
+del os.pidfd_open  # as on a system without pidfds (macOS): the worker polls instead
+decode._PARENT_CHECK_SECONDS = 0.05
+decode._exit_with(int(sys.argv[1]))
+"""
+
+
+def test_without_pidfds_a_worker_ends_once_the_exporter_is_gone(tmp_path: Path) -> None:
+    """Where the system has no pidfds a worker polls for the exporter (`decode._exists`): it
+    stays while the exporter lives, and ends once it is gone."""
+    import subprocess
+    import sys
+
+    exporter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    root = Path(__file__).resolve().parents[2]
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", _WATCH_WITHOUT_PIDFD, str(exporter.pid)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            watcher.wait(timeout=1.0)  # the exporter lives: the worker stays
+        exporter.kill()
+        exporter.wait()  # reaped, as the exporter's own parent does
+        assert watcher.wait(timeout=10) == 0
+    finally:
+        for process in (exporter, watcher):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
