@@ -68,4 +68,6 @@ def test_the_ingest_benchmark_prints_both_sets_every_run_minimum_median_and_stag
     for stage in ("normalize", "price", "encode", "metrics"):
         assert out.count(f", {stage} ") >= 2, stage
     assert out.count("decode workers ") == 2 and out.count("PostgreSQL ") >= 2
+    # PostgreSQL's CPU against the plain COPY's, the measure a write path is judged by.
+    assert len(re.findall(r"for the plain COPY of the same rows: \d+\.\d\dx\)", out)) == 2
     assert done.returncode == (1 if "│ NO │" in out else 0)
