@@ -89,16 +89,17 @@ def lookup_line(key: str, parent_span_id: str | None, attributes: dict[str, Any]
     """What the lookup needs of a span about to be written, known where it was decoded, as one
     line: its key (storage.call_key), its parent span id (16 hex characters, or nothing) and
     its response id as the index holds it (the stored attribute's first RESPONSE_ID_CHARS
-    characters), in hex since any text can be an id; nothing without one, READ_FROM_ROW when
-    it is not text (its stored text is read). An id left out of a row whose attributes were cut
-    to their bound is stored as none: then no span is its twin, and looking for one is only
-    wasted (the span is read whole before anything is decided about it)."""
+    characters), `=` and the text in hex, since any text can be an id (the empty one too);
+    nothing without one, READ_FROM_ROW when it is not text (its stored text is read). An id
+    left out of a row whose attributes were cut to their bound is stored as none: then no span
+    is its twin, and looking for one is only wasted (the span is read whole before anything is
+    decided about it)."""
     rid = attributes.get(_RESPONSE_ID, _NO_RESPONSE_ID)
     if rid is _NO_RESPONSE_ID:
         code = ""
     elif rid.__class__ is str and "\x00" not in rid:
         try:
-            code = rid[:RESPONSE_ID_CHARS].encode().hex()
+            code = "=" + rid[:RESPONSE_ID_CHARS].encode().hex()
         except UnicodeEncodeError:  # a lone surrogate: the database refuses the row anyway
             code = READ_FROM_ROW
     else:
@@ -206,8 +207,9 @@ def _find(any_set_aside: bool, partitions: tuple[str, ...] | None) -> str:
 WITH k AS MATERIALIZED (
     -- convert_from's text takes the collation of its encoding's name ("C"): compared in it,
     -- the index of response ids (in the default one) could not be used
-    SELECT k.*, CASE WHEN k.rid_code NOT IN ('', '{READ_FROM_ROW}')
-                THEN convert_from(decode(k.rid_code, 'hex'), 'UTF8') COLLATE "default" END AS rid
+    SELECT k.*, CASE WHEN left(k.rid_code, 1) = '='
+                THEN convert_from(decode(substr(k.rid_code, 2), 'hex'), 'UTF8') COLLATE "default"
+                END AS rid
     FROM (
         SELECT split_part(l.line, '|', 1) AS key, substr(l.line, 1, 32) AS trace_id,
                substr(l.line, 33, 16) AS span_id,

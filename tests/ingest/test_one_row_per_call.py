@@ -251,6 +251,7 @@ def test_twins_by_response_id_in_two_traces_store_the_inner(
 # each new span's id to the lookup must neither split on nor mangle any of them.
 _AWKWARD_IDS = {
     "separators": "msg|twin\n2|\\x|",
+    "empty": "",  # an id all the same: "" is one, as stored
     "long multibyte": "é🙂ß" * 60,  # 180 characters: compared on the first 128
     "a number": 1.5e20,  # not text: its stored text (150000000000000000000) is read for it
     "cut attributes": "msg_twin_cut",  # the span's attributes too large to be stored whole
@@ -406,7 +407,12 @@ def test_lookup_lines_of_one_key_that_differ_read_the_row() -> None:
     assert duplicates.lookups_of({key}, [line, line]) == line
     assert duplicates.lookups_of({key}, [line, other, line]) == f"{key}||?"
     assert duplicates.lookups_of({key}, [single, line]) == line
-    assert single.endswith(f"|{'12' * 8}|")
+    assert single.endswith(f"|{'12' * 8}|")  # no response id: nothing to look for by it
+    # Text (the empty text too) in hex after "="; anything else read from the row.
+    assert line == f"{key}||=78"
+    assert duplicates.lookup_line(key, None, {"gen_ai.response.id": ""}) == f"{key}||="
+    assert duplicates.lookup_line(key, None, {"gen_ai.response.id": 7}) == f"{key}||?"
+    assert duplicates.lookup_line(key, None, {"gen_ai.response.id": None}) == f"{key}||?"
 
 
 def test_two_writers_storing_one_call_at_once_keep_one_row(database_url: str) -> None:
