@@ -455,6 +455,21 @@ async def _waiting(
     raise AssertionError("the second writer never waited for the first")
 
 
+async def _finding_plan(
+    conn: psycopg.AsyncConnection[Any], spans: Sequence[ReadableSpan], last: datetime
+) -> dict[str, Any]:
+    """Writes the spans (starting from START to `last`), then runs the statement that finds
+    the other spans of their calls again under EXPLAIN ANALYZE: its executed plan (JSON)."""
+    batch = _batch(spans)
+    await write_batch(conn, [batch])
+    find = await duplicates.find_statement(conn, START, last)
+    cursor = await conn.execute(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
+        {"lookups": batch.joined_lookups, "window": duplicates.SAME_CALL_WINDOW},
+    )
+    return (await cursor.fetchone())[0][0]  # type: ignore[index,no-any-return]
+
+
 def _read_by_finding(plan: dict[str, Any]) -> tuple[set[str], int]:
     """The api_calls partitions an executed plan (EXPLAIN ANALYZE, JSON) read at least once,
     and the most index entries any index scan of it read in one loop."""
@@ -510,14 +525,7 @@ def test_finding_a_calls_spans_reads_only_the_months_around_it(
                 await conn.execute(
                     "INSERT INTO api_call_duplicates SELECT * FROM api_calls LIMIT 1"
                 )
-            batch = _batch([parent, child])
-            await write_batch(conn, [batch])
-            find = await duplicates.find_statement(conn, START, START)
-            cursor = await conn.execute(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
-                {"lookups": batch.joined_lookups, "window": duplicates.SAME_CALL_WINDOW},
-            )
-            plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
+            plan = await _finding_plan(conn, [parent, child], START)
             await conn.rollback()  # the partitions and rows go: the module's totals stay
         return _read_by_finding(plan)
 
@@ -550,14 +558,7 @@ def test_a_response_id_no_other_span_has_costs_one_probe(database_url: str) -> N
             await conn.execute("SELECT nexus_ensure_partition(%s)", (START.date(),))
             await conn.execute(_A_DAY_OF_CALLS, (START, MODEL))
             await conn.execute("ANALYZE api_calls")
-            batch = _batch(spans)
-            await write_batch(conn, [batch])
-            find = await duplicates.find_statement(conn, START, START + timedelta(seconds=800))
-            cursor = await conn.execute(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
-                {"lookups": batch.joined_lookups, "window": duplicates.SAME_CALL_WINDOW},
-            )
-            plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
+            plan = await _finding_plan(conn, spans, START + timedelta(seconds=800))
             stored = await (
                 await conn.execute(
                     "SELECT count(*) FROM api_calls WHERE attributes ->> 'gen_ai.response.id'"
@@ -620,14 +621,7 @@ def test_a_response_id_every_call_shares_costs_a_few_entries_per_lookup(
             await conn.execute("ANALYZE api_calls")
             await conn.execute("ANALYZE api_call_duplicates")
             await write_batch(conn, [_batch([outer])])
-            batch = _batch([twin])
-            await write_batch(conn, [batch])
-            find = await duplicates.find_statement(conn, START, START + timedelta(seconds=700))
-            cursor = await conn.execute(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + find,
-                {"lookups": batch.joined_lookups, "window": duplicates.SAME_CALL_WINDOW},
-            )
-            plan = (await cursor.fetchone())[0][0]  # type: ignore[index]
+            plan = await _finding_plan(conn, [twin], START + timedelta(seconds=700))
             kept = await (
                 await conn.execute(
                     "SELECT span_id, output_tokens FROM api_calls WHERE span_id = ANY(%s)",
