@@ -186,8 +186,7 @@ async def test_rows_stored_before_the_database_fails_mid_isolation_are_counted(
     failing = calls[4].span_id  # type: ignore[union-attr]
     metrics = ExporterMetrics()
     writer = CallWriter(database_url, metrics, connections=1)
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute(_FAIL_FOR_SPAN.replace("%(span_id)s", f"'{failing}'"))
+    await _run_sql(database_url, _FAIL_FOR_SPAN.replace("%(span_id)s", f"'{failing}'"))
     await writer.start()
     try:
         with pytest.raises(StorageUnavailable, match="No space left"):
@@ -196,15 +195,25 @@ async def test_rows_stored_before_the_database_fails_mid_isolation_are_counted(
         # Halves of [0, 1, 2] (row 1 refused) were committed; [3, 4, 5] failed on row 4.
         assert stored == {calls[0].span_id, calls[2].span_id}  # type: ignore[union-attr]
         assert _counted(metrics) == (2, 2 * 50)
-        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            await conn.execute("DROP TRIGGER nexus_test_disk_full ON api_calls")
-            await conn.execute("DROP FUNCTION nexus_test_disk_full")
+        await _run_sql(database_url, _DISK_FREE_AGAIN)
         retried = await writer.submit(CallBatch.of(calls))  # type: ignore[arg-type]
     finally:
+        await _run_sql(database_url, _DISK_FREE_AGAIN)  # whatever failed: the module's tests go on
         await writer.stop()
     assert (retried.stored, retried.duplicates, len(retried.refused)) == (3, 2, 1)
     assert _counted(metrics) == (5, 5 * 50)  # each stored call once
     assert stored_span_ids(database_url, spans) == _ids(spans) - {calls[1].span_id}  # type: ignore[union-attr]
+
+
+_DISK_FREE_AGAIN = (
+    "DROP TRIGGER IF EXISTS nexus_test_disk_full ON api_calls;"
+    " DROP FUNCTION IF EXISTS nexus_test_disk_full"
+)
+
+
+async def _run_sql(database_url: str, statements: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(statements)  # type: ignore[arg-type]
 
 
 def _counted(metrics: ExporterMetrics) -> tuple[float, float]:
