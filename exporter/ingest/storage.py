@@ -473,6 +473,13 @@ async def write_isolating(
     """Like write_batch, but a row the database refuses is split off (by bisection) and
     reported, so it cannot take the rest of its batch, or other requests' rows, down with it.
     Errors that are not about the rows (is_row_error) are raised."""
+    return await _whole_or_in_halves(conn, batches, [ISOLATION_MAX_WRITES - 1])
+
+
+async def _whole_or_in_halves(
+    conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch], writes_left: list[int]
+) -> Written:
+    """The batches written whole or, refused, their rows in halves (_isolate)."""
     try:
         return await _write_whole(conn, batches)
     except (psycopg.Error, UnicodeError) as exc:
@@ -482,7 +489,7 @@ async def write_isolating(
     rows = [row for batch in batches for row in batch.rows]
     lookups = [line for batch in batches for line in batch.lookups]
     months = frozenset(m for batch in batches for m in batch.months)
-    return await _isolate(conn, rows, lookups, months, reason, [ISOLATION_MAX_WRITES - 1])
+    return await _isolate(conn, rows, lookups, months, reason, writes_left)
 
 
 async def _write_whole(conn: psycopg.AsyncConnection[Any], batches: Sequence[CallBatch]) -> Written:
@@ -539,31 +546,16 @@ async def _isolate(
             halves.append(Written(set(), [], 0, dict.fromkeys(map(key_of, lookups[part]), why)))
             continue
         writes_left[0] -= 1
+        half = CallBatch.packed(rows[part], lookups[part], months)
         try:
-            halves.append(await _write_part(conn, rows[part], lookups[part], months, writes_left))
+            halves.append(await _whole_or_in_halves(conn, [half], writes_left))
         except PartlyWritten as exc:  # committed deeper down, then the database failed
             raise PartlyWritten(_joined([*halves, exc.written])) from exc.__cause__
-        except (psycopg.Error, UnicodeError) as exc:  # not about the rows (_write_part)
+        except (psycopg.Error, UnicodeError) as exc:  # not about the rows
             if any(h.stored or h.set_aside or h.rolled_back for h in halves):
                 raise PartlyWritten(_joined(halves)) from exc
             raise
     return _joined(halves)
-
-
-async def _write_part(
-    conn: psycopg.AsyncConnection[Any],
-    rows: list[bytes],
-    lookups: list[str],
-    months: frozenset[date],
-    writes_left: list[int],
-) -> Written:
-    """One part of rows refused together, written whole or, refused again, in halves."""
-    try:
-        return await _write_whole(conn, [CallBatch.packed(rows, lookups, months)])
-    except (psycopg.Error, UnicodeError) as exc:
-        if not is_row_error(exc):
-            raise
-        return await _isolate(conn, rows, lookups, months, _reason(exc), writes_left)
 
 
 def _joined(parts: list[Written]) -> Written:

@@ -413,6 +413,9 @@ def test_lookup_lines_of_one_key_that_differ_read_the_row() -> None:
     assert duplicates.lookup_line(key, None, {"gen_ai.response.id": ""}) == f"{key}||="
     assert duplicates.lookup_line(key, None, {"gen_ai.response.id": 7}) == f"{key}||?"
     assert duplicates.lookup_line(key, None, {"gen_ai.response.id": None}) == f"{key}||?"
+    # Text the database cannot hold (it refuses the row): never sent as an id.
+    for unstorable in ("a\x00b", "a\ud800b"):
+        assert duplicates.lookup_line(key, None, {"gen_ai.response.id": unstorable}) == f"{key}||?"
 
 
 def test_two_writers_storing_one_call_at_once_keep_one_row(database_url: str) -> None:
