@@ -27,6 +27,7 @@ from exporter.ingest.leases import LEASE_ID_ATTRIBUTE, RESERVED_ATTRIBUTE, settl
 from exporter.ingest.metrics import summarize_calls
 from exporter.ingest.model import LLMCall
 from exporter.ingest.normalize import to_llm_call
+from exporter.ingest.not_calls import NotCalls
 from exporter.ingest.pricing import PriceBook
 from exporter.ingest.storage import CallBatch, encode_row, lookups_for
 from exporter.ingest.summaries import ten_minute_totals
@@ -56,7 +57,7 @@ def stage_cpu(passes: Sequence[Sequence[bytes]]) -> dict[str, float]:
 def _time_stages(body: bytes, prices: PriceBook, totals: dict[str, float]) -> int:
     clock = time.process_time
     started = clock()
-    raws = list(otlp.iter_raw_spans(otlp.parse_request(body, otlp.PROTOBUF), []))
+    raws = list(otlp.iter_raw_spans(otlp.parse_request(body, otlp.PROTOBUF), [], NotCalls()))
     decoded = clock()
     calls: list[LLMCall] = [c for c in map(to_llm_call, raws) if c is not None]
     normalized = clock()

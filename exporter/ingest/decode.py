@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from exporter.ingest import otlp
 from exporter.ingest.model import LLMCall, RawSpan
 from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_call
+from exporter.ingest.not_calls import NotCalls
 from exporter.ingest.price_overrides import PriceOverridesError
 from exporter.ingest.pricing import PriceBook
 from exporter.ingest.storage import CallBatch, encode_row
@@ -140,7 +141,8 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
     window = accepted_start_times(datetime.now(UTC), options.retention_days)
     calls: list[LLMCall] = []
     unreadable: list[str] = []  # spans left out of iter_raw_spans, each with its reason
-    spans = otlp.iter_raw_spans(request, unreadable)
+    not_calls = NotCalls()  # spans left out undecoded: no LLM calls
+    spans = otlp.iter_raw_spans(request, unreadable, not_calls)
     while chunk := list(islice(spans, CONVERT_CHUNK)):
         result.received += len(chunk)
         rejected: list[tuple[int, str]] = []  # (the span's place in the chunk, why)
@@ -154,7 +156,8 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
                 calls.append(call)
         rejected.sort(key=itemgetter(0))  # in the spans' order, as a sender reads them
         result.rejections.extend(reason for _, reason in rejected)
-    result.received += len(unreadable)
+    result.received += len(unreadable) + not_calls.count
+    result.ignored += not_calls.count
     result.rejections.extend(unreadable)
     if calls:
         result.batch = _batch(calls, result.rejections)

@@ -105,6 +105,9 @@ _CURRENT_SPELLINGS = tuple(
 )
 _OTHER_SPELLINGS = _TOKEN_KEYS - frozenset(_CURRENT_SPELLINGS)
 _PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM, a.LLM_PROVIDER, a.LLM_SYSTEM)
+# A span is an LLM call only if it carries one of these keys (see _provider): a span without
+# any of them is not read further (and the decode workers skip it undecoded: not_calls).
+CALL_KEYS = (*_PROVIDER_KEYS, a.OPENINFERENCE_SPAN_KIND)
 _TTFC_KEYS = (
     a.NEXUS_TIME_TO_FIRST_CHUNK,
     "gen_ai.response.time_to_first_chunk",

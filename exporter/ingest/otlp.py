@@ -44,6 +44,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # gzip senders may concatenate members (the gzip tool does, appending); a few are plenty, and
 # each costs a new inflater, so a body of thousands of empty members is refused.
 _MAX_GZIP_MEMBERS = 64
+# SDKs batch an instrumentation's spans under its scope: when none of the first this many spans of
+# a scope could be skipped, the rest of the scope is decoded without asking (see iter_raw_spans).
+_SKIP_TRIES = 32
 
 
 # Decoded attributes by their encoded bytes: most key-value pairs (provider, model, operation,
@@ -303,21 +306,37 @@ def any_value(value: AnyValue, depth: int = 0) -> AttributeValue:
     return None
 
 
-def iter_raw_spans(request: Message, unreadable: list[str] | None = None) -> Iterator[RawSpan]:
+def iter_raw_spans(
+    request: Message,
+    unreadable: list[str] | None = None,
+    skip: Callable[[Any], bool] | None = None,
+) -> Iterator[RawSpan]:
     """The spans of a request from `parse_request` (or a plain ExportTraceServiceRequest). A span
     that cannot be read is left out, its rejection ("span <id>: <why>") added to `unreadable`;
-    without that list, it raises PayloadError instead."""
+    without that list, it raises PayloadError instead. A span of a LazyRequest for which
+    `skip(span)` is true is left out undecoded; when it kept the first _SKIP_TRIES spans of a
+    scope (an instrumentation's scope of LLM calls), the rest of that scope is not asked."""
     if isinstance(request, TolerantRequest):
         yield from _iter_tolerant(request, unreadable)
         return
-    read_attributes = encoded_attributes_dict if isinstance(request, LazyRequest) else None
+    read_attributes: Callable[[Any], dict[str, AttributeValue]] = encoded_attributes_dict
+    if not isinstance(request, LazyRequest):
+        read_attributes, skip = attributes_dict, None
     for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
         resource = attributes_dict(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             scope_name = scope_spans.scope.name
+            asking, kept = skip, 0
             for span in scope_spans.spans:
+                if asking is not None:
+                    if asking(span):
+                        kept = -1  # a scope with spans to skip: every span is asked
+                        continue
+                    if kept >= 0:
+                        kept += 1
+                        asking = None if kept == _SKIP_TRIES else asking
                 try:
-                    attributes = (read_attributes or attributes_dict)(span.attributes)
+                    attributes = read_attributes(span.attributes)
                 except UnreadableValue as exc:
                     _refuse(span, str(exc), unreadable)
                     continue

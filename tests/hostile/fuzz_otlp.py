@@ -1,6 +1,7 @@
 """Coverage-guided fuzzing (atheris/libFuzzer) of the OTLP decode and normalize path, in
 process: any bytes either raise the two errors that become a 400 or a partial success, or turn
-into rows PostgreSQL can hold. Run by test_atheris.py; also by hand:
+into rows PostgreSQL can hold; and spans skipped undecoded as no LLM calls are exactly the ones
+that decoding would have found to be none. Run by test_atheris.py; also by hand:
 `python tests/hostile/fuzz_otlp.py -runs=100000 [corpus dir]`."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import atheris
 
 with atheris.instrument_imports():
     from exporter.ingest import otlp
+    from exporter.ingest.model import RawSpan
     from exporter.ingest.normalize import InvalidSpan, to_llm_call
+    from exporter.ingest.not_calls import NotCalls
     from exporter.ingest.storage import COLUMNS, call_row
 
 _LIMIT = 1 << 20
@@ -32,13 +35,29 @@ def one_input(data: bytes) -> None:
         assert 400 <= exc.status < 500
         return
     assert all(reason.startswith("span ") for reason in unreadable), unreadable
-    for raw in raws:
-        try:
-            call = to_llm_call(raw)
-        except InvalidSpan:
-            continue
-        if call is not None:
-            _check_storable(call_row(call))
+    outcomes = [_outcome(raw) for raw in raws]
+    _check_skipping(request, unreadable, outcomes)
+
+
+def _outcome(raw: RawSpan) -> str | None:
+    """What normalizing `raw` gave: None for no call, else the call (or the refusal) as text."""
+    try:
+        call = to_llm_call(raw)
+    except InvalidSpan as exc:
+        return f"refused: {exc}"
+    if call is None:
+        return None
+    _check_storable(call_row(call))
+    return repr(call)  # NaN in its attributes compares equal as text
+
+
+def _check_skipping(request: object, unreadable: list[str], outcomes: list[str | None]) -> None:
+    skip = NotCalls()
+    raws = list(otlp.iter_raw_spans(request, skipped_unreadable := [], skip))  # type: ignore[arg-type]
+    assert skipped_unreadable == unreadable
+    kept = [_outcome(raw) for raw in raws]
+    assert [o for o in kept if o is not None] == [o for o in outcomes if o is not None]
+    assert kept.count(None) + skip.count == outcomes.count(None)
 
 
 def _check_storable(row: tuple) -> None:

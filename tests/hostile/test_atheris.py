@@ -18,6 +18,12 @@ def _seed_corpus(directory: Path) -> None:
     spans = [
         new_span(llm_attributes(**{"gen_ai.usage.cost": 0.25, "url.full": "https://x/?key=k"})),
         new_span(llm_attributes(input_tokens="12", output_tokens=3.0)),
+        # Not LLM calls: skipped undecoded, unless a call's key shows anywhere in them.
+        new_span({"http.request.method": "GET", "url.path": "/v1/chat"}, "GET /v1/chat"),
+        new_span({"db.statement": "SELECT 'gen_ai.system'", "db.system": "postgresql"}),
+        new_span(
+            {"openinference.span.kind": "LLM", "llm.model_name": "m", "llm.token_count.prompt": 9}
+        ),
     ]
     message = request(spans)
     (directory / "protobuf").write_bytes(b"\x01\x00" + message.SerializeToString())
