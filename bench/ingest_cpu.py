@@ -57,7 +57,8 @@ def stage_cpu(passes: Sequence[Sequence[bytes]]) -> dict[str, float]:
 def _time_stages(body: bytes, prices: PriceBook, totals: dict[str, float]) -> int:
     clock = time.process_time
     started = clock()
-    raws = list(otlp.iter_raw_spans(otlp.parse_request(body, otlp.PROTOBUF), [], NotCalls()))
+    not_calls = NotCalls()  # skipped undecoded, as the decode workers do
+    raws = list(otlp.iter_raw_spans(otlp.parse_request(body, otlp.PROTOBUF), [], not_calls))
     decoded = clock()
     calls: list[LLMCall] = [c for c in map(to_llm_call, raws) if c is not None]
     normalized = clock()
@@ -82,7 +83,7 @@ def _time_stages(body: bytes, prices: PriceBook, totals: dict[str, float]) -> in
         strict=True,
     ):  # fmt: skip
         totals[stage] += seconds
-    return len(raws)
+    return len(raws) + not_calls.count
 
 
 @dataclass(frozen=True)
