@@ -153,6 +153,19 @@ class PartlyWritten(Exception):
         self.written = written
 
 
+class RolledBackTooOften(psycopg.OperationalError):
+    """PostgreSQL rolled a write back WRITE_ATTEMPTS times in a row to break deadlocks with
+    other writes of the same spans (the `__cause__`: the last rollback). The database is up:
+    the write's requests are answered 503, to be sent again, and nothing else changes."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"the database rolled the write back on {attempts} attempt{'s' * (attempts != 1)}"
+            " in a row, to break deadlocks with another write of the same spans"
+        )
+        self.attempts = attempts
+
+
 # Errors about the rows themselves, not about the database being reachable: retrying the same
 # rows would fail the same way. Told apart by SQLSTATE class, not by exception class: psycopg
 # raises "index row size exceeds maximum" (54000) as OperationalError, like a lost connection.
@@ -503,9 +516,11 @@ async def _write_whole(conn: psycopg.AsyncConnection[Any], batches: Sequence[Cal
         try:
             written = await write_batch(conn, batches)
         except psycopg.OperationalError as exc:
-            rolled_back += 1
-            if not _rolled_back(exc) or rolled_back == WRITE_ATTEMPTS:
+            if not _rolled_back(exc):
                 raise
+            rolled_back += 1
+            if rolled_back == WRITE_ATTEMPTS:
+                raise RolledBackTooOften(rolled_back) from exc
             log.info("write rolled back by the database (%s): writing it again", exc.sqlstate)
             await asyncio.sleep(rolled_back * random.uniform(*_RETRY_PAUSE_SECONDS))
             continue

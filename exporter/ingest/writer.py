@@ -26,6 +26,7 @@ from exporter.ingest.storage import (
     CallBatch,
     PartlyWritten,
     QueueFull,
+    RolledBackTooOften,
     StorageUnavailable,
     WriteResult,
     Written,
@@ -148,6 +149,11 @@ class CallWriter:
         return await write_isolating(conn, batches)
 
     async def _unavailable(self, slot: int, live: list[_Pending], exc: BaseException) -> None:
+        if isinstance(exc, RolledBackTooOften):  # the database is up: only this write lost
+            self._metrics.writes_rolled_back.inc(exc.attempts)
+            log.warning("%s: its requests are answered 503, to be sent again", exc)
+            _fail(live, StorageUnavailable(f"{exc}: send again"))
+            return
         await self._drop_connection(slot)
         self._metrics.storage_up.set(0)
         log.warning("database unavailable: %s", exc)

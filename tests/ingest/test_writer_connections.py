@@ -107,3 +107,37 @@ async def test_the_same_spans_at_once_in_opposite_orders_are_stored_once(
     assert (
         registry.get_sample_value("nexus_exporter_spans_duplicate_total") == tries * CROSSED_SPANS
     )
+
+
+async def test_a_write_rolled_back_on_every_attempt_is_sent_again_and_the_database_stays_up(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one attempt allowed, the write PostgreSQL rolls back to break the deadlock is not
+    tried again: its request is answered 503 (to be sent again), saying why, and the writer
+    goes on: storage still up, the same connection, the rollback counted. Sent again, its
+    spans are the duplicates of the ones the other write stored."""
+    monkeypatch.setattr(storage, "WRITE_ATTEMPTS", 1)
+    metrics = ExporterMetrics()
+    writer = CallWriter(database_url, metrics, batch_max_rows=CROSSED_SPANS, connections=2)
+    await writer.start()
+    try:
+        for _ in range(CROSSED_TRIES):
+            calls, ids = _calls(CROSSED_SPANS)
+            both = (writer.submit(CallBatch.of(calls)), writer.submit(CallBatch.of(calls[::-1])))
+            results = await asyncio.gather(*both, return_exceptions=True)
+            refused = [r for r in results if isinstance(r, storage.StorageUnavailable)]
+            if refused:
+                break
+        assert len(refused) == 1, "the writes never deadlocked"
+        assert str(refused[0]) == (
+            "the database rolled the write back on 1 attempt in a row, to break deadlocks with"
+            " another write of the same spans: send again"
+        )
+        registry = metrics.registry
+        assert registry.get_sample_value("nexus_exporter_storage_up") == 1
+        assert registry.get_sample_value("nexus_exporter_writes_rolled_back_total") == 1
+        again = await asyncio.wait_for(writer.submit(CallBatch.of(calls)), 60)
+        assert (again.stored, again.duplicates) == (0, CROSSED_SPANS)
+    finally:
+        await writer.stop()
+    assert _stored(database_url, ids) == sorted(ids)
