@@ -1,4 +1,4 @@
-"""Spans that cannot be LLM calls, told from their encoded attributes without decoding them.
+"""Spans that cannot be LLM calls, told from their bytes without decoding their attributes.
 
 Most spans an app's tracing sends are not LLM calls (HTTP, database, queue spans), and their
 attribute values are mostly unique (URLs, statements, sizes): decoding them was most of the
@@ -10,7 +10,8 @@ none of those keys' bytes anywhere (nor does any other part of the span) is no c
 Such a span is skipped only when every one of its attributes is known to decode: a span that
 would be refused for an unreadable attribute is still refused, named, as before. That is known
 when the span parses as a plain OTLP Span (strict UTF-8, every value well formed): a C parse of
-its few hundred bytes, a tenth of decoding them pair by pair.
+its bytes, 1.5 µs for an HTTP span of 25 attributes, which cost 3 µs to decode when every value
+was cached already and about 20 when the values were new.
 """
 
 from __future__ import annotations
