@@ -68,12 +68,13 @@ def test_the_spans_skipped_are_the_ones_decoding_finds_no_calls_and_the_rest_are
     skipped = [
         new_span(_HTTP, "GET /api/posts"),
         new_span({"db.system": "postgresql", "db.statement": "SELECT * FROM t WHERE id = 4471"}),
-        new_span({"gen_ai.sys\x00tem": "groq", "gen_ai.usage.input_tokens": 5}),  # NUL: no key
     ]
     decoded = [
         new_span({"db.statement": "SELECT 'gen_ai.system'"}),  # a call's key, in a value
         new_span(_HTTP, "llm.provider"),  # in its name
         new_span({"openinference.span.kind": "CHAIN"}),  # the key, no LLM kind
+        new_span({"gen_ai.sys\x00tem": "groq", "gen_ai.usage.input_tokens": 5}),  # NUL: no key
+        new_span({"gen_ai.tool.name": "search"}),  # another gen_ai attribute
         new_span(llm_attributes(**{"gen_ai.operation.name": "invoke_agent"})),  # no model call
     ]
     not_utf8 = new_span(_HTTP, "GET /x")
