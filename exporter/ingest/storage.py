@@ -399,7 +399,7 @@ async def write_batch(conn: psycopg.AsyncConnection[Any], batches: Sequence[Call
                 await settle(conn, _lease_totals(b.leases for b in batches))
                 gone = await resolve(conn, lookups, first, last)
                 if gone:  # two spans of one call: the summaries from the rows kept
-                    keys = [key_of(line) for line in lookups.split("\n")]
+                    keys = [key for b in batches for key in b.keys]
                     return await _keeping(conn, await facts_of(conn, keys), gone, set(keys))
                 totals = merged(b.totals for b in batches if b.totals)
                 await _summarize(conn, totals, first, last, rows)

@@ -125,12 +125,12 @@ class CallWriter:
             result = await self._write(slot, batches)
         except PartlyWritten as exc:  # rows refused, some parts stored, then the database failed
             self._count_stored(exc.written)
-            await self._unavailable(slot, live, exc.__cause__ or exc)
+            await self._failed(slot, live, exc.__cause__ or exc)
             return
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             # Row errors never get here (write_isolating reports them per row, whatever their
             # class): this is the database being unreachable, shutting down, out of resources.
-            await self._unavailable(slot, live, exc)
+            await self._failed(slot, live, exc)
             return
         except Exception as exc:
             log.exception("writing %d calls failed", sum(len(b) for b in batches))
@@ -148,7 +148,9 @@ class CallWriter:
         await self._ensure_partitions(conn, batches)
         return await write_isolating(conn, batches)
 
-    async def _unavailable(self, slot: int, live: list[_Pending], exc: BaseException) -> None:
+    async def _failed(self, slot: int, live: list[_Pending], exc: BaseException) -> None:
+        """Answers the write's requests 503: the database is unavailable, or (RolledBackTooOften)
+        only this write could not be stored."""
         if isinstance(exc, RolledBackTooOften):  # the database is up: only this write lost
             self._metrics.writes_rolled_back.inc(exc.attempts)
             log.warning("%s: its requests are answered 503, to be sent again", exc)

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from google.protobuf.internal.encoder import _VarintBytes
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -25,14 +24,19 @@ from exporter.ingest.otlp_wire import MAX_ATTRIBUTE_KEY_CHARS
 from exporter.service import TRIM_SECONDS
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
+    BROKEN_KEY_VALUE,
     JSON,
+    encoded_request,
+    field,
     key_values,
     llm_attributes,
     new_span,
     post,
     rejected_spans,
     request,
+    service_attribute,
     to_json,
+    with_attributes,
 )
 from tests.support import ExporterProcess, decode_workers, query, start_exporter
 
@@ -43,36 +47,11 @@ pytestmark = pytest.mark.e2e
 _DEEP = 120
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field, written by hand: the protobuf library refuses to
-    build the values these tests send."""
-    return bytes([number << 3 | 2]) + _VarintBytes(len(payload)) + payload
-
-
 def _deep_key_value(key: str, levels: int = _DEEP) -> bytes:
-    value = _field(1, b"bottom")  # AnyValue{string_value}
+    value = field(1, b"bottom")  # AnyValue{string_value}
     for _ in range(levels):
-        value = _field(5, _field(1, value))  # AnyValue{array_value{values: [value]}}
-    return _field(1, key.encode()) + _field(2, value)
-
-
-def _with_attributes(span: Span, *encoded: bytes) -> bytes:
-    """The span's bytes with more attributes (field 9) appended, as encoded KeyValues."""
-    return span.SerializeToString() + b"".join(_field(9, item) for item in encoded)
-
-
-def _body(*resources: tuple[list[bytes], list[bytes]]) -> bytes:
-    """An ExportTraceServiceRequest of (resource attributes, spans) pairs, all encoded."""
-    body = b""
-    for attributes, spans in resources:
-        resource = b"".join(_field(1, item) for item in attributes)
-        scope = b"".join(_field(2, span) for span in spans)
-        body += _field(1, _field(1, resource) + _field(2, scope))
-    return body
-
-
-def _service(name: str) -> bytes:
-    return KeyValue(key="service.name", value=AnyValue(string_value=name)).SerializeToString()
+        value = field(5, field(1, value))  # AnyValue{array_value{values: [value]}}
+    return field(1, key.encode()) + field(2, value)
 
 
 def _valid(count: int = 2) -> list[Span]:
@@ -157,10 +136,13 @@ def test_a_value_nested_past_the_parser_limit_is_read_as_deep_as_any(
     stored, the value read down to its eighth level like any value."""
     hostile, other = new_span(llm_attributes()), new_span({"http.method": "GET"})
     valid, beside = _valid(), _valid(1)
-    resource = [_service("deep-resource"), *([_deep_key_value("deep.res")] if in_resource else [])]
-    body = _body(
-        ([_service("deep-spans")], [_with_attributes(hostile, _deep_key_value("deep")),
-                                    _with_attributes(other, _deep_key_value("deep")),
+    resource = [
+        service_attribute("deep-resource"),
+        *([_deep_key_value("deep.res")] if in_resource else []),
+    ]
+    body = encoded_request(
+        ([service_attribute("deep-spans")], [with_attributes(hostile, _deep_key_value("deep")),
+                                    with_attributes(other, _deep_key_value("deep")),
                                     *(s.SerializeToString() for s in valid)]),
         (resource, [s.SerializeToString() for s in beside]),
     )  # fmt: skip
@@ -191,8 +173,6 @@ def test_a_value_nested_past_the_limit_in_json_is_read_as_deep_as_any(
     assert _stored(database_url, hostile)[4]["deep"] == _read_as_deep_as_any()
 
 
-# A KeyValue cut short: its key declares 5 bytes and 2 follow. No reading makes it one.
-_BROKEN = b"\x0a\x05ab"
 _NOT_A_KEY_VALUE = "an attribute is not a valid OTLP KeyValue"
 
 
@@ -204,12 +184,12 @@ def test_an_attribute_that_is_not_a_key_value_rejects_its_span_alone(
     resource's spans is, and the other resources' spans are stored."""
     hostile, valid = new_span(llm_attributes()), _valid()
     orphans, beside = _valid(2), _valid(1)
-    body = _body(
-        ([_service("unreadable")], [_with_attributes(hostile, _BROKEN),
+    body = encoded_request(
+        ([service_attribute("unreadable")], [with_attributes(hostile, BROKEN_KEY_VALUE),
                                     *(s.SerializeToString() for s in valid)]),
-        ([_service("orphans"), *([_BROKEN] if in_resource else [])],
+        ([service_attribute("orphans"), *([BROKEN_KEY_VALUE] if in_resource else [])],
          [s.SerializeToString() for s in orphans]),
-        ([_service("beside")], [s.SerializeToString() for s in beside]),
+        ([service_attribute("beside")], [s.SerializeToString() for s in beside]),
     )  # fmt: skip
     response = post(exporter.base_url, body)
     assert response.status_code == 200, response.content

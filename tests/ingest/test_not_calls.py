@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from google.protobuf.internal.encoder import _VarintBytes
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -15,33 +14,34 @@ from exporter.ingest import decode, otlp
 from exporter.ingest.decode import DecodeOptions, decode_body
 from exporter.ingest.normalize import CALL_KEYS, to_llm_call
 from exporter.ingest.not_calls import NotCalls
-from tests.hostile.payloads import llm_attributes, new_span, request
+from tests.hostile.payloads import (
+    BROKEN_KEY_VALUE,
+    encoded_request,
+    llm_attributes,
+    new_span,
+    request,
+    service_attribute,
+    with_attributes,
+)
 
 _OPTIONS = DecodeOptions(max_body_bytes=32 * 1024 * 1024)
 _HTTP = {"http.request.method": "GET", "url.path": "/api/posts/8317", "http.route": "/api/posts"}
-# Neither reading of it makes a KeyValue: its key declares 5 bytes and 2 follow.
-_BROKEN = b"\x0a\x05ab"
 # A string value that is not UTF-8: read tolerantly (U+FFFD), so decoded, never refused.
 _NOT_UTF8 = b"\x0a\x08url.path\x12\x04\x0a\x02\xff\xfe"
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field, written by hand (for values protobuf refuses)."""
-    return bytes([number << 3 | 2]) + _VarintBytes(len(payload)) + payload
-
-
-def _with_attributes(span: Span, *encoded: bytes) -> bytes:
-    return span.SerializeToString() + b"".join(_field(9, item) for item in encoded)
-
-
 def _body(*scopes: Sequence[Span | bytes]) -> bytes:
-    """One resource with a scope of spans (messages, or their bytes) per argument."""
-    service = KeyValue(key="service.name", value=AnyValue(string_value="s"))
-    resource = _field(1, _field(1, service.SerializeToString()))
-    for spans in scopes:
-        encoded = (s if isinstance(s, bytes) else s.SerializeToString() for s in spans)
-        resource += _field(2, b"".join(_field(2, span) for span in encoded))
-    return _field(1, resource)
+    """A request with a scope of spans (messages, or their bytes) per argument, each scope in a
+    resource of its own."""
+    return encoded_request(
+        *(
+            (
+                [service_attribute("s")],
+                [s if isinstance(s, bytes) else s.SerializeToString() for s in spans],
+            )
+            for spans in scopes
+        )
+    )
 
 
 def _calls() -> list[Span]:
@@ -81,7 +81,9 @@ def test_the_spans_skipped_are_the_ones_decoding_finds_no_calls_and_the_rest_are
     broken = new_span(_HTTP, "GET /broken")
     calls = _calls()
     spans = [*calls, *skipped, *decoded]
-    body = _body([*spans, _with_attributes(not_utf8, _NOT_UTF8), _with_attributes(broken, _BROKEN)])
+    body = _body(
+        [*spans, with_attributes(not_utf8, _NOT_UTF8), with_attributes(broken, BROKEN_KEY_VALUE)]
+    )
 
     skip, unreadable = NotCalls(), []
     raws = list(otlp.iter_raw_spans(otlp.parse_request(body, otlp.PROTOBUF), unreadable, skip))
@@ -117,8 +119,8 @@ def test_a_request_converts_to_the_same_rows_counts_and_refusals_skipping_or_not
     ]
     broken = new_span(_HTTP, "GET /broken")
     body = _body(
-        [*calls[:2], *others[:20], _with_attributes(broken, _BROKEN)],
-        [*others[20:], *calls[2:], _with_attributes(new_span(_HTTP), _NOT_UTF8)],
+        [*calls[:2], *others[:20], with_attributes(broken, BROKEN_KEY_VALUE)],
+        [*others[20:], *calls[2:], with_attributes(new_span(_HTTP), _NOT_UTF8)],
     )
     skipping = _conversion(body)
     monkeypatch.setattr(decode, "NotCalls", _NeverSkips)

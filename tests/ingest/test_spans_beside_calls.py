@@ -11,13 +11,20 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.hostile.conftest import stored_span_ids
-from tests.hostile.payloads import llm_attributes, new_span, post, rejected_spans, request
-from tests.hostile.test_decode_bounds import _body, _service, _with_attributes
+from tests.hostile.payloads import (
+    BROKEN_KEY_VALUE,
+    encoded_request,
+    llm_attributes,
+    new_span,
+    post,
+    rejected_spans,
+    request,
+    service_attribute,
+    with_attributes,
+)
 from tests.support import ExporterProcess, metric_samples
 
 pytestmark = pytest.mark.e2e
-
-_BROKEN = b"\x0a\x05ab"  # a KeyValue whose key declares 5 bytes and has 2
 
 
 def _ignored(exporter: ExporterProcess) -> float:
@@ -65,7 +72,9 @@ def test_a_span_beside_calls_with_an_attribute_that_is_no_key_value_is_refused_n
     exporter: ExporterProcess, database_url: str
 ) -> None:
     broken, call = new_span({"http.request.method": "GET"}, "GET /"), new_span(llm_attributes())
-    body = _body(([_service("beside")], [_with_attributes(broken, _BROKEN), _spans(call)]))
+    body = encoded_request(
+        ([service_attribute("beside")], [with_attributes(broken, BROKEN_KEY_VALUE), _spans(call)])
+    )
     response = post(exporter.base_url, body)
     assert response.status_code == 200, response.content
     assert rejected_spans(response) == 1
