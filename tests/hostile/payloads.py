@@ -91,6 +91,19 @@ def field(number: int, payload: bytes) -> bytes:
     return bytes([number << 3 | 2]) + _VarintBytes(len(payload)) + payload
 
 
+# How deep the tests nest a value: past the protobuf parser's limit of 100 nested messages
+# (each array level is two: AnyValue and ArrayValue) and json_format's limit of 100.
+DEEP = 120
+
+
+def deep_key_value(key: str, levels: int = DEEP) -> bytes:
+    """An encoded KeyValue whose value is an array in an array ... `levels` deep."""
+    value = field(1, b"bottom")  # AnyValue{string_value}
+    for _ in range(levels):
+        value = field(5, field(1, value))  # AnyValue{array_value{values: [value]}}
+    return field(1, key.encode()) + field(2, value)
+
+
 def with_attributes(span: Span, *encoded: bytes) -> bytes:
     """The span's bytes with more attributes (field 9) appended, as encoded KeyValues."""
     return span.SerializeToString() + b"".join(field(9, item) for item in encoded)

@@ -25,9 +25,10 @@ from exporter.service import TRIM_SECONDS
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     BROKEN_KEY_VALUE,
+    DEEP,
     JSON,
+    deep_key_value,
     encoded_request,
-    field,
     key_values,
     llm_attributes,
     new_span,
@@ -41,17 +42,6 @@ from tests.hostile.payloads import (
 from tests.support import ExporterProcess, decode_workers, query, start_exporter
 
 pytestmark = pytest.mark.e2e
-
-# How deep the tests nest a value: past the protobuf parser's limit of 100 nested messages
-# (each array level is two: AnyValue and ArrayValue) and json_format's limit of 100.
-_DEEP = 120
-
-
-def _deep_key_value(key: str, levels: int = _DEEP) -> bytes:
-    value = field(1, b"bottom")  # AnyValue{string_value}
-    for _ in range(levels):
-        value = field(5, field(1, value))  # AnyValue{array_value{values: [value]}}
-    return field(1, key.encode()) + field(2, value)
 
 
 def _valid(count: int = 2) -> list[Span]:
@@ -138,11 +128,11 @@ def test_a_value_nested_past_the_parser_limit_is_read_as_deep_as_any(
     valid, beside = _valid(), _valid(1)
     resource = [
         service_attribute("deep-resource"),
-        *([_deep_key_value("deep.res")] if in_resource else []),
+        *([deep_key_value("deep.res")] if in_resource else []),
     ]
     body = encoded_request(
-        ([service_attribute("deep-spans")], [with_attributes(hostile, _deep_key_value("deep")),
-                                    with_attributes(other, _deep_key_value("deep")),
+        ([service_attribute("deep-spans")], [with_attributes(hostile, deep_key_value("deep")),
+                                    with_attributes(other, deep_key_value("deep")),
                                     *(s.SerializeToString() for s in valid)]),
         (resource, [s.SerializeToString() for s in beside]),
     )  # fmt: skip
@@ -163,7 +153,7 @@ def test_a_value_nested_past_the_limit_in_json_is_read_as_deep_as_any(
     valid = _valid()
     document = to_json(request([hostile, *valid]))
     deep: dict = {"stringValue": "bottom"}
-    for _ in range(_DEEP):
+    for _ in range(DEEP):
         deep = {"arrayValue": {"values": [deep]}}
     text = json.dumps(document).replace('{"stringValue": "DEEP"}', json.dumps(deep))
     response = post(exporter.base_url, text.encode(), JSON)

@@ -16,6 +16,7 @@ from exporter.ingest.normalize import CALL_KEYS, to_llm_call
 from exporter.ingest.not_calls import NotCalls
 from tests.hostile.payloads import (
     BROKEN_KEY_VALUE,
+    deep_key_value,
     encoded_request,
     llm_attributes,
     new_span,
@@ -77,12 +78,17 @@ def test_the_spans_skipped_are_the_ones_decoding_finds_no_calls_and_the_rest_are
         new_span({"gen_ai.tool.name": "search"}),  # another gen_ai attribute
         new_span(llm_attributes(**{"gen_ai.operation.name": "invoke_agent"})),  # no model call
     ]
-    not_utf8 = new_span(_HTTP, "GET /x")
+    not_utf8, deep = new_span(_HTTP, "GET /x"), new_span(_HTTP, "GET /deep")
     broken = new_span(_HTTP, "GET /broken")
     calls = _calls()
     spans = [*calls, *skipped, *decoded]
     body = _body(
-        [*spans, with_attributes(not_utf8, _NOT_UTF8), with_attributes(broken, BROKEN_KEY_VALUE)]
+        [
+            *spans,
+            with_attributes(not_utf8, _NOT_UTF8),
+            with_attributes(deep, deep_key_value("http.route")),  # past the parser's depth
+            with_attributes(broken, BROKEN_KEY_VALUE),
+        ]
     )
 
     skip, unreadable = NotCalls(), []
@@ -90,7 +96,7 @@ def test_the_spans_skipped_are_the_ones_decoding_finds_no_calls_and_the_rest_are
 
     assert skip.count == len(skipped)
     assert [r.span_id for r in raws] == [
-        s.span_id.hex() for s in [*spans, not_utf8] if s not in skipped
+        s.span_id.hex() for s in [*spans, not_utf8, deep] if s not in skipped
     ]
     assert unreadable == [f"span {broken.span_id.hex()}: an attribute is not a valid OTLP KeyValue"]
     # Decoded, the skipped spans are no calls; so are the others but the calls.
