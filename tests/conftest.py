@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,8 @@ from tests.support import ExporterProcess, fresh_database, start_exporter
 os.environ.setdefault("NEXUS_OTEL_RAISE_INTERNAL_ERRORS", "1")
 # Apps under test keep their spools (one per exporter URL) here, not in the user's home; each
 # test exporter listens on a port of its own, so no test drains another's spool.
-os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="nexus-test-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_HOME = tempfile.mkdtemp(prefix="nexus-test-state-")
+atexit.register(shutil.rmtree, _STATE_HOME, ignore_errors=True)  # each run leaves none behind
 
 
 @pytest.fixture(scope="session")
