@@ -74,8 +74,8 @@ def get_range(
     ] = None,
     end: Annotated[datetime | None, Query(description="range end (ISO 8601; default: now)")] = None,
 ) -> TimeRange:
-    end = _aware(end, "end") if end else now
-    start = _aware(start, "start") if start else end - timedelta(days=30)
+    end = aware_moment(end, "end") if end else now
+    start = aware_moment(start, "start") if start else end - timedelta(days=30)
     if start >= end:
         raise unprocessable(("query", "start"), "start must be before end")
     if end - start > MAX_RANGE:
@@ -83,7 +83,9 @@ def get_range(
     return TimeRange(start, end)
 
 
-def _aware(moment: datetime, name: str) -> datetime:
+def aware_moment(moment: datetime, name: str) -> datetime:
+    """A query's instant, refused (422) without an offset: the database server's own time zone
+    would give it a meaning the caller cannot see."""
     if moment.tzinfo is None:
         raise unprocessable(
             ("query", name), f"{name} needs a time zone offset (e.g. 2026-01-01T00:00:00Z)"

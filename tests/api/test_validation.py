@@ -27,6 +27,8 @@ def api(api_client: Callable[..., TestClient]) -> TestClient:
         ("/api/dashboard/stats", {"recent": "1000"}, "less than or equal to 100"),
         ("/api/analytics/carousel-performance", {"sort": "likes"}, "engagement_per_dollar"),
         ("/api/alerts", {"status": "pending"}, "firing"),
+        ("/api/alerts", {"since": "2026-11-20T10:00:00"}, "since needs a time zone offset"),
+        ("/api/alerts", {"since": "0001-01-01T00:00:00Z"}, "between the years 1970 and 2200"),
         ("/api/reports/daily", {"date": "2026-13-01"}, "date"),
         ("/api/reports/yearly", {}, "daily"),
         ("/api/budgets/0/status", {}, "greater than or equal to 1"),

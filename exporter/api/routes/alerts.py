@@ -10,7 +10,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
-from exporter.api.deps import Conn
+from exporter.api.deps import Conn, aware_moment
 
 router = APIRouter(tags=["alerts"])
 
@@ -112,6 +112,8 @@ def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Newest first."""
+    if since is not None:
+        since = aware_moment(since, "since")
     conditions, params = ["true"], []
     for clause, value in (
         ("status = %s", alert_status),
