@@ -40,7 +40,8 @@ from exporter.ingest import otlp
 from exporter.ingest.decode import price_call
 from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.pricing import PriceBook
-from exporter.ingest.storage import _BINARY_SIGNATURE, _BINARY_TRAILER, _COPY_DIRECT, encode_row
+from exporter.ingest.rows import BINARY_SIGNATURE, BINARY_TRAILER, encode_row
+from exporter.ingest.storage import _COPY_DIRECT
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import fresh_database, start_exporter
 
@@ -98,7 +99,7 @@ def _copy_streams(bodies: list[bytes]) -> tuple[list[bytes], int]:
             if call is not None:
                 price_call(prices, call)
                 rows.append(encode_row(call))
-        streams.append(b"".join((_BINARY_SIGNATURE, *rows, _BINARY_TRAILER)))
+        streams.append(b"".join((BINARY_SIGNATURE, *rows, BINARY_TRAILER)))
         count += len(rows)
     return streams, count
 

@@ -29,7 +29,7 @@ from exporter.ingest.model import LLMCall
 from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.not_calls import NotCalls
 from exporter.ingest.pricing import PriceBook
-from exporter.ingest.storage import CallBatch, encode_row, lookups_for
+from exporter.ingest.rows import CallBatch, encode_row, lookups_for
 from exporter.ingest.summaries import ten_minute_totals
 
 STAGES = ("decode", "normalize", "price", "encode", "metrics")

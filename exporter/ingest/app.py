@@ -28,7 +28,8 @@ from exporter.ingest.decode import (
     default_processes,
 )
 from exporter.ingest.metrics import ExporterMetrics
-from exporter.ingest.storage import CallBatch, StorageUnavailable, WriteResult
+from exporter.ingest.rows import CallBatch
+from exporter.ingest.storage import StorageUnavailable, WriteResult
 from exporter.ingest.writer import CallWriter
 from nexus_otel._secrets import scrub_text
 

@@ -35,7 +35,7 @@ from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_
 from exporter.ingest.not_calls import NotCalls
 from exporter.ingest.price_overrides import PriceOverridesError
 from exporter.ingest.pricing import PriceBook
-from exporter.ingest.storage import CallBatch, encode_row
+from exporter.ingest.rows import CallBatch, encode_row
 from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)

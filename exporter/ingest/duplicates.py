@@ -87,7 +87,7 @@ READ_FROM_ROW = "?"
 
 def lookup_line(key: str, parent_span_id: str | None, attributes: dict[str, Any]) -> str:
     """What the lookup needs of a span about to be written, known where it was decoded, as one
-    line: its key (storage.call_key), its parent span id (16 hex characters, or nothing) and
+    line: its key (rows.call_key), its parent span id (16 hex characters, or nothing) and
     its response id as the index holds it (the stored attribute's first RESPONSE_ID_CHARS
     characters), `=` and the text in hex, since any text can be an id (the empty one too);
     nothing without one, READ_FROM_ROW when it is not text (its stored text is read). An id

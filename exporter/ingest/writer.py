@@ -22,15 +22,14 @@ from typing import Any
 import psycopg
 
 from exporter.ingest.metrics import ExporterMetrics
+from exporter.ingest.rows import CallBatch, span_id_of
 from exporter.ingest.storage import (
-    CallBatch,
     PartlyWritten,
     QueueFull,
     RolledBackTooOften,
     StorageUnavailable,
     WriteResult,
     Written,
-    span_id_of,
     write_isolating,
 )
 from nexus_otel._secrets import scrub_text

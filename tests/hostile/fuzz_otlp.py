@@ -16,7 +16,7 @@ with atheris.instrument_imports():
     from exporter.ingest.model import RawSpan
     from exporter.ingest.normalize import InvalidSpan, to_llm_call
     from exporter.ingest.not_calls import NotCalls
-    from exporter.ingest.storage import COLUMNS, call_row
+    from exporter.ingest.rows import COLUMNS, call_row
 
 _LIMIT = 1 << 20
 _ENCODINGS = ("identity", "gzip", "deflate")

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from exporter.ingest.storage import CallBatch, write_isolating
+from exporter.ingest.rows import CallBatch
+from exporter.ingest.storage import write_isolating
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import (
     JSON,

@@ -36,13 +36,8 @@ from exporter.ingest.normalize import (
     to_llm_call,
 )
 from exporter.ingest.otlp import iter_raw_spans
-from exporter.ingest.storage import (
-    ATTRIBUTES_CUT,
-    ISOLATION_MAX_WRITES,
-    MAX_ATTRIBUTES_JSON_BYTES,
-    CallBatch,
-    StorageUnavailable,
-)
+from exporter.ingest.rows import ATTRIBUTES_CUT, MAX_ATTRIBUTES_JSON_BYTES, CallBatch
+from exporter.ingest.storage import ISOLATION_MAX_WRITES, StorageUnavailable
 from exporter.ingest.writer import CallWriter
 from tests.hostile.conftest import stored_span_ids
 from tests.hostile.payloads import llm_attributes, new_span, post, rejected_spans, request

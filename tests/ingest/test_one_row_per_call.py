@@ -25,7 +25,8 @@ from opentelemetry.trace import SpanKind
 
 from exporter.ingest import duplicates, otlp
 from exporter.ingest.normalize import to_llm_call
-from exporter.ingest.storage import CallBatch, write_batch
+from exporter.ingest.rows import CallBatch
+from exporter.ingest.storage import write_batch
 from tests.ingest.otlp_helpers import ns, protobuf_body
 from tests.support import ExporterProcess, float_sum_slack, metric_value, query
 

@@ -18,9 +18,9 @@ from packaging.requirements import Requirement
 from psycopg.copy import Copy, FileWriter
 from psycopg.rows import dict_row
 
-from exporter.ingest import storage
+from exporter.ingest import rows as call_rows
 from exporter.ingest.model import LLMCall
-from exporter.ingest.storage import COLUMN_TYPES, COLUMNS, call_row, encode_row, encode_row_public
+from exporter.ingest.rows import COLUMN_TYPES, COLUMNS, call_row, encode_row, encode_row_public
 
 ROOT = Path(__file__).resolve().parents[2]
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # PostgreSQL's COPY BINARY header
@@ -107,7 +107,7 @@ def test_each_row_is_what_copy_write_row_sends(database_url: str) -> None:
 def test_the_private_row_encoder_is_there_and_psycopg_is_pinned_below_the_next_minor() -> None:
     """psycopg._copy_base.format_row_binary is private: an upgrade may move it. The pin keeps
     installs on the versions tested; this test says so when an upgrade lost it."""
-    assert storage._format_row_binary is not None
+    assert call_rows._format_row_binary is not None
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     pins = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["server"]]
     (psycopg_pin,) = [r for r in pins if r.name == "psycopg"]

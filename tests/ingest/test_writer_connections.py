@@ -15,7 +15,7 @@ from exporter.ingest.metrics import ExporterMetrics
 from exporter.ingest.model import LLMCall
 from exporter.ingest.normalize import to_llm_call
 from exporter.ingest.otlp import iter_raw_spans
-from exporter.ingest.storage import CallBatch
+from exporter.ingest.rows import CallBatch
 from exporter.ingest.writer import CallWriter
 from tests.hostile.payloads import llm_attributes, new_span, request
 from tests.support import query
