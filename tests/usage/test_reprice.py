@@ -267,10 +267,157 @@ def before(calls_stored: list[tuple[Any, ...]], api: TestClient) -> Views:
     return views(api)
 
 
-def test_unpriced_lists_the_models_and_an_overrides_file_for_them(
-    calls_stored: list[tuple[Any, ...]], database_url: str
-) -> None:
-    result = nexus(database_url, "prices", "--unpriced", "--since", str(DAY1))
+# The story's steps, each run once, in this order, whatever order the tests run in (a shuffled
+# run included): each step is a fixture that takes the step before it, and records what the
+# tests look at right after it ran, since later steps change the same rows.
+Seen = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def unpriced_listing(calls_stored: list[tuple[Any, ...]], database_url: str) -> Seen:
+    return {
+        "since_day1": nexus(database_url, "prices", "--unpriced", "--since", str(DAY1)),
+        "since_today": nexus(database_url, "prices", "--unpriced", "--since", str(TODAY)),
+    }
+
+
+@pytest.fixture(scope="module")
+def dry_run(unpriced_listing: Seen, before: Views, database_url: str, overrides: Path) -> Seen:
+    summaries_before = summaries(database_url)
+    result = nexus(
+        database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides), "--dry-run"
+    )
+    return {
+        "result": result,
+        "stored": stored(database_url),
+        "summaries_before": summaries_before,
+        "summaries": summaries(database_url),
+        "revisions": query(database_url, "SELECT count(*) FROM price_revisions"),
+    }
+
+
+@pytest.fixture(scope="module")
+def first_revision(
+    dry_run: Seen, database_url: str, overrides: Path, exporter: ExporterProcess, api: TestClient
+) -> Seen:
+    result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
+    history = nexus(database_url, "reprice", "--history")
+    return {
+        "result": result,
+        "stored": stored(database_url),
+        "price_refs": price_refs(database_url),
+        "summaries": summaries(database_url),
+        "raw_summaries": raw_summaries(database_url),
+        "views": views(api),
+        "revisions": httpx.get(f"{exporter.api_url}/api/prices/revisions", timeout=30).json(),
+        "revision_calls": query(
+            database_url,
+            'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source,'
+            ' price_ref FROM price_revision_calls WHERE revision_id = 1 ORDER BY "timestamp"',
+        ),
+        "metrics": httpx.get(f"{exporter.base_url}/metrics", timeout=30).text,
+        "history": history,
+    }
+
+
+@pytest.fixture(scope="module")
+def second_run(first_revision: Seen, database_url: str, overrides: Path, api: TestClient) -> Seen:
+    before_run = (stored(database_url), summaries(database_url), views(api))
+    result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
+    return {
+        "result": result,
+        "before": before_run,
+        "after": (stored(database_url), summaries(database_url), views(api)),
+        "revisions": query(database_url, "SELECT count(*) FROM price_revisions"),
+    }
+
+
+@pytest.fixture(scope="module")
+def version_only_run(second_run: Seen, database_url: str, overrides: Path) -> Seen:
+    """The listed call's price reference set to another genai-prices version, then a run."""
+    older = "genai-prices 0.0.1 (bundled data)"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            'UPDATE api_calls SET price_ref = %s WHERE "timestamp" = %s', (older, LISTED.start)
+        )
+    before_run = (stored(database_url), price_refs(database_url))
+    result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
+    return {
+        "older": older,
+        "result": result,
+        "before": before_run,
+        "after": (stored(database_url), price_refs(database_url)),
+        "revisions": query(database_url, "SELECT count(*) FROM price_revisions"),
+    }
+
+
+@pytest.fixture(scope="module")
+def filtered_runs(
+    version_only_run: Seen,
+    database_url: str,
+    exporter: ExporterProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Seen:
+    """A raised price for acme-unpriced-*: a run for another model, then the run for it."""
+    raised = tmp_path_factory.mktemp("raised") / "raised.yaml"
+    raised.write_text(OVERRIDES.replace("input_mtok: 3", "input_mtok: 4"))
+    since = ("--since", str(DAY1), "--prices-file", str(raised))
+    other = nexus(database_url, "reprice", *since, "--model", "acme-later-*")
+    result = nexus(
+        database_url, "reprice", *since, "--model", "ACME-UNPRICED-*", "--provider", "openai",
+        "--include-provider-costs",
+    )  # fmt: skip
+    return {
+        "raised": raised,
+        "other": other,
+        "result": result,
+        "revision_calls": query(
+            database_url,
+            'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source'
+            ' FROM price_revision_calls WHERE revision_id = 2 ORDER BY "timestamp"',
+        ),
+        "stored": stored(database_url),
+        "price_refs": price_refs(database_url),
+        "summaries": summaries(database_url),
+        "raw_summaries": raw_summaries(database_url),
+        "latest": httpx.get(
+            f"{exporter.api_url}/api/prices/revisions", params={"limit": 1}, timeout=30
+        ).json(),
+    }
+
+
+@pytest.fixture(scope="module")
+def entry_removed(
+    filtered_runs: Seen, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Seen:
+    """The acme-unpriced-* entry removed from the file, then a run."""
+    removed = tmp_path_factory.mktemp("removed") / "removed.yaml"
+    removed.write_text(OVERRIDES.split("  - model: acme-unpriced-*")[0])
+    before_run = {r[0]: r[2] for r in stored(database_url)}
+    result = nexus(
+        database_url, "reprice", "--since", str(DAY1), "--prices-file", str(removed),
+        "--include-provider-costs",
+    )  # fmt: skip
+    return {
+        "before": before_run,
+        "result": result,
+        "revision_calls": query(
+            database_url,
+            'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source'
+            ' FROM price_revision_calls WHERE revision_id = 3 ORDER BY "timestamp"',
+        ),
+        "price_refs": price_refs(database_url),
+        "revision": query(
+            database_url,
+            "SELECT calls_changed, newly_priced, newly_unpriced FROM price_revisions WHERE id = 3",
+        ),
+        "summaries": summaries(database_url),
+        "raw_summaries": raw_summaries(database_url),
+    }
+
+
+def test_unpriced_lists_the_models_and_an_overrides_file_for_them(unpriced_listing: Seen) -> None:
+    result = unpriced_listing["since_day1"]
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout) == {
         "models": [
@@ -282,18 +429,15 @@ def test_unpriced_lists_the_models_and_an_overrides_file_for_them(
     assert "# 2 calls, 7000 input and 1100 output tokens" in result.stdout
     assert f"nexus-otel reprice --since {DAY1}" in result.stdout
     # Later than every call: nothing unpriced.
-    later = nexus(database_url, "prices", "--unpriced", "--since", str(TODAY))
+    later = unpriced_listing["since_today"]
     assert (later.returncode, later.stdout) == (0, "")
     assert f"every call since {TODAY} has a price" in later.stderr
 
 
 def test_dry_run_shows_the_changes_and_changes_nothing(
-    calls_stored: list[tuple[Any, ...]], database_url: str, overrides: Path, before: Views
+    dry_run: Seen, calls_stored: list[tuple[Any, ...]]
 ) -> None:
-    summaries_before = summaries(database_url)
-    result = nexus(
-        database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides), "--dry-run"
-    )
+    result = dry_run["result"]
     assert result.returncode == 0, result.stderr
     assert "dry run: nothing was changed" in result.stderr
     cells = [[cell.strip() for cell in line.split("│")[1:-1]]
@@ -303,28 +447,27 @@ def test_dry_run_shows_the_changes_and_changes_nothing(
         ["openai", LATER, "1", "1", "$0", "$0.016", "$0.016"],
         ["openai", UNPRICED, "3", "3", "$0", "$0.035937", "$0.035937"],
     ]
-    assert stored(database_url) == calls_stored
-    assert summaries(database_url) == summaries_before
-    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(0,)]
+    assert dry_run["stored"] == calls_stored
+    assert dry_run["summaries"] == dry_run["summaries_before"]
+    assert dry_run["revisions"] == [(0,)]
 
 
 def test_reprice_prices_the_calls_and_everything_moves_by_the_same_amount(
+    first_revision: Seen,
     calls_stored: list[tuple[Any, ...]],
-    database_url: str,
     overrides: Path,
-    exporter: ExporterProcess,
-    api: TestClient,
     before: Views,
 ) -> None:
-    result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
+    seen = first_revision
+    result = seen["result"]
     assert result.returncode == 0, result.stderr
     assert "revision 1 applied: 4 calls repriced" in result.stderr
-    rows = stored(database_url)
+    rows = seen["stored"]
     assert [(r[0], r[2], r[3]) for r in rows] == [
         (c.start, c.expected, "override" if c.expected is not None else None) for c in CALLS
     ] + [(r[0], r[2], r[3]) for r in calls_stored[5:]]
     # Each repriced call says which entry priced it; the calls left alone keep theirs.
-    assert price_refs(database_url) == [
+    assert seen["price_refs"] == [
         (c.start, "override", override_ref(overrides, c.model)) if c.expected is not None
         else (c.start, None, None)
         for c in CALLS
@@ -332,14 +475,14 @@ def test_reprice_prices_the_calls_and_everything_moves_by_the_same_amount(
         (PROVIDER_CHARGED.start, "provider", "gen_ai.usage.cost.amount"),
         (LISTED.start, "genai-prices", GENAI_PRICES),
     ]  # fmt: skip
-    assert summaries(database_url) == raw_summaries(database_url)
-    after = views(api)
+    assert seen["summaries"] == seen["raw_summaries"]
+    after = seen["views"]
     assert after.today_cost == api_usd(Decimal(str(before.today_cost)) + DAY2_NEW)
     assert (before.today_unpriced, after.today_unpriced) == (2, 0)
     assert after.budget_spend == api_usd(Decimal(str(before.budget_spend)) + DAY2_NEW)
     assert (before.day1_report_cost, after.day1_report_cost) == (0, api_usd(DAY1_NEW))
     # The record: one revision, per model, and each call's previous and new cost.
-    [revision] = httpx.get(f"{exporter.api_url}/api/prices/revisions", timeout=30).json()
+    [revision] = seen["revisions"]
     assert {k: revision[k] for k in ("id", "calls_examined", "calls_changed", "newly_priced",
                                       "newly_unpriced", "old_cost_usd", "new_cost_usd",
                                       "net_usd", "model_pattern", "provider")} == {
@@ -355,58 +498,41 @@ def test_reprice_prices_the_calls_and_everything_moves_by_the_same_amount(
         ("openai", LATER, 1, api_usd(CALLS[4].expected)),  # type: ignore[arg-type]
         ("openai", UNPRICED, 3, api_usd(NEW_COST - CALLS[4].expected)),  # type: ignore[operator]
     ]  # fmt: skip
-    assert query(
-        database_url,
-        'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source,'
-        ' price_ref FROM price_revision_calls WHERE revision_id = 1 ORDER BY "timestamp"',
-    ) == [
+    assert seen["revision_calls"] == [
         (c.start, None, None, c.expected, "override", override_ref(overrides, c.model))
         for c in CALLS if c.expected is not None
     ]  # fmt: skip
     # The counter keeps what it counted; the revisions' net amount is its own gauge.
-    metrics = httpx.get(f"{exporter.base_url}/metrics", timeout=30).text
+    metrics = seen["metrics"]
     assert metric_value(
         metrics, "nexus_llm_cost_revisions_usd", gen_ai_request_model=UNPRICED
     ) == api_usd(NEW_COST - CALLS[4].expected)  # type: ignore[operator]
     assert metric_value(
         metrics, "nexus_llm_cost_revisions_usd", gen_ai_request_model=LATER
     ) == api_usd(CALLS[4].expected)  # type: ignore[arg-type]
-    history = nexus(database_url, "reprice", "--history")
+    history = seen["history"]
     assert history.returncode == 0, history.stderr
     assert "$0.051937" in history.stdout and f"{DAY1} to {TODAY}" in history.stdout
 
 
-def test_a_second_reprice_with_nothing_new_changes_nothing(
-    database_url: str, overrides: Path, api: TestClient
-) -> None:
-    test_reprice_is_applied = query(database_url, "SELECT count(*) FROM price_revisions")
-    assert test_reprice_is_applied == [(1,)]
-    rows, totals, answers = stored(database_url), summaries(database_url), views(api)
-    result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
+def test_a_second_reprice_with_nothing_new_changes_nothing(second_run: Seen) -> None:
+    result = second_run["result"]
     assert result.returncode == 0, result.stderr
     assert "nothing to change: every call already has these prices" in result.stderr
-    assert (stored(database_url), summaries(database_url), views(api)) == (rows, totals, answers)
-    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
+    assert second_run["after"] == second_run["before"]
+    assert second_run["revisions"] == [(1,)]
 
 
-def test_a_call_whose_cost_stays_keeps_its_price_reference(
-    database_url: str, overrides: Path, api: TestClient
-) -> None:
+def test_a_call_whose_cost_stays_keeps_its_price_reference(version_only_run: Seen) -> None:
     """A call priced by another genai-prices version at the same cost is not changed: its
     reference still reproduces its cost, and no revision records a change of version alone."""
-    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
-    older = "genai-prices 0.0.1 (bundled data)"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            'UPDATE api_calls SET price_ref = %s WHERE "timestamp" = %s', (older, LISTED.start)
-        )
-    rows, refs = stored(database_url), price_refs(database_url)
-    assert (LISTED.start, "genai-prices", older) in refs
-    result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
+    seen = version_only_run
+    assert (LISTED.start, "genai-prices", seen["older"]) in seen["before"][1]
+    result = seen["result"]
     assert result.returncode == 0, result.stderr
     assert "nothing to change: every call already has these prices" in result.stderr
-    assert (stored(database_url), price_refs(database_url)) == (rows, refs)
-    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
+    assert seen["after"] == seen["before"]
+    assert seen["revisions"] == [(1,)]
 
 
 @pytest.mark.parametrize(
@@ -427,23 +553,14 @@ def test_bad_arguments_are_one_line_errors(
     assert (result.returncode, result.stderr.strip()) == (2, message)
 
 
-def test_filters_pick_the_calls_and_each_row_keeps_its_previous_cost(
-    database_url: str, overrides: Path, exporter: ExporterProcess, tmp_path: Path
-) -> None:
+def test_filters_pick_the_calls_and_each_row_keeps_its_previous_cost(filtered_runs: Seen) -> None:
     """A raised price for acme-unpriced-*: a run for another model changes nothing; the run for
     it (a pattern in other case, the provider named) changes its three calls, and with
     --include-provider-costs the provider-charged one too, each keeping its previous cost."""
-    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(1,)]
-    raised = tmp_path / "raised.yaml"
-    raised.write_text(OVERRIDES.replace("input_mtok: 3", "input_mtok: 4"))
-    since = ("--since", str(DAY1), "--prices-file", str(raised))
-    other = nexus(database_url, "reprice", *since, "--model", "acme-later-*")
+    seen = filtered_runs
+    other, result = seen["other"], seen["result"]
     assert other.returncode == 0, other.stderr
     assert "nothing to change" in other.stderr
-    result = nexus(
-        database_url, "reprice", *since, "--model", "ACME-UNPRICED-*", "--provider", "openai",
-        "--include-provider-costs",
-    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "revision 2 applied: 4 calls repriced" in result.stderr
     # One more dollar per million input tokens, cache reads excepted: (1000 - 100) more for the
@@ -455,24 +572,14 @@ def test_filters_pick_the_calls_and_each_row_keeps_its_previous_cost(
         # 800 * 4 + 80 * 15 = 3200 + 1200 = 4400 per million, where the provider said 0.0042
         (PROVIDER_CHARGED.start, Decimal("0.0042"), "provider", Decimal("0.0044"), "override"),
     ]
-    assert (
-        query(
-            database_url,
-            'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source'
-            ' FROM price_revision_calls WHERE revision_id = 2 ORDER BY "timestamp"',
-        )
-        == expected
-    )
-    rows = {r[0]: (r[2], r[3]) for r in stored(database_url)}
+    assert seen["revision_calls"] == expected
+    rows = {r[0]: (r[2], r[3]) for r in seen["stored"]}
     assert [rows[e[0]] for e in expected] == [(e[3], e[4]) for e in expected]
-    refs = {r[0]: r[2] for r in price_refs(database_url)}
-    assert [refs[e[0]] for e in expected] == [override_ref(raised, UNPRICED)] * 4
-    assert summaries(database_url) == raw_summaries(database_url)
-    revisions = httpx.get(
-        f"{exporter.api_url}/api/prices/revisions", params={"limit": 1}, timeout=30
-    ).json()
+    refs = {r[0]: r[2] for r in seen["price_refs"]}
+    assert [refs[e[0]] for e in expected] == [override_ref(seen["raised"], UNPRICED)] * 4
+    assert seen["summaries"] == seen["raw_summaries"]
     assert [(r["id"], r["model_pattern"], r["provider"], r["include_provider_costs"],
-             r["newly_priced"], r["net_usd"]) for r in revisions] == [
+             r["newly_priced"], r["net_usd"]) for r in seen["latest"]] == [
         (2, "ACME-UNPRICED-*", "openai", True, 0, api_usd(Decimal("0.004834")))
     ]  # fmt: skip
 
@@ -486,31 +593,18 @@ def test_revisions_limit_out_of_range_is_a_422(exporter: ExporterProcess, limit:
     assert response.json()["detail"][0]["loc"] == ["query", "limit"]
 
 
-def test_calls_no_price_source_knows_any_more_become_unpriced(
-    database_url: str, tmp_path: Path
-) -> None:
+def test_calls_no_price_source_knows_any_more_become_unpriced(entry_removed: Seen) -> None:
     """The acme-unpriced-* entry removed: its calls (the provider-charged one, repriced by the
     override, too) go back to unpriced, and the summaries follow."""
-    assert query(database_url, "SELECT count(*) FROM price_revisions") == [(2,)]
-    removed = tmp_path / "removed.yaml"
-    removed.write_text(OVERRIDES.split("  - model: acme-unpriced-*")[0])
-    before = {r[0]: r[2] for r in stored(database_url)}
-    result = nexus(
-        database_url, "reprice", "--since", str(DAY1), "--prices-file", str(removed),
-        "--include-provider-costs",
-    )  # fmt: skip
+    seen = entry_removed
+    result = seen["result"]
     assert result.returncode == 0, result.stderr
     assert "revision 3 applied: 4 calls repriced" in result.stderr
     gone = [CALLS[0].start, CALLS[1].start, CALLS[3].start, PROVIDER_CHARGED.start]
-    assert query(
-        database_url,
-        'SELECT "timestamp", previous_cost_usd, previous_cost_source, cost_usd, cost_source'
-        ' FROM price_revision_calls WHERE revision_id = 3 ORDER BY "timestamp"',
-    ) == [(start, before[start], "override", None, None) for start in gone]
-    refs = {r[0]: r[1:] for r in price_refs(database_url)}
+    assert seen["revision_calls"] == [
+        (start, seen["before"][start], "override", None, None) for start in gone
+    ]
+    refs = {r[0]: r[1:] for r in seen["price_refs"]}
     assert [refs[start] for start in gone] == [(None, None)] * 4
-    assert query(
-        database_url,
-        "SELECT calls_changed, newly_priced, newly_unpriced FROM price_revisions WHERE id = 3",
-    ) == [(4, 0, 4)]
-    assert summaries(database_url) == raw_summaries(database_url)
+    assert seen["revision"] == [(4, 0, 4)]
+    assert seen["summaries"] == seen["raw_summaries"]
