@@ -63,8 +63,10 @@ class Override:
 def load_overrides(path: Path) -> tuple[Override, ...]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise PriceOverridesError(f"{path}: cannot read price overrides: {exc}") from exc
+    except RecursionError:  # lists or maps nested thousands deep
+        raise PriceOverridesError(f"{path}: cannot read price overrides: nested too deep") from None
     if data is None:
         return ()
     entries = data.get("models") if isinstance(data, dict) and set(data) == {"models"} else 0

@@ -352,6 +352,20 @@ def test_bad_override_files(tmp_path: Path, text: str, fragment: str) -> None:
         PriceBook(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"models:\n  - model: acme-\xff\n", b"models: " + b"[" * 5000 + b"]" * 5000],
+    ids=["not UTF-8", "nested 5,000 deep"],
+)
+def test_unreadable_override_files_are_refused_by_name(tmp_path: Path, content: bytes) -> None:
+    """What a careless save can leave: refused like any bad file (the exporter keeps its
+    prices, the CLI names the file), never an error of another kind."""
+    path = tmp_path / "prices.yaml"
+    path.write_bytes(content)
+    with pytest.raises(PriceOverridesError, match=r"prices\.yaml: cannot read price overrides"):
+        PriceBook(path)
+
+
 def test_empty_override_file_is_no_overrides(tmp_path: Path) -> None:
     path = tmp_path / "prices.yaml"
     path.write_text("# nothing yet\n")
