@@ -20,7 +20,7 @@ import time
 import traceback
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import islice
@@ -33,7 +33,7 @@ from exporter.ingest import otlp
 from exporter.ingest.model import LLMCall, RawSpan
 from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_call
 from exporter.ingest.not_calls import NotCalls
-from exporter.ingest.price_overrides import PriceOverridesError
+from exporter.ingest.price_overrides import OverridesVersion, WatchedOverrides
 from exporter.ingest.pricing import PriceBook
 from exporter.ingest.rows import CallBatch, encode_row
 from nexus_otel._secrets import scrub_text
@@ -57,6 +57,9 @@ class DecodeOptions:
     store_content: bool = False
     prices_file: Path | None = None
     retention_days: int | None = None  # start times older than this are refused
+    # The prices file as the exporter last read it whole (set per request by Decoder); None:
+    # prices_file as it is, read once.
+    overrides: OverridesVersion | None = None
 
 
 @dataclass
@@ -70,57 +73,21 @@ class Conversion:
 
 
 # A prices file edited while the exporter runs prices the calls stored from then on, without
-# a restart: each process looks at the file's modification time and size at most this often.
+# a restart: the exporter looks at the file's modification time and size at most this often
+# (WatchedOverrides), and hands the version it read to the decode processes with each request.
 PRICES_RECHECK_SECONDS = 2.0
 
-
-@dataclass
-class _LoadedPrices:
-    book: PriceBook
-    stamp: tuple[int, int] | None  # the file's (mtime_ns, size) when read; None: unreadable
-    next_check: float
+# The price book this process prices with, per file, and the overrides it was made from.
+_BOOKS: dict[Path | None, tuple[OverridesVersion, PriceBook]] = {}
 
 
-_PRICE_BOOKS: dict[Path | None, _LoadedPrices] = {}
-
-
-def _price_book(prices_file: Path | None) -> PriceBook:
-    loaded = _PRICE_BOOKS.get(prices_file)
-    now = time.monotonic()
-    if loaded is None:
-        stamp = _file_stamp(prices_file) if prices_file is not None else None
-        loaded = _LoadedPrices(PriceBook(prices_file), stamp, now + PRICES_RECHECK_SECONDS)
-        _PRICE_BOOKS[prices_file] = loaded
-    elif prices_file is not None and now >= loaded.next_check:
-        loaded.next_check = now + PRICES_RECHECK_SECONDS
-        stamp = _file_stamp(prices_file)
-        if stamp != loaded.stamp:
-            loaded.stamp = stamp
-            _reload(loaded, prices_file)
-    return loaded.book
-
-
-def _file_stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return found.st_mtime_ns, found.st_size
-
-
-def _reload(loaded: _LoadedPrices, prices_file: Path) -> None:
-    """The edited file's prices from now on; a file that cannot be read leaves the prices as
-    they were (said once per edit), so a half-saved file never unprices calls."""
-    try:
-        loaded.book = PriceBook(prices_file)
-    except (OSError, PriceOverridesError) as exc:
-        log.error(
-            "prices file %s changed but cannot be used (%s): calls are priced as before",
-            prices_file,
-            exc,
-        )
-        return
-    log.warning("prices file %s changed: calls stored from now on are priced with it", prices_file)
+def _price_book(overrides: OverridesVersion) -> PriceBook:
+    """The book of `overrides`, made once per version (a version without text: the file as it
+    is now, read once: for callers that decode in their own process)."""
+    made = _BOOKS.get(overrides.path)
+    if made is None or made[0] != overrides:
+        made = _BOOKS[overrides.path] = (overrides, PriceBook(overrides.path, overrides.text))
+    return made[1]
 
 
 def decode_body(
@@ -137,7 +104,7 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
     whole chunk before the next: run one span through every step at a time, the same work costs
     a quarter more CPU (each step's code and data leave the CPU's caches between two spans)."""
     result = Conversion()
-    prices = _price_book(options.prices_file)
+    prices = _price_book(options.overrides or OverridesVersion(options.prices_file))
     window = accepted_start_times(datetime.now(UTC), options.retention_days)
     calls: list[LLMCall] = []
     unreadable: list[str] = []  # spans left out of iter_raw_spans, each with its reason
@@ -259,9 +226,9 @@ def default_processes() -> int:
     return cores if cores and cores > 1 else 0
 
 
-def _start_worker(prices_file: Path | None, exporter_pid: int) -> None:
+def _start_worker(overrides: OverridesVersion, exporter_pid: int) -> None:
     threading.Thread(target=_exit_with, args=(exporter_pid,), daemon=True).start()
-    _price_book(prices_file)  # loaded once per worker, before the first request
+    _price_book(overrides)  # made before the first request
     # Decoding allocates many short-lived containers and few reference cycles. Frozen, the
     # objects the fork server imported stay pages shared with it and the other worker.
     gc.freeze()
@@ -306,6 +273,8 @@ class Decoder:
     def __init__(self, options: DecodeOptions, processes: int) -> None:
         self.options = options
         self.processes = processes
+        # Read here, in the exporter's process, and handed to the workers: they never read it.
+        self.overrides = WatchedOverrides(options.prices_file, PRICES_RECHECK_SECONDS)
         self._executor: Executor | None = None
         self.pending = 0  # requests handed over and not yet decoded
         # Enough waiting to keep every worker busy between two requests; a request beyond it
@@ -330,7 +299,7 @@ class Decoder:
                 self.processes,
                 mp_context=context,
                 initializer=_start_worker,
-                initargs=(self.options.prices_file, os.getpid()),
+                initargs=(self.overrides.current(), os.getpid()),
             )
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-decode")
@@ -341,7 +310,7 @@ class Decoder:
             loop = asyncio.get_running_loop()
             await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._executor, _price_book, self.options.prices_file)
+                    loop.run_in_executor(self._executor, _price_book, self.overrides.current())
                     for _ in range(self.processes)
                 )
             )
@@ -358,8 +327,9 @@ class Decoder:
         loop = asyncio.get_running_loop()
         self.pending += 1
         try:
+            options = replace(self.options, overrides=self.overrides.current())
             return await loop.run_in_executor(
-                self._executor, decode_body, body, media, encoding, self.options
+                self._executor, decode_body, body, media, encoding, options
             )
         except BrokenProcessPool:
             # A worker ended under us (killed, out of memory): new workers for the next request;

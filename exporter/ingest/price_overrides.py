@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 _MTOK = Decimal(1_000_000)
 TOKEN_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
@@ -60,10 +64,19 @@ class Override:
         ) / _MTOK
 
 
-def load_overrides(path: Path) -> tuple[Override, ...]:
+def read_overrides_text(path: Path) -> str:
+    """The file's text; PriceOverridesError when it cannot be read as UTF-8."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PriceOverridesError(f"{path}: cannot read price overrides: {exc}") from exc
+
+
+def load_overrides(path: Path, text: str | None = None) -> tuple[Override, ...]:
+    """The entries of the file at `path`, or of `text` read from it before."""
+    try:
+        data = yaml.safe_load(read_overrides_text(path) if text is None else text)
+    except yaml.YAMLError as exc:
         raise PriceOverridesError(f"{path}: cannot read price overrides: {exc}") from exc
     except RecursionError:  # lists or maps nested thousands deep
         raise PriceOverridesError(f"{path}: cannot read price overrides: nested too deep") from None
@@ -120,3 +133,62 @@ def _parse_entry(path: Path, index: int, raw: object) -> Override:
         cache_write=price("cache_write_mtok", inp),
         valid_from=valid_from,
     )
+
+
+@dataclass(frozen=True)
+class OverridesVersion:
+    """The overrides as the exporter last read them whole: `text` None without a file."""
+
+    path: Path | None = None
+    text: str | None = None
+
+
+class WatchedOverrides:
+    """The overrides file of a running exporter, looked at again at most every `recheck_seconds`
+    and read again when its modification time or size changed. One process watches and hands
+    `current()` to every decode process with each request, so all of them price alike: a file
+    saved broken keeps the last version read whole (said once per save), in every process."""
+
+    def __init__(self, path: Path | None, recheck_seconds: float) -> None:
+        self.path, self._recheck_seconds = path, recheck_seconds
+        self._current = OverridesVersion(path)
+        self._stamp: tuple[int, int] | None = None
+        self._next_check = 0.0
+        if path is not None:
+            self._stamp = _stamp(path)
+            text = read_overrides_text(path)
+            load_overrides(path, text)  # raises PriceOverridesError: the exporter cannot start
+            self._current = OverridesVersion(path, text)
+            self._next_check = time.monotonic() + recheck_seconds
+
+    def current(self) -> OverridesVersion:
+        if self.path is None or time.monotonic() < self._next_check:
+            return self._current
+        self._next_check = time.monotonic() + self._recheck_seconds
+        stamp = _stamp(self.path)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._read_again(self.path)
+        return self._current
+
+    def _read_again(self, path: Path) -> None:
+        try:
+            text = read_overrides_text(path)
+            load_overrides(path, text)
+        except PriceOverridesError as exc:
+            log.error(
+                "prices file %s changed but cannot be used (%s): calls are priced as before",
+                path,
+                exc,
+            )
+            return
+        self._current = OverridesVersion(path, text)
+        log.warning("prices file %s changed: calls stored from now on are priced with it", path)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size

@@ -164,9 +164,13 @@ def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
 class PriceBook:
     """Prices calls. Build one per process; it caches lookups and compiled price sets."""
 
-    def __init__(self, overrides_path: Path | None = None) -> None:
+    def __init__(
+        self, overrides_path: Path | None = None, overrides_text: str | None = None
+    ) -> None:
+        """`overrides_text`: the file's text as read before (see WatchedOverrides); without it,
+        the file is read now."""
         self.overrides_path = overrides_path
-        self.overrides = load_overrides(overrides_path) if overrides_path else ()
+        self.overrides = load_overrides(overrides_path, overrides_text) if overrides_path else ()
         # Each entry's reference, built once: pricing a call only picks one up.
         self._entry_references = tuple(self._entry_reference(e) for e in self.overrides)
         self._library_ref = ""  # set with the snapshot, by _check_snapshot

@@ -111,3 +111,21 @@ def test_a_broken_prices_file_leaves_the_prices_as_they_were_and_says_so(
         time.sleep(PRICES_RECHECK_SECONDS / 4)
     assert f"prices file {prices_file} changed but cannot be used" in priced_exporter.log()
     assert {store_one(priced_exporter, database_url) for _ in range(4)} == {FIRST}
+
+
+def test_every_decode_process_keeps_the_edit_through_a_broken_save(
+    priced_exporter: ExporterProcess, database_url: str, prices_file: Path
+) -> None:
+    """An edit, then a broken save before every decode process has priced a call: all of them
+    keep the edit. The exporter reads the file and hands what it read to its decode processes;
+    when each read the file itself, one that had not looked since the edit kept the old price
+    for good, and calls of one model cost two prices at once."""
+    prices_file.write_text(prices(5))
+    assert costs_until(priced_exporter, database_url, SECOND)[-1] == SECOND
+    prices_file.write_text("models:\n  - model: [unclosed\n")
+    deadline = time.monotonic() + WAIT_SECONDS
+    while "cannot be used" not in priced_exporter.log() and time.monotonic() < deadline:
+        assert store_one(priced_exporter, database_url) == SECOND
+        time.sleep(PRICES_RECHECK_SECONDS / 4)
+    assert "cannot be used" in priced_exporter.log()
+    assert {store_one(priced_exporter, database_url) for _ in range(16)} == {SECOND}
