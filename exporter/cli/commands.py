@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from exporter.cli.output import console, error
+from exporter.core.days import parse_day
 from exporter.core.settings import Settings
 
 
@@ -27,7 +28,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     import json
-    from datetime import UTC, date, datetime
+    from datetime import UTC, datetime
 
     import psycopg
     from fastapi.encoders import jsonable_encoder
@@ -37,9 +38,9 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
     now = datetime.now(UTC)
     try:
-        day = date.fromisoformat(args.date) if args.date else None
-    except ValueError:
-        console.print(f"[red]error:[/] --date {args.date!r} is not a date (YYYY-MM-DD)")
+        day = parse_day("--date", args.date) if args.date else None
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
         return 2
     database = open_database(settings)
     try:

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from exporter.cli.output import console, error
+from exporter.core.days import parse_day
 from exporter.core.db import BIGINT_MAX
 from exporter.core.settings import Settings
 
@@ -68,12 +69,7 @@ def add_unpriced_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _day(flag: str, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"{flag} {value!r} is not a date (YYYY-MM-DD)") from None
+    return None if value is None else parse_day(flag, value)
 
 
 def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:

@@ -143,7 +143,10 @@ class Settings(BaseSettings):
         default="UTC", description="IANA zone of 'today', reports and default budget periods"
     )
     retention_days: int = Field(
-        default=90, gt=0, description="days raw calls are kept (summaries are kept forever)"
+        default=90,
+        gt=0,
+        le=100_000,  # about 270 years: the cutoff stays a date Python and PostgreSQL hold
+        description="days raw calls are kept (summaries are kept forever)",
     )
     cors_origins: str = Field(
         default="", description="comma-separated origins allowed to call the API from a browser"

@@ -62,6 +62,30 @@ def test_an_unreachable_database_is_one_line_naming_it_without_its_password(
     assert "s3cret" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report", "--date", "9999-12-31"],
+         "error: --date '9999-12-31' is outside 1970-01-02 to 2200-01-01"),
+        (["report", "--date", "0001-01-01"],
+         "error: --date '0001-01-01' is outside 1970-01-02 to 2200-01-01"),
+        (["reprice", "--since", "2026-01-01", "--until", "9999-12-31"],
+         "error: --until '9999-12-31' is outside 1970-01-02 to 2200-01-01"),
+        (["prices", "--unpriced", "--since", "0001-01-01"],
+         "error: --since '0001-01-01' is outside 1970-01-02 to 2200-01-01"),
+        (["retention", "--retention-days", "99999999999"],
+         "error: invalid setting: --retention-days = '99999999999': Input should be less than or"
+         " equal to 100000"),
+    ],
+)  # fmt: skip
+def test_days_past_what_the_database_holds_are_one_line_before_it_is_asked(
+    args: list[str], message: str
+) -> None:
+    """Each of these ended in a traceback (a date out of range, a C int overflow)."""
+    result = _cli(*args, "--database-url", UNREACHABLE)
+    assert (result.returncode, _only_line(result)) == (2, message)
+
+
 def test_a_key_value_conninfo_is_shown_with_its_password_masked() -> None:
     conninfo = "host=127.0.0.1 port=1 user=user password=s3cret dbname=nexus"
     result = _cli("migrate", "--database-url", conninfo)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.encoders import jsonable_encoder
 
 from exporter.api.deps import Conn, Now, SettingsDep
+from exporter.core.days import FIRST_DAY, LAST_DAY
 from exporter.usage.reports import build_report, last_complete_day
 
 router = APIRouter(tags=["reports"])
@@ -25,8 +26,8 @@ def report(
         Query(
             alias="date",
             description="a local date inside the period (default: the last complete period)",
-            ge=dt.date(1970, 1, 2),
-            le=dt.date(2200, 1, 1),
+            ge=FIRST_DAY,
+            le=LAST_DAY,
         ),
     ] = None,
 ) -> Any:
