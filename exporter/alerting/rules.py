@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prometheus_client.utils import floatToGoString
 
@@ -46,9 +47,26 @@ def render_alert_rules(
     default_le = f'le="{floatToGoString(DEFAULT_SINGLE_CALL_USD)}"'
     text = text.replace(default_le, f'le="{floatToGoString(single_call_usd)}"')
     text = text.replace(f"${DEFAULT_SINGLE_CALL_USD:.2f}", f"${single_call_usd:.2f}")
-    base = runbook_base_url.rstrip("/")
+    base = _runbook_base(runbook_base_url)
     text = text.replace(f"{DEFAULT_RUNBOOK_BASE_URL}/docs/RUNBOOK.md", f"{base}/docs/RUNBOOK.md")
     return scale_durations(text, time_scale)
+
+
+# The characters a URL may hold (RFC 3986) but for a quote and a backslash: the base is written
+# inside a double-quoted YAML string, where either would change the file's meaning.
+_URL_TEXT = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+
+
+def _runbook_base(url: str) -> str:
+    """The runbook base URL without a trailing slash; AlertingConfigError for anything but an
+    http(s) URL with a host (whitespace, quotes and control characters included)."""
+    parsed = urlsplit(url) if _URL_TEXT.fullmatch(url) else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise AlertingConfigError(
+            f"--runbook-base-url {url!r} is not an http(s) URL (such as"
+            " https://github.com/me/nexus-otel/blob/main)"
+        )
+    return url.rstrip("/")
 
 
 def scale_durations(text: str, factor: float) -> str:

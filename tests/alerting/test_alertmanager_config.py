@@ -190,6 +190,21 @@ def test_a_threshold_off_the_histogram_buckets_is_refused(
     assert not (tmp_path / "alerts.yml").exists()
 
 
+@pytest.mark.parametrize(
+    "url",
+    ['https://x.example/"', "https://x.example/\n  - alert: Injected", "javascript:alert(1)",
+     "x.example/ops", "https://", "https://x.example/a b", "https://x.example/\\"],
+)  # fmt: skip
+def test_a_runbook_base_that_is_no_http_url_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """Written into a double-quoted YAML string, a quote made a rule file Prometheus refuses
+    (every alert off) and a newline wrote itself into every runbook link."""
+    assert main(["prometheus-rules", "--out", str(tmp_path), "--runbook-base-url", url]) == 2
+    assert "is not an http(s) URL" in capsys.readouterr().err
+    assert not (tmp_path / "alerts.yml").exists()
+
+
 def test_file_mode_can_open_the_file_to_an_alertmanager_running_as_another_user(
     telegram_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
