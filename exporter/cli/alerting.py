@@ -123,16 +123,16 @@ def cmd_prometheus_rules(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     """Prints yesterday's digest (or --date's) and with --send sends it to Telegram."""
     import re
-    from datetime import date
 
     from exporter.alerting import TelegramError, send_telegram
+    from exporter.core.days import parse_day
     from exporter.core.db import resolve_database
     from exporter.usage.digest import build_digest, render_digest, yesterday
 
     try:
-        day = date.fromisoformat(args.date) if args.date else yesterday(settings.timezone)
-    except ValueError:
-        console.print(f"[red]error:[/] --date {args.date!r} is not a YYYY-MM-DD date")
+        day = parse_day("--date", args.date) if args.date else yesterday(settings.timezone)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
         return 2
     url, embedded = resolve_database(settings.database_url, settings.data_dir)
     try:

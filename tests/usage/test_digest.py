@@ -177,9 +177,19 @@ def test_a_refused_message_reports_telegram_and_hides_the_token(
     assert telegram.refused == ["/bot1:revoked-token/sendMessage"]
 
 
-def test_a_bad_date_names_the_value(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["digest", "--date", "yesterday", "--database-url", database_url]) == 2
-    assert "--date 'yesterday' is not a YYYY-MM-DD date" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yesterday", "--date 'yesterday' is not a date (YYYY-MM-DD)"),
+        ("9999-12-31", "--date '9999-12-31' is outside 1970-01-02 to 2200-01-01"),  # a traceback
+        ("0001-01-01", "--date '0001-01-01' is outside 1970-01-02 to 2200-01-01"),
+    ],
+)
+def test_a_bad_date_names_the_value(
+    database_url: str, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    assert main(["digest", "--date", value, "--database-url", database_url]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
