@@ -129,12 +129,12 @@ def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
             )
     finally:
         database.close()
-    if args.dry_run:
-        console.print("[yellow]dry run:[/] nothing was changed")
-    elif plan.calls_examined == 0:
+    if plan.calls_examined == 0:
         console.print("nothing to change: no stored call in that range matches the filters")
-    elif plan.revision_id is None:
+    elif not plan.models:
         console.print("nothing to change: every call already has these prices")
+    elif args.dry_run:
+        console.print("[yellow]dry run:[/] nothing was changed")
     else:
         console.print(
             f"[green]revision {plan.revision_id} applied:[/] {plan.calls_changed:,} calls"
@@ -159,6 +159,17 @@ def _usd(value: Decimal) -> str:
 
 
 def _show_plan(plan: RepricePlan, since: date, until: date) -> None:
+    if plan.models:
+        _show_changes(plan, since, until)
+    if plan.out_of_range:
+        console.print(
+            f"[yellow]{plan.out_of_range:,} calls left as they are:[/] their new price would be"
+            " $1,000,000 or more, which no call costs (check the overrides' units: USD per"
+            " million tokens)"
+        )
+
+
+def _show_changes(plan: RepricePlan, since: date, until: date) -> None:
     table = Table(
         title=f"Repricing calls of {since} to {until} (UTC): {plan.calls_examined:,} examined",
         title_justify="left",
@@ -177,12 +188,6 @@ def _show_plan(plan: RepricePlan, since: date, until: date) -> None:
             _usd(change.new_cost_usd - change.old_cost_usd),
         )
     Console().print(table)
-    if plan.out_of_range:
-        console.print(
-            f"[yellow]{plan.out_of_range:,} calls left as they are:[/] their new price would be"
-            " $1,000,000 or more, which no call costs (check the overrides' units: USD per"
-            " million tokens)"
-        )
 
 
 def _history(settings: Settings) -> int:

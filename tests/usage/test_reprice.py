@@ -323,8 +323,12 @@ def first_revision(
 @pytest.fixture(scope="module")
 def second_run(first_revision: Seen, database_url: str, overrides: Path, api: TestClient) -> Seen:
     before_run = (stored(database_url), summaries(database_url), views(api))
+    dry = nexus(
+        database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides), "--dry-run"
+    )
     result = nexus(database_url, "reprice", "--since", str(DAY1), "--prices-file", str(overrides))
     return {
+        "dry": dry,
         "result": result,
         "before": before_run,
         "after": (stored(database_url), summaries(database_url), views(api)),
@@ -521,6 +525,15 @@ def test_a_second_reprice_with_nothing_new_changes_nothing(second_run: Seen) -> 
     assert "nothing to change: every call already has these prices" in result.stderr
     assert second_run["after"] == second_run["before"]
     assert second_run["revisions"] == [(1,)]
+
+
+def test_a_dry_run_with_nothing_to_change_says_so_without_an_empty_table(
+    second_run: Seen,
+) -> None:
+    dry = second_run["dry"]
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout == ""
+    assert dry.stderr.strip() == "nothing to change: every call already has these prices"
 
 
 def test_a_call_whose_cost_stays_keeps_its_price_reference(version_only_run: Seen) -> None:
