@@ -55,11 +55,11 @@ class Operation:
 
     def __init__(self, name: str, correlation_id: str | None, parent: Operation | None) -> None:
         # Both are recorded on every call's span: an app's tag must not carry a credential there.
-        self.name = scrub_text(name) if isinstance(name, str) else name
+        self.name = scrub_text(name)
         self.correlation_id: str | None = (
             scrub_text(correlation_id)
-            if isinstance(correlation_id, str) and correlation_id
-            else (correlation_id or (parent.correlation_id if parent else None))
+            if correlation_id
+            else (parent.correlation_id if parent else None)
         )
         self.parent = parent
         self._calls: list[CallRecord] = []
@@ -127,6 +127,15 @@ class operation:  # lower case: used like a function, `with operation(...)`
     functions (a fresh `Operation` per invocation)."""
 
     def __init__(self, name: str, *, correlation_id: str | None = None) -> None:
+        # Checked here, where the app's line is in the traceback: a span drops an attribute of
+        # another type with only a log line, and the calls would go untagged.
+        if not isinstance(name, str):
+            raise TypeError(f"operation name must be text, not {type(name).__name__}: {name!r}")
+        if correlation_id is not None and not isinstance(correlation_id, str):
+            raise TypeError(
+                "correlation_id must be text or None, not"
+                f" {type(correlation_id).__name__}: {correlation_id!r} (pass str(...))"
+            )
         self.name = name
         self.correlation_id = correlation_id
         self._tokens: list[tuple[Operation, contextvars.Token[Operation | None]]] = []

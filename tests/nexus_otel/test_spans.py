@@ -334,6 +334,27 @@ def test_operations_nest_decorate_and_follow_tasks_and_threads(
     assert outer.metrics["calls"] == 4
 
 
+@pytest.mark.parametrize(
+    ("name", "correlation_id", "message"),
+    [
+        (42, None, "operation name must be text, not int: 42"),
+        (None, None, "operation name must be text, not NoneType: None"),
+        (b"step", None, "operation name must be text, not bytes: b'step'"),
+        ("step", 123, "correlation_id must be text or None, not int: 123 (pass str(...))"),
+        ("step", ["a"], "correlation_id must be text or None, not list: ['a'] (pass str(...))"),
+    ],
+)
+def test_an_operation_named_with_something_not_text_is_refused_where_it_is_written(
+    name: Any, correlation_id: Any, message: str
+) -> None:
+    """A span drops an attribute that is not text with only a log line: the calls would go
+    untagged. The app's own line raises instead, as a context manager or as a decorator."""
+    with pytest.raises(TypeError) as raised:
+        nexus_otel.operation(name, correlation_id=correlation_id)
+    assert str(raised.value) == message
+    assert nexus_otel.current_operation() is None
+
+
 async def _openai_call(simulator: ProviderSimulator) -> None:
     await asyncio.to_thread(run, simulator, Call("openai", False, False, USAGE))
 
