@@ -64,18 +64,23 @@ class Settings(BaseSettings):
         default=50_000, gt=0, description="rows waiting for the database before ingest says 503"
     )
     write_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="how long a request waits for its rows to be stored"
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="how long a request waits for its rows to be stored",
     )
     retry_after_seconds: int = Field(default=5, gt=0, description="Retry-After on a 503")
     header_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
+        allow_inf_nan=False,
         description="a request's head must arrive within this from the connection's start or "
         "the previous response, or the connection is closed (408)",
     )
     body_timeout_seconds: float = Field(
         default=20.0,
         gt=0,
+        allow_inf_nan=False,
         description="a body being received must bring body_min_bytes_per_second in every "
         "window of this many seconds, or the connection is closed (408)",
     )
@@ -101,6 +106,7 @@ class Settings(BaseSettings):
     ws_send_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
+        allow_inf_nan=False,
         description="how long a WebSocket client may leave sent data unread before it is dropped",
     )
     allow_unauthenticated: bool = Field(
