@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import socket
 
@@ -79,13 +80,18 @@ def _bind_ports(settings: Settings, ports: dict[str, str]) -> dict[str, socket.s
             socks[name] = bind_port(settings.host, port)
         except OSError as exc:
             _close(socks)
-            flag, variable = "--" + setting.replace("_", "-"), "NEXUS_" + setting.upper()
-            error(
-                f"cannot listen on {settings.host}:{port} ({exc.strerror or exc}): choose another"
-                f" port with {flag} or {variable}"
-            )
+            reason = exc.strerror or exc
+            error(f"cannot listen on {settings.host}:{port} ({reason}): {_remedy(exc, setting)}")
             return None
     return socks
+
+
+def _remedy(exc: OSError, setting: str) -> str:
+    # An address that does not resolve, or is not this machine's: the host is wrong, not the port.
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return "give an address of this machine with --host or NEXUS_HOST"
+    flag, variable = "--" + setting.replace("_", "-"), "NEXUS_" + setting.upper()
+    return f"choose another port with {flag} or {variable}"
 
 
 def _ports_distinct(settings: Settings, names: list[str]) -> bool:

@@ -86,6 +86,20 @@ def test_days_past_what_the_database_holds_are_one_line_before_it_is_asked(
     assert (result.returncode, _only_line(result)) == (2, message)
 
 
+@pytest.mark.parametrize(
+    "setting",
+    ["--header-timeout-seconds", "--body-timeout-seconds", "--write-timeout-seconds",
+     "--ws-send-timeout-seconds"],
+)  # fmt: skip
+def test_an_infinite_timeout_is_one_line_naming_it(setting: str) -> None:
+    """`--header-timeout-seconds inf` ended in a traceback (OverflowError) once the database was
+    up; the others would wait for ever."""
+    result = _cli("serve", setting, "inf", "--database-url", UNREACHABLE)
+    assert (result.returncode, _only_line(result)) == (
+        2, f"error: invalid setting: {setting} = 'inf': Input should be a finite number"
+    )  # fmt: skip
+
+
 def test_a_key_value_conninfo_is_shown_with_its_password_masked() -> None:
     conninfo = "host=127.0.0.1 port=1 user=user password=s3cret dbname=nexus"
     result = _cli("migrate", "--database-url", conninfo)
@@ -133,6 +147,28 @@ def test_a_port_in_use_is_one_line_naming_the_setting_before_anything_starts(
     assert _only_line(result) == (
         f"error: cannot listen on 127.0.0.1:{port} (Address already in use): choose another"
         f" port with {flag} or {variable}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("999.1.1.1", "Name or service not known"),  # does not resolve
+        ("192.0.2.1", "Cannot assign requested address"),  # TEST-NET-1: no machine's own
+    ],
+)
+def test_an_address_that_is_not_this_machines_is_one_line_naming_the_host(
+    host: str, reason: str
+) -> None:
+    port = free_port()
+    result = _cli(
+        "serve", "--host", host, "--allow-unauthenticated", "true", "--otlp-port", str(port),
+        "--api-port", "0", "--database-url", UNREACHABLE,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert _only_line(result) == (
+        f"error: cannot listen on {host}:{port} ({reason}): give an address of this machine"
+        " with --host or NEXUS_HOST"
     )
 
 
