@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,12 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--json", action="store_true", help="print JSON, not tables")
         if name == "demo":
             command.add_argument(
-                "--duration", type=float, help="seconds to run unattended (default: until Ctrl-C)"
+                "--duration",
+                type=_seconds,
+                help="seconds to run unattended (default: until Ctrl-C)",
             )
         if name in ALERTING_ARGUMENTS:
             ALERTING_ARGUMENTS[name](command)
         add_settings_flags(command, subcommand.settings)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A duration: a finite number of seconds above 0 (-5 and nan ran one round and stopped)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,6 +114,8 @@ def _start_stack(settings: Settings, console: Console, cleanup: contextlib.ExitS
     with console.status("starting PostgreSQL (embedded unless --database-url is given)"):
         try:
             database = open_database(settings)
+        except psycopg.OperationalError:
+            raise  # cannot connect: one line naming the database, exit 2, like every command
         except psycopg.Error as exc:
             raise DemoError(f"cannot use the database: {exc}") from exc
         cleanup.callback(database.close)

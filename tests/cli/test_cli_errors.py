@@ -49,6 +49,7 @@ def _only_line(result: subprocess.CompletedProcess[str]) -> str:
         ["digest"],
         ["api", "--api-port", "0"],
         ["serve", "--otlp-port", "0", "--api-port", "0"],
+        ["demo", "--duration", "1", "--otlp-port", "0", "--api-port", "0"],
     ],
 )
 def test_an_unreachable_database_is_one_line_naming_it_without_its_password(
@@ -98,6 +99,17 @@ def test_an_infinite_timeout_is_one_line_naming_it(setting: str) -> None:
     assert (result.returncode, _only_line(result)) == (
         2, f"error: invalid setting: {setting} = 'inf': Input should be a finite number"
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("duration", ["-5", "0", "nan", "inf", "ten"])
+def test_a_demo_duration_that_is_no_number_of_seconds_is_refused(duration: str) -> None:
+    """-5, 0 and nan ran one round of the workload and stopped, as if it had worked."""
+    result = _cli("demo", "--duration", duration, "--database-url", UNREACHABLE)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"nexus-otel demo: error: argument --duration: {duration!r} is not a number of seconds"
+        " above 0"
+    )
 
 
 def test_a_key_value_conninfo_is_shown_with_its_password_masked() -> None:
