@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from exporter.cli.output import console
+from exporter.cli.output import console, error
 from exporter.core.settings import Settings
 
 
@@ -62,7 +62,7 @@ def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int
         try:
             sys.stdout.write(render_alertmanager_config(settings))
         except AlertingConfigError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            error(str(exc))
             return 2
         console.print(
             "the config loads templates/*.tmpl from its own directory: --output PATH writes "
@@ -72,16 +72,16 @@ def cmd_alertmanager_config(settings: Settings, args: argparse.Namespace) -> int
     try:
         mode = int(args.file_mode, 8)
     except ValueError:
-        console.print(f"[red]error:[/] --file-mode {args.file_mode!r} is not an octal mode")
+        error(f"--file-mode {args.file_mode!r} is not an octal mode")
         return 2
     output = Path(args.output)
     if refusal := _refuse_output(settings, args, output):
-        console.print(f"[red]error:[/] {refusal}")
+        error(str(refusal))
         return 2
     try:
         path = write_alertmanager_config(settings, output, mode=mode)
     except (AlertingConfigError, OSError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(str(exc))
         return 2
     console.print(f"[green]written[/] {path}: {_channels(settings)}")
     return 0
@@ -113,7 +113,7 @@ def cmd_prometheus_rules(settings: Settings, args: argparse.Namespace) -> int:
             Path(args.out), args.single_call_usd, args.runbook_base_url, args.time_scale
         )
     except (AlertingConfigError, OSError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(str(exc))
         return 2
     for path in paths:
         console.print(f"[green]written[/] {path}")
@@ -132,7 +132,7 @@ def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     try:
         day = parse_day("--date", args.date) if args.date else yesterday(settings.timezone)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(str(exc))
         return 2
     url, embedded = resolve_database(settings.database_url, settings.data_dir)
     try:
@@ -145,7 +145,7 @@ def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
         try:
             send_telegram(settings, text)
         except TelegramError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            error(str(exc))
             return 1
         console.print("[green]sent to Telegram[/]")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.markup import escape
 
 from exporter.cli.output import console, error
 from exporter.core.days import parse_day
@@ -40,7 +39,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     try:
         day = parse_day("--date", args.date) if args.date else None
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(str(exc))
         return 2
     database = open_database(settings)
     try:
@@ -95,7 +94,7 @@ def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         info = book.describe(args.model, provider=args.provider)
     except (LookupError, PriceOverridesError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(str(exc))
         return 2
     Console().print(render_price_table(info))
     return 0
@@ -108,20 +107,24 @@ def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
     try:
         from exporter.dashboards import stale, write_all
     except ImportError as exc:
-        extra = escape("[dashboards]")
-        console.print(f"[red]error:[/] {exc}: install nexus-otel with {extra} (README: Install)")
+        error(f"{exc}: install nexus-otel with [dashboards] (README: Install)")
         return 2
     directory = Path(args.out)
     if args.check:
         if not directory.is_dir():  # run elsewhere than the repository root, or a wrong --out
-            console.print(f"[red]error:[/] dashboards directory {directory.absolute()} not found")
+            error(f"dashboards directory {directory.absolute()} not found")
             return 2
         outdated = stale(directory)
         for path in outdated:
             state = "out of date:" if path.exists() else "not found:  "
             console.print(f"[red]{state}[/] {path}")
         return 1 if outdated else 0
-    for path, changed in write_all(directory).items():
+    try:
+        written = write_all(directory)
+    except OSError as exc:  # --out names a file, or a place that cannot be written
+        error(f"cannot write the dashboards to {directory}: {exc}")
+        return 2
+    for path, changed in written.items():
         console.print(f"{'[green]written[/]  ' if changed else 'unchanged'} {path}")
     return 0
 
@@ -131,7 +134,6 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     try:
         from exporter.demo.run import run_demo
     except ImportError as exc:  # the provider SDKs come with the `demo` extra
-        extra = escape("[demo]")
-        console.print(f"[red]error:[/] {exc}; install nexus-otel with {extra} (README: Install)")
+        error(f"{exc}; install nexus-otel with [demo] (README: Install)")
         return 2
     return run_demo(settings, args.duration)

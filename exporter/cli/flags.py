@@ -6,7 +6,6 @@ import argparse
 import os
 
 from pydantic import ValidationError
-from rich.markup import escape
 
 from exporter.core.settings import Settings
 
@@ -69,7 +68,7 @@ def settings_error(exc: ValidationError, args: argparse.Namespace) -> str:
     for error in exc.errors():
         source = _setting_source(str(error["loc"][0]), args) if error["loc"] else "setting"
         lines.append(f"{source} = {error.get('input')!r}: {error['msg']}")
-    return escape("invalid setting: " + "; ".join(lines))  # a value's `[x]` is not markup
+    return "invalid setting: " + "; ".join(lines)
 
 
 def setting_names(names: str) -> tuple[str, ...]:

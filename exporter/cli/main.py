@@ -38,7 +38,7 @@ from exporter.cli.flags import (
     setting_names,
     settings_error,
 )
-from exporter.cli.output import Command, console, error
+from exporter.cli.output import Command, error
 from exporter.cli.repricing import add_reprice_arguments, add_unpriced_arguments, cmd_reprice
 from exporter.cli.serving import cmd_api, cmd_serve
 
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args)
     except ValidationError as exc:
-        console.print(f"[red]error:[/] {settings_error(exc, args)}")
+        error(settings_error(exc, args))
         return 2
     handler: Any = COMMANDS[args.command].run
     from exporter.core.db import EmbeddedDatabaseError, masked_conninfo

@@ -57,8 +57,8 @@ def _open_ports_allowed(settings: Settings, *, ingest: bool) -> bool:
         return True
     missing = " and no ".join(token for token, _, _ in open_ports)
     which = " and ".join(port_name for _, port_name, _ in open_ports)
-    console.print(
-        f"[red]error:[/] no {missing}, and {settings.host} is not a loopback address: {which}"
+    error(
+        f"no {missing}, and {settings.host} is not a loopback address: {which}"
         " would be open to anyone who reaches it. Set the token (--api-token, --ingest-token),"
         " bind to 127.0.0.1, or set NEXUS_ALLOW_UNAUTHENTICATED=true (--allow-unauthenticated"
         " true) if that is what you mean."
@@ -129,7 +129,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     try:  # read here, so a bad file is one clear error, not a failure in every decode worker
         PriceBook(settings.prices_file)
     except PriceOverridesError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(str(exc))
         return 2
     socks = _bind_ports(settings, {"ingest": "otlp_port", "api": "api_port"})
     if socks is None:

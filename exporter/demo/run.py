@@ -32,6 +32,7 @@ import psycopg
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.text import Text
 
 import nexus_otel
@@ -86,7 +87,7 @@ def run_demo(settings: Settings, duration: float | None) -> int:
         try:
             stack = _start_stack(settings, console, cleanup)
         except DemoError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            console.print(f"[red]error:[/] {escape(str(exc))}")
             return 1
         _print_endpoints(console, stack, duration)
         return _run_workload(console, stack, duration)
@@ -227,7 +228,9 @@ def _summarize(
     console.print(f"summary: providers reported {simulated.line()}", soft_wrap=True)
     console.print(f"summary: stored {stored.line()} cost_usd={stored.cost_usd:.6f}", soft_wrap=True)
     if stored.calls == 0:
-        console.print(f"[red]error:[/] no calls were stored; the exporter said:\n{stack.log()}")
+        console.print(
+            f"[red]error:[/] no calls were stored; the exporter said:\n{escape(stack.log())}"
+        )
         return 1
     if simulated.line() != stored.line():
         console.print("[yellow]warning:[/] stored totals differ from what the providers reported")

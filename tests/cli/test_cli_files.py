@@ -178,3 +178,32 @@ def test_dashboards_check_tells_a_missing_directory_from_stale_files(tmp_path: P
     assert partial.stderr == (
         f"out of date: {out / 'roi.json'}\nnot found:   {out / 'exporter-health.json'}\n"
     )
+
+
+def test_dashboards_written_over_a_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    """It ended in a traceback (FileExistsError from mkdir)."""
+    taken = tmp_path / "boards"
+    taken.write_text("a file, not a directory")
+    result = _cli(tmp_path, "dashboards", "--out", str(taken))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"error: cannot write the dashboards to {taken}: [Errno 17] File exists: '{taken}'\n"
+    )
+    assert taken.read_text() == "a file, not a directory"
+
+
+def test_brackets_in_what_a_user_typed_are_printed_as_typed(tmp_path: Path) -> None:
+    """Error lines are rich markup: `[/x]` in a path or a value ended in a MarkupError
+    traceback, and `[bold]` vanished from the line."""
+    missing = tmp_path / "[/x]" / "boards"
+    checked = _cli(tmp_path, "dashboards", "--check", "--out", str(missing))
+    assert (checked.returncode, checked.stderr) == (
+        2, f"error: dashboards directory {missing} not found\n"
+    )  # fmt: skip
+    config = tmp_path / "[bold]" / "alertmanager.yml"
+    written = _cli(tmp_path, "alertmanager-config", "--example", "--output", str(config))
+    assert (written.returncode, written.stderr) == (
+        2, f"error: directory {config.parent} does not exist: create it, or pass --make-dirs\n"
+    )  # fmt: skip
+    mode = _cli(tmp_path, "alertmanager-config", "--output", "x.yml", "--file-mode", "[/x]")
+    assert (mode.returncode, mode.stderr) == (2, "error: --file-mode '[/x]' is not an octal mode\n")
