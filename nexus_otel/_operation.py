@@ -63,7 +63,9 @@ class Operation:
         )
         self.parent = parent
         self._calls: list[CallRecord] = []
-        self._lock = threading.Lock()
+        # Re-entrant: a call whose body the garbage collector releases unread is finished (and
+        # added here) by whatever thread the collection runs in, even while it copies `calls`.
+        self._lock = threading.RLock()
 
     @property
     def calls(self) -> list[CallRecord]:

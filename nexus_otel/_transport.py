@@ -235,6 +235,8 @@ def _stream_classes(module: ModuleType) -> tuple[type, type]:
                 except Exception:
                     internal_error(self._call.finish)
 
+        __del__ = _finish_dropped
+
     class AsyncTapStream(module.AsyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, call: LLMCall) -> None:
             self._inner, self._call = inner, call
@@ -268,4 +270,16 @@ def _stream_classes(module: ModuleType) -> tuple[type, type]:
                 except Exception:
                     internal_error(self._call.finish)
 
+        __del__ = _finish_dropped
+
     return TapStream, AsyncTapStream
+
+
+def _finish_dropped(stream: Any) -> None:
+    """A response body let go of without being read to the end or closed (a stream the app
+    never iterated, dropped when an exception left the block that made it): the request was
+    sent, and billed, so the call ends as one closed early. A body read or closed was finished
+    already: this returns at the call's first check."""
+    call = getattr(stream, "_call", None)  # absent when its __init__ never ran
+    if call is not None:
+        guarded(call.finish)

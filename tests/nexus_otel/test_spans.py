@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import gzip
 import json
 import logging
@@ -388,6 +389,43 @@ def test_a_stream_closed_early_ends_its_span_with_estimated_usage(
     assert attrs["nexus.usage.source"] == "tiktoken" and span.status.status_code is StatusCode.UNSET
     [record] = op.calls
     assert record.success and record.input_tokens > 0
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_stream_dropped_unread_is_still_one_call(
+    spans: Spans, simulator: ProviderSimulator, is_async: bool
+) -> None:
+    """The request went out (and is billed) though the app never read the stream: an exception
+    between `create()` and the loop. The call ends when its response is let go of."""
+    import openai
+
+    memory = spans()
+    kwargs: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES, "stream": True,
+                              "extra_headers": {**USAGE, "x-sim-latency": "0"}}  # fmt: skip
+
+    def make_and_drop() -> None:
+        client = openai.OpenAI(api_key="sk-x", base_url=simulator.openai_base_url, max_retries=0)
+        client.chat.completions.create(**kwargs)  # the stream: dropped unread
+
+    async def make_and_drop_async() -> None:
+        client = openai.AsyncOpenAI(
+            api_key="sk-x", base_url=simulator.openai_base_url, max_retries=0
+        )
+        await client.chat.completions.create(**kwargs)
+        gc.collect()
+
+    with nexus_otel.operation("dropped") as op:
+        if is_async:
+            asyncio.run(make_and_drop_async())
+        else:
+            make_and_drop()
+        gc.collect()
+    [span] = gen_ai_spans(memory)
+    attrs = dict(span.attributes or {})
+    assert attrs["nexus.operation"] == "dropped" and span.status.status_code is StatusCode.UNSET
+    assert attrs["nexus.usage.source"] == "tiktoken" and attrs["gen_ai.usage.output_tokens"] == 0
+    [record] = op.calls
+    assert record.success and record.input_tokens == attrs["gen_ai.usage.input_tokens"] == 25
 
 
 @pytest.mark.usefixtures("spans")
