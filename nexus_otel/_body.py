@@ -5,6 +5,10 @@ app as fast as it would uninstrumented. At the end, a stream is read where usage
 (model, id, Anthropic's `message_start`) and its tail (final usage, finish reason, terminal event).
 Only when those do not give complete usage (and an estimate needs the text), or when content is
 captured, is the whole stream parsed. Bodies above MAX_BODY keep only their head and tail.
+
+gzip and deflate are told from the body's first bytes. Other encodings (brotli, which httpx asks
+for once `brotli` is installed and OpenAI's API then answers in; zstd) leave no such mark: for
+them the response's `Content-Encoding` is read, and the body decoded as the app's httpx decodes it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import collections
 import re
 import zlib
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
 
 from nexus_otel._internal import loads_json
 from nexus_otel._sse import EventHandler, SSEParser
@@ -21,6 +28,10 @@ WINDOW = 4 * 1024  # head and tail read from a stream whose usage is complete (e
 _SNIFF = 64  # bytes looked at to tell JSON from an event stream
 _UNREAD = object()
 _EVENT_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_SNIFFED = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})  # told from the bytes
+_DECODE_PIECE = 16 * 1024  # what the decoder is given at a time: its output is checked between
+# decode(encoding, chunks): the body decoded as the app's httpx (or httpx2) decodes it.
+Decode = Callable[[str, list[bytes]], "bytes | None"]
 
 
 class BodyCopy:
@@ -28,7 +39,17 @@ class BodyCopy:
     gzip or deflate content-encoding: that is told from the first bytes, so no response header
     needs reading), and what they say once the body has ended."""
 
-    __slots__ = ("_chunks", "_data", "_head", "_size", "_tail", "_tail_size", "truncated")
+    __slots__ = (
+        "_chunks",
+        "_data",
+        "_declared",
+        "_encoding",
+        "_head",
+        "_size",
+        "_tail",
+        "_tail_size",
+        "truncated",
+    )
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
@@ -38,6 +59,25 @@ class BodyCopy:
         self._tail_size = 0
         self.truncated = False
         self._data: bytes | object | None = _UNREAD
+        self._declared: tuple[Any, Decode] | None = None  # the response's headers, a decoder
+        self._encoding: str | None = None  # read from them when first needed
+
+    def declare(self, headers: Any, decode: Decode) -> None:
+        """The response's headers (read only if the body is not plain JSON) and how to decode
+        an encoding its bytes do not tell."""
+        self._declared = (headers, decode)
+
+    @property
+    def encoding(self) -> str:
+        """The `Content-Encoding` the body must be decoded from, when its bytes do not tell it
+        (brotli, zstd); "" when there is none, or it is gzip or deflate."""
+        if self._encoding is None:
+            self._encoding = ""
+            if self._declared is not None:
+                value = self._declared[0].get("content-encoding") or ""
+                if value.strip().lower() not in _SNIFFED:
+                    self._encoding = value
+        return self._encoding
 
     def add(self, chunk: bytes) -> None:
         if not self.truncated:
@@ -61,6 +101,10 @@ class BodyCopy:
         return self._data  # type: ignore[return-value]
 
     def _read(self) -> bytes | None:
+        if self.encoding:
+            if self.truncated or self._declared is None:
+                return None  # its ends alone cannot be decoded
+            return self._declared[1](self.encoding, self._chunks)
         if self.truncated:
             return None if _compression(self._head) else b""
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
@@ -80,7 +124,7 @@ class BodyCopy:
     def is_stream(self) -> bool:
         """Server-sent events rather than one JSON document (an object, or Gemini's array)."""
         start = self._start()
-        if _compression(start) is not None:
+        if self.encoding or _compression(start) is not None:
             start = self.data or b""  # told from its first uncompressed bytes
         return bool(start) and start[:_SNIFF].lstrip()[:1] not in (b"{", b"[")
 
@@ -116,10 +160,15 @@ class BodyCopy:
     def read_stream(self, on_event: EventHandler, *, full: bool) -> None:
         """Feeds the stream's events to `on_event`: all of them, or those of its head and tail."""
         if self.truncated:
-            if _compression(self._head) is not None:
+            if self.encoding or _compression(self._head) is not None:
                 return  # compressed and cut short: its ends cannot be decompressed
             head, tail = self._head, b"".join(self._tail)
-        elif full or self._size <= 2 * WINDOW or _compression(self._start()) is not None:
+        elif (
+            full
+            or self._size <= 2 * WINDOW
+            or self.encoding
+            or _compression(self._start()) is not None
+        ):
             data = self.data
             if data is not None:
                 _parse(data, on_event)
@@ -174,3 +223,34 @@ def _parse(data: bytes, on_event: EventHandler) -> None:
     parser = SSEParser(on_event)
     parser.feed(data)
     parser.close()
+
+
+def decoder(module: ModuleType) -> Decode:
+    """How `module` (httpx or httpx2) decodes a body for the app, through its public API: the
+    same codings it asked for, unknown ones passed through as they are. None when it cannot be
+    decoded, or is more than MAX_BODY once decoded (it is fed in small pieces and stopped)."""
+
+    class Pieces(module.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, chunks: list[bytes]) -> None:
+            self._chunks = chunks
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self._chunks:
+                for start in range(0, len(chunk), _DECODE_PIECE):
+                    yield chunk[start : start + _DECODE_PIECE]
+
+    def decode(encoding: str, chunks: list[bytes]) -> bytes | None:
+        headers = [("content-encoding", encoding)]
+        response = module.Response(200, headers=headers, stream=Pieces(chunks))
+        parts, size = [], 0
+        try:
+            for part in response.iter_bytes():
+                size += len(part)
+                if size > MAX_BODY:
+                    return None
+                parts.append(part)
+        except module.DecodingError:
+            return None
+        return b"".join(parts)
+
+    return decode

@@ -27,7 +27,7 @@ from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from nexus_otel import attributes as a
-from nexus_otel._body import BodyCopy
+from nexus_otel._body import BodyCopy, Decode
 from nexus_otel._detect import Target
 from nexus_otel._embeddings import EMBEDDINGS
 from nexus_otel._estimate import estimate_source, estimate_tokens, price, span_time
@@ -151,9 +151,15 @@ class LLMCall:
         else:
             context.detach(token)  # type: ignore[arg-type]
 
-    def on_response(self, status_code: int) -> None:
+    def on_response(
+        self, status_code: int, headers: Any = None, decode: Decode | None = None
+    ) -> None:
+        """The reply's status; its headers are read only if its body is not plain JSON (for an
+        encoding its bytes do not tell, which `decode` undoes)."""
         self.prepare()  # done already, unless the reply came before the request was sent in full
         self.status_code = status_code
+        if headers is not None and decode is not None and self._body is not None:
+            self._body.declare(headers, decode)
 
     def on_chunk(self, chunk: bytes) -> None:
         if self._first_chunk is None and chunk and self.request.stream:

@@ -17,6 +17,7 @@ from typing import Any
 
 import wrapt
 
+from nexus_otel._body import decoder
 from nexus_otel._budget import BudgetExceeded, Guard, admit, admit_async
 from nexus_otel._call import CallSettings, LLMCall
 from nexus_otel._detect import Detector
@@ -88,6 +89,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
     """Wraps the module's transports; returns what was wrapped, for `unwrap_all`."""
     sync_sent, async_sent = _request_stream_classes(module)
     sync_stream, async_stream = _stream_classes(module)
+    decode = decoder(module)
 
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         request = args[0] if args else kwargs["request"]
@@ -113,7 +115,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
             guarded(call.finish, exc)
             raise
         try:
-            call.on_response(response.status_code)
+            call.on_response(response.status_code, response.headers, decode)
         except Exception:
             internal_error(call.on_response)
         response.stream = sync_stream(response.stream, call)
@@ -145,7 +147,7 @@ def wrap_module(module: ModuleType, interceptor: Interceptor) -> list[tuple[Any,
             guarded(call.finish, exc)
             raise
         try:
-            call.on_response(response.status_code)
+            call.on_response(response.status_code, response.headers, decode)
         except Exception:
             internal_error(call.on_response)
         response.stream = async_stream(response.stream, call)
