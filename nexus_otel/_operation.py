@@ -140,16 +140,23 @@ class operation:  # lower case: used like a function, `with operation(...)`
             )
         self.name = name
         self.correlation_id = correlation_id
-        self._tokens: list[tuple[Operation, contextvars.Token[Operation | None]]] = []
+        # By handle: one instance (a module-level `SUMMARIZE = operation(...)`) may be entered
+        # in several threads and tasks at once, each leaving its own block in its own context.
+        self._tokens: dict[Operation, contextvars.Token[Operation | None]] = {}
 
     def __enter__(self) -> Operation:
         handle = Operation(self.name, self.correlation_id, CURRENT_OPERATION.get())
-        self._tokens.append((handle, CURRENT_OPERATION.set(handle)))
+        self._tokens[handle] = CURRENT_OPERATION.set(handle)
         return handle
 
     def __exit__(self, *exc: object) -> None:
-        _, token = self._tokens.pop()
-        CURRENT_OPERATION.reset(token)
+        # The handle this block set is the current one in its context, or one of its parents
+        # when a block inside was left open (a generator suspended in its own `with`).
+        handle = CURRENT_OPERATION.get()
+        while handle is not None and handle not in self._tokens:
+            handle = handle.parent
+        if handle is not None:
+            CURRENT_OPERATION.reset(self._tokens.pop(handle))
 
     async def __aenter__(self) -> Operation:
         return self.__enter__()
