@@ -202,6 +202,8 @@ class Spool:
                     segment = self._segment = self._open_segment()
                 _write_all(segment.fd, body)
             except OSError as error:
+                if segment is not None:
+                    self._cut_back(segment)
                 self._drop(1, spans, f"it could not be written ({error})")
                 return False
             segment.size += len(body)
@@ -326,6 +328,16 @@ class Spool:
         with contextlib.suppress(OSError):  # the name only carries the count
             os.replace(self.directory / segment.name, self.directory / final)
         os.close(segment.fd)  # and with it the lock
+
+    def _cut_back(self, segment: _Segment) -> None:
+        """After a write that failed part way (a full disk): the part written is cut off, else
+        the requests after it would not parse, and with them the whole segment, every span it
+        held before and after, would be refused. When it cannot be cut, the segment is closed
+        and the next span starts another."""
+        try:
+            os.ftruncate(segment.fd, segment.size)
+        except OSError:
+            self._close_segment()
 
     def _write_file(self, name: str, body: bytes) -> None:
         temporary = self.directory / f"{_TEMPORARY_PREFIX}{name}.tmp"

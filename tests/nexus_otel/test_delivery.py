@@ -303,3 +303,48 @@ def test_a_forked_worker_sends_the_spool_itself(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         expected = {"parent": 1, **{f"child-{n}": 1 for n in range(5)}}
         assert sink.stored() == expected
+
+
+DISK_FULL = """
+import os, resource, signal, sys
+from pathlib import Path
+from opentelemetry import trace
+import nexus_otel
+
+url, spool = sys.argv[1], Path(sys.argv[2])
+nexus_otel.instrument(service_name="delivery", endpoint=url, spool=spool)
+tracer = trace.get_tracer("tests.delivery")
+tracer.start_span("probe").end()
+nexus_otel.force_flush()  # refused: the exporter is away, spans now go one by one to a segment
+for n in range(3):
+    tracer.start_span(f"before-{n}").end()
+[segment] = [path for path in spool.glob("*-0.otlp")]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the bound, write() fails with EFBIG
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (segment.stat().st_size + 40, hard))
+tracer.start_span("cut-" + "x" * 200).end()  # written in part: the disk is full
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+for n in range(3):
+    tracer.start_span(f"after-{n}").end()
+print(nexus_otel.delivery_status().dropped_spans)
+nexus_otel.shutdown()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a file size limit stands for a full disk")
+def test_a_write_the_full_disk_cut_short_loses_only_its_own_span(
+    instrumented: Callable[..., Path], tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NEXUS_OTEL_SHUTDOWN_SECONDS": "0.2"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(DISK_FULL), f"http://127.0.0.1:{port}",
+         str(tmp_path / "spool")], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]  # the span cut short, counted as dropped
+    with OtlpSink(port) as sink:
+        instrumented(port)  # the next run sends the spool
+        wait_until(lambda: nexus_otel.delivery_status().pending_batches == 0, "the spool is sent")
+    expected = ["probe", *(f"before-{n}" for n in range(3)), *(f"after-{n}" for n in range(3))]
+    assert sink.stored() == dict.fromkeys(expected, 1)
