@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.util.re import parse_env_headers
 
 from nexus_otel._internal import log
+from nexus_otel._secrets import scrub_text
 
 _DEFAULT_TIMEOUT_SECONDS = 10.0  # the OTLP exporter specification's default
 # Answers that say "later": the OTLP/HTTP specification's retryable codes, plus 401/403 (a token
@@ -40,9 +41,15 @@ class Verdict(enum.Enum):
 @dataclass(frozen=True)
 class Outcome:
     verdict: Verdict
-    detail: str = ""
+    detail: str = ""  # logged and kept in `delivery_status().last_error`: scrubbed
     retry_after: float | None = None  # seconds, from the exporter's Retry-After
     status: int | None = None
+
+    def __post_init__(self) -> None:
+        # An error names the URL, whose query may hold the exporter's key (`?api_key=`), and
+        # an answer's body may quote a header it refused.
+        if self.detail:
+            object.__setattr__(self, "detail", scrub_text(self.detail))
 
 
 def _env(name: str) -> str | None:

@@ -348,3 +348,20 @@ def test_a_write_the_full_disk_cut_short_loses_only_its_own_span(
         wait_until(lambda: nexus_otel.delivery_status().pending_batches == 0, "the spool is sent")
     expected = ["probe", *(f"before-{n}" for n in range(3)), *(f"after-{n}" for n in range(3))]
     assert sink.stored() == dict.fromkeys(expected, 1)
+
+
+@pytest.mark.usefixtures("instrumented")  # for its uninstrument()
+def test_a_key_in_the_endpoints_query_is_never_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()  # nothing listens: the error names the URL
+    url = f"http://127.0.0.1:{port}/v1/traces?api_key=otlp-secret-31d7"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+    nexus_otel.instrument(service_name="delivery", spool=tmp_path / "spool")
+    with caplog.at_level(logging.WARNING, "nexus_otel"):
+        emit("probe")
+        nexus_otel.force_flush()
+    last_error = nexus_otel.delivery_status().last_error
+    assert "/v1/traces?api_key=[REDACTED]" in last_error and "ConnectionError" in last_error
+    assert "otlp-secret-31d7" not in caplog.text + last_error
+    assert "api_key=[REDACTED]" in caplog.text
