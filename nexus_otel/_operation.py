@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ class operation:  # lower case: used like a function, `with operation(...)`
     """Tags every LLM call inside with `nexus.operation` and `nexus.correlation_id`.
 
     A context manager (sync or async) yielding an `Operation`, or a decorator of sync and async
-    functions (a fresh `Operation` per invocation)."""
+    functions and generators (a fresh `Operation` per invocation; a generator's is current while
+    its body runs, not while the code reading it does)."""
 
     def __init__(self, name: str, *, correlation_id: str | None = None) -> None:
         # Checked here, where the app's line is in the traceback: a span drops an attribute of
@@ -166,6 +168,10 @@ class operation:  # lower case: used like a function, `with operation(...)`
 
     def __call__(self, function: _F) -> _F:
         name, correlation_id = self.name, self.correlation_id
+        if inspect.isgeneratorfunction(function):
+            return cast(_F, _generator(function, name, correlation_id))
+        if inspect.isasyncgenfunction(function):
+            return cast(_F, _async_generator(function, name, correlation_id))
         if asyncio.iscoroutinefunction(function):
 
             @functools.wraps(function)
@@ -181,6 +187,79 @@ class operation:  # lower case: used like a function, `with operation(...)`
                 return function(*args, **kwargs)
 
         return cast(_F, run)
+
+
+class _Steps:
+    """One invocation of a decorated generator: its handle, current while its body runs (each
+    step, made the first) and not while it waits at a `yield` (then the code reading it runs,
+    in the same context, and its calls are its own)."""
+
+    def __init__(self, name: str, correlation_id: str | None) -> None:
+        self.name, self.correlation_id = name, correlation_id
+        self.handle: Operation | None = None
+
+    def enter(self) -> contextvars.Token[Operation | None]:
+        if self.handle is None:
+            self.handle = Operation(self.name, self.correlation_id, CURRENT_OPERATION.get())
+        return CURRENT_OPERATION.set(self.handle)
+
+
+def _generator(function: Callable[..., Any], name: str, cid: str | None) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        generator, steps = function(*args, **kwargs), _Steps(name, cid)
+        method, given = generator.send, None
+        while True:
+            token = steps.enter()
+            try:
+                item = method(given)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                CURRENT_OPERATION.reset(token)
+            try:
+                given, method = (yield item), generator.send
+            except GeneratorExit:
+                token = steps.enter()
+                try:
+                    generator.close()
+                finally:
+                    CURRENT_OPERATION.reset(token)
+                raise
+            except BaseException as error:  # thrown in by the reader: into the body
+                given, method = error, generator.throw
+
+    return run
+
+
+def _async_generator(
+    function: Callable[..., Any], name: str, cid: str | None
+) -> Callable[..., Any]:
+    @functools.wraps(function)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        generator, steps = function(*args, **kwargs), _Steps(name, cid)
+        method, given = generator.asend, None
+        while True:
+            token = steps.enter()
+            try:
+                item = await method(given)
+            except StopAsyncIteration:
+                return
+            finally:
+                CURRENT_OPERATION.reset(token)
+            try:
+                given, method = (yield item), generator.asend
+            except GeneratorExit:
+                token = steps.enter()
+                try:
+                    await generator.aclose()
+                finally:
+                    CURRENT_OPERATION.reset(token)
+                raise
+            except BaseException as error:
+                given, method = error, generator.athrow
+
+    return run
 
 
 def current_operation() -> Operation | None:
