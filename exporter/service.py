@@ -20,7 +20,11 @@ import psycopg
 import uvicorn
 from starlette.types import ASGIApp
 
-from exporter.core.connection_limits import ConnectionLimits, guarded_protocols
+from exporter.core.connection_limits import (
+    WS_MAX_MESSAGE_BYTES,
+    ConnectionLimits,
+    guarded_protocols,
+)
 from exporter.core.db import EmbeddedPostgres, ensure_partitions_around, migrate, resolve_database
 from exporter.core.settings import Settings
 from exporter.core.zones import ZoneUnknownToDatabase, check_zone_in_database
@@ -129,6 +133,7 @@ def _server_config(served: Served, host: str, limits: ConnectionLimits) -> uvico
         http=http,
         ws=ws,
         timeout_keep_alive=math.ceil(limits.header_timeout),
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
     )
 
 

@@ -13,7 +13,8 @@ classes add what is missing:
   the request held;
 - beyond `max_connections` open connections on a port, a new one is answered 503 and closed;
 - a WebSocket client that leaves data unread for `ws_send_timeout` seconds (the server's write
-  buffer above its high-water mark all that time) is cut off.
+  buffer above its high-water mark all that time) is cut off;
+- a WebSocket message over WS_MAX_MESSAGE_BYTES is refused (1009) before it is read.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ _RETRY_AFTER_SECONDS = 1  # what a refused connection is told: capacity frees wi
 # uvicorn's 64 KiB write buffer before the server stops writing and its send timeout runs. A
 # live feed needs far less than this per round trip.
 _WS_SEND_BUFFER_BYTES = 64 * 1024
+# The largest message a WebSocket client may send. The live feed reads nothing from its clients
+# (it only notices them leave): a frame announcing more is refused at its header (1009) and the
+# connection closed. uvicorn's default, 16 MiB, was held in memory per connection until a frame
+# was complete, so a few hundred connections could take gigabytes.
+WS_MAX_MESSAGE_BYTES = 4096
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,43 @@ def test_websocket_clients_that_never_read_are_dropped(live_exporter: ExporterPr
             received += chunk
 
 
+def _server_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """The next frame the server sends (unmasked): its opcode and payload."""
+
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            assert chunk, f"connection closed after {data!r}"
+            data += chunk
+        return data
+
+    first, length = exactly(2)
+    length &= 0x7F
+    if length >= 126:
+        length = int.from_bytes(exactly(2 if length == 126 else 8))
+    return first & 0x0F, exactly(length)
+
+
+def test_a_websocket_message_over_the_bound_is_refused_before_it_is_read(
+    exporter: ExporterProcess,
+) -> None:
+    """The live feed reads nothing from its clients: a frame announcing 1 MiB is refused at its
+    header (1009, message too big) and the connection closed. The bound was uvicorn's 16 MiB,
+    held in memory per connection until the frame was complete: a few hundred connections each
+    sending all but the last byte of such a frame held gigabytes of the exporter's memory."""
+    with contextlib.closing(_websocket_handshake(exporter, reads=True)) as sock:
+        opcode, hello = _server_frame(sock)
+        assert (opcode, hello) == (1, b'{"type":"hello","listening":true}')
+        size = 1024 * 1024
+        sock.sendall(bytes([0x82, 0x80 | 127]) + size.to_bytes(8) + os.urandom(4) + b"x" * 1024)
+        sock.settimeout(10)
+        opcode, payload = _server_frame(sock)
+        reason = b"frame with 1048576 bytes exceeds limit of 4096 bytes"
+        assert (opcode, payload) == (8, (1009).to_bytes(2) + reason)
+        assert sock.recv(1) == b""  # closed, the rest of the frame never read
+
+
 def _serve(
     database_url: str, tmp_path: Path, env: dict[str, str], *args: str
 ) -> subprocess.Popen[bytes]:
