@@ -251,6 +251,21 @@
     });
   }
 
+  // The most expensive operations, each a bar, and the rest as one: thousands of bars in one
+  // chart are each thinner than a pixel.
+  const OPERATION_BARS = 12;
+  function topOperations(operations) {
+    const shown = operations.slice(0, OPERATION_BARS);
+    const labels = shown.map((o) => o.operation || "(none)");
+    const values = shown.map((o) => o.cost_usd);
+    const rest = operations.slice(OPERATION_BARS);
+    if (rest.length) {
+      labels.push(`${fmtInt(rest.length)} other operation${rest.length === 1 ? "" : "s"}`);
+      values.push(rest.reduce((sum, o) => sum + o.cost_usd, 0));
+    }
+    return [labels, values];
+  }
+
   function renderProviders(stats) {
     $("providers").tBodies[0].replaceChildren(...stats.providers.map((p) => {
       const row = el("tr");
@@ -385,12 +400,13 @@
       $("error").hidden = true;
       fillSelect($("service"), options.services, filters.service);
       fillSelect($("provider"), options.providers, filters.provider);
-      fillSelect($("operation"), options.operations, filters.operation);
+      // Calls without an operation are "(none)" in the chart; here "" would be a second "All".
+      fillSelect($("operation"), options.operations.filter(Boolean), filters.operation);
       renderCards(stats);
       renderBudgets(budgets);
       renderTokenChart(hourly, startMs, endMs);
       renderCostChart("chart-cost-provider", providers.providers.map((p) => p.provider), providers.providers.map((p) => p.cost_usd), false);
-      renderCostChart("chart-cost-operation", operations.operations.map((o) => o.operation || "(none)"), operations.operations.map((o) => o.cost_usd), true);
+      renderCostChart("chart-cost-operation", ...topOperations(operations.operations), true);
       renderProviders(providers);
       renderUnpriced(providers);
       renderRecent(stats.recent_calls);
