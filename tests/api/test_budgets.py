@@ -293,6 +293,24 @@ def test_bad_budgets_get_422_with_a_message(
     assert message in response.text
 
 
+@pytest.mark.parametrize(
+    "field",
+    ["name", "period", "amount_usd", "warning_threshold_pct", "timezone", "enabled", "enforce"],
+)
+def test_a_required_field_patched_to_null_gets_422_and_changes_nothing(
+    api: TestClient, field: str
+) -> None:
+    """Only a scope field may be null (any value); `enabled: null` was a 500 (NOT NULL)."""
+    budget = create(api, name=f"null-{field}", period="daily", amount_usd="2")
+    response = api.patch(f"/api/budgets/{budget['id']}", json={field: None})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == [
+        {"loc": ["body", field], "msg": f"{field} cannot be null", "type": "value_error"}
+    ]
+    assert api.get(f"/api/budgets/{budget['id']}").json() == budget
+    assert api.delete(f"/api/budgets/{budget['id']}").status_code == 204
+
+
 def test_default_budget_from_settings(postgres_server: str) -> None:
     """The default budget counts every service's calls: on a database of its own, so that what
     it spends does not depend on which other tests of this module ran before it."""

@@ -181,6 +181,7 @@ def update_budget(budget_id: BudgetId, body: BudgetUpdate, conn: Conn) -> dict[s
         "amount_usd",
         "warning_threshold_pct",
         "timezone",
+        "enabled",
         "enforce",
     ):
         if required in values and values[required] is None:
