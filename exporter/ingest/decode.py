@@ -22,7 +22,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
@@ -34,14 +33,12 @@ from exporter.ingest.model import LLMCall, RawSpan
 from exporter.ingest.normalize import InvalidSpan, accepted_start_times, to_llm_call
 from exporter.ingest.not_calls import NotCalls
 from exporter.ingest.price_overrides import OverridesVersion, WatchedOverrides
-from exporter.ingest.pricing import PriceBook
+from exporter.ingest.pricing import MAX_CALL_COST_USD, PriceBook, stored_cost
 from exporter.ingest.rows import CallBatch, encode_row
 from nexus_otel._secrets import scrub_text
 
 log = logging.getLogger(__name__)
 
-# numeric(20, 12) holds less; no single call costs a million dollars, so such a cost is bad data.
-_MAX_CALL_COST_USD = Decimal(1_000_000)
 _PARENT_CHECK_SECONDS = 1.0
 # Spans decoded, normalized and priced together (see convert): enough for each step's code to
 # stay hot, few enough that a chunk of spans with large attributes holds little memory.
@@ -116,7 +113,7 @@ def convert(request: Message, options: DecodeOptions) -> Conversion:
         normalized = _normalized(chunk, options, window, rejected, result)
         for place, call in normalized:
             price_call(prices, call)
-            if call.cost_usd is not None and call.cost_usd >= _MAX_CALL_COST_USD:
+            if call.cost_usd is not None and call.cost_usd >= MAX_CALL_COST_USD:
                 reason = f"span {call.span_id}: cost {call.cost_usd:.2f} USD is out of range"
                 rejected.append((place, reason))
             else:
@@ -215,7 +212,9 @@ def price_call(prices: PriceBook, call: LLMCall) -> None:
     except Exception:
         log.exception("pricing %s/%s failed; stored unpriced", call.provider, call.model)
         return
-    call.cost_usd, call.cost_source, call.price_ref = price.cost_usd, price.source, price.reference
+    call.cost_source, call.price_ref = price.source, price.reference
+    # As the row will hold it: the summaries and metrics add up the rows' own costs.
+    call.cost_usd = None if price.cost_usd is None else stored_cost(price.cost_usd)
     if price.reference is None and price.cost_usd is not None:  # the span's reported cost
         call.price_ref = call.reported_cost_key
 

@@ -30,7 +30,7 @@ import fnmatch
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,12 @@ _SLOTS = {
 
 _PROBES = ((0, 0, 0, 0), (1_234, 567, 89, 10), (10_000_001, 54_321, 1_000_000, 300_000))
 _CACHE_MAX = 50_000  # entries per cache; span attributes are untrusted, so bound what they key
+# api_calls.cost_usd is numeric(20, 12): PostgreSQL stores a cost rounded half away from zero to
+# 12 places. A call's cost is rounded so before it is added to anything (the summaries, the
+# metrics), or a summary would hold digits its rows do not (a reported 4.2000000000000004e-05).
+COST_QUANTUM = Decimal("1e-12")
+# No single call costs a million dollars (numeric(20, 12) holds less): such a cost is bad data.
+MAX_CALL_COST_USD = Decimal(1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +165,14 @@ def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) >= _CACHE_MAX:
         cache.clear()
     cache[key] = value
+
+
+def stored_cost(cost: Decimal) -> Decimal:
+    """`cost` as api_calls stores it, rounded to COST_QUANTUM; a cost of MAX_CALL_COST_USD or
+    more (refused, never stored) as it is: rounding it could pass Decimal's precision."""
+    if cost >= MAX_CALL_COST_USD:
+        return cost
+    return cost.quantize(COST_QUANTUM, ROUND_HALF_UP)
 
 
 class PriceBook:

@@ -30,24 +30,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 
-from exporter.ingest.pricing import PriceBook
+from exporter.ingest.pricing import MAX_CALL_COST_USD, PriceBook, stored_cost
 from exporter.usage.cost_writes import write_changed_costs
 from exporter.usage.linear_prices import COST_SQL, linear_price
 from exporter.usage.revision_record import record_revision
 
 # Groups read per round trip: enough to keep PostgreSQL busy, a few MB of Python objects.
 FETCH_GROUPS = 20_000
-# api_calls.cost_usd is numeric(20, 12): a price is stored rounded half away from zero to
-# 12 places, so the new cost is rounded alike before it is compared with the stored one.
-COST_QUANTUM = Decimal("1e-12")
-# As at ingest (exporter.ingest.decode): no single call costs a million dollars, and
-# numeric(20, 12) holds less. A group priced at more is left as it is and counted.
-MAX_CALL_COST_USD = Decimal(1_000_000)
+# A new cost is rounded as the row stores it (stored_cost) before it is compared with the
+# stored one. As at ingest, no call costs MAX_CALL_COST_USD: a group priced at more is left as
+# it is and counted.
 # Grouping a million calls and joining a million groups in memory, not in batches on disk (the
 # server's default is 4 MB), and the temporary tables of a million rows each in memory too (the
 # default temp_buffers is 8 MB; it can be set only before the session's first temporary table,
@@ -436,7 +433,7 @@ def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     if by_provider and source == "span":
         source = "provider"  # no price table knows it: the provider's charge stays
     if cost is not None:
-        cost = cost.quantize(COST_QUANTUM, ROUND_HALF_UP)
+        cost = stored_cost(cost)
         if cost >= MAX_CALL_COST_USD:
             return _OUT_OF_RANGE
     if cost == old_cost and (source or "") == old_source:

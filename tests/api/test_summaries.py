@@ -203,3 +203,49 @@ def test_no_range_reads_more_than_five_minutes_of_raw_rows_at_either_end(seed: i
 
 
 MICROSECOND, ZERO = timedelta(microseconds=1), timedelta()
+
+
+# Floats an app computes (a price times tokens) carry more than the 12 decimal places a row
+# keeps: the row rounds each (half away from zero), and so must everything that adds them up.
+LONG_COSTS = ("3.3333333333333335e-07", "4.2000000000000004e-05", "0.00030000000000000003")
+LONG_AT = datetime(2026, 11, 14, 10, 0, tzinfo=UTC)
+
+
+def test_summaries_add_up_the_costs_their_rows_keep(
+    ingest: Callable[..., None], database_url: str
+) -> None:
+    specs = [call_spec(LONG_AT + timedelta(minutes=i), c) for i, c in enumerate(LONG_COSTS * 3)]
+    ingest(specs, "long-costs")
+    rows = [
+        cost
+        for (cost,) in query(
+            database_url,
+            "SELECT cost_usd FROM api_calls WHERE service_name = 'long-costs' ORDER BY 1",
+        )
+    ]
+    each = [Decimal("0.000000333333"), Decimal("0.000042000000"), Decimal("0.000300000000")]
+    assert rows == sorted(each * 3)
+    for table, key in (
+        ("ten_minute_usage_summary", "bucket"),
+        ("hourly_usage_summary", "hour"),
+        ("daily_usage_summary", "day"),
+    ):
+        assert query(
+            database_url,
+            f"SELECT {key}, calls, cost_usd FROM {table} WHERE service_name = 'long-costs'",
+        ) == [(LONG_AT.date() if key == "day" else LONG_AT, 9, 3 * sum(each))], table
+    # A budget of $0.000001 over three calls of $3.3333333333333335e-07: $0.000000999999 spent,
+    # short of the amount (a warning), whether its spend is read from the rows or the summaries.
+    ingest([call_spec(LONG_AT + timedelta(minutes=i), LONG_COSTS[0]) for i in range(3)], "tiny")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO cost_budgets (name, period_type, budget_usd, service_name)"
+            " VALUES ('tiny', 'daily', 0.000001, 'tiny') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        for now in (LONG_AT + timedelta(minutes=4), LONG_AT + timedelta(hours=2)):
+            status = conn.execute(
+                "SELECT spend_usd, state, exceeded_at FROM nexus_budget_status(%s, %s)",
+                (now, row[0]),
+            ).fetchone()
+            assert status == (Decimal("0.000000999999"), "warning", None), now
