@@ -223,7 +223,9 @@ def _families(statuses: list[dict[str, Any]], left_out: int) -> list[GaugeMetric
         families["spend"].add_metric(values, float(s["spend_usd"]))
         families["reserved"].add_metric(values, float(s["reserved_usd"]))
         families["usage"].add_metric(values, float(s["usage_pct"] / 100))
-        families["warning"].add_metric(values, float(s["warning_threshold_pct"]) / 100)
+        # Divided as the usage is (in Decimal, then to float): at the threshold exactly the two
+        # gauges are equal, so the alert's usage >= warning fires when the state says warning.
+        families["warning"].add_metric(values, float(s["warning_threshold_pct"] / 100))
         families["forecast"].add_metric(values, float(s["forecast_usd"]))
         families["end"].add_metric(values, s["period_end"].timestamp())
     without = GaugeMetricFamily(

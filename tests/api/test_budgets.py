@@ -293,6 +293,34 @@ def test_bad_budgets_get_422_with_a_message(
     assert message in response.text
 
 
+@pytest.mark.parametrize("threshold", ["66.67", "80", "0.07", "57.01"])
+def test_gauges_at_the_warning_threshold_exactly_say_what_the_state_says(
+    api: TestClient, ingest: Callable[..., None], database_url: str, threshold: str
+) -> None:
+    """The BudgetWarning alert fires on usage_ratio >= warning_ratio: at the threshold to the
+    cent, both gauges are the same number, as the state is 'warning'. (66.67 / 100 in floats is
+    0.6667000000000001, above the usage ratio 0.6667: the alert stayed silent.)"""
+    service = f"threshold-{threshold}"
+    amount = Decimal(3)
+    ingest([call_spec(NOW - timedelta(hours=2), str(amount * Decimal(threshold) / 100))], service)
+    budget = create(
+        api,
+        name=service,
+        period="daily",
+        amount_usd=str(amount),
+        warning_threshold_pct=threshold,
+        service_name=service,
+    )
+    assert status_of(api, budget["id"])["state"] == "warning"
+    registry = CollectorRegistry()
+    registry.register(BudgetCollector(database_url, ttl=0, clock=lambda: NOW))
+    text = generate_latest(registry).decode()
+    labels = {"budget": service, "period": "daily", "service_name": service}
+    usage = metric_value(text, "nexus_budget_usage_ratio", **labels)
+    warning = metric_value(text, "nexus_budget_warning_ratio", **labels)
+    assert usage == warning == float(Decimal(threshold) / 100)
+
+
 @pytest.mark.parametrize(
     "field",
     ["name", "period", "amount_usd", "warning_threshold_pct", "timezone", "enabled", "enforce"],
