@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from starlette.testclient import TestClient
 
@@ -223,6 +224,32 @@ def test_content_roi_ranking(api: TestClient, database_url: str) -> None:
     assert query(database_url, "SELECT count(*) FROM content_engagement") == [(5,)]
     missing = api.post("/api/carousels/nope/engagement", json={"likes": 1})
     assert missing.status_code == 404
+
+
+def test_content_times_need_a_time_zone_offset(postgres_server: str) -> None:
+    """On a database server whose own zone is not UTC, a naive measured_at was read in that
+    zone (09:00 as 14:00 UTC) and replaced a later measurement as the latest: refused now."""
+    with fresh_database(postgres_server) as url:
+        eastern = psycopg.conninfo.make_conninfo(url, options="-c TimeZone=America/New_York")
+        with TestClient(create_api_app(Settings(), eastern, clock=lambda: NOW)) as client:
+            naive = {"correlation_id": "naive", "published_at": "2026-11-20T08:00:00"}
+            refused = client.post("/api/carousels", json=naive)
+            assert (refused.status_code, refused.json()["detail"][0]["loc"]) == (
+                422, ["body", "published_at"],
+            )  # fmt: skip
+            created = client.post("/api/carousels", json={**naive, "published_at": None})
+            assert created.status_code == 201, created.text
+            path = "/api/carousels/naive/engagement"
+            later = {"likes": 5, "measured_at": "2026-11-20T10:00:00Z"}
+            assert client.post(path, json=later).status_code == 201
+            refused = client.post(path, json={"likes": 1, "measured_at": "2026-11-20T09:00:00"})
+            assert (refused.status_code, refused.json()["detail"][0]["loc"]) == (
+                422, ["body", "measured_at"],
+            )  # fmt: skip
+            item = client.get("/api/carousels/naive").json()
+            measured = datetime.fromisoformat(item["measured_at"])
+            assert (item["likes"], measured) == (5, datetime(2026, 11, 20, 10, tzinfo=UTC))
+        assert query(url, "SELECT count(*) FROM content_engagement") == [(1,)]
 
 
 def check_daily_report(report: dict[str, Any]) -> None:

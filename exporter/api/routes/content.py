@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from psycopg.rows import dict_row
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from exporter.api.deps import Conn, Now
 
@@ -26,7 +26,9 @@ class CarouselCreate(BaseModel):
     correlation_id: str = Field(min_length=1, max_length=200, description="nexus.correlation_id")
     title: str | None = Field(default=None, max_length=1000)
     platform: str = Field(default="instagram", min_length=1, max_length=100)
-    published_at: datetime | None = None
+    # An offset is required (422 without one): a naive time would be read in the database
+    # server's own time zone, which the client cannot see.
+    published_at: AwareDatetime | None = None
 
 
 class EngagementCreate(BaseModel):
@@ -38,7 +40,9 @@ class EngagementCreate(BaseModel):
     saves: Count = 0
     reach: Count = 0
     impressions: Count = 0
-    measured_at: datetime | None = Field(default=None, description="default: now")
+    measured_at: AwareDatetime | None = Field(
+        default=None, description="with its time zone offset; default: now"
+    )
 
 
 class CarouselPublic(BaseModel):
