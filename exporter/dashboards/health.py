@@ -136,7 +136,9 @@ def _storage() -> list[object]:
         ),
         timeseries_panel(
             "Exporters up", "short",
-            [promql(f"up{INSTANCE}", "{{instance}}")],
+            # The job too: with every exporter selected, $instance is .* and would match the
+            # collector, Alertmanager and Prometheus as well.
+            [promql('up{job="nexus-exporter", instance=~"$instance"}', "{{instance}}")],
             "1 while Prometheus can scrape the exporter.", w=8,
         ).min(0).max(1),
     ]  # fmt: skip
