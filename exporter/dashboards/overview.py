@@ -101,6 +101,7 @@ def _charts() -> list[object]:
         "time_series",
     )
     success = prom_filter('outcome="success"')
+    sent = prom_filter('outcome!="blocked"')  # blocked by a budget: never reached the provider
     return [
         gauge_panel(
             "Budgets", "percentunit", [budgets],
@@ -131,10 +132,11 @@ def _charts() -> list[object]:
                 "sum by (gen_ai_provider_name) (rate(nexus_llm_calls_total"
                 f"{success}[$__rate_interval])) / "
                 "sum by (gen_ai_provider_name) "
-                f"(rate(nexus_llm_calls_total{prom_filter()}[$__rate_interval]))",
+                f"(rate(nexus_llm_calls_total{sent}[$__rate_interval]))",
                 "{{gen_ai_provider_name}}",
             )],
-            "Share of calls that succeeded, per provider.", colors=PROVIDER_COLORS,
+            "Share of the calls sent to each provider that succeeded (calls a budget blocked"
+            " before sending are not counted).", colors=PROVIDER_COLORS,
         ).min(0).max(1),
     ]  # fmt: skip
 

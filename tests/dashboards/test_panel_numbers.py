@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from nexus_otel.attributes import BUDGET_EXCEEDED_ERROR
 from tests.dashboards.board_runner import DASHBOARD_SPAN, SCRAPE, Result, Stack, run_board, stack
 from tests.dashboards.grafana_expand import TimeRange, parse_interval
 
@@ -181,8 +182,13 @@ def test_overview_numbers_equal_the_stored_rows(stack: Stack) -> None:
     assert history == [("LLMBudgetWarning", "firing", "warning", "daily-total at 80 %")]
 
     # Prometheus: a provider whose stored calls all succeeded shows exactly 1 at every point;
-    # one with failures among them shows less than 1 wherever a failure is in the window.
-    failing = {c["provider"] for c in stored.calls if not c["success"]}
+    # one with failures among them shows less than 1 wherever a failure is in the window. Calls
+    # a budget blocked never reached the provider: they are no failure of it.
+    failing = {
+        c["provider"]
+        for c in stored.calls
+        if not c["success"] and c["error_type"] != BUDGET_EXCEEDED_ERROR
+    }
     for series in results["Success rate per provider/A"].rows:
         provider = series["metric"]["gen_ai_provider_name"]
         # No call in a window is 0 / 0: NaN, a gap in the chart.

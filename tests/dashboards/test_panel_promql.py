@@ -85,3 +85,31 @@ def test_exporters_up_shows_only_the_exporters(tmp_path: Path) -> None:
     ]
     result = evaluate(tmp_path, expr, series, "5m", expected)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_success_rate_per_provider_leaves_out_calls_a_budget_blocked(tmp_path: Path) -> None:
+    # Over 10 minutes openai gets 90 successes and 10 failures a minute sent, while a budget
+    # guard blocks 100 calls a minute that never reach it; groq gets 50 successes a minute.
+    # The share of calls sent that succeeded: 0.9 and 1 (blocked calls are no provider failure).
+    expr = expanded(
+        "overview",
+        "Success rate per provider",
+        {"service": ["app"], "provider": ["openai", "groq"], "model": ["m"], "operation": [""]},
+    )
+    labels = 'service_name="app",gen_ai_request_model="m",gen_ai_operation_name="chat"'
+    calls = "nexus_llm_calls_total"
+    series = {
+        f'{calls}{{{labels},gen_ai_provider_name="openai",outcome="success"}}': "0+90x20",
+        f'{calls}{{{labels},gen_ai_provider_name="openai",outcome="error"}}': "0+10x20",
+        f'{calls}{{{labels},gen_ai_provider_name="openai",outcome="blocked"}}': "0+100x20",
+        f'{calls}{{{labels},gen_ai_provider_name="groq",outcome="success"}}': "0+50x20",
+        f'{calls}{{{labels},gen_ai_provider_name="groq",outcome="error"}}': "0x20",
+    }
+    # Rounded to 0.001: two rates divided are 0.9 give or take the last bit of a float.
+    expr = f"round({expr}, 0.001)"
+    expected = [
+        {"labels": '{gen_ai_provider_name="openai"}', "value": 0.9},
+        {"labels": '{gen_ai_provider_name="groq"}', "value": 1},
+    ]
+    result = evaluate(tmp_path, expr, series, "10m", expected)
+    assert result.returncode == 0, result.stdout + result.stderr
