@@ -157,7 +157,10 @@ class ExporterMetrics:
             registry=r,
         )
         self.storage_up = Gauge(
-            "nexus_exporter_storage_up", "1 when the last database write succeeded.", registry=r
+            "nexus_exporter_storage_up",
+            "1 when the database answered the last write (before the first one: the connection"
+            " made at start).",
+            registry=r,
         )
 
     def observe_stored(self, calls: Iterable[LLMCall]) -> None:

@@ -66,6 +66,13 @@ class CallWriter:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        # Connected now, so an idle exporter whose database answers says so (storage_up 1); a
+        # database down at start is reported by the first write that finds it down.
+        try:
+            await self._connection(0)
+            self._metrics.storage_up.set(1)
+        except (psycopg.OperationalError, OSError) as exc:
+            log.warning("database unavailable at start: %s", exc)
         self._tasks = [
             asyncio.create_task(self._run(slot), name=f"nexus-call-writer-{slot}")
             for slot in range(len(self._conns))

@@ -141,3 +141,31 @@ async def test_a_write_rolled_back_on_every_attempt_is_sent_again_and_the_databa
     finally:
         await writer.stop()
     assert _stored(database_url, ids) == sorted(ids)
+
+
+async def test_storage_is_up_from_the_start_when_the_database_answers(database_url: str) -> None:
+    """An idle exporter whose database answers said storage down (0) until its first write:
+    the exporter-health dashboard read "No"."""
+    metrics = ExporterMetrics()
+    writer = CallWriter(database_url, metrics)
+    await writer.start()
+    try:
+        assert metrics.registry.get_sample_value("nexus_exporter_storage_up") == 1
+    finally:
+        await writer.stop()
+
+
+async def test_a_database_down_at_start_is_storage_down_and_the_writer_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = ExporterMetrics()
+    writer = CallWriter("postgresql://nexus@127.0.0.1:1/nexus", metrics)
+    await writer.start()
+    try:
+        assert metrics.registry.get_sample_value("nexus_exporter_storage_up") == 0
+        assert "database unavailable at start: connection failed" in caplog.text
+        failed = writer.submit(CallBatch.of(_calls(1)[0]))
+        with pytest.raises(storage.StorageUnavailable, match="database unavailable"):
+            await asyncio.wait_for(failed, 30)
+    finally:
+        await writer.stop()
