@@ -1,7 +1,10 @@
 """Gemini generateContent and streamGenerateContent: request fields and usage extraction.
 
 `promptTokenCount` includes cached content; `candidatesTokenCount` excludes thoughts, so output is
-candidates + thoughts. Every stream event repeats running totals: the last one is authoritative.
+candidates + thoughts. `toolUsePromptTokenCount` (what built-in tools such as Google Search
+grounding, URL context or code execution fed the model) is not in `promptTokenCount` and is billed
+as input, so input is prompt + tool-use prompt: input + output is then `totalTokenCount`. Every
+stream event repeats running totals: the last one is authoritative.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ def _read_candidate(candidate: object, info: ResponseInfo) -> None:
 def _usage(usage: dict[str, object]) -> TokenUsage:
     thoughts = as_int(usage.get("thoughtsTokenCount"))
     return TokenUsage(
-        input_tokens=as_int(usage.get("promptTokenCount")),
+        input_tokens=as_int(usage.get("promptTokenCount"))
+        + as_int(usage.get("toolUsePromptTokenCount")),
         output_tokens=as_int(usage.get("candidatesTokenCount")) + thoughts,
         cache_read_tokens=as_int(usage.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,

@@ -1,0 +1,91 @@
+"""Usage fields the providers report beside the plain counts, read through the official SDKs from
+a server that answers with the provider's own wire format: every billed token is counted, and the
+handle's cost is the list price of exactly those tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from google import genai
+from google.genai import types
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import nexus_otel
+from tests.nexus_otel.clients import GEMINI_KEY
+from tests.nexus_otel.scripted_server import ScriptedServer
+
+Spans = Callable[..., InMemorySpanExporter]
+GEMINI_MODEL = "gemini-2.5-flash"  # genai-prices: $0.30 input, $2.50 output, per million tokens
+# A grounded answer: Google Search results fed the model 3,000 tool-use prompt tokens, which
+# `promptTokenCount` leaves out and `totalTokenCount` counts; they are billed as input.
+GEMINI_USAGE = {
+    "promptTokenCount": 1_000,
+    "candidatesTokenCount": 200,
+    "thoughtsTokenCount": 50,
+    "toolUsePromptTokenCount": 3_000,
+    "totalTokenCount": 4_250,
+}
+GEMINI_COST = (4_000 * Decimal("0.30") + 250 * Decimal("2.50")) / 1_000_000  # $0.001825
+
+
+def gemini_client(server: ScriptedServer) -> genai.Client:
+    http = types.HttpOptions(base_url=server.base_url, api_version="v1beta",
+                             retry_options=types.HttpRetryOptions(attempts=1))  # fmt: skip
+    return genai.Client(api_key=GEMINI_KEY, http_options=http)
+
+
+def gemini_chunk(text: str, usage: dict[str, int], finish: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}}
+    if finish:
+        candidate["finishReason"] = "STOP"
+    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": GEMINI_MODEL}
+
+
+def span_usage(memory: InMemorySpanExporter) -> tuple[int, int, int]:
+    [span] = memory.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    return (
+        attrs["gen_ai.usage.input_tokens"],  # type: ignore[return-value]
+        attrs["gen_ai.usage.output_tokens"],
+        attrs["gen_ai.usage.reasoning.output_tokens"],
+    )
+
+
+def test_gemini_tool_use_prompt_tokens_are_input(spans: Spans) -> None:
+    memory = spans()
+    with ScriptedServer() as server:
+        server.parts = [json.dumps(gemini_chunk("Grounded.", GEMINI_USAGE, True)).encode()]
+        server.headers = {"content-type": "application/json"}
+        server.release.set()
+        client = gemini_client(server)  # kept: a client collected mid-call closes its transport
+        with nexus_otel.operation("grounded") as op:
+            response = client.models.generate_content(
+                model=GEMINI_MODEL, contents="Who won yesterday?"
+            )
+    assert response.usage_metadata is not None
+    assert response.usage_metadata.tool_use_prompt_token_count == 3_000
+    assert span_usage(memory) == (4_000, 250, 50)
+    [call] = op.calls
+    assert call.input_tokens + call.output_tokens == GEMINI_USAGE["totalTokenCount"]
+    assert op.cost_usd == GEMINI_COST
+
+
+def test_gemini_stream_tool_use_prompt_tokens_are_input(spans: Spans) -> None:
+    memory = spans()
+    early = {"promptTokenCount": 1_000, "toolUsePromptTokenCount": 3_000, "totalTokenCount": 4_000}
+    chunks = [gemini_chunk("Groun", early, False), gemini_chunk("ded.", GEMINI_USAGE, True)]
+    with ScriptedServer() as server:
+        server.parts = [f"data: {json.dumps(chunk)}\r\n\r\n".encode() for chunk in chunks]
+        server.headers = {"content-type": "text/event-stream"}
+        server.release.set()
+        client = gemini_client(server)
+        with nexus_otel.operation("grounded") as op:
+            stream = client.models.generate_content_stream(
+                model=GEMINI_MODEL, contents="Who won yesterday?"
+            )
+            assert "".join(chunk.text or "" for chunk in stream) == "Grounded."
+    assert span_usage(memory) == (4_000, 250, 50)
+    assert op.cost_usd == GEMINI_COST
