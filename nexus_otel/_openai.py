@@ -9,6 +9,10 @@ OpenRouter reports what it charged in `usage.cost` (credits, one credit one US d
 user's own provider key (`usage.is_byok`), that is OpenRouter's fee alone, and
 `usage.cost_details.upstream_inference_cost` is what the provider charged the key: the call cost
 both. Without it, `upstream_inference_cost` is part of `cost`.
+
+`completion_tokens` includes `completion_tokens_details.reasoning_tokens` (OpenAI, Groq, and
+`total_tokens` is prompt + completion), except at xAI, whose `total_tokens` is prompt + completion
++ reasoning: there the reasoning, billed as output, is added to the output. The totals tell which.
 """
 
 from __future__ import annotations
@@ -106,8 +110,11 @@ def _usage(usage: dict[str, object]) -> TokenUsage:
     completion = usage.get("completion_tokens_details")
     if isinstance(completion, dict):
         reasoning = as_int(completion.get("reasoning_tokens"))
-    input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return TokenUsage(as_int(input_tokens), as_int(output_tokens), cached, cache_write, reasoning)
+    input_tokens = as_int(usage.get("prompt_tokens"))
+    output_tokens = as_int(usage.get("completion_tokens"))
+    if reasoning and as_int(usage.get("total_tokens")) == input_tokens + output_tokens + reasoning:
+        output_tokens += reasoning  # xAI: the reasoning is outside completion_tokens
+    return TokenUsage(input_tokens, output_tokens, cached, cache_write, reasoning)
 
 
 def _provider_cost(usage: dict[str, object]) -> Decimal | None:
