@@ -67,12 +67,20 @@ PRICE_PROVIDER_IDS: Final[dict[str, str]] = {
 # fmt: on
 
 # gen_ai.operation.name values of spans around model calls that are no model call themselves
-# (an agent's run, a tool's execution), or of calls that bill no tokens (`fetch_response`: a
-# stored response retrieved again, whose usage was counted when it was made): never a row,
-# never the span a call's usage goes on.
+# (an agent's run, a workflow's, a tool's execution, a retrieval), or of calls that bill no
+# tokens (`fetch_response`: a stored response retrieved again, whose usage was counted when it
+# was made): never a row, never the span a call's usage goes on. Such spans may repeat their
+# calls' usage (OpenLIT's LangGraph `invoke_workflow` span carries its last call's model and
+# tokens, its pydantic-ai `execute_task` span the run's summed usage): as rows, they counted
+# those tokens twice. Besides the conventions' names, OpenLIT's spellings of an agent's run and
+# of its steps around a model call (`model_request` names a model and holds no usage).
 NOT_MODEL_CALLS: Final = frozenset(
-    {"invoke_agent", "create_agent", "execute_tool", "fetch_response"}
-)
+    {
+        "invoke_agent", "create_agent", "execute_tool", "fetch_response", "invoke_workflow",
+        "retrieval", "execute_task", "model_request", "user_prompt_processing",
+        "tool_coordination",
+    }
+)  # fmt: skip
 # Span names of SDKs' own tracing for calls that bill no tokens but name a model (the Anthropic
 # SDK's span of `messages.count_tokens` carries `gen_ai.request.model` and no operation name;
 # `sessions.create` names its agent's model): never a row.

@@ -70,8 +70,20 @@ def test_provider_aliases(alias: str, expected: str) -> None:
         {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "invoke_agent",
          "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 5},
         {"openinference.span.kind": "CHAIN", "llm.provider": "openai", "llm.model_name": "x"},
+        # OpenLIT's pydantic-ai agent run: the run's summed usage, on the agent's model
+        {"gen_ai.provider.name": "pydantic_ai", "gen_ai.operation.name": "execute_task",
+         "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 3000,
+         "gen_ai.usage.output_tokens": 400},
+        # ... and its step around one model request: a model, no usage
+        {"gen_ai.provider.name": "pydantic_ai", "gen_ai.operation.name": "model_request",
+         "gen_ai.request.model": "gpt-4o"},
+        {"gen_ai.provider.name": "langgraph", "gen_ai.operation.name": "invoke_workflow",
+         "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 5},
+        {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "retrieval",
+         "gen_ai.request.model": "text-embedding-3-small", "gen_ai.usage.input_tokens": 8},
     ],
-    ids=["http", "agent", "openinference-chain"],
+    ids=["http", "agent", "openinference-chain", "openlit-agent-run", "openlit-model-request",
+         "workflow", "retrieval"],
 )  # fmt: skip
 def test_spans_that_are_not_model_calls_are_ignored(attributes: dict[str, Any]) -> None:
     assert to_llm_call(_span(attributes)) is None

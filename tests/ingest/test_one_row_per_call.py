@@ -197,6 +197,20 @@ def test_an_agent_span_wrapping_calls_hides_none(
     assert _rows(database_url, [outer, first]) == [(_span_id(first), MODEL, 70)]
 
 
+def test_a_workflow_span_repeating_its_calls_usage_hides_none(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    """OpenLIT's LangGraph span of a graph's run (`invoke_workflow`) carries the model and the
+    usage of the graph's last call, recorded again by its provider's instrumentation below it:
+    the workflow span was stored as a second call of other operation, its tokens priced twice."""
+    workflow = _chat(
+        operation="invoke_workflow", output=70, **{"gen_ai.provider.name": "langgraph"}
+    )
+    outer, call = _nested([workflow, _chat(output=70)], 8)
+    _post(exporter, [call, outer])
+    assert _rows(database_url, [outer, call]) == [(_span_id(call), MODEL, 70)]
+
+
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))), ids=str)
 def test_three_levels_store_the_innermost_in_any_order(
     exporter: ExporterProcess, database_url: str, order: tuple[int, ...]
