@@ -33,6 +33,13 @@ LLM_USAGE_TOTAL_TOKENS: Final = "llm.usage.total_tokens"
 GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS_OLD: Final = "gen_ai.usage.cache_read_input_tokens"
 GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS_OLD: Final = "gen_ai.usage.cache_creation_input_tokens"
 GEN_AI_USAGE_REASONING_TOKENS_OLD: Final = "gen_ai.usage.reasoning_tokens"
+# Pydantic AI (and Logfire) before 1.78: input_tokens includes the cache, whose counts are only
+# in `gen_ai.usage.details.*` (from 1.3 its own names; before, on Anthropic, the API's names).
+PYDANTIC_AI_CACHE_READ_TOKENS: Final = "gen_ai.usage.details.cache_read_tokens"
+PYDANTIC_AI_CACHE_WRITE_TOKENS: Final = "gen_ai.usage.details.cache_write_tokens"
+PYDANTIC_AI_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.details.cache_read_input_tokens"
+PYDANTIC_AI_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.details.cache_creation_input_tokens"
+PYDANTIC_AI_REASONING_TOKENS: Final = "gen_ai.usage.details.reasoning_tokens"
 # OpenInference (Arize, Phoenix) spellings.
 LLM_PROVIDER: Final = "llm.provider"
 LLM_SYSTEM: Final = "llm.system"

@@ -87,6 +87,35 @@ SPELLINGS: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
         },
         ("openai", "gpt-4o", 100, 50, 0, 0, 0, 150),
     ),
+    (
+        # Pydantic AI 1.3 to 1.77 (and Logfire): input includes the cache, told in details only
+        "Pydantic AI usage details",
+        {
+            "gen_ai.system": "anthropic",
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "claude-sonnet-4-5",
+            "gen_ai.usage.input_tokens": 100_000,
+            "gen_ai.usage.output_tokens": 1000,
+            "gen_ai.usage.details.cache_read_tokens": 90_000,
+            "gen_ai.usage.details.cache_write_tokens": 5000,
+        },
+        ("anthropic", "claude-sonnet-4-5", 100_000, 1000, 90_000, 5000, 0, 101_000),
+    ),
+    (
+        # Pydantic AI before 1.3: the provider's own names (Anthropic's cache counts)
+        "Pydantic AI details in the provider's names",
+        {
+            "gen_ai.system": "openai",
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.input_tokens": 2000,
+            "gen_ai.usage.output_tokens": 500,
+            "gen_ai.usage.details.cache_read_input_tokens": 1500,
+            "gen_ai.usage.details.cache_creation_input_tokens": 100,
+            "gen_ai.usage.details.reasoning_tokens": 200,
+        },
+        ("openai", "gpt-4o", 2000, 500, 1500, 100, 200, 2500),
+    ),
 ]
 
 
