@@ -19,7 +19,7 @@ from decimal import Decimal
 from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
+from nexus_otel._llm_providers import PRICE_PROVIDER_IDS, PROVIDER_ALIASES
 
 _TOKEN_PRICE_KEYS = frozenset({"input_mtok", "output_mtok"})
 
@@ -27,12 +27,39 @@ _TOKEN_PRICE_KEYS = frozenset({"input_mtok", "output_mtok"})
 def find_model(
     snapshot: data_snapshot.DataSnapshot, provider: str, model: str
 ) -> tuple[Provider, ModelInfo] | None:
-    """The genai-prices provider and model that price `model` called through `provider`."""
+    """The genai-prices provider and model that price `model` called through `provider`.
+
+    A model name with a path that genai-prices does not know as it is (`openai/gpt-4o`,
+    `groq/llama-3.3-70b-versatile`: LiteLLM's and gateways' names; `models/gemini-2.5-flash`:
+    the Gemini API's resource name; `publishers/google/models/...`: Vertex AI's) is the model
+    its last part names: through `provider`, or, when genai-prices does not know `provider` (a
+    gateway, LiteLLM), through the provider its first part names, if it names one."""
+    provider_id = _provider_id(snapshot, provider)
+    found = _model(snapshot, provider_id, model)
+    if found is None and "/" in model:
+        prefix, _, name = model.rpartition("/")
+        if provider_id is None:
+            named = PROVIDER_ALIASES.get(prefix.split("/", 1)[0].strip().lower())
+            named_id = _provider_id(snapshot, named or prefix.split("/", 1)[0])
+            if named_id is not None:
+                found = _model(snapshot, named_id, name)
+        if found is None and name:
+            found = _model(snapshot, provider_id, name)
+    return found
+
+
+def _provider_id(snapshot: data_snapshot.DataSnapshot, provider: str) -> str | None:
+    """genai-prices' id of `provider`, or None when genai-prices does not know it."""
     wanted = PRICE_PROVIDER_IDS.get(provider.lower(), provider)
     try:  # the snapshot caches provider hits and misses
-        provider_id = snapshot.find_provider(None, wanted, None).id if wanted else None
+        return snapshot.find_provider(None, wanted, None).id if wanted else None
     except LookupError:
-        provider_id = None  # unknown to genai-prices: the model alone picks its maker
+        return None  # unknown to genai-prices: the model alone picks its maker
+
+
+def _model(
+    snapshot: data_snapshot.DataSnapshot, provider_id: str | None, model: str
+) -> tuple[Provider, ModelInfo] | None:
     try:
         return snapshot.find_provider_model(model, None, provider_id, None)
     except LookupError:

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from exporter.ingest.price_overrides import PriceOverridesError
 from exporter.ingest.pricing import ModelPriceInfo, Price, PriceBook, render_price_table
+from nexus_otel._pricing import list_price
 
 TS = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
@@ -179,6 +180,34 @@ def test_provider_rules() -> None:
         library_cost(None, "claude-sonnet-4-5", TS, 100, 10, 0, 0), "genai-prices"
     )
     assert book_cost(book, "", "llama-3.3-70b-versatile", TS, 100, 10, 0, 0) == Price(None, None)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "provider_id", "priced_as"),
+    [
+        ("gcp.gemini", "models/gemini-2.5-flash", "google", "gemini-2.5-flash"),
+        ("gcp.vertex_ai", "publishers/google/models/gemini-2.5-pro", "google", "gemini-2.5-pro"),
+        ("openai", "openai/gpt-4o-mini", "openai", "gpt-4o-mini"),
+        ("litellm", "anthropic/claude-sonnet-4-5", "anthropic", "claude-sonnet-4-5"),
+        ("litellm", "groq/llama-3.3-70b-versatile", "groq", "llama-3.3-70b-versatile"),
+    ],
+)  # fmt: skip
+def test_a_model_name_with_a_path_is_priced_as_the_model_it_names(
+    provider: str, model: str, provider_id: str, priced_as: str
+) -> None:
+    """LiteLLM and gateways name a model after its provider, the Gemini API and Vertex AI by
+    their resource names: such names were unpriced (cost NULL) whenever genai-prices does not
+    list them as they are, which it does for some models (models/gemini-2.0-flash) only."""
+    usage = (120_000, 3_000, 20_000, 0)
+    expected = library_cost(provider_id, priced_as, TS, *usage)
+    assert expected > 0
+    assert book_cost(PriceBook(), provider, model, TS, *usage) == Price(expected, "genai-prices")
+    assert list_price(provider, model, None, TS, *usage) == expected  # the app's own handle
+
+
+def test_a_path_does_not_price_a_model_its_provider_does_not_serve() -> None:
+    # groq serves no gpt-4o: "openai/gpt-4o" through groq stays unpriced, as "gpt-4o" does
+    assert book_cost(PriceBook(), "groq", "openai/gpt-4o", TS, 100, 10, 0, 0) == Price(None, None)
 
 
 def test_inconsistent_usage_is_not_priced_from_tokens() -> None:
