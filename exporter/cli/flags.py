@@ -7,7 +7,7 @@ import os
 
 from pydantic import ValidationError
 
-from exporter.core.settings import Settings
+from exporter.core.settings import SECRET_SETTINGS, Settings
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
@@ -52,8 +52,7 @@ def _setting_source(loc: str, args: argparse.Namespace) -> str:
     """Where a bad value came from, as the user wrote it: the flag when one was given, else the
     environment variable that is set (`TELEGRAM_CHAT_ID`, not a flag that does not exist)."""
 
-    # the error names the field, or the alias the value was read under
-    name = next((f for f in Settings.model_fields if loc in (f, *_env_names(f))), None)
+    name = _field(loc)  # the error names the field, or the alias the value was read under
     if name is None:
         return loc
     if getattr(args, f"setting_{name}", None) is not None:
@@ -66,9 +65,26 @@ def _setting_source(loc: str, args: argparse.Namespace) -> str:
 def settings_error(exc: ValidationError, args: argparse.Namespace) -> str:
     lines = []
     for error in exc.errors():
-        source = _setting_source(str(error["loc"][0]), args) if error["loc"] else "setting"
-        lines.append(f"{source} = {error.get('input')!r}: {error['msg']}")
+        loc = str(error["loc"][0]) if error["loc"] else ""
+        source = _setting_source(loc, args) if loc else "setting"
+        lines.append(f"{source} = {_shown(_field(loc), error.get('input'))}: {error['msg']}")
     return "invalid setting: " + "; ".join(lines)
+
+
+def _field(loc: str) -> str | None:
+    """The setting an error's location names, by its field name or an environment name."""
+    return next((f for f in Settings.model_fields if loc in (f, *_env_names(f))), None)
+
+
+def _shown(name: str | None, value: object) -> str:
+    """A refused value as an error may show it: a credential never, a database URL masked."""
+    if name in SECRET_SETTINGS:
+        return "*** (hidden)"
+    if name == "database_url" and isinstance(value, str):
+        from exporter.core.db import masked_conninfo
+
+        return repr(masked_conninfo(value))
+    return repr(value)
 
 
 def setting_names(names: str) -> tuple[str, ...]:

@@ -154,7 +154,8 @@ def resolve_database(
 def masked_conninfo(conninfo: str) -> str:
     """The connection string as it may be shown: its password (in a URL's user part, a URL's
     `password` parameter or a `password=` key) replaced by ***."""
-    if conninfo.startswith(("postgresql://", "postgres://")):
-        masked = re.sub(r"^(postgres(?:ql)?://[^:@/?#]*):[^/?#]*@", r"\1:***@", conninfo)
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", conninfo):  # a URL, of any scheme (a mistyped
+        # mysql:// one is shown in the error that refuses it)
+        masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):[^/?#]*@", r"\1:***@", conninfo)
         return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
     return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo)

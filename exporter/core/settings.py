@@ -19,6 +19,22 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("nexus-otel", appauthor=False))
 
 
+# Settings whose values are credentials: an error refusing one never shows it (the database
+# URL is shown with its password masked).
+SECRET_SETTINGS = frozenset(
+    {
+        "ingest_token",
+        "api_token",
+        "metrics_token",
+        "telegram_bot_token",
+        "smtp_auth_password",
+        "slack_webhook_url",
+        "alert_notify_webhook_url",
+        "watchdog_url",
+    }
+)
+
+
 class Settings(BaseSettings):
     """Every setting has an environment name (NEXUS_*, or the name deployments already use:
     TELEGRAM_BOT_TOKEN, DAILY_BUDGET_USD, ...) and a CLI flag of the same name
@@ -218,6 +234,18 @@ class Settings(BaseSettings):
     @classmethod
     def _is_iana_zone(cls, value: str) -> str:
         return check_zone(value)
+
+    @field_validator("ingest_token", "api_token", "metrics_token")
+    @classmethod
+    def _is_header_safe(cls, value: str | None) -> str | None:
+        # A token travels in an HTTP header: clients send other characters as UTF-8, servers
+        # read them as Latin-1, and browsers refuse them, so such a token could never match.
+        if value and not all("!" <= char <= "~" for char in value):
+            raise ValueError(
+                "a token may hold only visible ASCII characters (no spaces, no accents): it is"
+                " sent in an HTTP header"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -207,3 +207,29 @@ def test_brackets_in_what_a_user_typed_are_printed_as_typed(tmp_path: Path) -> N
     )  # fmt: skip
     mode = _cli(tmp_path, "alertmanager-config", "--output", "x.yml", "--file-mode", "[/x]")
     assert (mode.returncode, mode.stderr) == (2, "error: --file-mode '[/x]' is not an octal mode\n")
+
+
+def test_a_refused_credential_is_never_shown(tmp_path: Path) -> None:
+    """A token or password in an error line lands in a service's log: a refused one is hidden,
+    a refused database URL shown with its password masked."""
+    header_rule = (
+        "Value error, a token may hold only visible ASCII characters (no spaces, no accents): it"
+        " is sent in an HTTP header"
+    )
+    # Sent as UTF-8 by clients and read as Latin-1 by the server, such a token never matched.
+    accented = _cli(tmp_path, "migrate", NEXUS_API_TOKEN="tök3n-s3cret")
+    assert (accented.returncode, accented.stderr) == (
+        2, f"error: invalid setting: NEXUS_API_TOKEN = *** (hidden): {header_rule}\n"
+    )  # fmt: skip
+    spaced = _cli(tmp_path, "serve", "--ingest-token", "my s3cret")
+    assert (
+        spaced.stderr == f"error: invalid setting: --ingest-token = *** (hidden): {header_rule}\n"
+    )
+    mistyped = _cli(tmp_path, "migrate", NEXUS_DATABASE_URL="mysql://app:s3cret@db/nexus")
+    assert (mistyped.returncode, mistyped.stderr) == (
+        2,
+        "error: invalid setting: NEXUS_DATABASE_URL = 'mysql://app:***@db/nexus': Value error,"
+        " must be a postgresql:// URL or a libpq key=value string\n",
+    )
+    for result in (accented, spaced, mistyped):
+        assert "s3cret" not in result.stderr + result.stdout
