@@ -17,6 +17,7 @@ from nexus_otel._delivery import (
     spool_directory_for,
 )
 from nexus_otel._internal import log
+from nexus_otel._secrets import scrub_text
 from nexus_otel._sender import OtlpSender
 from nexus_otel._spool import Spool
 
@@ -54,6 +55,12 @@ def delivery_processor(
 ) -> SpanProcessor:
     """The processor that sends our spans to `endpoint`: spooled on disk unless turned off."""
     url = traces_url(endpoint)
+    if not url.startswith(("http://", "https://")) or not url.split("://", 1)[1].strip("/"):
+        # Anything else is never sent (the spans would wait in the spool for good).
+        given = endpoint if endpoint is not None else url
+        raise ValueError(
+            f"the OTLP endpoint must be an http:// or https:// URL, not {scrub_text(given)!r}"
+        )
     max_bytes = _positive_number(SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, int)
     shutdown_seconds = _positive_number(SHUTDOWN_SECONDS, DEFAULT_SHUTDOWN_SECONDS, float)
     directory = _spool_directory(spool, url)
@@ -113,6 +120,6 @@ def _positive_number(name: str, default: _Number, kind: type[_Number]) -> _Numbe
         value = kind(raw)
     except ValueError:
         value = kind(0)
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r}: expected a positive {kind.__name__}")
+    if not 0 < value < float("inf"):  # nan and inf too: a wait for ever, or none
+        raise ValueError(f"{name}={raw!r}: expected a finite positive {kind.__name__}")
     return value

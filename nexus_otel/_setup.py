@@ -37,6 +37,7 @@ from nexus_otel._transport import Interceptor, unwrap_all, wrap_module
 
 _SCOPE = "nexus_otel"
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 # Where the HTTP instrumentation records the URL, or its query and path (old and new names).
 _URL_ATTRIBUTES = ("url.full", "http.url", "url.query", "http.target", "url.path")
 
@@ -228,7 +229,15 @@ def _install(
 def _capture(capture_content: bool | None) -> bool:
     if capture_content is not None:
         return capture_content
-    return os.environ.get("NEXUS_OTEL_CAPTURE_CONTENT", "").strip().lower() in _TRUE
+    raw = os.environ.get("NEXUS_OTEL_CAPTURE_CONTENT", "").strip().lower()
+    if raw and raw not in _TRUE | _FALSE:
+        # As OpenTelemetry reads its boolean variables: false, with a warning.
+        log.warning(
+            "nexus_otel: NEXUS_OTEL_CAPTURE_CONTENT=%r is neither true nor false: prompts and"
+            " completions are not captured",
+            raw,
+        )
+    return raw in _TRUE
 
 
 def _provider(

@@ -243,3 +243,51 @@ def test_an_app_that_already_exports_otlp_is_reused(
     )  # fmt: skip
     # No second exporter: each span is sent once.
     assert len([s for s in receiver.spans() if "gen_ai.provider.name" in s[1]]) == 1
+
+
+def test_settings_that_would_lose_or_hang_delivery_are_refused_at_instrument() -> None:
+    """An endpoint that is no http(s) URL was taken, and every span then waited in the spool for
+    good; a shutdown wait of nan or inf was taken too. A key in the endpoint is not repeated."""
+    out = python(
+        """
+        import os
+        import nexus_otel
+        cases = [
+            ({"endpoint": "localhost:4318"}, {}),
+            ({"endpoint": "ftp://collector/?api_key=sk-live-0123456789abcdef"}, {}),
+            ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}),
+            ({"endpoint": "http://127.0.0.1:1"}, {"NEXUS_OTEL_SHUTDOWN_SECONDS": "nan"}),
+            ({"endpoint": "http://127.0.0.1:1"}, {"NEXUS_OTEL_SHUTDOWN_SECONDS": "inf"}),
+        ]
+        for arguments, env in cases:
+            os.environ.update(env)
+            try:
+                nexus_otel.instrument(service_name="refused", **arguments)
+                print("taken")
+            except ValueError as error:
+                print(error)
+            for name in env:
+                del os.environ[name]
+        """
+    )
+    assert out.splitlines() == [
+        "the OTLP endpoint must be an http:// or https:// URL, not 'localhost:4318'",
+        "the OTLP endpoint must be an http:// or https:// URL, not 'ftp://collector/?api_key=[REDACTED]'",
+        "the OTLP endpoint must be an http:// or https:// URL, not 'collector:4318/v1/traces'",
+        "NEXUS_OTEL_SHUTDOWN_SECONDS='nan': expected a finite positive float",
+        "NEXUS_OTEL_SHUTDOWN_SECONDS='inf': expected a finite positive float",
+    ]
+
+
+def test_a_content_capture_value_neither_true_nor_false_is_false_with_a_warning() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import nexus_otel; nexus_otel.instrument(endpoint="
+         "'http://127.0.0.1:1'); from nexus_otel._setup import _capture; print(_capture(None))"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "NEXUS_OTEL_CAPTURE_CONTENT": "maybe"},
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "False\n")
+    assert (
+        "NEXUS_OTEL_CAPTURE_CONTENT='maybe' is neither true nor false: prompts and completions"
+        " are not captured" in result.stderr
+    )
