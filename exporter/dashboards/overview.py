@@ -125,7 +125,7 @@ def _charts() -> list[object]:
             " corrects the SQL panels, the API and budgets, not this; the gauge"
             " nexus_llm_cost_revisions_usd holds what revisions added.",
             colors=PROVIDER_COLORS,
-        ),
+        ).axis_label("per hour"),  # a rate: the unit alone would read as dollars
         timeseries_panel(
             "Success rate per provider", "percentunit",
             [promql(

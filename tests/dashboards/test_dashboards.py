@@ -123,6 +123,19 @@ def test_every_panel_has_a_title_a_unit_and_a_query(name: str) -> None:
             assert provisioned.get(source["uid"]) == source["type"], panel["title"]
 
 
+def test_a_rate_per_hour_says_so_on_its_axis() -> None:
+    """A USD unit alone read a spend rate ($ per hour) as dollars."""
+    hourly = [
+        (name, panel)
+        for name, board in _committed().items()
+        for panel in _panels(board)
+        if any("* 3600" in target.get("expr", "") for target in panel["targets"])
+    ]
+    assert [panel["title"] for _, panel in hourly] == ["Spend rate per provider"]
+    for _, panel in hourly:
+        assert panel["fieldConfig"]["defaults"]["custom"]["axisLabel"] == "per hour"
+
+
 def test_dashboards_share_uids_tags_refresh_variables_and_links() -> None:
     boards = _committed()
     assert {name: b["uid"] for name, b in boards.items()} == UIDS
