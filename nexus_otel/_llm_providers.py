@@ -81,6 +81,10 @@ NOT_MODEL_CALLS: Final = frozenset(
         "tool_coordination",
     }
 )  # fmt: skip
+# OpenLLMetry's `traceloop.span.kind` values of spans around model calls (a workflow's run, a
+# task's, an agent's, a tool's): never a row, as NOT_MODEL_CALLS. Its CrewAI instrumentation puts
+# `gen_ai.system` and the agent's model, and sometimes the run's usage, on them.
+NOT_MODEL_CALL_KINDS: Final = frozenset({"workflow", "task", "agent", "tool"})
 # Span names of SDKs' own tracing for calls that bill no tokens but name a model (the Anthropic
 # SDK's span of `messages.count_tokens` carries `gen_ai.request.model` and no operation name;
 # `sessions.create` names its agent's model): never a row.

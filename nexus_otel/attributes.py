@@ -51,6 +51,10 @@ LLM_TOKEN_COUNT_CACHE_READ: Final = "llm.token_count.prompt_details.cache_read"
 LLM_TOKEN_COUNT_CACHE_WRITE: Final = "llm.token_count.prompt_details.cache_write"
 LLM_TOKEN_COUNT_REASONING: Final = "llm.token_count.completion_details.reasoning"
 OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+# OpenLLMetry (Traceloop): what a span of its framework instrumentations (CrewAI, LangChain, its
+# decorators) is: `workflow`, `task`, `agent`, `tool`; the model calls inside are spans of
+# their own.
+TRACELOOP_SPAN_KIND: Final = "traceloop.span.kind"
 
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"

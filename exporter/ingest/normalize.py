@@ -14,6 +14,7 @@ from exporter.ingest.model import TRUNCATED_MARKER, AttributeValue, LLMCall, Raw
 from nexus_otel import attributes as a
 from nexus_otel._llm_providers import (
     MAX_REPORTED_COST_USD,
+    NOT_MODEL_CALL_KINDS,
     NOT_MODEL_CALL_SPANS,
     NOT_MODEL_CALLS,
     normalize_provider,
@@ -293,6 +294,9 @@ def _provider(attrs: dict[str, AttributeValue]) -> str | None:
 def _is_model_call(attrs: dict[str, AttributeValue], name: str) -> bool:
     operation = _str(attrs.get(a.GEN_AI_OPERATION_NAME))
     if operation in NOT_MODEL_CALLS or (operation is None and name in NOT_MODEL_CALL_SPANS):
+        return False
+    traceloop_kind = attrs.get(a.TRACELOOP_SPAN_KIND)  # absent on most spans: one lookup
+    if traceloop_kind is not None and (_str(traceloop_kind) or "").lower() in NOT_MODEL_CALL_KINDS:
         return False
     kind = _str(attrs.get(a.OPENINFERENCE_SPAN_KIND))
     return kind is None or kind.upper() in _OPENINFERENCE_LLM_KINDS

@@ -81,12 +81,35 @@ def test_provider_aliases(alias: str, expected: str) -> None:
          "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 5},
         {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "retrieval",
          "gen_ai.request.model": "text-embedding-3-small", "gen_ai.usage.input_tokens": 8},
+        # OpenLLMetry's CrewAI spans: the framework's name, the agent's model, the run's usage
+        *({"traceloop.span.kind": kind, "gen_ai.system": "crewai", "gen_ai.request.model": "gpt-4o",
+           "gen_ai.usage.prompt_tokens": 700, "gen_ai.usage.completion_tokens": 90}
+          for kind in ("workflow", "task", "agent", "tool")),
+        {"traceloop.span.kind": " Agent ", "gen_ai.system": "openai",
+         "gen_ai.request.model": "gpt-4o"},
     ],
     ids=["http", "agent", "openinference-chain", "openlit-agent-run", "openlit-model-request",
-         "workflow", "retrieval"],
+         "workflow", "retrieval", "traceloop-workflow", "traceloop-task", "traceloop-agent",
+         "traceloop-tool", "traceloop-agent-spelled-otherwise"],
 )  # fmt: skip
 def test_spans_that_are_not_model_calls_are_ignored(attributes: dict[str, Any]) -> None:
     assert to_llm_call(_span(attributes)) is None
+
+
+def test_a_traceloop_span_of_another_kind_is_a_call() -> None:
+    # OpenLLMetry's own LLM spans carry no traceloop.span.kind; one naming no framework step
+    # (`unknown`, a list) is read as any span.
+    for kind in ("unknown", ["agent"]):
+        call = to_llm_call(_span({
+            "traceloop.span.kind": kind, "gen_ai.system": "openai",
+            "gen_ai.request.model": "gpt-4o", "gen_ai.usage.prompt_tokens": 700,
+            "gen_ai.usage.completion_tokens": 90,
+        }))  # fmt: skip
+        assert call is not None
+        assert (call.provider, call.model, call.input_tokens, call.output_tokens) == (
+            "openai", "gpt-4o", 700, 90,
+        )  # fmt: skip
+        assert call.attributes["traceloop.span.kind"] == kind
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), 2**63, 1.5, "many", True])

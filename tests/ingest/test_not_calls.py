@@ -69,6 +69,8 @@ def test_the_spans_skipped_are_the_ones_decoding_finds_no_calls_and_the_rest_are
     skipped = [
         new_span(_HTTP, "GET /api/posts"),
         new_span({"db.system": "postgresql", "db.statement": "SELECT * FROM t WHERE id = 4471"}),
+        # an OpenLLMetry workflow span with no provider: no call, whatever its kind
+        new_span({"traceloop.span.kind": "workflow", "traceloop.workflow.name": "crew"}),
     ]
     decoded = [
         new_span({"db.statement": "SELECT 'gen_ai.system'"}),  # a call's key, in a value
@@ -77,6 +79,7 @@ def test_the_spans_skipped_are_the_ones_decoding_finds_no_calls_and_the_rest_are
         new_span({"gen_ai.sys\x00tem": "groq", "gen_ai.usage.input_tokens": 5}),  # NUL: no key
         new_span({"gen_ai.tool.name": "search"}),  # another gen_ai attribute
         new_span(llm_attributes(**{"gen_ai.operation.name": "invoke_agent"})),  # no model call
+        new_span(llm_attributes(**{"traceloop.span.kind": "agent"})),  # no model call either
     ]
     not_utf8, deep = new_span(_HTTP, "GET /x"), new_span(_HTTP, "GET /deep")
     broken = new_span(_HTTP, "GET /broken")

@@ -211,6 +211,37 @@ def test_a_workflow_span_repeating_its_calls_usage_hides_none(
     assert _rows(database_url, [outer, call]) == [(_span_id(call), MODEL, 70)]
 
 
+def test_crewai_spans_around_a_call_hide_none_and_are_no_rows(
+    exporter: ExporterProcess, database_url: str
+) -> None:
+    """OpenLLMetry's CrewAI instrumentation: the crew (`workflow`), its task and its agent are
+    spans with `gen_ai.system` = crewai, the agent's model and the run's usage, around the
+    OpenAI instrumentation's span of the one model call. Only the call is a row, priced once."""
+    usage = {"gen_ai.request.model": "gpt-4o", "gen_ai.usage.prompt_tokens": 700,
+             "gen_ai.usage.completion_tokens": 90}  # fmt: skip
+    framework = [
+        {"traceloop.span.kind": kind, "gen_ai.system": "crewai", **usage}
+        for kind in ("workflow", "task", "agent")
+    ]
+    call = {"gen_ai.system": "openai", "llm.request.type": "chat", **usage}
+    spans = _nested([*framework, call], 9)
+    # A tool's span with no call below it (its own trace): nothing for it to hide behind.
+    tool = _root({"traceloop.span.kind": "tool", "gen_ai.system": "crewai", **usage}, 9, 0, 5)
+    before = _set_aside(exporter)
+    _post(exporter, [*spans, tool])
+    assert _rows(database_url, [tool]) == []
+    rows = query(
+        database_url,
+        "SELECT span_id, provider, model, gen_ai_operation, input_tokens, output_tokens,"
+        " total_tokens, cost_usd FROM api_calls WHERE trace_id = %s",
+        (_trace_id(spans[0]),),
+    )
+    # gpt-4o: $2.50 per million input tokens, $10 per million output
+    cost = Decimal("0.00175") + Decimal("0.0009")
+    assert rows == [(_span_id(spans[3]), "openai", "gpt-4o", "chat", 700, 90, 790, cost)]
+    assert _set_aside(exporter) == before  # not stored and set aside: never a call at all
+
+
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))), ids=str)
 def test_three_levels_store_the_innermost_in_any_order(
     exporter: ExporterProcess, database_url: str, order: tuple[int, ...]
