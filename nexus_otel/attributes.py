@@ -51,6 +51,7 @@ LLM_TOKEN_COUNT_CACHE_READ: Final = "llm.token_count.prompt_details.cache_read"
 LLM_TOKEN_COUNT_CACHE_WRITE: Final = "llm.token_count.prompt_details.cache_write"
 LLM_TOKEN_COUNT_REASONING: Final = "llm.token_count.completion_details.reasoning"
 OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+EMBEDDING_MODEL_NAME: Final = "embedding.model_name"  # OpenInference EMBEDDING spans' model
 # OpenLLMetry (Traceloop): what a span of its framework instrumentations (CrewAI, LangChain, its
 # decorators) is: `workflow`, `task`, `agent`, `tool`; the model calls inside are spans of
 # their own.
@@ -103,6 +104,7 @@ CONTENT_ATTRIBUTE_PREFIXES: Final = (
     "llm.output_messages",
     "llm.prompts",
     "llm.completions",
+    "embedding.embeddings",  # OpenInference: each input's text and vector
     "input.value",
     "output.value",
 )

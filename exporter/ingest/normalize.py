@@ -12,6 +12,7 @@ from exporter.ingest.kept import scrubbed as _scrubbed
 from exporter.ingest.metrics import ERROR_CODE, OTHER_ERROR
 from exporter.ingest.model import TRUNCATED_MARKER, AttributeValue, LLMCall, RawSpan
 from nexus_otel import attributes as a
+from nexus_otel._embeddings import EMBEDDINGS
 from nexus_otel._llm_providers import (
     MAX_REPORTED_COST_USD,
     NOT_MODEL_CALL_KINDS,
@@ -130,6 +131,7 @@ _MAPPED = frozenset(
         a.GEN_AI_REQUEST_MODEL,
         a.GEN_AI_RESPONSE_MODEL,
         a.LLM_MODEL_NAME,
+        a.EMBEDDING_MODEL_NAME,
         a.GEN_AI_OPERATION_NAME,
         a.NEXUS_OPERATION,
         a.NEXUS_CORRELATION_ID,
@@ -153,7 +155,12 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         return None
     request_model = _str(attrs.get(a.GEN_AI_REQUEST_MODEL))
     response_model = _str(attrs.get(a.GEN_AI_RESPONSE_MODEL))
-    model = request_model or response_model or _str(attrs.get(a.LLM_MODEL_NAME))
+    model = (
+        request_model
+        or response_model
+        or _str(attrs.get(a.LLM_MODEL_NAME))
+        or _str(attrs.get(a.EMBEDDING_MODEL_NAME))
+    )
     if model is None and not any(k in attrs for k in _TOKEN_KEYS):
         return None
     _check_ids(span)
@@ -200,6 +207,8 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         kept_attributes(attrs, store_content, _MAPPED),  # attributes
     )
     call.reported_cost_key = cost_key or None
+    if not input_tokens and total and call.gen_ai_operation == EMBEDDINGS and not output_tokens:
+        call.input_tokens = total  # an embeddings call has no output: its total is its input
     if reported_cost is not None:
         _judge_reported_cost(call, attrs, reported_cost, cost_key)
     # The common case (every text short) costs a few len() calls: one sum for the names every
@@ -398,6 +407,10 @@ def _gen_ai_operation(attrs: dict[str, AttributeValue]) -> str:
     if name:
         return name
     request_type = _str(attrs.get("llm.request.type"))
+    if request_type is None:
+        kind = attrs.get(a.OPENINFERENCE_SPAN_KIND)
+        if kind is not None and kind != "LLM" and (_str(kind) or "").upper() == "EMBEDDING":
+            return EMBEDDINGS
     return {"completion": "text_completion", "embedding": "embeddings"}.get(
         request_type or "", request_type or "chat"
     )

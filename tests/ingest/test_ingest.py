@@ -182,6 +182,38 @@ def test_each_spelling_becomes_one_exact_priced_row(
     assert row["cost_source"] == "genai-prices"
 
 
+@pytest.mark.parametrize(
+    ("label", "counts"),
+    [("prompt and total", {"llm.token_count.prompt": 1234, "llm.token_count.total": 1234}),
+     ("total only", {"llm.token_count.total": 1234})],
+)  # fmt: skip
+def test_openinference_embedding_span_is_a_priced_embeddings_row(
+    exporter: ExporterProcess, database_url: str, label: str, counts: dict[str, int]
+) -> None:
+    """OpenInference's embeddings span names its model in `embedding.model_name`; an embeddings
+    call has no output, so its total alone is its input. Its texts are content: not stored."""
+    attributes = {
+        "openinference.span.kind": "EMBEDDING", "llm.provider": "openai",
+        "embedding.model_name": "text-embedding-3-small", **counts,
+        "embedding.embeddings.0.embedding.text": "a private sentence",
+    }  # fmt: skip
+    spans = make_spans([_spec(attributes, 4, name="CreateEmbeddingResponse")])
+    assert export_with_sdk(exporter.base_url, spans)
+    row = _row(database_url, format(spans[0].context.span_id, "016x"))
+    got = tuple(
+        row[c]
+        for c in ("provider", "model", "gen_ai_operation", "input_tokens", "output_tokens",
+                  "total_tokens", "cost_usd", "cost_source")
+    )  # fmt: skip
+    # text-embedding-3-small: $0.02 per million input tokens
+    assert got == (
+        "openai", "text-embedding-3-small", "embeddings", 1234, 0, 1234, Decimal("0.00002468"),
+        "genai-prices",
+    )  # fmt: skip
+    assert row["cost_usd"] == _expected_cost("openai", "text-embedding-3-small", row)
+    assert "embedding.embeddings.0.embedding.text" not in (row["attributes"] or {})
+
+
 def test_unknown_model_is_unpriced_not_free(exporter: ExporterProcess, database_url: str) -> None:
     before = httpx.get(f"{exporter.base_url}/metrics").text
     attributes = {

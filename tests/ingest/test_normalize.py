@@ -41,6 +41,32 @@ def test_openinference_spelling() -> None:
     assert str(call.reported_cost_usd) == "0.0015"
 
 
+def test_openinference_embedding_spelling() -> None:
+    call = to_llm_call(_span({
+        "openinference.span.kind": "EMBEDDING", "server.address": "api.openai.com",
+        "embedding.model_name": "text-embedding-3-large", "llm.token_count.prompt": 40,
+        "llm.token_count.total": 40, "embedding.embeddings.0.embedding.text": "private",
+        "embedding.embeddings.0.embedding.vector": [0.25, -0.5],
+    }))  # fmt: skip
+    assert call is not None
+    assert (call.provider, call.model, call.gen_ai_operation) == (
+        "openai", "text-embedding-3-large", "embeddings",
+    )  # fmt: skip
+    assert (call.input_tokens, call.output_tokens, call.total_tokens) == (40, 0, 40)
+    assert call.attributes == {"openinference.span.kind": "EMBEDDING"}  # the content left out
+    with_content = to_llm_call(_span({
+        "openinference.span.kind": "EMBEDDING", "llm.provider": "openai",
+        "embedding.model_name": "text-embedding-3-large", "llm.token_count.total": 40,
+        "embedding.embeddings.0.embedding.text": "kept",
+    }), store_content=True)  # fmt: skip
+    assert with_content is not None and (with_content.input_tokens, with_content.total_tokens) == (
+        40, 40,
+    )  # fmt: skip
+    assert with_content.attributes == {
+        "openinference.span.kind": "EMBEDDING", "embedding.embeddings.0.embedding.text": "kept",
+    }  # fmt: skip
+
+
 def test_anthropic_input_exclusive_of_cache_is_made_inclusive() -> None:
     call = to_llm_call(_span({
         "gen_ai.system": "Anthropic", "gen_ai.request.model": "claude-sonnet-4-5",
