@@ -208,6 +208,7 @@ def price_call(prices: PriceBook, call: LLMCall) -> None:
             cache_write_tokens=call.cache_write_tokens,
             reported_cost_usd=call.reported_cost_usd,
             reported_by_provider=call.cost_reported_by_provider,
+            total_tokens=call.total_tokens,
         )
     except Exception:
         log.exception("pricing %s/%s failed; stored unpriced", call.provider, call.model)

@@ -207,9 +207,11 @@ class PriceBook:
         cache_write_tokens: int,
         reported_cost_usd: Decimal | None = None,
         reported_by_provider: bool = False,
+        total_tokens: int = 0,
     ) -> Price:
         """`reported_by_provider`: `reported_cost_usd` is what the provider charged, which no
-        price table knows better."""
+        price table knows better. `total_tokens` with no input or output count (a span telling
+        only its total): no price table prices it, as a fake $0; only a reported cost does."""
         reported = reported_cost_usd
         valid_reported = reported is not None and reported.is_finite() and reported >= 0
         if reported_by_provider and valid_reported:
@@ -217,7 +219,11 @@ class PriceBook:
         usage = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
         # Which usage and models price a call: nexus_otel._pricing.list_price's rule, written
         # out here because it runs for every span.
-        if min(usage) >= 0 and cache_read_tokens + cache_write_tokens <= input_tokens:
+        if (
+            min(usage) >= 0
+            and cache_read_tokens + cache_write_tokens <= input_tokens
+            and (input_tokens or output_tokens or not total_tokens)
+        ):
             if self.overrides:
                 entry = self._override(provider, model, response_model, utc_day(timestamp))
                 if entry is not None:

@@ -233,6 +233,30 @@ def test_unknown_model_is_unpriced_not_free(exporter: ExporterProcess, database_
     assert metric_value(after, "nexus_llm_unpriced_calls_total", **labels) == 1
 
 
+def test_a_total_alone_is_unpriced_not_free(exporter: ExporterProcess, database_url: str) -> None:
+    """A span telling only its total (older OpenLLMetry's `llm.usage.total_tokens`) says nothing
+    of how many tokens were input or output, which prices differ by: no price table prices it (it
+    was priced at $0). Its row holds the total alone, input and output 0, as the span said; a
+    cost the span reports still prices it."""
+    before = httpx.get(f"{exporter.base_url}/metrics").text
+    total_only = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o-mini",
+                  "llm.request.type": "chat", "llm.usage.total_tokens": 500}  # fmt: skip
+    spans = make_spans([_spec(total_only, 5), _spec({**total_only, "llm.cost.total": 0.0002}, 5)])
+    assert export_with_sdk(exporter.base_url, spans)
+    columns = ("input_tokens", "output_tokens", "total_tokens", "cost_usd", "cost_source")
+    unpriced, reported = (_row(database_url, format(s.context.span_id, "016x")) for s in spans)
+    assert tuple(unpriced[c] for c in columns) == (0, 0, 500, None, None)
+    assert tuple(reported[c] for c in columns) == (0, 0, 500, Decimal("0.0002"), "span")
+    after = httpx.get(f"{exporter.base_url}/metrics").text
+    labels = {"gen_ai_request_model": "gpt-4o-mini"}
+    unpriced_calls = "nexus_llm_unpriced_calls_total"
+    assert (
+        metric_value(after, unpriced_calls, **labels)
+        - metric_value(before, unpriced_calls, **labels)
+        == 1
+    )
+
+
 def test_errors_business_tags_and_non_llm_spans(
     exporter: ExporterProcess, database_url: str
 ) -> None:

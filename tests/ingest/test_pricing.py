@@ -6,6 +6,7 @@ import warnings
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from genai_prices import Usage, calc_price, data_snapshot
@@ -214,6 +215,23 @@ def test_inconsistent_usage_is_not_priced_from_tokens() -> None:
     book = PriceBook()
     # cache counts are subsets of input_tokens; more cache than input is broken data
     assert book_cost(book, "anthropic", "claude-sonnet-4-5", TS, 10, 5, 8, 8) == Price(None, None)
+
+
+def test_a_total_without_input_or_output_is_not_priced_from_tokens() -> None:
+    book = PriceBook()
+    common: dict[str, Any] = {
+        "provider": "openai", "model": "gpt-4o", "response_model": None, "timestamp": TS,
+        "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0,
+    }  # fmt: skip
+    assert book.price(**common, total_tokens=500) == Price(None, None)
+    assert book.price(**common, total_tokens=500, reported_cost_usd=Decimal("0.003")) == Price(
+        Decimal("0.003"), "span"
+    )
+    # No tokens at all is a call that used none: the table's $0 stands.
+    assert book.price(**common).cost_usd == 0
+    assert book.price(**{**common, "input_tokens": 400}, total_tokens=500).cost_usd == Decimal(
+        "0.001"
+    )
 
 
 def test_follows_a_replaced_price_snapshot() -> None:
