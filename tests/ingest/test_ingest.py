@@ -88,6 +88,19 @@ SPELLINGS: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
         ("openai", "gpt-4o", 100, 50, 0, 0, 0, 150),
     ),
     (
+        "older OpenLLMetry llm.usage spelling with reasoning",
+        {
+            "gen_ai.system": "openai",
+            "llm.request.type": "chat",
+            "gen_ai.request.model": "o4-mini",
+            "gen_ai.usage.prompt_tokens": 100,
+            "gen_ai.usage.completion_tokens": 500,
+            "llm.usage.reasoning_tokens": 384,
+            "llm.usage.total_tokens": 600,
+        },
+        ("openai", "o4-mini", 100, 500, 0, 0, 384, 600),
+    ),
+    (
         # Pydantic AI 1.3 to 1.77 (and Logfire): input includes the cache, told in details only
         "Pydantic AI usage details",
         {
