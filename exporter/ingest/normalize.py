@@ -295,7 +295,8 @@ def _provider(attrs: dict[str, AttributeValue]) -> str | None:
         value = _str(attrs.get(key))
         if value:
             return normalize_provider(value)
-    if _str(attrs.get(a.OPENINFERENCE_SPAN_KIND)) in _OPENINFERENCE_LLM_KINDS:
+    kind = _str(attrs.get(a.OPENINFERENCE_SPAN_KIND))  # upper case by spec; any case read
+    if kind is not None and kind.upper() in _OPENINFERENCE_LLM_KINDS:
         host = _str(attrs.get(a.SERVER_ADDRESS)) or ""
         return provider_from_host(host) or "unknown"
     return None

@@ -88,6 +88,18 @@ SPELLINGS: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
         ("openai", "gpt-4o", 100, 50, 0, 0, 0, 150),
     ),
     (
+        # OpenInference's kinds are upper case by spec; no provider key: named by its host
+        "OpenInference lower-case kind",
+        {
+            "openinference.span.kind": "llm",
+            "server.address": "api.groq.com",
+            "llm.model_name": "llama-3.3-70b-versatile",
+            "llm.token_count.prompt": 900,
+            "llm.token_count.completion": 100,
+        },
+        ("groq", "llama-3.3-70b-versatile", 900, 100, 0, 0, 0, 1000),
+    ),
+    (
         "older OpenLLMetry llm.usage spelling with reasoning",
         {
             "gen_ai.system": "openai",

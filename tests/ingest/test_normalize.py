@@ -67,6 +67,22 @@ def test_openinference_embedding_spelling() -> None:
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("kind", "operation"), [("llm", "chat"), (" Llm ", "chat"), ("embedding", "embeddings")]
+)
+def test_openinference_kinds_in_any_case_without_a_provider_key(kind: str, operation: str) -> None:
+    call = to_llm_call(_span({
+        "openinference.span.kind": kind, "server.address": "api.groq.com",
+        "llm.model_name": "llama-3.3-70b-versatile", "llm.token_count.prompt": 9,
+        "llm.token_count.completion": 2,
+    }))  # fmt: skip
+    assert call is not None
+    assert (call.provider, call.model, call.gen_ai_operation) == (
+        "groq", "llama-3.3-70b-versatile", operation,
+    )  # fmt: skip
+    assert (call.input_tokens, call.output_tokens, call.total_tokens) == (9, 2, 11)
+
+
 def test_anthropic_input_exclusive_of_cache_is_made_inclusive() -> None:
     call = to_llm_call(_span({
         "gen_ai.system": "Anthropic", "gen_ai.request.model": "claude-sonnet-4-5",

@@ -55,6 +55,7 @@ def _calls() -> list[Span]:
         new_span(llm_attributes()),
         new_span(older),
         new_span(openinference),
+        new_span({**openinference, "openinference.span.kind": "llm"}),  # upper case by spec
         new_span(
             {
                 "llm.provider": "anthropic",
