@@ -42,6 +42,7 @@ PROVIDER_ALIASES: Final[dict[str, str]] = {
     "gemini": "gcp.gemini", "google": "gcp.gemini", "google_genai": "gcp.gemini",
     "google.genai": "gcp.gemini", "gcp.gen_ai": "gcp.gemini", "google_ai_studio": "gcp.gemini",
     "vertex_ai": "gcp.vertex_ai", "vertexai": "gcp.vertex_ai", "google_vertexai": "gcp.vertex_ai",
+    "google_vertex_ai": "gcp.vertex_ai",
     "azure": "azure.ai.openai", "az.ai.openai": "azure.ai.openai",
     "azure_openai": "azure.ai.openai", "az.ai.inference": "azure.ai.inference",
     "bedrock": "aws.bedrock", "mistral": "mistral_ai", "mistralai": "mistral_ai",
@@ -93,10 +94,24 @@ NOT_MODEL_CALL_SPANS: Final = frozenset(
 )
 
 
+# Every spelling normalize_provider reads, lower case: the aliases, and each alias and name calls
+# are stored under written out in words, a space for each `_` ("Vertex AI", "Mistral AI",
+# "Azure OpenAI", as some instrumentations write them). One lookup, whatever the spelling.
+_NAMES: Final = frozenset(
+    (*PROVIDER_ALIASES.values(), *PROVIDER_HOSTS.values(), *PRICE_PROVIDER_IDS, "gcp.vertex_ai")
+)
+_SPELLINGS: Final[dict[str, str]] = {
+    **{name.replace("_", " "): name for name in _NAMES if "_" in name and "." not in name},
+    **{a.replace("_", " "): name for a, name in PROVIDER_ALIASES.items() if "." not in a},
+    **PROVIDER_ALIASES,
+}
+
+
 def normalize_provider(value: str) -> str:
-    """The name a provider's calls are stored under, from any spelling of it."""
+    """The name a provider's calls are stored under, from any spelling of it; an unknown one is
+    kept as written, in lower case."""
     name = value.strip().lower()
-    return PROVIDER_ALIASES.get(name, name)
+    return _SPELLINGS.get(name, name)
 
 
 def provider_from_host(host: str, path: str = "") -> str | None:

@@ -100,6 +100,18 @@ SPELLINGS: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
         ("groq", "llama-3.3-70b-versatile", 900, 100, 0, 0, 0, 1000),
     ),
     (
+        # the provider written out in words, as some instrumentations name it
+        "Vertex AI with a space",
+        {
+            "gen_ai.system": "Vertex AI",
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gemini-2.5-flash",
+            "gen_ai.usage.input_tokens": 800,
+            "gen_ai.usage.output_tokens": 200,
+        },
+        ("gcp.vertex_ai", "gemini-2.5-flash", 800, 200, 0, 0, 0, 1000),
+    ),
+    (
         "older OpenLLMetry llm.usage spelling with reasoning",
         {
             "gen_ai.system": "openai",
@@ -177,6 +189,7 @@ GENAI_PRICES_PROVIDER = {
     "groq": "groq",
     "anthropic": "anthropic",
     "gcp.gemini": "google",
+    "gcp.vertex_ai": "google",
     "openai": "openai",
 }
 

@@ -98,7 +98,10 @@ def test_anthropic_input_exclusive_of_cache_is_made_inclusive() -> None:
     ("alias", "expected"),
     [("gemini", "gcp.gemini"), (" Vertex_AI ", "gcp.vertex_ai"),
      ("az.ai.openai", "azure.ai.openai"), ("mistralai", "mistral_ai"), ("xai", "x_ai"),
-     ("bedrock", "aws.bedrock"), ("NewCo", "newco")],
+     ("bedrock", "aws.bedrock"), ("NewCo", "newco"), ("Vertex AI", "gcp.vertex_ai"),
+     ("GOOGLE VERTEX AI", "gcp.vertex_ai"), ("Mistral AI", "mistral_ai"),
+     ("Azure OpenAI", "azure.ai.openai"), ("Together AI", "together_ai"),
+     ("Our Own Gateway", "our own gateway")],
 )  # fmt: skip
 def test_provider_aliases(alias: str, expected: str) -> None:
     call = to_llm_call(_span({"gen_ai.system": alias, "gen_ai.request.model": "m"}))
