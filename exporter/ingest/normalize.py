@@ -11,6 +11,17 @@ from exporter.ingest.kept import MAX_STRING, kept_attributes
 from exporter.ingest.kept import scrubbed as _scrubbed
 from exporter.ingest.metrics import ERROR_CODE, OTHER_ERROR
 from exporter.ingest.model import TRUNCATED_MARKER, AttributeValue, LLMCall, RawSpan
+from exporter.ingest.spellings import (
+    CACHE_READ,
+    CACHE_WRITE,
+    CURRENT_SPELLINGS,
+    INPUT,
+    OTHER_SPELLINGS,
+    OUTPUT,
+    REASONING,
+    TOKEN_KEYS,
+    TOTAL,
+)
 from nexus_otel import attributes as a
 from nexus_otel._embeddings import EMBEDDINGS
 from nexus_otel._llm_providers import (
@@ -76,42 +87,6 @@ _OPENINFERENCE_LLM_KINDS = frozenset({"LLM", "EMBEDDING"})
 # Strings scrubbed before are looked up, never cut again: they must fit every text bound.
 assert min(MAX_STRING, MAX_ERROR_MESSAGE, MAX_SPAN_NAME) >= CACHED_LENGTH
 
-# Each token count, with its spellings in order of preference.
-_INPUT = (a.GEN_AI_USAGE_INPUT_TOKENS, a.GEN_AI_USAGE_PROMPT_TOKENS, a.LLM_TOKEN_COUNT_PROMPT)
-_OUTPUT = (
-    a.GEN_AI_USAGE_OUTPUT_TOKENS,
-    a.GEN_AI_USAGE_COMPLETION_TOKENS,
-    a.LLM_TOKEN_COUNT_COMPLETION,
-)
-_CACHE_READ = (
-    a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-    a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS_OLD,
-    a.LLM_TOKEN_COUNT_CACHE_READ,
-    a.PYDANTIC_AI_CACHE_READ_TOKENS,
-    a.PYDANTIC_AI_CACHE_READ_INPUT_TOKENS,
-)
-_CACHE_WRITE = (
-    a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-    a.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
-    a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS_OLD,
-    a.LLM_TOKEN_COUNT_CACHE_WRITE,
-    a.PYDANTIC_AI_CACHE_WRITE_TOKENS,
-    a.PYDANTIC_AI_CACHE_CREATION_INPUT_TOKENS,
-)
-_REASONING = (
-    a.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
-    a.GEN_AI_USAGE_REASONING_TOKENS_OLD,
-    a.LLM_USAGE_REASONING_TOKENS,
-    a.LLM_TOKEN_COUNT_REASONING,
-    a.PYDANTIC_AI_REASONING_TOKENS,
-)
-_TOTAL = (a.GEN_AI_USAGE_TOTAL_TOKENS, a.LLM_USAGE_TOTAL_TOKENS, a.LLM_TOKEN_COUNT_TOTAL)
-_TOKEN_KEYS = frozenset((*_INPUT, *_OUTPUT, *_CACHE_READ, *_CACHE_WRITE, *_REASONING, *_TOTAL))
-# In _tokens' order: the first (current) spelling of each count, and every other spelling.
-_CURRENT_SPELLINGS = tuple(
-    k[0] for k in (_CACHE_READ, _CACHE_WRITE, _REASONING, _INPUT, _OUTPUT, _TOTAL)
-)
-_OTHER_SPELLINGS = _TOKEN_KEYS - frozenset(_CURRENT_SPELLINGS)
 _PROVIDER_KEYS = (a.GEN_AI_PROVIDER_NAME, a.GEN_AI_SYSTEM, a.LLM_PROVIDER, a.LLM_SYSTEM)
 # A span is an LLM call only if it carries one of these keys (see _provider): a span without
 # any of them is not read further (and the decode workers skip it undecoded: not_calls).
@@ -123,7 +98,7 @@ _TTFC_KEYS = (
 )
 _MAPPED = frozenset(
     (
-        *_TOKEN_KEYS,
+        *TOKEN_KEYS,
         *_PROVIDER_KEYS,
         *_TTFC_KEYS,
         *a.COST_ATTRIBUTES,
@@ -162,7 +137,7 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         or _str(attrs.get(a.LLM_MODEL_NAME))
         or _str(attrs.get(a.EMBEDDING_MODEL_NAME))
     )
-    if model is None and not any(k in attrs for k in _TOKEN_KEYS):
+    if model is None and not any(k in attrs for k in TOKEN_KEYS):
         return None
     _check_ids(span)
     input_tokens, output_tokens, cache_read, cache_write, reasoning, total = _tokens(span)
@@ -362,22 +337,22 @@ def _token_value(span: RawSpan, key: str, value: AttributeValue) -> int:
 
 def _tokens(span: RawSpan) -> tuple[int, int, int, int, int, int]:
     """Input, output, cache read, cache write, reasoning and total tokens."""
-    if _OTHER_SPELLINGS.isdisjoint(span.attributes):
+    if OTHER_SPELLINGS.isdisjoint(span.attributes):
         # The current conventions' names only (most spans): one lookup per count.
         attrs, counts = span.attributes, []
-        for key in _CURRENT_SPELLINGS:
+        for key in CURRENT_SPELLINGS:
             value = attrs.get(key, 0)
             if value.__class__ is not int or not 0 <= value <= MAX_TOKENS_PER_CALL:  # type: ignore[operator]
                 value = _token_value(span, key, value)
             counts.append(value)
         return _inclusive(*counts)  # type: ignore[arg-type]
-    cache_read = _count(span, _CACHE_READ)
-    cache_write = _count(span, _CACHE_WRITE)
-    reasoning = _count(span, _REASONING)
-    input_tokens = _count(span, _INPUT)
-    output_tokens = _count(span, _OUTPUT)
+    cache_read = _count(span, CACHE_READ)
+    cache_write = _count(span, CACHE_WRITE)
+    reasoning = _count(span, REASONING)
+    input_tokens = _count(span, INPUT)
+    output_tokens = _count(span, OUTPUT)
     return _inclusive(
-        cache_read, cache_write, reasoning, input_tokens, output_tokens, _count(span, _TOTAL)
+        cache_read, cache_write, reasoning, input_tokens, output_tokens, _count(span, TOTAL)
     )
 
 
