@@ -148,9 +148,12 @@ _JOIN_MODELS = (
     "a.provider = m.provider AND a.model = m.model"
     " AND coalesce(a.response_model, '') = m.response_model"
 )
+# A call that told only its total (no input or output count) is priced by no table at ingest,
+# so not here either: priced by its tokens, it would come out at $0.
 _RANGE = (
     'a."timestamp" >= %(since)s AND a."timestamp" < %(until)s'
     " AND (%(include_provider)s OR a.cost_source IS DISTINCT FROM 'provider')"
+    " AND NOT (a.input_tokens = 0 AND a.output_tokens = 0 AND a.total_tokens > 0)"
 )
 # The calls priced by a linear price in SQL (exporter.usage.linear_prices): one such price per
 # model and UTC day, for the usage PriceBook prices (cache counts within the input). A row with

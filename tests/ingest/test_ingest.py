@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -293,6 +295,18 @@ def test_a_total_alone_is_unpriced_not_free(exporter: ExporterProcess, database_
         - metric_value(before, unpriced_calls, **labels)
         == 1
     )
+    # Repricing leaves both as they are: priced by its tokens, the first would come out at $0.
+    today = datetime.now(UTC).date()
+    reprice = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "reprice", "--since", str(today - timedelta(1)),
+         "--model", "gpt-4o-mini", "--database-url", database_url],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert reprice.returncode == 0, reprice.stderr
+    assert "nothing to change" in reprice.stderr
+    again = [_row(database_url, format(s.context.span_id, "016x")) for s in spans]
+    assert [tuple(row[c] for c in columns) for row in again] == [
+        (0, 0, 500, None, None), (0, 0, 500, Decimal("0.0002"), "span")]  # fmt: skip
 
 
 def test_errors_business_tags_and_non_llm_spans(
