@@ -2,7 +2,9 @@
 
 Anthropic's `input_tokens` excludes the cache; the conventions' input includes it, so reads and
 writes are added back. Stream usage is cumulative: `message_delta` repeats the running totals, so
-the last value of each field wins and nothing is summed.
+the last value of each field wins and nothing is summed. `cache_creation` splits the writes by
+cache lifetime (`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`): 1-hour writes are
+priced apart, so their count is kept (within the writes: a larger one raises the writes to it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ _USAGE_FIELDS = (
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
 )
+_WRITE_1H = "ephemeral_1h_input_tokens"  # in `cache_creation`; kept in the fields by this name
 
 
 def matches(path: str) -> bool:
@@ -102,7 +105,8 @@ def _read_message(message: object, info: ResponseInfo, state: _StreamUsage | Non
     if state is not None:
         _merge_usage(usage, info, state)
     elif isinstance(usage, dict):
-        info.usage = _usage(usage, dig(usage, "output_tokens_details", "thinking_tokens"))
+        fields = dict(usage, **{_WRITE_1H: dig(usage, "cache_creation", _WRITE_1H)})
+        info.usage = _usage(fields, dig(usage, "output_tokens_details", "thinking_tokens"))
 
 
 def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None:
@@ -111,6 +115,9 @@ def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None
     for key in _USAGE_FIELDS:
         if usage.get(key) is not None:
             state.fields[key] = usage[key]
+    write_1h = dig(usage, "cache_creation", _WRITE_1H)
+    if write_1h is not None:
+        state.fields[_WRITE_1H] = write_1h
     thinking = dig(usage, "output_tokens_details", "thinking_tokens")
     if thinking is not None:
         state.thinking = thinking
@@ -120,8 +127,14 @@ def _merge_usage(usage: object, info: ResponseInfo, state: _StreamUsage) -> None
 def _usage(fields: dict[str, object], thinking: object) -> TokenUsage:
     """Anthropic's usage fields in the conventions' terms: input includes the cache."""
     cache_read = as_int(fields.get("cache_read_input_tokens"))
-    cache_write = as_int(fields.get("cache_creation_input_tokens"))
+    write_1h = as_int(fields.get(_WRITE_1H))
+    cache_write = max(as_int(fields.get("cache_creation_input_tokens")), write_1h)
     uncached, output = as_int(fields.get("input_tokens")), as_int(fields.get("output_tokens"))
     return TokenUsage(
-        uncached + cache_read + cache_write, output, cache_read, cache_write, as_int(thinking)
+        uncached + cache_read + cache_write,
+        output,
+        cache_read,
+        cache_write,
+        as_int(thinking),
+        write_1h,
     )

@@ -265,6 +265,7 @@ class LLMCall:
             output_tokens=estimate_tokens(self.response.output_text, model),
             cache_read_tokens=reported.cache_read_tokens,
             cache_write_tokens=reported.cache_write_tokens,
+            cache_write_1h_tokens=reported.cache_write_1h_tokens,
         ), estimate_source()
 
     def _model(self) -> str:
@@ -351,6 +352,8 @@ class LLMCall:
             values[a.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
         if usage.cache_write_tokens or full:
             values[a.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
+        if usage.cache_write_1h_tokens:  # ours only: absent reads as 0 on any span
+            values[a.NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS] = usage.cache_write_1h_tokens
         if usage.reasoning_tokens or full:
             values[a.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
         if response.provider_cost_usd is not None:  # the provider's own charge, in US dollars

@@ -59,10 +59,18 @@ def estimate_cost(
     provider: str | None = None,
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
     timestamp: datetime | None = None,
 ) -> Decimal | None:
-    """What a call with this usage costs in USD (genai-prices); None when unpriced."""
-    usage = TokenUsage(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+    """What a call with this usage costs in USD (genai-prices); None when unpriced.
+    `cache_write_1h_tokens`: of the cache writes, those to a 1-hour cache (Anthropic)."""
+    usage = TokenUsage(
+        input_tokens,
+        output_tokens,
+        cache_read_tokens,
+        cache_write_tokens,
+        cache_write_1h_tokens=cache_write_1h_tokens,
+    )
     return price(usage, model, provider, timestamp)
 
 
@@ -93,4 +101,5 @@ def price(
         usage.output_tokens,
         usage.cache_read_tokens,
         usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
     )

@@ -8,7 +8,12 @@ model alone picks the maker (claude → anthropic, gpt- → openai, gemini → g
 maker's list price is used. The response model (more specific, e.g. a dated version) is tried
 before the request model. Price sets that token counts cannot price (per audio hour, page or
 character) price nothing, and neither does usage whose cache counts exceed the input (input
-includes them): such a call is unpriced, never a fake $0.
+includes them), or whose 1-hour cache writes exceed its cache writes (they are a part of them):
+such a call is unpriced, never a fake $0.
+
+1-hour cache writes (Anthropic) are genai-prices' `cache_write_1h_tokens`, within
+`cache_write_tokens`: a price set with a `cache_write_1h_mtok` prices them at it, the other
+writes at `cache_write_mtok`; one without prices them as any cache write.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def list_price(
     output_tokens: int,
     cache_read_tokens: int,
     cache_write_tokens: int,
+    cache_write_1h_tokens: int = 0,
 ) -> Decimal | None:
     """genai-prices' price of one call, or None when it prices none of the call's models.
     `provider`: the name as stored (`normalize_provider`)."""
@@ -88,6 +94,8 @@ def list_price(
     # stores): a change here is a change there.
     counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
     if min(counts) < 0 or cache_read_tokens + cache_write_tokens > input_tokens:
+        return None
+    if not 0 <= cache_write_1h_tokens <= cache_write_tokens:
         return None
     snapshot = data_snapshot.get_snapshot()
     refs = (model,) if response_model in (None, model) else (response_model, model)
@@ -98,15 +106,16 @@ def list_price(
         model_price = found[1].get_prices(timestamp)
         if not token_priced(model_price):
             continue
+        usage = Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+        )
+        if cache_write_1h_tokens:
+            usage.cache_write_1h_tokens = cache_write_1h_tokens
         try:
-            result = model_price.calc_price(
-                Usage(
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                    cache_read_tokens=cache_read_tokens,
-                    cache_write_tokens=cache_write_tokens,
-                )
-            )
+            result = model_price.calc_price(usage)
         except ValueError:  # genai-prices rejects this price set for this usage
             continue
         return result["total_price"]

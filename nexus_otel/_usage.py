@@ -18,6 +18,7 @@ class TokenUsage(NamedTuple):
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # of the cache writes, those to a 1-hour cache (Anthropic)
 
     @property
     def total_tokens(self) -> int:

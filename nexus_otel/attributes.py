@@ -25,6 +25,10 @@ GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tok
 GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
 GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"  # newer
 GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+# Ours (no convention names it yet): how many of the cache writes went to a 1-hour cache
+# (Anthropic's `cache_creation.ephemeral_1h_input_tokens`), within the cache writes; they cost
+# more than 5-minute writes. Absent reads as 0: every write priced as a cache write.
+NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS: Final = "nexus.usage.cache_write_1h.input_tokens"
 # Older spellings still sent by some instrumentations (OpenLLMetry, early semconv).
 GEN_AI_USAGE_PROMPT_TOKENS: Final = "gen_ai.usage.prompt_tokens"
 GEN_AI_USAGE_COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"

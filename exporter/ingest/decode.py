@@ -206,6 +206,7 @@ def price_call(prices: PriceBook, call: LLMCall) -> None:
             output_tokens=call.output_tokens,
             cache_read_tokens=call.cache_read_tokens,
             cache_write_tokens=call.cache_write_tokens,
+            cache_write_1h_tokens=call.cache_write_1h_tokens,
             reported_cost_usd=call.reported_cost_usd,
             reported_by_provider=call.cost_reported_by_provider,
             total_tokens=call.total_tokens,

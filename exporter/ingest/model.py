@@ -73,3 +73,6 @@ class LLMCall:
     # reported_cost_usd is what the provider charged (gen_ai.usage.cost.source = provider)
     cost_reported_by_provider: bool = False
     unpriced_reason: str | None = None  # set: stored unpriced, whatever a price table says
+    # Of the cache writes, those to a 1-hour cache (Anthropic), priced apart; at most
+    # cache_write_tokens.
+    cache_write_1h_tokens: int = 0

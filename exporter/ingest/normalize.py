@@ -112,6 +112,7 @@ _MAPPED = frozenset(
         a.NEXUS_OPERATION,
         a.NEXUS_CORRELATION_ID,
         a.NEXUS_USAGE_SOURCE,
+        a.NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS,
         a.SERVER_ADDRESS,
         a.ERROR_TYPE,
     )
@@ -182,6 +183,11 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         reported_cost,  # reported_cost_usd
         kept_attributes(attrs, store_content, _MAPPED),  # attributes
     )
+    # 1-hour cache writes: on Anthropic calls with a 1-hour cache only (one lookup otherwise).
+    # Within the cache writes: a larger count (bad data) is cut to them.
+    if write_1h := attrs.get(a.NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS):
+        key = a.NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS
+        call.cache_write_1h_tokens = min(_token_value(span, key, write_1h), cache_write)
     call.reported_cost_key = cost_key or None
     if not input_tokens and total and call.gen_ai_operation == EMBEDDINGS and not output_tokens:
         call.input_tokens = total  # an embeddings call has no output: its total is its input

@@ -4,7 +4,10 @@ Entries are tried in file order and the first match wins, so list specific entri
 an exact name, a later valid_from) before general ones. valid_from is a UTC date; before it, the
 entry is skipped and the next source is tried. A model pattern (fnmatch, case-insensitive)
 matches the request or the response model. A file that cannot be read or holds an invalid entry
-is refused as a whole, with a message naming the file, the entry and the value."""
+is refused as a whole, with a message naming the file, the entry and the value.
+
+Cache reads and writes default to the input price; 1-hour cache writes (`cache_write_1h_mtok`,
+Anthropic's 1-hour cache, a part of the cache writes) to the cache write price."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 _MTOK = Decimal(1_000_000)
 TOKEN_PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
-_ENTRY_KEYS = {"model", "provider", "valid_from", *TOKEN_PRICE_KEYS}
+_ENTRY_KEYS = {"model", "provider", "valid_from", "cache_write_1h_mtok", *TOKEN_PRICE_KEYS}
 
 
 def utc_day(ts: datetime) -> date:
@@ -44,6 +47,7 @@ class Override:
     cache_read: Decimal
     cache_write: Decimal
     valid_from: date | None
+    cache_write_1h: Decimal = Decimal(0)  # the cache write price unless the file says
 
     def matches(self, provider: str | None, models: tuple[str, ...]) -> bool:
         """Models and provider are lowercased; provider None matches any entry."""
@@ -55,7 +59,18 @@ class Override:
             return False
         return any(fnmatch.fnmatchcase(m, self.pattern) for m in models)
 
-    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> Decimal:
+    def cost(
+        self, inp: int, out: int, cache_read: int, cache_write: int, write_1h: int = 0
+    ) -> Decimal:
+        """`write_1h`: of the cache writes, those to a 1-hour cache."""
+        if write_1h:
+            return (
+                Decimal(inp - cache_read - cache_write) * self.input
+                + Decimal(cache_read) * self.cache_read
+                + Decimal(cache_write - write_1h) * self.cache_write
+                + Decimal(write_1h) * self.cache_write_1h
+                + Decimal(out) * self.output
+            ) / _MTOK
         return (
             Decimal(inp - cache_read - cache_write) * self.input
             + Decimal(cache_read) * self.cache_read
@@ -123,6 +138,7 @@ def _parse_entry(path: Path, index: int, raw: object) -> Override:
         return parsed
 
     inp = price("input_mtok")
+    cache_write = price("cache_write_mtok", inp)
     return Override(
         index=index,
         pattern=model.strip().lower(),
@@ -130,8 +146,9 @@ def _parse_entry(path: Path, index: int, raw: object) -> Override:
         input=inp,
         output=price("output_mtok"),
         cache_read=price("cache_read_mtok", inp),
-        cache_write=price("cache_write_mtok", inp),
+        cache_write=cache_write,
         valid_from=valid_from,
+        cache_write_1h=price("cache_write_1h_mtok", cache_write),
     )
 
 

@@ -13,6 +13,9 @@ timestamp. The library spends 30-150 µs a call resolving and validating a price
 price set is compiled once into the few terms our usage can touch (input, output, cache read,
 cache write, per-request fees), checked against the library on probe usages (falling back to the
 library's own arithmetic on any difference), and evaluated with the same Decimal operations.
+1-hour cache writes (Anthropic) are genai-prices' `cache_write_1h_tokens`, a part of the cache
+writes: a price set with `cache_write_1h_mtok` prices them at it and the other writes at
+`cache_write_mtok` (its leaf, as the library splits a count into its priced parts).
 
 Which price set prices a call (provider names to genai-prices ids, the response model before the
 request model, unpriceable price sets and usage) is `nexus_otel._pricing`'s rule, the one the
@@ -44,14 +47,19 @@ from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
 from nexus_otel._pricing import find_model, token_priced
 
 # fmt: off
-# price key → (slot in (input leaf, output, cache read, cache write, one request), unit size)
+# price key → (slot in (input leaf, output, cache read, cache write leaf, one request, 1-hour
+# cache write), unit size)
 _SLOTS = {
     "input_mtok": (0, 1_000_000), "output_mtok": (1, 1_000_000), "cache_read_mtok": (2, 1_000_000),
     "cache_write_mtok": (3, 1_000_000), "requests_kcount": (4, 1_000),
+    "cache_write_1h_mtok": (5, 1_000_000),
 }
+# (input, output, cache read, cache write, of which 1-hour writes)
+_PROBES = (
+    (0, 0, 0, 0, 0), (1_234, 567, 89, 10, 0), (10_000_001, 54_321, 1_000_000, 300_000, 0),
+    (1_234, 567, 89, 10, 4), (10_000_001, 54_321, 1_000_000, 300_000, 300_000),
+)
 # fmt: on
-
-_PROBES = ((0, 0, 0, 0), (1_234, 567, 89, 10), (10_000_001, 54_321, 1_000_000, 300_000))
 _CACHE_MAX = 50_000  # entries per cache; span attributes are untrusted, so bound what they key
 # api_calls.cost_usd is numeric(20, 12): PostgreSQL stores a cost rounded half away from zero to
 # 12 places. A call's cost is rounded so before it is added to anything (the summaries, the
@@ -107,23 +115,33 @@ class _Plan:
     subtract_write: bool
     priceable: bool = True
     use_library: bool = False
+    split_1h: bool = False  # 1-hour cache writes have a price of their own
+    # `terms` but the 1-hour write price: what a call without 1-hour writes loops over
+    plain_terms: tuple[tuple[int, Decimal | TieredPrices, int], ...] = ()
 
-    def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> Decimal | None:
+    def cost(
+        self, inp: int, out: int, cache_read: int, cache_write: int, write_1h: int = 0
+    ) -> Decimal | None:
         if not self.priceable:
             return None
         if self.use_library:
             try:
-                result = self.model_price.calc_price(_usage(inp, out, cache_read, cache_write))
+                usage = _usage(inp, out, cache_read, cache_write, write_1h)
+                result = self.model_price.calc_price(usage)
             except ValueError:
                 return None
             return result["total_price"]
         leaf = inp - (cache_read if self.subtract_read else 0)
         leaf -= cache_write if self.subtract_write else 0
+        if write_1h and self.split_1h:  # priced apart: the other writes are the write leaf
+            if not self.subtract_write:
+                leaf -= write_1h  # the other writes are billed as input
+            cache_write -= write_1h
         if leaf < 0:
             return None  # genai-prices raises: cache counts exceed the input
-        counts = (leaf, out, cache_read, cache_write, 1)
+        counts = (leaf, out, cache_read, cache_write, 1, write_1h)
         total = Decimal(0)
-        for slot, price, per in self.terms:
+        for slot, price, per in self.terms if write_1h else self.plain_terms:
             if not (count := counts[slot]):
                 continue  # adds an exact zero
             if isinstance(price, TieredPrices):
@@ -144,7 +162,14 @@ def _compile(model_price: ModelPrice) -> _Plan:
     ]
     keys = {k for k, _ in items}
     terms = tuple((_SLOTS[k][0], v, _SLOTS[k][1]) for k, v in items if k in _SLOTS)
-    plan = _Plan(model_price, terms, "cache_read_mtok" in keys, "cache_write_mtok" in keys)
+    plan = _Plan(
+        model_price,
+        terms,
+        "cache_read_mtok" in keys,
+        "cache_write_mtok" in keys,
+        split_1h="cache_write_1h_mtok" in keys,
+        plain_terms=tuple(t for t in terms if t[0] != _SLOTS["cache_write_1h_mtok"][0]),
+    )
     if not token_priced(model_price):  # priced per audio hour, page or character
         return _Plan(model_price, (), False, False, priceable=False)
     try:
@@ -156,9 +181,13 @@ def _compile(model_price: ModelPrice) -> _Plan:
     return plan
 
 
-def _usage(*counts: int) -> genai_prices.Usage:
-    keys = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-    return genai_prices.Usage(**dict(zip(keys, counts, strict=True)))
+def _usage(inp: int, out: int, read: int, write: int, write_1h: int = 0) -> genai_prices.Usage:
+    usage = genai_prices.Usage(
+        input_tokens=inp, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write
+    )
+    if write_1h:  # left out without: the usage a call without the dimension always had
+        usage.cache_write_1h_tokens = write_1h
+    return usage
 
 
 def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
@@ -205,24 +234,28 @@ class PriceBook:
         output_tokens: int,
         cache_read_tokens: int,
         cache_write_tokens: int,
+        cache_write_1h_tokens: int = 0,
         reported_cost_usd: Decimal | None = None,
         reported_by_provider: bool = False,
         total_tokens: int = 0,
     ) -> Price:
         """`reported_by_provider`: `reported_cost_usd` is what the provider charged, which no
-        price table knows better. `total_tokens` with no input or output count (a span telling
-        only its total): no price table prices it, as a fake $0; only a reported cost does."""
+        price table knows better. `cache_write_1h_tokens`: of the cache writes, those to a
+        1-hour cache. `total_tokens` with no input or output count (a span telling only its
+        total): no price table prices it, as a fake $0; only a reported cost does."""
         reported = reported_cost_usd
         valid_reported = reported is not None and reported.is_finite() and reported >= 0
         if reported_by_provider and valid_reported:
             return Price(reported, "provider")
-        usage = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+        write_1h = cache_write_1h_tokens
+        usage = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, write_1h)
         # Which usage and models price a call: nexus_otel._pricing.list_price's rule, written
         # out here because it runs for every span.
         if (
             min(usage) >= 0
             and cache_read_tokens + cache_write_tokens <= input_tokens
             and (input_tokens or output_tokens or not total_tokens)
+            and (not write_1h or write_1h <= cache_write_tokens)
         ):
             if self.overrides:
                 entry = self._override(provider, model, response_model, utc_day(timestamp))

@@ -15,6 +15,7 @@ _USAGE_KEYS = {
     "cache_read": "cache_read_tokens",
     "cache_write": "cache_write_tokens",
     "reasoning": "reasoning_tokens",
+    "cache_write_1h": "cache_write_1h_tokens",  # of cache_write: Anthropic's 1-hour cache
 }
 _TEXT = (
     "the quick carousel slide brings your audience a fresh fact about coffee mornings, ocean "
@@ -33,6 +34,7 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # of the cache writes; only Anthropic's wire tells them
 
 
 @dataclass
@@ -102,6 +104,8 @@ def parse_usage(raw: str) -> Usage:
     usage = Usage(**values)
     if usage.cache_read_tokens + usage.cache_write_tokens > usage.input_tokens:
         raise BadRequest("x-sim-usage: cache_read + cache_write exceed input (input includes them)")
+    if usage.cache_write_1h_tokens > usage.cache_write_tokens:
+        raise BadRequest("x-sim-usage: cache_write_1h exceeds cache_write (a part of them)")
     if usage.reasoning_tokens > usage.output_tokens:
         raise BadRequest("x-sim-usage: reasoning exceeds output (output includes it)")
     return usage

@@ -163,7 +163,7 @@ CREATE TEMP TABLE nexus_reprice_linear (
     provider text, model text, response_model text, day timestamptz, source text,
     input_mtok numeric, output_mtok numeric, cache_read_mtok numeric, cache_write_mtok numeric,
     per_call numeric, subtract_read boolean, subtract_write boolean, above bigint, up_to bigint,
-    price_ref text
+    cache_write_1h_mtok numeric, split_1h boolean, price_ref text
 ) ON COMMIT DROP
 """
 _JOIN_LINEAR = (
@@ -183,25 +183,26 @@ FROM nexus_reprice_changed GROUP BY 1, 2
 _OUT_OF_RANGE_LINEAR = "DELETE FROM nexus_reprice_changed WHERE new_cost >= %(max_cost)s"
 _GROUPS = f"""
 SELECT a.provider, a.model, m.response_model, {_AT}, a.input_tokens, a.output_tokens,
-       a.cache_read_tokens, a.cache_write_tokens, a.cost_usd, coalesce(a.cost_source, ''),
-       count(*)
+       a.cache_read_tokens, a.cache_write_tokens, a.cache_write_1h_tokens, a.cost_usd,
+       coalesce(a.cost_source, ''), count(*)
 FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
 LEFT JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
 WHERE {_RANGE} AND NOT (l.source IS NOT NULL AND {_VALID})
   AND NOT (l.provider IS NOT NULL AND l.source IS NULL AND a.cost_usd IS NULL
            AND a.cost_source IS NULL)
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 """
 _PRICES_TABLE = """
 CREATE TEMP TABLE nexus_reprice_prices (
     provider text, model text, response_model text, at timestamptz, input_tokens bigint,
     output_tokens bigint, cache_read_tokens bigint, cache_write_tokens bigint,
-    old_cost numeric, old_source text, new_cost numeric, new_source text, price_ref text
+    cache_write_1h_tokens bigint, old_cost numeric, old_source text, new_cost numeric,
+    new_source text, price_ref text
 ) ON COMMIT DROP
 """
 _PRICE_TYPES = [
-    "text", "text", "text", "timestamptz", "int8", "int8", "int8", "int8", "numeric", "text",
-    "numeric", "text", "text",
+    "text", "text", "text", "timestamptz", "int8", "int8", "int8", "int8", "int8", "numeric",
+    "text", "numeric", "text", "text",
 ]  # fmt: skip
 _CHANGED_TABLE = """
 CREATE TEMP TABLE nexus_reprice_changed (
@@ -242,6 +243,7 @@ WHERE {_RANGE}
   AND a.input_tokens = p.input_tokens AND a.output_tokens = p.output_tokens
   AND a.cache_read_tokens = p.cache_read_tokens
   AND a.cache_write_tokens = p.cache_write_tokens
+  AND a.cache_write_1h_tokens = p.cache_write_1h_tokens
   AND coalesce(a.cost_usd, -1) = coalesce(p.old_cost, -1)
   AND coalesce(a.cost_source, '') = p.old_source
 """
@@ -356,7 +358,7 @@ def _price_linear(
     for provider, model, response, day, calls in days:
         if book.price_set(provider, model, response or None, day) is None:
             # No price source knows the model: its unpriced calls stay so, unread.
-            rows.append((provider, model, response, day, *[None] * 8, -1, None, None))
+            rows.append((provider, model, response, day, *[None] * 8, -1, *[None] * 4))
             plan.linear_examined += calls  # nearly all of them: those without a cost
             continue
         pieces = linear_price(book, provider, model, response or None, day)
@@ -394,11 +396,11 @@ def _price_groups(
             for row in rows:
                 update = _priced(book, row)
                 if update is _OUT_OF_RANGE:
-                    plan.out_of_range += row[10]
+                    plan.out_of_range += row[11]
                 elif update is not None:
                     changed.append(update)
-                    plan.change(row[0], row[1]).add(row[10], row[8], update[10])
-                done += row[10]
+                    plan.change(row[0], row[1]).add(row[11], row[9], update[11])
+                done += row[11]
             if changed:
                 with conn.cursor().copy(
                     "COPY nexus_reprice_prices FROM STDIN (FORMAT BINARY)"
@@ -418,7 +420,7 @@ _OUT_OF_RANGE: tuple[Any, ...] = ("a cost of MAX_CALL_COST_USD or more",)  # a m
 def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The nexus_reprice_prices row of a group whose cost or source changes, else None (or
     _OUT_OF_RANGE)."""
-    provider, model, response, at, inp, out, read, write, old_cost, old_source, _ = row
+    provider, model, response, at, inp, out, read, write, write_1h, old_cost, old_source, _ = row
     by_provider = old_source == "provider"
     reported = old_cost if old_source == "span" or by_provider else None
     price = book.price(
@@ -430,6 +432,7 @@ def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
         output_tokens=out,
         cache_read_tokens=read,
         cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h,
         reported_cost_usd=reported,
     )
     cost, source = price.cost_usd, price.source
@@ -442,7 +445,7 @@ def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     if cost == old_cost and (source or "") == old_source:
         return None
     ref = book.reference(provider, model, response or None, at, source) if source else None
-    return (*row[:10], cost, source, ref)
+    return (*row[:11], cost, source, ref)
 
 
 def utc_day_start(day: Any) -> datetime:

@@ -213,6 +213,7 @@ def test_every_field_comes_from_its_own_attribute() -> None:
             "gen_ai.usage.input_tokens": 101, "gen_ai.usage.output_tokens": 102,
             "gen_ai.usage.cache_read.input_tokens": 3,
             "gen_ai.usage.cache_creation.input_tokens": 4,
+            "nexus.usage.cache_write_1h.input_tokens": 2,
             "gen_ai.usage.reasoning.output_tokens": 5, "gen_ai.usage.total_tokens": 999,
             "nexus.operation": "op", "nexus.correlation_id": "corr", "nexus.usage.source": "chars",
             "server.address": "host.example", "gen_ai.response.time_to_first_chunk": 0.25,
@@ -230,6 +231,7 @@ def test_every_field_comes_from_its_own_attribute() -> None:
     assert (*counts, call.cache_write_tokens, call.reasoning_tokens, call.total_tokens) == (
         101, 102, 3, 4, 5, 999,
     )  # fmt: skip
+    assert call.cache_write_1h_tokens == 2
     assert (call.duration_ms, call.success, call.error_type) == (2.5, False, "timeout")
     assert (call.error_message, call.usage_source, call.server_address) == (
         "failed", "chars", "host.example",
@@ -237,3 +239,30 @@ def test_every_field_comes_from_its_own_attribute() -> None:
     assert (call.span_name, call.time_to_first_chunk_ms) == ("chat m", 250.0)
     assert (str(call.reported_cost_usd), call.reported_cost_key) == ("0.5", "nexus.cost.usd")
     assert call.attributes == {"app.kept": "kept"}
+
+
+@pytest.mark.parametrize(
+    ("write_1h", "expected"), [(None, 0), (0, 0), (250, 250), ("250", 250), (400, 300)]
+)
+def test_one_hour_cache_writes_are_read_within_the_cache_writes(
+    write_1h: Any, expected: int
+) -> None:
+    """Absent is 0 (every write priced as a cache write); more than the writes is cut to them."""
+    attributes = {"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "claude-sonnet-4-5",
+                  "gen_ai.usage.input_tokens": 1000, "gen_ai.usage.output_tokens": 5,
+                  "gen_ai.usage.cache_creation.input_tokens": 300}  # fmt: skip
+    if write_1h is not None:
+        attributes["nexus.usage.cache_write_1h.input_tokens"] = write_1h
+    call = to_llm_call(_span(attributes))
+    assert call is not None
+    assert (call.cache_write_tokens, call.cache_write_1h_tokens) == (300, expected)
+    assert call.attributes == {}
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "many", 10**9])
+def test_bad_one_hour_cache_writes_are_rejected_naming_the_attribute(bad: Any) -> None:
+    attributes = {"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "m",
+                  "gen_ai.usage.cache_creation.input_tokens": 300,
+                  "nexus.usage.cache_write_1h.input_tokens": bad}  # fmt: skip
+    with pytest.raises(InvalidSpan, match=r"nexus\.usage\.cache_write_1h\.input_tokens"):
+        to_llm_call(_span(attributes))

@@ -225,6 +225,59 @@ def test_anthropic_message_usage_includes_the_cache_and_thinking() -> None:
     assert info.output_text == "Hi"
 
 
+def test_anthropic_one_hour_cache_writes_are_counted_within_the_writes() -> None:
+    info = ResponseInfo()
+    usage = {
+        "input_tokens": 25,
+        "output_tokens": 95,
+        "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 300,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+    }
+    _anthropic.read_json({"model": "claude-sonnet-4-5", "usage": usage}, info)
+    assert info.usage == TokenUsage(1325, 95, 1000, 300, 0, 200)
+    # A 1-hour count above the writes (which include it) raises the writes, and the input, to it.
+    usage = {**usage, "cache_creation_input_tokens": 150}
+    _anthropic.read_json({"model": "claude-sonnet-4-5", "usage": usage}, info)
+    assert info.usage == TokenUsage(1225, 95, 1000, 200, 0, 200)
+    # Without the split (older API versions): no 1-hour writes, as before.
+    del usage["cache_creation"]
+    _anthropic.read_json({"model": "claude-sonnet-4-5", "usage": usage}, info)
+    assert info.usage == TokenUsage(1175, 95, 1000, 150, 0, 0)
+
+
+def anthropic_stream(start_usage: dict[str, object], *deltas: dict[str, object]) -> bytes:
+    events = [("message_start", {"type": "message_start", "message": {
+        "id": "msg_3", "model": "claude-sonnet-4-5", "usage": start_usage}})]  # fmt: skip
+    events += [("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                  "usage": d}) for d in deltas]  # fmt: skip
+    events.append(("message_stop", {"type": "message_stop"}))
+    return b"".join(f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events)
+
+
+@pytest.mark.parametrize("step", [1, 5, 10_000])
+def test_anthropic_stream_one_hour_cache_writes_from_start_and_deltas(step: int) -> None:
+    start = {
+        "input_tokens": 25,
+        "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 300,
+        "output_tokens": 1,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 300},
+    }
+    # message_delta without `cache_creation` (as the SDK's MessageDeltaUsage): the start's split
+    # stays.
+    info = feed(anthropic_stream(start, {"output_tokens": 95}), _anthropic, step)
+    assert info.usage == TokenUsage(1325, 95, 1000, 300, 0, 300)
+    # A delta that repeats the running totals with a split: the last value wins.
+    delta = {
+        "output_tokens": 95,
+        "cache_creation_input_tokens": 300,
+        "cache_creation": {"ephemeral_5m_input_tokens": 180, "ephemeral_1h_input_tokens": 120},
+    }
+    info = feed(anthropic_stream(start, delta), _anthropic, step)
+    assert info.usage == TokenUsage(1325, 95, 1000, 300, 0, 120)
+
+
 @pytest.mark.parametrize("sizes", [[1], [3, 0, 5], [4096, 1, 4095], [10, 5000, 10], [0]])
 @pytest.mark.parametrize("window", [1, 7, 4096, 9000])
 def test_a_bodys_ends_are_cut_from_its_chunks_as_from_the_whole(

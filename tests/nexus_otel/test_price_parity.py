@@ -131,3 +131,79 @@ def test_handle_cost_is_the_stored_cost(
         f"{provider}: handle {op.cost_usd}, row {row_cost}, off by {op.cost_usd - row_cost}"
     )
     assert op.cost_usd == expected
+
+
+# Anthropic's 1-hour cache writes (usage.cache_creation.ephemeral_1h_input_tokens) cost more
+# than its 5-minute ones: 10,000 of the 12,345 writes here went to a 1-hour cache.
+USAGE_1H = {**USAGE, "reasoning": 0, "cache_write_1h": 10_000}
+# claude-sonnet-4-5 (input under 200k: base prices), USD per million tokens: uncached input
+# (123,456 - 45,678 - 12,345 = 65,433) at $3, cache reads at $0.30, 5-minute writes (2,345) at
+# $3.75, 1-hour writes (10,000) at $6, output at $15:
+# 196,299 + 13,703.4 + 8,793.75 + 60,000 + 351,840 = 630,636.15 per million.
+COST_1H = Decimal("0.63063615")
+# What the 1-hour writes cost before they were told apart (all 12,345 writes at $3.75).
+COST_1H_AS_5M = Decimal("0.60813615")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_one_hour_cache_writes_cost_the_same_on_the_handle_and_the_row(
+    stream: bool, simulator: ProviderSimulator, exporter: ExporterProcess, database_url: str
+) -> None:
+    """Through the Anthropic SDK (a message, and a stream whose message_start carries the
+    cache_creation split): handle, row and genai-prices all price the 1-hour writes at $6."""
+    import anthropic
+
+    address = simulator.base_url.removeprefix("http://")
+    nexus_otel.instrument(SERVICE, endpoint=exporter.base_url, providers={address: "anthropic"})
+    correlation_id = f"parity-1h-{uuid.uuid4().hex[:8]}"
+    client = anthropic.Anthropic(
+        api_key="sk-ant-test", base_url=simulator.anthropic_base_url, max_retries=0
+    )
+    kwargs: dict[str, object] = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 400,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "extra_headers": {"x-sim-usage": ",".join(f"{k}={v}" for k, v in USAGE_1H.items())},
+    }
+    try:
+        with nexus_otel.operation("price_parity", correlation_id=correlation_id) as op:
+            if stream:
+                with client.messages.stream(**kwargs) as events:  # type: ignore[arg-type]
+                    "".join(events.text_stream)
+            else:
+                client.messages.create(**kwargs)  # type: ignore[call-overload]
+        assert nexus_otel.force_flush()
+        row_cost, at = stored(database_url, correlation_id)
+    finally:
+        nexus_otel.shutdown()
+    [record] = op.calls
+    assert (record.input_tokens, record.cache_read_tokens, record.cache_write_tokens) == (
+        123_456,
+        45_678,
+        12_345,
+    )
+    [(write_1h,)] = query(
+        database_url,
+        "SELECT cache_write_1h_tokens FROM api_calls WHERE correlation_id = %s",
+        (correlation_id,),
+    )
+    assert write_1h == 10_000
+    usage = genai_prices.Usage(
+        input_tokens=123_456,
+        output_tokens=23_456,
+        cache_read_tokens=45_678,
+        cache_write_tokens=12_345,
+        cache_write_1h_tokens=10_000,
+    )
+    library = genai_prices.calc_price(
+        usage, "claude-sonnet-4-5", provider_id="anthropic", genai_request_timestamp=at
+    ).total_price
+    assert library == COST_1H
+    assert row_cost == COST_1H
+    assert op.cost_usd == COST_1H
+    # The same usage without the split (every write a 5-minute one) costs what it always did.
+    as_5m = nexus_otel.estimate_cost(
+        "claude-sonnet-4-5", 123_456, 23_456, provider="anthropic", cache_read_tokens=45_678,
+        cache_write_tokens=12_345, timestamp=at,
+    )  # fmt: skip
+    assert as_5m == COST_1H_AS_5M
