@@ -139,7 +139,8 @@ def _spec(at: datetime, name: str, rng: random.Random, attributes: dict[str, Any
 
 def _openllmetry(rng: random.Random, i: int, at: datetime) -> dict[str, Any]:
     """OpenLLMetry (Traceloop): deprecated gen_ai.system and prompt/completion token names,
-    llm.* extras, traceloop.* association properties."""
+    llm.* extras, traceloop.* association properties (copied onto every span; its
+    `traceloop.span.kind` is only on the spans of its decorators, none of them a model call)."""
     provider, _, tokens_in, tokens_out, attributes = _common(rng, i)
     attributes.update(
         {
@@ -158,7 +159,6 @@ def _openllmetry(rng: random.Random, i: int, at: datetime) -> dict[str, Any]:
             "traceloop.workflow.name": "carousel",
             "traceloop.entity.path": "carousel.generate",
             "traceloop.entity.name": "generate_fact",
-            "traceloop.span.kind": "task",
             "traceloop.association.properties.user_id": f"user-{i % 311}",
             "traceloop.association.properties.session_id": f"session-{i // 40}",
             "llm.frequency_penalty": 0.0,

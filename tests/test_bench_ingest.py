@@ -38,6 +38,16 @@ def test_the_rich_span_set_is_shaped_as_other_instrumentations_send_spans() -> N
         len(v) for s in content for k, v in s["attributes"].items() if "content" in k
     ]
     assert max(sizes_of_content) >= 1500  # a few kilobytes, prompt and completion
+    # Every span naming a provider is a model call the exporter stores: a span it skips would
+    # make the set cheaper than what instrumentations send (an OpenLLMetry LLM span once carried
+    # `traceloop.span.kind`, which only its decorators' spans have).
+    from exporter.ingest import otlp
+    from exporter.ingest.normalize import to_llm_call
+    from tests.ingest.otlp_helpers import make_spans, protobuf_body
+
+    request = otlp.parse_request(protobuf_body(make_spans(specs)), otlp.PROTOBUF)
+    calls = [to_llm_call(raw) for raw in otlp.iter_raw_spans(request)]
+    assert sum(call is not None for call in calls) == len(specs) - len(not_llm)
 
 
 def test_the_ingest_benchmark_prints_both_sets_every_run_minimum_median_and_stages(
