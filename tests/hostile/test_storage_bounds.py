@@ -501,8 +501,11 @@ def test_migration_keeps_existing_rows_and_removes_copies(
                 await conn.execute(
                     "CREATE TEMP TABLE api_call_duplicates (LIKE api_calls INCLUDING DEFAULTS)"
                 )
-                # and for 013's column, there only while the writer writes
-                await conn.execute("ALTER TABLE api_calls ADD COLUMN price_ref text")
+                # and for 013's and 017's columns, there only while the writer writes
+                await conn.execute(
+                    "ALTER TABLE api_calls ADD COLUMN price_ref text,"
+                    " ADD COLUMN cache_write_1h_tokens bigint NOT NULL DEFAULT 0"
+                )
                 # and for 014's table (numeric cost, like 003 makes the others')
                 await conn.execute(
                     "CREATE TEMP TABLE ten_minute_usage_summary (LIKE hourly_usage_summary"
@@ -514,7 +517,9 @@ def test_migration_keeps_existing_rows_and_removes_copies(
                 )
             await storage.write_batch(conn, [CallBatch.of(calls)])  # type: ignore[arg-type]
             if before_005:
-                await conn.execute("ALTER TABLE api_calls DROP COLUMN price_ref")
+                await conn.execute(
+                    "ALTER TABLE api_calls DROP COLUMN price_ref, DROP COLUMN cache_write_1h_tokens"
+                )
 
     asyncio.run(store(before_005=True))
     with psycopg.connect(url, autocommit=True) as conn:
