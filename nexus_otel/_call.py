@@ -211,7 +211,11 @@ class LLMCall:
             model, at = self.request.model or self._model(), span_time(self._start_ns)
             cost = self._provider_cost()
             if cost is None:
-                cost = guarded(price, usage, model, self.target.provider, at, self.response.model)
+                response = self.response
+                cost = guarded(
+                    price, usage, model, self.target.provider, at, response.model,
+                    response.service_tier,
+                )  # fmt: skip
             record_call(self._record(usage, source, cost, duration_ms, error_type), self.operation)
         # Nothing more is read: let the body, the span and the context go now, not when the
         # SDK's response (often in a reference cycle) is collected.
@@ -364,6 +368,8 @@ class LLMCall:
             values[a.GEN_AI_RESPONSE_MODEL] = response.model
         if response.response_id is not None:
             values[a.GEN_AI_RESPONSE_ID] = response.response_id
+        if response.service_tier is not None:
+            values[a.OPENAI_RESPONSE_SERVICE_TIER] = response.service_tier
         if response.finish_reasons:
             values[a.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(response.finish_reasons)
         status = self.status_code  # 200 is left out of our own spans: absent reads as 200

@@ -86,10 +86,11 @@ def price(
     provider: str | None,
     timestamp: datetime | None = None,
     response_model: str | None = None,
+    service_tier: str | None = None,
 ) -> Decimal | None:
     """The list price of `usage` (genai-prices), or None when the model is unpriced (never a fake
     0): the same price the exporter stores for the call, unless its price overrides file
-    (NEXUS_PRICES_FILE) prices the model otherwise."""
+    (NEXUS_PRICES_FILE) prices the model otherwise. `service_tier`: the tier that served it."""
     from nexus_otel._pricing import list_price  # genai-prices' data loads on the first price
 
     return list_price(
@@ -102,4 +103,5 @@ def price(
         usage.cache_read_tokens,
         usage.cache_write_tokens,
         usage.cache_write_1h_tokens,
+        service_tier,
     )

@@ -21,7 +21,16 @@ import math
 import re
 from decimal import Decimal
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig, text_of
+from nexus_otel._usage import (
+    RequestInfo,
+    ResponseInfo,
+    TokenUsage,
+    as_int,
+    count,
+    dig,
+    read_service_tier,
+    text_of,
+)
 
 OPERATION = "chat"
 DEFAULT_PROVIDER = "openai"
@@ -81,6 +90,8 @@ def _read_common(body: object, info: ResponseInfo) -> list[dict[str, object]]:
         info.model = model
     if isinstance(response_id, str):
         info.response_id = response_id
+    if "service_tier" in body:
+        read_service_tier(body, info)
     choices = []
     listed = body.get("choices")
     for choice in listed if isinstance(listed, list) else ():

@@ -20,7 +20,15 @@ Streamed (`stream: true`), a background response reports its exact usage like an
 
 from __future__ import annotations
 
-from nexus_otel._usage import RequestInfo, ResponseInfo, TokenUsage, as_int, count, dig
+from nexus_otel._usage import (
+    RequestInfo,
+    ResponseInfo,
+    TokenUsage,
+    as_int,
+    count,
+    dig,
+    read_service_tier,
+)
 
 # The GenAI conventions' well-known operations are `chat` (e.g. OpenAI's Chat API),
 # `generate_content` (multimodal, e.g. Gemini), `text_completion` (the legacy Completions API),
@@ -114,6 +122,8 @@ def _read_response(response: object, info: ResponseInfo, status: bool = True) ->
         info.model = model
     if isinstance(response_id, str):
         info.response_id = response_id
+    if "service_tier" in response:
+        read_service_tier(response, info)
     usage = response.get("usage")
     if isinstance(usage, dict):
         info.usage = _usage(usage)

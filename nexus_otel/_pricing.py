@@ -14,6 +14,10 @@ such a call is unpriced, never a fake $0.
 1-hour cache writes (Anthropic) are genai-prices' `cache_write_1h_tokens`, within
 `cache_write_tokens`: a price set with a `cache_write_1h_mtok` prices them at it, the other
 writes at `cache_write_mtok`; one without prices them as any cache write.
+
+The tier that served a call (OpenAI's `service_tier`: flex, priority...) is genai-prices' price
+context `{"service_tier": tier}`: a model with prices for that tier (a price variant) is priced
+at them, any other at its standard prices (`tier_prices`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,13 @@ def _model(
         return None
 
 
+def tier_prices(info: ModelInfo, timestamp: datetime, service_tier: str | None) -> ModelPrice:
+    """`info`'s prices at `timestamp` for a call served by `service_tier` (None: not told)."""
+    if service_tier is None or not any("service_tier" in v.when for v in info.price_variants or ()):
+        return info.get_prices(timestamp)  # the standard prices, the same object every time
+    return info.get_prices(timestamp, {"service_tier": service_tier})
+
+
 def token_priced(model_price: ModelPrice) -> bool:
     """Whether token counts can price this price set (it has an input or an output price)."""
     keys = {k for k, v in vars(model_price).items() if not k.startswith("_") and v is not None}
@@ -87,6 +98,7 @@ def list_price(
     cache_read_tokens: int,
     cache_write_tokens: int,
     cache_write_1h_tokens: int = 0,
+    service_tier: str | None = None,
 ) -> Decimal | None:
     """genai-prices' price of one call, or None when it prices none of the call's models.
     `provider`: the name as stored (`normalize_provider`)."""
@@ -103,7 +115,7 @@ def list_price(
         found = find_model(snapshot, provider, ref) if ref else None
         if found is None:
             continue
-        model_price = found[1].get_prices(timestamp)
+        model_price = tier_prices(found[1], timestamp, service_tier)
         if not token_priced(model_price):
             continue
         usage = Usage(

@@ -62,6 +62,9 @@ class ResponseInfo:
     # A failure the body reports in a successful HTTP answer (a Responses API stream's
     # `response.failed`): the call failed all the same.
     error_type: str | None = None
+    # The tier that served the call (OpenAI's `service_tier`: default, flex, priority, scale),
+    # which its price depends on.
+    service_tier: str | None = None
 
     @property
     def output_text(self) -> str:
@@ -75,6 +78,16 @@ def as_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
     return max(0, int(value))
+
+
+MAX_SERVICE_TIER = 32  # characters: longer is not a tier name
+
+
+def read_service_tier(body: dict[str, object], info: ResponseInfo) -> None:
+    """A body's (or chunk's) `service_tier`, when it names one."""
+    tier = body.get("service_tier")
+    if isinstance(tier, str) and 0 < len(tier) <= MAX_SERVICE_TIER:
+        info.service_tier = tier
 
 
 def dig(data: object, *path: str) -> object:

@@ -207,6 +207,7 @@ def price_call(prices: PriceBook, call: LLMCall) -> None:
             cache_read_tokens=call.cache_read_tokens,
             cache_write_tokens=call.cache_write_tokens,
             cache_write_1h_tokens=call.cache_write_1h_tokens,
+            service_tier=call.service_tier,
             reported_cost_usd=call.reported_cost_usd,
             reported_by_provider=call.cost_reported_by_provider,
             total_tokens=call.total_tokens,

@@ -76,3 +76,6 @@ class LLMCall:
     # Of the cache writes, those to a 1-hour cache (Anthropic), priced apart; at most
     # cache_write_tokens.
     cache_write_1h_tokens: int = 0
+    # The tier that served the call (OpenAI's service_tier: default, flex, priority, scale),
+    # which its price depends on; None when not told.
+    service_tier: str | None = None

@@ -34,6 +34,7 @@ from nexus_otel._llm_providers import (
 )
 from nexus_otel._secrets import CACHED_LENGTH, scrub_text
 from nexus_otel._secrets import scrubbed_before as _seen
+from nexus_otel._usage import MAX_SERVICE_TIER
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Plausible ranges, checked here at the edge; a span outside one is rejected alone, with a reason.
@@ -113,6 +114,7 @@ _MAPPED = frozenset(
         a.NEXUS_CORRELATION_ID,
         a.NEXUS_USAGE_SOURCE,
         a.NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS,
+        a.OPENAI_RESPONSE_SERVICE_TIER,
         a.SERVER_ADDRESS,
         a.ERROR_TYPE,
     )
@@ -183,11 +185,14 @@ def to_llm_call(span: RawSpan, *, store_content: bool = False) -> LLMCall | None
         reported_cost,  # reported_cost_usd
         kept_attributes(attrs, store_content, _MAPPED),  # attributes
     )
-    # 1-hour cache writes: on Anthropic calls with a 1-hour cache only (one lookup otherwise).
-    # Within the cache writes: a larger count (bad data) is cut to them.
+    # 1-hour cache writes (Anthropic), within the cache writes: a larger count is cut to them.
     if write_1h := attrs.get(a.NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS):
         key = a.NEXUS_USAGE_CACHE_WRITE_1H_INPUT_TOKENS
         call.cache_write_1h_tokens = min(_token_value(span, key, write_1h), cache_write)
+    # The tier that served it (OpenAI): a name, else none (and not kept).
+    tier = attrs.get(a.OPENAI_RESPONSE_SERVICE_TIER)
+    if tier.__class__ is str and 0 < len(tier) <= MAX_SERVICE_TIER:  # type: ignore[arg-type]
+        call.service_tier = _scrubbed(tier)  # type: ignore[arg-type]
     call.reported_cost_key = cost_key or None
     if not input_tokens and total and call.gen_ai_operation == EMBEDDINGS and not output_tokens:
         call.input_tokens = total  # an embeddings call has no output: its total is its input

@@ -13,9 +13,8 @@ timestamp. The library spends 30-150 µs a call resolving and validating a price
 price set is compiled once into the few terms our usage can touch (input, output, cache read,
 cache write, per-request fees), checked against the library on probe usages (falling back to the
 library's own arithmetic on any difference), and evaluated with the same Decimal operations.
-1-hour cache writes (Anthropic) are genai-prices' `cache_write_1h_tokens`, a part of the cache
-writes: a price set with `cache_write_1h_mtok` prices them at it and the other writes at
-`cache_write_mtok` (its leaf, as the library splits a count into its priced parts).
+1-hour cache writes (Anthropic) are genai-prices' `cache_write_1h_tokens`, within the cache
+writes, priced at `cache_write_1h_mtok` where there is one (as the library splits counts).
 
 Which price set prices a call (provider names to genai-prices ids, the response model before the
 request model, unpriceable price sets and usage) is `nexus_otel._pricing`'s rule, the one the
@@ -44,7 +43,7 @@ from rich.table import Table
 
 from exporter.ingest.price_overrides import TOKEN_PRICE_KEYS, Override, load_overrides, utc_day
 from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
-from nexus_otel._pricing import find_model, token_priced
+from nexus_otel._pricing import find_model, tier_prices, token_priced
 
 # fmt: off
 # price key → (slot in (input leaf, output, cache read, cache write leaf, one request, 1-hour
@@ -220,7 +219,7 @@ class PriceBook:
         self._override_hits: dict[tuple[str, str, str | None], tuple[Override, ...]] = {}
         self._snapshot: data_snapshot.DataSnapshot | None = None
         self._models: dict[tuple[str, str], tuple[Provider, ModelInfo, bool] | None] = {}
-        self._day_plans: dict[tuple[int, date], _Plan] = {}
+        self._day_plans: dict[tuple[int, date, str | None], _Plan] = {}
         self._plans: dict[int, _Plan] = {}
 
     def price(
@@ -238,11 +237,13 @@ class PriceBook:
         reported_cost_usd: Decimal | None = None,
         reported_by_provider: bool = False,
         total_tokens: int = 0,
+        service_tier: str | None = None,
     ) -> Price:
         """`reported_by_provider`: `reported_cost_usd` is what the provider charged, which no
         price table knows better. `cache_write_1h_tokens`: of the cache writes, those to a
         1-hour cache. `total_tokens` with no input or output count (a span telling only its
-        total): no price table prices it, as a fake $0; only a reported cost does."""
+        total): no price table prices it, as a fake $0; only a reported cost does.
+        `service_tier`: the tier that served the call (overrides price every tier alike)."""
         reported = reported_cost_usd
         valid_reported = reported is not None and reported.is_finite() and reported >= 0
         if reported_by_provider and valid_reported:
@@ -266,7 +267,8 @@ class PriceBook:
             refs = (model,) if response_model in (None, model) else (response_model, model)
             for ref in refs:
                 if ref and (found := self._lookup(provider, ref)) is not None:
-                    cost = self._plan_at(found[1], found[2], timestamp).cost(*usage)
+                    plan = self._plan_at(found[1], found[2], timestamp, service_tier)
+                    cost = plan.cost(*usage)
                     if cost is not None:
                         return Price(cost, "genai-prices", self._library_ref)
         if valid_reported:
@@ -329,7 +331,12 @@ class PriceBook:
         return any(ref and (found := self._lookup(provider, ref)) and found[2] for ref in refs)
 
     def price_set(
-        self, provider: str, model: str, response_model: str | None, at: datetime
+        self,
+        provider: str,
+        model: str,
+        response_model: str | None,
+        at: datetime,
+        service_tier: str | None = None,
     ) -> Override | _Plan | None:
         """What `price` prices a call of this model at `at` with, for usage it accepts (no
         negative count, cache counts within the input): the override entry, the first
@@ -342,7 +349,7 @@ class PriceBook:
         refs = (model,) if response_model in (None, model) else (response_model, model)
         for ref in refs:
             if ref and (found := self._lookup(provider, ref)) is not None:
-                plan = self._plan_at(found[1], found[2], at)
+                plan = self._plan_at(found[1], found[2], at, service_tier)
                 if plan.priceable:
                     return plan
         return None
@@ -422,11 +429,11 @@ class PriceBook:
         _put(self._models, key, found)
         return found
 
-    def _plan_at(self, info: ModelInfo, by_hour: bool, ts: datetime) -> _Plan:
-        """Prices change by UTC day (price history), or by hour for off-peak pricing."""
-        key = (id(info), utc_day(ts))
+    def _plan_at(self, info: ModelInfo, by_hour: bool, ts: datetime, tier: str | None) -> _Plan:
+        """Prices change by UTC day (price history) or hour (off-peak pricing), and by tier."""
+        key = (id(info), utc_day(ts), tier)
         if by_hour or (plan := self._day_plans.get(key)) is None:
-            model_price = info.get_prices(ts)
+            model_price = tier_prices(info, ts, tier)
             # By identity: the plan holds its price set, and the snapshot holds the models.
             plan = self._plans.get(id(model_price))
             if plan is None or plan.model_price is not model_price:

@@ -40,12 +40,12 @@ COLUMNS = (
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "total_tokens", "cost_usd", "cost_source", "duration_ms", "time_to_first_chunk_ms", "success",
     "error_type", "error_message", "usage_source", "server_address", "span_name", "attributes",
-    "price_ref", "cache_write_1h_tokens",
+    "price_ref", "cache_write_1h_tokens", "service_tier",
 )  # fmt: skip
 COLUMN_TYPES = (
     "text", "text", "text", "timestamptz", "text", "text", "text", "text", "text", "text", "text",
     "int8", "int8", "int8", "int8", "int8", "int8", "numeric", "text", "float8", "float8", "bool",
-    "text", "text", "text", "text", "text", "jsonb", "text", "int8",
+    "text", "text", "text", "text", "text", "jsonb", "text", "int8", "text",
 )  # fmt: skip
 COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
 BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
@@ -194,7 +194,7 @@ def call_row(call: LLMCall, jsonb: bytes | None = None) -> tuple[Any, ...]:
         call.cost_source, call.duration_ms, call.time_to_first_chunk_ms, call.success,
         call.error_type, call.error_message, call.usage_source, call.server_address,
         call.span_name, Jsonb(call.attributes, _json) if jsonb is None else jsonb, call.price_ref,
-        call.cache_write_1h_tokens,
+        call.cache_write_1h_tokens, call.service_tier,
     )  # fmt: skip
 
 

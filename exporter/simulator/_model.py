@@ -126,6 +126,7 @@ class Request:
     cached_content_tokens: int = 0  # Gemini explicit cache: read on every call
     thinking: bool = False
     include_thoughts: bool = False
+    service_tier: str = "default"  # OpenAI: the tier asked for ("auto" is served by default)
 
 
 @dataclass

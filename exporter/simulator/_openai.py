@@ -37,6 +37,7 @@ def parse(body: dict[str, Any], headers: dict[str, str]) -> Request:
             _cost(header, headers[header])
     options = body.get("stream_options") or {}
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    tier = body.get("service_tier")
     return Request(
         model=model,
         stream=bool(body.get("stream")),
@@ -45,6 +46,7 @@ def parse(body: dict[str, Any], headers: dict[str, str]) -> Request:
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
         thinking=bool(_REASONING_MODELS.match(model)),
+        service_tier=tier if isinstance(tier, str) and tier != "auto" else "default",
     )
 
 
@@ -156,7 +158,7 @@ def json_body(reply: Reply, groq: bool) -> dict[str, Any]:
         body |= {"usage_breakdown": None, "x_groq": {"id": reply.extra["x_groq_id"]}}
         body["service_tier"] = "on_demand"
     else:
-        body["service_tier"] = "default"
+        body["service_tier"] = reply.request.service_tier
     return body
 
 
@@ -175,7 +177,7 @@ def sse_frames(reply: Reply, groq: bool, interrupted: bool) -> list[bytes]:
         "system_fingerprint": reply.extra["fingerprint"],
     }
     if not groq:
-        base["service_tier"] = "default"
+        base["service_tier"] = reply.request.service_tier
     usage_field = {"usage": None} if reply.request.include_usage and not groq else {}
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **more: object) -> bytes:

@@ -99,12 +99,17 @@ class LinearPrice:
 
 
 def linear_price(
-    book: PriceBook, provider: str, model: str, response_model: str | None, at: datetime
+    book: PriceBook,
+    provider: str,
+    model: str,
+    response_model: str | None,
+    at: datetime,
+    service_tier: str | None = None,
 ) -> list[LinearPrice] | None:
-    """The price of this model's calls on `at`'s UTC day as linear pieces by input size, each
-    checked against PriceBook; None when there is none (no price, a library rule) or any piece
-    differs."""
-    price_set = book.price_set(provider, model, response_model, at)
+    """The price of this model's calls served by `service_tier` on `at`'s UTC day as linear
+    pieces by input size, each checked against PriceBook; None when there is none (no price, a
+    library rule) or any piece differs."""
+    price_set = book.price_set(provider, model, response_model, at, service_tier)
     if isinstance(price_set, Override):
         found: list[LinearPrice] | None = [
             LinearPrice(
@@ -123,6 +128,7 @@ def linear_price(
                 provider=provider, model=model, response_model=response_model, timestamp=at,
                 input_tokens=probe[0], output_tokens=probe[1], cache_read_tokens=probe[2],
                 cache_write_tokens=probe[3], cache_write_1h_tokens=probe[4],
+                service_tier=service_tier,
             )  # fmt: skip
             if expected.cost_usd is None or expected.source != piece.source:
                 return None

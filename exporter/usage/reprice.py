@@ -131,11 +131,11 @@ class RepricePlan:
 
 _SCOPE = """
 SELECT provider, model, coalesce(response_model, ''), date_trunc('day', "timestamp", 'UTC'),
-       count(*)
+       count(*), coalesce(service_tier, '')
 FROM api_calls
 WHERE "timestamp" >= %(since)s AND "timestamp" < %(until)s
   AND (%(include_provider)s OR cost_source IS DISTINCT FROM 'provider')
-GROUP BY 1, 2, 3, 4
+GROUP BY 1, 2, 3, 4, 6
 """
 _MODELS_TABLE = """
 CREATE TEMP TABLE nexus_reprice_models (
@@ -163,7 +163,7 @@ CREATE TEMP TABLE nexus_reprice_linear (
     provider text, model text, response_model text, day timestamptz, source text,
     input_mtok numeric, output_mtok numeric, cache_read_mtok numeric, cache_write_mtok numeric,
     per_call numeric, subtract_read boolean, subtract_write boolean, above bigint, up_to bigint,
-    cache_write_1h_mtok numeric, split_1h boolean, price_ref text
+    cache_write_1h_mtok numeric, split_1h boolean, price_ref text, service_tier text
 ) ON COMMIT DROP
 """
 _JOIN_LINEAR = (
@@ -171,6 +171,7 @@ _JOIN_LINEAR = (
     " AND l.response_model = coalesce(a.response_model, '')"
     " AND l.day = date_trunc('day', a.\"timestamp\", 'UTC')"
     " AND a.input_tokens > l.above AND (l.up_to IS NULL OR a.input_tokens <= l.up_to)"
+    " AND l.service_tier = coalesce(a.service_tier, '')"
 )
 _VALID = "a.cache_read_tokens + a.cache_write_tokens <= a.input_tokens"
 # What the linear prices change, per model, from the calls they change (out-of-range costs
@@ -184,25 +185,25 @@ _OUT_OF_RANGE_LINEAR = "DELETE FROM nexus_reprice_changed WHERE new_cost >= %(ma
 _GROUPS = f"""
 SELECT a.provider, a.model, m.response_model, {_AT}, a.input_tokens, a.output_tokens,
        a.cache_read_tokens, a.cache_write_tokens, a.cache_write_1h_tokens, a.cost_usd,
-       coalesce(a.cost_source, ''), count(*)
+       coalesce(a.cost_source, ''), count(*), coalesce(a.service_tier, '')
 FROM api_calls a JOIN nexus_reprice_models m ON {_JOIN_MODELS}
 LEFT JOIN nexus_reprice_linear l ON {_JOIN_LINEAR}
 WHERE {_RANGE} AND NOT (l.source IS NOT NULL AND {_VALID})
   AND NOT (l.provider IS NOT NULL AND l.source IS NULL AND a.cost_usd IS NULL
            AND a.cost_source IS NULL)
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13
 """
 _PRICES_TABLE = """
 CREATE TEMP TABLE nexus_reprice_prices (
     provider text, model text, response_model text, at timestamptz, input_tokens bigint,
     output_tokens bigint, cache_read_tokens bigint, cache_write_tokens bigint,
     cache_write_1h_tokens bigint, old_cost numeric, old_source text, new_cost numeric,
-    new_source text, price_ref text
+    new_source text, price_ref text, service_tier text
 ) ON COMMIT DROP
 """
 _PRICE_TYPES = [
     "text", "text", "text", "timestamptz", "int8", "int8", "int8", "int8", "int8", "numeric",
-    "text", "numeric", "text", "text",
+    "text", "numeric", "text", "text", "text",
 ]  # fmt: skip
 _CHANGED_TABLE = """
 CREATE TEMP TABLE nexus_reprice_changed (
@@ -244,6 +245,7 @@ WHERE {_RANGE}
   AND a.cache_read_tokens = p.cache_read_tokens
   AND a.cache_write_tokens = p.cache_write_tokens
   AND a.cache_write_1h_tokens = p.cache_write_1h_tokens
+  AND coalesce(a.service_tier, '') = p.service_tier
   AND coalesce(a.cost_usd, -1) = coalesce(p.old_cost, -1)
   AND coalesce(a.cost_source, '') = p.old_source
 """
@@ -318,15 +320,15 @@ def _choose_models(
     book: PriceBook,
     request: RepriceRequest,
     params: dict[str, Any],
-) -> tuple[int, list[tuple[str, str, str, datetime, int]]]:
+) -> tuple[int, list[tuple[str, str, str, datetime, int, str]]]:
     """Fills nexus_reprice_models with the models in range that the filters select; returns
-    how many calls they made, and their calls per UTC day (provider, model, response model,
-    day, calls) but those of models priced by time of day."""
+    how many calls they made, and their calls per UTC day and service tier (provider, model,
+    response model, day, calls, tier or '') but those of models priced by time of day."""
     pattern = request.model_pattern.lower() if request.model_pattern else None
     provider = request.provider.lower() if request.provider else None
     chosen: dict[tuple[str, str, str], bool] = {}
     days = []
-    for prov, model, response, day, count in conn.execute(_SCOPE, params).fetchall():
+    for prov, model, response, day, count, tier in conn.execute(_SCOPE, params).fetchall():
         if provider is not None and prov.lower() != provider:
             continue
         names = (model.lower(), response.lower()) if response else (model.lower(),)
@@ -335,7 +337,7 @@ def _choose_models(
         key = (prov, model, response)
         if key not in chosen:
             chosen[key] = book.time_of_day_priced(prov, model, response)
-        days.append((prov, model, response, day, count))
+        days.append((prov, model, response, day, count, tier))
     conn.execute(_MODELS_TABLE)
     with conn.cursor().copy("COPY nexus_reprice_models FROM STDIN") as copy:
         for key, by_time in chosen.items():
@@ -349,23 +351,23 @@ def _price_linear(
     book: PriceBook,
     params: dict[str, Any],
     plan: RepricePlan,
-    days: list[tuple[str, str, str, datetime, int]],
+    days: list[tuple[str, str, str, datetime, int, str]],
 ) -> None:
     """Fills nexus_reprice_linear with the linear prices of the models and days in range, and
     nexus_reprice_changed with the calls they change, and adds those to the plan."""
     conn.execute(_LINEAR_TABLE)
     rows = []
-    for provider, model, response, day, calls in days:
-        if book.price_set(provider, model, response or None, day) is None:
+    for provider, model, response, day, calls, tier in days:
+        if book.price_set(provider, model, response or None, day, tier or None) is None:
             # No price source knows the model: its unpriced calls stay so, unread.
-            rows.append((provider, model, response, day, *[None] * 8, -1, *[None] * 4))
+            rows.append((provider, model, response, day, *[None] * 8, -1, *[None] * 4, tier))
             plan.linear_examined += calls  # nearly all of them: those without a cost
             continue
-        pieces = linear_price(book, provider, model, response or None, day)
+        pieces = linear_price(book, provider, model, response or None, day, tier or None)
         if pieces:
             plan.linear_examined += calls
             ref = book.reference(provider, model, response or None, day, pieces[0].source)
-            rows += [(provider, model, response, day, *astuple(p), ref) for p in pieces]
+            rows += [(provider, model, response, day, *astuple(p), ref, tier) for p in pieces]
     with conn.cursor().copy("COPY nexus_reprice_linear FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
@@ -420,7 +422,8 @@ _OUT_OF_RANGE: tuple[Any, ...] = ("a cost of MAX_CALL_COST_USD or more",)  # a m
 def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The nexus_reprice_prices row of a group whose cost or source changes, else None (or
     _OUT_OF_RANGE)."""
-    provider, model, response, at, inp, out, read, write, write_1h, old_cost, old_source, _ = row
+    provider, model, response, at, inp, out, read, write, write_1h, old_cost, old_source = row[:11]
+    tier = row[12] or None
     by_provider = old_source == "provider"
     reported = old_cost if old_source == "span" or by_provider else None
     price = book.price(
@@ -434,6 +437,7 @@ def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
         cache_write_tokens=write,
         cache_write_1h_tokens=write_1h,
         reported_cost_usd=reported,
+        service_tier=tier,
     )
     cost, source = price.cost_usd, price.source
     if by_provider and source == "span":
@@ -445,7 +449,7 @@ def _priced(book: PriceBook, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     if cost == old_cost and (source or "") == old_source:
         return None
     ref = book.reference(provider, model, response or None, at, source) if source else None
-    return (*row[:11], cost, source, ref)
+    return (*row[:11], cost, source, ref, row[12])
 
 
 def utc_day_start(day: Any) -> datetime:

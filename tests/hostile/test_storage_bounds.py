@@ -501,10 +501,11 @@ def test_migration_keeps_existing_rows_and_removes_copies(
                 await conn.execute(
                     "CREATE TEMP TABLE api_call_duplicates (LIKE api_calls INCLUDING DEFAULTS)"
                 )
-                # and for 013's and 017's columns, there only while the writer writes
+                # and for 013's, 017's and 018's columns, there only while the writer writes
                 await conn.execute(
                     "ALTER TABLE api_calls ADD COLUMN price_ref text,"
-                    " ADD COLUMN cache_write_1h_tokens bigint NOT NULL DEFAULT 0"
+                    " ADD COLUMN cache_write_1h_tokens bigint NOT NULL DEFAULT 0,"
+                    " ADD COLUMN service_tier text"
                 )
                 # and for 014's table (numeric cost, like 003 makes the others')
                 await conn.execute(
@@ -518,7 +519,8 @@ def test_migration_keeps_existing_rows_and_removes_copies(
             await storage.write_batch(conn, [CallBatch.of(calls)])  # type: ignore[arg-type]
             if before_005:
                 await conn.execute(
-                    "ALTER TABLE api_calls DROP COLUMN price_ref, DROP COLUMN cache_write_1h_tokens"
+                    "ALTER TABLE api_calls DROP COLUMN price_ref,"
+                    " DROP COLUMN cache_write_1h_tokens, DROP COLUMN service_tier"
                 )
 
     asyncio.run(store(before_005=True))

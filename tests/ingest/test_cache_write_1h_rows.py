@@ -193,7 +193,7 @@ def test_migration_017_on_a_database_with_calls(database_before_017: str) -> Non
         " AND NOT attisdropped ORDER BY attnum"
     )
     calls = [c for (c,) in query(url, columns, ("api_calls",))]
-    assert calls[-2:] == ["price_ref", "cache_write_1h_tokens"]
+    assert calls[-3:] == ["price_ref", "cache_write_1h_tokens", "service_tier"]  # 018 after
     assert [c for (c,) in query(url, columns, ("api_call_duplicates",))] == [
         *calls,
         "set_aside_at",

@@ -214,6 +214,7 @@ def test_every_field_comes_from_its_own_attribute() -> None:
             "gen_ai.usage.cache_read.input_tokens": 3,
             "gen_ai.usage.cache_creation.input_tokens": 4,
             "nexus.usage.cache_write_1h.input_tokens": 2,
+            "openai.response.service_tier": "flex",
             "gen_ai.usage.reasoning.output_tokens": 5, "gen_ai.usage.total_tokens": 999,
             "nexus.operation": "op", "nexus.correlation_id": "corr", "nexus.usage.source": "chars",
             "server.address": "host.example", "gen_ai.response.time_to_first_chunk": 0.25,
@@ -231,7 +232,7 @@ def test_every_field_comes_from_its_own_attribute() -> None:
     assert (*counts, call.cache_write_tokens, call.reasoning_tokens, call.total_tokens) == (
         101, 102, 3, 4, 5, 999,
     )  # fmt: skip
-    assert call.cache_write_1h_tokens == 2
+    assert (call.cache_write_1h_tokens, call.service_tier) == (2, "flex")
     assert (call.duration_ms, call.success, call.error_type) == (2.5, False, "timeout")
     assert (call.error_message, call.usage_source, call.server_address) == (
         "failed", "chars", "host.example",

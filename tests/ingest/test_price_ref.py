@@ -161,7 +161,7 @@ def test_migration_keeps_the_duplicates_and_their_column_order(
         " AND NOT attisdropped ORDER BY attnum"
     )
     calls = [c for (c,) in query(url, columns, ("api_calls",))]
-    assert calls[-2:] == ["price_ref", "cache_write_1h_tokens"]  # 017 added the last
+    assert calls[-3:] == ["price_ref", "cache_write_1h_tokens", "service_tier"]  # 017, 018 after
     assert [c for (c,) in query(url, columns, ("api_call_duplicates",))] == [
         *calls,
         "set_aside_at",

@@ -75,6 +75,7 @@ CALLS = [
         cache_read_tokens=7,
         cache_write_tokens=3,
         cache_write_1h_tokens=2,
+        service_tier="flex",
         reasoning_tokens=1,
         total_tokens=10**8 + 2**40,
         cost_usd=Decimal("0.000123456789"),
@@ -130,6 +131,7 @@ def test_encoded_rows_read_back_as_written(database_url: str) -> None:
     assert second["timestamp"] == datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
     assert second["output_tokens"] == 2**40
     assert (rows[0]["cache_write_1h_tokens"], second["cache_write_1h_tokens"]) == (0, 2)
+    assert (rows[0]["service_tier"], second["service_tier"]) == (None, "flex")
     assert second["cost_usd"] == Decimal("0.000123456789")
     assert second["time_to_first_chunk_ms"] == 1e-3
     assert second["success"] is False

@@ -305,3 +305,32 @@ def test_a_compressed_body_is_read_only_up_to_the_copy_limit(
     info = ResponseInfo()
     _openai.read_json(small.json(), info)
     assert info.usage == TokenUsage(7, 2)
+
+
+def test_openai_service_tier_is_read_from_bodies_chunks_and_responses() -> None:
+    from nexus_otel import _openai_responses
+
+    info = ResponseInfo()
+    body = {"model": "gpt-5", "service_tier": "flex", "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2}}  # fmt: skip
+    _openai.read_json(body, info)
+    assert info.service_tier == "flex"
+    stream = b"".join(
+        b"data: " + json.dumps(d).encode() + b"\n\n"
+        for d in [
+            {"model": "gpt-5", "service_tier": "priority",
+             "choices": [{"delta": {"content": "Hi"}}]},
+            {"model": "gpt-5", "choices": [],
+             "usage": {"prompt_tokens": 10, "completion_tokens": 2}},
+        ]
+    ) + b"data: [DONE]\n\n"  # fmt: skip
+    assert feed(stream, _openai, 7).service_tier == "priority"
+    info = ResponseInfo()
+    response = {"model": "gpt-5", "status": "completed", "service_tier": "flex",
+                "usage": {"input_tokens": 10, "output_tokens": 2}}  # fmt: skip
+    _openai_responses.read_json(response, info)
+    assert info.service_tier == "flex"
+    for not_a_tier in (None, 3, "", "x" * 33):
+        info = ResponseInfo()
+        _openai.read_json({**body, "service_tier": not_a_tier}, info)
+        assert info.service_tier is None

@@ -207,3 +207,56 @@ def test_one_hour_cache_writes_cost_the_same_on_the_handle_and_the_row(
         cache_write_tokens=12_345, timestamp=at,
     )  # fmt: skip
     assert as_5m == COST_1H_AS_5M
+
+
+# gpt-5's prices by the tier that served the call, from genai-prices 0.2.5 (from 2026-10-12):
+# 10,000 input (2,000 cached) and 1,000 output tokens at $1.25 / $0.125 / $10 per million is
+# 10,000 + 250 + 10,000 = 20,250 per million; flex half of it, priority twice.
+TIER_COSTS = {
+    "default": Decimal("0.02025"),
+    "flex": Decimal("0.010125"),
+    "priority": Decimal("0.0405"),
+}
+
+
+@pytest.mark.parametrize("tier", sorted(TIER_COSTS))
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_the_service_tier_prices_the_handle_and_the_row_alike(
+    tier: str,
+    stream: bool,
+    simulator: ProviderSimulator,
+    exporter: ExporterProcess,
+    database_url: str,
+) -> None:
+    """Through the OpenAI SDK with `service_tier`: the tier the response names is on the span
+    and the row, and handle and row are priced at that tier's prices."""
+    import openai
+
+    address = simulator.base_url.removeprefix("http://")
+    nexus_otel.instrument(SERVICE, endpoint=exporter.base_url, providers={address: "openai"})
+    correlation_id = f"parity-tier-{uuid.uuid4().hex[:8]}"
+    client = openai.OpenAI(api_key="sk-test", base_url=simulator.openai_base_url, max_retries=0)
+    usage = "input=10000,output=1000,cache_read=2000"
+    try:
+        with nexus_otel.operation("price_parity", correlation_id=correlation_id) as op:
+            response = client.chat.completions.create(
+                model="gpt-5",
+                messages=[{"role": "user", "content": "Hello"}],
+                service_tier=tier,  # type: ignore[arg-type]
+                extra_headers={"x-sim-usage": usage},
+                stream=stream,
+                stream_options={"include_usage": True} if stream else openai.omit,
+            )
+            if stream:
+                list(response)  # type: ignore[arg-type]
+        assert nexus_otel.force_flush()
+        row_cost, _ = stored(database_url, correlation_id)
+    finally:
+        nexus_otel.shutdown()
+    [(row_tier,)] = query(
+        database_url, "SELECT service_tier FROM api_calls WHERE correlation_id = %s",
+        (correlation_id,),
+    )  # fmt: skip
+    assert row_tier == tier
+    assert row_cost == TIER_COSTS[tier]
+    assert op.cost_usd == TIER_COSTS[tier]

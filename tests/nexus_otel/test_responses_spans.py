@@ -53,6 +53,7 @@ def test_span_of_a_response(spans: Spans, simulator: ProviderSimulator) -> None:
         "gen_ai.usage.cache_read.input_tokens": 400,
         "gen_ai.usage.reasoning.output_tokens": 50, "gen_ai.response.model": "o4-mini",
         "gen_ai.response.id": answer.id, "gen_ai.response.finish_reasons": ("completed",),
+        "openai.response.service_tier": "default",
     }  # fmt: skip
 
 
