@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,6 +61,24 @@ def with_database(server_url: str, name: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(server_url)
     info["dbname"] = name
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
+
+
+@contextlib.contextmanager
+def database_before(server_url: str, migration: int, scratch: Path) -> Iterator[str]:
+    """A new database migrated up to, not including, migration number `migration` (copies of
+    the earlier files go to `scratch`): for a test of that migration on existing rows."""
+    from exporter.core.files import bundled_dir
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    for path in sorted(bundled_dir("migrations").glob("*.sql")):
+        if int(path.name.split("_")[0]) < migration:
+            shutil.copy(path, scratch / path.name)
+    with fresh_database(server_url) as url:  # migrated to the newest: start over before it
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        migrate(url, scratch)
+        yield url
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ read, $3.75 5-minute and $6 1-hour cache write per million tokens; the override 
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,15 +20,14 @@ import psycopg
 import pytest
 
 from exporter.core.db import migrate
-from exporter.core.files import bundled_dir
 from exporter.ingest.pricing import PriceBook
 from exporter.usage import reprice as reprice_module
 from exporter.usage.reprice import RepriceRequest, reprice
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import (
     ExporterProcess,
+    database_before,
     exporter_pricing_with,
-    fresh_database,
     query,
     write_prices_file,
 )
@@ -148,16 +146,7 @@ def test_reprice_prices_one_hour_writes_as_ingest_does(
 
 @pytest.fixture
 def database_before_017(postgres_server: str, tmp_path: Path) -> Iterator[str]:
-    older = tmp_path / "migrations"
-    older.mkdir()
-    for path in sorted(bundled_dir("migrations").glob("*.sql")):
-        if int(path.name.split("_")[0]) < 17:
-            shutil.copy(path, older / path.name)
-    with fresh_database(postgres_server) as url:  # migrated to the newest: start over before 017
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA public CASCADE")
-            conn.execute("CREATE SCHEMA public")
-        migrate(url, older)
+    with database_before(postgres_server, 17, tmp_path / "migrations") as url:
         yield url
 
 

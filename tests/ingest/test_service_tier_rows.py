@@ -9,7 +9,6 @@ $1.25 input, $0.125 cached input, $10 output per million tokens; flex half, prio
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,12 +20,11 @@ import psycopg
 import pytest
 
 from exporter.core.db import migrate
-from exporter.core.files import bundled_dir
 from exporter.ingest.pricing import PriceBook
 from exporter.usage import reprice as reprice_module
 from exporter.usage.reprice import RepriceRequest, reprice
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
-from tests.support import ExporterProcess, fresh_database, query
+from tests.support import ExporterProcess, database_before, query
 
 DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 TIER = "openai.response.service_tier"
@@ -106,16 +104,7 @@ def test_reprice_prices_each_call_at_its_stored_tier(
 
 @pytest.fixture
 def database_before_018(postgres_server: str, tmp_path: Path) -> Iterator[str]:
-    older = tmp_path / "migrations"
-    older.mkdir()
-    for path in sorted(bundled_dir("migrations").glob("*.sql")):
-        if int(path.name.split("_")[0]) < 18:
-            shutil.copy(path, older / path.name)
-    with fresh_database(postgres_server) as url:  # migrated to the newest: start over before 018
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA public CASCADE")
-            conn.execute("CREATE SCHEMA public")
-        migrate(url, older)
+    with database_before(postgres_server, 18, tmp_path / "migrations") as url:
         yield url
 
 
