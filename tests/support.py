@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -79,6 +79,35 @@ def database_before(server_url: str, migration: int, scratch: Path) -> Iterator[
             conn.execute("CREATE SCHEMA public")
         migrate(url, scratch)
         yield url
+
+
+def store_one_and_set_one_aside(
+    url: str, insert: str, at: datetime, set_aside_at: datetime
+) -> None:
+    """With `insert` (trace id, span id, timestamp): a call ("s1") stored then set aside as a
+    duplicate at `set_aside_at`, and one ("s2", a minute later) stored, as an older database
+    held them before a migration."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(insert, ("t1", "s1", at))
+        conn.execute(
+            "WITH gone AS (DELETE FROM api_calls RETURNING *)"
+            " INSERT INTO api_call_duplicates SELECT *, %s FROM gone",
+            (set_aside_at,),
+        )
+        conn.execute(insert, ("t2", "s2", at + timedelta(minutes=1)))
+
+
+def column_names(url: str, table: str) -> list[str]:
+    """`table`'s columns in their order."""
+    return [
+        name
+        for (name,) in query(
+            url,
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum",
+            (table,),
+        )
+    ]
 
 
 @contextlib.contextmanager

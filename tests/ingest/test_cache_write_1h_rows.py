@@ -26,9 +26,11 @@ from exporter.usage.reprice import RepriceRequest, reprice
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
 from tests.support import (
     ExporterProcess,
+    column_names,
     database_before,
     exporter_pricing_with,
     query,
+    store_one_and_set_one_aside,
     write_prices_file,
 )
 
@@ -162,14 +164,7 @@ def test_migration_017_on_a_database_with_calls(database_before_017: str) -> Non
         " VALUES (%s, %s, %s, 's', 'anthropic', 'claude-sonnet-4-5', 'chat', true, 10000,"
         " 10000, 0.0375, 'genai-prices')"
     )
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(insert, ("t1", "s1", DAY))
-        conn.execute(
-            "WITH gone AS (DELETE FROM api_calls RETURNING *)"
-            " INSERT INTO api_call_duplicates SELECT *, %s FROM gone",
-            (set_aside_at,),
-        )
-        conn.execute(insert, ("t2", "s2", DAY + timedelta(minutes=1)))
+    store_one_and_set_one_aside(url, insert, DAY, set_aside_at)
     migrate(url)
     assert query(url, "SELECT span_id, cache_write_1h_tokens, cost_usd FROM api_calls") == [
         ("s2", 0, Decimal("0.037500000000"))
@@ -177,16 +172,9 @@ def test_migration_017_on_a_database_with_calls(database_before_017: str) -> Non
     assert query(
         url, "SELECT span_id, set_aside_at, cache_write_1h_tokens FROM api_call_duplicates"
     ) == [("s1", set_aside_at, 0)]
-    columns = (
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
-        " AND NOT attisdropped ORDER BY attnum"
-    )
-    calls = [c for (c,) in query(url, columns, ("api_calls",))]
+    calls = column_names(url, "api_calls")
     assert calls[-3:] == ["price_ref", "cache_write_1h_tokens", "service_tier"]  # 018 after
-    assert [c for (c,) in query(url, columns, ("api_call_duplicates",))] == [
-        *calls,
-        "set_aside_at",
-    ]
+    assert column_names(url, "api_call_duplicates") == [*calls, "set_aside_at"]
     with psycopg.connect(url) as conn:
         assert reprice(conn, PriceBook(), REQUEST).calls_changed == 0
     with psycopg.connect(url, autocommit=True) as conn:

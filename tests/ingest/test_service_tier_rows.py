@@ -24,7 +24,13 @@ from exporter.ingest.pricing import PriceBook
 from exporter.usage import reprice as reprice_module
 from exporter.usage.reprice import RepriceRequest, reprice
 from tests.ingest.otlp_helpers import make_spans, protobuf_body
-from tests.support import ExporterProcess, database_before, query
+from tests.support import (
+    ExporterProcess,
+    column_names,
+    database_before,
+    query,
+    store_one_and_set_one_aside,
+)
 
 DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 TIER = "openai.response.service_tier"
@@ -120,14 +126,7 @@ def test_migration_018_on_a_database_with_calls(database_before_018: str) -> Non
         " cost_source) VALUES (%s, %s, %s, 's', 'openai', 'gpt-5', 'chat', true, 10000, 1000,"
         " 2000, 0.02025, 'genai-prices')"
     )
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(insert, ("t1", "s1", DAY))
-        conn.execute(
-            "WITH gone AS (DELETE FROM api_calls RETURNING *)"
-            " INSERT INTO api_call_duplicates SELECT *, %s FROM gone",
-            (set_aside_at,),
-        )
-        conn.execute(insert, ("t2", "s2", DAY + timedelta(minutes=1)))
+    store_one_and_set_one_aside(url, insert, DAY, set_aside_at)
     migrate(url)
     assert query(url, "SELECT span_id, service_tier, cost_usd FROM api_calls") == [
         ("s2", None, Decimal("0.020250000000"))
@@ -135,16 +134,9 @@ def test_migration_018_on_a_database_with_calls(database_before_018: str) -> Non
     assert query(url, "SELECT span_id, set_aside_at, service_tier FROM api_call_duplicates") == [
         ("s1", set_aside_at, None)
     ]
-    columns = (
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
-        " AND NOT attisdropped ORDER BY attnum"
-    )
-    calls = [c for (c,) in query(url, columns, ("api_calls",))]
+    calls = column_names(url, "api_calls")
     assert calls[-1] == "service_tier"
-    assert [c for (c,) in query(url, columns, ("api_call_duplicates",))] == [
-        *calls,
-        "set_aside_at",
-    ]
+    assert column_names(url, "api_call_duplicates") == [*calls, "set_aside_at"]
     with psycopg.connect(url) as conn:
         assert reprice(conn, PriceBook(), REQUEST).calls_changed == 0
     with psycopg.connect(url, autocommit=True) as conn:
