@@ -240,10 +240,10 @@ class Settings(BaseSettings):
     def _is_header_safe(cls, value: str | None) -> str | None:
         # A token travels in an HTTP header: clients send other characters as UTF-8, servers
         # read them as Latin-1, and browsers refuse them, so such a token could never match.
-        if value and not all("!" <= char <= "~" for char in value):
+        if value and (value != value.strip() or not all(" " <= char <= "~" for char in value)):
             raise ValueError(
-                "a token may hold only visible ASCII characters (no spaces, no accents): it is"
-                " sent in an HTTP header"
+                "a token may hold only printable ASCII characters (no accents), and no space at"
+                " either end: it is sent in an HTTP header"
             )
         return value
 

@@ -213,15 +213,15 @@ def test_a_refused_credential_is_never_shown(tmp_path: Path) -> None:
     """A token or password in an error line lands in a service's log: a refused one is hidden,
     a refused database URL shown with its password masked."""
     header_rule = (
-        "Value error, a token may hold only visible ASCII characters (no spaces, no accents): it"
-        " is sent in an HTTP header"
+        "Value error, a token may hold only printable ASCII characters (no accents), and no space"
+        " at either end: it is sent in an HTTP header"
     )
     # Sent as UTF-8 by clients and read as Latin-1 by the server, such a token never matched.
     accented = _cli(tmp_path, "migrate", NEXUS_API_TOKEN="tök3n-s3cret")
     assert (accented.returncode, accented.stderr) == (
         2, f"error: invalid setting: NEXUS_API_TOKEN = *** (hidden): {header_rule}\n"
     )  # fmt: skip
-    spaced = _cli(tmp_path, "serve", "--ingest-token", "my s3cret")
+    spaced = _cli(tmp_path, "serve", "--ingest-token", "my s3cret ")  # stripped when sent
     assert (
         spaced.stderr == f"error: invalid setting: --ingest-token = *** (hidden): {header_rule}\n"
     )
