@@ -7,11 +7,12 @@ them, and so does a thread started with `contextvars.copy_context().run(...)`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar, cast
@@ -198,10 +199,16 @@ class _Steps:
         self.name, self.correlation_id = name, correlation_id
         self.handle: Operation | None = None
 
-    def enter(self) -> contextvars.Token[Operation | None]:
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """The handle current while the body runs one step (made at the first)."""
         if self.handle is None:
             self.handle = Operation(self.name, self.correlation_id, CURRENT_OPERATION.get())
-        return CURRENT_OPERATION.set(self.handle)
+        token = CURRENT_OPERATION.set(self.handle)
+        try:
+            yield
+        finally:
+            CURRENT_OPERATION.reset(token)
 
 
 def _generator(function: Callable[..., Any], name: str, cid: str | None) -> Callable[..., Any]:
@@ -210,21 +217,16 @@ def _generator(function: Callable[..., Any], name: str, cid: str | None) -> Call
         generator, steps = function(*args, **kwargs), _Steps(name, cid)
         method, given = generator.send, None
         while True:
-            token = steps.enter()
             try:
-                item = method(given)
+                with steps.current():
+                    item = method(given)
             except StopIteration as stop:
                 return stop.value
-            finally:
-                CURRENT_OPERATION.reset(token)
             try:
                 given, method = (yield item), generator.send
             except GeneratorExit:
-                token = steps.enter()
-                try:
+                with steps.current():
                     generator.close()
-                finally:
-                    CURRENT_OPERATION.reset(token)
                 raise
             except BaseException as error:  # thrown in by the reader: into the body
                 given, method = error, generator.throw
@@ -240,21 +242,16 @@ def _async_generator(
         generator, steps = function(*args, **kwargs), _Steps(name, cid)
         method, given = generator.asend, None
         while True:
-            token = steps.enter()
             try:
-                item = await method(given)
+                with steps.current():
+                    item = await method(given)
             except StopAsyncIteration:
                 return
-            finally:
-                CURRENT_OPERATION.reset(token)
             try:
                 given, method = (yield item), generator.asend
             except GeneratorExit:
-                token = steps.enter()
-                try:
+                with steps.current():
                     await generator.aclose()
-                finally:
-                    CURRENT_OPERATION.reset(token)
                 raise
             except BaseException as error:
                 given, method = error, generator.athrow

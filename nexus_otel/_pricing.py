@@ -48,8 +48,8 @@ def find_model(
     if found is None and "/" in model:
         prefix, _, name = model.rpartition("/")
         if provider_id is None:
-            named = PROVIDER_ALIASES.get(prefix.split("/", 1)[0].strip().lower())
-            named_id = _provider_id(snapshot, named or prefix.split("/", 1)[0])
+            first = prefix.split("/", 1)[0]
+            named_id = _provider_id(snapshot, PROVIDER_ALIASES.get(first.strip().lower(), first))
             if named_id is not None:
                 found = _model(snapshot, named_id, name)
         if found is None and name:
@@ -80,6 +80,17 @@ def tier_prices(info: ModelInfo, timestamp: datetime, service_tier: str | None) 
     if service_tier is None or not any("service_tier" in v.when for v in info.price_variants or ()):
         return info.get_prices(timestamp)  # the standard prices, the same object every time
     return info.get_prices(timestamp, {"service_tier": service_tier})
+
+
+def library_usage(inp: int, out: int, read: int, write: int, write_1h: int = 0) -> Usage:
+    """genai-prices' usage of these counts; 1-hour cache writes left out when there are none,
+    the usage a call without the dimension always had."""
+    usage = Usage(
+        input_tokens=inp, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write
+    )
+    if write_1h:
+        usage.cache_write_1h_tokens = write_1h
+    return usage
 
 
 def token_priced(model_price: ModelPrice) -> bool:
@@ -118,14 +129,10 @@ def list_price(
         model_price = tier_prices(found[1], timestamp, service_tier)
         if not token_priced(model_price):
             continue
-        usage = Usage(
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_tokens=cache_read_tokens,
-            cache_write_tokens=cache_write_tokens,
-        )
-        if cache_write_1h_tokens:
-            usage.cache_write_1h_tokens = cache_write_1h_tokens
+        usage = library_usage(
+            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+            cache_write_1h_tokens,
+        )  # fmt: skip
         try:
             result = model_price.calc_price(usage)
         except ValueError:  # genai-prices rejects this price set for this usage

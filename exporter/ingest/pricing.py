@@ -43,7 +43,7 @@ from rich.table import Table
 
 from exporter.ingest.price_overrides import TOKEN_PRICE_KEYS, Override, load_overrides, utc_day
 from nexus_otel._llm_providers import PRICE_PROVIDER_IDS
-from nexus_otel._pricing import find_model, tier_prices, token_priced
+from nexus_otel._pricing import find_model, library_usage, tier_prices, token_priced
 
 # fmt: off
 # price key → (slot in (input leaf, output, cache read, cache write leaf, one request, 1-hour
@@ -125,7 +125,7 @@ class _Plan:
             return None
         if self.use_library:
             try:
-                usage = _usage(inp, out, cache_read, cache_write, write_1h)
+                usage = library_usage(inp, out, cache_read, cache_write, write_1h)
                 result = self.model_price.calc_price(usage)
             except ValueError:
                 return None
@@ -173,20 +173,11 @@ def _compile(model_price: ModelPrice) -> _Plan:
         return _Plan(model_price, (), False, False, priceable=False)
     try:
         for probe in _PROBES:
-            if plan.cost(*probe) != model_price.calc_price(_usage(*probe))["total_price"]:
+            if plan.cost(*probe) != model_price.calc_price(library_usage(*probe))["total_price"]:
                 return _Plan(model_price, (), False, False, use_library=True)
     except ValueError:  # the library rejects this price set: it prices nothing with it
         return _Plan(model_price, (), False, False, priceable=False)
     return plan
-
-
-def _usage(inp: int, out: int, read: int, write: int, write_1h: int = 0) -> genai_prices.Usage:
-    usage = genai_prices.Usage(
-        input_tokens=inp, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write
-    )
-    if write_1h:  # left out without: the usage a call without the dimension always had
-        usage.cache_write_1h_tokens = write_1h
-    return usage
 
 
 def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
