@@ -62,21 +62,16 @@ class Override:
     def cost(
         self, inp: int, out: int, cache_read: int, cache_write: int, write_1h: int = 0
     ) -> Decimal:
-        """`write_1h`: of the cache writes, those to a 1-hour cache."""
-        if write_1h:
-            return (
-                Decimal(inp - cache_read - cache_write) * self.input
-                + Decimal(cache_read) * self.cache_read
-                + Decimal(cache_write - write_1h) * self.cache_write
-                + Decimal(write_1h) * self.cache_write_1h
-                + Decimal(out) * self.output
-            ) / _MTOK
-        return (
+        """`write_1h`: of the cache writes, those to a 1-hour cache (its term added only when
+        there are some: a call without them costs the same Decimal it always did)."""
+        total = (
             Decimal(inp - cache_read - cache_write) * self.input
             + Decimal(cache_read) * self.cache_read
-            + Decimal(cache_write) * self.cache_write
-            + Decimal(out) * self.output
-        ) / _MTOK
+            + Decimal(cache_write - write_1h) * self.cache_write
+        )
+        if write_1h:
+            total += Decimal(write_1h) * self.cache_write_1h
+        return (total + Decimal(out) * self.output) / _MTOK
 
 
 def read_overrides_text(path: Path) -> str:
