@@ -98,7 +98,7 @@ NOT_MODEL_CALL_SPANS: Final = frozenset(
 # are stored under written out in words, a space for each `_` ("Vertex AI", "Mistral AI",
 # "Azure OpenAI", as some instrumentations write them). One lookup, whatever the spelling.
 _NAMES: Final = frozenset(
-    (*PROVIDER_ALIASES.values(), *PROVIDER_HOSTS.values(), *PRICE_PROVIDER_IDS, "gcp.vertex_ai")
+    (*PROVIDER_ALIASES.values(), *PROVIDER_HOSTS.values(), *PRICE_PROVIDER_IDS)
 )
 _SPELLINGS: Final[dict[str, str]] = {
     **{name.replace("_", " "): name for name in _NAMES if "_" in name and "." not in name},
